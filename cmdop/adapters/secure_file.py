@@ -1,0 +1,90 @@
+"""Secret-bearing files: atomic 0600 writes and refusal of files others could read.
+
+Rules (CONTRACT §2):
+- directories holding secrets are created 0700; files are created 0600;
+- a write goes to a temp file in the same directory, is fsynced, renamed over the target, and the
+  directory is fsynced, so a crash leaves either the old or the new content, never a mix;
+- a secret file that is group/world-accessible or owned by another user is refused with the
+  exact chmod/chown to run.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+
+from cmdop.core.errors import SecretFileError
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create `path` (and parents) if missing; a directory we create is 0700."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+
+
+def atomic_write(path: str, data: bytes | str, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically; the file ends with permission bits `mode`.
+
+    Readers see either the old file or the new one. Follows no symlink at `path`: the rename
+    replaces a link rather than writing through it.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    ensure_private_dir(directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+        tmp = ""
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def check_private(path: str) -> None:
+    """Raise SecretFileError unless `path` is owned by us and not accessible to group/others.
+
+    A missing file is not an error here; callers decide what missing means.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    uid = os.geteuid()
+    if st.st_uid != uid and uid != 0:
+        raise SecretFileError(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {uid}); refusing to use it",
+            hint=f"run: chown {uid} {path}",
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise SecretFileError(
+            f"{path} is readable by other users (mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it",
+            hint=f"run: chmod 600 {path}",
+        )
+
+
+def read_private(path: str) -> bytes:
+    """Read a secret file after checking its ownership and mode. Raises FileNotFoundError if absent."""
+    check_private(path)
+    with open(path, "rb") as f:
+        return f.read()

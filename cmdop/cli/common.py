@@ -1,0 +1,93 @@
+"""Shared pieces of the command line: the context handed to every command, global flags that may
+stand before or after the subcommand, and output helpers.
+
+Command modules register themselves with `register(subparsers)` and set `func=handler` where
+`handler(args, ctx) -> int`. Handlers raise `CmdopError`s; they never print errors or call exit.
+Command modules import heavy dependencies inside handlers, not at module level, so that
+`cmdop --version` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+
+from cmdop.core.settings import Settings
+
+Handler = Callable[[argparse.Namespace, "CliContext"], int]
+
+
+@dataclass(frozen=True)
+class CliContext:
+    """What every command handler receives besides its arguments."""
+
+    settings: Settings
+    json: bool
+    log_level: str
+    log_format: str
+    stdout: TextIO = sys.stdout
+    stderr: TextIO = sys.stderr
+
+    def emit(self, obj: Any, human: Callable[[Any], str] | str | None = None) -> None:
+        """Print `obj` as one JSON document under --json, else the human rendering."""
+        if self.json or human is None:
+            print(json.dumps(obj, ensure_ascii=False, sort_keys=False), file=self.stdout)
+        else:
+            text = human(obj) if callable(human) else human
+            if text:
+                print(text, file=self.stdout)
+
+    def note(self, text: str) -> None:
+        """A progress or status line for a person; goes to stderr so stdout stays parseable."""
+        print(text, file=self.stderr)
+
+
+def global_flags_parser() -> argparse.ArgumentParser:
+    """Flags accepted before the subcommand and after it (`cmdop --json x` == `cmdop x --json`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand that does not see the flag must not reset what the top level parsed.
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   default=argparse.SUPPRESS, help="log verbosity (debug also shows tracebacks)")
+    p.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                   help="log line format on stderr")
+    return p
+
+
+GLOBAL_FLAGS = global_flags_parser()
+
+
+def add_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str,
+                help: str, handler: Handler | None = None, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add a subcommand that also accepts the global flags; `handler` runs it."""
+    parser = subparsers.add_parser(name, help=help, description=help, parents=[GLOBAL_FLAGS], **kwargs)
+    if handler is not None:
+        parser.set_defaults(func=handler)
+    return parser
+
+
+def add_group(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str,
+              help: str) -> "argparse._SubParsersAction[argparse.ArgumentParser]":
+    """Add a command group (`cmdop permissions ...`) and return its subparsers."""
+    parser = add_command(subparsers, name, help)
+    group = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+    parser.set_defaults(func=_group_help(parser))
+    return group
+
+
+def _group_help(parser: argparse.ArgumentParser) -> Handler:
+    def handler(args: argparse.Namespace, ctx: CliContext) -> int:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: a command is required (see --help)", file=sys.stderr)
+        return 2
+    return handler
+
+
+def current_settings() -> Settings:
+    """Settings for this process, from its environment."""
+    return Settings.from_env(os.environ, os.path.expanduser("~"))

@@ -1,0 +1,80 @@
+"""The command line: parse, dispatch, and the one place errors are printed (CONTRACT §1).
+
+Exit status: 0 ok · 1 error · 2 usage · 3 denied · 4 auth · 5 unreachable. An error prints one
+line `cmdop: error: WHAT` on stderr and a hint line; a traceback only with `--log-level debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Sequence
+
+from cmdop import __version__
+from cmdop.cli import common
+from cmdop.core.errors import CmdopError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argparse tree. Command modules are imported here but load nothing heavy."""
+    from cmdop.cli import agent_cmd, approvals, audit_cmd, permissions, run_cmd, version_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="cmdop",
+        description="Run tools on this machine for remote callers, through a permission gate.",
+        parents=[common.GLOBAL_FLAGS],
+    )
+    parser.add_argument("--version", action="version", version=f"cmdop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    version_cmd.register(sub)
+    run_cmd.register(sub)
+    perms = common.add_group(sub, "permissions", "inspect and change the permission gate")
+    permissions.register(perms)
+    audit_cmd.register(perms)
+    approvals.register(perms)
+    agent_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one cmdop command and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse prints usage and exits 2 on bad usage
+    log_level = getattr(args, "log_level", None) or "warning"
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_usage(sys.stderr)
+        print("cmdop: error: a command is required (see cmdop --help)", file=sys.stderr)
+        return 2
+    try:
+        ctx = common.CliContext(
+            settings=common.current_settings(),
+            json=bool(getattr(args, "json", False)),
+            log_level=log_level,
+            log_format=getattr(args, "log_format", None) or "text",
+        )
+        return int(func(args, ctx))
+    except CmdopError as exc:
+        if log_level == "debug":
+            traceback.print_exc()
+        print(f"cmdop: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cmdop: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug of ours: say so in one line, trace only on request
+        if log_level == "debug":
+            traceback.print_exc()
+        print(f"cmdop: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: re-run with --log-level debug for a traceback, and report it", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The gate's answer for one call. Produced by `gate.decide`, consumed by the pipeline,
+the audit record, `permissions check --json` and the `permission_denied` result (CONTRACT §4, §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Action = Literal["allow", "ask", "deny"]
+Source = Literal["floor", "rule", "mode", "bypass"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided and why. Never carries a secret: `target` is as matched."""
+
+    decision: Action
+    source: Source
+    reason: str
+    mode: str
+    tool: str
+    operation: str = ""
+    target: str = ""
+    rule_id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The `permissions check --json` object: every field, empty ones omitted."""
+        out: dict[str, Any] = {
+            "decision": self.decision,
+            "source": self.source,
+            "rule_id": self.rule_id,
+            "reason": self.reason,
+            "mode": self.mode,
+            "tool": self.tool,
+            "operation": self.operation,
+            "target": self.target,
+        }
+        return {k: v for k, v in out.items() if v != ""}
+
+    def denied_result(self) -> dict[str, Any]:
+        """The result a denied call returns to its caller (CONTRACT §6)."""
+        out: dict[str, Any] = {
+            "error": "permission_denied",
+            "tool": self.tool,
+            "target": self.target,
+            "decision": "deny",
+            "source": self.source,
+            "rule_id": self.rule_id,
+            "reason": self.reason,
+        }
+        return out

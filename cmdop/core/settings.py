@@ -1,0 +1,88 @@
+"""Where cmdop keeps things (CONTRACT §2), derived from the environment as one frozen value.
+
+Pure: `Settings.from_env` takes the environment mapping and the user's home directory and
+returns paths; it touches no file. Every other module receives a `Settings` and never reads
+`os.environ` for these values itself, so tests can redirect everything by changing HOME or the
+CMDOP_* variables.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Mapping
+
+MODES = ("default", "strict", "bypass")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every path and override cmdop uses. Built once per process and passed down."""
+
+    home: str                # the agent user's home (what `~` means in rules and the floor)
+    config_dir: str          # config.yaml, permissions.yaml
+    cmdop_home: str          # ssh_workspaces.json, token.json
+    state_dir: str           # audit.log, daemon.status, daemon.pid
+    socket_path: str         # local socket of the daemon
+    relay: str | None = None
+    api_key: str | None = None
+    workspace: str | None = None
+    mode_override: str | None = None   # CMDOP_PERMISSIONS_MODE
+
+    @property
+    def permissions_file(self) -> str:
+        return posixpath.join(self.config_dir, "permissions.yaml")
+
+    @property
+    def config_file(self) -> str:
+        return posixpath.join(self.config_dir, "config.yaml")
+
+    @property
+    def audit_file(self) -> str:
+        return posixpath.join(self.state_dir, "audit.log")
+
+    @property
+    def status_file(self) -> str:
+        return posixpath.join(self.state_dir, "daemon.status")
+
+    @property
+    def pid_file(self) -> str:
+        return posixpath.join(self.state_dir, "daemon.pid")
+
+    @property
+    def workspaces_file(self) -> str:
+        return posixpath.join(self.cmdop_home, "ssh_workspaces.json")
+
+    @property
+    def token_file(self) -> str:
+        return posixpath.join(self.cmdop_home, "token.json")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], home: str) -> "Settings":
+        """Derive every path from `env` (usually os.environ) and `home`, as CONTRACT §2 says."""
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value else None
+
+        home = posixpath.normpath(get("HOME") or home)
+        xdg_config = get("XDG_CONFIG_HOME") or posixpath.join(home, ".config")
+        xdg_state = get("XDG_STATE_HOME") or posixpath.join(home, ".local", "state")
+        cmdop_home = get("CMDOP_HOME") or posixpath.join(home, ".cmdop")
+        runtime = get("XDG_RUNTIME_DIR")
+        default_socket = (
+            posixpath.join(runtime, "cmdop", "agent.sock")
+            if runtime
+            else posixpath.join(cmdop_home, "agent.sock")
+        )
+        return cls(
+            home=home,
+            config_dir=get("CMDOP_CONFIG_DIR") or posixpath.join(xdg_config, "cmdop"),
+            cmdop_home=cmdop_home,
+            state_dir=get("CMDOP_STATE_DIR") or posixpath.join(xdg_state, "cmdop"),
+            socket_path=get("CMDOP_SOCKET_PATH") or default_socket,
+            relay=get("CMDOP_RELAY"),
+            api_key=get("CMDOP_API_KEY"),
+            workspace=get("CMDOP_WORKSPACE"),
+            mode_override=get("CMDOP_PERMISSIONS_MODE"),
+        )

@@ -1,0 +1,37 @@
+"""cmdop/core stays pure: it imports no I/O, concurrency, network or kernel libraries."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parents[2] / "cmdop" / "core"
+FORBIDDEN = {"trio", "grpc", "yaml", "cryptography", "socket", "subprocess", "pyseccomp",
+             "threading", "asyncio", "requests", "urllib"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_imports_nothing_impure():
+    files = sorted(CORE.rglob("*.py"))
+    assert files, "cmdop/core has no modules"
+    offenders = {str(p.relative_to(CORE)): sorted(_imports(p) & FORBIDDEN) for p in files}
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert offenders == {}, f"core modules import I/O libraries: {offenders}"
+
+
+def test_core_does_not_import_outer_layers():
+    for path in CORE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cmdop."):
+                assert node.module.startswith("cmdop.core"), f"{path} imports {node.module}"
