@@ -1,9 +1,202 @@
-"""Placeholder: commands registered here arrive with their issue."""
+"""`cmdop permissions pending|approve|deny|watch`: answering asks held by the running agent.
+
+`watch` attaches as an approver (while one is attached, ask decisions wait for an answer instead
+of being denied with `no approver attached`). Every string coming from a caller is shown with
+control, ANSI, bidi and zero-width characters made visible (`visible()`), so a crafted command
+cannot hide what it does or rewrite the terminal.
+
+On a terminal, `watch` shows each ask and reads one answer line for it:
+`y` allow once · `s` allow for this session · `a` allow always · `n` deny once ·
+`ns` deny for the session · `na` deny always · empty line: leave it to another approver.
+When stdin is not a terminal, `watch` never prompts: it prints each ask (one JSON object per line
+with --json, else one sanitized text line) and reads commands `approve ID [once|session|always]`
+or `deny ID [...]` from stdin; it exits when stdin reaches EOF or the agent stops.
+`approve`/`deny` answer one pending ask by id; the answer is bound to that exact call (its input
+digest), so it never approves a changed call.
+"""
 
 from __future__ import annotations
 
 import argparse
+import queue
+import sys
+import threading
+import unicodedata
+from typing import Any
+
+from cmdop.cli.common import CliContext, add_command
+from cmdop.core.errors import DaemonError
+
+SCOPES = ("once", "session", "always")
+TTY_ANSWERS = {"y": ("allow", "once"), "s": ("allow", "session"), "a": ("allow", "always"),
+               "n": ("deny", "once"), "ns": ("deny", "session"), "na": ("deny", "always")}
+# Invisible or reordering characters that are not control characters (category Cc).
+_INVISIBLE = {0x061C, 0x115F, 0x1160, 0x180E, 0x3164, 0xFFA0, 0x00AD, 0x034F}
+
+
+def visible(text: Any) -> str:
+    """`text` with every control, ANSI, bidi and zero-width character made visible.
+
+    C0/C1 controls and DEL become `\\xNN`, other invisible or format characters `<U+XXXX>`, and a
+    backslash `\\\\`, so the output is unambiguous and never moves the cursor."""
+    out = []
+    for ch in str(text):
+        cp = ord(ch)
+        cat = unicodedata.category(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif cat == "Cc":
+            out.append(f"\\x{cp:02x}" if cp <= 0xFF else f"<U+{cp:04X}>")
+        elif cat in ("Cf", "Cs", "Co", "Cn", "Zl", "Zp") or cp in _INVISIBLE or (
+                cat == "Zs" and ch != " "):
+            out.append(f"<U+{cp:04X}>")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add this module's commands to `sub`."""
+    """Add pending/approve/deny/watch under `cmdop permissions`."""
+    add_command(sub, "pending", "list asks waiting for an answer", _pending)
+    for name, helptext, handler in (("approve", "allow one pending ask", _approve),
+                                    ("deny", "deny one pending ask", _deny)):
+        p = add_command(sub, name, helptext, handler)
+        p.add_argument("ask_id", metavar="ID")
+        p.add_argument("--scope", choices=SCOPES, default="once",
+                       help="once (default), session (session rule), always (global rule)")
+        p.add_argument("--digest", default=None, metavar="SHA256",
+                       help="refuse unless the ask's input_digest is exactly this")
+    add_command(sub, "watch", "attach as an approver and answer asks as they come", _watch)
+
+
+def _client(ctx: CliContext) -> Any:
+    from cmdop.daemon.client import DaemonClient
+
+    return DaemonClient.connect(ctx.settings.socket_path)
+
+
+def describe(ask: dict[str, Any]) -> str:
+    """A person's view of one ask; every caller-supplied string passes through visible()."""
+    c = ask.get("caller") or {}
+    rule = ask.get("rule_id") or "(no rule: mode default)"
+    op = f" ({visible(ask['operation'])})" if ask.get("operation") else ""
+    return "\n".join([
+        f"ask {visible(ask.get('ask_id'))}: {visible(ask.get('tool'))}{op}",
+        f"  target: {visible(ask.get('target'))}",
+        f"  caller: {visible(c.get('kind'))} {visible(c.get('user'))}@{visible(c.get('hostname'))}",
+        f"  rule:   {visible(rule)} — {visible(ask.get('reason'))}",
+        f"  cwd:    {visible(ask.get('cwd') or '(agent cwd)')}",
+        f"  input:  {visible(ask.get('input_digest'))}  (expires in {ask.get('expires_in_s', '?')}s)",
+    ])
+
+
+def _pending(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _client(ctx) as client:
+        asks = client.pending()
+    ctx.emit({"asks": asks}, lambda o: "\n".join(describe(a) for a in o["asks"]) or "no pending asks")
+    return 0
+
+
+def _answer(args: argparse.Namespace, ctx: CliContext, verdict: str) -> int:
+    with _client(ctx) as client:
+        result = client.answer(args.ask_id, verdict, args.scope, args.digest)
+    ctx.emit(result, lambda r: f"{visible(r['ask_id'])}: {r['outcome']}"
+             + (f" (kept rule {visible(r['rule'])})" if r.get("rule") else ""))
+    return 0
+
+
+def _approve(args: argparse.Namespace, ctx: CliContext) -> int:
+    return _answer(args, ctx, "allow")
+
+
+def _deny(args: argparse.Namespace, ctx: CliContext) -> int:
+    return _answer(args, ctx, "deny")
+
+
+def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
+    events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+    client = _client(ctx)
+
+    def from_daemon() -> None:
+        for ev in client.watch(timeout=None):
+            events.put(("daemon", ev))
+        events.put(("gone", None))
+
+    def from_stdin() -> None:
+        for line in sys.stdin:
+            events.put(("line", line.strip()))
+        events.put(("eof", None))
+
+    threading.Thread(target=from_daemon, daemon=True, name="watch-daemon").start()
+    threading.Thread(target=from_stdin, daemon=True, name="watch-stdin").start()
+    tty = sys.stdin.isatty() and not ctx.json
+    order: list[str] = []
+    asks: dict[str, dict[str, Any]] = {}
+    shown = ""
+    try:
+        while True:
+            kind, payload = events.get()
+            if kind in ("gone", "eof"):
+                ctx.note("agent stopped" if kind == "gone" else "end of input")
+                return 0
+            if kind == "daemon":
+                ev = payload
+                name = ev.get("event")
+                new = ev.get("pending", []) if name == "hello" else [ev["ask"]] if name == "ask" else []
+                for ask in new:
+                    asks[ask["ask_id"]] = ask
+                    order.append(ask["ask_id"])
+                    if not tty:
+                        ctx.emit({"event": "ask", **ask}, describe(ask))
+                        ctx.stdout.flush()
+                if name == "resolved":
+                    ask_id = ev.get("ask_id")
+                    if asks.pop(ask_id, None) is not None:
+                        order.remove(ask_id)
+                        if tty and ask_id == shown:
+                            ctx.note(f"(ask {visible(ask_id)} was {ev.get('outcome')} elsewhere)")
+                            shown = ""
+                        elif not tty and ctx.json:
+                            ctx.emit({"event": "resolved", "ask_id": ask_id,
+                                      "outcome": ev.get("outcome")})
+            elif kind == "line":
+                shown = _handle_line(payload, tty, shown, asks, ctx)
+            if tty and order and shown not in asks:
+                shown = order[0]
+                print(describe(asks[shown]), file=ctx.stdout)
+                print("answer [y]es once, [s]ession, [a]lways, [n]o, [ns] deny session, "
+                      "[na] deny always, empty: skip > ", end="", file=ctx.stdout, flush=True)
+    finally:
+        client.close()
+
+
+def _handle_line(line: str, tty: bool, shown: str, asks: dict[str, dict[str, Any]],
+                 ctx: CliContext) -> str:
+    """Apply one input line; returns the ask id still on screen ("" when it was answered)."""
+    if tty:
+        if not shown or not line:
+            return "" if not line else shown
+        if line not in TTY_ANSWERS:
+            ctx.note("answer y, s, a, n, ns, na or an empty line")
+            return shown
+        verdict, scope = TTY_ANSWERS[line]
+        ask_id, digest = shown, asks[shown].get("input_digest")
+    else:
+        parts = line.split()
+        if not parts:
+            return shown
+        if parts[0] not in ("approve", "deny") or len(parts) not in (2, 3) or (
+                len(parts) == 3 and parts[2] not in SCOPES):
+            ctx.note("expected: approve|deny ID [once|session|always]")
+            return shown
+        verdict = "allow" if parts[0] == "approve" else "deny"
+        ask_id, scope = parts[1], parts[2] if len(parts) == 3 else "once"
+        digest = asks.get(ask_id, {}).get("input_digest")
+    try:
+        with _client(ctx) as client:
+            result = client.answer(ask_id, verdict, scope, digest)
+        ctx.note(f"{visible(ask_id)}: {result.get('outcome')}")
+    except DaemonError as exc:
+        ctx.note(f"{visible(ask_id)}: {exc.message}")
+    return "" if ask_id == shown else shown
+

@@ -1,9 +1,247 @@
-"""Placeholder: commands registered here arrive with their issue."""
+"""`cmdop permissions list|add|rm|mode|check|explain|test` (CONTRACT §4).
+
+- `check`/`explain` are dry runs: no daemon, no side effect, no audit line; exit 0 whatever the
+  decision, exit 1 when the policy file is invalid. The policy comes from `--policy FILE` or the
+  config dir (a missing default file is an empty policy); the mode from `--mode`, else
+  CMDOP_PERMISSIONS_MODE, else the file, else strict. `--caller` defaults to remote.
+- `add`/`rm`/`mode` edit permissions.yaml with an atomic 0600 write after validating the result
+  (rules compile, `tests:` pass); a running agent hot-reloads it. `add --scope session` asks the
+  running agent (session rules live only in its memory).
+- `test [FILE]` runs the file's `tests:` and the built-in adversarial suite against the policy;
+  exit 1 when any fails.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
+
+from cmdop.cli.common import CliContext, add_command
+from cmdop.core.errors import CmdopError, PolicyError, UsageError
+
+MODES = ("default", "strict", "bypass")
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add this module's commands to `sub`."""
+    """Add this module's commands to `sub` (the `cmdop permissions` group)."""
+    p = add_command(sub, "list", "list the rules of permissions.yaml", _list)
+    p = add_command(sub, "add", "add a rule", _add)
+    p.add_argument("rule", metavar="RULE", help="tool, tool(GLOB) or tool(OP:GLOB)")
+    p.add_argument("--action", required=True, choices=["allow", "ask", "deny"])
+    p.add_argument("--reason", default="")
+    p.add_argument("--scope", choices=["global", "session"], default="global")
+    p = add_command(sub, "rm", "remove a rule by its id", _rm)
+    p.add_argument("rule_id", metavar="RULE_ID")
+    p = add_command(sub, "mode", "show or set the permission mode", _mode)
+    p.add_argument("mode", nargs="?", choices=MODES)
+    for name, handler, text in (("check", _check, "dry-run the gate for one call"),
+                                ("explain", _explain, "explain the gate's steps for one call")):
+        p = add_command(sub, name, text, handler)
+        p.add_argument("tool", metavar="TOOL")
+        p.add_argument("arg", metavar="ARG", nargs="+", help="the command, path or hostname")
+        p.add_argument("--op", default="", help="the operation (e.g. connect --op exec)")
+        p.add_argument("--caller", choices=["remote", "self", "local"], default="remote")
+        p.add_argument("--mode", choices=MODES, default=None)
+        p.add_argument("--policy", metavar="FILE", default=None)
+        p.add_argument("--cwd", metavar="DIR", default=None)
+    p = add_command(sub, "test", "run the policy's tests and the adversarial suite", _test)
+    p.add_argument("file", metavar="FILE", nargs="?", default=None)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _load(ctx: CliContext, path: str | None, run_tests: bool = True) -> tuple[Any, Any]:
+    """(doc, policy) from `path` or the config dir. A missing default file is an empty policy."""
+    from cmdop.adapters import policy_store
+    from cmdop.core.policy.gate import Policy
+
+    explicit = path is not None
+    path = path or ctx.settings.permissions_file
+    loaded = policy_store.load(path, ctx.settings.home, run_tests=run_tests)
+    if loaded is None:
+        if explicit:
+            raise PolicyError(f"no policy file at {path}", hint="check the --policy path")
+        return policy_store.PolicyDoc(), Policy()
+    return loaded
+
+
+def _effective_mode(ctx: CliContext, flag: str | None, file_mode: str) -> tuple[str, str]:
+    """(mode, where it came from)."""
+    if flag:
+        return flag, "--mode"
+    env = ctx.settings.mode_override
+    if env:
+        return (env, "CMDOP_PERMISSIONS_MODE") if env in MODES else ("strict", "CMDOP_PERMISSIONS_MODE (invalid → strict)")
+    return file_mode, "permissions.yaml"
+
+
+def _call(args: argparse.Namespace) -> Any:
+    from cmdop.core.calls import TOOL_TARGET_FIELD, ToolCall
+
+    if args.tool not in TOOL_TARGET_FIELD:
+        raise UsageError(f"unknown tool {args.tool!r}", hint="tools: " + ", ".join(TOOL_TARGET_FIELD))
+    cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
+    return ToolCall(args.tool, {TOOL_TARGET_FIELD[args.tool]: " ".join(args.arg)}, args.op, cwd)
+
+
+def _resolved(ctx: CliContext, call: Any) -> tuple[str | None, str | None]:
+    from cmdop.adapters.canonical import canonical_path
+    from cmdop.core.calls import TOOL_TARGET_FIELD
+    from cmdop.core.policy.rules import TOOL_KIND
+
+    kind = TOOL_KIND.get(call.tool)
+    raw = call.input.get(TOOL_TARGET_FIELD[call.tool], "")
+    if kind == "path" and call.tool != "glob" and "\x00" not in raw:
+        return canonical_path(raw, call.cwd, ctx.settings.home), None
+    if kind == "command":
+        return None, canonical_path(call.cwd, "/", ctx.settings.home)
+    return None, None
+
+
+# ---- commands ------------------------------------------------------------------------------
+def _check(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.core.calls import Caller, CallerKind
+    from cmdop.core.policy.gate import decide
+
+    doc, policy = _load(ctx, args.policy)
+    mode, _ = _effective_mode(ctx, args.mode, policy.mode)
+    call = _call(args)
+    resolved, resolved_cwd = _resolved(ctx, call)
+    d = decide(call, Caller(CallerKind(args.caller)), policy, ctx.settings.home, mode, resolved, resolved_cwd)
+    ctx.emit(d.to_json(), lambda o: f"{d.decision} (source {d.source}"
+             + (f", rule {d.rule_id}" if d.rule_id else "") + f"): {d.reason}")
+    return 0
+
+
+def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.core.calls import Caller, CallerKind
+    from cmdop.core.policy.explain import explain
+
+    doc, policy = _load(ctx, args.policy)
+    mode, source = _effective_mode(ctx, args.mode, policy.mode)
+    call = _call(args)
+    resolved, resolved_cwd = _resolved(ctx, call)
+    d, lines = explain(call, Caller(CallerKind(args.caller)), policy, ctx.settings.home, mode,
+                       resolved, resolved_cwd)
+    lines.insert(1, f"policy: {args.policy or ctx.settings.permissions_file}; mode {mode} from {source}")
+    ctx.emit({"decision": d.to_json(), "steps": lines}, "\n".join(lines))
+    return 0
+
+
+def _list(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.core.policy.rules import rule_id
+
+    doc, policy = _load(ctx, None)
+    rows = [{"rule_id": rule_id(r, a), "rule": r, "action": a, "reason": why, "scope": "global"}
+            for r, a, why in doc.rules]
+
+    def human(rows: list[dict[str, str]]) -> str:
+        mode, source = _effective_mode(ctx, None, doc.mode)
+        head = f"mode: {mode} ({source}); {len(rows)} rule(s) in {ctx.settings.permissions_file}"
+        body = [f"{r['rule_id']}  {r['action']:5}  {r['rule']}" + (f"  # {r['reason']}" if r["reason"] else "")
+                for r in rows]
+        return "\n".join([head, *body])
+
+    ctx.emit(rows, human)
+    return 0
+
+
+def _add(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.adapters.gatekeeper import add_rule_to_file
+    from cmdop.core.policy.rules import RuleError, parse_rule, rule_id
+
+    try:
+        parse_rule(args.rule, args.action, args.reason, home=ctx.settings.home)
+    except RuleError as exc:
+        raise PolicyError(str(exc), hint="rule syntax: tool, tool(GLOB) or tool(OP:GLOB)") from None
+    if args.scope == "session":
+        from cmdop.daemon.client import DaemonClient
+
+        with DaemonClient.connect(ctx.settings.socket_path) as client:
+            client.request("add_session_rule", rule=args.rule, action=args.action, reason=args.reason)
+        rid = rule_id(args.rule, args.action)
+    else:
+        rid = add_rule_to_file(ctx.settings, args.rule, args.action, args.reason)
+    out = {"rule_id": rid, "rule": args.rule, "action": args.action, "scope": args.scope}
+    if args.reason:
+        out["reason"] = args.reason
+    ctx.emit(out, f"added {args.scope} rule {rid}: {args.action} {args.rule}")
+    return 0
+
+
+def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.adapters import policy_store
+    from cmdop.core.policy.rules import rule_id
+
+    doc, _ = _load(ctx, None)
+    keep = tuple(r for r in doc.rules if rule_id(r[0], r[1]) != args.rule_id)
+    if len(keep) == len(doc.rules):
+        raise CmdopError(f"no rule with id {args.rule_id} in {ctx.settings.permissions_file}",
+                         hint="see the ids with `cmdop permissions list`")
+    gone = next(r for r in doc.rules if rule_id(r[0], r[1]) == args.rule_id)
+    new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass, keep, doc.tests,
+                                 doc.mode_set)
+    policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
+    ctx.emit({"removed": args.rule_id, "rule": gone[0], "action": gone[1]},
+             f"removed {args.rule_id}: {gone[1]} {gone[0]}")
+    return 0
+
+
+def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.adapters import policy_store
+
+    doc, _ = _load(ctx, None)
+    if args.mode is None:
+        mode, source = _effective_mode(ctx, None, doc.mode)
+        ctx.emit({"mode": mode, "source": source}, f"{mode} (from {source})")
+        return 0
+    new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass, doc.rules,
+                                 doc.tests, True)
+    policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
+    if args.mode == "bypass":
+        ctx.note("WARNING: mode bypass allows every remote call the floor does not deny; "
+                 "use it only on isolated machines")
+    if ctx.settings.mode_override and ctx.settings.mode_override != args.mode:
+        ctx.note(f"note: CMDOP_PERMISSIONS_MODE={ctx.settings.mode_override} overrides the file")
+    ctx.emit({"mode": args.mode, "file": ctx.settings.permissions_file}, f"mode set to {args.mode}")
+    return 0
+
+
+def _test(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.adapters import policy_store
+    from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
+    from cmdop.core.policy.adversarial import ADVERSARIAL
+    from cmdop.core.policy.gate import MODES as GATE_MODES, decide
+
+    doc, policy = _load(ctx, args.file, run_tests=False)
+    home = ctx.settings.home
+    results: list[dict[str, Any]] = []
+    for test in doc.tests:
+        ok, got = policy_store.run_one(policy, test, home)
+        results.append({"call": test["call"], "expect": test["expect"], "ok": ok, "got": got})
+    adv_failed: list[dict[str, str]] = []
+    for tool, arg, cwd, what in ADVERSARIAL:
+        cwd_abs = home.rstrip("/") + cwd[1:] if cwd.startswith("~") else cwd
+        call = ToolCall(tool, {TOOL_TARGET_FIELD[tool]: arg}, "", cwd_abs)
+        for mode in GATE_MODES:
+            for kind in CallerKind:
+                d = decide(call, Caller(kind), policy, home, mode)
+                if d.decision != "deny" or d.source != "floor":
+                    adv_failed.append({"tool": tool, "target": arg, "trick": what, "mode": mode,
+                                       "caller": kind.value, "got": d.decision})
+    ok = all(r["ok"] for r in results) and not adv_failed
+    out = {"ok": ok, "tests": results,
+           "adversarial": {"cases": len(ADVERSARIAL), "checks": len(ADVERSARIAL) * len(GATE_MODES) * 3,
+                           "failed": adv_failed}}
+
+    def human(o: dict[str, Any]) -> str:
+        lines = [f"{'ok  ' if r['ok'] else 'FAIL'} expect {r['expect']:5} {r['got']}" for r in o["tests"]]
+        lines.append(f"policy tests: {sum(r['ok'] for r in o['tests'])}/{len(o['tests'])} passed")
+        lines += [f"FAIL adversarial {f['trick']}: {f['tool']} {f['target']!r} → {f['got']} "
+                  f"({f['caller']}, {f['mode']})" for f in adv_failed]
+        a = o["adversarial"]
+        lines.append(f"adversarial suite: {a['checks'] - len(a['failed'])}/{a['checks']} checks denied by the floor")
+        return "\n".join(lines)
+
+    ctx.emit(out, human)
+    return 0 if ok else 1

@@ -1,19 +1,169 @@
-"""Client side of the local socket protocol (placeholder until the daemon issue lands)."""
+"""Client side of the local socket protocol (see `cmdop.daemon.protocol`), blocking and bounded.
+
+Used by `cmdop run` (through `connect_if_running`), `cmdop agent status`, and the
+`cmdop permissions pending|approve|deny|watch` commands. Every socket operation carries a
+timeout, so a wedged daemon never hangs a command forever.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import itertools
+import socket
+from typing import Any, Iterator, Mapping
 
+from cmdop.core.errors import DaemonError, DaemonNotRunningError
 from cmdop.core.settings import Settings
+from cmdop.daemon import protocol
+
+CONNECT_TIMEOUT_S = 2.0
+# A tool call may run up to 600 s (CONTRACT §6) plus an ask wait; leave room for both.
+CALL_TIMEOUT_S = 600.0 + 3700.0
+REQUEST_TIMEOUT_S = 30.0
 
 
 class DaemonClient:
-    """A connection to the running daemon."""
+    """One connection to the running daemon. Not thread-safe; close() when done."""
 
-    def call_tool(self, tool: str, tool_input: Mapping[str, Any], cwd: str) -> dict[str, Any]:
-        raise NotImplementedError
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = protocol.FrameBuffer()
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def connect(cls, path: str, timeout: float = CONNECT_TIMEOUT_S) -> "DaemonClient":
+        """Connect to the socket at `path`; DaemonNotRunningError when nobody listens there."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise DaemonNotRunningError(f"no agent is listening on {path}") from exc
+        except PermissionError as exc:
+            sock.close()
+            raise DaemonError(f"not allowed to connect to {path}",
+                              "the agent serves only its own user (and root)") from exc
+        except OSError as exc:
+            sock.close()
+            raise DaemonNotRunningError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+        return cls(sock)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "DaemonClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- framing -----------------------------------------------------------------------------
+
+    def send(self, obj: Mapping[str, Any]) -> None:
+        """Send one frame (bounded by the socket timeout)."""
+        try:
+            self._sock.sendall(protocol.encode(obj))
+        except protocol.ProtocolError as exc:
+            raise DaemonError(exc.message) from None
+        except OSError as exc:
+            raise DaemonError(f"lost the connection to the agent: {exc}") from None
+
+    def receive(self, timeout: float | None) -> dict[str, Any]:
+        """The next frame from the daemon; DaemonError on EOF, timeout or a bad frame."""
+        self._sock.settimeout(timeout)
+        while True:
+            try:
+                obj = self._buf.next()
+            except protocol.ProtocolError as exc:
+                raise DaemonError(f"bad answer from the agent: {exc.message}") from None
+            if obj is not None:
+                return obj
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                raise DaemonError("the agent did not answer in time") from None
+            except OSError as exc:
+                raise DaemonError(f"lost the connection to the agent: {exc}") from None
+            if not data:
+                raise DaemonError("the agent closed the connection")
+            self._buf.feed(data)
+
+    def request(self, op: str, timeout: float = REQUEST_TIMEOUT_S, **args: Any) -> Any:
+        """Send request `op` and return its `result`; a failure answer raises DaemonError."""
+        req_id = next(self._ids)
+        self.send({"v": protocol.VERSION, "id": req_id, "op": op, **args})
+        resp = self.receive(timeout)
+        if not resp.get("ok"):
+            err = resp.get("error") or {}
+            exc = DaemonError(str(err.get("message") or "the agent refused the request"),
+                              err.get("hint"))
+            exc.code = str(err.get("code") or "error")  # type: ignore[attr-defined]
+            raise exc
+        return resp.get("result")
+
+    def _request_obj(self, op: str, **args: Any) -> dict[str, Any]:
+        result = self.request(op, **args)
+        if not isinstance(result, dict):
+            raise DaemonError(f"bad answer from the agent to {op}")
+        return result
+
+    # -- operations --------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        return self._request_obj("ping", timeout=CONNECT_TIMEOUT_S)
+
+    def status(self) -> dict[str, Any]:
+        return self._request_obj("status")
+
+    def call_tool(self, tool: str, input: Mapping[str, Any], cwd: str,
+                  as_caller: str | None = None, operation: str = "") -> Any:
+        """Run `tool` as a local caller through the daemon's gate → tool → audit pipeline.
+
+        Returns the tool's result (CONTRACT §6: an object, a list for list_dir/grep; a
+        `permission_denied` object when denied). DaemonError if the daemon cannot serve it."""
+        args: dict[str, Any] = {"tool": tool, "input": dict(input), "cwd": cwd}
+        if operation:
+            args["operation"] = operation
+        if as_caller:
+            args["as_caller"] = as_caller
+        return self.request("call", timeout=CALL_TIMEOUT_S, **args)
+
+    def pending(self) -> list[dict[str, Any]]:
+        asks = self._request_obj("pending").get("asks")
+        return list(asks) if isinstance(asks, list) else []
+
+    def answer(self, ask_id: str, verdict: str, scope: str = "once",
+               input_digest: str | None = None) -> dict[str, Any]:
+        args: dict[str, Any] = {"ask_id": ask_id, "verdict": verdict, "scope": scope}
+        if input_digest:
+            args["input_digest"] = input_digest
+        return self._request_obj("answer", **args)
+
+    def reload(self) -> dict[str, Any]:
+        return self._request_obj("reload")
+
+    def watch(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Attach as an approver and yield pushed events until the daemon closes the stream."""
+        self.send({"v": protocol.VERSION, "id": next(self._ids), "op": "watch"})
+        while True:
+            try:
+                yield self.receive(timeout)
+            except DaemonError:
+                return
 
 
 def connect_if_running(settings: Settings) -> DaemonClient | None:
-    """A client for the daemon when one is listening on the local socket, else None."""
-    return None
+    """A client for the daemon when one answers on the local socket, else None.
+
+    Never raises: a missing, dead or refusing daemon (another user's) all mean None, and the
+    caller runs the tool in-process as itself."""
+    try:
+        client = DaemonClient.connect(settings.socket_path)
+    except DaemonError:
+        return None
+    try:
+        client.ping()
+    except DaemonError:
+        client.close()
+        return None
+    return client

@@ -1,0 +1,262 @@
+"""permissions.yaml: load, validate (with line numbers), run its `tests:`, write atomically 0600.
+
+The file (CONTRACT §4):
+    version: 1
+    mode: strict            # default | strict | bypass
+    ask_timeout_s: 60
+    self_bypass: true
+    rules: [{rule, action, reason?}]
+    tests: [{call, expect, caller?, mode?, cwd?}]   # checked on every load; a failure rejects the file
+
+Rules of this module:
+- YAML is composed into nodes so every error names its line; unknown keys, bad actions, bad globs,
+  duplicate rules and failing tests are errors (PolicyError), never warnings.
+- A missing file is "no file" (`load` returns None); what that means is the caller's choice.
+- A file writable by group/others or owned by another user is refused: whoever can write it
+  can open the gate.
+- Writes go through `secure_file.atomic_write` (temp file, fsync, rename, 0600).
+- A test runs as a remote caller under the test's `mode:` (else the file's). When no rule decides
+  the call, `expect: ask` also passes: in a test, "ask" means "no rule lets this through by
+  itself" — so the contract's own example (strict file, `rm -rf ./build` expecting ask) loads.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from cmdop.adapters.secure_file import atomic_write
+from cmdop.core.calls import Caller, CallerKind, ToolCall, TOOL_TARGET_FIELD
+from cmdop.core.errors import PolicyError
+from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
+from cmdop.core.policy.index import RuleSet
+from cmdop.core.policy.rules import ACTIONS, RuleError, parse_rule, rule_id
+
+TOP_KEYS = ("version", "mode", "ask_timeout_s", "self_bypass", "rules", "tests")
+RULE_KEYS = ("rule", "action", "reason")
+TEST_KEYS = ("call", "expect", "caller", "mode", "cwd")
+
+
+@dataclass(frozen=True)
+class PolicyDoc:
+    """The validated file as plain data (what `save` writes back)."""
+
+    version: int = 1
+    mode: str = "strict"
+    ask_timeout_s: float = 60.0
+    self_bypass: bool = True
+    rules: tuple[tuple[str, str, str], ...] = ()          # (rule, action, reason)
+    tests: tuple[dict[str, Any], ...] = ()
+    mode_set: bool = False
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _scalar(node: yaml.Node, what: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise PolicyError(f"{what} must be a single value", line=_line(node))
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _mapping(node: yaml.Node, keys: tuple[str, ...], what: str) -> dict[str, tuple[yaml.Node, Any]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise PolicyError(f"{what} must be a mapping", line=_line(node))
+    out: dict[str, tuple[yaml.Node, Any]] = {}
+    for knode, vnode in node.value:
+        key = _scalar(knode, "a key")
+        if key not in keys:
+            raise PolicyError(f"unknown key {key!r} in {what} (allowed: {', '.join(keys)})", line=_line(knode))
+        if key in out:
+            raise PolicyError(f"duplicate key {key!r} in {what}", line=_line(knode))
+        out[key] = (vnode, knode)
+    return out
+
+
+def parse_text(text: str, home: str, run_tests_: bool = True) -> tuple[PolicyDoc, Policy]:
+    """Validate the file's text into (doc, policy). Raises PolicyError naming the line.
+    `run_tests_=False` skips the `tests:` (for `permissions test`, which reports each one)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from None
+    if root is None:
+        return PolicyDoc(), Policy(global_rules=RuleSet([]))
+    top = _mapping(root, TOP_KEYS, "permissions.yaml")
+    values: dict[str, Any] = {}
+    for key in ("version", "mode", "ask_timeout_s", "self_bypass"):
+        if key in top:
+            values[key] = _scalar(top[key][0], key)
+    version = values.get("version", 1)
+    if version != 1:
+        raise PolicyError(f"version must be 1, not {version!r}", line=_line(top["version"][0]))
+    mode = values.get("mode", "strict")
+    if mode not in MODES:
+        raise PolicyError(f"mode {mode!r} is not one of {', '.join(MODES)}", line=_line(top["mode"][0]))
+    timeout = values.get("ask_timeout_s", 60)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+        raise PolicyError("ask_timeout_s must be a number of seconds between 0 and 86400",
+                          line=_line(top["ask_timeout_s"][0]))
+    self_bypass = values.get("self_bypass", True)
+    if not isinstance(self_bypass, bool):
+        raise PolicyError("self_bypass must be true or false", line=_line(top["self_bypass"][0]))
+    rules, entries = _rules(top.get("rules"), home)
+    tests = _tests(top.get("tests"))
+    doc = PolicyDoc(1, mode, float(timeout), self_bypass, tuple(entries), tuple(t for t, _ in tests),
+                    "mode" in top)
+    policy = Policy(mode, float(timeout), self_bypass, RuleSet(rules))
+    if run_tests_:
+        run_tests(policy, tests, home)
+    return doc, policy
+
+
+def _rules(entry: tuple[yaml.Node, Any] | None, home: str) -> tuple[list[Any], list[tuple[str, str, str]]]:
+    if entry is None or isinstance(entry[0], yaml.ScalarNode) and entry[0].value in ("", "null", "~"):
+        return [], []
+    node = entry[0]
+    if not isinstance(node, yaml.SequenceNode):
+        raise PolicyError("rules must be a list", line=_line(node))
+    rules, entries, seen = [], [], set()
+    for order, item in enumerate(node.value):
+        fields = _mapping(item, RULE_KEYS, "a rule")
+        for need in ("rule", "action"):
+            if need not in fields:
+                raise PolicyError(f"a rule needs '{need}'", line=_line(item))
+        text = _scalar(fields["rule"][0], "rule")
+        action = _scalar(fields["action"][0], "action")
+        reason = _scalar(fields["reason"][0], "reason") if "reason" in fields else ""
+        if not isinstance(text, str) or not isinstance(reason, (str, type(None))):
+            raise PolicyError("rule and reason must be strings", line=_line(item))
+        if action not in ACTIONS:
+            raise PolicyError(f"action {action!r} is not one of allow, ask, deny", line=_line(fields["action"][0]))
+        rid = rule_id(text, action)
+        if rid in seen:
+            raise PolicyError(f"duplicate rule {text!r} with action {action}", line=_line(item))
+        seen.add(rid)
+        try:
+            rules.append(parse_rule(text, action, reason or "", home=home, scope="global", order=order,
+                                    line=_line(item)))
+        except RuleError as exc:
+            raise PolicyError(str(exc), line=_line(fields["rule"][0])) from None
+        entries.append((text, action, reason or ""))
+    return rules, entries
+
+
+def _tests(entry: tuple[yaml.Node, Any] | None) -> list[tuple[dict[str, Any], int]]:
+    if entry is None or isinstance(entry[0], yaml.ScalarNode) and entry[0].value in ("", "null", "~"):
+        return []
+    node = entry[0]
+    if not isinstance(node, yaml.SequenceNode):
+        raise PolicyError("tests must be a list", line=_line(node))
+    out = []
+    for item in node.value:
+        fields = _mapping(item, TEST_KEYS, "a test")
+        test = {k: _scalar(v[0], k) for k, v in fields.items()}
+        if "call" not in test or "expect" not in test:
+            raise PolicyError("a test needs 'call' and 'expect'", line=_line(item))
+        if test["expect"] not in ACTIONS:
+            raise PolicyError(f"expect {test['expect']!r} is not one of allow, ask, deny", line=_line(item))
+        out.append((test, _line(item)))
+    return out
+
+
+def parse_call(text: str) -> ToolCall:
+    """`tool(ARG)` or `tool(OP:ARG)` as a call (the `tests:` and `permissions test` syntax)."""
+    text = str(text).strip()
+    name, _, rest = text.partition("(")
+    name = name.strip()
+    if name not in TOOL_TARGET_FIELD or not rest.endswith(")"):
+        raise ValueError(f"call {text!r} is not TOOL(ARG) with a known tool")
+    arg = rest[:-1]
+    op = ""
+    head, sep, tail = arg.partition(":")
+    if sep and head.isidentifier() and head.islower() and not tail.startswith("//") and " " not in head:
+        op, arg = head, tail
+    return ToolCall(tool=name, input={TOOL_TARGET_FIELD[name]: arg}, operation=op)
+
+
+def run_one(policy: Policy, test: dict[str, Any], home: str) -> tuple[bool, str]:
+    """Run one test; (passed, what happened)."""
+    try:
+        call = parse_call(test["call"])
+    except ValueError as exc:
+        return False, str(exc)
+    call = ToolCall(call.tool, call.input, call.operation, str(test.get("cwd") or home))
+    caller = Caller(CallerKind(str(test.get("caller") or "remote")))
+    mode = str(test.get("mode") or policy.mode)
+    d = decide(call, caller, policy, home, mode=mode)
+    ok = d.decision == test["expect"] or (
+        d.source == "mode" and test["expect"] == "ask" and MODE_ACTION.get(mode) == d.decision)
+    return ok, f"{test['call']} → {d.decision} ({d.reason})"
+
+
+def run_tests(policy: Policy, tests: list[tuple[dict[str, Any], int]], home: str) -> None:
+    for test, line in tests:
+        try:
+            ok, got = run_one(policy, test, home)
+        except ValueError as exc:      # e.g. an unknown caller kind
+            raise PolicyError(f"test is invalid: {exc}", line=line) from None
+        if not ok:
+            raise PolicyError(f"test failed: expected {test['expect']}, got {got}", line=line,
+                              hint="fix the rules or the test; the file was not loaded")
+
+
+def load(path: str, home: str, run_tests: bool = True) -> tuple[PolicyDoc, Policy] | None:
+    """Load and validate `path`; None when it does not exist. Raises PolicyError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        uid = os.geteuid()
+        if st.st_uid != uid and st.st_uid != 0:
+            raise PolicyError(f"{path} is owned by uid {st.st_uid}, not you; refusing it",
+                              hint=f"run: chown {uid} {path}")
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            raise PolicyError(f"{path} is writable by other users; refusing it",
+                              hint=f"run: chmod 600 {path}")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            data = f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path} is not UTF-8 text") from None
+    return parse_text(text, home, run_tests)
+
+
+def render(doc: PolicyDoc) -> str:
+    """The YAML text for `doc` (rules and tests in order)."""
+    out: dict[str, Any] = {"version": 1, "mode": doc.mode, "ask_timeout_s": _num(doc.ask_timeout_s),
+                           "self_bypass": doc.self_bypass,
+                           "rules": [dict({"rule": r, "action": a}, **({"reason": why} if why else {}))
+                                     for r, a, why in doc.rules]}
+    if doc.tests:
+        out["tests"] = [dict(t) for t in doc.tests]
+    header = "# cmdop permission policy (CONTRACT §4). Edited by `cmdop permissions`; hot-reloaded.\n"
+    return header + yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def _num(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def save(path: str, doc: PolicyDoc, home: str) -> Policy:
+    """Validate `doc` (rules compile, tests pass), then write it atomically with mode 0600."""
+    text = render(doc)
+    _, policy = parse_text(text, home)
+    atomic_write(path, text, 0o600)
+    return policy

@@ -1,0 +1,265 @@
+"""From a parsed command to what rules and the floor match: wrappers unwrapped, programs
+normalised, one matchable text per simple command.
+
+Rules (why, in attacker terms):
+- Wrappers that only change scheduling or lookup (`nice`, `nohup`, `timeout`, `command`, `exec`,
+  `time`, `stdbuf`, `setsid`, `ionice`, `busybox`, `builtin`, `env` without `-C`/`-S`) are
+  transparent: `nice git status` is allowed by `git *`.
+- Wrappers that change privilege, root, or the arguments (`sudo`, `doas`, `su`, `runuser`, `chroot`,
+  `xargs`, `env -C`) are not: the allow text is the whole outer command (`sudo git *` must be
+  written to allow `sudo git status`), while deny rules see every layer (`git push *` denies
+  `sudo git push x`).
+- `bash -c STR`, `sh -c STR`, `eval ARGS`, `env -S STR`, `su -c STR` are parsed again as commands;
+  a dynamic STR is unknown.
+- `env NAME=V cmd` moves NAME=V into cmd's leading assignments: `ls *` does not match
+  `env LD_PRELOAD=x.so ls`.
+- Programs given by path match a bare rule name only from /bin, /usr/bin, /sbin, /usr/sbin,
+  /usr/local/bin (`//usr/bin/../bin/git` is folded first); for the floor every path is reduced to
+  its last component.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+
+from cmdop.core.policy.shell import LIT, RAW, SimpleCommand, Word
+
+STANDARD_DIRS = frozenset({"/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin"})
+
+# wrapper -> (short options taking an argument, long options taking an argument, privileged)
+_WRAPPERS: dict[str, tuple[str, frozenset[str], bool]] = {
+    "sudo": ("ugpCDhrtTUc", frozenset({"user", "group", "prompt", "close-from", "chdir", "host",
+                                       "role", "type", "command-timeout", "other-user"}), True),
+    "doas": ("uC", frozenset(), True),
+    "runuser": ("ugGlw", frozenset({"user", "group", "supp-group", "whitelist-environment"}), True),
+    "chroot": ("", frozenset({"userspec", "groups"}), True),
+    "xargs": ("adEIiLlnPs", frozenset({"arg-file", "delimiter", "eof", "replace", "max-lines",
+                                       "max-args", "max-procs", "max-chars", "process-slot-var"}), True),
+    "env": ("uCS", frozenset({"unset", "chdir", "split-string", "block-signal", "default-signal",
+                              "ignore-signal"}), False),
+    "nice": ("n", frozenset({"adjustment"}), False),
+    "ionice": ("cnp", frozenset({"class", "classdata", "pid", "pgid", "uid"}), False),
+    "nohup": ("", frozenset(), False),
+    "timeout": ("sk", frozenset({"signal", "kill-after"}), False),
+    "command": ("", frozenset(), False),
+    "builtin": ("", frozenset(), False),
+    "exec": ("a", frozenset(), False),
+    "time": ("fo", frozenset({"format", "output"}), False),
+    "stdbuf": ("ioe", frozenset({"input", "output", "error"}), False),
+    "setsid": ("", frozenset(), False),
+    "busybox": ("", frozenset(), False),
+    "nocorrect": ("", frozenset(), False),
+    "noglob": ("", frozenset(), False),
+}
+SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "csh", "tcsh", "ash", "fish", "yash",
+                    "posh", "rbash", "rc", "es", "sash", "su"})
+_HARMLESS_REDIRECT = re.compile(r"^(?:[0-9]*>&[0-9-]|[0-9]*>&?/dev/null|&>>?/dev/null|[0-9]*>>/dev/null)$")
+
+
+def program_name(value: str) -> str:
+    """The name a rule matches: the basename only for programs in the standard system dirs."""
+    if value.startswith("/"):
+        folded = posixpath.normpath("/" + value.lstrip("/"))
+        if posixpath.dirname(folded) in STANDARD_DIRS:
+            return posixpath.basename(folded)
+        return folded
+    return value
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One invocation in a chain of wrappers (outermost first)."""
+
+    assigns: tuple[tuple[str, Word], ...]
+    words: tuple[Word, ...]
+    privileged: bool          # this layer changes privilege/root/arguments of what it runs
+
+
+@dataclass(frozen=True)
+class Unwrapped:
+    """A simple command with its wrappers peeled. `nested` is a string to parse as a command."""
+
+    layers: tuple[Layer, ...]
+    nested: tuple[str, ...]      # static -c / eval / env -S strings
+    dynamic_nested: bool          # a -c / eval string that is not static
+    dynamic_nested_sub: bool      # ... and it contains $(...)/backticks (curl | sh in disguise)
+
+
+def _static(word: Word) -> str | None:
+    return word.static
+
+
+def unwrap(cmd: SimpleCommand) -> Unwrapped:
+    """Peel wrappers off `cmd`. Never raises; stops at the first word it cannot read."""
+    layers: list[Layer] = []
+    nested: list[str] = []
+    dyn = dyn_sub = False
+    assigns = tuple(cmd.assigns)
+    words = list(cmd.words)
+    privileged = False
+    for _ in range(16):  # wrappers nest; the bound stops pathological chains
+        layers.append(Layer(assigns, tuple(words), privileged))
+        if not words:
+            break
+        head = _static(words[0])
+        if head is None:
+            break
+        name = posixpath.basename(head)
+        if name in SHELLS or name == "eval":
+            script = _shell_script(name, words)
+            if isinstance(script, Word):
+                if script.static is not None:
+                    nested.append(script.static)
+                else:
+                    dyn = True
+                    dyn_sub = dyn_sub or any(k == "C" for k, _ in script.segments)
+            elif script:
+                nested.extend(script)
+            break
+        spec = _WRAPPERS.get(name)
+        if spec is None:
+            break
+        short, long, priv = spec
+        rest, extra_assigns, split, chdir = _skip_options(name, words[1:], short, long)
+        if rest is None:
+            break
+        if split is not None:
+            nested.append(split)
+        if name == "timeout" and rest:
+            rest = rest[1:]          # the DURATION
+        elif name == "chroot" and rest:
+            rest = rest[1:]          # the NEWROOT
+        privileged = priv or chdir or name == "su"
+        assigns = assigns + tuple(extra_assigns)
+        words = rest
+    return Unwrapped(tuple(layers), tuple(nested), dyn, dyn_sub)
+
+
+def _shell_script(name: str, words: list[Word]) -> Word | list[str] | None:
+    """The script a shell (-c) or eval runs, if the command gives it inline."""
+    if name == "eval":
+        if all(w.static is not None for w in words[1:]):
+            return [" ".join(w.static or "" for w in words[1:])]
+        return Word(tuple(seg for w in words[1:] for seg in w.segments))
+    i = 1
+    while i < len(words):
+        v = words[i].static
+        if v is None or v == "--" or not v.startswith(("-", "+")):
+            return None
+        if v in ("-o", "+o", "-O", "+O"):
+            i += 2
+            continue
+        if v.startswith("-") and not v.startswith("--") and "c" in v[1:]:
+            return words[i + 1] if i + 1 < len(words) else None
+        i += 1
+    return None
+
+
+def _skip_options(name: str, words: list[Word], short: str, long: frozenset[str]
+                  ) -> tuple[list[Word] | None, list[tuple[str, Word]], str | None, bool]:
+    """Skip a wrapper's options. Returns (remaining words or None if unreadable, NAME=V moved out
+    of `env`, an `env -S` string, whether the working directory changes)."""
+    assigns: list[tuple[str, Word]] = []
+    split: str | None = None
+    chdir = False
+    i = 0
+    while i < len(words):
+        v = words[i].static
+        if v is None:
+            return None, assigns, split, chdir
+        if v == "--":
+            i += 1
+            break
+        if name == "env" and "=" in v and not v.startswith("-") and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", v):
+            key, _, val = v.partition("=")
+            assigns.append((key, Word(((LIT, val),))))
+            i += 1
+            continue
+        if v.startswith("--") and len(v) > 2:
+            key, eq, val = v[2:].partition("=")
+            if key in ("chdir",):
+                chdir = True
+            if key == "split-string":
+                split = val if eq else (words[i + 1].static if i + 1 < len(words) else None)
+            i += 1 if eq or key not in long else 2
+            continue
+        if v.startswith("-") and len(v) > 1 and not (name in ("nice",) and v[1:].lstrip("-").isdigit()):
+            j = 1
+            consumed = 1
+            while j < len(v):
+                ch = v[j]
+                if ch in short:
+                    arg = v[j + 1:] if j + 1 < len(v) else (words[i + 1].static if i + 1 < len(words) else "")
+                    consumed = 1 if j + 1 < len(v) else 2
+                    if name == "env" and ch == "C" or name == "sudo" and ch == "D":
+                        chdir = True
+                    if name == "env" and ch == "S":
+                        split = arg
+                    break
+                if name == "sudo" and ch in "si" and _rest_is_empty(words, i + 1):
+                    return [Word(((RAW, "sh"),))], assigns, split, chdir   # sudo -s: a shell
+                j += 1
+            i += consumed
+            continue
+        if name == "nice" and v.startswith("-"):
+            i += 1
+            continue
+        break
+    if name == "su":
+        return None, assigns, split, chdir
+    return words[i:], assigns, split, chdir
+
+
+def _rest_is_empty(words: list[Word], i: int) -> bool:
+    return all((w.static or "").startswith("-") for w in words[i:])
+
+
+def word_match_text(word: Word, program: bool) -> str | None:
+    """The text an allow rule sees for `word`, or None when it must not be matched.
+
+    Static words give their value. Unquoted globs in argument position are kept as written
+    (`ls *.py` matches `ls *`); in program position they are unknown. Variables, substitutions,
+    brace expansion and paths with `..` components are unknown.
+    """
+    value = word.static
+    if value is None:
+        if program or word.has_expansion or any(k == RAW and "{" in t for k, t in word.segments):
+            return None
+        value = "".join(t for _, t in word.segments)
+    if program:
+        name = program_name(value)
+        if "/" not in name:          # folded into a standard dir: `/usr/bin/../bin/git` is git
+            return name
+    if "/" in value and ".." in value.split("/"):
+        return None
+    return program_name(value) if program else value
+
+
+def match_text(layer: Layer, redirects: list[tuple[str, Word | None]]) -> str | None:
+    """One line a command glob is matched against, or None when part of it is unknown."""
+    out: list[str] = []
+    for key, val in layer.assigns:
+        v = word_match_text(val, False)
+        if v is None:
+            return None
+        out.append(f"{key}={v}")
+    for i, w in enumerate(layer.words):
+        v = word_match_text(w, i == 0)
+        if v is None:
+            return None
+        out.append(v)
+    for op, target in redirects:
+        # A redirection starts with a newline, the one character a command glob's `*` does not
+        # match: `echo *` must not allow `echo x >~/.profile`; `echo * > *.txt` can.
+        if target is None:
+            out.append("\n" + op)
+            continue
+        t = target.static
+        if t is None:
+            return None
+        if _HARMLESS_REDIRECT.match(op + t):
+            continue
+        out.append("\n" + op + t)
+    return " ".join(out).replace(" \n", "\n")

@@ -1,0 +1,84 @@
+"""`cmdop permissions explain`: the gate's steps for one call, for a person to read.
+
+It re-walks the same steps as `gate.decide_target` (and reports `decide`'s own Decision, so the
+two cannot disagree about the outcome): the floor entry hit or not, the caller step, the parts a
+command was split into, each rule of the tool and why it matched or not, and the mode step.
+Rules are walked linearly here (no index) because every rule must be listed.
+"""
+
+from __future__ import annotations
+
+from cmdop.core.calls import Caller, CallerKind, ToolCall
+from cmdop.core.policy.decision import Decision
+from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide, prepare_target
+from cmdop.core.policy.rules import Rule
+
+
+def _rule_verdict(rule: Rule, t_operation: str, parts: list[tuple[str | None, tuple[str, ...], bool]]) -> str:
+    if rule.operation and rule.operation != t_operation:
+        return f"no: operation '{t_operation or '(none)'}' is not '{rule.operation}'"
+    hits = []
+    for allow_text, deny_texts, deny_only in parts:
+        texts = deny_texts if rule.action == "deny" else (() if deny_only else (allow_text,))
+        if rule.regex is None:
+            hits.append(allow_text or (deny_texts[0] if deny_texts else "?"))
+            continue
+        for text in texts:
+            if text is not None and rule.regex.match(text):
+                hits.append(text)
+                break
+    if hits:
+        return "MATCHES " + ", ".join(repr(h) for h in hits)
+    if rule.action != "deny" and any(a is None and not d for a, _, d in parts):
+        return "no: the glob does not match, and part of the command is unknown (never matched by allow/ask)"
+    return f"no: glob {rule.glob!r} does not match"
+
+
+def explain(call: ToolCall, caller: Caller, policy: Policy, home: str, mode: str | None = None,
+            resolved: str | None = None, resolved_cwd: str | None = None) -> tuple[Decision, list[str]]:
+    """(the decision, lines of explanation). Never raises."""
+    eff = mode if mode in MODES else (policy.mode if policy.mode in MODES else "strict")
+    decision = decide(call, caller, policy, home, eff, resolved, resolved_cwd)
+    lines = [f"call: {call.tool}" + (f" --op {call.operation}" if call.operation else "")
+             + f" {decision.target!r} as a {getattr(caller.kind, 'value', caller.kind)} caller, mode {eff}"]
+    try:
+        t = prepare_target(call, home, resolved, resolved_cwd)
+    except Exception as exc:  # noqa: BLE001
+        return decision, lines + [f"could not prepare the call: {exc}", _final(decision)]
+    if t.invalid:
+        return decision, lines + [f"1. input: {t.invalid} → deny", _final(decision)]
+    lines.append(f"1. floor: HIT — {t.floor}" if t.floor else "1. floor: no floor entry applies")
+    if t.floor:
+        return decision, lines + [_final(decision)]
+    kind = caller.kind if isinstance(caller.kind, CallerKind) else CallerKind(str(caller.kind))
+    if kind is CallerKind.LOCAL or (kind is CallerKind.SELF and policy.ok and policy.self_bypass):
+        return decision, lines + [f"2. caller: {kind.value} callers bypass the rules", _final(decision)]
+    lines.append(f"2. caller: {kind.value} — goes through the rules")
+    if not policy.ok:
+        return decision, lines + [f"3. policy: none loaded ({policy.problem}) → deny", _final(decision)]
+    parts = [(p.allow_text, p.deny_texts, p.deny_only) for p in t.parts]
+    if t.kind == "command":
+        lines.append(f"   the command has {len(t.parts)} part(s); every part must be allowed:")
+        for p in t.parts:
+            if p.deny_only:
+                lines.append(f"   - {p.display!r} (checked against deny rules only)")
+            elif p.allow_text is None:
+                lines.append(f"   - {p.display!r}: unknown to allow/ask rules — {p.why_unknown}")
+            else:
+                lines.append(f"   - {p.allow_text!r}")
+    rules = [r for scope in (policy.global_rules, policy.session_rules) for r in scope.rules
+             if r.tool == call.tool]
+    total = len(policy.global_rules) + len(policy.session_rules)
+    lines.append(f"3. rules: {len(rules)} of {total} rule(s) are for {call.tool}"
+                 " (deny from any scope wins; then session, then global; ask over allow)")
+    for r in rules:
+        lines.append(f"   [{r.scope}] {r.action:5} {r.rule}  ({r.id}): {_rule_verdict(r, call.operation, parts)}")
+    action = MODE_ACTION.get(eff, "deny")
+    lines.append(f"4. mode: {eff} → {action} for what no rule decided"
+                 + ("" if decision.source == "mode" else " (not needed here)"))
+    return decision, lines + [_final(decision)]
+
+
+def _final(d: Decision) -> str:
+    return (f"decision: {d.decision} (source {d.source}" + (f", rule {d.rule_id}" if d.rule_id else "")
+            + f") — {d.reason}")

@@ -1,0 +1,137 @@
+"""The floor for paths (CONTRACT §4): files, directories and prefixes no rule can open up.
+
+Source of every entry: CONTRACT §4 "The floor" (which cites spec/security-model.txt).
+Checks are component- and prefix-wise on a canonical path, never substring: `/etcetera` and
+`my.env.example.txt` are not floor, `.env.local` is.
+
+Comparison is done on NFKC-normalised, case-folded components. On Linux `.ENV` is a different
+file from `.env`, but on case-insensitive or normalising mounts (vfat, exfat, some network and
+macOS filesystems) it is the same file, and refusing `.ENV` costs nobody anything.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+from cmdop.core.policy.paths import components
+
+FLOOR_FILES = frozenset({".env", ".gitconfig", ".bashrc", ".zshrc", ".profile", ".ripgreprc",
+                         ".mcp.json", ".claude.json"})
+FLOOR_FILE_PREFIXES = (".env.",)
+FLOOR_DIRS = frozenset({".git", ".ssh", ".cmdop"})
+FLOOR_ABS_PREFIXES = ("/etc", "/System", "/private/etc")
+FLOOR_HOME_PREFIXES = ("Library/Keychains", ".config/cmdop")
+
+# Names a glob or an unknown expansion is tested against: one representative per entry.
+_SAMPLES = tuple(sorted(FLOOR_FILES | FLOOR_DIRS | {".env.local"}))
+
+
+def fold(text: str) -> str:
+    """The form components are compared in (see module docstring)."""
+    if text.isascii():
+        return text.lower()
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+_ASCII_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-+@~,=")
+_FOLDED_FILES = frozenset(fold(n) for n in FLOOR_FILES)
+_FOLDED_DIRS = frozenset(fold(n) for n in FLOOR_DIRS)
+
+
+@lru_cache(maxsize=64)
+def _prefixes(home: str) -> tuple[tuple[str, list[str]], ...]:
+    out = [(p, components(fold(p))) for p in FLOOR_ABS_PREFIXES]
+    for rel in FLOOR_HOME_PREFIXES:
+        full = home.rstrip("/") + "/" + rel
+        out.append(("~/" + rel, components(fold(full))))
+    return tuple(out)
+
+
+def _component_reason(comp: str) -> str | None:
+    if comp in _FOLDED_FILES or any(comp.startswith(p) for p in FLOOR_FILE_PREFIXES):
+        return f"floor: protected file '{comp}'"
+    if comp in _FOLDED_DIRS:
+        return f"floor: protected directory '{comp}'"
+    return None
+
+
+@lru_cache(maxsize=16384)
+def check_path(canonical_path: str, home: str) -> str | None:
+    """The floor reason if `canonical_path` (absolute, folded) is protected, else None.
+
+    File tools call this again on the path they actually opened.
+    """
+    comps = [fold(c) for c in components(canonical_path)]
+    for c in comps:
+        if c[:1] == "." or c[:1] not in _ASCII_PLAIN:   # every floor name starts with a dot
+            reason = _component_reason(c)
+            if reason:
+                return reason
+    for shown, pref in _prefixes(home):
+        if pref and comps[:len(pref)] == pref:
+            return f"floor: protected prefix '{shown}'"
+    return None
+
+
+def _glob_regex(component: str) -> re.Pattern[str]:
+    """A shell glob for one component, as bash expands it without dotglob: a leading `*`, `?`
+    or `[...]` does not match a leading dot. `\\x00` stands for an unknown expansion."""
+    out = []
+    i = 0
+    while i < len(component):
+        c = component[i]
+        if c in "*\x00":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = component.find("]", i + 2)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = component[i + 1:j]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    rx = "".join(out)
+    if component[:1] in ("*", "?", "[", "\x00"):
+        rx = "(?!\\.)" + rx
+    try:
+        return re.compile(rx + r"\Z", re.DOTALL)
+    except re.error:
+        return re.compile(r"[^/]*\Z")
+
+
+_WILD = re.compile(r"[*?\[\x00]")
+
+
+def check_pattern(path: str, home: str, prefixes: bool = True) -> str | None:
+    """Like check_path, for a folded absolute path that may hold glob characters or `\\x00`
+    (an unknown expansion): the reason if *some* expansion of it could be protected.
+    `prefixes=False` checks components only (for a relative path under an unknown cwd)."""
+    if not _WILD.search(path) and prefixes:
+        return check_path(path, home)
+    comps = [fold(c) for c in components(path)]
+    regexes = [(_glob_regex(c) if _WILD.search(c) else None, c) for c in comps]
+    for rx, c in regexes:
+        if rx is None:
+            reason = _component_reason(c)
+            if reason:
+                return reason
+        else:
+            for sample in _SAMPLES:
+                if rx.match(sample):
+                    return f"floor: pattern '{c}' can name protected '{sample}'"
+    for shown, pref in (_prefixes(home) if prefixes else ()):
+        if len(regexes) < len(pref) and not (regexes and regexes[-1][1].endswith(("*", "\x00"))):
+            continue
+        if all((rx.match(p) if rx else c == p) for (rx, c), p in zip(regexes, pref)):
+            if len(regexes) >= len(pref):
+                return f"floor: pattern can name protected prefix '{shown}'"
+    return None

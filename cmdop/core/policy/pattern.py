@@ -1,0 +1,182 @@
+"""Rule argument globs, compiled once per policy load to anchored regexes (CONTRACT §4).
+
+- path globs: anchored on the full canonical path; `*` and `?` stay within one segment, `**`
+  spans any depth (`/a/**` also matches `/a`), `[abc]`/`[!abc]` classes, `\\x` escapes.
+- command globs: anchored on one simple command's text (the parser has already split the command
+  at every separator, so a `;` or `|` left in the text is part of an argument); `*` matches any
+  characters but a newline, which is what starts a redirection in the text
+  (`commands.match_text`), so `echo *` never spans into `echo x > ~/.profile`; a rule writes a
+  redirection as ` > GLOB`. A trailing ` *` also matches nothing (`ls *` matches `ls`).
+- host globs: the whole lower-cased hostname; `*` matches anything.
+`literal_chars` counts non-wildcard characters: "most specific" means most literal characters.
+"""
+
+from __future__ import annotations
+
+import re
+
+GLOB_META = "*?[]\\"
+_CMD_ANY = r"[^\n]"
+
+
+class GlobError(ValueError):
+    """A glob that cannot be compiled; the message says why."""
+
+
+def escape(text: str) -> str:
+    """`text` with every glob metacharacter escaped, so it matches only itself."""
+    return "".join("\\" + c if c in GLOB_META else c for c in text)
+
+
+def literal_chars(glob: str) -> int:
+    """Number of characters of `glob` that match only themselves."""
+    n, i = 0, 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "\\":
+            n += 1
+            i += 2
+            continue
+        if c == "[":
+            j = glob.find("]", i + 2)
+            i = (j + 1) if j > 0 else i + 1
+            continue
+        if c not in "*?":
+            n += 1
+        i += 1
+    return n
+
+
+def literal_prefix(glob: str) -> str:
+    """The text every match of `glob` starts with (escapes resolved)."""
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "\\" and i + 1 < len(glob):
+            out.append(glob[i + 1])
+            i += 2
+            continue
+        if c in "*?[":
+            break
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def is_literal(glob: str) -> bool:
+    """True when `glob` has no wildcard (it matches exactly one string)."""
+    i = 0
+    while i < len(glob):
+        if glob[i] == "\\":
+            i += 2
+            continue
+        if glob[i] in "*?[":
+            return False
+        i += 1
+    return True
+
+
+def _class(glob: str, i: int) -> tuple[str, int]:
+    j = glob.find("]", i + 2)
+    if j < 0:
+        raise GlobError(f"unclosed '[' at position {i + 1} in {glob!r}")
+    body = glob[i + 1:j]
+    neg = body[:1] in ("!", "^")
+    if neg:
+        body = body[1:]
+    body = body.replace("\\", "\\\\").replace("[", "\\[")
+    return ("[^" if neg else "[") + body + "]", j + 1
+
+
+def compile_path(glob: str) -> re.Pattern[str]:
+    """Regex for an absolute path glob (already `~`-expanded)."""
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "\\":
+            if i + 1 >= len(glob):
+                raise GlobError(f"trailing backslash in {glob!r}")
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+        elif glob.startswith("/**", i) and (i + 3 == len(glob) or glob[i + 3] == "/"):
+            out.append("(?:/.*)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            cls, i = _class(glob, i)
+            out.append(cls)
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return _compile("".join(out), glob)
+
+
+def compile_command(glob: str) -> re.Pattern[str]:
+    """Regex for a command glob (normalised by `rules`), matched against `match_text` output."""
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "\\":
+            if i + 1 >= len(glob):
+                raise GlobError(f"trailing backslash in {glob!r}")
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+        elif glob[i:] in (" *", " **"):
+            out.append(f"(?: {_CMD_ANY}*)?")
+            break
+        elif c == "*":
+            while i < len(glob) and glob[i] == "*":
+                i += 1
+            out.append(f"{_CMD_ANY}*")
+        elif c == "?":
+            out.append(_CMD_ANY)
+            i += 1
+        elif c == "[":
+            cls, i = _class(glob, i)
+            out.append(cls)
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return _compile("".join(out), glob)
+
+
+def compile_host(glob: str) -> re.Pattern[str]:
+    """Regex for a hostname glob (lower-cased by the caller)."""
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "\\" and i + 1 < len(glob):
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+        elif c == "*":
+            out.append(".*")
+            i += 1
+        elif c == "?":
+            out.append(".")
+            i += 1
+        elif c == "[":
+            cls, i = _class(glob, i)
+            out.append(cls)
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return _compile("".join(out), glob)
+
+
+def _compile(rx: str, glob: str) -> re.Pattern[str]:
+    try:
+        return re.compile(rx + r"\Z", re.DOTALL)
+    except re.error as exc:
+        raise GlobError(f"invalid glob {glob!r}: {exc}") from None

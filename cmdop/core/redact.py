@@ -1,0 +1,152 @@
+"""Redaction of secrets in text that goes to the audit log (CONTRACT §5: "Secrets in `target` are
+redacted").
+
+Pure: `redact(text)` returns the text with every secret substring replaced and whether anything
+was replaced. Only the secret part is replaced, never the words around it, so an audit line still
+says which program ran with which options. A replacement is `[REDACTED]`, after at most the first
+4 characters of a well-known token prefix (`AKIA[REDACTED]`, `ghp_[REDACTED]`) so a reader can tell
+which kind of credential was passed without learning it.
+
+Rules, applied in this order (each entry says where the shape comes from):
+1. PEM private-key blocks (RFC 7468 `-----BEGIN ... PRIVATE KEY-----`), to the END line or the end
+   of the text when the block is cut off.
+2. URL credentials `scheme://user:PASSWORD@host` (RFC 3986 userinfo); the user name is kept.
+3. HTTP auth: `Authorization: Bearer|Basic|Token X`, `Bearer X`, and API-key style headers
+   (`X-Api-Key: X`, `Private-Token: X`, anything `X-…token|key|secret|auth…: X`).
+4. Command-line passwords: `--password=X`, `--password X` and the same for names containing
+   password, passwd, passphrase, token, secret, api-key, access-key, private-key, credential
+   (but not `…-file`, `…-path`, `…-id`: those name where a secret is, not the secret);
+   `mysql`/`mariadb` family `-pX` (attached form only: `-p` alone makes them prompt);
+   `sshpass -p X`; `redis-cli -a X`; `curl -u user:X`.
+5. `NAME=value` and JSON `"name": "value"` where NAME has a part containing TOKEN, SECRET,
+   PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL, or a part that is or ends with KEY/KEYS
+   (API_KEY, APIKEY, AWS_SECRET_ACCESS_KEY), case-insensitive. PWD (the working directory) and
+   KEYBOARD-like names are not secrets.
+6. Well-known token formats: AWS access key ids (AKIA/ASIA/…), GitHub (ghp_ gho_ ghu_ ghs_ ghr_,
+   github_pat_), GitLab (glpat-), Slack (xox?-), Stripe (sk_live_/rk_live_/sk_test_), OpenAI and
+   Anthropic style `sk-…`, Google API keys (AIza…), npm (npm_), JSON Web Tokens (eyJ….eyJ….…).
+7. Long high-entropy strings: a run of ≥ 32 characters of the base64/base64url alphabet that mixes
+   upper case, lower case and at least 2 digits, with Shannon entropy ≥ 4.0 bits per character.
+   Pure hex (git SHAs, sha256 digests), UUIDs, paths and identifiers do not qualify: they are the
+   everyday content of commands and are not credentials on their own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Callable
+
+MARK = "[REDACTED]"
+
+_Repl = Callable[["re.Match[str]"], str]
+
+
+def _keep_group(keep: int) -> _Repl:
+    """Replace the last group of the match, keeping groups 1..keep as they were."""
+
+    def repl(m: "re.Match[str]") -> str:
+        prefix = "".join(m.group(i) or "" for i in range(1, keep + 1))
+        return prefix + MARK
+
+    return repl
+
+
+def _keep_prefix(n: int) -> _Repl:
+    def repl(m: "re.Match[str]") -> str:
+        return m.group(0)[:n] + MARK
+
+    return repl
+
+
+_SECRET_WORD = r"(?:password|passwd|passphrase|token|secret|api[-_]?key|access[-_]?key|private[-_]?key|credentials?)"
+_VALUE = r"(?:\"[^\"]*\"|'[^']*'|[^\s;&|]+)"
+
+# Each rule: (a substring of the lower-cased text without which the rule cannot match, so most
+# rules are skipped by a fast `in` test; the pattern; the replacement).
+_RULES: list[tuple[str | None, re.Pattern[str], _Repl]] = [
+    # 1. PEM private keys (RFC 7468), possibly cut off.
+    ("private key", re.compile(r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)[\s\S]*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)"),
+     lambda m: m.group(1) + MARK + m.group(2)),
+    # 2. URL userinfo password (RFC 3986).
+    ("://", re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]+:)([^\s/@]+)(?=@)"), _keep_group(1)),
+    # 3. HTTP authorization and API-key headers.
+    ("authorization", re.compile(r"(?i)(\bauthorization\s*:\s*(?:(?:bearer|basic|token|digest)\s+)?)([^\s'\"]+)"), _keep_group(1)),
+    ("bearer", re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9\-._~+/]{8,}=*)"), _keep_group(1)),
+    (":", re.compile(r"(?i)(\b(?:x-[\w-]*(?:token|key|secret|auth)[\w-]*|api-key|private-token)\s*:\s*)([^\s'\"]+)"),
+     _keep_group(1)),
+    # 4. Command-line password options.
+    ("--", re.compile(r"(?i)(--[\w-]*" + _SECRET_WORD + r"(?![\w-]*(?:-file|-path|-id|-env|-name|-dir)\b)[\w-]*"
+                r"(?:=|\s+(?!-)))(" + _VALUE + r")"), _keep_group(1)),
+    ("-p", re.compile(r"(\b(?:mysql\w*|mariadb[\w-]*)\b[^;&|\n]*?\s-p)([^\s;&|]+)"), _keep_group(1)),
+    ("sshpass", re.compile(r"(\bsshpass\b[^;&|\n]*?\s-p\s*)([^\s;&|]+)"), _keep_group(1)),
+    ("redis-cli", re.compile(r"(\bredis-cli\b[^;&|\n]*?\s-a\s+)([^\s;&|]+)"), _keep_group(1)),
+    ("curl", re.compile(r"(\bcurl\b[^;&|\n]*?\s(?:-u\s*|--user[=\s]+)['\"]?[^\s:'\"]+:)([^\s'\"@]+)"), _keep_group(1)),
+    # 5. NAME=value and "name": "value" with a secret-looking name.
+    ("=", re.compile(r"(?i)(\b[A-Za-z0-9_]*(?:token|secret|passw(?:or)?d|passphrase|credential|key|keys)"
+                r"(?:_[A-Za-z0-9_]*)?=)(" + _VALUE + r")"), lambda m: _name_value(m)),
+    ('":', re.compile(r"(?i)(\"[\w-]*(?:token|secret|passw(?:or)?d|passphrase|credential|api[-_]?key|private[-_]?key)"
+                r"[\w-]*\"\s*:\s*\")((?:[^\"\\]|\\.)*)(?=\")"), _keep_group(1)),
+    # 6. Well-known token formats (vendor documentation of each prefix).
+    (None, re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"), _keep_prefix(4)),
+    ("gh", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), _keep_prefix(4)),
+    ("github_pat_", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), _keep_prefix(4)),
+    ("glpat-", re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), _keep_prefix(4)),
+    ("xox", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), _keep_prefix(4)),
+    ("k_", re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"), _keep_prefix(3)),
+    ("sk-", re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"), _keep_prefix(3)),
+    ("aiza", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), _keep_prefix(4)),
+    ("npm_", re.compile(r"\bnpm_[A-Za-z0-9]{36}"), _keep_prefix(4)),
+    ("eyj", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), _keep_prefix(3)),
+]
+
+# A name part that is exactly, or ends with, KEY/KEYS counts; KEYBOARD, KEYMAP do not.
+_SECRET_PART = re.compile(r"(?i)token|secret|passw(?:or)?d|passphrase|credential|key$|keys$")
+
+_HIGH_ENTROPY = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+
+
+def _name_value(m: "re.Match[str]") -> str:
+    name = m.group(1)[:-1]
+    if any(_SECRET_PART.search(part) for part in name.split("_") if part):
+        return m.group(1) + MARK
+    return m.group(0)
+
+
+def _entropy(s: str) -> float:
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
+
+def _looks_random(s: str) -> bool:
+    digits = sum(ch.isdigit() for ch in s)
+    return (digits >= 2 and any(ch.islower() for ch in s) and any(ch.isupper() for ch in s)
+            and _entropy(s) >= 4.0)
+
+
+def _high_entropy(m: "re.Match[str]") -> str:
+    run = m.group(0)
+    parts = run.split("/")
+    # base64 may contain "/", paths do too: a run is one token only when no part of it reads like
+    # a path word (every part has an upper-case letter or a digit), e.g. "wJalr/K7MDENG/bPxRfi".
+    if _looks_random(run) and all(any(c.isupper() or c.isdigit() for c in p) for p in parts):
+        return MARK
+    # A path-like run: judge each part on its own, so /api/v1/<token> loses only the token.
+    return "/".join(MARK if len(p) >= 32 and _looks_random(p) else p for p in parts)
+
+
+def redact(text: str) -> tuple[str, bool]:
+    """Return `text` with secret substrings replaced by `[REDACTED]`, and whether any were.
+
+    Never raises; never removes anything but secret values (see the module docstring for the
+    rules). Idempotent: redacting the result again changes nothing.
+    """
+    out = text
+    lower = text.lower()
+    for needle, pattern, repl in _RULES:
+        if needle is None or needle in lower:
+            out = pattern.sub(repl, out)
+    if len(out) >= 32:
+        out = _HIGH_ENTROPY.sub(_high_entropy, out)
+    return out, out != text

@@ -1,0 +1,344 @@
+"""`cmdop agent run`: the daemon's lifecycle around one root trio nursery.
+
+Order of things, and why:
+1. Take the state-dir lock (flock on daemon.lock) and bind the socket *before* trio starts; a
+   second daemon fails here with "already running (pid N)" and exit 1, touching nothing.
+2. Open the audit writer outermost: it is closed last, after every call has written its line.
+3. Root nursery, each long-lived job a named supervised task (crash → logged, restarted with
+   backoff): local_server, policy_watcher, ask broker (passive: it lives in the calls), watchdog,
+   status_writer, signals. The relay link will be one more task here.
+4. READY=1 only once the socket accepts and the policy has been loaded (good or kept-last).
+5. SIGTERM/SIGINT: STOPPING=1, stop accepting (socket unlinked), refuse new calls, set the
+   cancel event (running commands' process groups are killed, their audit lines written), deny
+   pending asks, wait for calls up to the deadline (10 s), then cancel everything, exit 0.
+   SIGHUP reloads permissions.yaml.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import signal
+import socket as stdsocket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
+
+import trio
+
+from cmdop import __version__
+from cmdop.adapters.secure_file import ensure_private_dir
+from cmdop.core.errors import DaemonError
+from cmdop.core.settings import Settings
+from cmdop.daemon import status as status_mod
+from cmdop.daemon.broker import AskBroker
+from cmdop.daemon.local_server import LocalServer, bind_listener
+from cmdop.daemon.notify import Notifier
+from cmdop.daemon.service import AgentService
+from cmdop.daemon.supervisor import supervise
+
+log = logging.getLogger("cmdop.daemon")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    shutdown_deadline_s: float = 10.0
+    status_interval_s: float = 10.0
+    policy_poll_s: float = 0.5       # a changed permissions.yaml is applied within ~2 polls
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def _take_lock(settings: Settings) -> int:
+    """Hold daemon.lock for the process lifetime; DaemonError when another daemon holds it."""
+    ensure_private_dir(settings.state_dir)
+    path = os.path.join(settings.state_dir, "daemon.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = status_mod.read_pid(settings.pid_file)
+        raise DaemonError(f"already running (pid {pid})" if pid else "already running",
+                          "stop it first, or use another CMDOP_STATE_DIR") from None
+    return fd
+
+
+class Daemon:
+    """One agent process. `run()` blocks until a stop signal and returns the exit status."""
+
+    def __init__(self, settings: Settings, options: DaemonOptions | None = None) -> None:
+        self.settings = settings
+        self.options = options or DaemonOptions()
+        self.notifier = Notifier(self.options.env)
+        self.counters: dict[str, int] = {}
+        self.crashes: dict[str, int] = {}
+        self.started_at = status_mod.utc_now()
+        self.state = "starting"
+        self.hostname = stdsocket.gethostname()
+        self.gatekeeper: Any = None
+        self.audit: Any = None
+        self.sandbox: Any = None
+        self.policy_error = ""
+        self._stop_event: trio.Event | None = None   # trio objects are created inside trio.run
+        self._reload_lock: trio.Lock | None = None
+
+    # -- entry -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        lock_fd = _take_lock(self.settings)
+        try:
+            listener = bind_listener(self.settings.socket_path)
+            status_mod.write_pid(self.settings.pid_file)
+            try:
+                trio.run(self._main, listener)
+            finally:
+                listener.close()
+                self._unlink_socket()
+                self.state = "stopped"
+                self._write_status()
+                status_mod.remove_if_ours(self.settings.pid_file)
+                self.notifier.close()
+        finally:
+            os.close(lock_fd)
+        log.info("agent stopped")
+        return 0
+
+    def _unlink_socket(self) -> None:
+        try:
+            os.unlink(self.settings.socket_path)
+        except FileNotFoundError:
+            pass
+
+    # -- components --------------------------------------------------------------------------
+
+    def _open_audit(self) -> Any:
+        from cmdop.adapters.audit_log import AuditLog
+
+        return AuditLog(self.settings.state_dir)
+
+    def _open_gatekeeper(self) -> Any:
+        """The gate (None if it cannot load: the daemon then serves status but no calls)."""
+        try:
+            from cmdop.adapters.gatekeeper import Gatekeeper
+        except ImportError as exc:
+            log.error("permission gate unavailable: %s", exc)
+            self.policy_error = f"permission gate unavailable: {exc}"
+            return None
+        gk = Gatekeeper(self.settings)
+        if not gk.policy_ok:
+            problem = str(getattr(gk.policy, "problem", "") or "no good policy")
+            self.policy_error = f"{problem} (no good policy at start: remote calls are denied)"
+            log.error("%s (%s)", self.policy_error, self.settings.permissions_file)
+        if gk.mode == "bypass":
+            log.warning("permission mode is BYPASS: remote calls are allowed unless the floor "
+                        "denies them; use only on isolated machines")
+        return gk
+
+    def _open_pipeline(self) -> tuple[Any, Any]:
+        """(handle_call, CallContext) sharing our audit writer and gatekeeper; (None, None) when
+        the pipeline cannot load (calls are then refused with `unavailable`)."""
+        try:
+            from cmdop import pipeline
+            from cmdop.adapters.launcher import Sandbox
+        except ImportError as exc:
+            log.error("tool pipeline unavailable: %s", exc)
+            return None, None
+        self.sandbox = Sandbox()   # its fork server starts on the first command
+        ctx = pipeline.CallContext(settings=self.settings, gatekeeper=self.gatekeeper,
+                                   audit=self.audit, sandbox=self.sandbox, hostname=self.hostname)
+        return pipeline.handle_call, ctx
+
+    # -- status ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        gk = self.gatekeeper
+        # A rejected reload keeps the last good policy serving, but the file needs fixing.
+        policy_ok = bool(getattr(gk, "policy_ok", False)) and not self.policy_error
+        audit_ok = os.access(self.settings.state_dir, os.W_OK)
+        state = self.state
+        if state == "online" and not (policy_ok and audit_ok):
+            state = "degraded"
+        broker: AskBroker | None = getattr(self, "broker", None)
+        service: AgentService | None = getattr(self, "service", None)
+        return {
+            "pid": os.getpid(), "version": __version__, "started_at": self.started_at,
+            "updated_at": status_mod.utc_now(), "state": state,
+            "mode": str(getattr(gk, "mode", "") or ""), "policy_ok": policy_ok,
+            "policy_error": self.policy_error, "audit_ok": audit_ok, "relay_connected": False,
+            "socket": self.settings.socket_path, "hostname": self.hostname,
+            "approvers": broker.approvers if broker else 0,
+            "pending_asks": len(broker.pending()) if broker else 0,
+            "running_calls": service.running_calls if service else 0,
+            "counters": {**self.counters, **(broker.counters if broker else {})},
+            "task_restarts": dict(self.crashes),
+        }
+
+    def _write_status(self, snapshot: dict[str, Any] | None = None) -> None:
+        try:
+            status_mod.write_status(self.settings.status_file, snapshot or self.snapshot())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.settings.status_file, exc)
+
+    async def _write_status_async(self) -> None:
+        # The snapshot reads trio-side state, so it is taken here; only the file write (fsync)
+        # goes to a worker thread.
+        await trio.to_thread.run_sync(self._write_status, self.snapshot())
+
+    def _status_line(self) -> str:
+        s = self.snapshot()
+        return (f"{s['state']}: mode {s['mode'] or '?'}, {s['counters'].get('calls', 0)} calls, "
+                f"{s['approvers']} approvers, policy {'ok' if s['policy_ok'] else 'BAD'}")
+
+    # -- the trio side -----------------------------------------------------------------------
+
+    async def _main(self, listener: stdsocket.socket) -> None:
+        self._stop_event = trio.Event()
+        self._reload_lock = trio.Lock()
+        self._write_status()
+        self.audit = self._open_audit()   # outermost: closed last
+        try:
+            self.gatekeeper = self._open_gatekeeper()
+            handle_call, call_ctx = self._open_pipeline() if self.gatekeeper else (None, None)
+            self.broker = AskBroker(keep_rule=self._keep_rule)
+            self.service = AgentService(
+                broker=self.broker, gatekeeper=self.gatekeeper, call_context=call_ctx,
+                handle_call=handle_call, hostname=self.hostname, status=self.snapshot,
+                reload=self.reload_policy, counters=self.counters)
+            server = LocalServer(listener, self.service.dispatch, self.broker, self.counters)
+            await self._serve(server)
+        finally:
+            if self.sandbox is not None:
+                self.sandbox.close()
+            self.audit.close()
+
+    def _spawn(self, nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Start `fn` as a named supervised task (crash → logged, restarted with backoff)."""
+        nursery.start_soon(functools.partial(supervise, name, fn, crashes=self.crashes), name=name)
+
+    async def _serve(self, server: LocalServer) -> None:
+        stop = self._stop_event
+        assert stop is not None
+        async with trio.open_nursery() as root:
+            root.start_soon(self._signals)
+            self._spawn(root, "policy_watcher", self._policy_watcher)
+            async with trio.open_nursery() as conns:
+                accept_scope = trio.CancelScope()
+
+                async def local_server() -> None:
+                    with accept_scope:
+                        await server.serve(conns)
+
+                self._spawn(root, "local_server", local_server)
+                await trio.sleep(0)  # let the accept loop start before declaring readiness
+                self.state = "online"
+                log.info("agent ready on %s (pid %d, mode %s)", self.settings.socket_path,
+                         os.getpid(), getattr(self.gatekeeper, "mode", "?"))
+                self.notifier.ready(self._status_line())
+                self._write_status()
+                # After READY=1: systemd expects pings only from a service that is up.
+                self._spawn(root, "watchdog", self._watchdog)
+                self._spawn(root, "status_writer", self._status_writer)
+                await stop.wait()
+                await self._shutdown(server, accept_scope)
+                conns.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+
+    async def _shutdown(self, server: LocalServer, accept_scope: trio.CancelScope) -> None:
+        self.notifier.stopping("stopping: finishing running calls")
+        self.state = "stopping"
+        accept_scope.cancel()
+        await server.aclose()
+        self._unlink_socket()
+        self.service.stopping = True
+        self.service.cancel.set()
+        self.broker.close("agent shutting down")
+        running = self.service.running_calls
+        log.info("stopping: %d call(s) running", running)
+        with trio.move_on_after(self.options.shutdown_deadline_s) as late:
+            while self.service.running_calls:
+                await trio.sleep(0.05)
+        if late.cancelled_caught:
+            log.error("%d call(s) still running after %.0fs; leaving them",
+                      self.service.running_calls, self.options.shutdown_deadline_s)
+
+    def request_stop(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading policy")
+                    await self.reload_policy()
+                else:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    self.request_stop()
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    async def _status_writer(self) -> None:
+        while True:
+            await trio.sleep(self.options.status_interval_s)
+            await self._write_status_async()
+            self.notifier.status(self._status_line())
+
+    # -- policy ------------------------------------------------------------------------------
+
+    def _policy_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.settings.permissions_file)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def _policy_watcher(self) -> None:
+        last = self._policy_stamp()
+        while True:
+            await trio.sleep(self.options.policy_poll_s)
+            stamp = self._policy_stamp()
+            if stamp != last:
+                last = stamp
+                await self.reload_policy()
+
+    async def reload_policy(self) -> Any:
+        """Reload permissions.yaml now; returns the PolicyError (last good policy kept) or None."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            if self.gatekeeper is None:
+                return self.policy_error or "permission gate unavailable"
+            started = time.monotonic()
+            error = await trio.to_thread.run_sync(self.gatekeeper.reload)
+            if error is None:
+                self.policy_error = ""
+                log.info("policy reloaded (mode %s) in %.0f ms", self.gatekeeper.mode,
+                         (time.monotonic() - started) * 1000)
+            else:
+                self.policy_error = str(error)
+                log.error("policy rejected, keeping the last good one: %s", error,
+                          extra={"fields": {"file": self.settings.permissions_file}})
+            self.counters["policy_reloads"] = self.counters.get("policy_reloads", 0) + 1
+        await self._write_status_async()
+        return error
+
+    async def _keep_rule(self, verdict: str, scope: str, rule: str) -> None:
+        reason = f"kept from an ask answer ({scope})"
+        if scope == "session":
+            self.gatekeeper.add_session_rule(rule, verdict, reason=reason)
+        else:  # an atomic file write: off the trio thread
+            await trio.to_thread.run_sync(
+                lambda: self.gatekeeper.add_global_rule(rule, verdict, reason=reason))
+        log.info("kept %s rule %s: %s", scope, verdict, rule)
+
+
+def run_daemon(settings: Settings, options: DaemonOptions | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; 0 on a clean stop. DaemonError if it cannot start."""
+    return Daemon(settings, options).run()

@@ -1,0 +1,137 @@
+"""The local socket protocol between `cmdop` commands and the agent daemon (version 1).
+
+Transport: a Unix stream socket (CONTRACT §2: directory 0700, socket 0600). The daemon reads the
+peer's credentials with SO_PEERCRED; only the daemon's own uid, or root, is served. Anyone else
+gets one `forbidden` error frame and is disconnected; the attempt is logged.
+
+Framing: every message is a 4-byte big-endian unsigned length N followed by N bytes of UTF-8 JSON
+holding one object. N is at most MAX_FRAME (4 MiB); a larger length, bad JSON, a non-object, or a
+frame that does not arrive completely within FRAME_TIMEOUT_S of its first byte gets the
+connection dropped (after an error frame when possible). Other connections are not affected.
+A connection idle for IDLE_TIMEOUT_S between requests is closed.
+
+Requests: `{"v": 1, "id": ANY, "op": OP, ...arguments}`. One connection may carry any number of
+requests, answered in order. Responses echo `id`:
+`{"v": 1, "id": ..., "ok": true, "result": {...}}` or
+`{"v": 1, "id": ..., "ok": false, "error": {"code": C, "message": M, "hint": H}}`.
+A request whose `v` is not 1 gets error `bad_version`.
+
+Ops:
+- `ping` → `{"pid", "version"}`.
+- `status` → the daemon.status object (pid, version, started_at, state, mode, relay, counters).
+- `call` `{tool, input, cwd?, operation?, as_caller?}` → the tool's result (CONTRACT §6: an
+  object, or a list for list_dir/grep), a `permission_denied` object when the gate denied. The caller is **local** with the
+  identity of the peer (SO_PEERCRED uid → user name, this host's name). `as_caller` may be
+  `"remote"` or `"self"` and may only *downgrade* privileges: the call is gated as that caller
+  kind (used to try a policy, and by tests), while the audit identity still comes from the real
+  peer, and the downgrade is recorded in the decision reason ("[as_caller=remote]").
+- `pending` → `{"asks": [ASK...]}`, asks waiting for an approver.
+- `answer` `{ask_id, verdict: "allow"|"deny", scope?: "once"|"session"|"always", input_digest?}`
+  → `{"ask_id", "outcome"}`. The answer applies to that pending ask only; when `input_digest` is
+  given it must equal the ask's, so an approval is bound to the exact call. `session` adds a
+  session rule, `always` a global rule, each matching exactly that one target.
+- `watch` → turns the connection into a stream of events from the daemon; the client attaches as
+  an *approver* and sends nothing more. Events: `{"v":1,"event":"ask","ask":ASK}`,
+  `{"v":1,"event":"resolved","ask_id","outcome"}`, `{"v":1,"event":"hello","pending":[ASK...]}`
+  first. While at least one watcher is attached, asks wait for an answer (up to ask_timeout_s);
+  with none, an ask is denied at once (`no approver attached`).
+- `reload` → `{"policy_ok", "error"?}`: reload permissions.yaml now (the last good policy stays on
+  error).
+- `token` → `{"access_token", "expires_at"}` for the next issues; `unavailable` error until the
+  credential store exists.
+
+ASK = `{"ask_id", "tool", "operation", "target", "input_digest", "cwd", "caller": {"kind",
+"user", "hostname"}, "rule_id", "reason", "mode", "created_at", "expires_in_s"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Mapping
+
+VERSION = 1
+MAX_FRAME = 4 * 1024 * 1024
+FRAME_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 300.0
+HEADER = struct.Struct(">I")
+
+OPS = ("ping", "status", "call", "pending", "answer", "watch", "reload", "token")
+CALLER_DOWNGRADES = ("remote", "self")
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame; the connection must be dropped."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode(obj: Mapping[str, Any]) -> bytes:
+    """One frame holding `obj` as JSON. Raises ProtocolError if it exceeds MAX_FRAME."""
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(body) > MAX_FRAME:
+        raise ProtocolError("too_large", f"message of {len(body)} bytes exceeds {MAX_FRAME}")
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """The body length announced by a 4-byte header; ProtocolError when over MAX_FRAME."""
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError("too_large", f"frame of {length} bytes exceeds {MAX_FRAME}")
+    return int(length)
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """The JSON object in a frame body; ProtocolError for bad UTF-8/JSON or a non-object."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("bad_json", f"frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_json", "frame is not a JSON object")
+    return obj
+
+
+def ok(req_id: Any, result: Any) -> dict[str, Any]:
+    """A success response to request `req_id` (`result` is any JSON value; an object for every
+    op but `call`, whose list_dir/grep results are lists)."""
+    return {"v": VERSION, "id": req_id, "ok": True, "result": result}
+
+
+def error(req_id: Any, code: str, message: str, hint: str | None = None) -> dict[str, Any]:
+    """A failure response to request `req_id`."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if hint:
+        err["hint"] = hint
+    return {"v": VERSION, "id": req_id, "ok": False, "error": err}
+
+
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    """A pushed event on a `watch` stream."""
+    return {"v": VERSION, "event": name, **fields}
+
+
+class FrameBuffer:
+    """Incremental decoder for blocking clients: feed bytes, take complete objects."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next(self) -> dict[str, Any] | None:
+        """The next complete object, or None when more bytes are needed."""
+        if len(self._buf) < HEADER.size:
+            return None
+        length = frame_length(bytes(self._buf[: HEADER.size]))
+        end = HEADER.size + length
+        if len(self._buf) < end:
+            return None
+        body = bytes(self._buf[HEADER.size:end])
+        del self._buf[:end]
+        return decode(body)

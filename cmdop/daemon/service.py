@@ -1,0 +1,214 @@
+"""What the daemon does for each request on the local socket (ops listed in `protocol`).
+
+Rules:
+- The caller identity comes from the kernel (SO_PEERCRED uid → user name) and this host's name,
+  never from the request. `as_caller` may only downgrade a local caller to `remote`/`self`; the
+  downgrade is written into the decision reason, so the audit line shows it.
+- Tool calls run `pipeline.handle_call` in a worker thread (it blocks: gate, sandboxed spawn,
+  audit line). An `ask` decision blocks that worker while the trio ask broker waits for an
+  approver; every such wait is bounded by ask_timeout_s.
+- Once stopping, new calls are refused (`shutting_down`); calls in flight see the shared
+  cancel event, which kills their process groups, and still write their audit lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+import trio
+
+from cmdop import __version__
+from cmdop.core.calls import Caller, CallerKind, ToolCall
+from cmdop.core.policy.decision import Decision
+from cmdop.daemon import protocol
+from cmdop.daemon.broker import AnswerError, AskBroker
+from cmdop.daemon.local_server import Peer, WatchRequested
+
+log = logging.getLogger("cmdop.daemon.service")
+
+
+class RequestError(Exception):
+    """A request that cannot be served; becomes an error response, the connection stays."""
+
+    def __init__(self, code: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+def input_digest(tool_input: Any) -> str:
+    """`sha256:` + hex over the canonical JSON of the full tool input (CONTRACT §5)."""
+    try:
+        from cmdop.core.audit import input_digest as audit_digest  # the audit record's own form
+
+        return str(audit_digest(tool_input))
+    except ImportError:
+        canon = json.dumps(tool_input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+class _DowngradedGate:
+    """The gatekeeper as seen by a call whose local client asked to be gated as another kind:
+    every decision's reason says so (the audit line records the downgrade)."""
+
+    def __init__(self, inner: Any, kind: str) -> None:
+        self._inner, self._note = inner, f"[as_caller={kind}]"
+
+    def evaluate(self, call: ToolCall, caller: Caller) -> Decision:
+        d: Decision = self._inner.evaluate(call, caller)
+        return dataclasses.replace(d, reason=f"{d.reason} {self._note}".strip())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class AgentService:
+    """Dispatches protocol requests. Lives in the trio thread; tool calls go to workers."""
+
+    def __init__(self, *, broker: AskBroker, gatekeeper: Any, call_context: Any,
+                 handle_call: Callable[..., Any] | None, hostname: str,
+                 status: Callable[[], dict[str, Any]], reload: Callable[[], Any],
+                 counters: dict[str, int]) -> None:
+        self.broker = broker
+        self.gatekeeper = gatekeeper
+        self.call_context = call_context
+        self.handle_call = handle_call
+        self.hostname = hostname
+        self._status = status
+        self._reload = reload
+        self.counters = counters
+        self.cancel = threading.Event()    # set at shutdown: running calls kill their children
+        self.stopping = False
+        self.limiter = trio.CapacityLimiter(32)
+        self._lock = threading.Lock()
+        self._running = 0                  # calls whose worker thread has started and not ended
+
+    @property
+    def running_calls(self) -> int:
+        with self._lock:
+            return self._running
+
+    async def dispatch(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """The response to one request (errors become error responses)."""
+        req_id = req.get("id")
+        if req.get("v") != protocol.VERSION:
+            return protocol.error(req_id, "bad_version",
+                                  f"protocol version {req.get('v')!r} is not supported",
+                                  f"this agent speaks version {protocol.VERSION}")
+        op = req.get("op")
+        if op == "watch":
+            raise WatchRequested(req_id)
+        handler = getattr(self, f"_op_{op}", None) if op in protocol.OPS else None
+        if handler is None:
+            return protocol.error(req_id, "bad_request", f"unknown op {op!r}")
+        try:
+            result = await handler(req, peer)
+        except RequestError as exc:
+            return protocol.error(req_id, exc.code, exc.message, exc.hint)
+        except AnswerError as exc:
+            return protocol.error(req_id, exc.code, exc.message)
+        except Exception as exc:  # a bug of ours: answer it and keep serving everyone else
+            log.exception("request %s failed", op)
+            return protocol.error(req_id, "internal", f"internal error: {type(exc).__name__}: {exc}")
+        return protocol.ok(req_id, result)
+
+    async def _op_ping(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__}
+
+    async def _op_status(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return self._status()
+
+    async def _op_pending(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"asks": self.broker.pending()}
+
+    async def _op_answer(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        digest = req.get("input_digest")
+        return await self.broker.answer(
+            str(req.get("ask_id") or ""), str(req.get("verdict") or ""),
+            str(req.get("scope") or "once"), str(digest) if digest else None, approver=peer.user)
+
+    async def _op_reload(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        error = await self._reload()
+        out: dict[str, Any] = {"policy_ok": error is None}
+        if error is not None:
+            out["error"] = str(error)
+        return out
+
+    async def _op_token(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        raise RequestError("unavailable", "this agent has no credential store yet",
+                           "access tokens arrive with the relay link")
+
+    async def _op_call(self, req: dict[str, Any], peer: Peer) -> Any:
+        if self.stopping:
+            raise RequestError("shutting_down", "the agent is stopping")
+        if self.handle_call is None or self.call_context is None:
+            raise RequestError("unavailable", "the tool pipeline is not available in this agent")
+        tool, tool_input = req.get("tool"), req.get("input", {})
+        cwd, operation, as_caller = req.get("cwd", ""), req.get("operation", ""), req.get("as_caller")
+        if not isinstance(tool, str) or not tool or not isinstance(tool_input, dict):
+            raise RequestError("bad_request", "call needs a tool name and an input object")
+        if not isinstance(cwd, str) or not isinstance(operation, str):
+            raise RequestError("bad_request", "cwd and operation must be strings")
+        ctx = self.call_context
+        kind, note = CallerKind.LOCAL, ""
+        if as_caller not in (None, "", "local"):
+            if as_caller not in protocol.CALLER_DOWNGRADES:
+                raise RequestError("bad_request", "as_caller may only be remote or self")
+            kind, note = CallerKind(as_caller), f"[as_caller={as_caller}]"
+            ctx = dataclasses.replace(ctx, gatekeeper=_DowngradedGate(ctx.gatekeeper, as_caller))
+            log.info("local client pid %d (%s) is gated as a %s caller", peer.pid, peer.user,
+                     as_caller)
+        caller = Caller(kind=kind, user=peer.user, hostname=self.hostname)
+        call = ToolCall(tool=tool, input=tool_input, operation=operation, cwd=cwd)
+        self.counters["calls"] = self.counters.get("calls", 0) + 1
+        return await self._run_in_worker(call, caller, ctx, note)
+
+    async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any, note: str) -> Any:
+        assert self.handle_call is not None
+        handle_call = self.handle_call
+        token = trio.lowlevel.current_trio_token()
+
+        def ask(decision: Decision, call: ToolCall, caller: Caller) -> Any:
+            outcome = self._ask_from_thread(token, decision, call, caller)
+            # The approver's reason replaces the gate's in the audit line: keep the note.
+            return dataclasses.replace(outcome, reason=f"{outcome.reason} {note}".strip())
+
+        # With no approver attached the pipeline itself denies an ask at once ("deny", reason
+        # "no approver attached"), exactly as an in-process `cmdop run` records it. An approver
+        # leaving between here and the ask is caught by the broker (ask_denied, same reason).
+        ask_fn = ask if self.broker.approvers else None
+
+        def work() -> Any:
+            with self._lock:
+                self._running += 1
+            try:
+                return handle_call(call, caller, ctx, ask=ask_fn, cancel=self.cancel)
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+        # abandon_on_cancel: the only cancellation is the shutdown deadline; by then the cancel
+        # event has already told the worker to kill its children and write its audit line.
+        result = await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=self.limiter)
+        if isinstance(result, dict) and result.get("error") == "permission_denied":
+            self.counters["denied"] = self.counters.get("denied", 0) + 1
+        return result
+
+    def _ask_from_thread(self, token: trio.lowlevel.TrioToken, decision: Decision,
+                         call: ToolCall, caller: Caller) -> Any:
+        """Called in a worker thread by the pipeline: block until the broker has an outcome."""
+        from cmdop.pipeline import AskOutcome
+
+        timeout = float(getattr(self.gatekeeper, "ask_timeout_s", 60) or 60)
+        digest = input_digest(dict(call.input))
+        try:
+            out = trio.from_thread.run(self.broker.ask, decision, call, caller, digest, timeout,
+                                       trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            return AskOutcome(outcome="ask_denied", ask_ms=0, reason="agent shutting down")
+        return AskOutcome(outcome=out.outcome, ask_ms=out.ask_ms, reason=out.reason)

@@ -1,0 +1,106 @@
+"""daemon.status and daemon.pid in the state dir, and how `cmdop agent status` reads them.
+
+daemon.status is one JSON object, replaced atomically: `pid, version, started_at, updated_at,
+state, mode, policy_ok, policy_error, audit_ok, relay_connected, socket, counters`.
+`state` as written by the daemon is `starting`, `online`, `degraded` or `stopped`.
+
+What a reader reports (`classify`):
+- STOPPED when no pid file, or its pid is not alive (a stale pid file is reported as stale);
+- STARTING when the live daemon has not declared itself ready yet;
+- ONLINE when serving with a good policy and a writable audit log;
+- DEGRADED when serving but the policy is bad or the audit log is unwritable
+  (a relay that is not connected is normal until the relay link exists).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from typing import Any
+
+from cmdop.adapters.secure_file import atomic_write, ensure_private_dir
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_status(path: str, status: dict[str, Any]) -> None:
+    """Atomically replace the status file with `status` (0644: it holds no secret)."""
+    atomic_write(path, json.dumps(status, indent=1, sort_keys=True) + "\n", mode=0o644)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_pid(path: str) -> int | None:
+    """The pid in a pid file, or None when missing or garbage."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process `pid` exists (EPERM means it exists but is not ours)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def write_pid(path: str) -> None:
+    ensure_private_dir(os.path.dirname(path))
+    atomic_write(path, f"{os.getpid()}\n", mode=0o644)
+
+
+def remove_if_ours(path: str) -> None:
+    """Remove the pid file only if it still names this process."""
+    if read_pid(path) == os.getpid():
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def classify(pid_file: str, status_file: str) -> dict[str, Any]:
+    """What `cmdop agent status` reports: `{"state": ONLINE|DEGRADED|STARTING|STOPPED, ...}`."""
+    pid = read_pid(pid_file)
+    status = read_json(status_file) or {}
+    out: dict[str, Any] = {"state": "STOPPED", "pid": pid}
+    if pid is None:
+        out["detail"] = "no pid file"
+        return out
+    if not pid_alive(pid):
+        out["detail"] = f"stale pid file (pid {pid} is not running)"
+        out["stale"] = True
+        return out
+    if status.get("pid") != pid:
+        out.update(state="STARTING", detail="daemon is starting (no status written yet)")
+        return out
+    written = str(status.get("state") or "starting")
+    state = {"online": "ONLINE", "degraded": "DEGRADED", "stopped": "STOPPED"}.get(written, "STARTING")
+    out.update(status)
+    out["state"] = state
+    reasons = []
+    if status.get("policy_ok") is False:
+        reasons.append(f"policy: {status.get('policy_error') or 'no good policy'}")
+    if status.get("audit_ok") is False:
+        reasons.append("audit log not writable")
+    if reasons:
+        out["detail"] = "; ".join(reasons)
+    return out

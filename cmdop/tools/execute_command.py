@@ -1,0 +1,198 @@
+"""execute_command{command, cwd?, timeout_ms?} -> {stdout, stderr, exit_code, ...} (CONTRACT §6).
+
+Promises:
+- The command runs as `bash -c COMMAND` (`/bin/sh -c` where bash is absent) in its own session
+  and process group, stdin on /dev/null, in a cwd that exists and is not on the floor.
+- On Linux the child runs under the seccomp filter (cmdop.adapters.launcher). Without seccomp,
+  remote/self callers are refused (SandboxUnavailableError, saying why); local callers run
+  unsandboxed with a warning.
+- The environment is the agent's minus its own secrets: every CMDOP_* variable and any variable
+  whose value contains the API key.
+- timeout_ms (default 120000, at most 600000) and cancellation kill the WHOLE process group:
+  SIGTERM, then SIGKILL after a short grace. `timed_out` / `cancelled` say which happened.
+- stdout and stderr are captured up to 1 MB each (`stdout_truncated`/`stderr_truncated`);
+  output beyond the cap is drained and dropped so the child never blocks on a full pipe.
+  Every chunk is also passed to `env.on_chunk` when set (streaming to a remote caller).
+- `exit_code` is the command's status; a child killed by a signal reports 128+N and `signal`.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from typing import Any, Mapping, Protocol
+
+from cmdop.adapters import safe_open
+from cmdop.adapters.launcher import kill_group
+from cmdop.core.calls import CallerKind
+from cmdop.core.errors import SandboxUnavailableError
+from cmdop.tools.base import BadInput, ToolEnv, get_int, get_str
+
+MAX_TIMEOUT_MS = 600_000
+DEFAULT_TIMEOUT_MS = 120_000
+OUTPUT_CAP = 1 << 20
+KILL_GRACE_S = 1.0      # between SIGTERM and SIGKILL
+_TICK_S = 0.05          # how often cancellation is noticed
+
+
+class _Child(Protocol):
+    pid: int
+
+    def wait(self, timeout: float | None) -> int | None: ...
+
+
+class _PlainChild:
+    """An unsandboxed child (seccomp unavailable, local caller only)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.pid = proc.pid
+        self._proc = proc
+
+    def wait(self, timeout: float | None) -> int | None:
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def scrub_env(environ: Mapping[str, str], api_key: str | None) -> dict[str, str]:
+    """The child's environment: `environ` without CMDOP_* variables or anything holding the key."""
+    out = {}
+    for key, value in environ.items():
+        if key.startswith("CMDOP_"):
+            continue
+        if api_key and api_key in value:
+            continue
+        out[key] = value
+    out.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
+    return out
+
+
+def shell_argv(command: str) -> list[str]:
+    shell = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+    return [shell, "-c", command]
+
+
+def execute_command(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
+    """Run one shell command as the module docstring promises and return its result."""
+    command = get_str(tool_input, "command")
+    if not command.strip():
+        raise BadInput("field 'command' is empty")
+    timeout_ms = get_int(tool_input, "timeout_ms", DEFAULT_TIMEOUT_MS, 1, MAX_TIMEOUT_MS)
+    assert timeout_ms is not None
+    cwd = safe_open.canonical(get_str(tool_input, "cwd", required=False) or env.cwd or os.getcwd(),
+                              env.cwd, env.home)
+    safe_open.check_floor(cwd, env.home)
+    if not os.path.isdir(cwd):
+        raise BadInput(f"cwd is not a directory: {cwd}")
+    child_env = scrub_env(os.environ, env.api_key)
+    return run_argv(shell_argv(command), child_env, cwd, timeout_ms / 1000.0, env)
+
+
+def _spawn(argv: list[str], child_env: dict[str, str], cwd: str, env: ToolEnv,
+           out_w: int, err_w: int) -> tuple[_Child, bool]:
+    sandbox = env.sandbox
+    if sandbox is not None and sandbox.available:
+        with open(os.devnull, "rb") as devnull:
+            return sandbox.spawn(argv, child_env, cwd, devnull.fileno(), out_w, err_w), True
+    reason = sandbox.reason if sandbox is not None else "no sandbox configured"
+    required = (env.sandbox_required_for_local if env.caller_kind == CallerKind.LOCAL
+                else env.sandbox_required_for_remote)
+    if required:
+        raise SandboxUnavailableError(f"refusing to run a command without the seccomp sandbox: {reason}")
+    if env.warn is not None:
+        env.warn(f"running the command WITHOUT the seccomp sandbox: {reason}")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, cwd=cwd,
+                            env=child_env, start_new_session=True, close_fds=True)
+    return _PlainChild(proc), False
+
+
+def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: float,
+             env: ToolEnv) -> dict[str, Any]:
+    """Spawn `argv` (sandboxed where possible), capture capped output, enforce the deadline."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        child, sandboxed = _spawn(argv, child_env, cwd, env, out_w, err_w)
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    started = time.monotonic()
+    bufs = {"stdout": bytearray(), "stderr": bytearray()}
+    truncated = {"stdout": False, "stderr": False}
+    sel = selectors.DefaultSelector()
+    sel.register(out_r, selectors.EVENT_READ, "stdout")
+    sel.register(err_r, selectors.EVENT_READ, "stderr")
+    deadline = started + timeout_s
+    why_killed = ""            # "timeout" | "cancel"
+    kill_at = 0.0              # when SIGKILL follows the SIGTERM
+    returncode: int | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            if not why_killed:
+                if env.cancel is not None and env.cancel.is_set():
+                    why_killed = "cancel"
+                elif now >= deadline:
+                    why_killed = "timeout"
+                if why_killed:
+                    kill_group(child.pid, signal.SIGTERM)
+                    kill_at = now + KILL_GRACE_S
+            elif kill_at and now >= kill_at:
+                kill_group(child.pid, signal.SIGKILL)
+                kill_at = 0.0
+            if sel.get_map():
+                for key, _ in sel.select(_TICK_S):
+                    _read_into(int(key.fd), str(key.data), bufs, truncated, env, sel)
+                continue
+            # Output closed: wait for the leader itself (it may have closed its stdout early).
+            returncode = child.wait(_TICK_S)
+            if returncode is not None:
+                break
+    finally:
+        for key in list(sel.get_map().values()):
+            sel.unregister(key.fileobj)
+            os.close(key.fd)
+        sel.close()
+    result: dict[str, Any] = {
+        "stdout": bytes(bufs["stdout"]).decode("utf-8", "replace"),
+        "stderr": bytes(bufs["stderr"]).decode("utf-8", "replace"),
+        "exit_code": returncode if returncode >= 0 else 128 - returncode,
+        "stdout_truncated": truncated["stdout"],
+        "stderr_truncated": truncated["stderr"],
+        "truncated": truncated["stdout"] or truncated["stderr"],
+        "timed_out": why_killed == "timeout",
+        "cancelled": why_killed == "cancel",
+        "sandboxed": sandboxed,
+        "duration_ms": int((time.monotonic() - started) * 1000),
+    }
+    if returncode < 0:
+        result["signal"] = signal.Signals(-returncode).name if -returncode in _SIGNALS else str(-returncode)
+    return result
+
+
+_SIGNALS = {int(s) for s in signal.Signals}
+
+
+def _read_into(fd: int, name: str, bufs: dict[str, bytearray], truncated: dict[str, bool],
+               env: ToolEnv, sel: selectors.BaseSelector) -> None:
+    data = os.read(fd, 65536)
+    if not data:
+        sel.unregister(fd)
+        os.close(fd)
+        return
+    if env.on_chunk is not None:
+        env.on_chunk(name, data)
+    buf = bufs[name]
+    room = OUTPUT_CAP - len(buf)
+    if len(data) > room:
+        truncated[name] = True
+        data = data[:max(room, 0)]
+    buf += data

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Install cmdop (one file, cmdop.pyz) on a Linux server.
+#
+#   curl -fsSL URL/install.sh | bash -s -- --from URL/cmdop.pyz [--prefix DIR] [--service]
+#   bash install.sh --from dist/cmdop.pyz --prefix ~/.local/bin
+#
+# Promises:
+# - The file is checked against its SHA256 (SHA256SUMS beside it, or --sha256 HEX) before
+#   anything is installed; a mismatch installs nothing and exits 1.
+# - The Python the zipapp names on its #! line (python3.X) must exist; if not, it says which
+#   package to install for this distribution and exits 1.
+# - The zipapp is run once (--version, private cache) before it replaces anything.
+# - sudo is used only when the prefix is not writable by the current user.
+# - The binary is written beside its final name and renamed into place: never half-written.
+# - Idempotent: installing the same file again changes nothing.
+# - --service installs and starts the systemd unit through `cmdop service install`.
+#
+# Exit status: 0 installed (or already current) · 1 failed, nothing changed · 2 usage.
+set -euo pipefail
+
+PROG=install.sh
+PREFIX=/usr/local/bin
+FROM="${CMDOP_INSTALL_FROM:-}"
+SHA256=""
+SERVICE=""
+NAME=cmdop
+
+say() { printf '%s\n' "$*"; }
+die() { printf '%s: error: %s\n' "$PROG" "$1" >&2; [ $# -lt 2 ] || printf 'hint: %s\n' "$2" >&2; exit 1; }
+usage() {
+  cat <<EOF
+usage: $PROG --from FILE|URL [--sha256 HEX] [--prefix DIR] [--name NAME] [--service[=system|user]]
+
+  --from FILE|URL   the cmdop.pyz to install (SHA256SUMS must sit beside it unless --sha256)
+  --sha256 HEX      expected sha256 of the file (instead of SHA256SUMS)
+  --prefix DIR      directory to install into (default /usr/local/bin)
+  --name NAME       installed file name (default cmdop)
+  --service         also install and start the systemd unit (system scope; =user for a user unit)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) [ $# -ge 2 ] || { usage >&2; exit 2; }; PREFIX="$2"; shift 2 ;;
+    --prefix=*) PREFIX="${1#*=}"; shift ;;
+    --from) [ $# -ge 2 ] || { usage >&2; exit 2; }; FROM="$2"; shift 2 ;;
+    --from=*) FROM="${1#*=}"; shift ;;
+    --sha256) [ $# -ge 2 ] || { usage >&2; exit 2; }; SHA256="$2"; shift 2 ;;
+    --sha256=*) SHA256="${1#*=}"; shift ;;
+    --name) [ $# -ge 2 ] || { usage >&2; exit 2; }; NAME="$2"; shift 2 ;;
+    --name=*) NAME="${1#*=}"; shift ;;
+    --service) SERVICE=system; shift ;;
+    --service=system|--service=user) SERVICE="${1#*=}"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) printf '%s: error: unknown argument %s\n' "$PROG" "$1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[ -n "$FROM" ] || { usage >&2; printf '%s: error: --from FILE|URL is required\n' "$PROG" >&2; exit 2; }
+case "$NAME" in */*|"") die "--name must be a plain file name" ;; esac
+if [ -n "$SHA256" ]; then
+  SHA256="$(printf '%s' "$SHA256" | tr 'A-F' 'a-f')"
+  [[ "$SHA256" =~ ^[0-9a-f]{64}$ ]] || die "--sha256 must be 64 hex digits"
+fi
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/cmdop-install.XXXXXX")"
+STAGED=""
+cleanup() {
+  rm -rf "$TMP"
+  if [ -n "$STAGED" ]; then $SUDO rm -f "$STAGED" 2>/dev/null || true; fi
+}
+SUDO=""
+trap cleanup EXIT
+
+sha256_of() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | cut -d' ' -f1
+  elif command -v shasum >/dev/null 2>&1; then shasum -a 256 "$1" | cut -d' ' -f1
+  else die "neither sha256sum nor shasum found" "install coreutils"; fi
+}
+
+fetch() {  # fetch URL DEST
+  if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 3 -o "$2" "$1"
+  elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
+  else die "neither curl nor wget found" "install curl (apt-get install curl)"; fi
+}
+
+# 1. Get the file and its expected checksum.
+PYZ="$TMP/cmdop.pyz"
+case "$FROM" in
+  http://*|https://*)
+    base="${FROM##*/}"
+    fetch "$FROM" "$PYZ" || die "could not download $FROM"
+    if [ -z "$SHA256" ]; then
+      fetch "${FROM%/*}/SHA256SUMS" "$TMP/SHA256SUMS" \
+        || die "could not download ${FROM%/*}/SHA256SUMS" "pass --sha256 HEX instead"
+    fi ;;
+  *)
+    [ -f "$FROM" ] || die "no such file: $FROM"
+    base="$(basename "$FROM")"
+    cp "$FROM" "$PYZ"
+    if [ -z "$SHA256" ]; then
+      sums="$(dirname "$FROM")/SHA256SUMS"
+      [ -f "$sums" ] || die "no SHA256SUMS beside $FROM" "pass --sha256 HEX, or keep SHA256SUMS next to the file"
+      cp "$sums" "$TMP/SHA256SUMS"
+    fi ;;
+esac
+if [ -z "$SHA256" ]; then
+  SHA256="$(awk -v f="$base" '{n=$2; sub(/^\*/, "", n)} n==f {print tolower($1); exit}' "$TMP/SHA256SUMS")"
+  [ -n "$SHA256" ] || die "SHA256SUMS has no line for $base"
+fi
+
+# 2. Verify it before anything else happens.
+actual="$(sha256_of "$PYZ")"
+if [ "$actual" != "$SHA256" ]; then
+  die "checksum mismatch for $base: expected $SHA256, got $actual; nothing was installed" \
+      "download it again; if it still differs, the file or its SHA256SUMS was tampered with"
+fi
+say "verified $base (sha256 $actual)"
+
+# 3. The interpreter it needs: its #! line names python3.X (compiled dependencies are built for
+#    exactly that CPython minor version).
+shebang="$(head -c 128 "$PYZ" | head -n 1)"
+need="$(printf '%s' "$shebang" | grep -o 'python3\.[0-9][0-9]*' | head -n 1 || true)"
+[ -n "$need" ] || need=python3
+want="${need#python}"
+install_hint() {
+  local id="" like=""
+  if [ -r /etc/os-release ]; then id="$(. /etc/os-release; echo "${ID:-}")"; like="$(. /etc/os-release; echo "${ID_LIKE:-}")"; fi
+  case " $id $like " in
+    *" debian "*|*" ubuntu "*) echo "sudo apt-get install -y $need   (Ubuntu 24.04 and later: from the deadsnakes PPA)" ;;
+    *" fedora "*|*" rhel "*|*" centos "*) echo "sudo dnf install -y $need" ;;
+    *" suse "*|*" opensuse "*) echo "sudo zypper install -y ${need//./}" ;;
+    *" arch "*) echo "install $need from the AUR, or use pyenv: pyenv install $want" ;;
+    *) echo "install CPython $want so that '$need' is on PATH (or: pyenv install $want)" ;;
+  esac
+}
+PY="$(command -v "$need" 2>/dev/null || true)"
+have=""
+[ -z "$PY" ] || have="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+if [ -z "$PY" ] || { [ "$need" != python3 ] && [ "$have" != "$want" ]; } \
+   || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  found="none"
+  if p3="$(command -v python3 2>/dev/null)"; then
+    found="python3 $("$p3" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo '?') at $p3"
+  fi
+  [ -z "$PY" ] || found="$need $have at $PY; $found"
+  die "cmdop needs Python $want ('$need' on PATH); found: $found" "$(install_hint)"
+fi
+
+# 4. Run it once from a private cache: proves it works on this machine before it replaces anything.
+if ! out="$(SHIV_ROOT="$TMP/shiv" "$PY" "$PYZ" --version 2>&1)"; then
+  die "$base does not run here: $(printf '%s' "$out" | tail -n 1)" \
+      "it needs x86_64/aarch64 Linux with glibc >= 2.17 matching the build"
+fi
+say "runs: $out"
+
+# 5. Install: write beside the target, then rename over it.
+TARGET="$PREFIX/$NAME"
+writable_dir() { local d="$1"; while [ ! -e "$d" ]; do d="$(dirname "$d")"; done; [ -w "$d" ]; }
+if [ "$(id -u)" != 0 ] && ! writable_dir "$PREFIX"; then
+  command -v sudo >/dev/null 2>&1 || die "$PREFIX is not writable and sudo is not available" "re-run as root, or pass --prefix ~/.local/bin"
+  SUDO=sudo
+  say "$PREFIX is not writable: using sudo"
+fi
+if [ -f "$TARGET" ] && [ "$(sha256_of "$TARGET")" = "$actual" ] && [ -x "$TARGET" ]; then
+  say "$TARGET is already this version; nothing to do"
+else
+  $SUDO mkdir -p "$PREFIX"
+  STAGED="$PREFIX/.$NAME.new.$$"
+  $SUDO cp "$PYZ" "$STAGED"
+  $SUDO chmod 0755 "$STAGED"
+  [ "$(sha256_of "$STAGED")" = "$actual" ] || die "copy to $STAGED was corrupted" "check free space in $PREFIX"
+  $SUDO mv -f "$STAGED" "$TARGET"
+  STAGED=""
+  say "installed $TARGET"
+fi
+case ":$PATH:" in *":$PREFIX:"*) ;; *) say "note: $PREFIX is not on PATH" ;; esac
+
+# 6. Optionally the systemd unit.
+if [ -n "$SERVICE" ]; then
+  if ! "$PY" "$TARGET" service install --help 2>/dev/null | grep -q '^usage:'; then
+    die "this cmdop has no 'service install' command yet; the binary is installed, the unit is not" \
+        "copy systemd/cmdop.service to /etc/systemd/system/ and run: systemctl enable --now cmdop"
+  fi
+  # The unit names the real interpreter (not a pyenv shim, not whatever PATH holds under systemd).
+  realpy="$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+  if [ "$SERVICE" = user ]; then
+    "$PY" "$TARGET" service install --user --exec-start "$realpy $TARGET"
+  else
+    [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 || die "a system unit needs root" "re-run as root or use --service=user"
+    SVC_SUDO=""; [ "$(id -u)" = 0 ] || SVC_SUDO=sudo
+    $SVC_SUDO "$PY" "$TARGET" service install --system --exec-start "$realpy $TARGET"
+  fi
+fi
+say "done: $TARGET ($out)"

@@ -1,0 +1,130 @@
+"""`cmdop permissions audit` as a user runs it: tail, filters, --json, --since, --follow, --verify."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+
+from cmdop.adapters.audit_log import AuditLog
+
+
+def _ts(delta: timedelta = timedelta(0)) -> str:
+    return (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fill(state_dir, n: int = 30, max_bytes: int = 10 * 1024 * 1024, start: int = 0) -> None:
+    tools = ["execute_command", "read_file", "write_file"]
+    decisions = ["allow", "deny", "ask_allowed", "ask_timeout"]
+    with AuditLog(str(state_dir), max_bytes=max_bytes) as log:
+        for i in range(start, start + n):
+            log.append({"ts": _ts(timedelta(hours=-(start + n - i), minutes=30)), "decision": decisions[i % 4],
+                        "tool": tools[i % 3], "operation": "", "target": f"target-{i}", "mode": "strict",
+                        "source": "rule", "rule_id": "r-0123456789ab", "reason": "test", "input_digest": "",
+                        "ask_ms": 0, "hostname": "box", "user": "alice", "i": i})
+
+
+def _json_lines(out: str) -> list[dict]:
+    return [json.loads(x) for x in out.splitlines()]
+
+
+def test_tail_default_20_json_raw_lines(cmdop_env):
+    _fill(cmdop_env.state_dir, 30, max_bytes=3000)
+    r = cmdop_env.run("permissions", "audit", "--json")
+    assert r.returncode == 0, r.stderr
+    recs = _json_lines(r.stdout)
+    assert [x["i"] for x in recs] == list(range(10, 30))  # across rotated files, in order
+    stored = b"".join(p.read_bytes() for p in cmdop_env.state_dir.glob("audit.log*"))
+    for line in r.stdout.splitlines():
+        assert line.encode() in stored  # raw, exactly as written
+    r = cmdop_env.run("--json", "permissions", "audit", "--tail", "3")
+    assert [x["i"] for x in _json_lines(r.stdout)] == [27, 28, 29]
+
+
+def test_table_is_the_default(cmdop_env):
+    _fill(cmdop_env.state_dir, 5)
+    r = cmdop_env.run("permissions", "audit", "--tail", "2")
+    assert r.returncode == 0
+    out = r.stdout.splitlines()
+    assert out[0].split()[:3] == ["TIME", "DECISION", "TOOL"]
+    assert len(out) == 3 and "target-4" in out[2] and "alice@box" in out[2]
+
+
+def test_filters(cmdop_env):
+    _fill(cmdop_env.state_dir, 30)
+    r = cmdop_env.run("permissions", "audit", "--json", "--tool", "read_file", "--tail", "100")
+    assert {x["tool"] for x in _json_lines(r.stdout)} == {"read_file"} and len(r.stdout.splitlines()) == 10
+    r = cmdop_env.run("permissions", "audit", "--json", "--decision", "deny", "--tool", "read_file")
+    recs = _json_lines(r.stdout)
+    assert recs and all(x["decision"] == "deny" and x["tool"] == "read_file" for x in recs)
+    r = cmdop_env.run("permissions", "audit", "--json", "--since", "5h")
+    assert [x["i"] for x in _json_lines(r.stdout)] == [25, 26, 27, 28, 29]
+    # records are 30 minutes off whole hours, so a since cut to the minute never lands on one
+    since = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%MZ")
+    r = cmdop_env.run("permissions", "audit", "--json", "--since", since)
+    assert [x["i"] for x in _json_lines(r.stdout)] == [27, 28, 29]
+    r = cmdop_env.run("permissions", "audit", "--json", "--since", since.replace("Z", ":00+00:00"))
+    assert [x["i"] for x in _json_lines(r.stdout)] == [27, 28, 29]
+
+
+def test_bad_values_are_usage_errors(cmdop_env):
+    for args in (["--since", "yesterday"], ["--decision", "maybe"], ["--tail", "-1"]):
+        r = cmdop_env.run("permissions", "audit", *args)
+        assert r.returncode == 2, args
+        assert r.stderr.startswith("cmdop: error: ") and "Traceback" not in r.stderr
+
+
+def test_empty_log(cmdop_env):
+    r = cmdop_env.run("permissions", "audit")
+    assert r.returncode == 0 and r.stdout == ""
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 0 and r.stdout.strip() == "audit chain ok: 0 records in 0 files"
+
+
+def test_verify_ok_and_broken(cmdop_env):
+    _fill(cmdop_env.state_dir, 40, max_bytes=4000)
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("audit chain ok: 40 records in ")
+    r = cmdop_env.run("permissions", "audit", "--verify", "--json")
+    assert json.loads(r.stdout)["records"] == 40
+    p = cmdop_env.state_dir / "audit.log.1"
+    p.write_bytes(p.read_bytes().replace(b'"deny"', b'"allow"', 1))
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 1
+    assert "cmdop: error: audit.log.1:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_follow_survives_rotation_and_ctrl_c_exits_0(cmdop_env):
+    _fill(cmdop_env.state_dir, 3)
+    proc = subprocess.Popen([sys.executable, "-m", "cmdop", "permissions", "audit", "--follow", "--json",
+                             "--tail", "1"], env=cmdop_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    got: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: [got.put(x) for x in proc.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        assert json.loads(got.get(timeout=15))["i"] == 2  # the tail first
+        _fill(cmdop_env.state_dir, 60, max_bytes=4000, start=3)  # rotates several times
+        seen = [json.loads(got.get(timeout=15))["i"] for _ in range(60)]
+        assert seen == list(range(3, 63))
+        assert len(list(cmdop_env.state_dir.glob("audit.log.?"))) >= 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+        reader.join(timeout=5)
+        err = proc.stderr.read() if proc.stderr else ""
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+    assert proc.returncode == 0 and err == ""
+    assert os.path.exists(cmdop_env.state_dir / "audit.log")

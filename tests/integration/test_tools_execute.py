@@ -1,0 +1,144 @@
+"""execute_command: results, caps, timeouts that kill the whole group, cancel, env scrubbing."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cmdop.adapters.launcher import Sandbox
+from cmdop.core.calls import ToolCall
+from cmdop.tools import execute_command as ec
+from cmdop.tools.base import ToolEnv
+from cmdop.tools.registry import run_tool
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    sb = Sandbox()
+    yield sb
+    sb.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, sandbox: Sandbox) -> ToolEnv:
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    # Local caller: runs unsandboxed (with a warning) where seccomp is missing.
+    return ToolEnv(home=str(home), cwd=str(work), sandbox=sandbox, warn=lambda _m: None)
+
+
+def run(env: ToolEnv, **tool_input: object) -> dict:
+    out = run_tool(ToolCall("execute_command", tool_input), env)
+    assert isinstance(out, dict)
+    return out
+
+
+def test_stdout_stderr_and_exit_code(env: ToolEnv) -> None:
+    out = run(env, command="echo out; echo err >&2; exit 7")
+    assert out["stdout"] == "out\n" and out["stderr"] == "err\n" and out["exit_code"] == 7
+    assert out["timed_out"] is False and out["truncated"] is False and "signal" not in out
+
+
+def test_runs_in_the_call_cwd_and_input_cwd(env: ToolEnv, tmp_path: Path) -> None:
+    assert run(env, command="pwd")["stdout"] == f"{env.cwd}\n"
+    assert run(env, command="pwd", cwd=str(tmp_path))["stdout"] == f"{tmp_path}\n"
+
+
+def test_own_session_and_stdin_closed(env: ToolEnv) -> None:
+    out = run(env, command="ps -o pid=,pgid=,sid= -p $$; cat; echo rc=$?")
+    pid, pgid, sid = out["stdout"].split("\n")[0].split()
+    assert pid == pgid == sid
+    assert "rc=0" in out["stdout"]      # cat read EOF at once from /dev/null
+
+
+def test_signal_is_reported(env: ToolEnv) -> None:
+    out = run(env, command="kill -TERM $$")
+    assert out["signal"] == "SIGTERM" and out["exit_code"] == 128 + 15
+
+
+def test_timeout_kills_grandchildren(env: ToolEnv, tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    # The grandchild holds no pipe and ignores nothing special; the leader waits on it.
+    command = f"(sleep 300 & echo $! > {marker}; wait) & sleep 300"
+    out = run(env, command=command, timeout_ms=500)
+    assert out["timed_out"] is True
+    assert out["signal"] in ("SIGTERM", "SIGKILL")
+    pid = int(marker.read_text())
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"grandchild {pid} survived the timeout")
+
+
+def test_timeout_escalates_to_sigkill(env: ToolEnv) -> None:
+    out = run(env, command="trap '' TERM; sleep 30", timeout_ms=300)
+    assert out["timed_out"] is True and out["signal"] == "SIGKILL"
+
+
+def test_cancel_kills_the_group_promptly(env: ToolEnv) -> None:
+    cancel = threading.Event()
+    env.cancel = cancel
+    threading.Timer(0.3, cancel.set).start()
+    out = run(env, command="sleep 60")
+    assert out["cancelled"] is True and out["timed_out"] is False
+    assert out["duration_ms"] < 30_000
+
+
+def test_output_is_capped_and_flagged(env: ToolEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ec, "OUTPUT_CAP", 1000)
+    out = run(env, command="head -c 5000 /dev/zero | tr '\\0' a; echo small >&2")
+    assert len(out["stdout"]) == 1000 and out["stdout_truncated"] is True and out["truncated"] is True
+    assert out["stderr"] == "small\n" and out["stderr_truncated"] is False
+    assert out["exit_code"] == 0   # the child was drained, never blocked on a full pipe
+
+
+def test_default_cap_is_one_megabyte(env: ToolEnv) -> None:
+    out = run(env, command="head -c 1100000 /dev/zero | tr '\\0' b")
+    assert len(out["stdout"]) == 1 << 20 and out["stdout_truncated"] is True
+
+
+def test_chunks_are_streamed(env: ToolEnv) -> None:
+    chunks: list[tuple[str, bytes]] = []
+    env.on_chunk = lambda name, data: chunks.append((name, data))
+    run(env, command="echo a; echo b >&2")
+    assert b"".join(d for n, d in chunks if n == "stdout") == b"a\n"
+    assert b"".join(d for n, d in chunks if n == "stderr") == b"b\n"
+
+
+def test_environment_is_scrubbed_of_agent_secrets(env: ToolEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMDOP_API_KEY", "sk-secret-123")
+    monkeypatch.setenv("CMDOP_TOKEN", "tok")
+    monkeypatch.setenv("SOME_COPY", "Bearer sk-secret-123")
+    monkeypatch.setenv("HARMLESS", "yes")
+    env.api_key = "sk-secret-123"
+    out = run(env, command="env")
+    assert "sk-secret-123" not in out["stdout"] and "CMDOP_" not in out["stdout"]
+    assert "HARMLESS=yes" in out["stdout"]
+
+
+@pytest.mark.parametrize("tool_input,kind", [
+    ({}, "bad_input"),
+    ({"command": 3}, "bad_input"),
+    ({"command": "  "}, "bad_input"),
+    ({"command": "true", "timeout_ms": 600_001}, "bad_input"),
+    ({"command": "true", "timeout_ms": 0}, "bad_input"),
+    ({"command": "true", "timeout_ms": True}, "bad_input"),
+    ({"command": "true", "cwd": "/nonexistent-cmdop-dir"}, "bad_input"),
+])
+def test_bad_input_is_a_result_not_an_exception(env: ToolEnv, tool_input: dict, kind: str) -> None:
+    assert run(env, **tool_input)["error"] == kind
+
+
+def test_floor_cwd_is_refused(env: ToolEnv) -> None:
+    ssh = Path(env.home) / ".ssh"
+    ssh.mkdir()
+    out = run(env, command="ls", cwd="~/.ssh")
+    assert out["error"] == "permission_denied" and out["source"] == "floor"
