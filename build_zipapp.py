@@ -108,23 +108,29 @@ def fetch_wheels(cache: Path, platform: str, python_version: str, offline: bool)
         reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(direct.items())))
         cons = Path(tmp, "constraints.txt")
         cons.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
+        dest = Path(tmp, "wheels")
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                "--only-binary=:all:", "--platform", platform, "--python-version", python_version,
                "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
-               "-d", str(cache), "-r", str(reqs), "-c", str(cons)]
+               "--find-links", str(cache), "-d", str(dest), "-r", str(reqs), "-c", str(cons)]
         env = dict(os.environ, PIP_CONSTRAINT=str(cons))
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BuildError("pip download failed:\n" + proc.stderr.strip()[-2000:])
-    chosen: dict[str, Path] = {}
-    for whl in sorted(cache.glob("*.whl")):
-        name, version = wheel_name_version(whl.name)
-        if pins.get(name) == version and _wheel_fits(whl.name, platform, python_version):
-            chosen[name] = whl
-    missing = sorted(set(pins) - set(chosen))
+        chosen: dict[str, Path] = {}
+        for whl in sorted(dest.glob("*.whl")):
+            name, version = wheel_name_version(whl.name)
+            if pins.get(name) != version:
+                raise BuildError(f"{name}=={version} is needed but not pinned; add it to "
+                                 "TRANSITIVE_PINS in build_zipapp.py")
+            if not _wheel_fits(whl.name, platform, python_version):
+                raise BuildError(f"pip chose {whl.name}, which does not fit {platform}")
+            if not (cache / whl.name).is_file():
+                shutil.copyfile(whl, cache / whl.name)
+            chosen[name] = cache / whl.name
+    missing = sorted(set(direct) - set(chosen))
     if missing:
-        raise BuildError(f"no wheel found for {missing} on {platform}/cp{python_version}; "
-                         "is a new transitive dependency missing from TRANSITIVE_PINS?")
+        raise BuildError(f"no wheel found for {missing} on {platform}/cp{python_version}")
     wheels = [chosen[n] for n in sorted(chosen)]
     manifest.write_text(json.dumps({"key": key, "wheels": [w.name for w in wheels]}, indent=1))
     return wheels

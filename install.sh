@@ -57,6 +57,8 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$FROM" ] || { usage >&2; printf '%s: error: --from FILE|URL is required\n' "$PROG" >&2; exit 2; }
 case "$NAME" in */*|"") die "--name must be a plain file name" ;; esac
+PREFIX="${PREFIX/#\~/$HOME}"
+case "$PREFIX" in /*) ;; *) PREFIX="$PWD/$PREFIX" ;; esac
 if [ -n "$SHA256" ]; then
   SHA256="$(printf '%s' "$SHA256" | tr 'A-F' 'a-f')"
   [[ "$SHA256" =~ ^[0-9a-f]{64}$ ]] || die "--sha256 must be 64 hex digits"
@@ -78,8 +80,8 @@ sha256_of() {
 }
 
 fetch() {  # fetch URL DEST
-  if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 3 -o "$2" "$1"
-  elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
+  if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 3 -o "$2" "$1" </dev/null
+  elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1" </dev/null
   else die "neither curl nor wget found" "install curl (apt-get install curl)"; fi
 }
 
@@ -135,19 +137,19 @@ install_hint() {
 }
 PY="$(command -v "$need" 2>/dev/null || true)"
 have=""
-[ -z "$PY" ] || have="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+[ -z "$PY" ] || have="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null || true)"
 if [ -z "$PY" ] || { [ "$need" != python3 ] && [ "$have" != "$want" ]; } \
-   || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+   || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' </dev/null 2>/dev/null; then
   found="none"
   if p3="$(command -v python3 2>/dev/null)"; then
-    found="python3 $("$p3" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo '?') at $p3"
+    found="python3 $("$p3" -c 'import sys; print(sys.version.split()[0])' </dev/null 2>/dev/null || echo '?') at $p3"
   fi
   [ -z "$PY" ] || found="$need $have at $PY; $found"
   die "cmdop needs Python $want ('$need' on PATH); found: $found" "$(install_hint)"
 fi
 
 # 4. Run it once from a private cache: proves it works on this machine before it replaces anything.
-if ! out="$(SHIV_ROOT="$TMP/shiv" "$PY" "$PYZ" --version 2>&1)"; then
+if ! out="$(SHIV_ROOT="$TMP/shiv" "$PY" "$PYZ" --version </dev/null 2>&1)"; then
   die "$base does not run here: $(printf '%s' "$out" | tail -n 1)" \
       "it needs x86_64/aarch64 Linux with glibc >= 2.17 matching the build"
 fi
@@ -177,18 +179,22 @@ case ":$PATH:" in *":$PREFIX:"*) ;; *) say "note: $PREFIX is not on PATH" ;; esa
 
 # 6. Optionally the systemd unit.
 if [ -n "$SERVICE" ]; then
-  if ! "$PY" "$TARGET" service install --help 2>/dev/null | grep -q '^usage:'; then
+  if ! "$PY" "$TARGET" service install --help </dev/null 2>/dev/null | grep -q '^usage:'; then
     die "this cmdop has no 'service install' command yet; the binary is installed, the unit is not" \
         "copy systemd/cmdop.service to /etc/systemd/system/ and run: systemctl enable --now cmdop"
   fi
   # The unit names the real interpreter (not a pyenv shim, not whatever PATH holds under systemd).
-  realpy="$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
+  realpy="$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))' </dev/null)"
   if [ "$SERVICE" = user ]; then
-    "$PY" "$TARGET" service install --user --exec-start "$realpy $TARGET"
+    "$PY" "$TARGET" service install --user --exec-start "$realpy $TARGET" </dev/null
   else
     [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 || die "a system unit needs root" "re-run as root or use --service=user"
     SVC_SUDO=""; [ "$(id -u)" = 0 ] || SVC_SUDO=sudo
-    $SVC_SUDO "$PY" "$TARGET" service install --system --exec-start "$realpy $TARGET"
+    $SVC_SUDO "$PY" "$TARGET" service install --system --exec-start "$realpy $TARGET" </dev/null
   fi
+fi
+if [ -z "$SERVICE" ] && command -v systemctl >/dev/null 2>&1 \
+   && systemctl is-active --quiet cmdop.service 2>/dev/null; then
+  say "note: cmdop.service is running the previous version; restart it: systemctl restart cmdop"
 fi
 say "done: $TARGET ($out)"

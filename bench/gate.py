@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cmdop.core.calls import Caller, CallerKind, ToolCall  # noqa: E402
-from cmdop.core.policy import floor_cmd, floor_paths, shell, targets  # noqa: E402
-from cmdop.core.policy.gate import Policy, decide  # noqa: E402
-from cmdop.core.policy.index import RuleSet  # noqa: E402
-from cmdop.core.policy.rules import parse_rule  # noqa: E402
+from cmdop.core.calls import Caller, CallerKind, ToolCall
+from cmdop.core.policy import floor_cmd, floor_paths, shell, targets
+from cmdop.core.policy.gate import Policy, decide
+from cmdop.core.policy.index import RuleSet
+from cmdop.core.policy.rules import parse_rule
 
 HOME = "/home/bench"
 PROGS = ["git", "ls", "cat", "make", "npm", "docker", "kubectl", "systemctl", "journalctl", "grep",

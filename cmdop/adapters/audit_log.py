@@ -8,7 +8,10 @@ Rules:
   processes there is one file, one chain, and no line lost, duplicated or split.
 - The chain state (last seq, last line's hash) is read back from the file's tail under the lock,
   and cached per process keyed by (inode, size): a lone writer never re-reads, a second process
-  that appended in between is noticed because the size changed.
+  that appended in between is noticed because the size changed. Each append also rewrites the
+  chain head (seq, hash) at the start of `audit.lock`; when the file's tail is behind that head
+  (lines cut from the end, or lost to a power cut) the next line links to the head, so
+  `--verify` shows the gap where it happened instead of the chain silently closing over it.
 - Rotation: before a line that would take the file past `max_bytes`, `audit.log` is sealed
   (an Ed25519 signature over its sha256 and chain ends, `audit.log.1.sig`), then
   audit.log.N → N+1 (sigs with them, the oldest dropped), audit.log → audit.log.1, and a new
@@ -65,6 +68,21 @@ def read_last_line(fd: int, size: int) -> tuple[int, bytes]:
     return 0, os.pread(fd, size, 0)
 
 
+def encode_head(seq: int, line_hash_: str) -> bytes:
+    """The chain head kept at the start of audit.lock: fixed length, rewritten in place."""
+    return b"%020d %s\n" % (seq, line_hash_.encode("ascii"))
+
+
+def read_head(fd: int) -> tuple[int, str] | None:
+    """(seq, hash) of the last line the writers appended, from audit.lock; None if absent."""
+    raw = os.pread(fd, 128, 0)
+    try:
+        seq_s, digest = raw.split(b"\n", 1)[0].decode("ascii").split(" ")
+        return int(seq_s), digest
+    except ValueError:
+        return None
+
+
 def _parse_seq(line: bytes) -> int:
     try:
         seq = json.loads(line).get("seq")
@@ -93,6 +111,7 @@ class AuditLog:
         self._dirty_since: float | None = None
         self._flusher: threading.Thread | None = None
         self._closed = False
+        self._pid = os.getpid()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -102,6 +121,8 @@ class AuditLog:
         Raises AuditWriteError when the line could not be written completely (nothing of it is
         left in the file then) or the log is closed.
         """
+        if self._pid != os.getpid():
+            self._forget_inherited()
         with self._lock:
             if self._closed:
                 raise AuditWriteError(f"audit log {self.path} is closed")
@@ -149,6 +170,22 @@ class AuditLog:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def _forget_inherited(self) -> None:
+        """In a forked child: the inherited descriptors share the parent's flock (a flock belongs
+        to the open file description), so they would not exclude the parent; and the thread lock
+        may have been held by the parent's flusher at the fork, with no thread left to release
+        it. Start over with fresh locks and our own descriptors."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1
+        self._cache = None
+        self._flusher = None  # threads do not survive fork
+        self._dirty_since = None
+        self._pid = os.getpid()
+
     # -- under the locks ----------------------------------------------------------------------
 
     def _open_current(self) -> None:
@@ -180,6 +217,16 @@ class AuditLog:
         c = self._cache
         if c is not None and c[0] == self._ino and c[1] == size:
             return c[2], c[3]
+        seq, digest = self._tail_state(size)
+        head = read_head(self._lock_fd)
+        if head is not None and head[0] > seq:
+            # Lines the writers had appended are gone from the end (cut, or lost with the disk):
+            # link to what was really there, so --verify shows the gap right here.
+            return head
+        return seq, digest
+
+    def _tail_state(self, size: int) -> tuple[int, str]:
+        """(seq, hash) of the last line actually in audit.log, or audit.log.1 if it is empty."""
         if size > 0:
             _, line = read_last_line(self._fd, size)
             return _parse_seq(line), line_hash(line)
@@ -216,7 +263,12 @@ class AuditLog:
         if written != len(data):
             self._truncate(size)
             raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
-        self._cache = (self._ino, size + written, seq + 1, line_hash(data))
+        new_hash = line_hash(data)
+        self._cache = (self._ino, size + written, seq + 1, new_hash)
+        try:
+            os.pwrite(self._lock_fd, encode_head(seq + 1, new_hash), 0)
+        except OSError:
+            pass  # a stale head only weakens the cut-off check of --verify; the line is written
         return out
 
     def _truncate(self, size: int) -> None:

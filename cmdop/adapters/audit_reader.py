@@ -15,15 +15,16 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Callable, Iterator
 
 from cmdop.adapters import audit_key
-from cmdop.adapters.audit_log import LOCK_NAME, LOG_NAME
+from cmdop.adapters.audit_log import LOCK_NAME, LOG_NAME, read_head
 from cmdop.core.audit import GENESIS, line_hash, parse_ts
 from cmdop.core.errors import AuditIntegrityError
 
 MAX_BACKUPS = 5
+SINCE_MARGIN = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,19 @@ def _names(state_dir: str, backups: int = MAX_BACKUPS) -> list[str]:
 
 def _snapshot(state_dir: str, backups: int = MAX_BACKUPS) -> list[_File]:
     """Open every log file under a shared lock; sizes fixed at that moment."""
+    return _snapshot_with_head(state_dir, backups)[0]
+
+
+def _snapshot_with_head(state_dir: str, backups: int = MAX_BACKUPS
+                        ) -> tuple[list[_File], tuple[int, str] | None]:
+    """`_snapshot`, plus the writers' chain head (seq, hash) read under the same lock."""
     files: list[_File] = []
+    head = None
     lock_fd = -1
     try:
         lock_fd = os.open(os.path.join(state_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
         fcntl.flock(lock_fd, fcntl.LOCK_SH)
+        head = read_head(lock_fd)
     except OSError:
         lock_fd = -1  # no writer ever ran here (or we may not lock): read as is
     try:
@@ -80,7 +89,7 @@ def _snapshot(state_dir: str, backups: int = MAX_BACKUPS) -> list[_File]:
     finally:
         if lock_fd >= 0:
             os.close(lock_fd)
-    return files
+    return files, head
 
 
 def _lines(file: _File) -> list[bytes]:
@@ -121,18 +130,35 @@ def tail_at(state_dir: str, n: int | None, flt: Filter = Filter(), backups: int 
     if files and files[-1].name == LOG_NAME:
         pos = (os.fstat(files[-1].f.fileno()).st_ino, files[-1].size)
     found: list[tuple[bytes, dict[str, Any]]] = []
+    # Lines are in append order and ts is taken near the append, so scanning back with --since
+    # can stop once it is well past the cut (the margin covers writers' clock skew and asks).
+    floor = flt.since - SINCE_MARGIN if flt.since is not None else None
+    done = n == 0
     for file in reversed(files):
-        if n is not None and len(found) >= n:
+        if done:
             file.f.close()
             continue
         for line in reversed(_lines(file)):
             rec = _parse(line)
-            if rec is not None and flt.matches(rec):
+            if rec is None:
+                continue
+            if flt.matches(rec):
                 found.append((line, rec))
                 if n is not None and len(found) >= n:
+                    done = True
                     break
+            elif floor is not None and _ts_before(rec, floor):
+                done = True
+                break
     found.reverse()
     return found, pos
+
+
+def _ts_before(rec: dict[str, Any], when: datetime) -> bool:
+    try:
+        return parse_ts(str(rec.get("ts", ""))) < when
+    except ValueError:
+        return False
 
 
 def _open_at(state_dir: str, start: Position | None) -> tuple[BinaryIO | None, int]:
@@ -215,9 +241,11 @@ def verify(state_dir: str, backups: int = MAX_BACKUPS) -> tuple[int, int]:
 
     Raises AuditIntegrityError naming the first problem: `FILE:LINE` and what is wrong (not
     JSON, truncated, seq gap, prev mismatch), a missing rotated file, a missing or invalid seal,
-    or a sealed file whose bytes changed. A missing or empty log is fine (0 records).
+    a sealed file whose bytes changed, or a log that ends before the writers' chain head (lines
+    cut from the end, last line edited). A log no writer ever wrote is fine (0 records).
+    Assumes at least one backup is kept (with none, rotation itself empties the log).
     """
-    files = _snapshot(state_dir, backups)
+    files, head = _snapshot_with_head(state_dir, backups)
     names = [f.name for f in files]
     rotated = [int(n.rsplit(".", 1)[1]) for n in names if n != LOG_NAME]
     for i in range(1, max(rotated, default=0)):
@@ -227,17 +255,33 @@ def verify(state_dir: str, backups: int = MAX_BACKUPS) -> tuple[int, int]:
                                       hint="a rotated audit file was deleted or renamed")
     try:
         public_key = audit_key.load_public_key(state_dir) if rotated else None
-        records = _walk(state_dir, files, public_key, len(rotated) < backups)
+        records, last = _walk(state_dir, files, public_key, len(rotated) < backups)
     finally:
         _close(files)
+    _check_head(head, last)
     return records, sum(1 for f in files if f.size or f.name != LOG_NAME)
 
 
-def _walk(state_dir: str, files: list[_File], public_key: Any, must_start: bool) -> int:
+def _check_head(head: tuple[int, str] | None, last: tuple[int, str, str] | None) -> None:
+    """The writers keep (seq, hash) of the last line they appended in audit.lock: a log that ends
+    before it was cut at the end; a last line that differs from it was edited."""
+    if head is None:
+        return
+    last_seq, last_hash, where = last if last is not None else (0, GENESIS, LOG_NAME)
+    if head[0] > last_seq:
+        raise AuditIntegrityError(
+            f"{where}: the log ends at seq {last_seq} but the writer appended up to seq {head[0]}: "
+            "records were cut from the end", hint="restore the missing lines from a copy, if any")
+    if head[0] == last_seq and head[1] != last_hash:
+        raise AuditIntegrityError(f"{where}: the last line differs from what the writer appended (edited)")
+
+
+def _walk(state_dir: str, files: list[_File], public_key: Any,
+          must_start: bool) -> tuple[int, tuple[int, str, str] | None]:
     """Check every line's JSON and link, then each rotated file's seal; return the record count.
     `must_start`: fewer than the maximum backups exist, so nothing was dropped and the oldest
     line must be seq 1."""
-    records, last_seq, last_hash = 0, None, None
+    records, last_seq, last_hash, where = 0, None, None, LOG_NAME
     for file in files:
         data = file.f.read(file.size)
         lines = data.split(b"\n")
@@ -264,11 +308,15 @@ def _walk(state_dir: str, files: list[_File], public_key: Any, must_start: bool)
                         f"{where}: prev does not match the line before (that line was edited)")
             last_seq, last_hash = seq, line_hash(line)
             records += 1
+        if lines[:-1]:
+            where = f"{file.name}:{len(lines) - 1}"
         if lines[-1] != b"":
             raise AuditIntegrityError(f"{file.name}:{len(lines)}: truncated line (no newline at end)")
         if file.name != LOG_NAME:
             _check_seal(state_dir, file.name, data, public_key)
-    return records
+    if last_seq is None or last_hash is None:
+        return records, None
+    return records, (last_seq, last_hash, where)
 
 
 def _check_seal(state_dir: str, name: str, data: bytes, public_key: Any) -> None:

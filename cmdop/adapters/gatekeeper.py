@@ -15,15 +15,28 @@ import threading
 
 from cmdop.adapters import policy_store
 from cmdop.adapters.canonical import canonical_path
-from cmdop.core.calls import Caller, ToolCall, TOOL_TARGET_FIELD
+from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, ToolCall
 from cmdop.core.errors import PolicyError
 from cmdop.core.policy.decision import Decision
 from cmdop.core.policy.gate import MODES, Policy, decide
 from cmdop.core.policy.index import RuleSet
+from cmdop.core.policy.paths import lexical_path
 from cmdop.core.policy.rules import TOOL_KIND, Rule, RuleError, parse_rule, rule_id
 from cmdop.core.settings import Settings
 
 _SESSION_ORDER_BASE = 1_000_000   # session rules come after every file rule in "file order"
+
+
+def protected_dirs(settings: Settings) -> tuple[str, ...]:
+    """cmdop's own config, credentials and state dirs, lexical and resolved: floor wherever the
+    environment puts them (the contract's floor names only their default places). Whoever can
+    write permissions.yaml opens the gate; whoever can write audit.log hides their tracks."""
+    out: list[str] = []
+    for d in (settings.config_dir, settings.cmdop_home, settings.state_dir):
+        for form in (lexical_path(d, "/", settings.home), canonical_path(d, "/", settings.home)):
+            if form != "/" and form not in out:
+                out.append(form)
+    return tuple(out)
 
 
 class Gatekeeper:
@@ -31,14 +44,13 @@ class Gatekeeper:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._protected = protected_dirs(settings)
         self._lock = threading.Lock()
         self._session: list[Rule] = []
         self._file: Policy | None = None
         self._problem = ""
         self._policy = Policy(ok=False, problem="not loaded yet")
-        err = self.reload()
-        if err is not None and self._file is None:
-            self._problem = err.message
+        self.reload()
 
     # ---- reading ---------------------------------------------------------------------------
     @property
@@ -77,7 +89,7 @@ class Gatekeeper:
                 resolved = canonical_path(raw, call.cwd, home)
             elif kind == "command" and call.cwd and "\x00" not in call.cwd:
                 resolved_cwd = canonical_path(call.cwd, "/", home)
-            return decide(call, caller, policy, home, self.mode, resolved, resolved_cwd)
+            return decide(call, caller, policy, home, self.mode, resolved, resolved_cwd, self._protected)
         except Exception as exc:  # noqa: BLE001 - never raise to the caller; deny instead
             return Decision("deny", "floor", f"internal gate error: {type(exc).__name__}: {exc}",
                             self.mode, call.tool, call.operation, "")
@@ -89,20 +101,26 @@ class Gatekeeper:
         try:
             loaded = policy_store.load(path, self._settings.home)
         except PolicyError as exc:
-            return exc
+            return self._failed(exc)
         except Exception as exc:  # noqa: BLE001 - a broken file must not kill the agent
-            return PolicyError(f"cannot load {path}: {type(exc).__name__}: {exc}")
+            return self._failed(PolicyError(f"cannot load {path}: {type(exc).__name__}: {exc}"))
         if loaded is None:
-            err = PolicyError(f"no permissions file at {path}",
-                              hint="create it with `cmdop permissions mode strict` or `cmdop permissions add`")
-            if self._file is None:
-                self._problem = err.message
-            return err
+            return self._failed(PolicyError(
+                f"no permissions file at {path}",
+                hint="create it with `cmdop permissions mode strict` or `cmdop permissions add`"))
         with self._lock:
             self._file = loaded[1]
             self._problem = ""
             self._swap()
         return None
+
+    def _failed(self, err: PolicyError) -> PolicyError:
+        """Record a failed load: with no good policy yet, say why in every denial."""
+        with self._lock:
+            if self._file is None:
+                self._problem = err.message
+                self._swap()
+        return err
 
     def add_session_rule(self, rule: str, action: str, reason: str = "") -> str:
         """Add an in-memory rule for this agent's lifetime; returns its rule_id."""

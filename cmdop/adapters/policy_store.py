@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from cmdop.adapters.secure_file import atomic_write
-from cmdop.core.calls import Caller, CallerKind, ToolCall, TOOL_TARGET_FIELD
+from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
 from cmdop.core.errors import PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
 from cmdop.core.policy.index import RuleSet
@@ -55,7 +55,7 @@ class PolicyDoc:
 
 
 def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
+    return int(node.start_mark.line) + 1
 
 
 def _scalar(node: yaml.Node, what: str) -> Any:
@@ -247,7 +247,7 @@ def render(doc: PolicyDoc) -> str:
     if doc.tests:
         out["tests"] = [dict(t) for t in doc.tests]
     header = "# cmdop permission policy (CONTRACT §4). Edited by `cmdop permissions`; hot-reloaded.\n"
-    return header + yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=1000)
+    return header + str(yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=1000))
 
 
 def _num(x: float) -> int | float:

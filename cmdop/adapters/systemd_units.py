@@ -64,6 +64,8 @@ Environment=CMDOP_SOCKET_PATH=%t/cmdop/agent.sock
 """
 
 # Settings built on seccomp or prctl: they work in system and user managers alike.
+# `seccomp` is added to @system-service so the sandbox can stack its own filter (it may only
+# narrow what is allowed); prctl(PR_SET_SECCOMP), which the fork server uses, is in the set.
 _HARDENING_COMMON = """\
 NoNewPrivileges=yes
 LockPersonality=yes
@@ -71,7 +73,7 @@ RestrictRealtime=yes
 RestrictSUIDSGID=yes
 RestrictNamespaces=yes
 SystemCallArchitectures=native
-SystemCallFilter=@system-service
+SystemCallFilter=@system-service seccomp
 SystemCallErrorNumber=EPERM
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 """

@@ -2,7 +2,7 @@
 
 `agent run` is the long-running daemon (cmdop.daemon.app); it logs to stderr for journald.
 `agent status` reads daemon.pid / daemon.status and says ONLINE, DEGRADED, STARTING or STOPPED
-(exit 0 for ONLINE/DEGRADED/STARTING, 1 for STOPPED).
+(exit 0 whatever the state: exit 1 means the report itself failed, CONTRACT §1).
 `service install` writes the systemd unit (text from cmdop.adapters.systemd_units), reloads
 systemd, enables and starts it (user units: `loginctl enable-linger` so it runs without a login),
 printing each step; `--dry-run` prints the unit and the steps instead of doing them.
@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
-import shlex
-import shutil
-import subprocess
 import sys
 from typing import Any
 
@@ -56,6 +52,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                            help="the program systemd runs, `agent run` is appended "
                                 "(default: this interpreter and this cmdop)")
 
+
+# Heavy stdlib modules (subprocess, shlex, shutil) are imported inside the handlers that need
+# them: every `cmdop` invocation imports this module to build the parser.
 
 # -- agent ------------------------------------------------------------------------------------
 
@@ -98,7 +97,7 @@ def _status(args: argparse.Namespace, ctx: CliContext) -> int:
 
     s = classify(ctx.settings.pid_file, ctx.settings.status_file)
     ctx.emit(s, _human_status)
-    return 1 if s["state"] == "STOPPED" else 0
+    return 0  # the report itself succeeded; the state is in the output
 
 
 # -- service ----------------------------------------------------------------------------------
@@ -127,6 +126,8 @@ def _systemctl(scope: str, *args: str) -> list[str]:
 
 
 def _steps(scope: str, install: bool) -> list[list[str]]:
+    import pwd
+
     if install:
         steps = [_systemctl(scope, "daemon-reload"), _systemctl(scope, "enable", "--now", UNIT_NAME)]
         if scope == "user":
@@ -136,6 +137,10 @@ def _steps(scope: str, install: bool) -> list[list[str]]:
 
 
 def _execute(steps: list[list[str]], ctx: CliContext, check: bool = True) -> None:
+    import shlex
+    import shutil
+    import subprocess
+
     if shutil.which(steps[0][0]) is None and shutil.which("systemctl") is None:
         raise ConfigError("systemctl not found: this machine does not run systemd",
                           "run `cmdop agent run` under your own supervisor, or use --dry-run")
@@ -151,6 +156,8 @@ def _execute(steps: list[list[str]], ctx: CliContext, check: bool = True) -> Non
 
 
 def _install(args: argparse.Namespace, ctx: CliContext) -> int:
+    import shlex
+
     from cmdop.adapters.secure_file import atomic_write
     from cmdop.adapters.systemd_units import render_unit
 
@@ -177,6 +184,8 @@ def _install(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _uninstall(args: argparse.Namespace, ctx: CliContext) -> int:
+    import shlex
+
     scope = _scope(args)
     path = _unit_path(scope, ctx)
     steps = _steps(scope, install=False)
@@ -194,6 +203,8 @@ def _uninstall(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _service_status(args: argparse.Namespace, ctx: CliContext) -> int:
+    import subprocess
+
     from cmdop.daemon.status import classify
 
     scope = _scope(args)

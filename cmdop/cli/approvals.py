@@ -8,9 +8,10 @@ cannot hide what it does or rewrite the terminal.
 On a terminal, `watch` shows each ask and reads one answer line for it:
 `y` allow once · `s` allow for this session · `a` allow always · `n` deny once ·
 `ns` deny for the session · `na` deny always · empty line: leave it to another approver.
-When stdin is not a terminal, `watch` never prompts: it prints each ask (one JSON object per line
-with --json, else one sanitized text line) and reads commands `approve ID [once|session|always]`
-or `deny ID [...]` from stdin; it exits when stdin reaches EOF or the agent stops.
+When stdin is not a terminal (or with --json), `watch` never prompts: it prints each ask (one
+JSON object per line with --json, else the sanitized text block) and reads commands
+`approve ID [once|session|always]` or `deny ID [...]` from stdin; it exits 0 when stdin reaches
+EOF (so `watch < /dev/null` returns at once rather than hanging) or when the agent stops.
 `approve`/`deny` answer one pending ask by id; the answer is bound to that exact call (its input
 digest), so it never approves a changed call.
 """
@@ -18,10 +19,7 @@ digest), so it never approves a changed call.
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
-import threading
-import unicodedata
 from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
@@ -39,6 +37,8 @@ def visible(text: Any) -> str:
 
     C0/C1 controls and DEL become `\\xNN`, other invisible or format characters `<U+XXXX>`, and a
     backslash `\\\\`, so the output is unambiguous and never moves the cursor."""
+    import unicodedata
+
     out = []
     for ch in str(text):
         cp = ord(ch)
@@ -114,6 +114,9 @@ def _deny(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
+    import queue
+    import threading
+
     events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
     client = _client(ctx)
 
@@ -154,13 +157,17 @@ def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
                     if asks.pop(ask_id, None) is not None:
                         order.remove(ask_id)
                         if tty and ask_id == shown:
-                            ctx.note(f"(ask {visible(ask_id)} was {ev.get('outcome')} elsewhere)")
+                            ctx.note(f"\n(ask {visible(ask_id)} ended: {ev.get('outcome')}, "
+                                     "answered elsewhere or expired)")
                             shown = ""
                         elif not tty and ctx.json:
                             ctx.emit({"event": "resolved", "ask_id": ask_id,
                                       "outcome": ev.get("outcome")})
             elif kind == "line":
-                shown = _handle_line(payload, tty, shown, asks, ctx)
+                shown, answered = _handle_line(payload, tty, shown, asks, ctx)
+                if answered in asks:   # forget it now, not when its `resolved` event arrives
+                    del asks[answered]
+                    order.remove(answered)
             if tty and order and shown not in asks:
                 shown = order[0]
                 print(describe(asks[shown]), file=ctx.stdout)
@@ -171,24 +178,27 @@ def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _handle_line(line: str, tty: bool, shown: str, asks: dict[str, dict[str, Any]],
-                 ctx: CliContext) -> str:
-    """Apply one input line; returns the ask id still on screen ("" when it was answered)."""
+                 ctx: CliContext) -> tuple[str, str]:
+    """Apply one input line. Returns (ask id still on screen or "", ask id answered or "")."""
     if tty:
-        if not shown or not line:
-            return "" if not line else shown
+        if not shown:
+            return "", ""
+        if not line:                 # skip: leave it to another approver, show the next one
+            skipped = shown
+            return "", skipped
         if line not in TTY_ANSWERS:
             ctx.note("answer y, s, a, n, ns, na or an empty line")
-            return shown
+            return shown, ""
         verdict, scope = TTY_ANSWERS[line]
         ask_id, digest = shown, asks[shown].get("input_digest")
     else:
         parts = line.split()
         if not parts:
-            return shown
+            return shown, ""
         if parts[0] not in ("approve", "deny") or len(parts) not in (2, 3) or (
                 len(parts) == 3 and parts[2] not in SCOPES):
             ctx.note("expected: approve|deny ID [once|session|always]")
-            return shown
+            return shown, ""
         verdict = "allow" if parts[0] == "approve" else "deny"
         ask_id, scope = parts[1], parts[2] if len(parts) == 3 else "once"
         digest = asks.get(ask_id, {}).get("input_digest")
@@ -198,5 +208,5 @@ def _handle_line(line: str, tty: bool, shown: str, asks: dict[str, dict[str, Any
         ctx.note(f"{visible(ask_id)}: {result.get('outcome')}")
     except DaemonError as exc:
         ctx.note(f"{visible(ask_id)}: {exc.message}")
-    return "" if ask_id == shown else shown
+    return ("" if ask_id == shown else shown), ask_id
 

@@ -33,12 +33,21 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--verify", action="store_true", help="check the hash chain and the seals of rotated files")
 
 
+def _printable(value: Any) -> str:
+    """A field as safe terminal text: a remote caller chooses the target, so control characters
+    (escape sequences, newlines) are shown escaped instead of reaching the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _row(rec: dict[str, Any]) -> str:
     caller = "@".join(x for x in (str(rec.get("user", "")), str(rec.get("hostname", ""))) if x)
     cells = [rec.get("ts", ""), rec.get("decision", ""), rec.get("tool", ""), rec.get("source", ""),
              rec.get("rule_id", ""), caller]
-    out = "".join(f"{str(c):<{w}} " for c, (_, w) in zip(cells, _COLUMNS))
-    target = str(rec.get("target", ""))
+    out = "".join(f"{_printable(c):<{w}} " for c, (_, w) in zip(cells, _COLUMNS))
+    target = _printable(rec.get("target", ""))
     return out + (target if len(target) <= 80 else target[:79] + "…")
 
 

@@ -6,19 +6,23 @@ line `cmdop: error: WHAT` on stderr and a hint line; a traceback only with `--lo
 
 from __future__ import annotations
 
-import argparse
 import sys
-import traceback
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from cmdop import __version__
-from cmdop.cli import common
-from cmdop.core.errors import CmdopError
+
+if TYPE_CHECKING:
+    import argparse
+
+# Module-level imports stay minimal: `cmdop --version` is timed against `python -c pass`
+# (bench/startup.py); everything else is imported by the functions that need it.
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argparse tree. Command modules are imported here but load nothing heavy."""
-    from cmdop.cli import agent_cmd, approvals, audit_cmd, permissions, run_cmd, version_cmd
+    import argparse
+
+    from cmdop.cli import agent_cmd, approvals, audit_cmd, common, permissions, run_cmd, version_cmd
 
     parser = argparse.ArgumentParser(
         prog="cmdop",
@@ -39,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one cmdop command and return its exit status."""
+    import traceback
+
+    from cmdop.cli import common
+    from cmdop.core.errors import CmdopError
+
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse prints usage and exits 2 on bad usage
     log_level = getattr(args, "log_level", None) or "warning"
@@ -77,4 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
+    if sys.argv[1:] == ["--version"]:  # the one call scripts make in a loop; skip building the CLI
+        print(f"cmdop {__version__}")
+        sys.exit(0)
     sys.exit(main())

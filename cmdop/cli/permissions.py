@@ -18,12 +18,12 @@ import os
 from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
-from cmdop.core.errors import CmdopError, PolicyError, UsageError
+from cmdop.core.errors import CmdopError, PolicyError
 
 MODES = ("default", "strict", "bypass")
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's commands to `sub` (the `cmdop permissions` group)."""
     p = add_command(sub, "list", "list the rules of permissions.yaml", _list)
     p = add_command(sub, "add", "add a rule", _add)
@@ -78,10 +78,10 @@ def _effective_mode(ctx: CliContext, flag: str | None, file_mode: str) -> tuple[
 def _call(args: argparse.Namespace) -> Any:
     from cmdop.core.calls import TOOL_TARGET_FIELD, ToolCall
 
-    if args.tool not in TOOL_TARGET_FIELD:
-        raise UsageError(f"unknown tool {args.tool!r}", hint="tools: " + ", ".join(TOOL_TARGET_FIELD))
+    # An unknown tool is not a usage error: the gate denies it, and the dry run shows that.
     cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
-    return ToolCall(args.tool, {TOOL_TARGET_FIELD[args.tool]: " ".join(args.arg)}, args.op, cwd)
+    field = TOOL_TARGET_FIELD.get(args.tool, "target")
+    return ToolCall(args.tool, {field: " ".join(args.arg)}, args.op, cwd)
 
 
 def _resolved(ctx: CliContext, call: Any) -> tuple[str | None, str | None]:
@@ -90,7 +90,7 @@ def _resolved(ctx: CliContext, call: Any) -> tuple[str | None, str | None]:
     from cmdop.core.policy.rules import TOOL_KIND
 
     kind = TOOL_KIND.get(call.tool)
-    raw = call.input.get(TOOL_TARGET_FIELD[call.tool], "")
+    raw = call.input.get(TOOL_TARGET_FIELD.get(call.tool, ""), "")
     if kind == "path" and call.tool != "glob" and "\x00" not in raw:
         return canonical_path(raw, call.cwd, ctx.settings.home), None
     if kind == "command":
@@ -98,31 +98,47 @@ def _resolved(ctx: CliContext, call: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _tell_agent(ctx: CliContext) -> None:
+    """Ask a running agent to reload now (it also watches the file); silent when none runs."""
+    try:
+        from cmdop.daemon.client import connect_if_running
+
+        client = connect_if_running(ctx.settings)
+        if client is not None:
+            with client:
+                client.reload()
+    except Exception:  # noqa: BLE001, S110 - the file is written; the agent's watcher catches up
+        pass
+
+
 # ---- commands ------------------------------------------------------------------------------
 def _check(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.adapters.gatekeeper import protected_dirs
     from cmdop.core.calls import Caller, CallerKind
     from cmdop.core.policy.gate import decide
 
-    doc, policy = _load(ctx, args.policy)
+    _, policy = _load(ctx, args.policy)
     mode, _ = _effective_mode(ctx, args.mode, policy.mode)
     call = _call(args)
     resolved, resolved_cwd = _resolved(ctx, call)
-    d = decide(call, Caller(CallerKind(args.caller)), policy, ctx.settings.home, mode, resolved, resolved_cwd)
+    d = decide(call, Caller(CallerKind(args.caller)), policy, ctx.settings.home, mode, resolved, resolved_cwd,
+               protected_dirs(ctx.settings))
     ctx.emit(d.to_json(), lambda o: f"{d.decision} (source {d.source}"
              + (f", rule {d.rule_id}" if d.rule_id else "") + f"): {d.reason}")
     return 0
 
 
 def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.adapters.gatekeeper import protected_dirs
     from cmdop.core.calls import Caller, CallerKind
     from cmdop.core.policy.explain import explain
 
-    doc, policy = _load(ctx, args.policy)
+    _, policy = _load(ctx, args.policy)
     mode, source = _effective_mode(ctx, args.mode, policy.mode)
     call = _call(args)
     resolved, resolved_cwd = _resolved(ctx, call)
     d, lines = explain(call, Caller(CallerKind(args.caller)), policy, ctx.settings.home, mode,
-                       resolved, resolved_cwd)
+                       resolved, resolved_cwd, protected_dirs(ctx.settings))
     lines.insert(1, f"policy: {args.policy or ctx.settings.permissions_file}; mode {mode} from {source}")
     ctx.emit({"decision": d.to_json(), "steps": lines}, "\n".join(lines))
     return 0
@@ -131,7 +147,7 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
 def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.core.policy.rules import rule_id
 
-    doc, policy = _load(ctx, None)
+    doc, _ = _load(ctx, None)
     rows = [{"rule_id": rule_id(r, a), "rule": r, "action": a, "reason": why, "scope": "global"}
             for r, a, why in doc.rules]
 
@@ -162,6 +178,7 @@ def _add(args: argparse.Namespace, ctx: CliContext) -> int:
         rid = rule_id(args.rule, args.action)
     else:
         rid = add_rule_to_file(ctx.settings, args.rule, args.action, args.reason)
+        _tell_agent(ctx)
     out = {"rule_id": rid, "rule": args.rule, "action": args.action, "scope": args.scope}
     if args.reason:
         out["reason"] = args.reason
@@ -182,6 +199,7 @@ def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
     new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass, keep, doc.tests,
                                  doc.mode_set)
     policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
+    _tell_agent(ctx)
     ctx.emit({"removed": args.rule_id, "rule": gone[0], "action": gone[1]},
              f"removed {args.rule_id}: {gone[1]} {gone[0]}")
     return 0
@@ -198,6 +216,7 @@ def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
     new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass, doc.rules,
                                  doc.tests, True)
     policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
+    _tell_agent(ctx)
     if args.mode == "bypass":
         ctx.note("WARNING: mode bypass allows every remote call the floor does not deny; "
                  "use it only on isolated machines")
@@ -211,7 +230,8 @@ def _test(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters import policy_store
     from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
     from cmdop.core.policy.adversarial import ADVERSARIAL
-    from cmdop.core.policy.gate import MODES as GATE_MODES, decide
+    from cmdop.core.policy.gate import MODES as GATE_MODES
+    from cmdop.core.policy.gate import decide
 
     doc, policy = _load(ctx, args.file, run_tests=False)
     home = ctx.settings.home

@@ -69,10 +69,14 @@ def build_record(*, decision: Decision, outcome: str, tool_input: Mapping[str, A
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"audit outcome must be one of {OUTCOMES}, not {outcome!r}")
-    target, t_red = redact(decision.target)
-    reason, r_red = redact(decision.reason)
+    # Cut very long text before redacting too, so redaction time stays bounded; the margin keeps
+    # a secret that crosses MAX_TARGET_CHARS recognisable (PEM blocks redact to the end anyway).
+    target, t_red = redact(decision.target[: MAX_TARGET_CHARS + 1024])
+    reason, r_red = redact(decision.reason[: MAX_TARGET_CHARS + 1024])
     if len(target) > MAX_TARGET_CHARS:
         target = target[:MAX_TARGET_CHARS] + "…"
+    if len(reason) > MAX_TARGET_CHARS:
+        reason = reason[:MAX_TARGET_CHARS] + "…"
     record: dict[str, Any] = {
         "ts": format_ts(now),
         "decision": outcome,

@@ -20,8 +20,8 @@ Rules, applied in this order (each entry says where the shape comes from):
    `sshpass -p X`; `redis-cli -a X`; `curl -u user:X`.
 5. `NAME=value` and JSON `"name": "value"` where NAME has a part containing TOKEN, SECRET,
    PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL, or a part that is or ends with KEY/KEYS
-   (API_KEY, APIKEY, AWS_SECRET_ACCESS_KEY), case-insensitive. PWD (the working directory) and
-   KEYBOARD-like names are not secrets.
+   (API_KEY, APIKEY, AWS_SECRET_ACCESS_KEY), or a part that is PWD or PASS (MYSQL_PWD, DB_PASS),
+   case-insensitive. PWD/OLDPWD (the working directory), BYPASS_*, KEYBOARD-like names are not.
 6. Well-known token formats: AWS access key ids (AKIA/ASIA/…), GitHub (ghp_ gho_ ghu_ ghs_ ghr_,
    github_pat_), GitLab (glpat-), Slack (xox?-), Stripe (sk_live_/rk_live_/sk_test_), OpenAI and
    Anthropic style `sk-…`, Google API keys (AIza…), npm (npm_), JSON Web Tokens (eyJ….eyJ….…).
@@ -70,24 +70,25 @@ _RULES: list[tuple[str | None, re.Pattern[str], _Repl]] = [
     ("private key", re.compile(r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)[\s\S]*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)"),
      lambda m: m.group(1) + MARK + m.group(2)),
     # 2. URL userinfo password (RFC 3986).
-    ("://", re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]+:)([^\s/@]+)(?=@)"), _keep_group(1)),
+    ("://", re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]{0,20}://[^\s/:@]{1,256}:)([^\s/@]{1,256})(?=@)"), _keep_group(1)),
     # 3. HTTP authorization and API-key headers.
     ("authorization", re.compile(r"(?i)(\bauthorization\s*:\s*(?:(?:bearer|basic|token|digest)\s+)?)([^\s'\"]+)"), _keep_group(1)),
     ("bearer", re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9\-._~+/]{8,}=*)"), _keep_group(1)),
-    (":", re.compile(r"(?i)(\b(?:x-[\w-]*(?:token|key|secret|auth)[\w-]*|api-key|private-token)\s*:\s*)([^\s'\"]+)"),
+    (":", re.compile(r"(?i)(\b(?:x-[\w-]{0,40}?(?:token|key|secret|auth)[\w-]{0,40}|api-key|private-token)\s*:\s*)([^\s'\"]+)"),
      _keep_group(1)),
     # 4. Command-line password options.
-    ("--", re.compile(r"(?i)(--[\w-]*" + _SECRET_WORD + r"(?![\w-]*(?:-file|-path|-id|-env|-name|-dir)\b)[\w-]*"
+    ("--", re.compile(r"(?i)((?<![\w-])--[\w-]{0,40}?" + _SECRET_WORD
+                + r"(?![\w-]{0,40}?(?:-file|-path|-id|-env|-name|-dir)\b)[\w-]{0,40}"
                 r"(?:=|\s+(?!-)))(" + _VALUE + r")"), _keep_group(1)),
-    ("-p", re.compile(r"(\b(?:mysql\w*|mariadb[\w-]*)\b[^;&|\n]*?\s-p)([^\s;&|]+)"), _keep_group(1)),
-    ("sshpass", re.compile(r"(\bsshpass\b[^;&|\n]*?\s-p\s*)([^\s;&|]+)"), _keep_group(1)),
-    ("redis-cli", re.compile(r"(\bredis-cli\b[^;&|\n]*?\s-a\s+)([^\s;&|]+)"), _keep_group(1)),
-    ("curl", re.compile(r"(\bcurl\b[^;&|\n]*?\s(?:-u\s*|--user[=\s]+)['\"]?[^\s:'\"]+:)([^\s'\"@]+)"), _keep_group(1)),
+    ("-p", re.compile(r"(\b(?:mysql\w{0,20}|mariadb[\w-]{0,20})\b[^;&|\n]{0,1000}?\s-p)([^\s;&|]+)"), _keep_group(1)),
+    ("sshpass", re.compile(r"(\bsshpass\b[^;&|\n]{0,1000}?\s-p\s*)([^\s;&|]+)"), _keep_group(1)),
+    ("redis-cli", re.compile(r"(\bredis-cli\b[^;&|\n]{0,1000}?\s-a\s+)([^\s;&|]+)"), _keep_group(1)),
+    ("curl", re.compile(r"(\bcurl\b[^;&|\n]{0,1000}?\s(?:-u\s*|--user[=\s]+)['\"]?[^\s:'\"]+:)([^\s'\"@]+)"), _keep_group(1)),
     # 5. NAME=value and "name": "value" with a secret-looking name.
-    ("=", re.compile(r"(?i)(\b[A-Za-z0-9_]*(?:token|secret|passw(?:or)?d|passphrase|credential|key|keys)"
-                r"(?:_[A-Za-z0-9_]*)?=)(" + _VALUE + r")"), lambda m: _name_value(m)),
-    ('":', re.compile(r"(?i)(\"[\w-]*(?:token|secret|passw(?:or)?d|passphrase|credential|api[-_]?key|private[-_]?key)"
-                r"[\w-]*\"\s*:\s*\")((?:[^\"\\]|\\.)*)(?=\")"), _keep_group(1)),
+    ("=", re.compile(r"(?i)(\b[A-Za-z0-9_]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|key|keys|pwd|pass)"
+                r"(?:_[A-Za-z0-9_]{0,64})?=)(" + _VALUE + r")"), lambda m: _name_value(m)),
+    ('":', re.compile(r"(?i)(\"[\w-]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|api[-_]?key|private[-_]?key)"
+                r"[\w-]{0,64}\"\s*:\s*\")((?:[^\"\\]|\\.)*)(?=\")"), _keep_group(1)),
     # 6. Well-known token formats (vendor documentation of each prefix).
     (None, re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"), _keep_prefix(4)),
     ("gh", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), _keep_prefix(4)),
@@ -102,13 +103,19 @@ _RULES: list[tuple[str | None, re.Pattern[str], _Repl]] = [
 ]
 
 # A name part that is exactly, or ends with, KEY/KEYS counts; KEYBOARD, KEYMAP do not.
-_SECRET_PART = re.compile(r"(?i)token|secret|passw(?:or)?d|passphrase|credential|key$|keys$")
+# PWD and PASS count only as a whole part (MYSQL_PWD, DB_PASS), and the shell's own PWD/OLDPWD
+# (the working directory) are not secrets.
+_SECRET_PART = re.compile(r"(?i)token|secret|passw(?:or)?d|passphrase|credential|key$|keys$|^pwd$|^pass$")
+_NOT_SECRET_NAMES = {"PWD", "OLDPWD"}
 
 _HIGH_ENTROPY = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+_PEM_ARMOUR = re.compile(r"(-----(?:BEGIN|END) [A-Z0-9 ]{0,40}-----)")
 
 
 def _name_value(m: "re.Match[str]") -> str:
     name = m.group(1)[:-1]
+    if name.upper() in _NOT_SECRET_NAMES:
+        return m.group(0)
     if any(_SECRET_PART.search(part) for part in name.split("_") if part):
         return m.group(1) + MARK
     return m.group(0)
@@ -148,5 +155,8 @@ def redact(text: str) -> tuple[str, bool]:
         if needle is None or needle in lower:
             out = pattern.sub(repl, out)
     if len(out) >= 32:
-        out = _HIGH_ENTROPY.sub(_high_entropy, out)
+        # PEM armour lines stay intact (their dashes are in the base64url alphabet).
+        parts = _PEM_ARMOUR.split(out)
+        parts[::2] = [_HIGH_ENTROPY.sub(_high_entropy, p) for p in parts[::2]]
+        out = "".join(parts)
     return out, out != text

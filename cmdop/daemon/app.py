@@ -81,8 +81,19 @@ class Daemon:
         self.audit: Any = None
         self.sandbox: Any = None
         self.policy_error = ""
+        self._socket_ino = -1
+        self._accept_scope: trio.CancelScope | None = None
+        self._stop_twice = False
+        # More named supervised tasks (the relay link): each gets this Daemon and runs in the
+        # root nursery after READY; see add_task.
+        self._extra_tasks: list[tuple[str, Callable[["Daemon"], Awaitable[None]]]] = []
         self._stop_event: trio.Event | None = None   # trio objects are created inside trio.run
         self._reload_lock: trio.Lock | None = None
+
+    def add_task(self, name: str, fn: Callable[["Daemon"], Awaitable[None]]) -> None:
+        """Run `fn(daemon)` as one more named supervised task (call before run()). It reaches
+        calls through `daemon.service.run_call` and asks through `daemon.broker`."""
+        self._extra_tasks.append((name, fn))
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -90,6 +101,7 @@ class Daemon:
         lock_fd = _take_lock(self.settings)
         try:
             listener = bind_listener(self.settings.socket_path)
+            self._socket_ino = os.stat(self.settings.socket_path).st_ino
             status_mod.write_pid(self.settings.pid_file)
             try:
                 trio.run(self._main, listener)
@@ -106,8 +118,10 @@ class Daemon:
         return 0
 
     def _unlink_socket(self) -> None:
+        """Remove our socket file, never one a newer daemon has bound at the same path."""
         try:
-            os.unlink(self.settings.socket_path)
+            if os.stat(self.settings.socket_path).st_ino == self._socket_ino:
+                os.unlink(self.settings.socket_path)
         except FileNotFoundError:
             pass
 
@@ -172,7 +186,7 @@ class Daemon:
             "pending_asks": len(broker.pending()) if broker else 0,
             "running_calls": service.running_calls if service else 0,
             "counters": {**self.counters, **(broker.counters if broker else {})},
-            "task_restarts": dict(self.crashes),
+            "task_restarts": dict(self.crashes), "refresh_s": self.options.status_interval_s,
         }
 
     def _write_status(self, snapshot: dict[str, Any] | None = None) -> None:
@@ -224,10 +238,12 @@ class Daemon:
             root.start_soon(self._signals)
             self._spawn(root, "policy_watcher", self._policy_watcher)
             async with trio.open_nursery() as conns:
-                accept_scope = trio.CancelScope()
-
                 async def local_server() -> None:
-                    with accept_scope:
+                    # A fresh scope per (re)start: a trio CancelScope cannot be entered twice.
+                    if self.state == "stopping":
+                        return
+                    with trio.CancelScope() as scope:
+                        self._accept_scope = scope
                         await server.serve(conns)
 
                 self._spawn(root, "local_server", local_server)
@@ -240,15 +256,19 @@ class Daemon:
                 # After READY=1: systemd expects pings only from a service that is up.
                 self._spawn(root, "watchdog", self._watchdog)
                 self._spawn(root, "status_writer", self._status_writer)
+                for name, fn in self._extra_tasks:
+                    self._spawn(root, name, functools.partial(fn, self))
                 await stop.wait()
-                await self._shutdown(server, accept_scope)
+                await self._shutdown(server)
                 conns.cancel_scope.cancel()
             root.cancel_scope.cancel()
 
-    async def _shutdown(self, server: LocalServer, accept_scope: trio.CancelScope) -> None:
+    async def _shutdown(self, server: LocalServer) -> None:
         self.notifier.stopping("stopping: finishing running calls")
         self.state = "stopping"
-        accept_scope.cancel()
+        self._write_status()
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
         await server.aclose()
         self._unlink_socket()
         self.service.stopping = True
@@ -257,15 +277,19 @@ class Daemon:
         running = self.service.running_calls
         log.info("stopping: %d call(s) running", running)
         with trio.move_on_after(self.options.shutdown_deadline_s) as late:
-            while self.service.running_calls:
+            while self.service.running_calls and not self._stop_twice:
                 await trio.sleep(0.05)
-        if late.cancelled_caught:
+        if late.cancelled_caught or self._stop_twice:
             log.error("%d call(s) still running after %.0fs; leaving them",
                       self.service.running_calls, self.options.shutdown_deadline_s)
 
     def request_stop(self) -> None:
-        if self._stop_event is not None:
-            self._stop_event.set()
+        """Begin the clean stop; a second request stops waiting for running calls."""
+        if self._stop_event is None:
+            return
+        if self._stop_event.is_set():
+            self._stop_twice = True
+        self._stop_event.set()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

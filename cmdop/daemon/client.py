@@ -49,6 +49,11 @@ class DaemonClient:
         return cls(sock)
 
     def close(self) -> None:
+        """Close the connection; a thread blocked in receive() (watch) wakes up with EOF."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._sock.close()
 
     def __enter__(self) -> "DaemonClient":
@@ -70,7 +75,10 @@ class DaemonClient:
 
     def receive(self, timeout: float | None) -> dict[str, Any]:
         """The next frame from the daemon; DaemonError on EOF, timeout or a bad frame."""
-        self._sock.settimeout(timeout)
+        try:
+            self._sock.settimeout(timeout)
+        except OSError as exc:  # closed under us by another thread
+            raise DaemonError(f"lost the connection to the agent: {exc}") from None
         while True:
             try:
                 obj = self._buf.next()

@@ -144,10 +144,6 @@ class AgentService:
                            "access tokens arrive with the relay link")
 
     async def _op_call(self, req: dict[str, Any], peer: Peer) -> Any:
-        if self.stopping:
-            raise RequestError("shutting_down", "the agent is stopping")
-        if self.handle_call is None or self.call_context is None:
-            raise RequestError("unavailable", "the tool pipeline is not available in this agent")
         tool, tool_input = req.get("tool"), req.get("input", {})
         cwd, operation, as_caller = req.get("cwd", ""), req.get("operation", ""), req.get("as_caller")
         if not isinstance(tool, str) or not tool or not isinstance(tool_input, dict):
@@ -165,8 +161,20 @@ class AgentService:
                      as_caller)
         caller = Caller(kind=kind, user=peer.user, hostname=self.hostname)
         call = ToolCall(tool=tool, input=tool_input, operation=operation, cwd=cwd)
+        return await self.run_call(call, caller, _ctx=ctx, _note=note)
+
+    async def run_call(self, call: ToolCall, caller: Caller, *, _ctx: Any = None,
+                       _note: str = "") -> Any:
+        """Gate, audit and run one call in a worker thread; the result object (CONTRACT §6).
+
+        The seam for every source of calls: the local socket, and the relay link next. Refuses
+        with RequestError once stopping or when the pipeline is unavailable."""
+        if self.stopping:
+            raise RequestError("shutting_down", "the agent is stopping")
+        if self.handle_call is None or self.call_context is None:
+            raise RequestError("unavailable", "the tool pipeline is not available in this agent")
         self.counters["calls"] = self.counters.get("calls", 0) + 1
-        return await self._run_in_worker(call, caller, ctx, note)
+        return await self._run_in_worker(call, caller, _ctx or self.call_context, _note)
 
     async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any, note: str) -> Any:
         assert self.handle_call is not None

@@ -2,18 +2,20 @@
 
 daemon.status is one JSON object, replaced atomically: `pid, version, started_at, updated_at,
 state, mode, policy_ok, policy_error, audit_ok, relay_connected, socket, counters`.
-`state` as written by the daemon is `starting`, `online`, `degraded` or `stopped`.
+`state` as written by the daemon is `starting`, `online`, `degraded`, `stopping` or `stopped`.
 
 What a reader reports (`classify`):
 - STOPPED when no pid file, or its pid is not alive (a stale pid file is reported as stale);
 - STARTING when the live daemon has not declared itself ready yet;
 - ONLINE when serving with a good policy and a writable audit log;
-- DEGRADED when serving but the policy is bad or the audit log is unwritable
-  (a relay that is not connected is normal until the relay link exists).
+- DEGRADED while stopping (no new calls taken), or when serving but the policy is bad or the
+  audit log is unwritable, or when the status has not been refreshed for 3 refresh intervals
+  (a wedged event loop). A relay that is not connected is normal until the relay link exists.
 """
 
 from __future__ import annotations
 
+import calendar
 import errno
 import json
 import os
@@ -77,13 +79,23 @@ def remove_if_ours(path: str) -> None:
             pass
 
 
+def _age_s(stamp: Any) -> float | None:
+    """Seconds since a `utc_now()` stamp, or None when it is not one."""
+    try:
+        then = calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+    return time.time() - then
+
+
 def classify(pid_file: str, status_file: str) -> dict[str, Any]:
     """What `cmdop agent status` reports: `{"state": ONLINE|DEGRADED|STARTING|STOPPED, ...}`."""
     pid = read_pid(pid_file)
     status = read_json(status_file) or {}
     out: dict[str, Any] = {"state": "STOPPED", "pid": pid}
     if pid is None:
-        out["detail"] = "no pid file"
+        last = status.get("updated_at") if status.get("state") == "stopped" else None
+        out["detail"] = f"stopped cleanly at {last}" if last else "no pid file"
         return out
     if not pid_alive(pid):
         out["detail"] = f"stale pid file (pid {pid} is not running)"
@@ -93,10 +105,18 @@ def classify(pid_file: str, status_file: str) -> dict[str, Any]:
         out.update(state="STARTING", detail="daemon is starting (no status written yet)")
         return out
     written = str(status.get("state") or "starting")
-    state = {"online": "ONLINE", "degraded": "DEGRADED", "stopped": "STOPPED"}.get(written, "STARTING")
+    state = {"online": "ONLINE", "degraded": "DEGRADED", "stopping": "DEGRADED",
+             "stopped": "STOPPED"}.get(written, "STARTING")
     out.update(status)
     out["state"] = state
-    reasons = []
+    reasons = ["stopping: finishing running calls"] if written == "stopping" else []
+    stale_s = _age_s(status.get("updated_at"))
+    refresh = status.get("refresh_s")
+    if state in ("ONLINE", "DEGRADED") and isinstance(refresh, (int, float)) and stale_s is not None \
+            and stale_s > 3 * refresh + 5:
+        # Alive but not refreshing its status: its event loop is wedged or starved.
+        state = out["state"] = "DEGRADED"
+        reasons.append(f"status not refreshed for {int(stale_s)}s")
     if status.get("policy_ok") is False:
         reasons.append(f"policy: {status.get('policy_error') or 'no good policy'}")
     if status.get("audit_ok") is False:

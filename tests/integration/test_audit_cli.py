@@ -128,3 +128,34 @@ def test_follow_survives_rotation_and_ctrl_c_exits_0(cmdop_env):
                 f.close()
     assert proc.returncode == 0 and err == ""
     assert os.path.exists(cmdop_env.state_dir / "audit.log")
+
+
+def test_verify_names_a_truncated_line(cmdop_env):
+    _fill(cmdop_env.state_dir, 5)
+    p = cmdop_env.state_dir / "audit.log"
+    p.write_bytes(p.read_bytes()[:-30])
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 1
+    assert "cmdop: error: audit.log:5: " in r.stderr and "truncated" in r.stderr
+
+
+def test_table_escapes_control_characters_from_callers(cmdop_env):
+    with AuditLog(str(cmdop_env.state_dir)) as log:
+        log.append({"ts": _ts(), "decision": "deny", "tool": "execute_command",
+                    "target": "echo \x1b]0;pwned\x07\x1b[2J\nrm -rf x", "user": "eve\x1b[31m", "hostname": "h"})
+    r = cmdop_env.run("permissions", "audit")
+    assert r.returncode == 0
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "\\x1b]0;pwned\\x07" in r.stdout and "\\nrm -rf x" in r.stdout
+    assert len(r.stdout.splitlines()) == 2
+
+
+def test_tail_zero_and_since_stops_early(cmdop_env):
+    _fill(cmdop_env.state_dir, 10)
+    r = cmdop_env.run("permissions", "audit", "--json", "--tail", "0")
+    assert r.returncode == 0 and r.stdout == ""
+    # the library call behind --since: every record since the cut, the scan stops past it
+    from cmdop.adapters import audit_reader
+    from cmdop.core.audit import parse_since
+    flt = audit_reader.Filter(since=parse_since("3h", datetime.now(timezone.utc)))
+    assert [rec["i"] for _, rec in audit_reader.tail(str(cmdop_env.state_dir), None, flt)] == [7, 8, 9]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -74,16 +73,20 @@ def test_no_approver_attached_denies_at_once(cmdop_env, ask_daemon):
     assert line["source"] == "bypass" and line["reason"].endswith("[as_caller=self]")
 
 
-def test_ask_approved_then_denied(cmdop_env, ask_daemon):
-    approver = Approver(ask_daemon.socket_path)
+def test_ask_goes_to_every_approver_first_answer_wins_then_denied(cmdop_env, ask_daemon):
+    approver, second = Approver(ask_daemon.socket_path), Approver(ask_daemon.socket_path)
     try:
         call = CallInThread(ask_daemon, "execute_command", {"command": "echo approved"},
                             as_caller="remote")
         ask = approver.next_ask()
+        assert second.next_ask()["ask_id"] == ask["ask_id"]
         assert ask["tool"] == "execute_command" and ask["target"] == "echo approved"
         assert ask["caller"]["kind"] == "remote" and ask["input_digest"].startswith("sha256:")
         assert approver.answer(ask, "allow", digest=ask["input_digest"])["outcome"] == "ask_allowed"
+        with pytest.raises(DaemonError, match="no pending ask"):
+            second.answer(ask, "deny")
         assert call.join()["stdout"] == "approved\n"
+        second.close()
         line = audit_lines(cmdop_env)[-1]
         assert line["decision"] == "ask_allowed" and line["reason"].endswith("[as_caller=remote]")
 
@@ -220,9 +223,12 @@ def _pids_running(marker: str) -> list[int]:
 def test_sigterm_kills_a_running_command_writes_its_audit_line_and_exits_0(cmdop_env, ask_daemon):
     marker = f"sleep 100.{os.getpid() % 1000:03d}1"
     call = CallInThread(ask_daemon, "execute_command", {"command": marker})
-    wait_for(lambda: _pids_running(marker), 15, "the command to start")
-    assert ask_daemon.stop() == 0
-    wait_for(lambda: not _pids_running(marker), 10, "the command to be killed")
+    try:
+        wait_for(lambda: _pids_running(marker), 30, "the command to start")
+        assert ask_daemon.stop() == 0
+        wait_for(lambda: not _pids_running(marker), 20, "the command to be killed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\ndaemon log:\n{ask_daemon.log()}") from None
     assert any(line["target"] == marker for line in audit_lines(cmdop_env))
     try:
         out = call.join()
@@ -284,6 +290,14 @@ def test_watch_cli_on_a_terminal_shows_hostile_text_escaped_and_takes_y(cmdop_en
         os.write(master, b"y\n")
         out = call.join()
         assert out["exit_code"] == 0
+        # the answered ask is not shown again; the next one is, and "n" denies it
+        seen = b""
+        call = CallInThread(ask_daemon, "execute_command", {"command": "echo second"},
+                            as_caller="remote")
+        wait_for(lambda: prompt_shown() and b"echo second" in seen, 15, "the second prompt")
+        assert b"safe" not in seen
+        os.write(master, b"n\n")
+        assert call.join()["error"] == "permission_denied"
     finally:
         watch.terminate()
         watch.wait(timeout=15)

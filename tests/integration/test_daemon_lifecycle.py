@@ -55,7 +55,7 @@ def test_status_online_pidfile_modes_and_clean_stop(cmdop_env, daemon):
     assert daemon.stop() == 0
     assert not sock.exists() and not (cmdop_env.state_dir / "daemon.pid").exists()
     out = cmdop_env.run("agent", "status", "--json")
-    assert out.returncode == 1 and json.loads(out.stdout)["state"] == "STOPPED"
+    assert out.returncode == 0 and json.loads(out.stdout)["state"] == "STOPPED"
 
 
 def test_a_second_daemon_refuses_to_start(cmdop_env, daemon):

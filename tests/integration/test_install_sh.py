@@ -58,6 +58,7 @@ def run_install(*args: str, path_prefix: str | None = None,
     env["PATH"] = f"{path_prefix}:{path}" if path_prefix else path
     env["HOME"] = str(tmp / "home")
     env["TMPDIR"] = str(tmp)
+    env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,localhost"  # the test's HTTP host is local
     return subprocess.run(["bash", str(INSTALL), *args], env=env, capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
 
@@ -223,3 +224,75 @@ def test_service_flag_runs_service_install_with_the_installed_path(tmp_path):
     interpreter, program = exec_start.split(" ")
     assert program == str(prefix / "cmdop")
     assert os.path.isabs(interpreter) and "shims" not in interpreter
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serve a directory over HTTP on loopback, like a release host."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(not (shutil.which("curl") or shutil.which("wget")),
+                    reason="neither curl nor wget is installed")
+def test_install_from_url_checks_the_served_sums(tmp_path, http_dir):
+    root, url = http_dir
+    make_fake_pyz(root, "3.3.3")
+    prefix = tmp_path / "bin"
+    r = run_install("--from", f"{url}/cmdop.pyz", "--prefix", str(prefix), tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (prefix / "cmdop").read_bytes() == (root / "cmdop.pyz").read_bytes()
+    (root / "SHA256SUMS").write_text("0" * 64 + "  cmdop.pyz\n")  # the host was tampered with
+    prefix2 = tmp_path / "bin2"
+    r = run_install("--from", f"{url}/cmdop.pyz", "--prefix", str(prefix2), tmp=tmp_path)
+    assert r.returncode == 1 and "checksum mismatch" in r.stderr
+    assert not prefix2.exists()
+
+
+def test_readme_quick_start_is_what_ci_runs():
+    """The README's quick start is exactly two commands, and .ci/run runs those two."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("<!-- section:quickstart -->")[1].split("<!-- /section:quickstart -->")[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "quick start has no ```sh block"
+    commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+    commands = [c for c in commands if c]
+    assert commands == ["bash .ci/setup", "bash .ci/test"]
+    run = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    assert run[-2:] == commands
+
+
+def test_works_piped_into_bash(tmp_path):
+    """`curl ... | bash -s -- ARGS`: the script arrives on stdin, nothing in it may eat stdin."""
+    pyz = make_fake_pyz(tmp_path / "rel")
+    prefix = tmp_path / "bin"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(PATH=f"{python_dir()}:/usr/bin:/bin", HOME=str(tmp_path / "home"),
+               TMPDIR=str(tmp_path))
+    r = subprocess.run(["bash", "-s", "--", "--from", str(pyz), "--prefix", str(prefix)],
+                       input=INSTALL.read_text(), env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip().endswith("(cmdop 9.9.9)")
+    assert (prefix / "cmdop").read_bytes() == pyz.read_bytes()

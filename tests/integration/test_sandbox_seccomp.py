@@ -195,3 +195,44 @@ def test_without_seccomp_local_callers_run_with_a_warning(tmp_path: Path) -> Non
     out = run_tool(ToolCall("execute_command", {"command": "echo hi"}), env)
     assert out["stdout"] == "hi\n" and out["sandboxed"] is False
     assert warnings and "WITHOUT the seccomp sandbox" in warnings[0]
+
+
+# -- the launcher as the daemon uses it ------------------------------------------------------
+
+def test_concurrent_spawns_from_threads(tmp_path: Path) -> None:
+    """The daemon runs calls in worker threads: one server serves them all, outputs not mixed."""
+    import threading
+
+    sb = Sandbox()
+    if not sb.available:
+        pytest.skip(f"seccomp unavailable: {sb.reason}")
+    env = ToolEnv(home=str(tmp_path), cwd=str(tmp_path), sandbox=sb)
+    bad: list[object] = []
+
+    def worker(n: int) -> None:
+        for i in range(5):
+            out = execute_command({"command": f"echo {n}-{i}"}, env)
+            if out["stdout"] != f"{n}-{i}\n" or not out["sandboxed"]:
+                bad.append(out)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sb.close()
+    assert bad == []
+
+
+def test_a_dead_server_is_replaced(tmp_path: Path) -> None:
+    sb = Sandbox()
+    if not sb.available:
+        pytest.skip(f"seccomp unavailable: {sb.reason}")
+    env = ToolEnv(home=str(tmp_path), cwd=str(tmp_path), sandbox=sb)
+    assert execute_command({"command": "echo a"}, env)["stdout"] == "a\n"
+    assert sb._proc is not None
+    os.kill(sb._proc.pid, signal.SIGKILL)
+    sb._proc.wait()
+    out = execute_command({"command": "echo b"}, env)
+    sb.close()
+    assert out["stdout"] == "b\n" and out["sandboxed"] is True

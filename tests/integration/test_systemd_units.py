@@ -136,3 +136,69 @@ def test_security_exposure_is_recorded_in_readme(tmp_path, scope):
     assert f"{REPO_FILE[scope]}: exposure {score} {label}" in readme, (
         f"README must record the {scope} unit's exposure as "
         f"'{REPO_FILE[scope]}: exposure {score} {label}'")
+
+
+_UNDER_FILTER = r'''
+import errno, json, os, subprocess, sys
+import pyseccomp as sc
+
+listing, allowed_spec = sys.argv[1], sys.argv[2].split()
+groups, cur = {}, None
+for line in open(listing):
+    text = line.strip()
+    if not text or text.startswith("#"):
+        continue
+    if line.startswith("@"):
+        cur = groups.setdefault(text, [])
+    elif cur is not None:
+        cur.append(text)
+
+def expand(name):
+    if not name.startswith("@"):
+        return {name}
+    return set().union(*(expand(x) for x in groups.get(name, [])))
+
+f = sc.SyscallFilter(defaction=sc.ERRNO(errno.EPERM))
+for name in sorted(set().union(*(expand(x) for x in allowed_spec))):
+    try:
+        f.add_rule(sc.ALLOW, name)
+    except Exception:
+        pass  # a name this kernel/libseccomp does not know
+f.load()
+os.execv(sys.argv[3], sys.argv[3:])
+'''
+
+
+@pytest.mark.systemd
+@pytest.mark.seccomp
+@needs_analyze
+def test_sandbox_still_works_under_the_units_syscall_filter(tmp_path, cmdop_env):
+    """The unit's SystemCallFilter= (emulated: the same allow-list, EPERM otherwise, loaded with
+    pyseccomp) must leave room for the agent's own sandbox to stack its filter."""
+    import json
+    import sys
+
+    pytest.importorskip("pyseccomp")
+    text = render_unit("system", DEFAULT_EXEC_START)
+    spec = next(line.split("=", 1)[1] for line in text.splitlines()
+                if line.startswith("SystemCallFilter="))
+    listing = tmp_path / "syscall-filter.txt"
+    listing.write_text(subprocess.run([str(ANALYZE), "syscall-filter"], capture_output=True,
+                                      text=True, timeout=60, check=True).stdout)
+    script = tmp_path / "under_filter.py"
+    script.write_text(_UNDER_FILTER)
+    command = ["-m", "cmdop", "run", "execute_command", "--input",
+               json.dumps({"command": "grep Seccomp_filters /proc/self/status; echo hi | cat"})]
+    baseline = subprocess.run([sys.executable, *command], env=cmdop_env.env, capture_output=True,
+                              text=True, timeout=60, cwd=cmdop_env.home)
+    if baseline.returncode != 0 or not json.loads(baseline.stdout).get("sandboxed"):
+        pytest.skip(f"the sandbox does not run here even without the unit's filter: "
+                    f"{baseline.stdout[:200]}{baseline.stderr[:200]}")
+    r = subprocess.run([sys.executable, str(script), str(listing), spec, sys.executable, *command],
+                       env=cmdop_env.env, capture_output=True, text=True, timeout=60,
+                       cwd=cmdop_env.home)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["sandboxed"] is True, r.stderr
+    assert "hi" in result["stdout"]
+    assert "Seccomp_filters:\t2" in result["stdout"]  # the unit's filter and the sandbox's

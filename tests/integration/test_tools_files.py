@@ -277,3 +277,25 @@ def test_sandbox_server_environment_holds_no_secrets(monkeypatch: pytest.MonkeyP
     if not out["sandboxed"]:
         pytest.skip("seccomp unavailable: the command's parent is the agent itself")
     assert "sk-parent-secret" not in out["stdout"] and "PATH=" in out["stdout"]
+
+
+def test_write_race_never_lands_in_a_floor_directory(env: ToolEnv) -> None:
+    """The parent directory is a link flipped between a plain dir and a .git dir while writing."""
+    proj = Path(env.cwd)
+    (proj / "plain").mkdir()
+    (proj / "repo" / ".git").mkdir(parents=True)
+    os.symlink("plain", proj / "dirlink")
+    stop = threading.Event()
+    flipper = threading.Thread(target=_flipper, args=(proj / "dirlink", ("plain", "repo/.git"), stop),
+                               daemon=True)
+    flipper.start()
+    written = 0
+    try:
+        for i in range(300):
+            out = run_tool(ToolCall("write_file", {"path": f"dirlink/f{i}", "content": "x"}), env)
+            written += "bytes_written" in out
+    finally:
+        stop.set()
+        flipper.join()
+    assert list((proj / "repo" / ".git").iterdir()) == []
+    assert written == len(list((proj / "plain").iterdir())) and written > 0

@@ -90,3 +90,13 @@ def test_supervisor_restarts_a_crashing_task_and_stops_when_it_returns(caplog):
     trio.run(lambda: supervise("flaky", flaky, initial=0.001, crashes=crashes))
     assert len(runs) == 3 and crashes == {"flaky": 2}
     assert "task flaky crashed" in caplog.text
+
+
+def test_a_live_daemon_whose_status_is_not_refreshed_is_degraded(tmp_path):
+    pid_file, status_file = str(tmp_path / "daemon.pid"), str(tmp_path / "daemon.status")
+    (tmp_path / "daemon.pid").write_text(f"{os.getpid()}\n")
+    (tmp_path / "daemon.status").write_text(json.dumps(
+        {"pid": os.getpid(), "state": "online", "policy_ok": True, "audit_ok": True,
+         "refresh_s": 10, "updated_at": "2020-01-01T00:00:00Z"}))
+    out = status.classify(pid_file, status_file)
+    assert out["state"] == "DEGRADED" and "not refreshed" in out["detail"]

@@ -204,3 +204,27 @@ def test_literal_rule_matches_exactly_one_target(tool: str, target: str, other: 
 def test_bad_rules_are_refused(text: str, action: str) -> None:
     with pytest.raises(RuleError):
         parse_rule(text, action, home=HOME)
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=sh", "evil.com#.example.com", "evil.com:1.example.com",
+                                  "user@web.example.com", "web.example.com/x", "wеb.example.com"])
+def test_hostnames_a_glob_could_be_fooled_by_are_denied_even_in_bypass(host: str) -> None:
+    p = policy(("connect(*.example.com)", "allow"), ("connect(*)", "allow"), mode="bypass")
+    assert check(p, "connect", host)[0] == "deny"
+
+
+@pytest.mark.parametrize("host", ["web.example.com", "10.0.0.7", "[::1]", "fe80::1", "WEB.EXAMPLE.COM."])
+def test_real_hostnames_are_matched(host: str) -> None:
+    assert check(policy(("connect(*)", "allow")), "connect", host) == ("allow", "rule")
+
+
+@pytest.mark.parametrize("command", ["$(" * 400 + "ls" + ")" * 400, "(" * 2000 + "ls" + ")" * 2000,
+                                     "echo " + "a" * 70_000])
+def test_commands_too_big_or_deep_to_inspect_are_floor_denied(command: str) -> None:
+    assert check(policy(mode="bypass"), "execute_command", command, caller="local") == ("deny", "floor")
+
+
+@pytest.mark.parametrize("command", ["echo " + "a" * 60_000, "echo " + "$(x)" * 3000, "cat " + "*" * 5000 + ".env",
+                                     "echo " + "a " * 20_000])
+def test_large_inputs_are_decided_without_blowing_up(command: str) -> None:
+    assert check(policy(mode="default"), "execute_command", command)[0] in ("ask", "deny")

@@ -51,11 +51,23 @@ _WRAPPERS: dict[str, tuple[str, frozenset[str], bool]] = {
     "setsid": ("", frozenset(), False),
     "busybox": ("", frozenset(), False),
     "nocorrect": ("", frozenset(), False),
+    "flock": ("wEc", frozenset({"timeout", "conflict-exit-code", "command"}), False),
+    "chrt": ("T", frozenset({"sched-runtime", "sched-period", "sched-deadline"}), False),
+    "taskset": ("", frozenset({"cpu-list"}), False),
+    "strace": ("abeEIoOpPsSuX", frozenset(), False),
+    "ltrace": ("aAeEnopsSuX", frozenset(), False),
+    "unbuffer": ("", frozenset(), False),
+    "watch": ("n", frozenset({"interval"}), True),
+    "systemd-run": ("pEuMHdGrPq", frozenset({"unit", "property", "uid", "gid", "setenv", "working-directory",
+                                             "description", "slice"}), True),
     "noglob": ("", frozenset(), False),
 }
+# Positional arguments a wrapper takes before the command it runs.
+_POSITIONALS = {"timeout": 1, "chroot": 1, "flock": 1, "chrt": 1, "taskset": 1}
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "csh", "tcsh", "ash", "fish", "yash",
                     "posh", "rbash", "rc", "es", "sash", "su"})
-_HARMLESS_REDIRECT = re.compile(r"^(?:[0-9]*>&[0-9-]|[0-9]*>&?/dev/null|&>>?/dev/null|[0-9]*>>/dev/null)$")
+# Redirections that cannot write anywhere new: between stdout/stderr, closing, or into /dev/null.
+_HARMLESS_REDIRECT = re.compile(r"^(?:[12]?>&[12-]|[12]?>&?/dev/null|&>>?/dev/null|[12]?>>/dev/null)$")
 
 
 def program_name(value: str) -> str:
@@ -117,6 +129,8 @@ def unwrap(cmd: SimpleCommand) -> Unwrapped:
                     dyn_sub = dyn_sub or any(k == "C" for k, _ in script.segments)
             elif script:
                 nested.extend(script)
+            if name == "su":        # another user runs the script: only the whole line can allow
+                layers.append(Layer(assigns, (), True))
             break
         spec = _WRAPPERS.get(name)
         if spec is None:
@@ -127,10 +141,14 @@ def unwrap(cmd: SimpleCommand) -> Unwrapped:
             break
         if split is not None:
             nested.append(split)
-        if name == "timeout" and rest:
-            rest = rest[1:]          # the DURATION
-        elif name == "chroot" and rest:
-            rest = rest[1:]          # the NEWROOT
+        rest = rest[_POSITIONALS.get(name, 0):]    # timeout DURATION, chroot NEWROOT, flock FILE...
+        if name == "watch":             # watch runs `sh -c "ARGS..."`
+            if all(w.static is not None for w in rest):
+                nested.append(" ".join(w.static or "" for w in rest))
+            else:
+                dyn = True
+            layers.append(Layer(assigns, tuple(rest), True))
+            break
         privileged = priv or chdir or name == "su"
         assigns = assigns + tuple(extra_assigns)
         words = rest
@@ -143,6 +161,13 @@ def _shell_script(name: str, words: list[Word]) -> Word | list[str] | None:
         if all(w.static is not None for w in words[1:]):
             return [" ".join(w.static or "" for w in words[1:])]
         return Word(tuple(seg for w in words[1:] for seg in w.segments))
+    if name == "su":                # su [opts] [user] -c CMD: the command may follow the user
+        for i, w in enumerate(words[1:-1], start=1):
+            if w.static in ("-c", "--command"):
+                return words[i + 1]
+            if (w.static or "").startswith("--command="):
+                return Word(((LIT, (w.static or "")[len("--command="):]),))
+        return None
     i = 1
     while i < len(words):
         v = words[i].static
@@ -172,6 +197,9 @@ def _skip_options(name: str, words: list[Word], short: str, long: frozenset[str]
         if v == "--":
             i += 1
             break
+        if name == "env" and v == "-":          # `env -` is `env -i`
+            i += 1
+            continue
         if name == "env" and "=" in v and not v.startswith("-") and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", v):
             key, _, val = v.partition("=")
             assigns.append((key, Word(((LIT, val),))))

@@ -35,14 +35,15 @@ def _rule_verdict(rule: Rule, t_operation: str, parts: list[tuple[str | None, tu
 
 
 def explain(call: ToolCall, caller: Caller, policy: Policy, home: str, mode: str | None = None,
-            resolved: str | None = None, resolved_cwd: str | None = None) -> tuple[Decision, list[str]]:
+            resolved: str | None = None, resolved_cwd: str | None = None,
+            protected: tuple[str, ...] = ()) -> tuple[Decision, list[str]]:
     """(the decision, lines of explanation). Never raises."""
     eff = mode if mode in MODES else (policy.mode if policy.mode in MODES else "strict")
-    decision = decide(call, caller, policy, home, eff, resolved, resolved_cwd)
+    decision = decide(call, caller, policy, home, eff, resolved, resolved_cwd, protected)
     lines = [f"call: {call.tool}" + (f" --op {call.operation}" if call.operation else "")
              + f" {decision.target!r} as a {getattr(caller.kind, 'value', caller.kind)} caller, mode {eff}"]
     try:
-        t = prepare_target(call, home, resolved, resolved_cwd)
+        t = prepare_target(call, home, resolved, resolved_cwd, protected)
     except Exception as exc:  # noqa: BLE001
         return decision, lines + [f"could not prepare the call: {exc}", _final(decision)]
     if t.invalid:

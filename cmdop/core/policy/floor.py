@@ -8,8 +8,21 @@ commands (floor_cmd.py). Both are pure and return the floor reason or None.
 from __future__ import annotations
 
 from cmdop.core.policy.floor_cmd import check_command
-from cmdop.core.policy.floor_paths import (FLOOR_ABS_PREFIXES, FLOOR_DIRS, FLOOR_FILES,
-                                           FLOOR_HOME_PREFIXES, check_path, check_pattern)
+from cmdop.core.policy.floor_paths import (
+                                           FLOOR_ABS_PREFIXES,
+                                           FLOOR_DIRS,
+                                           FLOOR_FILES,
+                                           FLOOR_HOME_PREFIXES,
+                                           check_path,
+                                           check_pattern,
+)
 
-__all__ = ["check_path", "check_pattern", "check_command", "FLOOR_FILES", "FLOOR_DIRS",
-           "FLOOR_ABS_PREFIXES", "FLOOR_HOME_PREFIXES"]
+__all__ = [
+                                           "FLOOR_ABS_PREFIXES",
+                                           "FLOOR_DIRS",
+                                           "FLOOR_FILES",
+                                           "FLOOR_HOME_PREFIXES",
+                                           "check_command",
+                                           "check_path",
+                                           "check_pattern",
+]

@@ -26,9 +26,10 @@ from functools import lru_cache
 from cmdop.core.policy.commands import SHELLS, unwrap
 from cmdop.core.policy.floor_paths import check_pattern
 from cmdop.core.policy.paths import expand_user, normalise
-from cmdop.core.policy.shell import VAR, SimpleCommand, Word, analyse
+from cmdop.core.policy.shell import TOO_DEEP, VAR, SimpleCommand, Word, analyse
 
 UNKNOWN = "\x00"
+MAX_COMMAND = 65536   # the floor bounds its own work; a longer command is refused, not guessed at
 _INTERPRETER = re.compile(
     r"^(?:(?:python|pypy|perl|ruby|php|lua|luajit|tclsh|node|nodejs|jshell)[0-9.]*|irb|deno|bun|"
     r"wish|R|Rscript|osascript|pwsh|powershell|expect|source|\.)$")
@@ -37,7 +38,7 @@ _BLOCK_DEV = re.compile(r"^/dev/(?:sd|hd|vd|xvd|nvme|mmcblk|loop|dm-|md|sr|nbd|r
 _WRITE_OPS = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&", "&>|"})
 _DEVICE_WRITERS = frozenset({"tee", "cp", "mv", "shred", "wipefs", "blkdiscard", "mke2fs", "mkswap",
                              "install", "pv", "badblocks", "sgdisk", "sfdisk"})
-_FORKBOMB_TEXT = re.compile(r"(\S+)\(\)\{\1\|\1&\}|fork\s*while\s*fork|fork\(\)\s*while|"
+_FORKBOMB_TEXT = re.compile(r"([\w:.-]{1,64})\(\)\{\1\|\1&\}|fork\s*while\s*fork|fork\(\)\s*while|"
                             r"while\s*\(?\s*1?\s*\)?\s*;?\s*do\s*\$0\s*&")
 
 
@@ -134,6 +135,49 @@ def _rm_root(prog: str, args: list[str], home: str, cwd: str | None) -> str | No
     return None
 
 
+def _rm_anywhere(argv: list[str], home: str, cwd: str | None) -> str | None:
+    """`rm` behind a wrapper we do not model (`watch rm -rf /`, `flock l rm -rf /`): check the
+    arguments after any word that names rm."""
+    for i, a in enumerate(argv[1:], start=1):
+        if _program(a) == "rm":
+            reason = _rm_root("rm", argv[i + 1:], home, cwd)
+            if reason:
+                return reason
+    return None
+
+
+_INLINE_FLAGS = frozenset({"-c", "-e", "-E", "--eval", "-r", "--command"})
+# `rm` removing / as it appears inside another language's string: os.system("rm -rf /").
+_EMBEDDED_RM = re.compile(r"""\brm\s+(?:-[^\s'"]*\s+)*?-[A-Za-z]*[rR][A-Za-z]*\s+(?:-\S+\s+)*['"]?/+[.*]?['"]?(?=[\s'");`]|$)""")
+
+
+def _inline_code(prog: str, argv: list[str], home: str, cwd: str | None, depth: int,
+                 extra: tuple[str, ...] = ()) -> str | None:
+    """Strings other programs will run: `find -exec sh -c STR`, `alias x=STR`, `trap STR`,
+    and rm-removing-/ inside interpreter code (`python3 -c 'os.system("rm -rf /")'`)."""
+    for i, a in enumerate(argv[:-1]):
+        if _program(a) in SHELLS and i > 0:
+            for j in range(i + 1, min(i + 4, len(argv) - 1)):
+                if argv[j].startswith("-") and "c" in argv[j] and not argv[j].startswith("--"):
+                    reason = _check(argv[j + 1], home, cwd, depth + 1, extra)
+                    if reason:
+                        return reason
+    if prog == "alias":
+        for a in argv[1:]:
+            reason = _check(a.partition("=")[2], home, cwd, depth + 1, extra) if "=" in a else None
+            if reason:
+                return f"{reason} (in an alias)"
+    if prog == "trap" and len(argv) > 1:
+        reason = _check(argv[1], home, cwd, depth + 1, extra)
+        if reason:
+            return f"{reason} (in a trap)"
+    if prog in SHELLS or _INTERPRETER.match(prog):
+        for i, a in enumerate(argv[1:-1], start=1):
+            if a in _INLINE_FLAGS and _EMBEDDED_RM.search(argv[i + 1]):
+                return "floor: recursive removal of / inside inline code"
+    return None
+
+
 def _device_write(prog: str, args: list[str], redirects: list[tuple[str, str]], home: str,
                   cwd: str | None) -> str | None:
     cands = [t for op, t in redirects if op in _WRITE_OPS and not t.isdigit()]
@@ -148,7 +192,7 @@ def _device_write(prog: str, args: list[str], redirects: list[tuple[str, str]], 
     return None
 
 
-def _named_paths(args: list[str], home: str, cwd: str | None) -> str | None:
+def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = ()) -> str | None:
     for a in args:
         cands = {a}
         for sep in ("=", ":", ",", "@"):
@@ -163,7 +207,7 @@ def _named_paths(args: list[str], home: str, cwd: str | None) -> str | None:
             path = normalise("/" + c) if unknown_cwd else _resolve(c, home, cwd)
             if path is None:
                 continue
-            reason = check_pattern(path, home, prefixes=not unknown_cwd)
+            reason = check_pattern(path, home, prefixes=not unknown_cwd, extra=extra)
             if reason:
                 return f"{reason} (named in the command)"
     return None
@@ -181,22 +225,30 @@ def _fork_bomb(analysis_functions: tuple[tuple[str, tuple[SimpleCommand, ...], b
 
 
 @lru_cache(maxsize=8192)
-def check_command(command: str, home: str, cwd: str) -> str | None:
-    """The floor reason if `command` (bash) matches a floor entry, else None. Pure, cached."""
-    reason = _check(command, home, cwd or None, 0)
+def check_command(command: str, home: str, cwd: str, extra: tuple[str, ...] = ()) -> str | None:
+    """The floor reason if `command` (bash) matches a floor entry, else None. Pure, cached.
+    `extra`: more protected directories (see floor_paths.check_path)."""
+    if len(command) > MAX_COMMAND:
+        return f"floor: command longer than {MAX_COMMAND} characters is not inspected"
+    try:
+        reason = _check(command, home, cwd or None, 0, extra)
+    except RecursionError:
+        return "floor: command nested too deeply to inspect"
     if reason is None and "IFS" in command:
         # The grammar mis-splits some `$IFS` spellings (`rm$IFS-rf$IFS/`); check the text with
         # every $IFS spelled as the space it expands to as well.
         spaced = re.sub(r"\$\{IFS\}|\$IFS(?![A-Za-z0-9_])", " ", command)
         if spaced != command:
-            reason = _check(spaced, home, cwd or None, 0)
+            reason = _check(spaced, home, cwd or None, 0, extra)
     return reason
 
 
-def _check(command: str, home: str, cwd: str | None, depth: int) -> str | None:
+def _check(command: str, home: str, cwd: str | None, depth: int, extra: tuple[str, ...] = ()) -> str | None:
     if depth > 8:
         return "floor: commands nested too deeply to inspect"
     analysis = analyse(command)
+    if analysis.opaque == TOO_DEEP:
+        return f"floor: {TOO_DEEP}"
     reason = _fork_bomb(analysis.functions, analysis.source)
     if reason:
         return reason
@@ -213,10 +265,11 @@ def _check(command: str, home: str, cwd: str | None, depth: int) -> str | None:
         redirects = [(op, _argv((t,), home, variables)[0] if t is not None else "")
                      for op, t in cmd.redirects]
         for _, value in cmd.assigns:
-            reason = _named_paths(_argv((value,), home, variables), home, cwd)
+            reason = _named_paths(_argv((value,), home, variables), home, cwd, extra)
             if reason:
                 return reason
-        reason = _named_paths([t for _, t in redirects if t], home, cwd)
+        reason = _named_paths([t for _, t in redirects if t], home, cwd, extra) or _device_write(
+            "", [], redirects, home, cwd)      # also `> /dev/sda` with no command word at all
         if reason:
             return reason
         for layer in un.layers:
@@ -226,9 +279,14 @@ def _check(command: str, home: str, cwd: str | None, depth: int) -> str | None:
             prog = _program(argv[0])
             args = argv[1:]
             for check in (_rm_root(prog, args, home, cwd), _device_write(prog, args, redirects, home, cwd),
-                          _named_paths(argv, home, cwd)):
+                          _named_paths(argv, home, cwd, extra), _rm_anywhere(argv, home, cwd),
+                          _inline_code(prog, argv, home, cwd, depth, extra)):
                 if check:
                     return check
+            if prog in SHELLS and cmd.heredoc:       # bash <<EOF ... EOF runs the body
+                reason = _check(cmd.heredoc, home, cwd, depth + 1, extra)
+                if reason:
+                    return f"{reason} (in a here-document run by {prog})"
             shellish = prog in SHELLS or prog == "?" or _INTERPRETER.match(prog) is not None
             if shellish and cmd.stdin in ("pipe", "procsub", "herestring"):
                 what = "a program that cannot be resolved" if prog == "?" else f"'{prog}'"
@@ -242,7 +300,7 @@ def _check(command: str, home: str, cwd: str | None, depth: int) -> str | None:
         if un.dynamic_nested_sub:
             return "floor: a shell or eval runs the output of a command substitution"
         for script in un.nested:
-            reason = _check(script, home, cwd, depth + 1)
+            reason = _check(script, home, cwd, depth + 1, extra)
             if reason:
                 return reason
     return None

@@ -57,20 +57,33 @@ def _component_reason(comp: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=64)
+def _prefix_strings(home: str) -> tuple[tuple[str, str], ...]:
+    return tuple((shown, "/" + "/".join(comps)) for shown, comps in _prefixes(home))
+
+
 @lru_cache(maxsize=16384)
-def check_path(canonical_path: str, home: str) -> str | None:
+def check_path(canonical_path: str, home: str, extra: tuple[str, ...] = ()) -> str | None:
     """The floor reason if `canonical_path` (absolute, folded) is protected, else None.
 
+    `extra` adds directories protected like prefixes: the gatekeeper passes cmdop's own config,
+    credentials and state dirs when the environment moves them away from their defaults.
     File tools call this again on the path they actually opened.
     """
-    comps = [fold(c) for c in components(canonical_path)]
-    for c in comps:
-        if c[:1] == "." or c[:1] not in _ASCII_PLAIN:   # every floor name starts with a dot
-            reason = _component_reason(c)
-            if reason:
-                return reason
-    for shown, pref in _prefixes(home):
-        if pref and comps[:len(pref)] == pref:
+    # (The agent's own /proc entries are refused by the file tools, `agent_private`, not here.)
+    folded = fold(canonical_path)
+    for pref in extra:
+        pref = fold(pref.rstrip("/")) or "/"
+        if pref != "/" and folded.startswith(pref) and (len(folded) == len(pref) or folded[len(pref)] == "/"):
+            return f"floor: cmdop's own files ({pref})"
+    if "/." in folded:                   # every protected file or directory name starts with "."
+        for c in folded.split("/"):
+            if c[:1] == ".":
+                reason = _component_reason(c)
+                if reason:
+                    return reason
+    for shown, pref in _prefix_strings(home):
+        if folded.startswith(pref) and (len(folded) == len(pref) or folded[len(pref)] == "/"):
             return f"floor: protected prefix '{shown}'"
     return None
 
@@ -78,12 +91,13 @@ def check_path(canonical_path: str, home: str) -> str | None:
 def _glob_regex(component: str) -> re.Pattern[str]:
     """A shell glob for one component, as bash expands it without dotglob: a leading `*`, `?`
     or `[...]` does not match a leading dot. `\\x00` stands for an unknown expansion."""
-    out = []
+    out: list[str] = []
     i = 0
     while i < len(component):
         c = component[i]
         if c in "*\x00":
-            out.append("[^/]*")
+            if not out or out[-1] != "[^/]*":   # runs of wildcards are one (no backtracking blow-up)
+                out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
@@ -111,12 +125,12 @@ def _glob_regex(component: str) -> re.Pattern[str]:
 _WILD = re.compile(r"[*?\[\x00]")
 
 
-def check_pattern(path: str, home: str, prefixes: bool = True) -> str | None:
+def check_pattern(path: str, home: str, prefixes: bool = True, extra: tuple[str, ...] = ()) -> str | None:
     """Like check_path, for a folded absolute path that may hold glob characters or `\\x00`
     (an unknown expansion): the reason if *some* expansion of it could be protected.
     `prefixes=False` checks components only (for a relative path under an unknown cwd)."""
     if not _WILD.search(path) and prefixes:
-        return check_path(path, home)
+        return check_path(path, home, extra)
     comps = [fold(c) for c in components(path)]
     regexes = [(_glob_regex(c) if _WILD.search(c) else None, c) for c in comps]
     for rx, c in regexes:
@@ -128,10 +142,11 @@ def check_pattern(path: str, home: str, prefixes: bool = True) -> str | None:
             for sample in _SAMPLES:
                 if rx.match(sample):
                     return f"floor: pattern '{c}' can name protected '{sample}'"
-    for shown, pref in (_prefixes(home) if prefixes else ()):
-        if len(regexes) < len(pref) and not (regexes and regexes[-1][1].endswith(("*", "\x00"))):
-            continue
-        if all((rx.match(p) if rx else c == p) for (rx, c), p in zip(regexes, pref)):
-            if len(regexes) >= len(pref):
-                return f"floor: pattern can name protected prefix '{shown}'"
+    extra_prefixes = tuple((p, components(fold(p))) for p in extra if p.strip("/"))
+    for shown, pref in ((_prefixes(home) + extra_prefixes) if prefixes else ()):
+        # The pattern names something inside a protected prefix when its first components can
+        # each match the prefix's components.
+        if len(regexes) >= len(pref) and all(
+                (rx.match(p) if rx else c == p) for (rx, c), p in zip(regexes, pref)):
+            return f"floor: pattern can name protected prefix '{shown}'"
     return None

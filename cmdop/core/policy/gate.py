@@ -31,7 +31,10 @@ from cmdop.core.policy.targets import Part, parts_for_command
 MODES = ("default", "strict", "bypass")
 MODE_ACTION: dict[str, Action] = {"default": "ask", "strict": "deny", "bypass": "allow"}
 _MEMO_MAX = 4096
-_HOST = re.compile(r"^[a-z0-9_.:\-\[\]%]+$")
+# A hostname, a bracketed IPv6 address, or a bare IPv6 address: nothing a glob could be fooled by
+# (`evil.com#.example.com`, `evil.com:1.example.com`, `user@host`), nor an option
+# (`-oProxyCommand=...`). IDNs must come as punycode.
+_HOST = re.compile(r"^(?!-)(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+(?:%[a-z0-9]+)?\]|[0-9a-f:]*:[0-9a-f:.]+)$")
 
 
 @dataclass(frozen=True)
@@ -62,24 +65,26 @@ class Target(NamedTuple):
     invalid: str = ""          # why the input is unusable (→ deny)
 
 
-def _path_target(call: ToolCall, raw: str, home: str, resolved: str | None, kind: str) -> Target:
+def _path_target(call: ToolCall, raw: str, home: str, resolved: str | None, kind: str,
+                 protected: tuple[str, ...]) -> Target:
     cwd = str(call.input.get("cwd") or call.cwd or "/") if call.tool == "glob" else (call.cwd or "/")
     lexical = lexical_path(raw, cwd, home)
     canonical = resolved or lexical
     texts: tuple[str, ...] = (canonical,) if canonical == lexical else (canonical, lexical)
     if call.tool == "glob":
-        floor = check_pattern(lexical, home)
+        floor = check_pattern(lexical, home, extra=protected)
     elif canonical == lexical:
-        floor = check_path(lexical, home)
+        floor = check_path(lexical, home, protected)
     else:
-        floor = check_path(lexical, home) or check_path(canonical, home)
+        floor = check_path(lexical, home, protected) or check_path(canonical, home, protected)
     return Target(call.tool, call.operation, kind, canonical, (Part(canonical, texts, canonical),), floor)
 
 
 def prepare_target(call: ToolCall, home: str, resolved: str | None = None,
-                   resolved_cwd: str | None = None) -> Target:
+                   resolved_cwd: str | None = None, protected: tuple[str, ...] = ()) -> Target:
     """Turn a call into a Target. `resolved` is the adapter's canonical path for path tools,
-    `resolved_cwd` the canonical cwd for commands. Never raises."""
+    `resolved_cwd` the canonical cwd for commands, `protected` extra floor directories (cmdop's
+    own dirs when the environment moved them). Never raises."""
     tool = call.tool
     kind = TOOL_KIND.get(tool)
     fieldname = TOOL_TARGET_FIELD.get(tool)
@@ -91,7 +96,7 @@ def prepare_target(call: ToolCall, home: str, resolved: str | None = None,
     if "\x00" in raw:
         return Target(tool, call.operation, kind, raw.replace("\x00", "\\0"), (), None, "NUL byte in input")
     if kind == "path":
-        return _path_target(call, raw, home, resolved, kind)
+        return _path_target(call, raw, home, resolved, kind, protected)
     if kind == "host":
         host = raw.strip().lower().rstrip(".")
         if not _HOST.match(host):
@@ -99,9 +104,9 @@ def prepare_target(call: ToolCall, home: str, resolved: str | None = None,
             return Target(tool, call.operation, kind, host, (part,), None)
         return Target(tool, call.operation, kind, host, (Part(host, (host,), host),), None)
     cwd = resolved_cwd or call.cwd or ""
-    floor = check_command(raw, home, cwd)
+    floor = check_command(raw, home, cwd, protected)
     if floor is None and cwd:
-        cwd_floor = check_path(lexical_path(cwd, "/", home), home)
+        cwd_floor = check_path(lexical_path(cwd, "/", home), home, protected)
         if cwd_floor:
             floor = f"{cwd_floor} (working directory)"
     return Target(tool, call.operation, kind, raw.strip(), parts_for_command(raw), floor)
@@ -163,7 +168,11 @@ def decide_target(t: Target, caller: Caller, policy: Policy, mode: str) -> Decis
         first = _part_result(t.parts[0], t, policy)
         if first[0] in ("deny", "ask", "allow"):
             return _rule_decision(first[0], _best(first[1]), t, mode)  # type: ignore[arg-type]
-        results = [(first, t.parts[0])]
+        part = t.parts[0]
+        if first[0] == "none" and not part.unparseable and not part.why_unknown:
+            action: Action = MODE_ACTION.get(mode, "deny")
+            return out(action, "mode", f"no rule matched the call; mode {mode} → {action}")
+        results = [(first, part)]
     else:
         results = [(_part_result(p, t, policy), p) for p in t.parts]
     denies = [r for (a, rs), _ in results if a == "deny" for r in rs]
@@ -195,21 +204,23 @@ def decide_target(t: Target, caller: Caller, policy: Policy, mode: str) -> Decis
 
 
 def decide(call: ToolCall, caller: Caller, policy: Policy, home: str, mode: str | None = None,
-           resolved: str | None = None, resolved_cwd: str | None = None) -> Decision:
+           resolved: str | None = None, resolved_cwd: str | None = None,
+           protected: tuple[str, ...] = ()) -> Decision:
     """The gate. `mode` overrides the policy's; never raises (a bug of ours becomes a deny)."""
     eff = mode if mode in MODES else (policy.mode if policy.mode in MODES else "strict")
     try:
         if call.tool == "execute_command":
-            key = (call.input.get("command"), call.cwd, resolved_cwd, str(caller.kind), eff, call.operation, home)
+            key = (call.input.get("command"), call.cwd, resolved_cwd, str(caller.kind), eff, call.operation, home,
+                   protected)
             hit = policy.memo.get(key)
             if hit is not None:
                 return hit
-            d = decide_target(prepare_target(call, home, resolved, resolved_cwd), caller, policy, eff)
+            d = decide_target(prepare_target(call, home, resolved, resolved_cwd, protected), caller, policy, eff)
             if len(policy.memo) >= _MEMO_MAX:
                 policy.memo.clear()
             policy.memo[key] = d
             return d
-        return decide_target(prepare_target(call, home, resolved, resolved_cwd), caller, policy, eff)
+        return decide_target(prepare_target(call, home, resolved, resolved_cwd, protected), caller, policy, eff)
     except Exception as exc:  # noqa: BLE001 - the gate must answer; an error is a deny
         return Decision("deny", "floor", f"internal gate error: {type(exc).__name__}: {exc}",
                         eff, call.tool, call.operation, "")

@@ -26,6 +26,9 @@ def expand_user(path: str, home: str) -> str:
 
 def normalise(path: str) -> str:
     """Fold `.`, `..` and repeated slashes of an absolute path; `//x` becomes `/x`."""
+    if (path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/"
+            and not path.startswith("/proc/")):
+        return path          # already folded: the common case, kept cheap
     folded = posixpath.normpath("/" + path.lstrip("/"))
     while True:  # /proc/self/root/proc/self/root/etc -> /etc
         stripped = _PROC_ROOT.sub("", folded, count=1)

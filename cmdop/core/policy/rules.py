@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from cmdop.core.policy import pattern
 from cmdop.core.policy.commands import program_name
+from cmdop.core.policy.targets import parts_for_command
 
 ACTIONS = ("allow", "ask", "deny")
 TOOL_KIND: dict[str, str] = {
@@ -50,7 +51,6 @@ def literal_rule(tool: str, target: str, operation: str = "") -> str:
         # Match what the gate matches: the normalised text of a single simple command. A compound
         # command cannot be allowed by one rule (every part needs its own), so its rule is the
         # escaped text, which will simply not match.
-        from cmdop.core.policy.targets import parts_for_command
         parts = [p for p in parts_for_command(target) if not p.deny_only]
         text = parts[0].allow_text if len(parts) == 1 else None
         arg = pattern.escape((text if text is not None else " ".join(target.split())).replace("\n", " "))
@@ -75,7 +75,7 @@ class Rule:
     kind: str                  # "command" | "path" | "host"
     operation: str             # "" = any operation
     glob: str | None           # None = any argument
-    regex: "re.Pattern[str] | None"
+    regex: re.Pattern[str] | None
     literal: int               # most-specific ordering
     order: int
     line: int | None = None

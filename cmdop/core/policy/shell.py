@@ -31,6 +31,7 @@ import tree_sitter as _ts
 import tree_sitter_bash as _tsb
 
 _PARSER = _ts.Parser(_ts.Language(_tsb.language()))
+TOO_DEEP = "the command is nested too deeply to inspect"
 
 # Segment kinds of a word.
 LIT = "L"   # literal text, quoted or escaped: no globbing, no splitting
@@ -97,6 +98,7 @@ class SimpleCommand:
     redirects: list[tuple[str, Word | None]] = field(default_factory=list)   # (operator, target)
     stdin: str = ""          # "" | "pipe" | "herestring" | "heredoc" | "procsub" | "file"
     substituted: bool = False  # runs inside $(...), `...` or <(...)
+    heredoc: str = ""          # the body of the first here-document feeding it
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,9 @@ class _Walker:
             self._visit_children(node, substituted=True)
         elif t in ("command_substitution", "process_substitution"):
             segs.append((SUB, self._text(node)))
-            self._visit_children(node, substituted=True)
+            # `>(sh)` feeds the outer command's output to sh: its stdin is a pipe.
+            writes_into = self._text(node).startswith(">(")
+            self._visit_children(node, substituted=True, stdin="pipe" if writes_into else "")
         else:   # arithmetic and anything unmodelled: unknowable, but still walk it
             segs.append((SUB, self._text(node)))
             self._visit_children(node, substituted=True)
@@ -369,10 +373,19 @@ class _Walker:
             elif r.type == "heredoc_redirect":
                 cmd.stdin = cmd.stdin or "heredoc"
                 cmd.redirects.append(("<<", None))
-                self._visit_children(r, True)
-                for c in r.children:       # `cat <<EOF | sh` style pipes after the heredoc
-                    if c.type == "pipeline" or c.type == "command":
-                        self.mark("pipeline after a here-document")
+                for c in r.children:
+                    if c.type == "heredoc_body":
+                        cmd.heredoc = cmd.heredoc or self._text(c)
+                        self._visit_children(c, True)
+                    elif c.type == "pipeline":
+                        # `cat <<EOF | sh`: the grammar hangs the rest of the pipeline here; every
+                        # command in it reads a pipe.
+                        for cc in c.children:
+                            if cc.type not in ("|", "|&"):
+                                self.visit(cc, False, "pipe")
+                    elif c.is_named and c.type not in ("heredoc_start", "heredoc_end"):
+                        self.mark("commands after a here-document")
+                        self.visit(c, False, "")
             elif r.type == "file_redirect":
                 op = "".join(self._text(c) for c in r.children if not c.is_named)
                 targets = [c for c in r.children if c.is_named and c.type != "file_descriptor"]
@@ -397,10 +410,13 @@ def analyse(command: str) -> Analysis:
     source = remove_line_continuations(command)
     try:
         tree = _PARSER.parse(source.encode("utf-8", "surrogateescape"))
-    except Exception as exc:  # the grammar should not fail; if it does, nothing is known
+    except Exception as exc:  # noqa: BLE001 - the grammar should not fail; if it does, nothing is known
         return Analysis((), f"unparseable: {exc}", (), (), source)
     walker = _Walker(source.encode("utf-8", "surrogateescape"))
-    walker.visit(tree.root_node)
+    try:
+        walker.visit(tree.root_node)
+    except RecursionError:     # thousands of nested $(...): refuse rather than guess
+        return Analysis((), TOO_DEEP, (), (), source)
     if tree.root_node.has_error:
         walker.mark("the parser found a syntax error")
     if "\x00" in source:
