@@ -98,8 +98,8 @@ def main() -> int:
             assert direct()["exit_code"] == 0
         plain = lambda: subprocess.run(["true"], check=True)  # noqa: E731
 
-        # Interleave call by call, so drift on a busy machine (the audit fsync dominates and
-        # varies) hits both paths alike; the overhead is the median of the paired differences.
+        # Interleave call by call, so drift on a busy machine (spawn times vary most) hits both
+        # paths alike; the overhead is the median of the paired differences.
         s_ms, d_ms, p_ms = [], [], []
         for _ in range(args.calls):
             s_ms += timed(via_socket, 1)

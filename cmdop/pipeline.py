@@ -71,16 +71,21 @@ class CallContext:
 
 
 def make_context(settings: Settings, hostname: str = "") -> CallContext:
-    """The production context: the real gate, audit log and sandbox for `settings`."""
+    """The production context: the real gate, audit log and sandbox for `settings`, and
+    `sandbox_required` from config.yaml (default true). Raises ConfigFileError for an invalid
+    config.yaml, before anything is opened."""
     import socket
 
     from cmdop.adapters.audit_log import AuditLog
+    from cmdop.adapters.config_file import load as load_config
     from cmdop.adapters.gatekeeper import Gatekeeper
     from cmdop.adapters.launcher import Sandbox
 
+    config = load_config(settings.config_file)
     return CallContext(settings=settings, gatekeeper=Gatekeeper(settings),
                        audit=AuditLog(settings.state_dir), sandbox=Sandbox(),
-                       hostname=hostname or socket.gethostname())
+                       hostname=hostname or socket.gethostname(),
+                       sandbox_required=config.sandbox_required)
 
 
 def _deny(decision: Decision, reason: str, source: str | None = None) -> Decision:
@@ -103,14 +108,15 @@ def _evaluate(call: ToolCall, caller: Caller, ctx: CallContext) -> Decision:
 
 
 def _audit(ctx: CallContext, decision: Decision, outcome: str, call: ToolCall, caller: Caller,
-           ask_ms: int) -> bool:
+           ask_ms: int, extra: Mapping[str, Any] | None = None) -> bool:
     """Append one audit line; False when it could not be written."""
     from cmdop.core.audit import build_record
 
     try:
         tool_input = call.input if isinstance(call.input, Mapping) else {"_invalid_input": repr(call.input)}
         record = build_record(decision=decision, outcome=outcome, tool_input=tool_input,
-                              caller=caller, ask_ms=ask_ms, now=datetime.now(timezone.utc))
+                              caller=caller, ask_ms=ask_ms, now=datetime.now(timezone.utc),
+                              extra=extra)
         ctx.audit.append(record)
         return True
     except Exception as exc:  # AuditWriteError, or anything else: the line is not written
@@ -119,8 +125,10 @@ def _audit(ctx: CallContext, decision: Decision, outcome: str, call: ToolCall, c
 
 
 def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | None = None,
-                cancel: threading.Event | None = None, on_chunk: ChunkFn | None = None) -> ToolResult:
-    """Gate, audit and run one tool call, as the module docstring promises."""
+                cancel: threading.Event | None = None, on_chunk: ChunkFn | None = None,
+                audit_extra: Mapping[str, Any] | None = None) -> ToolResult:
+    """Gate, audit and run one tool call, as the module docstring promises. `audit_extra`
+    fields go into every audit line of this call (e.g. `as_caller`; see core.audit)."""
     decision = _evaluate(call, caller, ctx)
     ask_ms = 0
     if decision.decision == "ask":
@@ -143,7 +151,7 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
     else:
         outcome = decision.decision  # "allow" | "deny"
 
-    written = _audit(ctx, decision, outcome, call, caller, ask_ms)
+    written = _audit(ctx, decision, outcome, call, caller, ask_ms, audit_extra)
     if not written and caller.kind != CallerKind.LOCAL:
         return _deny(decision, "audit log unwritable").denied_result()
     if decision.decision != "allow":
@@ -159,5 +167,5 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
         # The tool found the floor on the path it actually opened: record the denial too.
         floor = _deny(decision, str(result.get("reason", "")), source="floor")
         _audit(ctx, dataclasses.replace(floor, target=str(result.get("target", ""))), "deny",
-               call, caller, 0)
+               call, caller, 0, audit_extra)
     return result

@@ -112,13 +112,21 @@ def _unit_path(scope: str, ctx: CliContext) -> str:
     return install_path(scope, ctx.settings.home, os.environ.get("XDG_CONFIG_HOME") or None)
 
 
-def _exec_start() -> str:
-    """The program systemd should run (the unit appends `agent run`): this interpreter and this
-    pyz, or this interpreter with `-m cmdop`."""
-    entry = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if entry.endswith(".pyz"):
-        return f"{sys.executable} {entry}"
-    return f"{sys.executable} -m cmdop"
+def _exec_start(argv0: str | None = None, python: str | None = None) -> str:
+    """The program systemd should run (the unit appends `agent run`), all absolute:
+    this interpreter followed by this cmdop when it is a zipapp (any name: `cmdop.pyz`, or
+    `/usr/local/bin/cmdop` installed without the suffix, recognised with zipfile.is_zipfile);
+    otherwise this interpreter with `-m cmdop` (a checkout or an installed package).
+    The interpreter is named even when the zipapp has a `#!` line: `#!/usr/bin/env python3.11`
+    would be looked up on systemd's PATH, which need not hold the Python running this now."""
+    import zipfile
+
+    argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")
+    python = os.path.abspath(python or sys.executable)
+    entry = os.path.abspath(argv0) if argv0 else ""
+    if entry and os.path.isfile(entry) and (entry.endswith(".pyz") or zipfile.is_zipfile(entry)):
+        return f"{python} {entry}"
+    return f"{python} -m cmdop"
 
 
 def _systemctl(scope: str, *args: str) -> list[str]:

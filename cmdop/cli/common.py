@@ -88,6 +88,12 @@ def _group_help(parser: argparse.ArgumentParser) -> Handler:
     return handler
 
 
-def current_settings() -> Settings:
-    """Settings for this process, from its environment."""
-    return Settings.from_env(os.environ, os.path.expanduser("~"))
+def current_settings(discover: bool = True) -> Settings:
+    """Settings for this process, from its environment. With `discover`, a root shell with no
+    CMDOP_* path override finds the system service's agent (cmdop.adapters.service_paths)."""
+    settings = Settings.from_env(os.environ, os.path.expanduser("~"))
+    if discover:
+        from cmdop.adapters.service_paths import discover as discover_service
+
+        settings = discover_service(settings, os.environ)
+    return settings

@@ -57,8 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("cmdop: error: a command is required (see cmdop --help)", file=sys.stderr)
         return 2
     try:
+        # A daemon binds exactly what its environment says; every other command may find the
+        # system service's agent (cmdop.adapters.service_paths).
+        daemon = getattr(args, "command", None) == "agent" and getattr(args, "agent_command", None) == "run"
         ctx = common.CliContext(
-            settings=common.current_settings(),
+            settings=common.current_settings(discover=not daemon),
             json=bool(getattr(args, "json", False)),
             log_level=log_level,
             log_format=getattr(args, "log_format", None) or "text",

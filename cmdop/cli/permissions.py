@@ -144,18 +144,42 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def _session_rules(ctx: CliContext) -> list[dict[str, str]] | None:
+    """The running agent's session rules, or None when no agent answers (never raises)."""
+    from cmdop.core.errors import DaemonError
+    from cmdop.daemon.client import connect_if_running
+
+    client = connect_if_running(ctx.settings)
+    if client is None:
+        return None
+    try:
+        with client:
+            rules = client.list_rules().get("rules") or []
+    except DaemonError:   # an older agent without list_rules, or one that went away
+        return None
+    return [{"rule_id": str(r.get("rule_id", "")), "rule": str(r.get("rule", "")),
+             "action": str(r.get("action", "")), "reason": str(r.get("reason", "")),
+             "scope": "session"}
+            for r in rules if isinstance(r, dict) and r.get("scope") == "session"]
+
+
 def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.core.policy.rules import rule_id
 
     doc, _ = _load(ctx, None)
     rows = [{"rule_id": rule_id(r, a), "rule": r, "action": a, "reason": why, "scope": "global"}
             for r, a, why in doc.rules]
+    session = _session_rules(ctx)
+    rows += session or []
 
     def human(rows: list[dict[str, str]]) -> str:
         mode, source = _effective_mode(ctx, None, doc.mode)
-        head = f"mode: {mode} ({source}); {len(rows)} rule(s) in {ctx.settings.permissions_file}"
-        body = [f"{r['rule_id']}  {r['action']:5}  {r['rule']}" + (f"  # {r['reason']}" if r["reason"] else "")
-                for r in rows]
+        n_global = len(rows) - len(session or [])
+        head = f"mode: {mode} ({source}); {n_global} rule(s) in {ctx.settings.permissions_file}"
+        head += (f"; {len(session)} session rule(s) in the running agent" if session is not None
+                 else "; no agent running (no session rules)")
+        body = [f"{r['rule_id']}  {r['scope']:7}  {r['action']:5}  {r['rule']}"
+                + (f"  # {r['reason']}" if r["reason"] else "") for r in rows]
         return "\n".join([head, *body])
 
     ctx.emit(rows, human)
@@ -164,18 +188,29 @@ def _list(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _add(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters.gatekeeper import add_rule_to_file
-    from cmdop.core.policy.rules import RuleError, parse_rule, rule_id
+    from cmdop.core.policy.rules import RuleError, parse_rule
 
     try:
         parse_rule(args.rule, args.action, args.reason, home=ctx.settings.home)
     except RuleError as exc:
         raise PolicyError(str(exc), hint="rule syntax: tool, tool(GLOB) or tool(OP:GLOB)") from None
     if args.scope == "session":
-        from cmdop.daemon.client import DaemonClient
+        from cmdop.core.errors import DaemonError, DaemonNotRunningError
+        from cmdop.daemon.client import connect_if_running
 
-        with DaemonClient.connect(ctx.settings.socket_path) as client:
-            client.request("add_session_rule", rule=args.rule, action=args.action, reason=args.reason)
-        rid = rule_id(args.rule, args.action)
+        client = connect_if_running(ctx.settings)
+        if client is None:
+            raise DaemonNotRunningError(
+                f"no agent is running on {ctx.settings.socket_path}",
+                hint="session rules live in the running agent; start it with `cmdop agent run` "
+                     "(or add a global rule with --scope global)")
+        with client:
+            try:
+                rid = str(client.add_session_rule(args.rule, args.action, args.reason)["rule_id"])
+            except DaemonError as exc:
+                if getattr(exc, "code", "") == "bad_rule":
+                    raise PolicyError(exc.message, hint=exc.hint) from None
+                raise
     else:
         rid = add_rule_to_file(ctx.settings, args.rule, args.action, args.reason)
         _tell_agent(ctx)

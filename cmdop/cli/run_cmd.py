@@ -60,7 +60,8 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
 
     client = connect_if_running(ctx.settings)
     if client is not None:
-        result = client.call_tool(args.tool, tool_input, cwd)
+        with client:
+            result = client.call_tool(args.tool, tool_input, cwd)
     else:
         result = _in_process(args.tool, tool_input, cwd, ctx)
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)

@@ -59,16 +59,26 @@ def format_ts(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+RESERVED = frozenset(FIELDS) | {"redacted", "seq", "prev"}
+
+
 def build_record(*, decision: Decision, outcome: str, tool_input: Mapping[str, Any], caller: Caller,
-                 ask_ms: int = 0, now: datetime) -> dict[str, Any]:
+                 ask_ms: int = 0, now: datetime,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The audit record of one call: `decision` as the gate gave it, `outcome` as it ended.
 
     `outcome` is one of OUTCOMES (for an ask the gate's decision is "ask" and the outcome says how
     it ended). Secrets in target and reason are redacted and `redacted: true` is added when that
-    happened. Raises ValueError for an unknown outcome: that is a bug of the caller.
+    happened. `extra` adds fields after the fixed ones (CONTRACT §5 allows extra fields), e.g.
+    `as_caller` for a local client gated as a remote one; it can never replace a fixed field.
+    Raises ValueError for an unknown outcome or an extra key that is a fixed field: both are bugs
+    of the caller.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"audit outcome must be one of {OUTCOMES}, not {outcome!r}")
+    clash = RESERVED.intersection(extra or {})
+    if clash:
+        raise ValueError(f"extra audit fields may not replace {sorted(clash)}")
     # Cut very long text before redacting too, so redaction time stays bounded; the margin keeps
     # a secret that crosses MAX_TARGET_CHARS recognisable (PEM blocks redact to the end anyway).
     target, t_red = redact(decision.target[: MAX_TARGET_CHARS + 1024])
@@ -94,6 +104,8 @@ def build_record(*, decision: Decision, outcome: str, tool_input: Mapping[str, A
     }
     if t_red or r_red:
         record["redacted"] = True
+    if extra:
+        record.update(extra)
     return record
 
 

@@ -104,3 +104,13 @@ class DaemonNotRunningError(DaemonError):
     """No daemon is listening on the local socket."""
 
     default_hint = "start it with `cmdop agent run` or `cmdop service install`"
+
+
+class ConfigFileError(ConfigError):
+    """config.yaml failed to parse or validate. `line` is 1-based when known."""
+
+    def __init__(self, message: str, hint: str | None = None, line: int | None = None) -> None:
+        if line is not None:
+            message = f"line {line}: {message}"
+        super().__init__(message, hint or "fix config.yaml in the config dir (CMDOP_CONFIG_DIR)")
+        self.line = line

@@ -81,6 +81,7 @@ class Daemon:
         self.audit: Any = None
         self.sandbox: Any = None
         self.policy_error = ""
+        self.config_error = ""
         self._socket_ino = -1
         self._accept_scope: trio.CancelScope | None = None
         self._stop_twice = False
@@ -98,6 +99,7 @@ class Daemon:
     # -- entry -------------------------------------------------------------------------------
 
     def run(self) -> int:
+        self._harden()
         lock_fd = _take_lock(self.settings)
         try:
             listener = bind_listener(self.settings.socket_path)
@@ -116,6 +118,19 @@ class Daemon:
             os.close(lock_fd)
         log.info("agent stopped")
         return 0
+
+    def _harden(self) -> None:
+        """Settings are read: take the secrets out of our environment (and its /proc view) and
+        make our /proc files unreadable to same-uid non-root children
+        (cmdop.adapters.process_hardening)."""
+        from cmdop.adapters.process_hardening import make_undumpable, scrub_secret_env
+
+        removed = scrub_secret_env()
+        if removed:
+            log.info("removed %s from the agent's environment", ", ".join(removed))
+        if not make_undumpable():
+            log.warning("could not make the agent undumpable: same-uid commands may read its "
+                        "/proc files")
 
     def _unlink_socket(self) -> None:
         """Remove our socket file, never one a newer daemon has bound at the same path."""
@@ -161,8 +176,27 @@ class Daemon:
             return None, None
         self.sandbox = Sandbox()   # its fork server starts on the first command
         ctx = pipeline.CallContext(settings=self.settings, gatekeeper=self.gatekeeper,
-                                   audit=self.audit, sandbox=self.sandbox, hostname=self.hostname)
+                                   audit=self.audit, sandbox=self.sandbox, hostname=self.hostname,
+                                   sandbox_required=self._load_config().sandbox_required)
         return pipeline.handle_call, ctx
+
+    def _load_config(self) -> Any:
+        """config.yaml; an invalid file leaves the agent up on the safe defaults (sandbox
+        required), reported as `config_error` and state DEGRADED until it is fixed and the
+        agent restarted."""
+        from cmdop.adapters.config_file import AgentConfig, load
+        from cmdop.core.errors import ConfigFileError
+
+        try:
+            config = load(self.settings.config_file)
+        except ConfigFileError as exc:
+            self.config_error = exc.message
+            log.error("config.yaml rejected, using the defaults: %s", exc.message)
+            return AgentConfig()
+        if not config.sandbox_required:
+            log.warning("sandbox_required is false: remote commands run without seccomp when it "
+                        "is unavailable")
+        return config
 
     # -- status ------------------------------------------------------------------------------
 
@@ -172,7 +206,7 @@ class Daemon:
         policy_ok = bool(getattr(gk, "policy_ok", False)) and not self.policy_error
         audit_ok = os.access(self.settings.state_dir, os.W_OK)
         state = self.state
-        if state == "online" and not (policy_ok and audit_ok):
+        if state == "online" and not (policy_ok and audit_ok and not self.config_error):
             state = "degraded"
         broker: AskBroker | None = getattr(self, "broker", None)
         service: AgentService | None = getattr(self, "service", None)
@@ -180,7 +214,8 @@ class Daemon:
             "pid": os.getpid(), "version": __version__, "started_at": self.started_at,
             "updated_at": status_mod.utc_now(), "state": state,
             "mode": str(getattr(gk, "mode", "") or ""), "policy_ok": policy_ok,
-            "policy_error": self.policy_error, "audit_ok": audit_ok, "relay_connected": False,
+            "policy_error": self.policy_error, "config_error": self.config_error,
+            "audit_ok": audit_ok, "relay_connected": False,
             "socket": self.settings.socket_path, "hostname": self.hostname,
             "approvers": broker.approvers if broker else 0,
             "pending_asks": len(broker.pending()) if broker else 0,

@@ -147,6 +147,15 @@ class DaemonClient:
             args["input_digest"] = input_digest
         return self._request_obj("answer", **args)
 
+    def add_session_rule(self, rule: str, action: str, reason: str = "") -> dict[str, Any]:
+        """Add an in-memory rule to the running agent; `{"rule_id", ...}`. DaemonError (code
+        `bad_rule`) when the rule does not parse."""
+        return self._request_obj("add_session_rule", rule=rule, action=action, reason=reason)
+
+    def list_rules(self) -> dict[str, Any]:
+        """The running gate's rules, global and session: `{"mode", "policy_ok", "rules"}`."""
+        return self._request_obj("list_rules")
+
     def reload(self) -> dict[str, Any]:
         return self._request_obj("reload")
 

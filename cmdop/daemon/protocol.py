@@ -24,7 +24,8 @@ Ops:
   identity of the peer (SO_PEERCRED uid → user name, this host's name). `as_caller` may be
   `"remote"` or `"self"` and may only *downgrade* privileges: the call is gated as that caller
   kind (used to try a policy, and by tests), while the audit identity still comes from the real
-  peer, and the downgrade is recorded in the decision reason ("[as_caller=remote]").
+  peer, and the downgrade is recorded in each audit line as the extra field
+  `"as_caller": "remote"|"self"` (the gate's reasons also end in "[as_caller=remote]").
 - `pending` → `{"asks": [ASK...]}`, asks waiting for an approver.
 - `answer` `{ask_id, verdict: "allow"|"deny", scope?: "once"|"session"|"always", input_digest?}`
   → `{"ask_id", "outcome"}`. The answer applies to that pending ask only; when `input_digest` is
@@ -39,6 +40,11 @@ Ops:
   error).
 - `token` → `{"access_token", "expires_at"}` for the next issues; `unavailable` error until the
   credential store exists.
+- `add_session_rule` `{rule, action: "allow"|"ask"|"deny", reason?}` → `{"rule_id", "rule",
+  "action", "scope": "session"}`: an in-memory rule for this agent's lifetime (CONTRACT §4);
+  error `bad_rule` when the rule does not parse, `unavailable` when the gate is not loaded.
+- `list_rules` → `{"mode", "policy_ok", "rules": [{"rule_id", "rule", "action", "reason",
+  "scope": "global"|"session"}...]}`: the rules the running gate decides with, file rules first.
 
 ASK = `{"ask_id", "tool", "operation", "target", "input_digest", "cwd", "caller": {"kind",
 "user", "hostname"}, "rule_id", "reason", "mode", "created_at", "expires_in_s"}`.
@@ -56,7 +62,8 @@ FRAME_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 300.0
 HEADER = struct.Struct(">I")
 
-OPS = ("ping", "status", "call", "pending", "answer", "watch", "reload", "token")
+OPS = ("ping", "status", "call", "pending", "answer", "watch", "reload", "token",
+       "add_session_rule", "list_rules")
 CALLER_DOWNGRADES = ("remote", "self")
 
 

@@ -2,8 +2,9 @@
 
 Rules:
 - The caller identity comes from the kernel (SO_PEERCRED uid → user name) and this host's name,
-  never from the request. `as_caller` may only downgrade a local caller to `remote`/`self`; the
-  downgrade is written into the decision reason, so the audit line shows it.
+  never from the request. `as_caller` may only downgrade a local caller to `remote`/`self`; every
+  audit line of such a call carries the extra field `"as_caller": KIND` (and the gate's and
+  approver's reasons a "[as_caller=KIND]" note, which a pipeline-made reason may lack).
 - Tool calls run `pipeline.handle_call` in a worker thread (it blocks: gate, sandboxed spawn,
   audit line). An `ask` decision blocks that worker while the trio ask broker waits for an
   approver; every such wait is bounded by ask_timeout_s.
@@ -139,6 +140,42 @@ class AgentService:
             out["error"] = str(error)
         return out
 
+    def _gate(self) -> Any:
+        if self.gatekeeper is None:
+            raise RequestError("unavailable", "the permission gate is not loaded in this agent",
+                               "see the agent's log (`journalctl -u cmdop`)")
+        return self.gatekeeper
+
+    async def _op_add_session_rule(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        rule, action, reason = req.get("rule"), req.get("action"), req.get("reason") or ""
+        if not isinstance(rule, str) or not rule or action not in ("allow", "ask", "deny"):
+            raise RequestError("bad_request", "add_session_rule needs a rule and an action "
+                               "(allow, ask or deny)")
+        if not isinstance(reason, str):
+            raise RequestError("bad_request", "reason must be a string")
+        gate = self._gate()
+        from cmdop.core.errors import PolicyError
+
+        try:
+            rid = gate.add_session_rule(rule, action, reason=reason)
+        except PolicyError as exc:
+            raise RequestError("bad_rule", exc.message, exc.hint) from None
+        log.info("session rule %s added by %s (pid %d): %s %s", rid, peer.user, peer.pid, action,
+                 rule)
+        return {"rule_id": rid, "rule": rule, "action": action, "scope": "session"}
+
+    async def _op_list_rules(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        from cmdop.core.policy.rules import rule_id
+
+        gate = self._gate()
+        policy = gate.policy   # one immutable snapshot
+        rows: list[dict[str, Any]] = []
+        for ruleset in (getattr(policy, "global_rules", None), getattr(policy, "session_rules", None)):
+            for r in getattr(ruleset, "rules", ()) or ():
+                rows.append({"rule_id": r.rid or rule_id(r.rule, r.action), "rule": r.rule, "action": r.action,
+                             "reason": r.reason, "scope": r.scope})
+        return {"mode": str(gate.mode), "policy_ok": bool(gate.policy_ok), "rules": rows}
+
     async def _op_token(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
         raise RequestError("unavailable", "this agent has no credential store yet",
                            "access tokens arrive with the relay link")
@@ -161,10 +198,11 @@ class AgentService:
                      as_caller)
         caller = Caller(kind=kind, user=peer.user, hostname=self.hostname)
         call = ToolCall(tool=tool, input=tool_input, operation=operation, cwd=cwd)
-        return await self.run_call(call, caller, _ctx=ctx, _note=note)
+        extra = {"as_caller": str(as_caller)} if note else None
+        return await self.run_call(call, caller, _ctx=ctx, _note=note, _audit_extra=extra)
 
     async def run_call(self, call: ToolCall, caller: Caller, *, _ctx: Any = None,
-                       _note: str = "") -> Any:
+                       _note: str = "", _audit_extra: dict[str, str] | None = None) -> Any:
         """Gate, audit and run one call in a worker thread; the result object (CONTRACT §6).
 
         The seam for every source of calls: the local socket, and the relay link next. Refuses
@@ -174,9 +212,11 @@ class AgentService:
         if self.handle_call is None or self.call_context is None:
             raise RequestError("unavailable", "the tool pipeline is not available in this agent")
         self.counters["calls"] = self.counters.get("calls", 0) + 1
-        return await self._run_in_worker(call, caller, _ctx or self.call_context, _note)
+        return await self._run_in_worker(call, caller, _ctx or self.call_context, _note,
+                                         _audit_extra)
 
-    async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any, note: str) -> Any:
+    async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any, note: str,
+                             audit_extra: dict[str, str] | None = None) -> Any:
         assert self.handle_call is not None
         handle_call = self.handle_call
         token = trio.lowlevel.current_trio_token()
@@ -195,6 +235,9 @@ class AgentService:
             with self._lock:
                 self._running += 1
             try:
+                if audit_extra:
+                    return handle_call(call, caller, ctx, ask=ask_fn, cancel=self.cancel,
+                                       audit_extra=audit_extra)
                 return handle_call(call, caller, ctx, ask=ask_fn, cancel=self.cancel)
             finally:
                 with self._lock:

@@ -121,6 +121,8 @@ def classify(pid_file: str, status_file: str) -> dict[str, Any]:
         reasons.append(f"policy: {status.get('policy_error') or 'no good policy'}")
     if status.get("audit_ok") is False:
         reasons.append("audit log not writable")
+    if status.get("config_error"):
+        reasons.append(f"config: {status['config_error']} (defaults in use)")
     if reasons:
         out["detail"] = "; ".join(reasons)
     return out

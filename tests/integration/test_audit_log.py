@@ -8,10 +8,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-import signal
 import threading
-import time
-import warnings
 from pathlib import Path
 
 import pytest

@@ -47,14 +47,12 @@ def wait_for(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any:
 class RunningDaemon:
     """A `cmdop agent run` subprocess and the ways to reach it."""
 
-    def __init__(self, env: Any, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(self, env: Any, proc: subprocess.Popen[bytes], log_path: Path,
+                 socket_path: str | None = None) -> None:
         self.env = env
         self.proc = proc
         self.log_path = log_path
-
-    @property
-    def socket_path(self) -> str:
-        return str(self.env.socket_path)
+        self.socket_path = socket_path or str(env.socket_path)
 
     def client(self) -> DaemonClient:
         return DaemonClient.connect(self.socket_path)
@@ -85,7 +83,7 @@ def start_daemon(env: Any, *args: str, extra_env: dict[str, str] | None = None,
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cmdop", "agent", "run", *args],
                                 env=full_env, stdout=log, stderr=log, cwd=str(env.home))
-    d = RunningDaemon(env, proc, log_path)
+    d = RunningDaemon(env, proc, log_path, full_env.get("CMDOP_SOCKET_PATH"))
     if wait:
         def up() -> bool:
             if proc.poll() is not None:
@@ -96,7 +94,13 @@ def start_daemon(env: Any, *args: str, extra_env: dict[str, str] | None = None,
                 return True
             except DaemonError:
                 return False
-        wait_for(up, START_TIMEOUT_S, "the daemon to answer")
+        try:
+            wait_for(up, START_TIMEOUT_S, "the daemon to answer")
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise
     return d
 
 

@@ -124,3 +124,16 @@ def test_parse_since(value, expected):
 def test_parse_since_rejects(value):
     with pytest.raises(ValueError, match="--since"):
         audit.parse_since(value, NOW)
+
+
+def test_extra_fields_follow_the_fixed_ones_and_cannot_replace_them():
+    rec = audit.build_record(decision=_decision(), outcome="deny", tool_input={}, caller=CALLER,
+                             now=NOW, extra={"as_caller": "remote"})
+    assert list(rec) == [*audit.FIELDS, "as_caller"] and rec["as_caller"] == "remote"
+    plain = audit.build_record(decision=_decision(), outcome="deny", tool_input={}, caller=CALLER,
+                               now=NOW)
+    assert {k: v for k, v in rec.items() if k != "as_caller"} == plain
+    for key in ("reason", "user", "seq", "prev", "redacted"):
+        with pytest.raises(ValueError, match="may not replace"):
+            audit.build_record(decision=_decision(), outcome="deny", tool_input={}, caller=CALLER,
+                               now=NOW, extra={key: "x"})

@@ -66,6 +66,17 @@ _WRAPPERS: dict[str, tuple[str, frozenset[str], bool]] = {
 _POSITIONALS = {"timeout": 1, "chroot": 1, "flock": 1, "chrt": 1, "taskset": 1}
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "csh", "tcsh", "ash", "fish", "yash",
                     "posh", "rbash", "rc", "es", "sash", "su"})
+_VERSIONED = re.compile(r"^([a-z]+?)[0-9][0-9.]*$")
+
+
+def is_shell(name: str) -> bool:
+    """A shell by name, versioned spellings included (`ksh93`, `bash5`, `bash-5.2` is not)."""
+    if name in SHELLS:
+        return True
+    m = _VERSIONED.match(name)
+    return m is not None and m.group(1) in SHELLS
+
+
 # Redirections that cannot write anywhere new: between stdout/stderr, closing, or into /dev/null.
 _HARMLESS_REDIRECT = re.compile(r"^(?:[12]?>&[12-]|[12]?>&?/dev/null|&>>?/dev/null|[12]?>>/dev/null)$")
 
@@ -119,14 +130,14 @@ def unwrap(cmd: SimpleCommand) -> Unwrapped:
         if head is None:
             break
         name = posixpath.basename(head)
-        if name in SHELLS or name == "eval":
+        if is_shell(name) or name == "eval":
             script = _shell_script(name, words)
             if isinstance(script, Word):
                 if script.static is not None:
                     nested.append(script.static)
                 else:
                     dyn = True
-                    dyn_sub = dyn_sub or any(k == "C" for k, _ in script.segments)
+                    dyn_sub = dyn_sub or any(k in ("C", "E") for k, _ in script.segments)
             elif script:
                 nested.extend(script)
             if name == "su":        # another user runs the script: only the whole line can allow
@@ -142,6 +153,13 @@ def unwrap(cmd: SimpleCommand) -> Unwrapped:
         if split is not None:
             nested.append(split)
         rest = rest[_POSITIONALS.get(name, 0):]    # timeout DURATION, chroot NEWROOT, flock FILE...
+        if name == "flock" and rest and rest[0].static in ("-c", "--command"):   # flock FILE -c CMD
+            if len(rest) > 1 and rest[1].static is not None:
+                nested.append(rest[1].static or "")
+            else:
+                dyn = True
+            layers.append(Layer(assigns, tuple(rest), False))
+            break
         if name == "watch":             # watch runs `sh -c "ARGS..."`
             if all(w.static is not None for w in rest):
                 nested.append(" ".join(w.static or "" for w in rest))
@@ -209,7 +227,7 @@ def _skip_options(name: str, words: list[Word], short: str, long: frozenset[str]
             key, eq, val = v[2:].partition("=")
             if key in ("chdir",):
                 chdir = True
-            if key == "split-string":
+            if key == "split-string" or (name == "flock" and key == "command"):
                 split = val if eq else (words[i + 1].static if i + 1 < len(words) else None)
             i += 1 if eq or key not in long else 2
             continue
@@ -223,7 +241,7 @@ def _skip_options(name: str, words: list[Word], short: str, long: frozenset[str]
                     consumed = 1 if j + 1 < len(v) else 2
                     if name == "env" and ch == "C" or name == "sudo" and ch == "D":
                         chdir = True
-                    if name == "env" and ch == "S":
+                    if name == "env" and ch == "S" or name == "flock" and ch == "c":
                         split = arg
                     break
                 if name == "sudo" and ch in "si" and _rest_is_empty(words, i + 1):

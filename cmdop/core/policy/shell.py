@@ -38,6 +38,8 @@ LIT = "L"   # literal text, quoted or escaped: no globbing, no splitting
 RAW = "G"   # unquoted literal text: may contain glob characters, braces, a leading ~
 VAR = "V"   # a parameter expansion; text is the variable name, or "" when complex (${x:-y})
 SUB = "C"   # command/process substitution or arithmetic: unknowable statically
+EVAL = "E"  # a command substitution whose output is statically known (`$(echo /)`, `$(printf curl)`):
+            # text is that output. Dynamic for allow rules (like SUB); the floor and deny rules see it.
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
@@ -67,7 +69,7 @@ class Word:
     @property
     def has_expansion(self) -> bool:
         """True when a variable or substitution is part of the word."""
-        return any(kind in (VAR, SUB) for kind, _ in self.segments)
+        return any(kind in (VAR, SUB, EVAL) for kind, _ in self.segments)
 
     @property
     def has_glob(self) -> bool:
@@ -80,7 +82,7 @@ class Word:
         """
         out = []
         for kind, text in self.segments:
-            if kind in (LIT, RAW):
+            if kind in (LIT, RAW, EVAL):
                 out.append(text)
             elif kind == VAR and variables is not None and text in variables:
                 out.append(variables[text])
@@ -99,6 +101,7 @@ class SimpleCommand:
     stdin: str = ""          # "" | "pipe" | "herestring" | "heredoc" | "procsub" | "file"
     substituted: bool = False  # runs inside $(...), `...` or <(...)
     heredoc: str = ""          # the body of the first here-document feeding it
+    producer: "SimpleCommand | None" = None   # the simple command piping into it (`a | b`: a), if one
 
 
 @dataclass(frozen=True)
@@ -254,10 +257,12 @@ class _Walker:
             segs.append((VAR, self._text(names[0]) if simple else ""))
             self._visit_children(node, substituted=True)
         elif t in ("command_substitution", "process_substitution"):
-            segs.append((SUB, self._text(node)))
             # `>(sh)` feeds the outer command's output to sh: its stdin is a pipe.
             writes_into = self._text(node).startswith(">(")
+            before = len(self.commands)
             self._visit_children(node, substituted=True, stdin="pipe" if writes_into else "")
+            value = _static_output(self.commands[before:]) if t == "command_substitution" else None
+            segs.append((SUB, self._text(node)) if value is None else (EVAL, value))
         else:   # arithmetic and anything unmodelled: unknowable, but still walk it
             segs.append((SUB, self._text(node)))
             self._visit_children(node, substituted=True)
@@ -307,10 +312,17 @@ class _Walker:
                     self.visit(body, substituted, stdin)
         elif t == "pipeline":
             first = True
+            producer: SimpleCommand | None = None
             for c in node.children:
                 if c.type in ("|", "|&"):
                     continue
+                before = len(self.commands)
                 self.visit(c, substituted, stdin if first else "pipe")
+                if not first and len(self.commands) > before and self.commands[-1].stdin == "pipe":
+                    self.commands[-1].producer = producer
+                simple = c.type == "command" or (c.type == "redirected_statement" and c.child_by_field_name(
+                    "body") is not None and c.child_by_field_name("body").type == "command")
+                producer = self.commands[-1] if simple and len(self.commands) > before else None
                 first = False
         elif t in ("program", "list", "subshell", "compound_statement"):
             for c in node.children:
@@ -397,6 +409,46 @@ class _Walker:
                 cmd.redirects.append((op, word))
             elif r.is_error:
                 self.mark("the parser found a syntax error")
+
+
+def _static_output(cmds: list[SimpleCommand]) -> str | None:
+    """The output of `$(...)` when it is one `echo`/`printf` of static words, else None.
+    (Trailing newlines removed, as bash does.)"""
+    if len(cmds) != 1 or cmds[0].redirects or cmds[0].assigns or cmds[0].stdin:
+        return None
+    args = [w.static for w in cmds[0].words]
+    if not args or any(a is None for a in args):
+        return None
+    prog, rest = (args[0] or "").rsplit("/", 1)[-1], [a or "" for a in args[1:]]
+    if prog == "echo":
+        escapes = False
+        while rest and rest[0] in ("-n", "-e", "-E", "-ne", "-en"):
+            escapes = escapes or "e" in rest[0]
+            rest = rest[1:]
+        out = " ".join(rest)
+        if escapes:
+            decoded = _ansi_c(out)
+            if decoded is None:
+                return None
+            out = decoded
+    elif prog == "printf" and rest:
+        if rest[0] == "--":
+            rest = rest[1:]
+        fmt = _ansi_c(rest[0]) if rest else None
+        if fmt is None or "%" in fmt.replace("%s", "").replace("%%", ""):
+            return None
+        args_left = rest[1:]
+        out = ""
+        while True:                      # printf reuses the format while arguments remain
+            piece = fmt.replace("%%", "\x00")
+            while "%s" in piece:
+                piece = piece.replace("%s", args_left.pop(0) if args_left else "", 1)
+            out += piece.replace("\x00", "%")
+            if not args_left or "%s" not in fmt:
+                break
+    else:
+        return None
+    return out.rstrip("\n")
 
 
 def _dq_unescape(text: str) -> str:

@@ -1,0 +1,98 @@
+"""config.yaml (config dir, CONTRACT §2): the agent's settings that are not the permission policy.
+
+The file, every key optional:
+    sandbox_required: true   # without seccomp, remote and self callers' commands are refused
+    relay: "host:port"       # relay address (CMDOP_RELAY overrides it)
+
+Rules:
+- A missing file means the defaults (`AgentConfig()`); an empty file too.
+- Unknown keys, wrong types and bad YAML are errors (ConfigFileError naming the line), never
+  warnings: a typo in `sandbox_required` must not silently keep or drop the sandbox.
+- A file writable by group/others, or owned by someone other than us or root, is refused like
+  permissions.yaml: whoever can write it can turn the sandbox requirement off.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from cmdop.core.errors import ConfigFileError
+
+KEYS = ("sandbox_required", "relay")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The validated contents of config.yaml; every field has its documented default."""
+
+    sandbox_required: bool = True
+    relay: str | None = None
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def parse_text(text: str) -> AgentConfig:
+    """Validate config.yaml's text; ConfigFileError naming the line on any problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigFileError(f"not valid YAML: {problem}",
+                              line=mark.line + 1 if mark else None) from None
+    if root is None:
+        return AgentConfig()
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigFileError("config.yaml must be a mapping of keys to values", line=_line(root))
+    values: dict[str, Any] = {}
+    for knode, vnode in root.value:
+        key = yaml.safe_load(yaml.serialize(knode)) if isinstance(knode, yaml.ScalarNode) else None
+        if key not in KEYS:
+            raise ConfigFileError(f"unknown key {key!r} in config.yaml (allowed: {', '.join(KEYS)})",
+                                  line=_line(knode))
+        if key in values:
+            raise ConfigFileError(f"duplicate key {key!r} in config.yaml", line=_line(knode))
+        if not isinstance(vnode, yaml.ScalarNode):
+            raise ConfigFileError(f"{key} must be a single value", line=_line(vnode))
+        value = yaml.safe_load(yaml.serialize(vnode))
+        if key == "sandbox_required" and not isinstance(value, bool):
+            raise ConfigFileError("sandbox_required must be true or false", line=_line(vnode))
+        if key == "relay" and value is not None and not (isinstance(value, str) and value):
+            raise ConfigFileError("relay must be a host:port string", line=_line(vnode))
+        values[key] = value
+    return AgentConfig(**values)
+
+
+def load(path: str) -> AgentConfig:
+    """config.yaml at `path`: the defaults when it does not exist. Raises ConfigFileError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return AgentConfig()
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        uid = os.geteuid()
+        if st.st_uid not in (uid, 0):
+            raise ConfigFileError(f"{path} is owned by uid {st.st_uid}, not you; refusing it",
+                                  hint=f"run: chown {uid} {path}")
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            raise ConfigFileError(f"{path} is writable by other users; refusing it",
+                                  hint=f"run: chmod 600 {path}")
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"{path} is not UTF-8 text") from None
+    try:
+        return parse_text(text)
+    except ConfigFileError as exc:
+        raise ConfigFileError(f"{path}: {exc.message}", exc.hint) from None
