@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 GLOB_META = "*?[]\\"
 _CMD_ANY = r"[^\n]"
@@ -89,70 +90,14 @@ def _class(glob: str, i: int) -> tuple[str, int]:
     return ("[^" if neg else "[") + body + "]", j + 1
 
 
-def compile_path(glob: str) -> re.Pattern[str]:
-    """Regex for an absolute path glob (already `~`-expanded)."""
-    out = []
-    i = 0
-    while i < len(glob):
-        c = glob[i]
-        if c == "\\":
-            if i + 1 >= len(glob):
-                raise GlobError(f"trailing backslash in {glob!r}")
-            out.append(re.escape(glob[i + 1]))
-            i += 2
-        elif glob.startswith("/**", i) and (i + 3 == len(glob) or glob[i + 3] == "/"):
-            out.append("(?:/.*)?")
-            i += 3
-        elif glob.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            cls, i = _class(glob, i)
-            out.append(cls)
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return _compile("".join(out), glob)
+Special = Callable[[str, int], "tuple[str, int] | None"]
 
 
-def compile_command(glob: str) -> re.Pattern[str]:
-    """Regex for a command glob (normalised by `rules`), matched against `match_text` output."""
-    out = []
-    i = 0
-    while i < len(glob):
-        c = glob[i]
-        if c == "\\":
-            if i + 1 >= len(glob):
-                raise GlobError(f"trailing backslash in {glob!r}")
-            out.append(re.escape(glob[i + 1]))
-            i += 2
-        elif glob[i:] in (" *", " **"):
-            out.append(f"(?: {_CMD_ANY}*)?")
-            break
-        elif c == "*":
-            while i < len(glob) and glob[i] == "*":
-                i += 1
-            out.append(f"{_CMD_ANY}*")
-        elif c == "?":
-            out.append(_CMD_ANY)
-            i += 1
-        elif c == "[":
-            cls, i = _class(glob, i)
-            out.append(cls)
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return _compile("".join(out), glob)
-
-
-def compile_host(glob: str) -> re.Pattern[str]:
-    """Regex for a hostname glob (lower-cased by the caller)."""
+def _translate(glob: str, special: Special, strict_backslash: bool = True) -> re.Pattern[str]:
+    """The regex for `glob`: `special(glob, i)` translates the wildcards of one glob kind at
+    position i (regex piece, next position) or says None; backslash escapes, `[...]` classes and
+    literal characters are the same for every kind. With `strict_backslash` a trailing backslash
+    is an error, else it is a literal backslash."""
     out = []
     i = 0
     while i < len(glob):
@@ -160,12 +105,11 @@ def compile_host(glob: str) -> re.Pattern[str]:
         if c == "\\" and i + 1 < len(glob):
             out.append(re.escape(glob[i + 1]))
             i += 2
-        elif c == "*":
-            out.append(".*")
-            i += 1
-        elif c == "?":
-            out.append(".")
-            i += 1
+        elif c == "\\" and strict_backslash:
+            raise GlobError(f"trailing backslash in {glob!r}")
+        elif (hit := special(glob, i)) is not None:
+            piece, i = hit
+            out.append(piece)
         elif c == "[":
             cls, i = _class(glob, i)
             out.append(cls)
@@ -173,6 +117,45 @@ def compile_host(glob: str) -> re.Pattern[str]:
             out.append(re.escape(c))
             i += 1
     return _compile("".join(out), glob)
+
+
+def _path_special(glob: str, i: int) -> tuple[str, int] | None:
+    if glob.startswith("/**", i) and (i + 3 == len(glob) or glob[i + 3] == "/"):
+        return "(?:/.*)?", i + 3
+    if glob.startswith("**", i):
+        return ".*", i + 2
+    return {"*": ("[^/]*", i + 1), "?": ("[^/]", i + 1)}.get(glob[i])
+
+
+def _command_special(glob: str, i: int) -> tuple[str, int] | None:
+    if glob[i:] in (" *", " **"):
+        return f"(?: {_CMD_ANY}*)?", len(glob)
+    if glob[i] == "*":
+        j = i
+        while j < len(glob) and glob[j] == "*":
+            j += 1
+        return f"{_CMD_ANY}*", j
+    return (_CMD_ANY, i + 1) if glob[i] == "?" else None
+
+
+def _host_special(glob: str, i: int) -> tuple[str, int] | None:
+    return {"*": (".*", i + 1), "?": (".", i + 1)}.get(glob[i])
+
+
+def compile_path(glob: str) -> re.Pattern[str]:
+    """Regex for an absolute path glob (already `~`-expanded): `*` and `?` stay within one
+    segment, `**` crosses segments, `/**` also matches the directory itself."""
+    return _translate(glob, _path_special)
+
+
+def compile_command(glob: str) -> re.Pattern[str]:
+    """Regex for a command glob (normalised by `rules`), matched against `match_text` output."""
+    return _translate(glob, _command_special)
+
+
+def compile_host(glob: str) -> re.Pattern[str]:
+    """Regex for a hostname glob (lower-cased by the caller)."""
+    return _translate(glob, _host_special, strict_backslash=False)
 
 
 def _compile(rx: str, glob: str) -> re.Pattern[str]:
