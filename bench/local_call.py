@@ -17,7 +17,6 @@ Uses sys.executable (an absolute path), never a pyenv shim. Prints medians in ms
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import statistics
@@ -27,13 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _daemon import isolated_env, start_agent
 
-from cmdop.core.calls import Caller, CallerKind, ToolCall  # noqa: E402
-from cmdop.core.errors import DaemonError  # noqa: E402
-from cmdop.core.settings import Settings  # noqa: E402
-from cmdop.daemon.client import DaemonClient  # noqa: E402
+from cmdop.core.calls import Caller, CallerKind, ToolCall
+from cmdop.core.settings import Settings
 
 
 def rss_mb(pid: int) -> float:
@@ -61,23 +57,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cmdop-bench-"))
     home = tmp / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CMDOP_", "XDG_", "NOTIFY_", "WATCHDOG_"))}
-    env.update(HOME=str(home), CMDOP_CONFIG_DIR=str(home / "cfg"), CMDOP_STATE_DIR=str(home / "state"),
-               CMDOP_HOME=str(home / ".cmdop"), CMDOP_SOCKET_PATH=str(tmp / "run" / "agent.sock"),
-               PYTHONPATH=str(REPO))
-    daemon = subprocess.Popen([sys.executable, "-m", "cmdop", "agent", "run", "--log-level", "warning"],
-                              env=env, cwd=str(home), stderr=subprocess.DEVNULL)
+    env = isolated_env(tmp, home)
+    daemon, client = start_agent(env, home)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = DaemonClient.connect(env["CMDOP_SOCKET_PATH"])
-                client.ping()
-                break
-            except DaemonError:
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise SystemExit("daemon did not start")
-                time.sleep(0.05)
 
         cwd = str(home)
         via_socket = lambda: client.call_tool("execute_command", {"command": "true"}, cwd)  # noqa: E731

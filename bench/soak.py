@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _daemon import isolated_env, start_agent
 
-from cmdop.core.errors import DaemonError  # noqa: E402
-from cmdop.daemon.client import DaemonClient  # noqa: E402
+from cmdop.core.errors import DaemonError
+from cmdop.daemon.client import DaemonClient
 
 POLICY = """version: 1
 mode: default
@@ -74,12 +72,8 @@ def main() -> int:
     policy = home / "cfg" / "permissions.yaml"
     policy.write_text(POLICY)
     policy.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CMDOP_", "XDG_", "NOTIFY_", "WATCHDOG_"))}
-    env.update(HOME=str(home), CMDOP_CONFIG_DIR=str(home / "cfg"), CMDOP_STATE_DIR=str(home / "state"),
-               CMDOP_HOME=str(home / ".cmdop"), CMDOP_SOCKET_PATH=str(tmp / "run" / "agent.sock"),
-               PYTHONPATH=str(REPO))
-    daemon = subprocess.Popen([sys.executable, "-m", "cmdop", "agent", "run", "--log-level", "warning"],
-                              env=env, cwd=str(home), stderr=subprocess.DEVNULL)
+    env = isolated_env(tmp, home)
+    daemon, client = start_agent(env, home)
     sock = env["CMDOP_SOCKET_PATH"]
     cwd = str(home)
     mix = [
@@ -91,16 +85,6 @@ def main() -> int:
         ("execute_command", {"command": "uname -a"}, "remote"),        # ask, no approver
     ]
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = DaemonClient.connect(sock)
-                client.ping()
-                break
-            except DaemonError:
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise SystemExit("daemon did not start")
-                time.sleep(0.05)
         for tool, tool_input, as_caller in mix * 20:                  # warm-up
             client.call_tool(tool, tool_input, cwd, **({"as_caller": as_caller} if as_caller else {}))
         time.sleep(2)
