@@ -9,8 +9,9 @@ Rules:
   when it carries a digest, must match it: approving one call never approves a changed one, and an
   answered id is gone, so it cannot be replayed.
 - Scope `once` decides this call only; `session` adds a session rule and `always` a global rule
-  (written atomically by the gatekeeper), each built with `literal_rule` so it matches exactly
-  this target, never a glob.
+  (written atomically by the gatekeeper), built with `literal_rules` so they match exactly
+  this target, never a glob (an allowed compound command: one literal rule per part). When no
+  exact rule can express the answer, it applies once and the result says so (`rule_error`).
 - Watchers are fed through bounded channels; an approver that does not keep up is dropped rather
   than allowed to slow the daemon down.
 
@@ -161,7 +162,7 @@ class AskBroker:
 
     async def answer(self, ask_id: str, verdict: str, scope: str = "once",
                      input_digest: str | None = None, approver: str = "") -> dict[str, Any]:
-        """Answer pending ask `ask_id`; returns `{ask_id, outcome, rule?}`. AnswerError if it
+        """Answer pending ask `ask_id`; returns `{ask_id, outcome, rules?, rule_error?}`. AnswerError if it
         does not apply (then nothing changes)."""
         if verdict not in ("allow", "deny"):
             raise AnswerError("bad_request", "verdict must be allow or deny")
@@ -181,9 +182,17 @@ class AskBroker:
         self._broadcast({"event": "resolved", "ask_id": ask_id, "outcome": outcome})
         result: dict[str, Any] = {"ask_id": ask_id, "outcome": outcome}
         if scope != "once" and self._keep_rule is not None:
+            rules = _rules_for(pending, verdict)
+            if not rules:
+                result["rule_error"] = (
+                    "no exact rule can express this answer (a compound command with a dynamic part, "
+                    "or a compound denial); it applied to this call only — add the rule you mean "
+                    "with `cmdop permissions add`")
             try:
-                await self._keep_rule(verdict, scope, _rule_for(pending))
-                result["rule"] = _rule_for(pending)
+                for rule in rules:
+                    await self._keep_rule(verdict, scope, rule)
+                if rules:
+                    result["rules"] = rules
             except Exception as exc:  # the answer stands even if the rule cannot be kept
                 log.error("could not keep %s rule for ask %s: %s", scope, ask_id, exc)
                 result["rule_error"] = str(exc)
@@ -201,8 +210,9 @@ class AskBroker:
         self._watchers.clear()
 
 
-def _rule_for(p: PendingAsk) -> str:
-    """The rule that matches exactly this call's target (no glob)."""
-    from cmdop.core.policy.rules import literal_rule
+def _rules_for(p: PendingAsk, verdict: str) -> list[str]:
+    """The rules that match exactly this call's target (no glob; one per part of an allowed
+    compound command), or [] when no exact rule can express the answer."""
+    from cmdop.core.policy.rules import literal_rules
 
-    return str(literal_rule(p.call.tool, p.decision.target, p.decision.operation))
+    return list(literal_rules(p.call.tool, p.decision.target, p.decision.operation, verdict))

@@ -138,7 +138,7 @@ def test_session_and_always_answers_keep_exact_rules(cmdop_env, ask_daemon):
         approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
                                 "--scope", "session", "--json")
         assert approve.returncode == 0, approve.stderr
-        assert json.loads(approve.stdout)["rule"]
+        assert json.loads(approve.stdout)["rules"]
         assert call.join()["stdout"] == "kept\n"
         # same call again: allowed by the session rule, no ask
         out = ask_daemon.call("execute_command", {"command": "echo kept"}, as_caller="remote")
@@ -156,6 +156,30 @@ def test_session_and_always_answers_keep_exact_rules(cmdop_env, ask_daemon):
                              as_caller="remote")
         approver.answer(approver.next_ask(), "deny")
         assert other.join()["error"] == "permission_denied"
+    finally:
+        approver.close()
+
+
+def test_an_approved_compound_command_is_not_asked_again(cmdop_env, ask_daemon):
+    approver = Approver(ask_daemon.socket_path)
+    try:
+        cmd = {"command": "echo pipe | tr a-z A-Z"}
+        call = CallInThread(ask_daemon, "execute_command", cmd, as_caller="remote")
+        approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
+                                "--scope", "session", "--json")
+        assert approve.returncode == 0, approve.stderr
+        assert json.loads(approve.stdout)["rules"] == [
+            "execute_command(echo pipe)", "execute_command(tr a-z A-Z)"]
+        assert call.join()["stdout"] == "PIPE\n"
+        out = ask_daemon.call("execute_command", cmd, as_caller="remote")
+        assert out["stdout"] == "PIPE\n" and approver.asks.empty()
+        # a denial of a compound command applies once and says why no rule was kept
+        call = CallInThread(ask_daemon, "execute_command", {"command": "echo x | wc -c"},
+                            as_caller="remote")
+        deny = cmdop_env.run("permissions", "deny", approver.next_ask()["ask_id"], "--scope",
+                             "session")
+        assert deny.returncode == 0 and "rule not kept" in deny.stdout, deny.stdout
+        assert call.join()["error"] == "permission_denied"
     finally:
         approver.close()
 

@@ -22,7 +22,7 @@ DIGEST = "sha256:" + "ab" * 32
 @pytest.fixture(autouse=True)
 def literal_rules(monkeypatch):
     # The real literal_rule belongs to the gate; the broker only needs "a rule for this target".
-    monkeypatch.setattr(broker_mod, "_rule_for", lambda p: f"{p.call.tool}({p.decision.target})")
+    monkeypatch.setattr(broker_mod, "_rules_for", lambda p, verdict: [f"{p.call.tool}({p.decision.target})"])
 
 
 def run(fn):
@@ -77,7 +77,7 @@ def test_session_and_always_answers_keep_a_literal_rule():
         b = AskBroker(keep_rule=keep)
         out = await _ask_and(b, lambda ask: b.answer(ask["ask_id"], "deny", "always"))
         assert out["outcome"].outcome == "ask_denied"
-        assert out["answer"]["rule"] == "execute_command(make)"
+        assert out["answer"]["rules"] == ["execute_command(make)"]
         assert kept == [("deny", "always", "execute_command(make)")]
     run(main)
 

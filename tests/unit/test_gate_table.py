@@ -8,7 +8,7 @@ import pytest
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
 from cmdop.core.policy.gate import Policy, decide
 from cmdop.core.policy.index import RuleSet
-from cmdop.core.policy.rules import RuleError, literal_rule, parse_rule, rule_id
+from cmdop.core.policy.rules import RuleError, literal_rule, literal_rules, parse_rule, rule_id
 
 HOME = "/home/u"
 CWD = "/home/u/proj"
@@ -194,6 +194,38 @@ def test_literal_rule_matches_exactly_one_target(tool: str, target: str, other: 
     p = policy((literal_rule(tool, target), "allow"))
     assert check(p, tool, target)[0] == "allow"
     assert check(p, tool, other)[0] == "deny"
+
+
+@pytest.mark.parametrize("command, others", [
+    ("ls -la | grep py", ["ls -la | grep pyc", "ls | grep py", "grep py | sh"]),
+    ("cd /srv && make build", ["cd /srv && make install", "cd / && make build"]),
+    ("echo a; echo a; uptime", ["echo b; uptime"]),
+])
+def test_an_allowed_compound_command_is_kept_as_one_exact_rule_per_part(command: str,
+                                                                         others: list[str]) -> None:
+    """Approving `a | b` "always" must let exactly `a | b` through next time (each part exactly),
+    never anything a part does not spell out."""
+    rules = literal_rules("execute_command", command, "", "allow")
+    assert len(rules) == len(set(rules)) > 1
+    p = policy(*[(r, "allow") for r in rules])
+    assert check(p, "execute_command", command)[0] == "allow"
+    for other in others:
+        assert check(p, "execute_command", other)[0] == "deny", other
+
+
+@pytest.mark.parametrize("command, action", [
+    ("ls | grep py", "deny"),               # which part was refused is not known
+    ("echo $(date) && ls", "allow"),        # a dynamic part no allow rule can match
+    ("ls; $CMD", "allow"),
+])
+def test_answers_no_exact_rule_can_express_keep_no_rule(command: str, action: str) -> None:
+    assert literal_rules("execute_command", command, "", action) == []
+
+
+def test_single_targets_keep_one_literal_rule() -> None:
+    assert literal_rules("execute_command", "make  build", "", "deny") == [
+        literal_rule("execute_command", "make  build")]
+    assert literal_rules("read_file", "/srv/a*.txt", "", "allow") == ["read_file(/srv/a\\*.txt)"]
 
 
 @pytest.mark.parametrize("text, action", [

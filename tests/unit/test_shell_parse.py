@@ -94,3 +94,80 @@ def test_program_names(value: str, name: str) -> None:
 def test_deny_texts_see_through_wrappers_and_paths() -> None:
     deny = [t for p in parts_for_command("sudo /tmp/curl http://x") for t in p.deny_texts]
     assert "curl http://x" in deny
+
+
+def test_many_threads_parse_at_once_and_agree() -> None:
+    """The daemon gates calls in several worker threads; every thread must get the same parse a
+    single thread gets (one shared tree-sitter parser used concurrently crashes the process)."""
+    import threading
+
+    commands = [f"echo {i} | grep {i} && rm -rf ./build{i}; ls $(pwd)/{i}" for i in range(4000)]
+    want = {c: allow_texts(c) for c in commands[:50]}
+    analyse.cache_clear()
+    parts_for_command.cache_clear()
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for c in commands[offset::8]:
+                assert analyse(c).commands
+            for c in want:
+                assert allow_texts(c) == want[c]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_a_lone_surrogate_does_not_hide_the_rest_of_the_command() -> None:
+    # JSON may carry "\ud800"; the command around it is still parsed and still floor-checked.
+    from cmdop.core.policy.floor import check_command
+
+    assert allow_texts("echo \ud800 && ls")[1] == "ls"
+    assert check_command("echo \ud800; rm -rf /", "/home/u", "/home/u")
+
+
+def test_the_parser_is_not_a_release_known_to_corrupt_memory() -> None:
+    """py-tree-sitter 0.26.0/0.26.1 free native memory still in use (py-tree-sitter #472); with
+    them our suite segfaulted inside the gate. Pinned in pyproject.toml; this says why if bumped."""
+    from importlib.metadata import version
+
+    assert version("tree-sitter") not in ("0.26.0", "0.26.1")
+
+
+CRASH_SCAN = r"""
+import random, sys
+from cmdop.core.policy.shell import analyse
+from cmdop.core.policy.floor import check_command
+known = ["{\U0002c744", "{\U000a2854$\u00ff", "echo {\U000a2854$", "{\U000a2854$x"]
+for text in known:
+    analyse(text); check_command(text, "/home/u", "/home/u")
+for cp in range(0x80, 0x110000, 251):
+    if 0xD800 <= cp < 0xE000:
+        continue
+    c = chr(cp)
+    for t in ("{%s", "{%s$x", "echo {%s$", "a%s", "%s", "$%s", "${%s}", "cat <<%s\nx\n%s\n"):
+        analyse(t.replace("%s", c))
+rnd = random.Random(7)
+for _ in range(3000):
+    analyse("".join(chr(rnd.choice((rnd.randrange(32, 127), rnd.randrange(0x80, 0x110000))))
+                    for _ in range(rnd.randrange(1, 40))).encode("utf-8", "surrogatepass")
+            .decode("utf-8", "surrogateescape"))
+print("ok")
+"""
+
+
+def test_no_character_crashes_the_gate_process() -> None:
+    """A single `{` + U+2C744 used to kill the process inside tree-sitter-bash (SIGSEGV): one
+    remote command would have taken the agent down. The scan runs in a child so a crash fails
+    this test instead of the test run."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", CRASH_SCAN], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])

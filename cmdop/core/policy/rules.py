@@ -49,8 +49,8 @@ def literal_rule(tool: str, target: str, operation: str = "") -> str:
     arg = pattern.escape(target)
     if TOOL_KIND.get(tool) == "command":
         # Match what the gate matches: the normalised text of a single simple command. A compound
-        # command cannot be allowed by one rule (every part needs its own), so its rule is the
-        # escaped text, which will simply not match.
+        # command cannot be allowed by one rule (every part needs its own: `literal_rules`), so
+        # its rule is the escaped text, which will simply not match.
         parts = [p for p in parts_for_command(target) if not p.deny_only]
         text = parts[0].allow_text if len(parts) == 1 else None
         arg = pattern.escape((text if text is not None else " ".join(target.split())).replace("\n", " "))
@@ -61,6 +61,30 @@ def literal_rule(tool: str, target: str, operation: str = "") -> str:
     if _OP.match(arg):      # a target that looks like OP: must not be read as an operation
         arg = "\\" + arg
     return f"{tool}({arg})"
+
+
+def literal_rules(tool: str, target: str, operation: str, action: str) -> list[str]:
+    """The rules that keep an ask's answer for exactly this target: one `literal_rule` for a
+    path, host or single command. A compound command is allowed only when every part is, so
+    allowing it keeps one literal rule per part (each part exactly as it was, never a glob);
+    `[]` when no rule can say it: a part no allow rule can match (dynamic, unparseable), or a
+    compound denial (which part was refused is the approver's secret; denying every part would
+    deny commands nobody refused)."""
+    if TOOL_KIND.get(tool) != "command":
+        return [literal_rule(tool, target, operation)]
+    parts = [p for p in parts_for_command(target) if not p.deny_only]
+    if len(parts) == 1 and parts[0].allow_text is not None:
+        return [literal_rule(tool, target, operation)]
+    if action != "allow" or not parts or any(p.allow_text is None for p in parts):
+        return []
+    texts = dict.fromkeys(p.allow_text for p in parts if p.allow_text is not None)
+    out = []
+    for text in texts:
+        arg = pattern.escape(text.replace("\n", " "))
+        if _OP.match(arg) and not operation:
+            arg = "\\" + arg
+        out.append(f"{tool}({operation}:{arg})" if operation else f"{tool}({arg})")
+    return out
 
 
 @dataclass(frozen=True)

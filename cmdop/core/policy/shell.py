@@ -30,7 +30,14 @@ from typing import Any
 import tree_sitter as _ts
 import tree_sitter_bash as _tsb
 
-_PARSER = _ts.Parser(_ts.Language(_tsb.language()))
+_LANGUAGE = _ts.Language(_tsb.language())
+# tree-sitter-bash's lexer crashes the whole process (SIGSEGV/SIGBUS) on some characters above
+# U+2C000 (`{` + U+2C744 is enough), so it never sees a non-ASCII byte: each one is parsed as the
+# letter `a`, offsets unchanged, and every text is read from the original bytes. Bash itself
+# treats any non-ASCII byte as an ordinary word character, so the split into words and commands
+# is the same; where the grammar reads more into a letter than bash would (`$é` becomes a
+# variable), the result is only more dynamic, which never helps an allow rule.
+_PARSE_SAFE = bytes(range(128)) + b"a" * 128
 TOO_DEEP = "the command is nested too deeply to inspect"
 
 # Segment kinds of a word.
@@ -460,11 +467,16 @@ def _dq_unescape(text: str) -> str:
 def analyse(command: str) -> Analysis:
     """Parse `command` with the bash grammar. Never raises; failures show up as `opaque`."""
     source = remove_line_continuations(command)
+    # surrogatepass: a lone surrogate (JSON allows "\ud800") still gives bytes to parse; slices
+    # are decoded with surrogateescape, which never fails.
+    raw = source.encode("utf-8", "surrogatepass")
     try:
-        tree = _PARSER.parse(source.encode("utf-8", "surrogateescape"))
+        # A parser per parse (≈ 0.2 µs): a tree-sitter Parser must not be shared between the
+        # daemon's worker threads, and a fresh one carries no state from an earlier input.
+        tree = _ts.Parser(_LANGUAGE).parse(raw.translate(_PARSE_SAFE))
     except Exception as exc:  # noqa: BLE001 - the grammar should not fail; if it does, nothing is known
         return Analysis((), f"unparseable: {exc}", (), (), source)
-    walker = _Walker(source.encode("utf-8", "surrogateescape"))
+    walker = _Walker(raw)
     try:
         walker.visit(tree.root_node)
     except RecursionError:     # thousands of nested $(...): refuse rather than guess
