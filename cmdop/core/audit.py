@@ -39,12 +39,15 @@ GENESIS = "sha256:" + "0" * 64
 MAX_TARGET_CHARS = 4096
 # Built once: json.dumps with options builds a new encoder per call, which costs ~2 µs a line.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+_ASCII_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical_json(value: Any) -> bytes:
-    """The canonical JSON bytes of `value`: sorted keys, no spaces, UTF-8, non-ASCII kept."""
-    return _CANONICAL.encode(value).encode("utf-8")
+    """The canonical JSON bytes of `value`: sorted keys, no spaces, UTF-8, non-ASCII kept.
+    A lone surrogate (JSON input may carry "\\ud800") is kept as its 3 bytes, so every input has
+    a digest and two different inputs never share one."""
+    return _CANONICAL.encode(value).encode("utf-8", "surrogatepass")
 
 
 def input_digest(tool_input: Mapping[str, Any]) -> str:
@@ -111,8 +114,12 @@ def build_record(*, decision: Decision, outcome: str, tool_input: Mapping[str, A
 
 def encode_line(record: Mapping[str, Any]) -> bytes:
     """One audit line: compact JSON, UTF-8, terminated by a newline. JSON escapes every control
-    character, so the only newline is the terminator."""
-    return _LINE_ENCODER.encode(record).encode("utf-8") + b"\n"
+    character, so the only newline is the terminator. A record holding a lone surrogate is
+    written with every non-ASCII character escaped (`\\ud800`): still one valid JSON line."""
+    try:
+        return _LINE_ENCODER.encode(record).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return _ASCII_LINE_ENCODER.encode(record).encode("ascii") + b"\n"
 
 
 def line_hash(line: bytes) -> str:

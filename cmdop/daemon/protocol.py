@@ -78,7 +78,10 @@ class ProtocolError(Exception):
 
 def encode(obj: Mapping[str, Any]) -> bytes:
     """One frame holding `obj` as JSON. Raises ProtocolError if it exceeds MAX_FRAME."""
-    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:    # a lone surrogate (JSON's "\ud800" decodes to one): escape it
+        body = json.dumps(obj, separators=(",", ":")).encode("ascii")
     if len(body) > MAX_FRAME:
         raise ProtocolError("too_large", f"message of {len(body)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(body)) + body

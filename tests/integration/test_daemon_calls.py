@@ -52,6 +52,27 @@ def test_a_local_call_runs_through_the_socket_and_is_audited(cmdop_env, ask_daem
         assert c.status()["counters"]["calls"] == 2
 
 
+@pytest.mark.parametrize("command", ["{\U0002c744", "echo {\U000a2854$", "echo \ud800 && rm -rf /",
+                                     "\x00rm -rf /", "$(" * 3000 + "x" + ")" * 3000])
+def test_hostile_command_text_is_denied_and_the_agent_lives_on(cmdop_env, ask_daemon, command):
+    """Text that once crashed the bash grammar, lone surrogates, NUL bytes and absurd nesting:
+    a remote caller gets a denial with a reason, and the agent keeps serving."""
+    out = ask_daemon.call("execute_command", {"command": command}, as_caller="remote")
+    assert out["error"] == "permission_denied" and out["reason"], out
+    assert ask_daemon.proc.poll() is None
+    line = audit_lines(cmdop_env)[-1]      # audited like any call, as one valid JSON line
+    assert line["tool"] == "execute_command" and line["decision"] == "deny"
+    assert line["input_digest"].startswith("sha256:")
+    assert ask_daemon.call("execute_command", {"command": "echo alive"})["stdout"] == "alive\n"
+
+
+def test_a_local_command_with_a_lone_surrogate_is_audited_and_answered(cmdop_env, ask_daemon):
+    out = ask_daemon.call("execute_command", {"command": "echo \ud800"})
+    assert ask_daemon.proc.poll() is None
+    assert "exit_code" in out or "error" in out, out
+    assert audit_lines(cmdop_env)[-1]["target"].startswith("echo ")
+
+
 def test_no_approver_attached_denies_at_once(cmdop_env, ask_daemon):
     out = ask_daemon.call("execute_command", {"command": "echo nobody"}, as_caller="remote")
     assert out["error"] == "permission_denied" and out["reason"].startswith("no approver attached")
