@@ -16,6 +16,7 @@ import unicodedata
 from functools import lru_cache
 
 from cmdop.core.policy.paths import components
+from cmdop.core.policy.pattern import class_body
 
 FLOOR_FILES = frozenset({".env", ".gitconfig", ".bashrc", ".zshrc", ".profile", ".ripgreprc",
                          ".mcp.json", ".claude.json"})
@@ -108,7 +109,7 @@ def _glob_regex(component: str) -> re.Pattern[str]:
                 body = component[i + 1:j]
                 if body.startswith("!"):
                     body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
+                out.append("[" + class_body(body) + "]")
                 i = j
         else:
             out.append(re.escape(c))

@@ -78,6 +78,13 @@ def is_literal(glob: str) -> bool:
     return True
 
 
+def class_body(body: str) -> str:
+    """A glob bracket expression's body made safe inside a regex class: backslash and `[` taken
+    literally, and `&&`, `~~`, `||`, `--` (set operations in future Python regexes) split."""
+    body = re.sub(r"([\\\[&~|])", r"\\\1", body)
+    return body.replace("--", "-\\-")
+
+
 def _class(glob: str, i: int) -> tuple[str, int]:
     j = glob.find("]", i + 2)
     if j < 0:
@@ -86,8 +93,7 @@ def _class(glob: str, i: int) -> tuple[str, int]:
     neg = body[:1] in ("!", "^")
     if neg:
         body = body[1:]
-    body = body.replace("\\", "\\\\").replace("[", "\\[")
-    return ("[^" if neg else "[") + body + "]", j + 1
+    return ("[^" if neg else "[") + class_body(body) + "]", j + 1
 
 
 Special = Callable[[str, int], "tuple[str, int] | None"]
