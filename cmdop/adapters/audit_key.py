@@ -9,7 +9,9 @@ A seal is `audit.log.N.sig`, one JSON object: `{"v": 1, "sha256": HEX of the fil
 over the canonical JSON of every other field. It rotates together with its file.
 
 `cryptography` is imported only here and only when a key is used, so `cmdop --version` and
-plain appends stay fast.
+plain appends stay fast. A process that has not loaded it (the daemon) seals in a short-lived
+child (`seal_elsewhere`, ≈ 0.1 s once per rotated 10 MB) rather than carrying its ~10 MB of
+native code for the rest of its life; Ed25519 is deterministic, so the seal is the same bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 from cmdop.adapters.secure_file import atomic_write, check_private
@@ -59,6 +63,37 @@ def seal(key: Any, meta: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
 
 
+SEAL_TIMEOUT_S = 60.0
+
+
+def seal_elsewhere(state_dir: str, meta: dict[str, Any]) -> bytes:
+    """`seal(load_or_create_key(state_dir), meta)`, computed in this process when `cryptography`
+    is already loaded, else in a child Python that exits after signing. Raises OSError when the
+    child cannot run or fails (its error in the message)."""
+    if "cryptography" in sys.modules:
+        return seal(load_or_create_key(state_dir), meta)
+    # The child finds cmdop and its dependencies where this process found them (a checkout, a
+    # virtualenv or the zipapp's unpacked copy).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)))
+    try:
+        r = subprocess.run([sys.executable, "-m", "cmdop.adapters.audit_key", state_dir],
+                           input=json.dumps(meta).encode("utf-8"), capture_output=True, env=env,
+                           timeout=SEAL_TIMEOUT_S, close_fds=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OSError(f"the sealing process did not run: {exc}") from None
+    if r.returncode != 0 or not r.stdout.endswith(b"\n"):
+        detail = r.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {r.returncode}"]
+        raise OSError(f"the sealing process failed: {detail[0]}")
+    return r.stdout
+
+
+def _seal_main(argv: list[str]) -> int:
+    """`python -m cmdop.adapters.audit_key STATE_DIR` < meta JSON: the seal bytes on stdout."""
+    meta = json.loads(sys.stdin.buffer.read())
+    sys.stdout.buffer.write(seal(load_or_create_key(argv[0]), meta))
+    return 0
+
+
 def load_public_key(state_dir: str) -> Any:
     """The public key to check seals with: from audit.key when present, else audit.pub.
     Raises AuditIntegrityError when neither exists."""
@@ -95,3 +130,7 @@ def check_seal(public_key: Any, seal_bytes: bytes) -> dict[str, Any]:
     except InvalidSignature:
         raise ValueError("seal signature does not match") from None
     return body
+
+
+if __name__ == "__main__":
+    sys.exit(_seal_main(sys.argv[1:]))

@@ -107,7 +107,6 @@ class AuditLog:
         self._ino = -1
         self._lock_fd = -1
         self._cache: tuple[int, int, int, str] | None = None  # (inode, size, last seq, last hash)
-        self._key: Any = None
         self._dirty_since: float | None = None
         self._flusher: threading.Thread | None = None
         self._closed = False
@@ -323,10 +322,9 @@ class AuditLog:
                 first = chunk[: chunk.find(b"\n") + 1 or len(chunk)]
             digest.update(chunk)
         try:
-            if self._key is None:
-                self._key = audit_key.load_or_create_key(self.state_dir)
-            seal = audit_key.seal(self._key, {"sha256": digest.hexdigest(), "first_seq": _parse_seq(first),
-                                              "last_seq": last_seq, "last_hash": last_hash})
+            seal = audit_key.seal_elsewhere(self.state_dir, {
+                "sha256": digest.hexdigest(), "first_seq": _parse_seq(first), "last_seq": last_seq,
+                "last_hash": last_hash})
         except (CmdopError, ValueError, OSError) as exc:
             log.error("audit: cannot seal %s before rotating it: %s", self.path, exc)
             return False

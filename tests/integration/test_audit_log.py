@@ -398,3 +398,33 @@ def test_verify_catches_edited_last_line_and_emptied_log(tmp_path):
     p.write_bytes(b"")
     with pytest.raises(AuditIntegrityError, match="records were cut from the end"):
         audit_reader.verify(str(tmp_path))
+
+
+SEAL_IN_CHILD = r"""
+import json, sys
+from cmdop.adapters.audit_log import AuditLog
+rec = {"ts": "2026-04-27T10:15:30Z", "decision": "allow", "tool": "execute_command",
+       "target": "uptime", "mode": "strict", "source": "rule", "reason": "r" * 200}
+with AuditLog(sys.argv[1], max_bytes=2000, backups=3) as log:
+    for i in range(40):
+        log.append(dict(rec, n=i))
+print(json.dumps("cryptography" in sys.modules))
+"""
+
+
+def test_a_process_without_cryptography_seals_in_a_child_and_the_seals_verify(tmp_path):
+    """The daemon never loads cryptography (~10 MB) for the seals: a child signs, and the seal
+    is exactly what an in-process signature would be (Ed25519 is deterministic)."""
+    r = subprocess.run([sys.executable, "-c", SEAL_IN_CHILD, str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) is False
+    assert (tmp_path / "audit.log.3.sig").exists() and (tmp_path / "audit.key").exists()
+    for name in ("audit.key", "audit.pub", "audit.log.1.sig"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    total, files = audit_reader.verify(str(tmp_path), backups=3)
+    assert files == 4 and total > 0
+    from cmdop.adapters import audit_key
+    seal = (tmp_path / "audit.log.1.sig").read_bytes()
+    meta = {k: v for k, v in json.loads(seal).items() if k not in ("sig", "v")}
+    assert audit_key.seal(audit_key.load_or_create_key(str(tmp_path)), meta) == seal
