@@ -195,9 +195,10 @@ def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
         if not done and a.startswith("--"):
             key, _, val = a.partition("=")
             recursive = recursive or key in _TREE_LONG or key.startswith("--delete")
-            if key in ("--directory", "--regexp", "--file") and val:
-                targets.append(val) if key == "--directory" else None
-                skip_pattern = skip_pattern and key == "--directory"
+            if key == "--directory" and val:                  # tar --directory=DIR: archived too
+                targets.append(val)
+            elif key in ("--regexp", "--file") and val:       # grep's pattern is not positional
+                skip_pattern = False
             continue
         if not done and a.startswith("-") and len(a) > 1:
             recursive = recursive or any(ch in letters for ch in a[1:])
