@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import os
+
 import threading
 
 from cmdop.adapters import policy_store
@@ -32,11 +34,26 @@ def protected_dirs(settings: Settings) -> tuple[str, ...]:
     environment puts them (the contract's floor names only their default places). Whoever can
     write permissions.yaml opens the gate; whoever can write audit.log hides their tracks."""
     out: list[str] = []
-    for d in (settings.config_dir, settings.cmdop_home, settings.state_dir):
+    for d in (settings.config_dir, settings.cmdop_home, settings.state_dir, *_own_code()):
         for form in (lexical_path(d, "/", settings.home), canonical_path(d, "/", settings.home)):
             if form != "/" and form not in out:
                 out.append(form)
     return tuple(out)
+
+
+def _own_code() -> list[str]:
+    """The code the agent runs: the cmdop package (a checkout, site-packages or the zipapp's
+    unpacked copy) and the zipapp file itself. Rewriting either is rewriting the gate."""
+    import sys
+    import zipfile
+
+    import cmdop
+
+    out = [os.path.dirname(os.path.abspath(cmdop.__file__))]
+    entry = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if entry and os.path.isfile(entry) and (entry.endswith(".pyz") or zipfile.is_zipfile(entry)):
+        out.append(entry)
+    return out
 
 
 class Gatekeeper:

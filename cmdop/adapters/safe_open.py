@@ -151,6 +151,48 @@ def open_in(dir_fd: int, name: str, flags: int, mode: int = 0o600, shown: str = 
         raise
 
 
+def _protected_inodes(home: str) -> set[tuple[int, int]]:
+    """(dev, ino) of the protected files a hard link would most likely be made to: everything in
+    the home's floor directories (~/.ssh, ~/.cmdop, ~/.config/cmdop, ~/.git) and the floor-named
+    files at the top of home (~/.env, ~/.bashrc, …). Unreadable entries are skipped."""
+    from cmdop.core.policy.floor import FLOOR_DIRS, FLOOR_FILES
+
+    out: set[tuple[int, int]] = set()
+    dirs = [os.path.join(home, d) for d in (*FLOOR_DIRS, ".config/cmdop")]
+    names = [os.path.join(home, f) for f in FLOOR_FILES]
+    try:
+        names += [os.path.join(home, e) for e in os.listdir(home) if e.startswith(".env")]
+    except OSError:
+        pass
+    for d in dirs:
+        for root, _subdirs, files in os.walk(d):
+            names += [os.path.join(root, f) for f in files]
+            if len(names) > 20_000:          # bounded: a huge .git is not worth walking whole
+                break
+    for name in names:
+        try:
+            st = os.lstat(name)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def check_hard_link(fd: int, shown: str, home: str) -> None:
+    """Raise FloorDenied when the regular file open at `fd` has other hard links and is private
+    (no group/other read: keys, tokens) or is one of the home's protected files under another
+    name. The floor judges paths, and a hard link is the same file under a path it would pass."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink <= 1:
+        return
+    if stat.S_IMODE(st.st_mode) & 0o044 == 0:
+        raise FloorDenied(shown, "floor: a private file with several hard links may be a protected "
+                                 "file under another name")
+    if (st.st_dev, st.st_ino) in _protected_inodes(home):
+        raise FloorDenied(shown, "floor: a hard link to a protected file")
+
+
 def open_checked(path: str, home: str, flags: int = os.O_RDONLY, agent_pid: int | None = None) -> int:
     """Open canonical `path` race-free and re-check the floor on what was opened.
 
@@ -173,6 +215,7 @@ def open_checked(path: str, home: str, flags: int = os.O_RDONLY, agent_pid: int 
         actual = fd_path(fd)
         check_floor(actual, home)
         check_not_agent_proc(actual, agent_pid)
+        check_hard_link(fd, actual, home)
     except BaseException:
         os.close(fd)
         raise

@@ -61,7 +61,9 @@ def _keep_prefix(n: int) -> _Repl:
 
 
 _SECRET_WORD = r"(?:password|passwd|passphrase|token|secret|api[-_]?key|access[-_]?key|private[-_]?key|credentials?)"
-_VALUE = r"(?:\"[^\"]*\"|'[^']*'|[^\s;&|]+)"
+# One shell word: $'…' (backslash escapes), or a run of unquoted characters, "…" (backslash
+# escapes) and '…' — so `KEY="a\"b c"` and `--password=$'two words'` are taken whole.
+_VALUE = (r"(?:\$'(?:[^'\\]|\\.)*'|(?:[^\s;&|\"'\\]|\\.|\"(?:[^\"\\]|\\.)*\"|'[^']*')+)")
 
 # Each rule: (a substring of the lower-cased text without which the rule cannot match, so most
 # rules are skipped by a fast `in` test; the pattern; the replacement).
@@ -83,9 +85,18 @@ _RULES: list[tuple[str | None, re.Pattern[str], _Repl]] = [
     ("-p", re.compile(r"(\b(?:mysql\w{0,20}|mariadb[\w-]{0,20})\b[^;&|\n]{0,1000}?\s-p)([^\s;&|]+)"), _keep_group(1)),
     ("sshpass", re.compile(r"(\bsshpass\b[^;&|\n]{0,1000}?\s-p\s*)([^\s;&|]+)"), _keep_group(1)),
     ("redis-cli", re.compile(r"(\bredis-cli\b[^;&|\n]{0,1000}?\s-a\s+)([^\s;&|]+)"), _keep_group(1)),
+    ("docker", re.compile(r"(\b(?:docker|podman|nerdctl|buildah|skopeo|helm)\b[^;&|\n]{0,200}?\blogin\b[^;&|\n]{0,500}?\s-p\s*)("
+                          + _VALUE + r")"), _keep_group(1)),
+    ("pass", re.compile(r"(?i)(\s-(?:pass|passin|passout|password|k|kfile)?\s+(?:pass|env):)(" + _VALUE + r")"), _keep_group(1)),
+    ("openssl", re.compile(r"(\bopenssl\b[^;&|\n]{0,500}?\s-k\s+)(" + _VALUE + r")"), _keep_group(1)),
+    ("htpasswd", re.compile(r"(\bhtpasswd\b(?:\s+-\w+)*\s+-\w*b\w*(?:\s+-\w+)*\s+\S+\s+\S+\s+)(" + _VALUE + r")"),
+     _keep_group(1)),
+    ("cookie", re.compile(r"(?i)(\bcookie\s*:\s*)([^'\"\n]+)"), _keep_group(1)),
+    ("sudo", re.compile(r"(\b(?:echo|printf)\s+(?:-\w+\s+)*)(" + _VALUE + r")(?=\s*\|\s*sudo\b[^;&|\n]*\s-\w*S)"),
+     _keep_group(1)),
     ("curl", re.compile(r"(\bcurl\b[^;&|\n]{0,1000}?\s(?:-u\s*|--user[=\s]+)['\"]?[^\s:'\"]+:)([^\s'\"@]+)"), _keep_group(1)),
     # 5. NAME=value and "name": "value" with a secret-looking name.
-    ("=", re.compile(r"(?i)(\b[A-Za-z0-9_]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|key|keys|pwd|pass)"
+    ("=", re.compile(r"(?i)(\b[A-Za-z0-9_]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|key|keys|pwd|pass|auth)"
                 r"(?:_[A-Za-z0-9_]{0,64})?=)(" + _VALUE + r")"), lambda m: _name_value(m)),
     ('":', re.compile(r"(?i)(\"[\w-]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|api[-_]?key|private[-_]?key)"
                 r"[\w-]{0,64}\"\s*:\s*\")((?:[^\"\\]|\\.)*)(?=\")"), _keep_group(1)),
@@ -105,7 +116,7 @@ _RULES: list[tuple[str | None, re.Pattern[str], _Repl]] = [
 # A name part that is exactly, or ends with, KEY/KEYS counts; KEYBOARD, KEYMAP do not.
 # PWD and PASS count only as a whole part (MYSQL_PWD, DB_PASS), and the shell's own PWD/OLDPWD
 # (the working directory) are not secrets.
-_SECRET_PART = re.compile(r"(?i)token|secret|passw(?:or)?d|passphrase|credential|key$|keys$|^pwd$|^pass$")
+_SECRET_PART = re.compile(r"(?i)token|secret|passw(?:or)?d|passphrase|credential|key$|keys$|^pwd$|^pass$|^auth$")
 _NOT_SECRET_NAMES = {"PWD", "OLDPWD"}
 
 _HIGH_ENTROPY = re.compile(r"[A-Za-z0-9+/=_-]{32,}")

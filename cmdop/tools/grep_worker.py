@@ -103,8 +103,9 @@ def _walk(root_fd: int, root: str, name_glob: str, home: str,
                 if not stat.S_ISREG(st.st_mode) or st.st_size > GREP_FILE_MAX:
                     os.close(fd)
                     continue
+                safe_open.check_hard_link(fd, path, home)
                 os.set_blocking(fd, True)
-            except OSError:
+            except (OSError, safe_open.FloorDenied):
                 os.close(fd)
                 continue
             yield path, fd

@@ -38,6 +38,16 @@ SECRETS = [
     ("DB_PASS=Hunter22 ./app", "Hunter22", "./app"),
     ("kubectl create secret generic db --from-literal=password=Hunter22", "Hunter22", "--from-literal="),
     ("SSH_PASSPHRASE=open-sesame ssh-add", "open-sesame", "ssh-add"),
+    # round 3: quoted values taken whole, and forms that used to pass whole
+    ('true #API_KEY="abc\\"def ghi jkl" ./run', 'def ghi jkl', "./run"),
+    ("tool --password=$'hunter2 with space'", "with space", "tool --password="),
+    ("docker login -u me -p Hunter22 registry", "Hunter22", "registry"),
+    ("openssl enc -aes256 -k Hunter22 -in x", "Hunter22", "-in x"),
+    ("openssl rsa -passin pass:Hunter22 -in k", "Hunter22", "-passin pass:"),
+    ("htpasswd -b .htpasswd bob Hunter22", "Hunter22", "htpasswd -b .htpasswd bob"),
+    ("curl -H 'Cookie: session=abc123' x", "abc123", "curl -H"),
+    ("AUTH=Hunter22 ./x", "Hunter22", "./x"),
+    ("echo Hunter22 | sudo -S apt update", "Hunter22", "sudo -S apt update"),
     ("curl 'https://x/api?access_token=abc999&page=2'", "abc999", "page=2"),
     ("curl -d '{\"user\":\"a\",\"password\":\"Hunter22\"}' x", "Hunter22", "\"user\":\"a\""),
     ("git clone https://bob:Hunter22@github.com/org/repo.git", "Hunter22", "https://bob:"),
@@ -63,6 +73,7 @@ SECRETS = [
 
 # Everyday commands, paths and identifiers that must come out unchanged.
 NOT_SECRETS = [
+    "AUTHOR=bob git commit", "echo hello | sudo tee /tmp/x", "docker ps -a", "openssl version",
     "uptime",
     "ls -la /var/log",
     "ls -pla /tmp",

@@ -28,7 +28,9 @@ def allow_texts(command: str) -> list[str | None]:
     ('git "status"', ["git status"]),
     ("g\\it status", ["git status"]),
     ("$'git' status", ["git status"]),
-    ("git st\\\natus", ["git status"]),
+    # a continuation inside a word: the joined reading, and the raw one as a safety net (both
+    # must be allowed, so a wrong guess about bash only denies more)
+    ("git st\\\natus", ["git status", "git st atus"]),
     ("ls # ; rm -rf x", ["ls"]),
     ("/usr/bin/git status", ["git status"]),
     ("//usr/bin/../bin/git status", ["git status"]),

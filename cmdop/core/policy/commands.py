@@ -54,14 +54,18 @@ _WRAPPERS: dict[str, tuple[str, frozenset[str], bool]] = {
     "flock": ("wEc", frozenset({"timeout", "conflict-exit-code", "command"}), False),
     "chrt": ("T", frozenset({"sched-runtime", "sched-period", "sched-deadline"}), False),
     "taskset": ("", frozenset({"cpu-list"}), False),
-    "strace": ("abeEIoOpPsSuX", frozenset(), False),
-    "ltrace": ("aAeEnopsSuX", frozenset(), False),
+    # strace/ltrace: `-o '|cmd'` runs a command, `-E VAR=x` sets LD_PRELOAD, `-o FILE` writes.
+    "strace": ("abeEIoOpPsSuX", frozenset(), True),
+    "ltrace": ("aAeEnopsSuX", frozenset(), True),
     "unbuffer": ("", frozenset(), False),
     "watch": ("n", frozenset({"interval"}), True),
     "systemd-run": ("pEuMHdGrPq", frozenset({"unit", "property", "uid", "gid", "setenv", "working-directory",
                                              "description", "slice"}), True),
     "noglob": ("", frozenset(), False),
 }
+# Wrappers harmless bare but not with options: `time -o FILE` writes a file of chosen content,
+# `exec -a NAME` changes the name a program dispatches on (`exec -a git-rm git status` removes).
+_PRIVILEGED_WITH_OPTIONS = frozenset({"time", "exec"})
 # Positional arguments a wrapper takes before the command it runs.
 _POSITIONALS = {"timeout": 1, "chroot": 1, "flock": 1, "chrt": 1, "taskset": 1}
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "csh", "tcsh", "ash", "fish", "yash",
@@ -167,7 +171,9 @@ def unwrap(cmd: SimpleCommand) -> Unwrapped:
                 dyn = True
             layers.append(Layer(assigns, tuple(rest), True))
             break
-        privileged = priv or chdir or name == "su"
+        with_options = name in _PRIVILEGED_WITH_OPTIONS and any(
+            (w.static or "-").startswith("-") for w in words[1:2])
+        privileged = priv or chdir or name == "su" or with_options
         assigns = assigns + tuple(extra_assigns)
         words = rest
     return Unwrapped(tuple(layers), tuple(nested), dyn, dyn_sub)

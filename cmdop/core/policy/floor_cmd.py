@@ -22,25 +22,42 @@ from __future__ import annotations
 import posixpath
 import re
 from functools import lru_cache
+from typing import Any
 
 from cmdop.core.policy.commands import is_shell, unwrap
 from cmdop.core.policy.floor_paths import (FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
                                            check_pattern, fold)
 from cmdop.core.policy.paths import components, expand_user, normalise
-from cmdop.core.policy.shell import EVAL, TOO_DEEP, VAR, SimpleCommand, Word, analyse
+from cmdop.core.policy.shell import EVAL, SUB, TOO_DEEP, VAR, SimpleCommand, Word, analyse, interpretations
 
 UNKNOWN = "\x00"
 MAX_COMMAND = 65536   # the floor bounds its own work; a longer command is refused, not guessed at
 _INTERPRETER = re.compile(
-    r"^(?:(?:python|pypy|perl|ruby|php|lua|luajit|tclsh|node|nodejs|jshell)[0-9.]*|irb|deno|bun|"
-    r"wish|R|Rscript|osascript|pwsh|powershell|expect|source|\.)$")
-_BLOCK_DEV = re.compile(r"^/dev/(?:sd|hd|vd|xvd|nvme|mmcblk|loop|dm-|md|sr|nbd|rbd|zd|bcache|"
-                        r"mtdblock|ram|fd[0-9]|mapper/|disk/|block/|root$)")
+    r"^(?:(?:python|pypy|perl|ruby|php|lua|luajit|tclsh|node|nodejs|jshell|ipython|julia|guile)[0-9.]*|"
+    r"irb|deno|bun|wish|R|Rscript|osascript|pwsh|powershell|expect|source|\.|"
+    # line editors, debuggers and REPLs with a "run a shell command" command (`!cmd`, `.shell`)
+    r"ed|ex|vi|vim|nvim|view|gdb|lldb|sqlite3|dc|bc|clisp|sbcl|ghci|erl|scala|groovy|jrunscript)$")
+# A path under /dev is treated as a block device unless it is one of the character devices and
+# pseudo files ordinary tools write to: new disk kinds (zram, pmem, LVM's /dev/VG/LV, drbd, zvol,
+# cciss/…) then need no list, and a glob under /dev (`> /dev/[s]da`) counts as one.
+_BLOCK_DEV = re.compile(r"^/dev/(?!(?:null|zero|full|random|urandom|tty[0-9]*|stdout|stderr|stdin|ptmx|"
+                        r"console|kmsg|fd/[0-9]+|pts/[0-9]+|shm/.*|mqueue/.*|log|termination-log|"
+                        r"net/tun|fuse|rtc[0-9]*|watchdog[0-9]*|cpu_dma_latency|hwrng|uinput|snd/.*|"
+                        r"dri/.*|input/.*|vhost-.*|kvm|tpm[0-9]*|tpmrm[0-9]*|ttyS[0-9]+|ttyUSB[0-9]+|"
+                        r"ttyACM[0-9]+)$).")
 _WRITE_OPS = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&", "&>|"})
-_DEVICE_WRITERS = frozenset({"tee", "cp", "mv", "shred", "wipefs", "blkdiscard", "mke2fs", "mkswap",
-                             "install", "pv", "badblocks", "sgdisk", "sfdisk"})
+# Programs that only look at a block device's name or metadata. Any other program given one
+# reads or writes its raw bytes — and a disk's raw bytes hold every file, protected ones too.
+_DEVICE_METADATA = frozenset({"lsblk", "blkid", "findmnt", "df", "stat", "ls", "file", "smartctl",
+                              "udevadm", "lsof", "fuser", "readlink", "realpath", "echo", "printf",
+                              "test", "[", "[[", "grep", "lvs", "vgs", "pvs", "lvdisplay", "vgdisplay",
+                              "pvdisplay", "dmsetup", "multipath", "iostat", "mount", "umount", "swapon",
+                              "swapoff", "findfs", "e2label", "tune2fs", "dumpe2fs", "xfs_info"})
 _FORKBOMB_TEXT = re.compile(r"([\w:.-]{1,64})\(\)\{\1\|\1&\}|fork\s*while\s*fork|fork\(\)\s*while|"
-                            r"while\s*\(?\s*1?\s*\)?\s*;?\s*do\s*\$0\s*&")
+                            r"while\s*\(?\s*1?\s*\)?\s*;?\s*do\s*\$0\s*&|"
+                            r"\bfork\s+while\s+1|while\s*(?:1|True|\(\s*1\s*\))\s*:?\s*(?:os\.)?fork\(|"
+                            r"loop\s*\{\s*fork|for\s*\(\s*;\s*;\s*\)\s*\{?\s*fork\(|"
+                            r"\$0\s*&\s*\$0\s*&|alias\s+([\w.-]+)=['\"]?\s*\2\s*\|\s*\2\s*&")
 
 
 def _braces(text: str, limit: int = 64) -> list[str]:
@@ -96,12 +113,35 @@ def _resolve(arg: str, home: str, cwd: str | None) -> str | None:
     return normalise(arg)
 
 
+_ARRAYS = "\x00arrays"     # key in `variables` holding the line's static array elements
+_LEAD = re.compile(r"^(~[^/]*|\x00+)")
+
+
+def _resolutions(arg: str, home: str, cwd: str | None) -> list[str]:
+    """Every absolute path `arg` may name: its plain resolution; when it starts with something
+    only known at run time (`$X/etc`, `${HOME%/}/…`, `~user/…`, `~+`, `~-`), that part read as
+    empty, as `/`, as the home directory and as the cwd; and, when the cwd is unknown, a relative
+    path read from `/` and from home."""
+    out: list[str] = []
+    plain = _resolve(arg, home, cwd)
+    if plain is not None:
+        out.append(plain)
+    m = _LEAD.match(arg)
+    rest = arg[m.end():] if m else ""
+    # (a bare unknown word, `"$D"`, stays unknown: it may name anything, checking it as `/`
+    # would refuse every `rm -rf "$D"`)
+    if m and m.group(1) != "~" and (rest or m.group(1).startswith("~")):
+        bases = [cwd] if m.group(1) == "~+" and cwd else ["/", home, *([cwd] if cwd else [])]
+        out.extend(normalise(b.rstrip("/") + "/" + rest.lstrip("/")) for b in bases)
+    elif cwd is None and arg and not arg.startswith(("/", "~")):
+        out.extend(normalise(b.rstrip("/") + "/" + arg) for b in ("/", home))
+    return list(dict.fromkeys(out))
+
+
 def _is_root_target(arg: str, home: str, cwd: str | None) -> bool:
     """Does removing `arg` remove `/`? An unknown expansion may be empty (`"$X/"*` is `/*`)."""
-    for cand in {arg, arg.replace(UNKNOWN, "")}:
-        path = _resolve(cand, home, cwd) if cand else None
-        if path is None:
-            continue
+    for path in (p for cand in {arg, arg.replace(UNKNOWN, "")} if cand
+                 for p in _resolutions(cand, home, cwd)):
         if path == "/":
             return True
         comps = [c for c in path.split("/") if c]
@@ -149,10 +189,8 @@ def _anchors(home: str, extra: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
 def _covers_anchor(arg: str, home: str, cwd: str | None, extra: tuple[str, ...] = ()) -> bool:
     """Is `arg` (maybe a glob) `/`, an anchor, or an ancestor of one? Removing, archiving or
     copying it recursively reaches protected files the command never names."""
-    for cand in {arg, arg.replace(UNKNOWN, "")}:
-        path = _resolve(cand, home, cwd) if cand else None
-        if path is None:
-            continue
+    for path in (p for cand in {arg, arg.replace(UNKNOWN, "")} if cand
+                 for p in _resolutions(cand, home, cwd)):
         comps = [fold(c) for c in components(path)]
         if not comps:
             return True
@@ -175,9 +213,21 @@ _COPIERS = frozenset({"cp", "scp", "rsync", "mv", "rclone"})   # the last target
 _TREE_LONG = ("--recursive", "--archive", "--dereference-recursive")
 
 
+_FIND_ACTS = frozenset({"-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fprint0", "-fprintf", "-fls"})
+
+
+def _find_walks_protected(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> bool:
+    """`find START…` from a start that holds protected files: what it hands on may be any of
+    them (a name filter does not help: `-name id_rsa` is how you find the key)."""
+    return any(_covers_anchor(st, home, cwd, extra) for st in _find_starts(args))
+
+
 def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> str | None:
-    """`tar cf - ~`, `cp -r ~ /tmp/h`, `grep -r KEY /`, `chmod -R 777 ~`, `rsync --delete x/ /`:
-    a recursive read, copy or change of a directory that holds protected files."""
+    """`tar cf - ~`, `cp -r ~ /tmp/h`, `grep -r KEY /`, `chmod -R 777 ~`, `rsync --delete x/ /`,
+    `find ~ -exec cat {} +`: a recursive read, copy or change of a directory that holds
+    protected files."""
+    if prog == "find" and any(a in _FIND_ACTS for a in args) and _find_walks_protected(args, home, cwd, extra):
+        return "floor: find runs a command on every file of a directory holding protected files"
     letters = _TREE_READERS.get(prog)
     if letters is None:
         return None
@@ -307,7 +357,9 @@ def _rm_anywhere(argv: list[str], home: str, cwd: str | None, extra: tuple[str, 
     arguments after any word that names rm."""
     for i, a in enumerate(argv[1:], start=1):
         if _program(a) == "rm":
-            reason = _rm_root("rm", argv[i + 1:], home, cwd, extra)
+            after = argv[i + 1:]
+            # `start-stop-daemon --exec /bin/rm -- -rf /`: the wrapper's `--` ends its options
+            reason = _rm_root("rm", after[1:] if after[:1] == ["--"] else after, home, cwd, extra)
             if reason:
                 return reason
     return None
@@ -348,9 +400,45 @@ def _inline_code(prog: str, argv: list[str], home: str, cwd: str | None, depth: 
                 return "floor: recursive removal of / inside inline code"
             # Literal strings of the code name paths as plainly as arguments do: open('.env').
             strings = [m.group(2) for m in _CODE_STRING.finditer(code)]
-            reason = _named_paths([x for x in strings if x and "\n" not in x], home, cwd, extra)
+            reason = _named_paths([x for x in strings if x and "\n" not in x], home, cwd, extra) \
+                or _device_write("?", [x for x in strings if x.startswith("/dev/")], [], home, cwd)
             if reason:
                 return f"{reason} (a string in inline code)"
+    return None
+
+
+# Programs whose arguments are text to search for or print, never run: `grep -r 'rm -rf /' docs`.
+_TEXT_ONLY = frozenset({"grep", "egrep", "fgrep", "zgrep", "rg", "ag", "ack", "echo", "printf", "logger",
+                        "wall", "notify-send", "figlet", "cowsay", "jq", "yq", "look", "apropos", "man"})
+_GIT_TEXT_OPTS = ("-m", "--message", "-S", "-G", "--grep", "--author", "--committer", "-F")
+
+
+def _embedded_commands(argv: list[str], home: str, cwd: str | None, depth: int,
+                       extra: tuple[str, ...]) -> str | None:
+    """Arguments other programs hand to a shell: `git -c alias.x='!rm -rf /'`,
+    `strace -o '|sh …'`, `ssh -o ProxyCommand=…`, `tar --checkpoint-action=exec=…`, `script -c …`,
+    `vim -c '!…'`, `LESSOPEN='|…'`. There are too many such programs to list, so every argument
+    that reads as a command line (it has a space) is checked as one, after any `KEY=` prefix and
+    a leading `!` or `|`. A harmless sentence naming a floor command is refused too — the price
+    of a floor that does not depend on knowing each program."""
+    prog = _program(argv[0]) if argv else ""
+    if prog in _TEXT_ONLY:
+        return None
+    for i, a in enumerate(argv[1:], start=1):
+        if " " not in a or len(a) > 4096:
+            continue
+        if prog == "git" and (argv[i - 1] in _GIT_TEXT_OPTS or a.startswith(tuple(o + "=" for o in _GIT_TEXT_OPTS))):
+            continue                                   # a commit message or a search string
+        texts = {a, a.split("=", 1)[-1], a.rsplit("=", 1)[-1]}
+        for text in texts:
+            text = text.lstrip("!| \t")
+            if not text or " " not in text:
+                continue
+            if _EMBEDDED_RM.search(text):
+                return "floor: recursive removal of / inside an argument"
+            reason = _check(text, home, cwd, depth + 1, extra)
+            if reason and not reason.startswith("floor: commands nested too deeply"):
+                return f"{reason} (inside an argument)"
     return None
 
 
@@ -398,6 +486,11 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
     file_in = [t for op, t in redirects if op in ("<", "<>", "0<") and t]
     if shellish and any(_resolve(t, home, cwd) != "/dev/null" for t in file_in):
         return f"floor: a file redirected into '{prog}' is run as code"
+    if shellish and any(op in ("<&", "0<&") for op, _ in redirects):     # bash <&3
+        return f"floor: a descriptor redirected into '{prog}' is run as code"
+    if prog == "socat" and any(a.upper().startswith(("EXEC:", "SYSTEM:")) or ",EXEC:" in a.upper()
+                               or ",SYSTEM:" in a.upper() for a in argv[1:]):
+        return "floor: socat connecting a stream to a command it runs"
     code_from_fd = any(_STDIN_PATH.match(_resolve(a, home, cwd) or "") for a in argv[1:])
     if (shellish or prog in _AWKS) and code_from_fd:
         return f"floor: '{prog}' runs code from a standard-input or descriptor path"
@@ -409,6 +502,12 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
         return f"floor: {stdin or 'a file'} into '{prog}', which runs what it reads"
     if prog == "crontab" and (len(argv) == 1 or argv[-1] == "-"):
         return "floor: a crontab installed from standard input"
+    if prog == "ssh" and len([a for a in argv[1:] if not a.startswith("-")]) <= 1:
+        return f"floor: {stdin or 'a file'} into a remote shell (ssh with no command)"
+    if prog in ("make", "gmake", "sed", "gsed", "awk", "gawk", "m4", "ed", "gdb") and any(
+            a in ("-f", "--file", "-x", "--script") and b in ("-", "/dev/stdin")
+            or a in ("-f-", "--file=-", "--file=/dev/stdin") for a, b in zip(argv[1:], [*argv[2:], ""])):
+        return f"floor: {stdin or 'a file'} into '{prog}' as its script"
     if prog in _COMMAND_RUNNERS and any(is_shell(_program(a)) or _INTERPRETER.match(_program(a))
                                         for a in argv[2:]):
         return f"floor: {stdin or 'a file'} into a shell started by '{prog}'"
@@ -422,15 +521,21 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
 
 def _device_write(prog: str, args: list[str], redirects: list[tuple[str, str]], home: str,
                   cwd: str | None) -> str | None:
-    cands = [t for op, t in redirects if op in _WRITE_OPS and not t.isdigit()]
-    if prog == "dd":
-        cands += [a[3:] for a in args if a.startswith("of=")]
-    elif prog in _DEVICE_WRITERS or prog.startswith("mkfs"):
-        cands += [a for a in args if not a.startswith("-")]
+    """`> /dev/sda`, `tee /dev/sda`, `dd of=/dev/sda`, `mkfs /dev/sdb1`, `cat /dev/nvme0n1`: a
+    block device written through a redirection, or handed to any program that does not merely
+    look at its metadata (`_DEVICE_METADATA`)."""
+    for c in (t for op, t in redirects if op in _WRITE_OPS and not t.isdigit()):
+        for path in _resolutions(c, home, cwd):
+            if _BLOCK_DEV.match(path):
+                return f"floor: write to block device {path}"
+    if prog in _DEVICE_METADATA or (prog == "grep" and not any(a.startswith("-") and "a" in a for a in args)):
+        return None
+    cands = [t for op, t in redirects if op in ("<", "0<", "<>") and t]
+    cands += [a.split("=", 1)[1] if "=" in a else a for a in args if "/dev/" in a]
     for c in cands:
-        path = _resolve(c, home, cwd)
-        if path and _BLOCK_DEV.match(path):
-            return f"floor: write to block device {path}"
+        for path in _resolutions(c, home, cwd):
+            if _BLOCK_DEV.match(path):
+                return f"floor: raw access to block device {path} (it holds every file's bytes)"
     return None
 
 
@@ -445,13 +550,12 @@ def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, 
         for c in cands:
             if not c or c == UNKNOWN:
                 continue
-            unknown_cwd = not c.startswith(("/", "~")) and cwd is None
-            path = normalise("/" + c) if unknown_cwd else _resolve(c, home, cwd)
-            if path is None:
-                continue
-            reason = check_pattern(path, home, prefixes=not unknown_cwd, extra=extra)
-            if reason:
-                return f"{reason} (named in the command)"
+            unknown_cwd = not c.startswith(("/", "~", UNKNOWN)) and cwd is None
+            paths = [normalise("/" + c)] if unknown_cwd else _resolutions(c, home, cwd)
+            for path in paths:
+                reason = check_pattern(path, home, prefixes=not unknown_cwd, extra=extra)
+                if reason:
+                    return f"{reason} (named in the command)"
     return None
 
 
@@ -466,6 +570,7 @@ def _fork_bomb(analysis_functions: tuple[tuple[str, tuple[SimpleCommand, ...], b
     return None
 
 
+_MODIFIED_WORD = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*|[%#/^,][^{}]*)\}")
 _DEFAULT_WORD = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?[-=+?]([^{}]*)\}")
 
 
@@ -487,6 +592,14 @@ def check_command(command: str, home: str, cwd: str, extra: tuple[str, ...] = ()
                 reason = _check(worded, home, cwd or None, 0, extra)
             except RecursionError:
                 return "floor: command nested too deeply to inspect"
+    if reason is None and "${" in command:
+        # `${a:0}`, `${HOME%/}`, `${a/x/y}`: a part of a known value; check the whole value too.
+        whole = _MODIFIED_WORD.sub(lambda m: "${" + m.group(1) + "}", command)
+        if whole != command:
+            try:
+                reason = _check(whole, home, cwd or None, 0, extra)
+            except RecursionError:
+                return "floor: command nested too deeply to inspect"
     if reason is None and "IFS" in command:
         # The grammar mis-splits some `$IFS` spellings (`rm$IFS-rf$IFS/`); check the text with
         # every $IFS spelled as the space it expands to as well.
@@ -498,9 +611,19 @@ def check_command(command: str, home: str, cwd: str, extra: tuple[str, ...] = ()
 
 def _check(command: str, home: str, cwd: str | None, depth: int, extra: tuple[str, ...] = (),
            outer_stdin: str = "") -> str | None:
-    """`outer_stdin`: where the stdin of a nested script (`x | flock -c 'sh'`) comes from."""
+    """`outer_stdin`: where the stdin of a nested script (`x | flock -c 'sh'`) comes from.
+    Every reading of the text's line continuations is checked (`interpretations`)."""
     if depth > 8:
         return "floor: commands nested too deeply to inspect"
+    for source in interpretations(command):
+        reason = _check_source(source, home, cwd, depth, extra, outer_stdin)
+        if reason:
+            return reason
+    return None
+
+
+def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: tuple[str, ...],
+                  outer_stdin: str) -> str | None:
     analysis = analyse(command)
     if analysis.opaque == TOO_DEEP:
         return f"floor: {TOO_DEEP}"
@@ -515,57 +638,166 @@ def _check(command: str, home: str, cwd: str | None, depth: int, extra: tuple[st
         for name, value in cmd.assigns:
             if value.static is not None:
                 variables.setdefault(name, value.static)
+    tainted = _tainted(analysis)
+    arrays = [v for _, v in analysis.assignments if len(v.segments) == 1 and v.segments[0][0] == SUB
+              and v.segments[0][1].startswith("(") and v.segments[0][1].endswith(")")]
+    array_words: list[str] = []
+    for value in arrays:                 # cmd=(rm -rf /); "${cmd[@]}"
+        inner = value.segments[0][1][1:-1]
+        reason = _check(inner, home, cwd, depth + 1, extra)
+        if reason:
+            return f"{reason} (an array run as a command)"
+        array_words += [x for c in analyse(inner).commands for x in _argv(tuple(c.words), home, variables)]
+    if array_words:
+        variables = dict(variables, **{_ARRAYS: "\x01".join(array_words)})
+    # The directories the line may be in: a `cd` can fail, run in a subshell or go somewhere
+    # unknown, so each one adds a possibility and removes none (None = unknown).
+    cwds: list[str | None] = [cwd]
     for cmd in analysis.commands:
         un = unwrap(cmd)
         stdin = cmd.stdin or ("" if cmd.substituted else outer_stdin)
-        redirects = [(op, _argv((t,), home, variables)[0] if t is not None else "")
-                     for op, t in cmd.redirects]
-        for _, value in cmd.assigns:
-            reason = _named_paths(_argv((value,), home, variables), home, cwd, extra)
+        for here in cwds:
+            reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted)
             if reason:
                 return reason
-        reason = _named_paths([t for _, t in redirects if t], home, cwd, extra) or _device_write(
-            "", [], redirects, home, cwd)      # also `> /dev/sda` with no command word at all
+        cwds = _after_cd(cmd, un, cwds, home, variables)
+    return None
+
+
+def _tainted(analysis: Any) -> frozenset[str]:
+    """Variables the line fills at run time: assigned from a substitution, or by `read`/`mapfile`."""
+    names = {n for n, v in analysis.assignments if any(k in (SUB, EVAL) for k, _ in v.segments)}
+    names |= {n for c in analysis.commands for n, v in c.assigns if any(k in (SUB, EVAL) for k, _ in v.segments)}
+    for c in analysis.commands:
+        words = [w.static or "" for w in c.words]
+        if words and words[0] in ("read", "mapfile", "readarray"):
+            names.update(w for w in words[1:] if w and not w.startswith("-"))
+            names.add("REPLY")
+    return frozenset(names)
+
+
+def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, str], home: str,
+                  cwd: str | None, depth: int, extra: tuple[str, ...],
+                  tainted: frozenset[str] = frozenset()) -> str | None:
+    """The floor reason for one simple command run in `cwd`, or None. `tainted`: variables this
+    line fills at run time (`x=$(curl …)`, `read x`)."""
+    redirects = [(op, _argv((t,), home, variables)[0] if t is not None else "")
+                 for op, t in cmd.redirects]
+    for _, value in cmd.assigns:
+        text = _argv((value,), home, variables)
+        reason = _named_paths(text, home, cwd, extra) or _embedded_commands(["", *text], home, cwd, depth, extra)
         if reason:
             return reason
-        items: list[str] | None = None         # what xargs appends to the commands below it
-        for layer in un.layers:
-            argv = _argv(layer.words, home, variables)
-            if not argv:
-                continue
-            prog = _program(argv[0])
-            if items is not None:
-                argv = argv + items
-            if prog in ("xargs", "parallel") and items is None:
-                items = _xargs_items(cmd, argv, home, variables)
-                if prog == "parallel":
-                    argv = argv + items
-            args = argv[1:]
-            for check in (_rm_root(prog, args, home, cwd, extra), _device_write(prog, args, redirects, home, cwd),
-                          _named_paths(argv, home, cwd, extra), _rm_anywhere(argv, home, cwd, extra),
-                          _tree_op(prog, args, home, cwd, extra),
-                          _inline_code(prog, argv, home, cwd, depth, extra),
-                          _fed_code(prog, argv, stdin, redirects, home, cwd)):
-                if check:
-                    return check
-            if is_shell(prog) and cmd.heredoc:       # bash <<EOF ... EOF runs the body
-                reason = _check(cmd.heredoc, home, cwd, depth + 1, extra)
-                if reason:
-                    return f"{reason} (in a here-document run by {prog})"
-            shellish = is_shell(prog) or prog == "?" or _INTERPRETER.match(prog) is not None
-            if shellish and stdin in ("pipe", "procsub", "herestring"):
-                what = "a program that cannot be resolved" if prog == "?" else f"'{prog}'"
-                return f"floor: {stdin} into {what}"
-            if (is_shell(prog) or _INTERPRETER.match(prog)) and any(
-                    k == "C" and t.startswith(("<(", ">(")) for w in layer.words[1:] for k, t in w.segments):
-                return f"floor: '{prog}' runs a process substitution"
-            if prog in ("cd", "pushd") and not cmd.substituted:
-                target = args[0] if args else "~"
-                cwd = _resolve(target, home, cwd) if UNKNOWN not in target and target != "-" else None
-        if un.dynamic_nested_sub:
-            return "floor: a shell or eval runs the output of a command substitution"
-        for script in un.nested:
-            reason = _check(script, home, cwd, depth + 1, extra, stdin)
+    head = _argv(un.layers[-1].words[:1], home, variables) if un.layers and un.layers[-1].words else []
+    prog0 = _program(head[0]) if head else ""
+    if (is_shell(prog0) or _INTERPRETER.match(prog0)) and any(
+            k == SUB and t.startswith(("<(", ">(")) or (name in ("BASH_ENV", "ENV") and value.static is None)
+            for name, value in cmd.assigns for k, t in value.segments):
+        return f"floor: '{prog0}' starts by running a file given at run time (BASH_ENV/ENV=<(…))"
+    if un.layers and un.layers[-1].words and any(
+            k == SUB and t.startswith(("$(", "`")) for k, t in un.layers[-1].words[0].segments):
+        return "floor: the output of a command is run as a command"
+    if tainted and (prog0 == "eval" or is_shell(prog0) or prog0 == "source" or prog0 == ".") and any(
+            k == VAR and t in tainted for w in un.layers[-1].words[1:] for k, t in w.segments):
+        return f"floor: '{prog0}' runs text this command line fetched at run time"
+    reason = _named_paths([t for _, t in redirects if t], home, cwd, extra) or _device_write(
+        "", [], redirects, home, cwd)      # also `> /dev/sda` with no command word at all
+    if reason:
+        return reason
+    items: list[str] | None = None         # what xargs appends to the commands below it
+    for layer in un.layers:
+        argv = _argv(layer.words, home, variables)
+        if not argv:
+            continue
+        prog = _program(argv[0])
+        if items is not None:
+            argv = argv + items
+        if prog in ("xargs", "parallel") and items is None:
+            reason = _fed_code(prog, argv, stdin, redirects, home, cwd)   # before items hide it
             if reason:
                 return reason
+            producer = cmd.producer.words if cmd.stdin == "pipe" and cmd.producer is not None else []
+            pargv = _argv(tuple(producer), home, variables) if producer else []
+            if pargv and _program(pargv[0]) == "find" and _find_walks_protected(pargv[1:], home, cwd, extra):
+                return f"floor: '{prog}' is fed every file of a directory holding protected files by find"
+            if prog == "parallel" and any(a in ("--pipe", "--pipepart") for a in argv) and any(
+                    is_shell(_program(a)) or _INTERPRETER.match(_program(a)) for a in argv[1:]):
+                return "floor: standard input split into a shell by parallel --pipe"
+            items = _xargs_items(cmd, argv, home, variables)
+            if prog == "parallel":
+                argv = argv + items
+        args = argv[1:]
+        if _ARRAYS in variables and any(w.segments == ((VAR, ""),) for w in layer.words[1:]):
+            spliced = variables[_ARRAYS].split("\x01")          # rm "${a[@]}" with a=(-rf /)
+            reason = _rm_root(prog, [*args, *spliced], home, cwd, extra) or _named_paths(spliced, home, cwd, extra)
+            if reason:
+                return f"{reason} (with an array's elements)"
+        for check in (_rm_root(prog, args, home, cwd, extra), _device_write(prog, args, redirects, home, cwd),
+                      _named_paths(argv, home, cwd, extra), _rm_anywhere(argv, home, cwd, extra),
+                      _tree_op(prog, args, home, cwd, extra),
+                      _inline_code(prog, argv, home, cwd, depth, extra),
+                      _fed_code(prog, argv, stdin, redirects, home, cwd)):
+            if check:
+                return check
+        reason = _embedded_commands(argv, home, cwd, depth, extra)
+        if reason:
+            return reason
+        if is_shell(prog) and cmd.heredoc:       # bash <<EOF ... EOF runs the body
+            reason = _check(cmd.heredoc, home, cwd, depth + 1, extra)
+            if reason:
+                return f"{reason} (in a here-document run by {prog})"
+        shellish = is_shell(prog) or prog == "?" or _INTERPRETER.match(prog) is not None
+        if shellish and stdin in ("pipe", "procsub", "herestring"):
+            what = "a program that cannot be resolved" if prog == "?" else f"'{prog}'"
+            return f"floor: {stdin} into {what}"
+        if (is_shell(prog) or _INTERPRETER.match(prog)) and any(
+                k == "C" and t.startswith(("<(", ">(")) for w in layer.words[1:] for k, t in w.segments):
+            return f"floor: '{prog}' runs a process substitution"
+    if un.dynamic_nested_sub:
+        return "floor: a shell or eval runs the output of a command substitution"
+    for script in un.nested:
+        reason = _check(script, home, cwd, depth + 1, extra, stdin)
+        if reason:
+            return reason
     return None
+
+
+_CD_WORD = re.compile(r"(?:^|[\s;&|(`])(?:cd|pushd|popd)(?:$|[\s;&|)`])")
+
+
+def _after_cd(cmd: SimpleCommand, un: Any, cwds: list[str | None], home: str,
+              variables: dict[str, str]) -> list[str | None]:
+    """`cwds` after `cmd`: unchanged unless it changes directory, then with the new place added
+    (the old stays: the cd may fail, or run in a subshell). A target we cannot resolve (`cd -`,
+    `cd "$D"`, CDPATH, popd, a cd inside eval or `sh -c`) adds None, the unknown directory."""
+    targets: list[str | None] = []
+    for layer in un.layers:
+        words = _argv(layer.words, home, variables)
+        if not words or _program(words[0]) not in ("cd", "pushd", "popd"):
+            continue
+        rest = words[1:]
+        while rest and rest[0].startswith("-") and rest[0] != "-":   # -P, -L, -e, -@, --
+            done = rest[0] == "--"
+            rest = rest[1:]
+            if done:
+                break
+        target = rest[0] if rest else "~"
+        if _program(words[0]) == "popd" or target == "-" or UNKNOWN in target:
+            targets.append(None)
+            continue
+        targets.extend(c and _resolve(target, home, c) for c in cwds)
+        cdpath = dict((n, _argv((v,), home, variables)[0]) for n, v in cmd.assigns).get(
+            "CDPATH", variables.get("CDPATH"))
+        if cdpath is not None and not target.startswith(("/", "~", ".")):   # CDPATH=/ cd etc
+            targets.extend(None if UNKNOWN in e else _resolve(target, home, e or ".") for e in cdpath.split(":"))
+    for script in un.nested:            # `eval cd /` changes this shell's directory too
+        if _CD_WORD.search(script):
+            inner = analyse(script)
+            for sub in inner.commands:
+                targets.extend(t for t in _after_cd(sub, unwrap(sub), cwds, home, variables) if t not in cwds)
+            if inner.opaque:
+                targets.append(None)
+    if not targets:
+        return cwds
+    out = list(dict.fromkeys([*cwds, *targets]))
+    return out if len(out) <= 8 else [*out[:7], None]     # bounded; past that, "unknown"

@@ -19,11 +19,17 @@ from cmdop.core.policy.paths import components
 from cmdop.core.policy.pattern import class_body
 
 FLOOR_FILES = frozenset({".env", ".gitconfig", ".bashrc", ".zshrc", ".profile", ".ripgreprc",
-                         ".mcp.json", ".claude.json"})
+                         ".mcp.json", ".claude.json",
+                         # beyond CONTRACT §4: the other files a shell runs at login or start,
+                         # as much code execution on the next login as .bashrc is
+                         ".bash_profile", ".bash_login", ".bash_logout", ".zshenv", ".zprofile",
+                         ".zlogin", ".zlogout"})
 FLOOR_FILE_PREFIXES = (".env.",)
 FLOOR_DIRS = frozenset({".git", ".ssh", ".cmdop"})
 FLOOR_ABS_PREFIXES = ("/etc", "/System", "/private/etc")
-FLOOR_HOME_PREFIXES = ("Library/Keychains", ".config/cmdop")
+# `.config/systemd/user` (beyond CONTRACT §4): a unit written there runs code as the user,
+# this agent's own user unit included.
+FLOOR_HOME_PREFIXES = ("Library/Keychains", ".config/cmdop", ".config/systemd/user")
 
 # Names a glob or an unknown expansion is tested against: one representative per entry.
 _SAMPLES = tuple(sorted(FLOOR_FILES | FLOOR_DIRS | {".env.local"}))

@@ -123,34 +123,136 @@ class Analysis:
 
 
 def remove_line_continuations(command: str) -> str:
-    """Drop backslash-newline pairs outside single quotes, as bash's lexer does."""
+    """`command` with its line continuations (backslash-newline) removed where bash removes them:
+    in plain text and inside double quotes — not inside single or `$'...'` quotes, comments or
+    here-document bodies (a `\\` ending a comment line does not join the next command to it)."""
     if "\\\n" not in command:
         return command
+    out: list[str] = []
+    heredocs: list[tuple[str, bool]] = []      # (delimiter, strip leading tabs) awaiting a body
+    i, n = 0, len(command)
+    word_start = True
+    while i < n:
+        c = command[i]
+        if c == "\\" and i + 1 < n:
+            if command[i + 1] == "\n":
+                i += 2
+                continue
+            out.append(command[i:i + 2])
+            i, word_start = i + 2, False
+            continue
+        if c == "'" or (c == "$" and command.startswith("$'", i)):
+            j = _end_of_single(command, i + (2 if c == "$" else 1), ansi=c == "$")
+            out.append(command[i:j])
+            i, word_start = j, False
+            continue
+        if c == '"':
+            j, body = _double_quoted(command, i + 1)
+            out.append('"' + body)
+            i, word_start = j, False
+            continue
+        if c == "#" and word_start:
+            j = command.find("\n", i)
+            j = n if j < 0 else j
+            out.append(command[i:j])
+            i = j
+            continue
+        if command.startswith("<<", i) and not command.startswith("<<<", i):
+            j = i + 2
+            strip = command.startswith("-", j)
+            j += 1 if strip else 0
+            while j < n and command[j] in " \t":
+                j += 1
+            k = j
+            while k < n and command[k] not in " \t\n;&|()<>":
+                k += 1
+            delim = re.sub(r"[\\'\"]", "", command[j:k])
+            if delim:
+                heredocs.append((delim, strip))
+            out.append(command[i:k])
+            i, word_start = k, False
+            continue
+        if c == "\n" and heredocs:
+            out.append(c)
+            i += 1
+            for delim, strip in heredocs:          # bodies are copied as they are
+                while i < n:
+                    j = command.find("\n", i)
+                    j = n if j < 0 else j + 1
+                    line = command[i:j]
+                    out.append(line)
+                    i = j
+                    if (line.rstrip("\n").lstrip("\t") if strip else line.rstrip("\n")) == delim:
+                        break
+            heredocs.clear()
+            word_start = True
+            continue
+        out.append(c)
+        word_start = c in " \t\n;&|()<>"
+        i += 1
+    return "".join(out)
+
+
+def _end_of_single(text: str, i: int, ansi: bool) -> int:
+    """Index just past the quote closing a '...' (or $'...', where a backslash escapes) string."""
+    while i < len(text):
+        if ansi and text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == "'":
+            return i + 1
+        i += 1
+    return len(text)
+
+
+def _double_quoted(text: str, i: int) -> tuple[int, str]:
+    """(index past the closing quote, the body with its continuations removed, quote included)."""
+    out: list[str] = []
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            if text[i + 1] != "\n":
+                out.append(text[i:i + 2])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+        if c == '"':
+            break
+    return i, "".join(out)
+
+
+def _naive_join(command: str) -> str:
+    """Every backslash-newline outside single quotes removed (the reading of an older lexer)."""
     out: list[str] = []
     i, n, in_single, in_double = 0, len(command), False, False
     while i < n:
         c = command[i]
         if in_single:
-            if c == "'":
-                in_single = False
-            out.append(c)
+            in_single = c != "'"
         elif c == "\\" and i + 1 < n:
-            if command[i + 1] == "\n":
-                i += 2
-                continue
-            out.append(command[i:i + 2])
+            if command[i + 1] != "\n":
+                out.append(command[i:i + 2])
             i += 2
             continue
         elif c == "'" and not in_double:
             in_single = True
-            out.append(c)
         elif c == '"':
             in_double = not in_double
-            out.append(c)
-        else:
-            out.append(c)
+        out.append(c)
         i += 1
     return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def interpretations(command: str) -> tuple[str, ...]:
+    """The texts to judge for `command`: itself when it has no line continuation; otherwise the
+    continuations removed as bash does, and — because a joiner that errs hides or invents
+    commands — also the raw text and a naive join. The floor denies if any of them hits, and an
+    allow rule must allow the parts of all of them, so a wrong guess can only deny more."""
+    if "\\\n" not in command:
+        return (command,)
+    return tuple(dict.fromkeys((remove_line_continuations(command), command, _naive_join(command))))
 
 
 _ANSI_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b",
@@ -300,7 +402,7 @@ class _Walker:
         t = node.type
         if node.is_error or node.is_missing:
             self.mark("the parser found a syntax error")
-            self._visit_children(node, substituted)
+            self._visit_children(node, substituted, stdin)
         elif t == "command":
             self.command(node, substituted, stdin, [])
         elif t == "redirected_statement":
@@ -365,7 +467,8 @@ class _Walker:
                 words = [self.word(c) for c in node.children if c.is_named]
                 self.commands.append(SimpleCommand(words=words, substituted=substituted))
             else:
-                self._visit_children(node, substituted)
+                # `x | while …; do …; done`: every command inside may read the pipe
+                self._visit_children(node, substituted, stdin)
 
     def command(self, node: Any, substituted: bool, stdin: str, redirs: list[Any]) -> None:
         cmd = SimpleCommand(stdin=stdin, substituted=substituted)
@@ -459,14 +562,14 @@ def _static_output(cmds: list[SimpleCommand]) -> str | None:
 
 
 def _dq_unescape(text: str) -> str:
-    """Backslash escapes that bash honours inside double quotes."""
-    return re.sub(r'\\([$`"\\])', r"\1", text)
+    """Backslash escapes that bash honours inside double quotes (a backslash-newline vanishes)."""
+    return re.sub(r'\\([$`"\\\n])', lambda m: "" if m.group(1) == "\n" else m.group(1), text)
 
 
 @lru_cache(maxsize=8192)
 def analyse(command: str) -> Analysis:
     """Parse `command` with the bash grammar. Never raises; failures show up as `opaque`."""
-    source = remove_line_continuations(command)
+    source = command      # one interpretation; callers judge every one (`interpretations`)
     # surrogatepass: a lone surrogate (JSON allows "\ud800") still gives bytes to parse; slices
     # are decoded with surrogateescape, which never fails.
     raw = source.encode("utf-8", "surrogatepass")

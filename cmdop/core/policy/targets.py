@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from cmdop.core.policy.commands import Layer, match_text, unwrap
-from cmdop.core.policy.shell import LIT, RAW, VAR, SimpleCommand, Word, analyse
+from cmdop.core.policy.shell import LIT, RAW, VAR, SimpleCommand, Word, analyse, interpretations
 
 
 class Part(NamedTuple):
@@ -94,20 +94,22 @@ def parts_for_command(command: str, depth: int = 0) -> tuple[Part, ...]:
     """The parts of `command` (bash), cached by text. Never raises."""
     if depth > 8:
         return (Part(None, (command,), command, "commands nested too deeply", unparseable=True),)
-    analysis = analyse(command)
     parts: list[Part] = []
-    for cmd in analysis.commands:
-        if not cmd.words and not cmd.assigns and not cmd.redirects:
-            continue
-        parts.extend(_command_parts(cmd, depth))
-    for name, value in analysis.assignments:
-        text = value.static
-        parts.append(Part(f"{name}={text}" if text is not None else None, (f"{name}={_loose(value)}",),
-                          f"{name}={_loose(value)}", "" if text is not None else "a dynamic assignment"))
-    if analysis.opaque:
-        syntax = "syntax error" in analysis.opaque or "NUL" in analysis.opaque
-        parts.append(Part(None, (analysis.source.strip(),), analysis.source.strip(), analysis.opaque,
-                          unparseable=syntax))
+    # Every reading of the line continuations: a rule must allow the parts of all of them.
+    for source in interpretations(command):
+        analysis = analyse(source)
+        for cmd in analysis.commands:
+            if not cmd.words and not cmd.assigns and not cmd.redirects:
+                continue
+            parts.extend(_command_parts(cmd, depth))
+        for name, value in analysis.assignments:
+            text = value.static
+            parts.append(Part(f"{name}={text}" if text is not None else None, (f"{name}={_loose(value)}",),
+                              f"{name}={_loose(value)}", "" if text is not None else "a dynamic assignment"))
+        if analysis.opaque:
+            syntax = "syntax error" in analysis.opaque or "NUL" in analysis.opaque
+            parts.append(Part(None, (analysis.source.strip(),), analysis.source.strip(), analysis.opaque,
+                              unparseable=syntax))
     if not parts:
         parts.append(Part(None, (), command, "empty command", unparseable=True))
-    return tuple(parts)
+    return tuple(dict.fromkeys(parts))
