@@ -14,6 +14,13 @@ Promises:
   output beyond the cap is drained and dropped so the child never blocks on a full pipe.
   Every chunk is also passed to `env.on_chunk` when set (streaming to a remote caller).
 - `exit_code` is the command's status; a child killed by a signal reports 128+N and `signal`.
+- The call returns at most DRAIN_GRACE_S after the command itself (the group leader) has
+  exited, so at most timeout + KILL_GRACE_S + DRAIN_GRACE_S, whatever still holds its stdout or
+  stderr; `output_left_open` is then true and that holder's later writes get EPIPE/SIGPIPE (our
+  read ends are closed). Group members still alive after a TERM that ended the leader get their
+  SIGKILL on schedule, after the call has returned. Background jobs of a command that exited by
+  itself are left running (a normal exit kills nothing). A process that left the group (setsid,
+  a daemon) escapes the timeout's kill: only the call is bounded, not its lifetime.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from typing import Any, Mapping, Protocol
 
@@ -35,7 +43,15 @@ MAX_TIMEOUT_MS = 600_000
 DEFAULT_TIMEOUT_MS = 120_000
 OUTPUT_CAP = 1 << 20
 KILL_GRACE_S = 1.0      # between SIGTERM and SIGKILL
+# How long output is still read once the command itself has exited. Whatever holds the pipes
+# after that (a `cmd &` it left running, or a `setsid`/daemonized process that even the group
+# kill misses) would otherwise keep the call, and one of the daemon's worker slots, open for as
+# long as it lives. Half a second lets a just-exited pipeline's last writers flush.
+DRAIN_GRACE_S = 0.5
 _TICK_S = 0.05          # how often cancellation is noticed
+# A sandboxed child's wait(0) would put its socket in non-blocking mode (and misread "not yet"
+# as "server gone"), so the while-output-flows poll blocks for this long at most instead.
+_POLL_S = 0.001
 
 
 class _Child(Protocol):
@@ -112,7 +128,11 @@ def _spawn(argv: list[str], child_env: dict[str, str], cwd: str, env: ToolEnv,
 
 def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: float,
              env: ToolEnv) -> dict[str, Any]:
-    """Spawn `argv` (sandboxed where possible), capture capped output, enforce the deadline."""
+    """Spawn `argv` (sandboxed where possible), capture capped output, enforce the deadline.
+
+    Returns within timeout_s + KILL_GRACE_S + DRAIN_GRACE_S (plus scheduling noise), even when
+    something outside the command's process group keeps its stdout/stderr open.
+    """
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -132,12 +152,15 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
     sel.register(err_r, selectors.EVENT_READ, "stderr")
     deadline = started + timeout_s
     why_killed = ""            # "timeout" | "cancel"
-    kill_at = 0.0              # when SIGKILL follows the SIGTERM
+    kill_at = 0.0              # when SIGKILL follows the SIGTERM (0: none pending)
     returncode: int | None = None
+    drain_until = 0.0          # once the command has exited: stop reading output at this time
+    next_poll = 0.0            # when to ask again whether the command has exited
+    left_open = False
     try:
         while True:
             now = time.monotonic()
-            if not why_killed:
+            if returncode is None and not why_killed:
                 if env.cancel is not None and env.cancel.is_set():
                     why_killed = "cancel"
                 elif now >= deadline:
@@ -145,18 +168,31 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
                 if why_killed:
                     kill_group(child.pid, signal.SIGTERM)
                     kill_at = now + KILL_GRACE_S
-            elif kill_at and now >= kill_at:
+            if kill_at and now >= kill_at:
                 kill_group(child.pid, signal.SIGKILL)
                 kill_at = 0.0
+            if returncode is None and (now >= next_poll or not sel.get_map()):
+                # With output flowing, a brief poll once a tick; with none, block for the tick.
+                returncode = child.wait(_POLL_S if sel.get_map() else _TICK_S)
+                next_poll = now + _TICK_S
+                if returncode is not None:
+                    drain_until = time.monotonic() + DRAIN_GRACE_S
+            if returncode is not None and (not sel.get_map() or time.monotonic() >= drain_until):
+                left_open = bool(sel.get_map())
+                break
             if sel.get_map():
                 for key, _ in sel.select(_TICK_S):
                     _read_into(int(key.fd), str(key.data), bufs, truncated, env, sel)
-                continue
-            # Output closed: wait for the leader itself (it may have closed its stdout early).
-            returncode = child.wait(_TICK_S)
-            if returncode is not None:
-                break
+        if kill_at and _group_alive(child.pid):
+            # The command died of the TERM but other members of its group have not yet: they
+            # keep the rest of their grace before the SIGKILL, without holding the call open.
+            killer = threading.Timer(max(0.0, kill_at - time.monotonic()), kill_group,
+                                     (child.pid, signal.SIGKILL))
+            killer.daemon = True
+            killer.start()
     finally:
+        # Closing our ends is what lets us return while an escaped process still holds the
+        # write ends: its later writes fail with EPIPE (or it dies of SIGPIPE), not block.
         for key in list(sel.get_map().values()):
             sel.unregister(key.fileobj)
             os.close(key.fd)
@@ -170,12 +206,24 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
         "truncated": truncated["stdout"] or truncated["stderr"],
         "timed_out": why_killed == "timeout",
         "cancelled": why_killed == "cancel",
+        "output_left_open": left_open,
         "sandboxed": sandboxed,
         "duration_ms": int((time.monotonic() - started) * 1000),
     }
     if returncode < 0:
         result["signal"] = signal.Signals(-returncode).name if -returncode in _SIGNALS else str(-returncode)
     return result
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while process group `pgid` has a member (an unreaped zombie counts)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True     # a member we cannot signal still exists
+    return True
 
 
 _SIGNALS = {int(s) for s in signal.Signals}

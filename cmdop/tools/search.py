@@ -15,19 +15,24 @@ grep{pattern, path, glob?, max_results?} -> [{file, line, text}]
 glob{pattern, cwd?} -> {matches, truncated}
     Shell glob with `**` for any depth, relative to `cwd` (default: the call's cwd); results are
     as the pattern spelled them (relative patterns give relative paths), sorted, at most 10000,
-    floor paths left out. The walk stops after 10 s (`truncated` then true).
+    floor paths left out. Python's glob rules (`*`, `?` and `**` skip names starting with "."
+    unless the pattern component starts with one), except that `**` never descends through a
+    symlink to a directory (like `find` without -L), so a link loop cannot make it endless; a
+    symlink named by the pattern or matched by a one-level `*` is followed as the shell would.
+    Floor directories are never read. The time cap (10 s) is checked at every directory entry;
+    when it or the result cap is hit the walk stops with `truncated` true.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob as globmod
+import fnmatch
 import json
 import os
 import re
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from cmdop.adapters import safe_open
 from cmdop.core.calls import CallerKind
@@ -39,6 +44,8 @@ GREP_MAX_RESULTS = 1000
 GREP_TIME_S = 10.0
 GREP_KILL_MARGIN_S = 2.0    # the worker stops itself at GREP_TIME_S; killed if it cannot
 GLOB_MAX = 10_000
+GLOB_TIME_S = 10.0          # glob walks in the calling thread, which nothing can kill: it stops itself
+                            # (unlike grep, it runs no regex that could hold the GIL)
 
 
 def grep(tool_input: Mapping[str, Any], env: ToolEnv) -> list[dict[str, Any]]:
@@ -109,7 +116,9 @@ def _child_sys_path() -> list[str]:
 
 
 def glob(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
-    """Paths matching a shell glob (`**` recursive), floor paths left out."""
+    """Paths matching a shell glob (`**` recursive) as the module docstring promises: sorted,
+    floor paths left out (judged as spelled and as resolved), at most GLOB_MAX, returning within
+    about GLOB_TIME_S with `truncated` true when a cap was hit."""
     pattern = get_str(tool_input, "pattern")
     cwd = safe_open.canonical(get_str(tool_input, "cwd", required=False) or env.cwd or os.getcwd(),
                               env.cwd, env.home)
@@ -117,12 +126,13 @@ def glob(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
     if pattern == "~" or pattern.startswith("~/"):
         pattern = env.home + pattern[1:]
     matches: list[str] = []
+    walk = _GlobWalk(cwd, env.home, time.monotonic() + GLOB_TIME_S)
     truncated = False
-    deadline = time.monotonic() + GREP_TIME_S
-    for match in globmod.iglob(pattern, root_dir=cwd, recursive=True):
-        if time.monotonic() > deadline:
-            truncated = True
-            break
+    for match in walk.iglob(pattern, dironly=False):
+        if not match:
+            continue  # the "zero directories" of a leading `**`, not a path
+        # Every result is judged, as spelled and as resolved: the walk only prunes directories
+        # it reads, and a matched symlink may point anywhere.
         full = safe_open.lexical_path(match, cwd, env.home)
         if safe_open.floor_reason(full, env.home) or safe_open.floor_reason(os.path.realpath(full), env.home):
             continue
@@ -130,4 +140,134 @@ def glob(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
             truncated = True
             break
         matches.append(match)
-    return {"matches": sorted(matches), "truncated": truncated}
+    return {"matches": sorted(matches), "truncated": truncated or walk.cut}
+
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+def _has_magic(s: str) -> bool:
+    return _MAGIC.search(s) is not None
+
+
+def _hidden(name: str) -> bool:
+    return name[:1] == "."
+
+
+def _join(a: str, b: str) -> str:
+    return os.path.join(a, b) if a and b else a or b
+
+
+class _GlobWalk:
+    """One glob expansion below `root`: Python's `glob.iglob(recursive=True)` algorithm, with
+    the time cap checked at every directory entry, floor directories never listed, and `**`
+    entering only real directories (never a symlink to one)."""
+
+    def __init__(self, root: str, home: str, deadline: float) -> None:
+        self.root = root
+        self.home = home
+        self.deadline = deadline
+        self.cut = False    # the time cap was hit: results may be missing
+
+    def _expired(self) -> bool:
+        if not self.cut and time.monotonic() > self.deadline:
+            self.cut = True
+        return self.cut
+
+    def iglob(self, pattern: str, dironly: bool) -> Iterator[str]:
+        """Paths (spelled like `pattern`) that match it; only directories when `dironly`."""
+        dirname, basename = os.path.split(pattern)
+        if not _has_magic(pattern):
+            if basename:
+                if os.path.lexists(_join(self.root, pattern)):
+                    yield pattern
+            elif os.path.isdir(_join(self.root, dirname)):
+                yield pattern     # a trailing "/" matches directories only
+            return
+        if not dirname:
+            if basename == "**":
+                yield from self._glob2(self.root, dironly)
+            else:
+                yield from self._glob1(self.root, basename, dironly)
+            return
+        dirs: Iterable[str]
+        if dirname != pattern and _has_magic(dirname):
+            dirs = self.iglob(dirname, dironly=True)
+        else:
+            dirs = [dirname]
+        for parent in dirs:
+            if self._expired():
+                return
+            where = _join(self.root, parent)
+            if basename == "**":
+                names: Iterable[str] = self._glob2(where, dironly)
+            elif _has_magic(basename):
+                names = self._glob1(where, basename, dironly)
+            else:
+                names = self._glob0(where, basename)
+            for name in names:
+                yield os.path.join(parent, name)
+
+    def _scan(self, path: str) -> list[os.DirEntry[str]]:
+        """The entries of directory `path`: none when it is on the floor (as spelled or as
+        resolved) or unreadable, only those read in time when the time cap passes meanwhile."""
+        full = safe_open.lexical_path(path, self.root, self.home)
+        if (safe_open.floor_reason(full, self.home)
+                or safe_open.floor_reason(os.path.realpath(full), self.home)):
+            return []
+        entries: list[os.DirEntry[str]] = []
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    if self._expired():
+                        break
+                    entries.append(entry)
+        except OSError:
+            pass
+        return entries
+
+    def _glob0(self, where: str, basename: str) -> list[str]:
+        """A literal last component: itself if it exists (a trailing "/": if `where` is a dir)."""
+        if basename:
+            return [basename] if os.path.lexists(_join(where, basename)) else []
+        return [basename] if os.path.isdir(where) else []
+
+    def _glob1(self, where: str, pattern: str, dironly: bool) -> Iterator[str]:
+        """Names in `where` matching a one-level wildcard (symlinked dirs count as dirs)."""
+        for entry in self._scan(where):
+            if self._expired():
+                return
+            if _hidden(entry.name) and not _hidden(pattern):
+                continue
+            if not fnmatch.fnmatchcase(entry.name, pattern):
+                continue
+            try:
+                if dironly and not entry.is_dir():
+                    continue
+            except OSError:
+                continue
+            yield entry.name
+
+    def _glob2(self, where: str, dironly: bool) -> Iterator[str]:
+        """`**`: "" (zero directories), then every non-hidden path below `where`, descending only
+        into real directories: a symlinked one is listed (unless `dironly`) but never entered."""
+        if os.path.isdir(where):
+            yield ""
+        pending = [""]      # an explicit stack: depth is not bounded by Python's recursion limit
+        while pending:
+            rel = pending.pop()
+            for entry in self._scan(_join(where, rel)):
+                if self._expired():
+                    return
+                if _hidden(entry.name):
+                    continue
+                try:
+                    real_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    continue
+                if dironly and not real_dir:
+                    continue
+                name = _join(rel, entry.name)
+                yield name
+                if real_dir:
+                    pending.append(name)

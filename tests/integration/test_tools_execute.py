@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -89,6 +91,96 @@ def test_cancel_kills_the_group_promptly(env: ToolEnv) -> None:
     out = run(env, command="sleep 60")
     assert out["cancelled"] is True and out["timed_out"] is False
     assert out["duration_ms"] < 30_000
+
+
+# -- processes left holding stdout/stderr: the call still returns ----------------------------
+
+@pytest.fixture
+def strays() -> list[int]:
+    """Pids a test's command left running; SIGKILLed afterwards so no sleep outlives the test."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _pid_after(word: str, stdout: str) -> int:
+    """The number printed right after `word` in a command's stdout (`echo word $!`)."""
+    return int(stdout.split(word, 1)[1].split()[0])
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(params=["sandboxed", "unsandboxed"])
+def any_env(request: pytest.FixtureRequest, env: ToolEnv) -> ToolEnv:
+    """`env` through the seccomp fork server and through a plain Popen: their waits differ."""
+    if request.param == "unsandboxed":
+        env.sandbox = None
+    return env
+
+
+def test_escaped_session_holding_the_pipes_does_not_hang_the_call(any_env: ToolEnv,
+                                                                  strays: list[int]) -> None:
+    started = time.monotonic()
+    out = run(any_env, command="setsid sleep 77 & echo started $!", timeout_ms=1000)
+    strays.append(_pid_after("started", out["stdout"]))
+    assert time.monotonic() - started < 1 + 2
+    assert out["stdout"].startswith("started ") and out["exit_code"] == 0
+    assert out["output_left_open"] is True and out["timed_out"] is False
+
+
+def test_escaped_session_survives_the_timeout_but_the_call_returns(env: ToolEnv,
+                                                                   strays: list[int]) -> None:
+    started = time.monotonic()
+    out = run(env, command="setsid sleep 77 & echo started $!; sleep 30", timeout_ms=1000)
+    pid = _pid_after("started", out["stdout"])
+    strays.append(pid)
+    assert time.monotonic() - started < 1 + 2
+    assert out["timed_out"] is True and out["output_left_open"] is True
+    assert _running(pid)    # documented: a new session escapes the group kill (no cgroup yet)
+
+
+def test_normal_exit_leaving_a_setsid_child_on_stdout_returns_promptly(any_env: ToolEnv,
+                                                                       strays: list[int]) -> None:
+    started = time.monotonic()
+    out = run(any_env, command="echo before; setsid sleep 30 & echo after $!; echo err >&2")
+    strays.append(_pid_after("after", out["stdout"]))
+    assert time.monotonic() - started < 2.5
+    assert out["stdout"].startswith("before\nafter ") and out["stderr"] == "err\n"
+    assert out["exit_code"] == 0 and out["timed_out"] is False and out["output_left_open"] is True
+
+
+def test_background_job_outlives_a_normal_exit_without_holding_the_call(env: ToolEnv,
+                                                                        strays: list[int]) -> None:
+    started = time.monotonic()
+    out = run(env, command="sleep 30 & echo job $!")
+    pid = _pid_after("job", out["stdout"])
+    strays.append(pid)
+    assert time.monotonic() - started < 2.5 and out["exit_code"] == 0
+    assert _running(pid)    # same group, but a normal exit kills nothing (unchanged behaviour)
+
+
+def test_term_ignoring_group_member_is_still_killed_after_the_call_returns(env: ToolEnv,
+                                                                          strays: list[int]) -> None:
+    out = run(env, command="(trap '' TERM; exec sleep 30) & echo member $!; sleep 30", timeout_ms=300)
+    pid = _pid_after("member", out["stdout"])
+    strays.append(pid)
+    assert out["timed_out"] is True and out["duration_ms"] < 300 + 2000
+    for _ in range(100):    # its SIGKILL is due one second after the TERM
+        if not _running(pid):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"group member {pid} survived the timeout's SIGKILL")
 
 
 def test_output_is_capped_and_flagged(env: ToolEnv, monkeypatch: pytest.MonkeyPatch) -> None:

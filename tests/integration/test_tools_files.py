@@ -6,12 +6,14 @@ import base64
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from cmdop.core.calls import ToolCall
 from cmdop.tools import files as files_mod
+from cmdop.tools import search as search_mod
 from cmdop.tools.base import ToolEnv
 from cmdop.tools.registry import run_tool
 
@@ -146,6 +148,73 @@ def test_glob_matches_and_hides_floor(env: ToolEnv) -> None:
     out = call(env, "glob", pattern="**/*.py")
     assert out == {"matches": ["src/pkg/m.py", "top.py"], "truncated": False}
     assert call(env, "glob", pattern=".env*")["matches"] == []
+
+
+
+def test_glob_double_star_finds_files_in_nested_real_dirs(env: ToolEnv) -> None:
+    proj = Path(env.cwd)
+    (proj / "a" / "b" / "c").mkdir(parents=True)
+    for rel in ("a/one.py", "a/b/two.py", "a/b/c/three.py", "a/b/c/skip.txt"):
+        (proj / rel).write_text("")
+    assert call(env, "glob", pattern="**/*.py") == {
+        "matches": ["a/b/c/three.py", "a/b/two.py", "a/one.py"], "truncated": False}
+    assert call(env, "glob", pattern="a/**/c/*")["matches"] == ["a/b/c/skip.txt", "a/b/c/three.py"]
+    assert call(env, "glob", pattern="**/")["matches"] == ["a/", "a/b/", "a/b/c/"]
+
+
+def test_glob_symlink_loop_returns_within_the_cap(env: ToolEnv) -> None:
+    proj = Path(env.cwd)
+    for name in ("a", "b", "c"):
+        os.symlink(".", proj / name)
+    started = time.monotonic()
+    out = call(env, "glob", pattern="**/zzz")
+    assert time.monotonic() - started < search_mod.GLOB_TIME_S
+    assert out == {"matches": [], "truncated": False}   # `**` does not follow the links at all
+    assert call(env, "glob", pattern="**")["matches"] == ["a", "b", "c"]   # listed, not entered
+
+
+def test_glob_time_cap_cuts_a_walk_that_matches_nothing(env: ToolEnv,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-level `*` follows symlinks (as the shell does): 20 levels through 3 links to `.` is
+    3**20 directories. The cap must stop it although no entry ever matches."""
+    proj = Path(env.cwd)
+    for name in ("a", "b", "c"):
+        os.symlink(".", proj / name)
+    monkeypatch.setattr(search_mod, "GLOB_TIME_S", 0.3)
+    started = time.monotonic()
+    out = call(env, "glob", pattern="*/" * 20 + "zzz")
+    assert time.monotonic() - started < 0.3 + 2
+    assert out == {"matches": [], "truncated": True}
+
+
+def test_glob_double_star_does_not_enter_symlinked_dirs(env: ToolEnv, tmp_path: Path) -> None:
+    proj = Path(env.cwd)
+    (proj / "real").mkdir()
+    (proj / "real" / "here.py").write_text("")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "only.py").write_text("")
+    os.symlink(outside, proj / "link")
+    os.symlink(outside, proj / "real" / "deeper")
+    assert call(env, "glob", pattern="**/*.py")["matches"] == ["real/here.py"]
+    assert call(env, "glob", pattern="**/only.py")["matches"] == []
+    # Named by the pattern, or one `*` level, a symlinked dir is followed as the shell would.
+    assert call(env, "glob", pattern="link/*.py")["matches"] == ["link/only.py"]
+    assert call(env, "glob", pattern="*/only.py")["matches"] == ["link/only.py"]
+
+
+def test_glob_never_lists_floor_dirs_or_links_into_them(env: ToolEnv) -> None:
+    proj = Path(env.cwd)
+    (proj / "repo" / ".git").mkdir(parents=True)
+    (proj / "repo" / ".git" / "config").write_text(SECRET)
+    ssh = Path(env.home, ".ssh")
+    ssh.mkdir()
+    (ssh / "id_rsa").write_text(SECRET)
+    os.symlink(ssh, proj / "keys")
+    assert call(env, "glob", pattern="repo/.git/*")["matches"] == []
+    assert call(env, "glob", pattern="**/.git/**")["matches"] == []
+    assert call(env, "glob", pattern="keys/*")["matches"] == []
+    assert call(env, "glob", pattern="*")["matches"] == ["repo"]    # `keys` resolves to ~/.ssh
 
 
 # -- the floor through every tool ------------------------------------------------------------
@@ -289,11 +358,14 @@ def test_write_race_never_lands_in_a_floor_directory(env: ToolEnv) -> None:
     flipper = threading.Thread(target=_flipper, args=(proj / "dirlink", ("plain", "repo/.git"), stop),
                                daemon=True)
     flipper.start()
-    written = 0
+    written = attempts = 0
     try:
-        for i in range(300):
-            out = run_tool(ToolCall("write_file", {"path": f"dirlink/f{i}", "content": "x"}), env)
+        # 300 attempts, and more until some land (the flipper can win every round on a busy
+        # machine; a run with no successful write would prove nothing), bounded at 5,000.
+        while attempts < 300 or (written == 0 and attempts < 5000):
+            out = run_tool(ToolCall("write_file", {"path": f"dirlink/f{attempts}", "content": "x"}), env)
             written += "bytes_written" in out
+            attempts += 1
     finally:
         stop.set()
         flipper.join()
