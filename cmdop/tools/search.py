@@ -128,13 +128,19 @@ def glob(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
     matches: list[str] = []
     walk = _GlobWalk(cwd, env.home, time.monotonic() + GLOB_TIME_S)
     truncated = False
+    own = safe_open.agent_pids()      # /proc/<agent>/…: not even names (its fds, its threads)
     for match in walk.iglob(pattern, dironly=False):
         if not match:
             continue  # the "zero directories" of a leading `**`, not a path
         # Every result is judged, as spelled and as resolved: the walk only prunes directories
         # it reads, and a matched symlink may point anywhere.
         full = safe_open.lexical_path(match, cwd, env.home)
-        if safe_open.floor_reason(full, env.home) or safe_open.floor_reason(os.path.realpath(full), env.home):
+        real = os.path.realpath(full)
+        if safe_open.floor_reason(full, env.home) or safe_open.floor_reason(real, env.home):
+            continue
+        # (/proc/self/fd/3 resolves to the file it holds: judge its directory resolved instead)
+        dir_real = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
+        if any(safe_open.is_agent_proc(p, own) for p in (full, real, dir_real)):
             continue
         if len(matches) >= GLOB_MAX:
             truncated = True

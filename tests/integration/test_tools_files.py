@@ -371,3 +371,10 @@ def test_write_race_never_lands_in_a_floor_directory(env: ToolEnv) -> None:
         flipper.join()
     assert list((proj / "repo" / ".git").iterdir()) == []
     assert written == len(list((proj / "plain").iterdir())) and written > 0
+
+
+def test_glob_lists_nothing_of_the_agents_own_proc_entries(env: ToolEnv) -> None:
+    """list_dir refuses /proc/self (agent_private); glob must not list its names either."""
+    for pattern in ("/proc/self/fd/*", "/proc/self/*", f"/proc/{os.getpid()}/fd/*"):
+        assert call(env, "glob", pattern=pattern)["matches"] == [], pattern
+    assert call(env, "glob", pattern="/proc/1/fd*")["matches"]      # another process: names only
