@@ -6,6 +6,11 @@ Rules (CONTRACT §2, protocol in `cmdop.daemon.protocol`):
   so a second daemon can never steal a live one's socket.
 - Each peer is checked with SO_PEERCRED: its uid must be the daemon's, or root. Anyone else gets a
   `forbidden` frame, is disconnected, and the attempt is logged with its pid and uid.
+- Then its seccomp confinement (`peer_confinement_allowed`): a peer carrying more seccomp filters
+  than the daemon itself is a command the agent ran (or a child of one) and is refused the same
+  way, whatever its uid (root included); so is a peer whose /proc status cannot be read. Without
+  this, a command run for a remote caller would come back through the socket as a *local*
+  caller (gate bypass, session rules, answering asks).
 - Every client runs in its own task; a malformed, oversized, idle or slow client is dropped
   without affecting the others (reads and writes carry deadlines).
 """
@@ -23,6 +28,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
+from cmdop.adapters.peer_process import SeccompState, peer_seccomp, read_seccomp
 from cmdop.core.errors import DaemonError
 from cmdop.daemon import protocol
 
@@ -69,6 +75,26 @@ class Approvers(Protocol):
 def peer_allowed(peer_uid: int, daemon_uid: int) -> bool:
     """The local socket serves the daemon's own user and root, nobody else."""
     return peer_uid == daemon_uid or peer_uid == 0
+
+
+def peer_confinement_allowed(peer: SeccompState | None, own: SeccompState | None) -> bool:
+    """True when the peer is no more seccomp-confined than the daemon itself; False (refuse)
+    when it is, and whenever either state is unknown (fail closed).
+
+    Why this tells a command the agent ran from an operator: every sandboxed child inherits the
+    daemon's filters plus at least the sandbox's own (the fork server stacks it on top), and a
+    filter can never be removed, so such a child always carries MORE filters than the agent. An
+    operator's shell carries no more than the agent: the same number when both run in the same
+    container, fewer under systemd (`SystemCallFilter=` gives the agent one more).
+    Without a filter count (kernels before 5.9) only a peer with no seccomp at all is known to
+    be no more confined; a filtered peer is refused, as the counts cannot be compared."""
+    if peer is None or own is None:
+        return False
+    if peer.mode == 1 and own.mode != 1:     # strict mode is tighter than any filter stack
+        return False
+    if peer.filters is not None and own.filters is not None:
+        return peer.filters <= own.filters
+    return peer.mode == 0
 
 
 def peer_of(sock: trio.socket.SocketType) -> Peer:
@@ -181,6 +207,14 @@ class LocalServer:
         self._dispatch = dispatch
         self._approvers = approvers
         self._uid = os.geteuid()
+        # Read once: the daemon's own filter count never changes under it except upwards (filters
+        # cannot be removed), so the value at start is the strictest baseline. Unreadable → None,
+        # retried per connection, and every peer is refused meanwhile (fail closed).
+        self._own_seccomp = read_seccomp("self")
+        if self._own_seccomp is None:
+            log.error("cannot read this agent's own seccomp state from /proc/self/status: "
+                      "every local client will be refused until it can")
+        self._pidfd_note_logged = False
         self.counters = counters
 
     async def serve(self, conn_nursery: trio.Nursery) -> None:
@@ -206,16 +240,17 @@ class LocalServer:
             except OSError:
                 return
             if not peer_allowed(peer.uid, self._uid):
-                self.counters["refused_peers"] = self.counters.get("refused_peers", 0) + 1
                 log.warning("refused local client pid %d uid %d (%s)", peer.pid, peer.uid, peer.user,
                             extra={"fields": {"peer_pid": peer.pid, "peer_uid": peer.uid}})
-                with trio.move_on_after(1):
-                    await send_frame(stream, protocol.error(
-                        None, "forbidden", "this agent serves only its own user"))
-                    # Drain what it already sent: closing with unread data would reset the
-                    # connection and the client would never see why it was refused.
-                    await stream.send_eof()
-                    await stream.receive_some(65536)
+                await self._refuse(stream, "this agent serves only its own user")
+                return
+            if not self._confinement_ok(stream, peer):
+                self.counters["refused_confined_peers"] = (
+                    self.counters.get("refused_confined_peers", 0) + 1)
+                await self._refuse(
+                    stream, "a command run by the agent cannot use the agent's socket",
+                    "run cmdop from your own shell; the agent refuses clients more "
+                    "seccomp-confined than itself (the commands it runs, and their children)")
                 return
             try:
                 await self._requests(stream, peer)
@@ -233,6 +268,53 @@ class LocalServer:
             except Exception:  # a bug of ours must cost one client, never the whole server
                 self.counters["dropped_clients"] = self.counters.get("dropped_clients", 0) + 1
                 log.exception("local client pid %d: internal error, dropped", peer.pid)
+
+    async def _refuse(self, stream: trio.SocketStream, message: str,
+                      hint: str | None = None) -> None:
+        """Count a refused peer, send it one `forbidden` frame (bounded: 1 s), and let the caller
+        close the connection."""
+        self.counters["refused_peers"] = self.counters.get("refused_peers", 0) + 1
+        with trio.move_on_after(1):
+            try:
+                await send_frame(stream, protocol.error(None, "forbidden", message, hint))
+                # Drain what it already sent: closing with unread data would reset the
+                # connection and the client would never see why it was refused.
+                await stream.send_eof()
+                await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass    # it left already; the refusal is logged and counted all the same
+
+    def _confinement_ok(self, stream: trio.SocketStream, peer: Peer) -> bool:
+        """Whether `peer` is no more seccomp-confined than this daemon (see
+        `peer_confinement_allowed`); a refusal is logged with pid, uid and both filter counts.
+
+        Reading /proc is synchronous: it never waits on the peer and takes microseconds."""
+        own = self._own_seccomp or read_seccomp("self")
+        self._own_seccomp = own
+        found = peer_seccomp(stream.socket, peer.pid)
+        if not found.pidfd_supported and not self._pidfd_note_logged:
+            self._pidfd_note_logged = True
+            # Without SO_PEERPIDFD a peer that exits right after connecting could have its pid
+            # reused before we read /proc/<pid>/status; the check then reads the wrong process.
+            log.info("this kernel has no SO_PEERPIDFD: local clients' seccomp state is read by "
+                     "pid (a reused pid cannot be ruled out)")
+        if peer_confinement_allowed(found.state, own):
+            return True
+        peer_filters = found.state.filters if found.state else None
+        own_filters = own.filters if own else None
+        if own is None:
+            why = "the agent cannot read its own seccomp state"
+        elif found.state is None:
+            why = f"its seccomp state cannot be verified: {found.why}"
+        else:
+            why = (f"seccomp mode {found.state.mode} with {peer_filters} filter(s), the agent "
+                   f"mode {own.mode} with {own_filters}: a command run by the agent")
+        log.warning("refused local client pid %d uid %d (%s): %s", peer.pid, peer.uid, peer.user,
+                    why, extra={"fields": {"peer_pid": peer.pid, "peer_uid": peer.uid,
+                                           "peer_seccomp_filters": peer_filters,
+                                           "agent_seccomp_filters": own_filters,
+                                           "pidfd": found.pinned}})
+        return False
 
     async def _requests(self, stream: trio.SocketStream, peer: Peer) -> None:
         reader = FrameReader(stream)

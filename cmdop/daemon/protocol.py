@@ -2,12 +2,17 @@
 
 Transport: a Unix stream socket (CONTRACT §2: directory 0700, socket 0600). The daemon reads the
 peer's credentials with SO_PEERCRED; only the daemon's own uid, or root, is served. Anyone else
-gets one `forbidden` error frame and is disconnected; the attempt is logged.
+gets one `forbidden` error frame and is disconnected; the attempt is logged. So does a peer more
+seccomp-confined than the daemon (more filters in /proc/<pid>/status: a command the agent ran,
+or its child), or one whose confinement cannot be read, whatever its uid.
 
 Framing: every message is a 4-byte big-endian unsigned length N followed by N bytes of UTF-8 JSON
-holding one object. N is at most MAX_FRAME (4 MiB); a larger length, bad JSON, a non-object, or a
+holding one object. N is at most MAX_FRAME (4 MiB). A larger length, bad JSON, a non-object, or a
 frame that does not arrive completely within FRAME_TIMEOUT_S of its first byte gets the
-connection dropped (after an error frame when possible). Other connections are not affected.
+connection dropped, after an error frame when possible (`too_large`, `bad_json`, `slow`); other
+connections are not affected. Bad JSON includes NaN, Infinity and -Infinity (not JSON, though
+Python reads them), numbers that overflow to them (1e999), nesting too deep for the parser and
+integers longer than Python's digit limit (4300): never echoed back, never a crash.
 A connection idle for IDLE_TIMEOUT_S between requests is closed.
 
 Requests: `{"v": 1, "id": ANY, "op": OP, ...arguments}`. One connection may carry any number of
@@ -53,6 +58,7 @@ ASK = `{"ask_id", "tool", "operation", "target", "input_digest", "cwd", "caller"
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any, Mapping
 
@@ -95,11 +101,34 @@ def frame_length(header: bytes) -> int:
     return int(length)
 
 
+def _reject_constant(name: str) -> Any:
+    """json.loads hook for NaN, Infinity and -Infinity: Python accepts them, JSON does not, and
+    an echoed `"id": NaN` would make our own answer invalid JSON."""
+    raise ProtocolError("bad_json", f"frame is not JSON: {name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    """json.loads hook for numbers with a fraction or exponent: `1e999` is valid JSON syntax
+    but overflows to inf, which we could only echo back as the non-JSON `Infinity`."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError("bad_json", f"frame is not JSON: {text[:40]} is out of range")
+    return value
+
+
 def decode(body: bytes) -> dict[str, Any]:
-    """The JSON object in a frame body; ProtocolError for bad UTF-8/JSON or a non-object."""
+    """The JSON object in a frame body; ProtocolError("bad_json") for bad UTF-8, bad JSON
+    (NaN, Infinity, -Infinity, and numbers like 1e999 that overflow to them), nesting too deep
+    for the parser, an integer literal over Python's digit limit, or a non-object. Never raises
+    anything else."""
     try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
+                         parse_float=_finite_float)
+    except RecursionError:   # e.g. 100,000 nested "[": the C parser's depth guard
+        raise ProtocolError("bad_json", "frame is not JSON: nested too deeply") from None
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and the int-from-string digit limit
+        # ("Exceeds the limit (4300 digits)...") are all ValueErrors.
         raise ProtocolError("bad_json", f"frame is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "frame is not a JSON object")

@@ -1,19 +1,22 @@
 """Small daemon pieces: the approver's escaping, status classification, sd_notify timing,
-peer policy and the task supervisor."""
+peer policy (uid, and seccomp confinement read from /proc) and the task supervisor."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 
 import pytest
 import trio
 
+from cmdop.adapters import peer_process
+from cmdop.adapters.peer_process import SeccompState, parse_seccomp_status
 from cmdop.cli.approvals import visible
 from cmdop.daemon import status
-from cmdop.daemon.local_server import peer_allowed
+from cmdop.daemon.local_server import peer_allowed, peer_confinement_allowed
 from cmdop.daemon.notify import watchdog_interval
 from cmdop.daemon.supervisor import supervise
 
@@ -51,6 +54,110 @@ def test_watchdog_interval_is_half_of_watchdog_usec():
 def test_peer_policy_is_same_uid_or_root():
     assert peer_allowed(1000, 1000) and peer_allowed(0, 1000) and peer_allowed(0, 0)
     assert not peer_allowed(1001, 1000) and not peer_allowed(1001, 0)
+
+
+def _sc(mode: int, filters: int | None) -> SeccompState:
+    return SeccompState(mode=mode, filters=filters)
+
+
+@pytest.mark.parametrize("peer, own, allowed", [
+    # an operator's shell: no more filters than the agent
+    (_sc(0, 0), _sc(0, 0), True),
+    (_sc(0, 0), _sc(2, 1), True),          # agent under systemd's SystemCallFilter
+    (_sc(2, 1), _sc(2, 1), True),          # both in the same container
+    (_sc(2, 2), _sc(2, 3), True),
+    # a command the agent ran: at least one filter more than the agent
+    (_sc(2, 1), _sc(0, 0), False),
+    (_sc(2, 2), _sc(2, 1), False),         # the sandbox on top of systemd's filter
+    (_sc(2, 5), _sc(2, 1), False),         # and its children, which may stack more
+    (_sc(1, 0), _sc(0, 0), False),         # strict mode is tighter than anything
+    # unknown is refused (fail closed)
+    (None, _sc(0, 0), False),
+    (_sc(0, 0), None, False),
+    (None, None, False),
+    # kernels before 5.9 give no count: only an unfiltered peer is known to be no more confined
+    (_sc(0, None), _sc(0, None), True),
+    (_sc(0, None), _sc(2, None), True),
+    (_sc(2, None), _sc(0, None), False),
+    (_sc(2, None), _sc(2, None), False),
+])
+def test_peer_confinement_refuses_peers_more_confined_than_the_agent(peer, own, allowed):
+    assert peer_confinement_allowed(peer, own) is allowed
+
+
+def test_seccomp_status_parsing():
+    text = "Name:\tsh\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\nSpeculation_Store_Bypass:\tx\n"
+    assert parse_seccomp_status(text) == SeccompState(2, 3)
+    assert parse_seccomp_status("Seccomp:\t0\n") == SeccompState(0, None)     # kernel < 5.9
+    assert parse_seccomp_status("Name:\tsh\n") is None                       # no mode: unknown
+    assert parse_seccomp_status("Seccomp:\tx\nSeccomp_filters:\t1\n") is None
+    assert parse_seccomp_status("Seccomp:\t2\nSeccomp_filters:\tjunk\n") is None
+    assert parse_seccomp_status("Seccomp:\t2\nSeccomp_filters:\t-1\n") is None
+
+
+def test_reading_seccomp_fails_closed_for_processes_that_cannot_be_read():
+    assert peer_process.read_seccomp("self") is not None
+    assert peer_process.read_seccomp(0) is None          # SO_PEERCRED's "not in our pid namespace"
+    assert peer_process.read_seccomp(-1) is None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert peer_process.read_seccomp(dead.pid) is None
+
+
+def test_a_live_peers_seccomp_is_read_through_its_pidfd():
+    import socket
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        found = peer_process.peer_seccomp(a, os.getpid())
+        assert found.state == peer_process.read_seccomp("self")
+        assert len(os.listdir("/proc/self/fd")) == fds_before     # the pidfd was closed
+        if found.pidfd_supported:              # Linux >= 6.5
+            assert found.pinned and found.why == ""
+
+
+def test_a_peer_that_exited_before_the_check_is_unknown(tmp_path):
+    import socket
+
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    code = "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, path], check=True, timeout=30)
+    conn, _ = listener.accept()           # the peer connected and is gone (reaped)
+    with listener, conn:
+        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        fds_before = len(os.listdir("/proc/self/fd"))
+        found = peer_process.peer_seccomp(conn, pid)
+        assert found.state is None and found.why
+        assert len(os.listdir("/proc/self/fd")) == fds_before    # no pidfd leaked
+
+
+def test_without_so_peerpidfd_the_pid_alone_is_used(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(peer_process, "peer_pidfd", lambda sock: None)
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        found = peer_process.peer_seccomp(a, os.getpid())
+        assert found.state == peer_process.read_seccomp("self")
+        assert not found.pinned and not found.pidfd_supported
+
+
+def test_pidfd_exited_tells_a_live_process_from_a_dead_one():
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd_open")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    fd = os.pidfd_open(child.pid)
+    try:
+        assert not peer_process.pidfd_exited(fd)
+        child.kill()
+        child.wait()
+        assert peer_process.pidfd_exited(fd)
+    finally:
+        os.close(fd)
 
 
 def test_status_says_stopped_for_missing_or_stale_pid(tmp_path):

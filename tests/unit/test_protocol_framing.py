@@ -56,3 +56,42 @@ def test_responses_echo_the_request_id_and_version():
     err = protocol.error("x", "bad_request", "nope", "try again")
     assert err["id"] == "x" and err["ok"] is False
     assert err["error"] == {"code": "bad_request", "message": "nope", "hint": "try again"}
+
+
+@pytest.mark.parametrize("body, says", [
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    (b'{"v":1,"id":' + b"9" * 5000 + b',"op":"ping"}', "4300 digits"),
+    (b'{"v":1,"id":-' + b"9" * 4301 + b',"op":"ping"}', "4300 digits"),
+])
+def test_hostile_nesting_and_huge_integers_are_bad_json_not_crashes(body, says):
+    # RecursionError and the int-from-string digit limit (a ValueError) used to escape decode
+    with pytest.raises(protocol.ProtocolError) as exc:
+        protocol.decode(body)
+    assert exc.value.code == "bad_json" and says in exc.value.message
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999"])
+def test_non_finite_numbers_are_bad_json(literal):
+    # Python reads them, JSON has no such values: echoing `"id": NaN` was invalid JSON
+    for body in (b'{"v":1,"id":' + literal + b',"op":"ping"}', b'{"a":[1,{"b":' + literal + b"}]}"):
+        with pytest.raises(protocol.ProtocolError) as exc:
+            protocol.decode(body)
+        assert exc.value.code == "bad_json"
+
+
+def test_ordinary_numbers_deep_but_sane_nesting_and_4300_digits_still_decode():
+    assert protocol.decode(b'{"a":1.5e3,"b":-0.25,"c":1e308,"d":-7}') == {
+        "a": 1500.0, "b": -0.25, "c": 1e308, "d": -7}
+    deep = protocol.decode(b'{"a":' + b"[" * 200 + b"]" * 200 + b"}")
+    assert isinstance(deep["a"], list)
+    assert protocol.decode(b'{"n":' + b"9" * 4300 + b"}")["n"] == int("9" * 4300)
+
+
+def test_the_frame_buffer_reports_hostile_frames_as_protocol_errors():
+    buf = protocol.FrameBuffer()
+    body = b'{"v":1,"id":NaN,"op":"ping"}'
+    buf.feed(struct.pack(">I", len(body)) + body)
+    with pytest.raises(protocol.ProtocolError) as exc:
+        buf.next()
+    assert exc.value.code == "bad_json"
