@@ -580,33 +580,27 @@ def check_command(command: str, home: str, cwd: str, extra: tuple[str, ...] = ()
     `extra`: more protected directories (see floor_paths.check_path)."""
     if len(command) > MAX_COMMAND:
         return f"floor: command longer than {MAX_COMMAND} characters is not inspected"
-    try:
-        reason = _check(command, home, cwd or None, 0, extra)
-    except RecursionError:
-        return "floor: command nested too deeply to inspect"
-    if reason is None and "${" in command:
-        # `${X:-/}`, `${X:=/}`, `${X:+/}`: the word may be what the expansion gives; check it too.
-        worded = _DEFAULT_WORD.sub(lambda m: m.group(1), command)
-        if worded != command:
-            try:
-                reason = _check(worded, home, cwd or None, 0, extra)
-            except RecursionError:
-                return "floor: command nested too deeply to inspect"
-    if reason is None and "${" in command:
-        # `${a:0}`, `${HOME%/}`, `${a/x/y}`: a part of a known value; check the whole value too.
-        whole = _MODIFIED_WORD.sub(lambda m: "${" + m.group(1) + "}", command)
-        if whole != command:
-            try:
-                reason = _check(whole, home, cwd or None, 0, extra)
-            except RecursionError:
-                return "floor: command nested too deeply to inspect"
-    if reason is None and "IFS" in command:
-        # The grammar mis-splits some `$IFS` spellings (`rm$IFS-rf$IFS/`); check the text with
-        # every $IFS spelled as the space it expands to as well.
-        spaced = re.sub(r"\$\{IFS\}|\$IFS(?![A-Za-z0-9_])", " ", command)
-        if spaced != command:
-            reason = _check(spaced, home, cwd or None, 0, extra)
-    return reason
+    for text in _variants(command):
+        try:
+            reason = _check(text, home, cwd or None, 0, extra)
+        except RecursionError:
+            return "floor: command nested too deeply to inspect"
+        if reason:
+            return reason
+    return None
+
+
+def _variants(command: str) -> list[str]:
+    """`command` and the texts bash may make of it that the grammar does not show: `${X:-/}`
+    (`:=`, `:+`) as its word; `${a:0}`, `${HOME%/}`, `${a/x/y}` as the whole value; every
+    `$IFS` as the space it expands to (the grammar mis-splits `rm$IFS-rf$IFS/`)."""
+    out = [command]
+    if "${" in command:
+        out.append(_DEFAULT_WORD.sub(lambda m: m.group(1), command))
+        out.append(_MODIFIED_WORD.sub(lambda m: "${" + m.group(1) + "}", command))
+    if "IFS" in command:
+        out.append(re.sub(r"\$\{IFS\}|\$IFS(?![A-Za-z0-9_])", " ", command))
+    return list(dict.fromkeys(out))
 
 
 def _check(command: str, home: str, cwd: str | None, depth: int, extra: tuple[str, ...] = (),
