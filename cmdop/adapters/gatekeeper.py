@@ -43,13 +43,16 @@ def protected_dirs(settings: Settings) -> tuple[str, ...]:
 
 def _own_code() -> list[str]:
     """The code the agent runs: the cmdop package (a checkout, site-packages or the zipapp's
-    unpacked copy) and the zipapp file itself. Rewriting either is rewriting the gate."""
+    unpacked copy), the site-packages it imports from, and the zipapp file itself. Rewriting any
+    of them is rewriting the gate."""
     import sys
     import zipfile
 
     import cmdop
 
     out = [os.path.dirname(os.path.abspath(cmdop.__file__))]
+    # The dependencies it imports, and the `.pth` files any later Python of this install runs.
+    out += [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
     entry = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if entry and os.path.isfile(entry) and (entry.endswith(".pyz") or zipfile.is_zipfile(entry)):
         out.append(entry)

@@ -19,6 +19,7 @@ anything a glob `*` could be, `$IFS` is a space, and brace expressions are expan
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
 from functools import lru_cache
@@ -36,11 +37,12 @@ _INTERPRETER = re.compile(
     r"^(?:(?:python|pypy|perl|ruby|php|lua|luajit|tclsh|node|nodejs|jshell|ipython|julia|guile)[0-9.]*|"
     r"irb|deno|bun|wish|R|Rscript|osascript|pwsh|powershell|expect|source|\.|"
     # line editors, debuggers and REPLs with a "run a shell command" command (`!cmd`, `.shell`)
-    r"ed|ex|vi|vim|nvim|view|gdb|lldb|sqlite3|dc|bc|clisp|sbcl|ghci|erl|scala|groovy|jrunscript)$")
+    r"ed|ex|vi|vim|nvim|view|gdb|lldb|sqlite3|dc|clisp|sbcl|ghci|erl|scala|groovy|jrunscript)$")
 # A path under /dev is treated as a block device unless it is one of the character devices and
 # pseudo files ordinary tools write to: new disk kinds (zram, pmem, LVM's /dev/VG/LV, drbd, zvol,
 # cciss/…) then need no list, and a glob under /dev (`> /dev/[s]da`) counts as one.
 _BLOCK_DEV = re.compile(r"^/dev/(?!(?:null|zero|full|random|urandom|tty[0-9]*|stdout|stderr|stdin|ptmx|"
+                        r"(?:tcp|udp)/.*|"
                         r"console|kmsg|fd/[0-9]+|pts/[0-9]+|shm/.*|mqueue/.*|log|termination-log|"
                         r"net/tun|fuse|rtc[0-9]*|watchdog[0-9]*|cpu_dma_latency|hwrng|uinput|snd/.*|"
                         r"dri/.*|input/.*|vhost-.*|kvm|tpm[0-9]*|tpmrm[0-9]*|ttyS[0-9]+|ttyUSB[0-9]+|"
@@ -48,11 +50,18 @@ _BLOCK_DEV = re.compile(r"^/dev/(?!(?:null|zero|full|random|urandom|tty[0-9]*|st
 _WRITE_OPS = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&", "&>|"})
 # Programs that only look at a block device's name or metadata. Any other program given one
 # reads or writes its raw bytes — and a disk's raw bytes hold every file, protected ones too.
-_DEVICE_METADATA = frozenset({"lsblk", "blkid", "findmnt", "df", "stat", "ls", "file", "smartctl",
-                              "udevadm", "lsof", "fuser", "readlink", "realpath", "echo", "printf",
-                              "test", "[", "[[", "grep", "lvs", "vgs", "pvs", "lvdisplay", "vgdisplay",
-                              "pvdisplay", "dmsetup", "multipath", "iostat", "mount", "umount", "swapon",
-                              "swapoff", "findfs", "e2label", "tune2fs", "dumpe2fs", "xfs_info"})
+# Programs that write a block device named as an argument (CONTRACT §4: `>`, `tee`, `dd of=`…),
+# and programs that copy its raw bytes out — a disk's bytes hold every file, protected ones too.
+# Disk administration (fdisk -l, parted, growpart, resize2fs, lvextend, cryptsetup, hdparm -I,
+# smartctl, blkid…) is neither and stays usable; mkfs/wipefs/shred/blkdiscard destroy and are floor.
+_DEVICE_WRITERS = frozenset({"tee", "cp", "mv", "install", "pv", "shred", "wipefs", "blkdiscard",
+                             "mke2fs", "mkswap", "badblocks", "sgdisk", "sfdisk", "ddrescue", "dcfldd",
+                             "dc3dd", "truncate", "flashrom", "sg_format", "nvme-format"})
+_DEVICE_READERS = frozenset({"cat", "head", "tail", "strings", "xxd", "od", "hexdump", "hd", "base64",
+                             "base32", "gzip", "pigz", "xz", "zstd", "bzip2", "lz4", "tar", "bsdtar",
+                             "zip", "7z", "rsync", "scp", "nc", "ncat", "netcat", "socat", "curl",
+                             "wget", "split", "sha256sum", "md5sum", "less", "more", "python3", "perl",
+                             "ruby", "node", "sed", "awk", "gawk", "busybox", "tac", "dump", "partclone"})
 _FORKBOMB_TEXT = re.compile(r"([\w:.-]{1,64})\(\)\{\1\|\1&\}|fork\s*while\s*fork|fork\(\)\s*while|"
                             r"while\s*\(?\s*1?\s*\)?\s*;?\s*do\s*\$0\s*&|"
                             r"\bfork\s+while\s+1|while\s*(?:1|True|\(\s*1\s*\))\s*:?\s*(?:os\.)?fork\(|"
@@ -117,23 +126,34 @@ _ARRAYS = "\x00arrays"     # key in `variables` holding the line's static array 
 _LEAD = re.compile(r"^(~[^/]*|\x00+)")
 
 
-def _resolutions(arg: str, home: str, cwd: str | None) -> list[str]:
+def _resolutions(arg: str, home: str, cwd: str | None, unknown_cwd_as_root: bool = False) -> list[str]:
     """Every absolute path `arg` may name: its plain resolution; when it starts with something
     only known at run time (`$X/etc`, `${HOME%/}/…`, `~user/…`, `~+`, `~-`), that part read as
-    empty, as `/`, as the home directory and as the cwd; and, when the cwd is unknown, a relative
-    path read from `/` and from home."""
+    empty, as `/`, as the home directory and as the cwd; and, with `unknown_cwd_as_root` when the
+    cwd is unknown, a relative path read from `/` and from home (only `rm` needs that: after
+    `cd "$D"`, `rm -rf *` may be `rm -rf /*`; a `grep -r .` there is not worth refusing)."""
     out: list[str] = []
     plain = _resolve(arg, home, cwd)
     if plain is not None:
         out.append(plain)
     m = _LEAD.match(arg)
     rest = arg[m.end():] if m else ""
+    lead = m.group(1) if m else ""
     # (a bare unknown word, `"$D"`, stays unknown: it may name anything, checking it as `/`
     # would refuse every `rm -rf "$D"`)
-    if m and m.group(1) != "~" and (rest or m.group(1).startswith("~")):
-        bases = [cwd] if m.group(1) == "~+" and cwd else ["/", home, *([cwd] if cwd else [])]
+    if m and lead != "~" and (rest or lead.startswith("~")):
+        if lead == "~+" and cwd:
+            bases = [cwd]
+        elif lead.startswith("~") and lead not in ("~+", "~-"):
+            # ~user: their home, which only /etc/passwd knows; as `/` only when the path climbs
+            # out of it (`~root/../etc`, `~sys/..`: system users' homes are /bin, /root, …)
+            name = lead[1:]
+            bases = ["/root" if name == "root" else "/home/" + name, home]
+            bases += ["/"] if "/.." in rest or rest == "/.." else []
+        else:
+            bases = ["/", home, *([cwd] if cwd else [])]
         out.extend(normalise(b.rstrip("/") + "/" + rest.lstrip("/")) for b in bases)
-    elif cwd is None and arg and not arg.startswith(("/", "~")):
+    elif cwd is None and unknown_cwd_as_root and arg and not arg.startswith(("/", "~")):
         out.extend(normalise(b.rstrip("/") + "/" + arg) for b in ("/", home))
     return list(dict.fromkeys(out))
 
@@ -141,7 +161,7 @@ def _resolutions(arg: str, home: str, cwd: str | None) -> list[str]:
 def _is_root_target(arg: str, home: str, cwd: str | None) -> bool:
     """Does removing `arg` remove `/`? An unknown expansion may be empty (`"$X/"*` is `/*`)."""
     for path in (p for cand in {arg, arg.replace(UNKNOWN, "")} if cand
-                 for p in _resolutions(cand, home, cwd)):
+                 for p in _resolutions(cand, home, cwd, unknown_cwd_as_root=True)):
         if path == "/":
             return True
         comps = [c for c in path.split("/") if c]
@@ -219,7 +239,44 @@ _FIND_ACTS = frozenset({"-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fprin
 def _find_walks_protected(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> bool:
     """`find START…` from a start that holds protected files: what it hands on may be any of
     them (a name filter does not help: `-name id_rsa` is how you find the key)."""
-    return any(_covers_anchor(st, home, cwd, extra) for st in _find_starts(args))
+    return any(_covers_anchor(st, home, cwd, extra) or _under_dev(st, home, cwd) for st in _find_starts(args))
+
+
+# Consumers that only show or count the names a listing gives them.
+_NAMES_ONLY = frozenset({"head", "tail", "wc", "sort", "uniq", "grep", "egrep", "fgrep", "less", "more",
+                         "cut", "tr", "column", "nl", "tee", "cat", "sed", "awk", "rev", "fold", "fzf"})
+
+
+def _lists_protected_tree(pargv: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> bool:
+    """Is `pargv` a recursive listing (`find`, `rg --files`, `fd`) of a directory holding
+    protected files? Whatever reads its output then reads protected files by name."""
+    prog, args = _program(pargv[0]), pargv[1:]
+    if prog == "find":
+        return _find_walks_protected(args, home, cwd, extra)
+    if prog in ("rg", "fd", "fdfind") and (prog != "rg" or "--files" in args):
+        paths = [a for a in args if not a.startswith("-")]
+        paths = paths[1:] if prog != "rg" else paths          # fd PATTERN PATH…
+        return any(_covers_anchor(p, home, cwd, extra) for p in (paths or ["."]))
+    return False
+
+
+def _under_dev(arg: str, home: str, cwd: str | None) -> bool:
+    """`/dev` or below it (device nodes: a walk or a link there reaches block devices)."""
+    return any(p == "/dev" or p.startswith("/dev/") for p in _resolutions(arg, home, cwd))
+
+
+def _symlink_to_protected(prog: str, args: list[str], home: str, cwd: str | None,
+                          extra: tuple[str, ...]) -> str | None:
+    """`ln -s / /tmp/r`, `ln -s ~/.config /tmp/c`, `ln -s /dev /tmp/d`: a new name for a
+    directory holding protected files or devices, which later commands could use unseen."""
+    if prog != "ln" or not any(a == "--symbolic" or (a.startswith("-") and not a.startswith("--") and "s" in a)
+                               for a in args):
+        return None
+    targets = [a for a in args if not a.startswith("-")]
+    for t in targets[:-1] if len(targets) > 1 else targets:
+        if _covers_anchor(t, home, cwd, extra) or _under_dev(t, home, cwd):
+            return f"floor: a symbolic link to a directory holding protected files ({t})"
+    return None
 
 
 def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> str | None:
@@ -228,6 +285,11 @@ def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
     protected files."""
     if prog == "find" and any(a in _FIND_ACTS for a in args) and _find_walks_protected(args, home, cwd, extra):
         return "floor: find runs a command on every file of a directory holding protected files"
+    if prog in ("fd", "fdfind") and any(a in ("-x", "-X", "--exec", "--exec-batch") for a in args) \
+            and _lists_protected_tree([prog, *args[:min((args.index(a) for a in args
+                                                        if a in ("-x", "-X", "--exec", "--exec-batch")))]],
+                                      home, cwd, extra):
+        return "floor: fd runs a command on every file of a directory holding protected files"
     letters = _TREE_READERS.get(prog)
     if letters is None:
         return None
@@ -418,28 +480,49 @@ def _embedded_commands(argv: list[str], home: str, cwd: str | None, depth: int,
     """Arguments other programs hand to a shell: `git -c alias.x='!rm -rf /'`,
     `strace -o '|sh …'`, `ssh -o ProxyCommand=…`, `tar --checkpoint-action=exec=…`, `script -c …`,
     `vim -c '!…'`, `LESSOPEN='|…'`. There are too many such programs to list, so every argument
-    that reads as a command line (it has a space) is checked as one, after any `KEY=` prefix and
-    a leading `!` or `|`. A harmless sentence naming a floor command is refused too — the price
-    of a floor that does not depend on knowing each program."""
+    that reads as a command line (it has blank space) is checked as one, after any `KEY=` prefix
+    and a leading `!` or `|`, for the command-shaped dangers (removing /, feeding a shell, fork
+    bombs, devices). A floor *path* inside it counts only where the argument is marked as a
+    command (a leading `!`/`|`, or a key naming a command, editor, pager, hook, proxy or
+    `exec`): `mail -s "backup of /etc done"` is a sentence, `alias.x=!cat /etc/shadow` is not."""
     prog = _program(argv[0]) if argv else ""
     if prog in _TEXT_ONLY:
         return None
     for i, a in enumerate(argv[1:], start=1):
-        if " " not in a or len(a) > 4096:
+        if not _BLANK.search(a):
             continue
-        if prog == "git" and (argv[i - 1] in _GIT_TEXT_OPTS or a.startswith(tuple(o + "=" for o in _GIT_TEXT_OPTS))):
+        if prog == "git" and (_is_git_text_opt(argv[i - 1]) or a.startswith(tuple(o + "=" for o in _GIT_TEXT_OPTS))):
             continue                                   # a commit message or a search string
-        texts = {a, a.split("=", 1)[-1], a.rsplit("=", 1)[-1]}
-        for text in texts:
-            text = text.lstrip("!| \t")
+        key, eq, _ = a.partition("=")
+        for text in dict.fromkeys((a, a.split("=", 1)[-1], a.rsplit("=", 1)[-1])):
+            marked = text.lstrip(" \t")[:1] in ("!", "|") or bool(eq and _COMMAND_KEY.search(key)) or \
+                bool(_COMMAND_KEY.search(argv[i - 1]) and argv[i - 1].startswith("-"))
+            text = _BLANK.sub(" ", text.lstrip("!| \t"))
             if not text or " " not in text:
                 continue
             if _EMBEDDED_RM.search(text):
                 return "floor: recursive removal of / inside an argument"
             reason = _check(text, home, cwd, depth + 1, extra)
-            if reason and not reason.startswith("floor: commands nested too deeply"):
-                return f"{reason} (inside an argument)"
+            if not reason or reason.startswith("floor: commands nested too deeply"):
+                continue
+            if reason.endswith("(named in the command)") and not marked:
+                continue
+            return f"{reason} (inside an argument)"
     return None
+
+
+_BLANK = re.compile(r"[ \t\n\r\v\f]+")
+# Keys and options whose value is a command line (git's alias.x / core.sshCommand / core.pager /
+# core.fsmonitor / hooks, ssh's ProxyCommand / LocalCommand, tar's --to-command /
+# --checkpoint-action=exec, rsync -e/--rsh, GIT_EDITOR/PAGER-style variables, vim -c, gdb -ex).
+_COMMAND_KEY = re.compile(r"(?i)(alias\.|command|cmd|editor|pager|fsmonitor|hook|proxy|exec|shell|"
+                          r"rsh|askpass|lessopen|lessclose|^-c$|^-ex$|^-e$|^--eval$)")
+
+
+def _is_git_text_opt(opt: str) -> bool:
+    """`-m`, `--message`, …, and short clusters ending in one (`-am`, `-qm`): their value is text."""
+    return opt in _GIT_TEXT_OPTS or (opt.startswith("-") and not opt.startswith("--") and len(opt) > 2
+                                     and opt[-1] in "mF")
 
 
 _AWKS = frozenset({"awk", "gawk", "mawk", "nawk", "busybox-awk"})
@@ -478,15 +561,43 @@ _COMMAND_RUNNERS = frozenset({"ssh", "docker", "podman", "nerdctl", "kubectl", "
                               "systemd-nspawn", "sg", "distrobox", "toolbox", "sshpass"})
 
 
+# Options of shells and interpreters that take a value (so the next word is not the script).
+_VALUE_OPTS = frozenset({"-W", "-X", "-m", "-r", "-I", "-M", "-o", "-O", "+o", "+O", "--rcfile",
+                         "--init-file", "--require", "--input-type", "--import", "--loader",
+                         "--experimental-loader", "-x", "-d"})
+
+
+def reads_program_from_stdin(argv: list[str]) -> bool:
+    """Does this shell or interpreter take its program from standard input? Yes with no script
+    argument (`| bash`, `| python3 -W x`), with `-` or `/dev/stdin` as the script, or with
+    `-s`; no with `-c`/`-e` code or a script file (`| python3 process.py` reads data)."""
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-", "/dev/stdin"):
+            return True
+        if a == "--":
+            return i + 1 >= len(argv) or argv[i + 1] in ("-", "/dev/stdin")
+        if a.startswith(("-", "+")) and len(a) > 1:
+            if not a.startswith("--") and a[0] == "-" and "s" in a[1:] and len(a) <= 4:
+                return True                                      # bash -s, sh -si
+            if a in ("-c", "-e", "-E", "--eval", "--print", "--command") or (
+                    not a.startswith("--") and a[1:2] in ("c", "e") and len(a) > 2 and "=" not in a):
+                return False                                     # code given inline
+            i += 2 if a in _VALUE_OPTS else 1
+            continue
+        return False                                             # a script file
+    return True
+
+
 def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str, str]], home: str,
               cwd: str | None) -> str | None:
     """Content fed to something that runs it: `bash < file`, `python3 - < x`, `. /dev/stdin`,
     `x | at now`, `x | ssh h sh`, `x | awk '{system($0)}'`, `x | crontab -`."""
     shellish = is_shell(prog) or prog == "?" or _INTERPRETER.match(prog) is not None
+    # (`bash < script.sh` runs a named local file, as `bash script.sh` does: not floor)
     file_in = [t for op, t in redirects if op in ("<", "<>", "0<") and t]
-    if shellish and any(_resolve(t, home, cwd) != "/dev/null" for t in file_in):
-        return f"floor: a file redirected into '{prog}' is run as code"
-    if shellish and any(op in ("<&", "0<&") for op, _ in redirects):     # bash <&3
+    if shellish and reads_program_from_stdin(argv) and any(op in ("<&", "0<&") for op, _ in redirects):
         return f"floor: a descriptor redirected into '{prog}' is run as code"
     if prog == "socat" and any(a.upper().startswith(("EXEC:", "SYSTEM:")) or ",EXEC:" in a.upper()
                                or ",SYSTEM:" in a.upper() for a in argv[1:]):
@@ -521,22 +632,36 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
 
 def _device_write(prog: str, args: list[str], redirects: list[tuple[str, str]], home: str,
                   cwd: str | None) -> str | None:
-    """`> /dev/sda`, `tee /dev/sda`, `dd of=/dev/sda`, `mkfs /dev/sdb1`, `cat /dev/nvme0n1`: a
-    block device written through a redirection, or handed to any program that does not merely
-    look at its metadata (`_DEVICE_METADATA`)."""
+    """`> /dev/sda`, `tee /dev/sda`, `dd of=/dev/sda`, `mkfs /dev/sdb1`: a block device written;
+    `cat /dev/nvme0n1`, `dd if=/dev/sda`, `< /dev/sda`: its raw bytes copied out."""
     for c in (t for op, t in redirects if op in _WRITE_OPS and not t.isdigit()):
-        for path in _resolutions(c, home, cwd):
-            if _BLOCK_DEV.match(path):
-                return f"floor: write to block device {path}"
-    if prog in _DEVICE_METADATA or (prog == "grep" and not any(a.startswith("-") and "a" in a for a in args)):
-        return None
-    cands = [t for op, t in redirects if op in ("<", "0<", "<>") and t]
-    cands += [a.split("=", 1)[1] if "=" in a else a for a in args if "/dev/" in a]
+        for path in _device_paths(c, home, cwd):
+            return f"floor: write to block device {path}"
+    writes = prog in _DEVICE_WRITERS or prog.startswith("mkfs") or prog == "dd"
+    reads = prog in _DEVICE_READERS or prog == "dd" or prog == "?"
+    cands = [a[3:] if prog == "dd" and a.startswith(("if=", "of=")) else a for a in args] if writes or reads else []
+    cands += [t for op, t in redirects if op in ("<", "0<", "<>") and t]
     for c in cands:
-        for path in _resolutions(c, home, cwd):
-            if _BLOCK_DEV.match(path):
-                return f"floor: raw access to block device {path} (it holds every file's bytes)"
+        for path in _device_paths(c, home, cwd):
+            verb = "write to" if writes and c not in dict(redirects).values() else "raw read of"
+            if prog == "dd":
+                verb = "raw access to"
+            return f"floor: {verb} block device {path} (its bytes hold every file)"
     return None
+
+
+def _device_paths(arg: str, home: str, cwd: str | None) -> list[str]:
+    """The block devices `arg` may name: resolved against the cwd(s), with a glob in the leading
+    directories tried against `/dev` (`/de?/sda`, `/[d]ev/sda` are /dev/sda to bash)."""
+    out = []
+    for path in _resolutions(arg, home, cwd):
+        comps = path.split("/")
+        if len(comps) > 2 and comps[1] != "dev" and re.search(r"[*?\[]", comps[1]) \
+                and fnmatch.fnmatchcase("dev", comps[1]):
+            path = "/dev/" + "/".join(comps[2:])
+        if _BLOCK_DEV.match(path):
+            out.append(path)
+    return out
 
 
 def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = ()) -> str | None:
@@ -593,13 +718,17 @@ def check_command(command: str, home: str, cwd: str, extra: tuple[str, ...] = ()
 def _variants(command: str) -> list[str]:
     """`command` and the texts bash may make of it that the grammar does not show: `${X:-/}`
     (`:=`, `:+`) as its word; `${a:0}`, `${HOME%/}`, `${a/x/y}` as the whole value; every
-    `$IFS` as the space it expands to (the grammar mis-splits `rm$IFS-rf$IFS/`)."""
+    `$IFS` as the space it expands to (the grammar mis-splits `rm$IFS-rf$IFS/`); with
+    `dotglob`/`GLOBIGNORE` on the line, a leading `*` as `.*` too."""
     out = [command]
     if "${" in command:
         out.append(_DEFAULT_WORD.sub(lambda m: m.group(1), command))
         out.append(_MODIFIED_WORD.sub(lambda m: "${" + m.group(1) + "}", command))
     if "IFS" in command:
         out.append(re.sub(r"\$\{IFS\}|\$IFS(?![A-Za-z0-9_])", " ", command))
+    if "dotglob" in command or "GLOBIGNORE" in command:
+        # `shopt -s dotglob; cat ~/*`: a leading `*` then matches dotfiles too
+        out.append(re.sub(r"(^|[\s/=])\*", r"\1.*", command))
     return list(dict.fromkeys(out))
 
 
@@ -633,15 +762,27 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
             if value.static is not None:
                 variables.setdefault(name, value.static)
     tainted = _tainted(analysis)
-    arrays = [v for _, v in analysis.assignments if len(v.segments) == 1 and v.segments[0][0] == SUB
-              and v.segments[0][1].startswith("(") and v.segments[0][1].endswith(")")]
     array_words: list[str] = []
-    for value in arrays:                 # cmd=(rm -rf /); "${cmd[@]}"
-        inner = value.segments[0][1][1:-1]
+    for inner in _array_literals(analysis):        # cmd=(rm -rf /); declare -a c=(…)
         reason = _check(inner, home, cwd, depth + 1, extra)
         if reason:
             return f"{reason} (an array run as a command)"
         array_words += [x for c in analyse(inner).commands for x in _argv(tuple(c.words), home, variables)]
+    for name, value in analysis.assignments:       # c[0]=rm; c[1]=-rf; c[2]=/
+        if "[" in name and value.static is not None:
+            array_words.append(value.static)
+    for c in analysis.commands:
+        words = _argv(tuple(c.words), home, variables)
+        if words[:2] == ["set", "--"]:              # set -- -rf /; rm "$@"
+            array_words += words[2:]
+        elif words[:1] in (["readarray"], ["mapfile"]):  # readarray -t c <<< $'rm\n-rf\n/'
+            array_words += [x for op, w in c.redirects if op == "<<<" and w is not None
+                            for x in (w.static or "").split("\n") if x]
+        for w in c.words:                           # export CDPATH=/, declare X=/etc
+            if len(w.segments) == 1 and w.segments[0][0] == SUB:
+                m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)=([^()$`\s]*)$", w.segments[0][1])
+                if m:
+                    variables.setdefault(m.group(1), m.group(2))
     if array_words:
         variables = dict(variables, **{_ARRAYS: "\x01".join(array_words)})
     # The directories the line may be in: a `cd` can fail, run in a subshell or go somewhere
@@ -670,6 +811,28 @@ def _tainted(analysis: Any) -> frozenset[str]:
     return frozenset(names)
 
 
+def _array_literals(analysis: Any) -> list[str]:
+    """The insides of the line's array literals: `c=(…)`, and `declare`/`local`/`typeset -a c=(…)`
+    (the grammar keeps those as one word)."""
+    out = []
+    for _, v in analysis.assignments:
+        if len(v.segments) == 1 and v.segments[0][0] == SUB and v.segments[0][1].startswith("(") \
+                and v.segments[0][1].endswith(")"):
+            out.append(v.segments[0][1][1:-1])
+    for c in analysis.commands:
+        for w in c.words:
+            if len(w.segments) == 1 and w.segments[0][0] == SUB:
+                m = re.match(r"^[A-Za-z_][A-Za-z0-9_]*\+?=\((.*)\)$", w.segments[0][1], re.DOTALL)
+                if m:
+                    out.append(m.group(1))
+    return out
+
+
+def _whole_expansion(word: Word) -> bool:
+    """`"${c[@]}"`, `"$@"`, `$*`: a word that is one expansion we cannot read."""
+    return len(word.segments) == 1 and word.segments[0][0] == VAR and word.segments[0][1] in ("", "@", "*")
+
+
 def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, str], home: str,
                   cwd: str | None, depth: int, extra: tuple[str, ...],
                   tainted: frozenset[str] = frozenset()) -> str | None:
@@ -691,8 +854,11 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
     if un.layers and un.layers[-1].words and any(
             k == SUB and t.startswith(("$(", "`")) for k, t in un.layers[-1].words[0].segments):
         return "floor: the output of a command is run as a command"
-    if tainted and (prog0 == "eval" or is_shell(prog0) or prog0 == "source" or prog0 == ".") and any(
-            k == VAR and t in tainted for w in un.layers[-1].words[1:] for k, t in w.segments):
+    top = un.layers[-1].words if un.layers else ()
+    script = [w for i, w in enumerate(top[1:], start=1)            # eval's words, `sh -c WORD`
+              if prog0 == "eval" or (is_shell(prog0) and (top[i - 1].static or "").startswith("-")
+                                     and "c" in (top[i - 1].static or "")[1:])]
+    if tainted and any(k == VAR and t in tainted for w in script for k, t in w.segments):
         return f"floor: '{prog0}' runs text this command line fetched at run time"
     reason = _named_paths([t for _, t in redirects if t], home, cwd, extra) or _device_write(
         "", [], redirects, home, cwd)      # also `> /dev/sda` with no command word at all
@@ -703,17 +869,24 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
         argv = _argv(layer.words, home, variables)
         if not argv:
             continue
+        if _ARRAYS in variables and layer.words and _whole_expansion(layer.words[0]):
+            argv = [*variables[_ARRAYS].split("\x01"), *argv[1:]]      # "${c[@]}" as the command
         prog = _program(argv[0])
         if items is not None:
+            last = argv[-1] if len(argv) > 1 else ""
+            if is_shell(prog) and last.startswith("-") and not last.startswith("--") and "c" in last[1:]:
+                return f"floor: xargs hands piped text to '{prog} -c' as its script"
             argv = argv + items
+        producer = cmd.producer.words if cmd.stdin == "pipe" and cmd.producer is not None else []
+        pargv = _argv(tuple(producer), home, variables) if producer else []
+        reads_names = prog in _NAMES_ONLY and not any(    # `while read f; do cat "$f"` reads files
+            k == VAR and t in tainted for w in layer.words[1:] for k, t in w.segments)
+        if pargv and not reads_names and _lists_protected_tree(pargv, home, cwd, extra):
+            return f"floor: '{prog}' is fed the files of a directory holding protected files"
         if prog in ("xargs", "parallel") and items is None:
             reason = _fed_code(prog, argv, stdin, redirects, home, cwd)   # before items hide it
             if reason:
                 return reason
-            producer = cmd.producer.words if cmd.stdin == "pipe" and cmd.producer is not None else []
-            pargv = _argv(tuple(producer), home, variables) if producer else []
-            if pargv and _program(pargv[0]) == "find" and _find_walks_protected(pargv[1:], home, cwd, extra):
-                return f"floor: '{prog}' is fed every file of a directory holding protected files by find"
             if prog == "parallel" and any(a in ("--pipe", "--pipepart") for a in argv) and any(
                     is_shell(_program(a)) or _INTERPRETER.match(_program(a)) for a in argv[1:]):
                 return "floor: standard input split into a shell by parallel --pipe"
@@ -721,14 +894,14 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             if prog == "parallel":
                 argv = argv + items
         args = argv[1:]
-        if _ARRAYS in variables and any(w.segments == ((VAR, ""),) for w in layer.words[1:]):
+        if _ARRAYS in variables and any(_whole_expansion(w) for w in layer.words[1:]):
             spliced = variables[_ARRAYS].split("\x01")          # rm "${a[@]}" with a=(-rf /)
             reason = _rm_root(prog, [*args, *spliced], home, cwd, extra) or _named_paths(spliced, home, cwd, extra)
             if reason:
                 return f"{reason} (with an array's elements)"
         for check in (_rm_root(prog, args, home, cwd, extra), _device_write(prog, args, redirects, home, cwd),
                       _named_paths(argv, home, cwd, extra), _rm_anywhere(argv, home, cwd, extra),
-                      _tree_op(prog, args, home, cwd, extra),
+                      _tree_op(prog, args, home, cwd, extra), _symlink_to_protected(prog, args, home, cwd, extra),
                       _inline_code(prog, argv, home, cwd, depth, extra),
                       _fed_code(prog, argv, stdin, redirects, home, cwd)):
             if check:
@@ -741,7 +914,7 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             if reason:
                 return f"{reason} (in a here-document run by {prog})"
         shellish = is_shell(prog) or prog == "?" or _INTERPRETER.match(prog) is not None
-        if shellish and stdin in ("pipe", "procsub", "herestring"):
+        if shellish and stdin in ("pipe", "procsub", "herestring") and reads_program_from_stdin(argv):
             what = "a program that cannot be resolved" if prog == "?" else f"'{prog}'"
             return f"floor: {stdin} into {what}"
         if (is_shell(prog) or _INTERPRETER.match(prog)) and any(
@@ -779,7 +952,9 @@ def _after_cd(cmd: SimpleCommand, un: Any, cwds: list[str | None], home: str,
         if _program(words[0]) == "popd" or target == "-" or UNKNOWN in target:
             targets.append(None)
             continue
-        targets.extend(c and _resolve(target, home, c) for c in cwds)
+        targets.extend(p for c in cwds for p in (_resolutions(target, home, c) if c else [None]))
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", target) and target in variables:   # cdable_vars
+            targets.extend(_resolutions(variables[target], home, cwds[0]) if cwds[0] else [None])
         cdpath = dict((n, _argv((v,), home, variables)[0]) for n, v in cmd.assigns).get(
             "CDPATH", variables.get("CDPATH"))
         if cdpath is not None and not target.startswith(("/", "~", ".")):   # CDPATH=/ cd etc

@@ -248,11 +248,13 @@ def _naive_join(command: str) -> str:
 def interpretations(command: str) -> tuple[str, ...]:
     """The texts to judge for `command`: itself when it has no line continuation; otherwise the
     continuations removed as bash does, and — because a joiner that errs hides or invents
-    commands — also the raw text and a naive join. The floor denies if any of them hits, and an
-    allow rule must allow the parts of all of them, so a wrong guess can only deny more."""
+    commands — also the raw text, a naive join, and every continuation removed. The floor denies
+    if any of them hits, and an allow rule must allow the parts of all of them, so a wrong guess
+    can only deny more."""
     if "\\\n" not in command:
         return (command,)
-    return tuple(dict.fromkeys((remove_line_continuations(command), command, _naive_join(command))))
+    every = command.replace("\\\n", "")       # joined everywhere, comments and quotes included
+    return tuple(dict.fromkeys((remove_line_continuations(command), command, _naive_join(command), every)))
 
 
 _ANSI_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b",
