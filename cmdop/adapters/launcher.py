@@ -11,11 +11,17 @@ costs one interpreter start per agent process and well under a millisecond per s
 
 Every child: its own session and process group (pgid == pid), stdin/stdout/stderr given as fds,
 every other fd closed, SIGPIPE/SIGXFSZ restored to default.
+
+The server also puts itself into a Landlock domain where the kernel allows it, so no child can
+open /proc/PID/mem (or any other ptrace-mode /proc file) of a process outside the sandbox.
+Without Landlock the sandbox still serves, seccomp only: `Sandbox.landlock` is then 0,
+`Sandbox.landlock_reason` says why, and each server start logs that as a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,6 +36,8 @@ from cmdop.adapters.sandbox import SandboxFilter, build_filter
 from cmdop.core.errors import SandboxUnavailableError
 
 _MAX_MSG = 1 << 20
+
+log = logging.getLogger("cmdop.sandbox")
 
 
 @dataclass
@@ -65,7 +73,8 @@ class SandboxedChild:
 class Sandbox:
     """The per-process sandbox: a lazily built filter and a lazily started fork server.
 
-    Thread-safe. `available` is False (and `reason` says why) where seccomp cannot be applied.
+    Thread-safe. `available` is False (and `reason` says why) where seccomp cannot be applied;
+    `landlock` is 0 (and `landlock_reason` says why) where children run without a Landlock domain.
     """
 
     def __init__(self, filt: SandboxFilter | None = None) -> None:
@@ -74,6 +83,8 @@ class Sandbox:
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
         self._reason = ""
+        self._landlock = 0
+        self._landlock_reason = ""
 
     # -- state -----------------------------------------------------------------------------
     def _ensure(self) -> socket.socket | None:
@@ -122,6 +133,15 @@ class Sandbox:
             proc.wait(timeout=5)
             return None
         self._proc = proc
+        self._landlock = int(hello.get("landlock") or 0)
+        self._landlock_reason = "" if self._landlock else str(
+            hello.get("landlock_reason") or "the sandbox server did not report a Landlock domain")
+        if not self._landlock:
+            # Once per server start (once per agent process, or after a dead server's
+            # replacement): commands still run, but can open other processes' /proc/PID/mem.
+            log.warning("command sandbox runs WITHOUT a Landlock domain (seccomp only): %s; "
+                        "commands can reach /proc/PID/mem of processes outside the sandbox",
+                        self._landlock_reason)
         return parent
 
     @property
@@ -136,6 +156,30 @@ class Sandbox:
         with self._lock:
             self._ensure()
             return self._reason
+
+    @property
+    def landlock(self) -> int:
+        """The Landlock ABI version of the domain children run in; 0 when they run in none
+        (no Landlock here, or no sandbox at all). Starts the server if needed."""
+        with self._lock:
+            return self._landlock if self._ensure() is not None else 0
+
+    @property
+    def landlock_reason(self) -> str:
+        """Why children run without a Landlock domain ("" when they run in one). Starts the
+        server if needed."""
+        with self._lock:
+            if self._ensure() is None:
+                return f"no sandbox: {self._reason}"
+            return self._landlock_reason
+
+    def describe(self) -> str:
+        """One line for status output and logs: which confinement children run under."""
+        if not self.available:
+            return f"unavailable: {self.reason}"
+        if self.landlock:
+            return f"seccomp filter + Landlock domain (ABI {self.landlock})"
+        return f"seccomp filter only, no Landlock domain: {self.landlock_reason}"
 
     # -- spawning --------------------------------------------------------------------------
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str,
