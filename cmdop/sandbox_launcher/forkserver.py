@@ -42,6 +42,7 @@ import subprocess
 import sys
 from typing import Any
 
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -142,6 +143,10 @@ def confine_self(bpf: bytes) -> tuple[str, int, str]:
         return "prctl(PR_SET_NO_NEW_PRIVS) failed: " + os.strerror(ctypes.get_errno()), 0, ""
     # Before the filter, so no entry of our own blacklist can ever turn the domain off.
     landlock_abi, landlock_problem = enter_landlock_domain(libc)
+    # Commands share the server's Landlock domain, so the domain does not keep them out of the
+    # server's own memory; being undumpable does (for non-root commands): /proc/<server>/mem,
+    # environ, fd become root-only. Children get dumpable back at execve, as usual.
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     return install_filter(libc, bpf), landlock_abi, landlock_problem
 
 
