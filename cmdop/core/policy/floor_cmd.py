@@ -564,7 +564,7 @@ _COMMAND_RUNNERS = frozenset({"ssh", "docker", "podman", "nerdctl", "kubectl", "
 # Options of shells and interpreters that take a value (so the next word is not the script).
 _VALUE_OPTS = frozenset({"-W", "-X", "-m", "-r", "-I", "-M", "-o", "-O", "+o", "+O", "--rcfile",
                          "--init-file", "--require", "--input-type", "--import", "--loader",
-                         "--experimental-loader", "-x", "-d"})
+                         "--experimental-loader"})
 
 
 def reads_program_from_stdin(argv: list[str]) -> bool:
