@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from typing import NamedTuple, Any, Iterable, Iterator, Mapping
 
 from cmdop.adapters import safe_open
 from cmdop.core.calls import CallerKind
@@ -164,6 +164,14 @@ def _join(a: str, b: str) -> str:
     return os.path.join(a, b) if a and b else a or b
 
 
+class _Entry(NamedTuple):
+    """A directory entry as read while its directory was open."""
+
+    name: str
+    is_dir: bool        # following a symlink
+    real_dir: bool      # not following one
+
+
 class _GlobWalk:
     """One glob expansion below `root`: Python's `glob.iglob(recursive=True)` algorithm, with
     the time cap checked at every directory entry, floor directories never listed, and `**`
@@ -214,22 +222,34 @@ class _GlobWalk:
             for name in names:
                 yield os.path.join(parent, name)
 
-    def _scan(self, path: str) -> list[os.DirEntry[str]]:
-        """The entries of directory `path`: none when it is on the floor (as spelled or as
-        resolved) or unreadable, only those read in time when the time cap passes meanwhile."""
+    def _scan(self, path: str) -> list[_Entry]:
+        """The entries of directory `path`: none when it is on the floor (as spelled, or as the
+        directory actually opened — judged on the open fd, so a link swapped between the check
+        and the listing cannot show a floor directory's names) or unreadable; only those read in
+        time when the time cap passes meanwhile."""
         full = safe_open.lexical_path(path, self.root, self.home)
-        if (safe_open.floor_reason(full, self.home)
-                or safe_open.floor_reason(os.path.realpath(full), self.home)):
+        if safe_open.floor_reason(full, self.home):
             return []
-        entries: list[os.DirEntry[str]] = []
         try:
-            with os.scandir(path) as it:
+            fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return []
+        entries: list[_Entry] = []
+        try:
+            if safe_open.floor_reason(safe_open.fd_path(fd), self.home):
+                return []
+            with os.scandir(fd) as it:      # (entries of an fd scan need the fd: read them now)
                 for entry in it:
                     if self._expired():
                         break
-                    entries.append(entry)
+                    try:
+                        entries.append(_Entry(entry.name, entry.is_dir(), entry.is_dir(follow_symlinks=False)))
+                    except OSError:
+                        continue
         except OSError:
             pass
+        finally:
+            os.close(fd)
         return entries
 
     def _glob0(self, where: str, basename: str) -> list[str]:
@@ -247,10 +267,7 @@ class _GlobWalk:
                 continue
             if not fnmatch.fnmatchcase(entry.name, pattern):
                 continue
-            try:
-                if dironly and not entry.is_dir():
-                    continue
-            except OSError:
+            if dironly and not entry.is_dir:
                 continue
             yield entry.name
 
@@ -267,10 +284,7 @@ class _GlobWalk:
                     return
                 if _hidden(entry.name):
                     continue
-                try:
-                    real_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    continue
+                real_dir = entry.real_dir
                 if dironly and not real_dir:
                     continue
                 name = _join(rel, entry.name)

@@ -378,3 +378,28 @@ def test_glob_lists_nothing_of_the_agents_own_proc_entries(env: ToolEnv) -> None
     for pattern in ("/proc/self/fd/*", "/proc/self/*", f"/proc/{os.getpid()}/fd/*"):
         assert call(env, "glob", pattern=pattern)["matches"] == [], pattern
     assert call(env, "glob", pattern="/proc/1/fd*")["matches"]      # another process: names only
+
+
+def test_glob_race_never_lists_a_floor_directory(env: ToolEnv) -> None:
+    """A link flipped between a plain dir and ~/.ssh while globbing through it: the names inside
+    .ssh must never come back (the listing is judged on the directory actually opened)."""
+    home, proj = Path(env.home), Path(env.cwd)
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "zz_SECRETNAME").write_text("x")
+    (proj / "safe").mkdir()
+    (proj / "safe" / "plain.txt").write_text("x")
+    os.symlink("safe", proj / "a")
+    stop = threading.Event()
+    flipper = threading.Thread(target=_flipper, args=(proj / "a", ("safe", str(home / ".ssh")), stop),
+                               daemon=True)
+    flipper.start()
+    seen_plain = 0
+    try:
+        for _ in range(1500):
+            matches = call(env, "glob", pattern="a/*")["matches"]
+            assert not any("SECRETNAME" in m for m in matches), matches
+            seen_plain += any("plain.txt" in m for m in matches)
+    finally:
+        stop.set()
+        flipper.join()
+    assert seen_plain > 0      # the race was really run through the plain side too
