@@ -79,11 +79,11 @@ def make_context(settings: Settings, hostname: str = "") -> CallContext:
     from cmdop.adapters.audit_log import AuditLog
     from cmdop.adapters.config_file import load as load_config
     from cmdop.adapters.gatekeeper import Gatekeeper
-    from cmdop.adapters.launcher import Sandbox
+    from cmdop.adapters.launcher import sandbox_for_agent
 
     config = load_config(settings.config_file)
     return CallContext(settings=settings, gatekeeper=Gatekeeper(settings),
-                       audit=AuditLog(settings.state_dir), sandbox=Sandbox(),
+                       audit=AuditLog(settings.state_dir), sandbox=sandbox_for_agent(settings, config),
                        hostname=hostname or socket.gethostname(),
                        sandbox_required=config.sandbox_required)
 
@@ -129,6 +129,10 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
                 audit_extra: Mapping[str, Any] | None = None) -> ToolResult:
     """Gate, audit and run one tool call, as the module docstring promises. `audit_extra`
     fields go into every audit line of this call (e.g. `as_caller`; see core.audit)."""
+    if not call.cwd:
+        # One base directory for the gate and the tool: relative paths and an execute_command
+        # `cwd` are judged where they will be used.
+        call = dataclasses.replace(call, cwd=os.getcwd())
     decision = _evaluate(call, caller, ctx)
     ask_ms = 0
     if decision.decision == "ask":
@@ -158,7 +162,7 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
         return decision.denied_result()
 
     env = ToolEnv(
-        home=ctx.settings.home, cwd=call.cwd or os.getcwd(), caller_kind=caller.kind,
+        home=ctx.settings.home, cwd=call.cwd, caller_kind=caller.kind,
         sandbox=ctx.sandbox, api_key=ctx.settings.api_key, cancel=cancel, on_chunk=on_chunk,
         sandbox_required_for_remote=ctx.sandbox_required, warn=log.warning,
     )

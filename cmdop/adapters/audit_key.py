@@ -1,8 +1,14 @@
-"""The per-machine Ed25519 key that seals rotated audit files.
+"""The per-machine Ed25519 key that seals rotated audit files and authenticates the chain head.
 
 Files in the state dir: `audit.key` (raw 32-byte private seed, 0600, atomic write) and
 `audit.pub` (raw 32-byte public key, 0600, written beside it so a verifier without the private
 key, or a copy of the log elsewhere, can still check seals).
+
+The audit writer creates `audit.key` at its first append (`load_or_create_seed`: an Ed25519
+private key is any 32 random bytes, so no `cryptography` is needed) because the chain head's MAC
+(`cmdop.core.audit.head_mac_key`) is keyed from it from the first line on. `audit.pub` needs
+`cryptography` to derive, so it is written at the first seal (`load_or_create_key` adds it when
+it is missing). Only a holder of `audit.key` can check the head's MAC; `audit.pub` checks seals.
 
 A seal is `audit.log.N.sig`, one JSON object: `{"v": 1, "sha256": HEX of the file's bytes,
 "first_seq", "last_seq", "last_hash", "sig": base64 Ed25519 signature}` where the signature is
@@ -29,6 +35,43 @@ from cmdop.core.errors import AuditIntegrityError
 
 KEY_NAME = "audit.key"
 PUB_NAME = "audit.pub"
+SEED_BYTES = 32
+
+
+def _read_seed(path: str) -> bytes:
+    with open(path, "rb") as f:
+        seed = f.read(SEED_BYTES + 1)
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"{path} is not a {SEED_BYTES}-byte key")
+    return seed
+
+
+def load_or_create_seed(state_dir: str) -> bytes:
+    """The 32 bytes of `audit.key`, created (random, 0600, atomically) when missing. Call with
+    the audit lock held so two processes never create two keys. Raises SecretFileError when the
+    file is readable by others or not ours, ValueError when it is not 32 bytes, OSError when it
+    cannot be read or written."""
+    path = os.path.join(state_dir, KEY_NAME)
+    check_private(path)
+    try:
+        return _read_seed(path)
+    except FileNotFoundError:
+        pass
+    seed = os.urandom(SEED_BYTES)
+    atomic_write(path, seed)
+    return seed
+
+
+def read_seed(state_dir: str) -> bytes | None:
+    """The 32 bytes of `audit.key` for checking the chain head, None when there is no such file.
+    Raises AuditIntegrityError when it exists but cannot be read or is not a key."""
+    path = os.path.join(state_dir, KEY_NAME)
+    try:
+        return _read_seed(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise AuditIntegrityError(f"cannot read {path} to check the chain head: {exc}") from None
 
 
 def _message(meta: dict[str, Any]) -> bytes:
@@ -36,23 +79,15 @@ def _message(meta: dict[str, Any]) -> bytes:
 
 
 def load_or_create_key(state_dir: str) -> Any:
-    """The machine's Ed25519 private key, created on first use. Call with the audit lock held so
-    two processes never create two keys."""
+    """The machine's Ed25519 private key, created on first use, with `audit.pub` written beside
+    it when missing. Call with the audit lock held so two processes never create two keys."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    path = os.path.join(state_dir, KEY_NAME)
-    try:
-        check_private(path)
-        with open(path, "rb") as f:
-            return Ed25519PrivateKey.from_private_bytes(f.read())
-    except FileNotFoundError:
-        pass
-    key = Ed25519PrivateKey.generate()
-    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
-    atomic_write(path, key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
-    atomic_write(os.path.join(state_dir, PUB_NAME), key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    key = Ed25519PrivateKey.from_private_bytes(load_or_create_seed(state_dir))
+    pub = os.path.join(state_dir, PUB_NAME)
+    if not os.path.exists(pub):  # a key the audit writer created at its first append
+        atomic_write(pub, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     return key
 
 

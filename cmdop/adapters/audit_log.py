@@ -8,10 +8,26 @@ Rules:
   processes there is one file, one chain, and no line lost, duplicated or split.
 - The chain state (last seq, last line's hash) is read back from the file's tail under the lock,
   and cached per process keyed by (inode, size): a lone writer never re-reads, a second process
-  that appended in between is noticed because the size changed. Each append also rewrites the
-  chain head (seq, hash) at the start of `audit.lock`; when the file's tail is behind that head
-  (lines cut from the end, or lost to a power cut) the next line links to the head, so
-  `--verify` shows the gap where it happened instead of the chain silently closing over it.
+  that appended in between is noticed because the size changed.
+- Chain head (format and verify rule: `cmdop.core.audit`): every line carries `"chain": 2`, and
+  after its line is written the writer overwrites the HEAD_SIZE-byte record at offset 0 of
+  `audit.head` (0600, descriptor kept open) with one `pwrite`: (seq, hash, gen, base, MAC). No
+  fsync of its own: the background flusher syncs it with the log. The order is line, then head,
+  both under the locks, so a crash leaves the head at the last line or one line behind it, and
+  the verifier accepts exactly those two. The MAC is HMAC-SHA256 keyed from `audit.key` (created
+  at the first append; ≈ 0.5 µs a line): a same-uid forger who can rewrite audit.log and
+  audit.head but cannot read audit.key cannot make them agree. Trade-off: an Ed25519 signature
+  per line would let `audit.pub` alone check the head, but costs ≈ 50 µs in-process, and the
+  agent does not load `cryptography` at all (it seals in a child, ≈ 0.1 s); rotated files are
+  signed anyway (their seal holds their last seq and hash, i.e. the head at rotation), so only
+  the live file's end needs the key to check. Not caught: restoring an older, genuine
+  audit.head together with the log cut back to it (a rollback); a running writer notices its
+  file shrank and links the next line to what it really wrote, so the gap shows from then on.
+- When the file's tail is behind the head (lines cut from the end, or lost to a power cut) the
+  next line links to the head, so `--verify` shows the gap where it happened instead of the
+  chain silently closing over it. A writer that finds audit.head missing or unreadable starts
+  a new one with `base` = the chain's last seq and logs a warning; `--verify` reports a restarted
+  head over lines that had one.
 - Rotation: before a line that would take the file past `max_bytes`, `audit.log` is sealed
   (an Ed25519 signature over its sha256 and chain ends, `audit.log.1.sig`), then
   audit.log.N → N+1 (sigs with them, the oldest dropped), audit.log → audit.log.1, and a new
@@ -21,8 +37,11 @@ Rules:
   next append simply tries again, so the log recovers when the disk does. A partial last line
   left by a crash is cut back the same way before the next append.
 - fsync policy: data is `fdatasync`ed by a background flusher at most `fsync_interval` (1 s)
-  after the first unsynced append, so power loss loses at most about the last second; rotation
-  fsyncs the old file and the directory before going on. `fsync_interval=0` fsyncs every append.
+  after the first unsynced append (the log, then audit.head), so power loss loses at most about
+  the last second; rotation fsyncs the old file and the directory before going on. The kernel
+  may write either file back first, so after a power cut the head can be up to that second ahead
+  of or behind the log, which `--verify` reports (lines missing at the end / not recorded).
+  `fsync_interval=0` syncs the line, then writes and syncs the head, on every append.
   The flusher thread is started by the first append and joined by `close()`.
 - Files are 0600, the state dir is created 0700.
 """
@@ -42,13 +61,15 @@ from typing import Any
 
 from cmdop.adapters import audit_key
 from cmdop.adapters.secure_file import ensure_private_dir
-from cmdop.core.audit import GENESIS, encode_line, line_hash
+from cmdop.core.audit import (CHAIN_MARK, GENESIS, HEAD_SIZE, Head, HeadMac, encode_head, encode_line,
+                              head_mac_key, line_hash, parse_head)
 from cmdop.core.errors import AuditWriteError, CmdopError
 
 log = logging.getLogger("cmdop.audit")
 
 LOG_NAME = "audit.log"
 LOCK_NAME = "audit.lock"
+HEAD_NAME = "audit.head"
 _CHUNK = 1 << 16
 
 
@@ -68,17 +89,39 @@ def read_last_line(fd: int, size: int) -> tuple[int, bytes]:
     return 0, os.pread(fd, size, 0)
 
 
-def encode_head(seq: int, line_hash_: str) -> bytes:
-    """The chain head kept at the start of audit.lock: fixed length, rewritten in place."""
-    return b"%020d %s\n" % (seq, line_hash_.encode("ascii"))
+def read_first_line(fd: int, size: int) -> bytes:
+    """The first line of the readable file `fd` whose size is `size`, without its newline."""
+    buf = b""
+    off = 0
+    while off < size:
+        chunk = os.pread(fd, min(_CHUNK, size - off), off)
+        if not chunk:
+            break
+        idx = chunk.find(b"\n")
+        if idx >= 0:
+            return buf + chunk[:idx]
+        buf += chunk
+        off += len(chunk)
+    return buf
 
 
-def read_head(fd: int) -> tuple[int, str] | None:
-    """(seq, hash) of the last line the writers appended, from audit.lock; None if absent."""
+def read_lock_head(fd: int) -> tuple[int, str] | None:
+    """(seq, hash) from the start of audit.lock, where writers before audit.head kept the chain
+    head (`%020d sha256:HEX\n`); None if absent. Read only for logs those writers left."""
     raw = os.pread(fd, 128, 0)
     try:
         seq_s, digest = raw.split(b"\n", 1)[0].decode("ascii").split(" ")
+        if not digest.startswith("sha256:") or len(digest) != 71:
+            return None
         return int(seq_s), digest
+    except ValueError:
+        return None
+
+
+def read_head_file(fd: int) -> Head | None:
+    """The record in audit.head open as `fd`; None when it is empty or not a head record."""
+    try:
+        return parse_head(os.pread(fd, HEAD_SIZE + 1, 0))
     except ValueError:
         return None
 
@@ -105,7 +148,11 @@ class AuditLog:
         self._cond = threading.Condition(self._lock)
         self._fd = -1
         self._ino = -1
+        self._gen: int | None = None  # seq of the first line of the file open as _fd, if known
         self._lock_fd = -1
+        self._head_fd = -1
+        self._base: int | None = None  # the head's base; None: the head file starts at this append
+        self._mac: HeadMac | None = None
         self._cache: tuple[int, int, int, str] | None = None  # (inode, size, last seq, last hash)
         self._dirty_since: float | None = None
         self._flusher: threading.Thread | None = None
@@ -152,15 +199,15 @@ class AuditLog:
         if flusher is not None:
             flusher.join()
         with self._lock:
-            for fd in (self._fd, self._lock_fd):
+            for fd in (self._fd, self._head_fd, self._lock_fd):
                 if fd >= 0:
                     try:
-                        if fd == self._fd:
+                        if fd != self._lock_fd:
                             os.fdatasync(fd)
                     except OSError:
                         pass
                     os.close(fd)
-            self._fd = self._lock_fd = -1
+            self._fd = self._head_fd = self._lock_fd = -1
 
     def __enter__(self) -> "AuditLog":
         return self
@@ -176,10 +223,11 @@ class AuditLog:
         it. Start over with fresh locks and our own descriptors."""
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._head_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
-        self._fd = self._lock_fd = -1
+        self._fd = self._head_fd = self._lock_fd = -1
+        self._gen = None
         self._cache = None
         self._flusher = None  # threads do not survive fork
         self._dirty_since = None
@@ -202,7 +250,7 @@ class AuditLog:
         st = os.fstat(fd)
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)
-        self._fd, self._ino = fd, st.st_ino
+        self._fd, self._ino, self._gen = fd, st.st_ino, None
         if created:
             # The new name (and any rotation renames before it) must survive a power loss too.
             dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -211,18 +259,57 @@ class AuditLog:
             finally:
                 os.close(dfd)
 
+    def _open_head(self) -> None:
+        """Open audit.head (creating it 0600) and take its base; load the MAC key (lock held)."""
+        fd = os.open(os.path.join(self.state_dir, HEAD_NAME),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+        head = read_head_file(fd)
+        self._base = head.base if head is not None else None
+        self._head_fd = fd
+        if self._mac is None:
+            self._load_key()
+
+    def _load_key(self) -> None:
+        """Key the head's MAC from audit.key, creating the key if there is none. A key that
+        cannot be used does not stop logging: heads go out without a MAC, which `--verify`
+        reports (tried again at each rotation)."""
+        try:
+            self._mac = HeadMac(head_mac_key(audit_key.load_or_create_seed(self.state_dir)))
+        except (CmdopError, ValueError, OSError) as exc:
+            self._mac = None
+            log.error("audit: cannot use %s to authenticate the chain head: %s",
+                      os.path.join(self.state_dir, audit_key.KEY_NAME), exc)
+
     def _chain_state(self, size: int) -> tuple[int, str]:
         """(last seq, last line hash) of the chain, from the cache or the files' tails."""
         c = self._cache
         if c is not None and c[0] == self._ino and c[1] == size:
             return c[2], c[3]
         seq, digest = self._tail_state(size)
-        head = read_head(self._lock_fd)
-        if head is not None and head[0] > seq:
+        best = seq, digest
+        if os.fstat(self._head_fd).st_nlink == 0:  # deleted: take up the file now named so
+            os.close(self._head_fd)
+            self._head_fd = -1
+            self._open_head()
+        head = read_head_file(self._head_fd)
+        if head is not None:
+            if head.seq > seq:
+                best = head.seq, head.hash
+        else:  # a log kept by writers before audit.head: their head is in audit.lock
+            old = read_lock_head(self._lock_fd)
+            if old is not None and old[0] > seq:
+                best = old
+        if c is not None and c[0] == self._ino and c[1] > size and c[2] > best[0]:
+            # Our own file shrank below what we wrote: someone cut it (and the head with it).
+            best = c[2], c[3]
+        if best[0] > seq:
             # Lines the writers had appended are gone from the end (cut, or lost with the disk):
             # link to what was really there, so --verify shows the gap right here.
-            return head
-        return seq, digest
+            log.error("audit: %s ends at seq %d but seq %d was appended: lines are missing at "
+                      "the end; the next line links to seq %d", self.path, seq, best[0], best[0])
+        return best
 
     def _tail_state(self, size: int) -> tuple[int, str]:
         """(seq, hash) of the last line actually in audit.log, or audit.log.1 if it is empty."""
@@ -240,6 +327,8 @@ class AuditLog:
         return (_parse_seq(line), line_hash(line)) if line else (0, GENESIS)
 
     def _append_locked(self, record: dict[str, Any]) -> dict[str, Any]:
+        if self._head_fd < 0:
+            self._open_head()
         self._open_current()
         size = os.fstat(self._fd).st_size
         c = self._cache
@@ -247,13 +336,25 @@ class AuditLog:
             if os.pread(self._fd, 1, size - 1) != b"\n":
                 size = self._cut_partial(size)
         seq, prev = self._chain_state(size)
+        if self._base is None:
+            self._base = seq
+            if seq:
+                log.warning("audit: %s was missing or unreadable: a new chain head starts at seq %d",
+                            os.path.join(self.state_dir, HEAD_NAME), seq)
         out = dict(record)
         out["seq"] = seq + 1
         out["prev"] = prev
+        out["chain"] = CHAIN_MARK
         data = encode_line(out)
         if size and size + len(data) > self.max_bytes:
             self._rotate(size, seq, prev)
             size = 0
+        if not size:
+            gen = seq + 1  # this line starts the file
+        elif self._gen is not None:
+            gen = self._gen
+        else:  # a file this process has not written yet: its first line says where it starts
+            gen = _parse_seq(read_first_line(self._fd, size))
         try:
             written = os.write(self._fd, data)
         except OSError:
@@ -263,11 +364,14 @@ class AuditLog:
             self._truncate(size)
             raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
         new_hash = line_hash(data)
+        self._gen = gen
         self._cache = (self._ino, size + written, seq + 1, new_hash)
+        if self.fsync_interval <= 0:
+            os.fdatasync(self._fd)  # the line is on disk before a head that names it
         try:
-            os.pwrite(self._lock_fd, encode_head(seq + 1, new_hash), 0)
-        except OSError:
-            pass  # a stale head only weakens the cut-off check of --verify; the line is written
+            os.pwrite(self._head_fd, encode_head(seq + 1, gen, self._base, new_hash, self._mac), 0)
+        except OSError as exc:  # the line is written; --verify will say the head is behind
+            log.error("audit: cannot update %s: %s", HEAD_NAME, exc.strerror or exc)
         return out
 
     def _truncate(self, size: int) -> None:
@@ -309,6 +413,8 @@ class AuditLog:
         self._fd = -1
         self._open_current()  # creates audit.log and fsyncs the directory, renames included
         self._cache = (self._ino, 0, last_seq, last_hash)
+        if self._mac is None:
+            self._load_key()  # the key may have been fixed meanwhile
 
     def _write_seal(self, tmp: str, size: int, last_seq: int, last_hash: str) -> bool:
         """Write the seal of the current file to `tmp`. A seal that cannot be made (key file
@@ -342,9 +448,9 @@ class AuditLog:
         """Arrange for the append just made to reach the disk (self._lock held)."""
         if self.fsync_interval <= 0:
             try:
-                os.fdatasync(self._fd)
+                os.fdatasync(self._head_fd)  # the line itself was synced before the head write
             except OSError as exc:
-                raise AuditWriteError(f"cannot sync audit log {self.path}: {exc.strerror}") from exc
+                raise AuditWriteError(f"cannot sync audit head in {self.state_dir}: {exc.strerror}") from exc
             return
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
@@ -367,8 +473,8 @@ class AuditLog:
                 if self._closed:
                     return
                 self._dirty_since = None
-                fd = os.dup(self._fd) if self._fd >= 0 else -1
-            if fd >= 0:
+                fds = [os.dup(fd) for fd in (self._fd, self._head_fd) if fd >= 0]
+            for fd in fds:  # the log first, then the head that names its lines
                 try:
                     os.fdatasync(fd)
                 except OSError:

@@ -2,8 +2,17 @@
 
 The reader never writes. It takes a consistent snapshot by opening every file while holding a
 shared `flock` on `audit.lock` (writers hold it exclusively while appending or rotating) and
-noting the active file's size; it then reads without the lock, so a long read never stalls the
-writer. Renames do not disturb open files, so the snapshot stays valid while the log rotates.
+noting the active file's size, and reads the chain head (`audit.head`) under the same lock; it
+then reads without the lock, so a long read never stalls the writer. Renames do not disturb open
+files, so the snapshot stays valid while the log rotates.
+
+`verify` checks, in order: no rotated file missing between existing ones; every line a JSON
+object with `seq` following the line before and `prev` its hash (the first line `GENESIS`, or,
+with fewer than the maximum backups, seq 1); each rotated file's seal; then the end of the chain
+against `audit.head` by the HEAD RULE of `cmdop.core.audit.check_head` (lines cut from the end,
+a truncated file, a rewritten file with a recomputed chain, a deleted or foreign head). Logs
+written before chain heads (no audit.head and no line with `"chain": 2`) pass with a warning,
+their old head in audit.lock still checked.
 
 Files in order, oldest first: audit.log.5 … audit.log.1, audit.log.
 """
@@ -19,8 +28,9 @@ from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Callable, Iterator
 
 from cmdop.adapters import audit_key
-from cmdop.adapters.audit_log import LOCK_NAME, LOG_NAME, read_head
-from cmdop.core.audit import GENESIS, line_hash, parse_ts
+from cmdop.adapters.audit_log import HEAD_NAME, LOCK_NAME, LOG_NAME, read_lock_head
+from cmdop.core.audit import (CHAIN_MARK, GENESIS, HEAD_SIZE, ChainLine, Head, check_head,
+                              head_mac_key, line_hash, parse_head, parse_ts)
 from cmdop.core.errors import AuditIntegrityError
 
 MAX_BACKUPS = 5
@@ -67,19 +77,33 @@ def _snapshot(state_dir: str, backups: int = MAX_BACKUPS) -> list[_File]:
     return _snapshot_with_head(state_dir, backups)[0]
 
 
-def _snapshot_with_head(state_dir: str, backups: int = MAX_BACKUPS
-                        ) -> tuple[list[_File], tuple[int, str] | None]:
-    """`_snapshot`, plus the writers' chain head (seq, hash) read under the same lock."""
+@dataclass(frozen=True)
+class _Heads:
+    """The chain head(s) as read under the lock: `raw` the bytes of audit.head (None: no such
+    file), `lock` the pre-audit.head writers' (seq, hash) from audit.lock."""
+
+    raw: bytes | None
+    lock: tuple[int, str] | None
+
+
+def _snapshot_with_head(state_dir: str, backups: int = MAX_BACKUPS) -> tuple[list[_File], _Heads]:
+    """`_snapshot`, plus the writers' chain head(s) read under the same lock."""
     files: list[_File] = []
-    head = None
+    raw: bytes | None = None
+    lock_head = None
     lock_fd = -1
     try:
         lock_fd = os.open(os.path.join(state_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
         fcntl.flock(lock_fd, fcntl.LOCK_SH)
-        head = read_head(lock_fd)
+        lock_head = read_lock_head(lock_fd)
     except OSError:
         lock_fd = -1  # no writer ever ran here (or we may not lock): read as is
     try:
+        try:
+            with open(os.path.join(state_dir, HEAD_NAME), "rb") as hf:
+                raw = hf.read(HEAD_SIZE * 2)
+        except FileNotFoundError:
+            pass
         for name in _names(state_dir, backups):
             try:
                 f = open(os.path.join(state_dir, name), "rb")
@@ -89,7 +113,7 @@ def _snapshot_with_head(state_dir: str, backups: int = MAX_BACKUPS
     finally:
         if lock_fd >= 0:
             os.close(lock_fd)
-    return files, head
+    return files, _Heads(raw, lock_head)
 
 
 def _lines(file: _File) -> list[bytes]:
@@ -236,16 +260,35 @@ def follow(state_dir: str, flt: Filter = Filter(), poll: float = 0.2,
             f.close()
 
 
+@dataclass(frozen=True)
+class Verified:
+    """What `verify_report` found: `records` and `files` counted, `head` how the chain head
+    matched ("" when there is none to speak of), `warnings` to show (not failures)."""
+
+    records: int
+    files: int
+    head: str = ""
+    warnings: tuple[str, ...] = ()
+
+
 def verify(state_dir: str, backups: int = MAX_BACKUPS) -> tuple[int, int]:
-    """Walk every file and line; return (records, files) when the chain and seals hold.
+    """(records, files) of `verify_report`; raises AuditIntegrityError in the same cases."""
+    r = verify_report(state_dir, backups)
+    return r.records, r.files
+
+
+def verify_report(state_dir: str, backups: int = MAX_BACKUPS) -> Verified:
+    """Walk every file and line and check the chain head; return the counts when all holds.
 
     Raises AuditIntegrityError naming the first problem: `FILE:LINE` and what is wrong (not
     JSON, truncated, seq gap, prev mismatch), a missing rotated file, a missing or invalid seal,
-    a sealed file whose bytes changed, or a log that ends before the writers' chain head (lines
-    cut from the end, last line edited). A log no writer ever wrote is fine (0 records).
+    a sealed file whose bytes changed; then the end of the chain against audit.head (HEAD RULE
+    in `cmdop.core.audit.check_head`): lines missing at the end, lines the head does not cover,
+    a last line that differs from the head, a missing, malformed, unauthenticated or foreign
+    head. A log no writer ever wrote is fine (0 records).
     Assumes at least one backup is kept (with none, rotation itself empties the log).
     """
-    files, head = _snapshot_with_head(state_dir, backups)
+    files, heads = _snapshot_with_head(state_dir, backups)
     names = [f.name for f in files]
     rotated = [int(n.rsplit(".", 1)[1]) for n in names if n != LOG_NAME]
     for i in range(1, max(rotated, default=0)):
@@ -255,19 +298,36 @@ def verify(state_dir: str, backups: int = MAX_BACKUPS) -> tuple[int, int]:
                                       hint="a rotated audit file was deleted or renamed")
     try:
         public_key = audit_key.load_public_key(state_dir) if rotated else None
-        records, last = _walk(state_dir, files, public_key, len(rotated) < backups)
+        walk = _walk(state_dir, files, public_key, len(rotated) < backups)
     finally:
         _close(files)
-    _check_head(head, last)
-    return records, sum(1 for f in files if f.size or f.name != LOG_NAME)
+    head: Head | None = None
+    if heads.raw:  # an empty file is a head never written (its writer died first): as missing
+        try:
+            head = parse_head(heads.raw)
+        except ValueError:
+            raise AuditIntegrityError(f"{HEAD_NAME} is not a chain head record (overwritten?)",
+                                      hint="compare the log with a copy") from None
+    seed = audit_key.read_seed(state_dir) if head is not None else None
+    verdict = check_head(head, mac_key=head_mac_key(seed) if seed is not None else None,
+                         last=walk.last, before_last=walk.before_last, live=LOG_NAME,
+                         first_marked=walk.first_marked, partial=walk.partial,
+                         key_name=audit_key.KEY_NAME, head_name=HEAD_NAME)
+    if verdict.problem is not None:
+        raise AuditIntegrityError(verdict.problem, hint=verdict.hint)
+    if head is None and walk.first_marked is None:
+        _check_lock_head(heads.lock, walk.last)
+    return Verified(walk.records, sum(1 for f in files if f.size or f.name != LOG_NAME),
+                    verdict.summary, verdict.warnings)
 
 
-def _check_head(head: tuple[int, str] | None, last: tuple[int, str, str] | None) -> None:
-    """The writers keep (seq, hash) of the last line they appended in audit.lock: a log that ends
-    before it was cut at the end; a last line that differs from it was edited."""
+def _check_lock_head(head: tuple[int, str] | None, last: ChainLine | None) -> None:
+    """Logs from writers before audit.head: they kept (seq, hash) of their last line in
+    audit.lock; a log that ends before it was cut at the end, a last line that differs from it
+    was edited."""
     if head is None:
         return
-    last_seq, last_hash, where = last if last is not None else (0, GENESIS, LOG_NAME)
+    last_seq, last_hash, where = (last.seq, last.hash, last.where) if last is not None else (0, GENESIS, LOG_NAME)
     if head[0] > last_seq:
         raise AuditIntegrityError(
             f"{where}: the log ends at seq {last_seq} but the writer appended up to seq {head[0]}: "
@@ -276,15 +336,28 @@ def _check_head(head: tuple[int, str] | None, last: tuple[int, str, str] | None)
         raise AuditIntegrityError(f"{where}: the last line differs from what the writer appended (edited)")
 
 
-def _walk(state_dir: str, files: list[_File], public_key: Any,
-          must_start: bool) -> tuple[int, tuple[int, str, str] | None]:
-    """Check every line's JSON and link, then each rotated file's seal; return the record count.
-    `must_start`: fewer than the maximum backups exist, so nothing was dropped and the oldest
-    line must be seq 1."""
-    records, last_seq, last_hash, where = 0, None, None, LOG_NAME
+@dataclass
+class _Walk:
+    """What the walk saw for the head check (fields as `check_head` takes them)."""
+
+    records: int = 0
+    last: ChainLine | None = None
+    before_last: ChainLine | None = None
+    first_marked: int | None = None
+    partial: str | None = None
+
+
+def _walk(state_dir: str, files: list[_File], public_key: Any, must_start: bool) -> _Walk:
+    """Check every line's JSON and link, then each rotated file's seal; return what the head
+    check needs. `must_start`: fewer than the maximum backups exist, so nothing was dropped and
+    the oldest line must be seq 1. A last line without its newline is left to the head check in
+    the live file (a crash can leave one there), a failure in a rotated file."""
+    out = _Walk()
+    last_seq, last_hash = None, None
     for file in files:
         data = file.f.read(file.size)
         lines = data.split(b"\n")
+        file_first = 0
         for lineno, line in enumerate(lines[:-1], 1):
             where = f"{file.name}:{lineno}"
             rec = _parse(line)
@@ -306,17 +379,22 @@ def _walk(state_dir: str, files: list[_File], public_key: Any,
                 if prev != last_hash:
                     raise AuditIntegrityError(
                         f"{where}: prev does not match the line before (that line was edited)")
+            if lineno == 1:
+                file_first = seq
+            if out.first_marked is None and rec.get("chain") == CHAIN_MARK:
+                out.first_marked = seq
             last_seq, last_hash = seq, line_hash(line)
-            records += 1
-        if lines[:-1]:
-            where = f"{file.name}:{len(lines) - 1}"
+            out.before_last = out.last
+            out.last = ChainLine(seq, last_hash, where, file.name, file_first)
+            out.records += 1
         if lines[-1] != b"":
-            raise AuditIntegrityError(f"{file.name}:{len(lines)}: truncated line (no newline at end)")
+            where = f"{file.name}:{len(lines)}"
+            if file.name != LOG_NAME:
+                raise AuditIntegrityError(f"{where}: truncated line (no newline at end)")
+            out.partial = where
         if file.name != LOG_NAME:
             _check_seal(state_dir, file.name, data, public_key)
-    if last_seq is None or last_hash is None:
-        return records, None
-    return records, (last_seq, last_hash, where)
+    return out
 
 
 def _check_seal(state_dir: str, name: str, data: bytes, public_key: Any) -> None:

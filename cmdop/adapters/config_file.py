@@ -3,6 +3,8 @@
 The file, every key optional:
     sandbox_required: true   # without seccomp, remote and self callers' commands are refused
     relay: "host:port"       # relay address (CMDOP_RELAY overrides it)
+    call_pids_max: 1024      # processes and threads one command may have at once (cgroup pids.max)
+    call_memory_max: "50%"   # memory one command may use: bytes, 512M, 2G, or a share of RAM
 
 Rules:
 - A missing file means the defaults (`AgentConfig()`); an empty file too.
@@ -15,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +26,7 @@ import yaml
 
 from cmdop.core.errors import ConfigFileError
 
-KEYS = ("sandbox_required", "relay")
+KEYS = ("sandbox_required", "relay", "call_pids_max", "call_memory_max")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class AgentConfig:
 
     sandbox_required: bool = True
     relay: str | None = None
+    call_pids_max: int = 1024
+    call_memory_max: str = "50%"
 
 
 def _line(node: yaml.Node) -> int:
@@ -66,8 +71,23 @@ def parse_text(text: str) -> AgentConfig:
             raise ConfigFileError("sandbox_required must be true or false", line=_line(vnode))
         if key == "relay" and value is not None and not (isinstance(value, str) and value):
             raise ConfigFileError("relay must be a host:port string", line=_line(vnode))
+        if key == "call_pids_max" and (isinstance(value, bool) or not isinstance(value, int)
+                                       or not 16 <= value <= 4_194_304):
+            raise ConfigFileError("call_pids_max must be a whole number from 16 to 4194304",
+                                  line=_line(vnode))
+        if key == "call_memory_max":
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ConfigFileError('call_memory_max must be a size such as 512M, 2G or "50%"',
+                                      line=_line(vnode))
+            value = str(value)
+            if not _SIZE.match(value):
+                raise ConfigFileError(f"call_memory_max: {value!r} is not a size such as 512M, "
+                                      '2G or "50%"', line=_line(vnode))
         values[key] = value
     return AgentConfig(**values)
+
+
+_SIZE = re.compile(r"^(?:[1-9][0-9]*[KMGT]?|(?:100|[1-9][0-9]?)%)$")
 
 
 def load(path: str) -> AgentConfig:

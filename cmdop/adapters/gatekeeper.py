@@ -17,7 +17,8 @@ import threading
 
 from cmdop.adapters import policy_store
 from cmdop.adapters.canonical import canonical_path
-from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, ToolCall
+from cmdop.adapters.kernel_floor_fs import own_code
+from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, ToolCall, command_dir
 from cmdop.core.errors import PolicyError
 from cmdop.core.policy.decision import Decision
 from cmdop.core.policy.gate import MODES, Policy, decide
@@ -34,35 +35,35 @@ def protected_dirs(settings: Settings) -> tuple[str, ...]:
     environment puts them (the contract's floor names only their default places). Whoever can
     write permissions.yaml opens the gate; whoever can write audit.log hides their tracks."""
     out: list[str] = []
-    for d in (settings.config_dir, settings.cmdop_home, settings.state_dir, *_own_code()):
+    for d in (settings.config_dir, settings.cmdop_home, settings.state_dir, *own_code()):
         for form in (lexical_path(d, "/", settings.home), canonical_path(d, "/", settings.home)):
             if form != "/" and form not in out:
                 out.append(form)
     return tuple(out)
 
 
-def _own_code() -> list[str]:
-    """The code the agent runs: the cmdop package (a checkout, site-packages or the zipapp's
-    unpacked copy), the site-packages it imports from, and the zipapp file itself. Rewriting any
-    of them is rewriting the gate."""
-    import sys
-    import zipfile
-
-    import cmdop
-
-    out = [os.path.dirname(os.path.abspath(cmdop.__file__))]
-    # The dependencies it imports, and the `.pth` files any later Python of this install runs.
-    out += [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
-    entry = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if entry and os.path.isfile(entry) and (entry.endswith(".pyz") or zipfile.is_zipfile(entry)):
-        out.append(entry)
-    return out
+def resolve_for_gate(call: ToolCall, home: str) -> tuple[str | None, str | None]:
+    """(canonical target path for a path tool, canonical directory an execute_command runs in):
+    what the pure gate needs from the file system. Every entry point (the gate, `check`,
+    `explain`) uses this one function, so a command is judged where it will run."""
+    kind = TOOL_KIND.get(call.tool)
+    raw = call.input.get(TOOL_TARGET_FIELD.get(call.tool, ""), "") if kind else ""
+    if kind == "path" and call.tool != "glob" and isinstance(raw, str) and raw and "\x00" not in raw:
+        return canonical_path(raw, call.cwd, home), None
+    if kind == "command":
+        where = command_dir(call.input, call.cwd)
+        if where and "\x00" not in where:
+            return None, canonical_path(where, call.cwd or "/", home)
+    return None, None
 
 
 class Gatekeeper:
     """Loads the policy, keeps session rules, and answers `evaluate` for every tool call."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, unsafe_test_only_static_floor_off: bool = False) -> None:
+        # The loud flag exists for one purpose: the kernel-floor effect tests show that the
+        # kernel alone holds. Nothing in the product sets it; no file, flag or variable reaches it.
+        self._static_floor = not unsafe_test_only_static_floor_off
         self._settings = settings
         self._protected = protected_dirs(settings)
         self._lock = threading.Lock()
@@ -102,14 +103,9 @@ class Gatekeeper:
         policy = self._policy          # one read: a concurrent reload cannot mix two policies
         home = self._settings.home
         try:
-            resolved = resolved_cwd = None
-            kind = TOOL_KIND.get(call.tool)
-            raw = call.input.get(TOOL_TARGET_FIELD.get(call.tool, ""), "") if kind else ""
-            if kind == "path" and call.tool != "glob" and isinstance(raw, str) and raw and "\x00" not in raw:
-                resolved = canonical_path(raw, call.cwd, home)
-            elif kind == "command" and call.cwd and "\x00" not in call.cwd:
-                resolved_cwd = canonical_path(call.cwd, "/", home)
-            return decide(call, caller, policy, home, self.mode, resolved, resolved_cwd, self._protected)
+            resolved, resolved_cwd = resolve_for_gate(call, home)
+            return decide(call, caller, policy, home, self.mode, resolved, resolved_cwd, self._protected,
+                          self._static_floor)
         except Exception as exc:  # noqa: BLE001 - never raise to the caller; deny instead
             return Decision("deny", "floor", f"internal gate error: {type(exc).__name__}: {exc}",
                             self.mode, call.tool, call.operation, "")

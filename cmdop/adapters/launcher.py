@@ -16,6 +16,12 @@ The server also puts itself into a Landlock domain where the kernel allows it, s
 open /proc/PID/mem (or any other ptrace-mode /proc file) of a process outside the sandbox.
 Without Landlock the sandbox still serves, seccomp only: `Sandbox.landlock` is then 0,
 `Sandbox.landlock_reason` says why, and each server start logs that as a warning.
+
+With a `FloorSpec` the server first builds the kernel floor (`cmdop.core.kernel_floor`): its own
+mount namespace, built once per server. When a directory the plan listed changes (a new project
+in a home, a new home), the next spawn retires the server (it finishes reporting on its running
+children, then exits) and starts a fresh one on a fresh plan, so a new directory is writable and
+a new home sealed. With `CallCgroups` each child is born in its call's cgroup.
 """
 
 from __future__ import annotations
@@ -30,10 +36,18 @@ import sys
 import threading
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from cmdop.adapters import kernel_floor_fs
 from cmdop.adapters.sandbox import SandboxFilter, build_filter
+from cmdop.core import kernel_floor
+from cmdop.core.capabilities import DROPPED
 from cmdop.core.errors import SandboxUnavailableError
+
+if TYPE_CHECKING:
+    from cmdop.adapters.cgroups import CallCgroup, CallCgroups
+    from cmdop.adapters.config_file import AgentConfig
+    from cmdop.core.settings import Settings
 
 _MAX_MSG = 1 << 20
 
@@ -74,17 +88,31 @@ class Sandbox:
     """The per-process sandbox: a lazily built filter and a lazily started fork server.
 
     Thread-safe. `available` is False (and `reason` says why) where seccomp cannot be applied;
-    `landlock` is 0 (and `landlock_reason` says why) where children run without a Landlock domain.
+    `landlock` is 0 (and `landlock_reason` says why) where children run without a Landlock domain;
+    `mount_ns` is "" (and `mount_ns_reason` says why) where they run without the kernel floor.
     """
 
-    def __init__(self, filt: SandboxFilter | None = None) -> None:
+    def __init__(self, filt: SandboxFilter | None = None,
+                 floor: kernel_floor_fs.FloorSpec | None = None,
+                 cgroups: "CallCgroups | None" = None) -> None:
         self._filter = filt
+        self._floor = floor
+        self.cgroups = cgroups if cgroups is not None and cgroups.enabled else None
+        self._cgroups_reason = "" if self.cgroups else (
+            cgroups.reason if cgroups is not None else "not configured")
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._retired: list[subprocess.Popen[bytes]] = []
         self._ctl: socket.socket | None = None
         self._reason = ""
         self._landlock = 0
         self._landlock_reason = ""
+        self._mount_ns = ""
+        self._mount_ns_reason = "no kernel floor configured" if floor is None else ""
+        self._caps_dropped = 0
+        self._watched: tuple[str, ...] = ()
+        self._fingerprint: tuple[tuple[int, int], ...] = ()
+        self.plan: kernel_floor.MountPlan | None = None
 
     # -- state -----------------------------------------------------------------------------
     def _ensure(self) -> socket.socket | None:
@@ -101,16 +129,35 @@ class Sandbox:
         self._ctl = self._start(self._filter.bpf)
         return self._ctl
 
+    def _config(self) -> dict[str, Any]:
+        """The server's configuration: the mount plan (fresh), capabilities, cgroup home."""
+        config: dict[str, Any] = {"mounts": None, "drop_caps": list(DROPPED) if os.geteuid() == 0 else [],
+                                  "home_cg": list(self.cgroups.server_procs_fds()) if self.cgroups else []}
+        if self._floor is not None:
+            try:
+                plan, self._watched = kernel_floor_fs.build_plan(self._floor)
+            except Exception as exc:  # noqa: BLE001 - reading the machine failed: say why
+                config["mounts_reason"] = f"planning the kernel floor failed: {exc}"
+                return config
+            self._fingerprint = kernel_floor_fs.fingerprint(self._watched)
+            self.plan = plan
+            config["mounts"] = [op.as_json() for op in plan.ops]
+            config["dev_allowed"] = list(kernel_floor.DEV_ALLOWED)
+        else:
+            config["mounts_reason"] = "no kernel floor configured"
+        return config
+
     def _start(self, bpf: bytes) -> socket.socket | None:
         source = resources.files("cmdop.sandbox_launcher").joinpath("forkserver.py").read_text()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (parent, child):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MSG)
+        config = self._config()
         bpf_r, bpf_w = os.pipe()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", source, str(bpf_r), str(child.fileno())],
-                pass_fds=(bpf_r, child.fileno()), stdin=subprocess.DEVNULL,
+                pass_fds=(bpf_r, child.fileno(), *config["home_cg"]), stdin=subprocess.DEVNULL,
                 start_new_session=True,  # terminal signals must not reach the server
                 # Commands can read their parent's /proc/PPID/environ: give the server none of
                 # the agent's secrets (each child gets its own scrubbed env per request).
@@ -120,7 +167,7 @@ class Sandbox:
             os.close(bpf_r)
             child.close()
         with os.fdopen(bpf_w, "wb") as w:
-            w.write(bpf)
+            w.write(json.dumps(config).encode() + b"\n" + bpf)
         parent.settimeout(30)
         try:
             hello = json.loads(parent.recv(_MAX_MSG) or b'{"ok": false, "reason": "server exited"}')
@@ -133,6 +180,12 @@ class Sandbox:
             proc.wait(timeout=5)
             return None
         self._proc = proc
+        self._mount_ns = str(hello.get("mount_ns") or "")
+        self._mount_ns_reason = "" if self._mount_ns else str(hello.get("mount_ns_reason") or "unknown")
+        self._caps_dropped = int(hello.get("caps_dropped") or 0)
+        if self._floor is not None and not self._mount_ns:
+            log.warning("commands run WITHOUT the kernel floor (static floor only): %s",
+                        self._mount_ns_reason)
         self._landlock = int(hello.get("landlock") or 0)
         self._landlock_reason = "" if self._landlock else str(
             hello.get("landlock_reason") or "the sandbox server did not report a Landlock domain")
@@ -173,6 +226,43 @@ class Sandbox:
                 return f"no sandbox: {self._reason}"
             return self._landlock_reason
 
+    @property
+    def mount_ns(self) -> str:
+        """"mount namespace" | "user+mount namespace" when children run in the kernel floor,
+        else "" (see `mount_ns_reason`). Starts the server if needed."""
+        with self._lock:
+            return self._mount_ns if self._ensure() is not None else ""
+
+    def enforcement(self) -> dict[str, str]:
+        """Which enforcement children run under, for `agent status` and `doctor` (one word or
+        phrase per layer, then why where a layer is missing)."""
+        with self._lock:
+            ok = self._ensure() is not None
+            mount_ns, mount_why = self._mount_ns, self._mount_ns_reason
+            landlock, landlock_why, caps = self._landlock, self._landlock_reason, self._caps_dropped
+            reason = self._reason
+        out: dict[str, str] = {}
+        if not ok:
+            out["seccomp"] = f"unavailable: {reason}"
+            out["kernel_floor"] = "static only"
+            out["kernel_floor_reason"] = "no sandbox"
+        else:
+            out["seccomp"] = "filter"
+            out["kernel_floor"] = mount_ns or "static only"
+            if not mount_ns:
+                out["kernel_floor_reason"] = mount_why
+        out["landlock"] = f"ABI {landlock}" if ok and landlock else "none"
+        if not (ok and landlock):
+            out["landlock_reason"] = landlock_why or reason
+        out["cgroup_per_call"] = "yes" if self.cgroups else "no"
+        if self.cgroups:
+            out["cgroup_detail"] = self.cgroups.describe()
+        else:
+            out["cgroup_reason"] = self._cgroups_reason
+        out["capabilities"] = (f"trimmed ({caps} dropped)" if ok and caps else
+                               "n/a (not root)" if os.geteuid() != 0 else "not trimmed")
+        return out
+
     def describe(self) -> str:
         """One line for status output and logs: which confinement children run under."""
         if not self.available:
@@ -183,22 +273,27 @@ class Sandbox:
 
     # -- spawning --------------------------------------------------------------------------
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str,
-              stdin: int, stdout: int, stderr: int) -> SandboxedChild:
-        """Start `argv` under the filter with the given fds as 0/1/2 (they stay open here).
+              stdin: int, stdout: int, stderr: int,
+              cgroup: "CallCgroup | None" = None) -> SandboxedChild:
+        """Start `argv` under the filter with the given fds as 0/1/2 (they stay open here), in
+        `cgroup` when given.
 
         Raises SandboxUnavailableError when there is no sandbox, OSError when the program could
         not be started (e.g. FileNotFoundError for a missing cwd or program).
         """
-        request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+        cg_fds = list(cgroup.procs_fds) if cgroup is not None else []
+        request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd,
+                              "cg": len(cg_fds)}).encode()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             for attempt in (1, 2):
                 with self._lock:
+                    self._refresh()
                     ctl = self._ensure()
                     if ctl is None:
                         raise SandboxUnavailableError(f"the command sandbox is unavailable: {self._reason}")
                     try:
-                        socket.send_fds(ctl, [request], [theirs.fileno(), stdin, stdout, stderr])
+                        socket.send_fds(ctl, [request], [theirs.fileno(), stdin, stdout, stderr, *cg_fds])
                         break
                     except OSError:
                         if attempt == 2:
@@ -221,6 +316,21 @@ class Sandbox:
             raise OSError(str(answer.get("error")))
         return SandboxedChild(pid=int(answer["pid"]), _reply=mine)
 
+    def _refresh(self) -> None:
+        """Retire the server when a listing its mount plan depends on has changed (caller holds
+        the lock); the next `_ensure` starts a fresh one on a fresh plan."""
+        self._retired = [p for p in self._retired if p.poll() is None]
+        if self._ctl is None or not self._watched:
+            return
+        if kernel_floor_fs.fingerprint(self._watched) == self._fingerprint:
+            return
+        log.info("a directory the kernel floor depends on changed; rebuilding the namespace")
+        self._ctl.close()          # EOF: the old server reports on its children, then exits
+        self._ctl = None
+        if self._proc is not None:
+            self._retired.append(self._proc)
+            self._proc = None
+
     def _drop_server(self) -> None:
         if self._ctl is not None:
             self._ctl.close()
@@ -242,6 +352,15 @@ class Sandbox:
         """Stop the fork server (children already running are left alone)."""
         with self._lock:
             self._drop_server()
+            for proc in self._retired:
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self._retired = []
+            if self.cgroups is not None:
+                self.cgroups.close()
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -250,3 +369,18 @@ def kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def sandbox_for_agent(settings: "Settings", config: "AgentConfig") -> Sandbox:
+    """The production sandbox of an agent: the kernel floor for its settings, a cgroup per call
+    with the limits of config.yaml (where cgroups are delegated; otherwise it says why)."""
+    from cmdop.adapters.cgroups import CallCgroups, CgroupLimits, parse_size, total_ram_bytes
+
+    try:
+        memory_max: int | None = parse_size(config.call_memory_max, total_ram_bytes())
+    except (ValueError, OSError) as exc:
+        log.warning("call_memory_max %r not usable (%s); no memory limit per call",
+                    config.call_memory_max, exc)
+        memory_max = None
+    cgroups = CallCgroups.setup(CgroupLimits(pids_max=config.call_pids_max, memory_max=memory_max))
+    return Sandbox(floor=kernel_floor_fs.spec_for(settings), cgroups=cgroups)

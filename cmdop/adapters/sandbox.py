@@ -14,11 +14,29 @@ Rules of the table below:
 - `clone3` fails with ENOSYS, not EPERM: its flags live in memory a filter cannot inspect, and
   ENOSYS makes glibc fall back to `clone`, whose flags word we *can* inspect.
 - Integer arguments are compared with MASKED_EQ so upper-half garbage in the 64-bit register
-  (which the kernel ignores for an `int`) cannot slip a value past an EQ comparison.
+  (which the kernel ignores for an `int`) cannot slip a value past an EQ comparison. A rule on
+  two arguments matches only when both comparisons do (libseccomp ANDs a rule's arguments and
+  ORs separate rules).
 
 Where the entries come from: the syscalls container runtimes block by default (Docker/moby
 `default.json`, systemd `@mount @module @reboot @swap @raw-io @obsolete @cpu-emulation`),
-narrowed to what the issue names plus the known escape helpers (open_by_handle_at, iopl/ioperm).
+narrowed to what the issue names plus the known escape helpers (open_by_handle_at, iopl/ioperm)
+and the calls moby's profile grants only with a capability a container lacks by default:
+`chroot` (CAP_SYS_CHROOT; also systemd @mount), `kcmp` (CAP_SYS_PTRACE, with ptrace),
+`syslog` (CAP_SYSLOG) and `fanotify_init` (CAP_SYS_ADMIN).
+
+Argument rules (`SOCKET_RULES`, `DEVICE_NODE_TYPES`), where blocking the whole call would break
+ordinary tooling:
+- socket(): AF_PACKET is refused for every type (link-layer frames: sniff or forge any traffic
+  on the host); SOCK_RAW and SOCK_PACKET are refused for AF_INET and AF_INET6 only (raw IP:
+  forged packets, port-scan tricks, legacy iptables' socket). AF_NETLINK must stay allowed
+  whatever its type: netlink sockets are SOCK_RAW, and `ip`, `ss`, `hostname -I` and glibc's
+  getifaddrs() cannot work without them. AF_UNIX and socketpair() are untouched.
+- mknod/mknodat: refused only when the mode makes a block or character device. moby allows
+  both calls and relies on the device cgroup and a dropped CAP_MKNOD; a command here has
+  neither limit, so a root command could leave, say, a world-writable node for the host's disk
+  or /dev/mem in a tmp or home dir, outliving the command and open to every local user.
+  FIFOs (`mkfifo`), sockets and regular files made with mknod keep working.
 """
 
 from __future__ import annotations
@@ -29,11 +47,33 @@ import tempfile
 from dataclasses import dataclass
 
 # Socket domains/types (linux/socket.h, linux/net.h).
+AF_INET = 2
+AF_INET6 = 10
 AF_PACKET = 17
 SOCK_RAW = 3
 SOCK_PACKET = 10
 SOCK_TYPE_MASK = 0xF          # type also carries SOCK_NONBLOCK | SOCK_CLOEXEC above these bits
 INT_MASK = 0xFFFFFFFF
+
+# socket() calls refused with EPERM: (domain, type), type None meaning every type. Each entry is
+# one rule; a domain and a type in the same entry must BOTH match. Unlisted domains (AF_NETLINK,
+# AF_UNIX, ...) are allowed whatever their type.
+SOCKET_RULES: tuple[tuple[int, int | None], ...] = (
+    (AF_PACKET, None),
+    (AF_INET, SOCK_RAW),
+    (AF_INET, SOCK_PACKET),     # the kernel turns (AF_INET, SOCK_PACKET) into an AF_PACKET socket
+    (AF_INET6, SOCK_RAW),
+    (AF_INET6, SOCK_PACKET),
+)
+
+# File types (linux/stat.h). mknod's `mode` is a umode_t: the kernel reads its low 16 bits only.
+S_IFMT = 0o170000
+S_IFCHR = 0o020000
+S_IFBLK = 0o060000
+# mknod/mknodat refused with EPERM when (mode & S_IFMT) is one of these.
+DEVICE_NODE_TYPES = (S_IFBLK, S_IFCHR)
+# Which argument holds the mode: mknod(path, mode, dev), mknodat(dirfd, path, mode, dev).
+MKNOD_MODE_ARG = {"mknod": 1, "mknodat": 2}
 
 # Namespace flags clone() may carry (linux/sched.h). CLONE_NEWTIME (0x80) is absent on purpose:
 # for clone() that bit is part of the exit-signal byte; unshare/clone3 are blocked outright.
@@ -47,12 +87,18 @@ CLONE_NS_FLAGS = {
     "CLONE_NEWNET": 0x40000000,
 }
 
-# Syscalls denied outright with EPERM, grouped by why.
+# Syscalls denied outright with EPERM, grouped by why (source in brackets where it is not the
+# issue itself).
 BLOCKED_SYSCALLS: dict[str, tuple[str, ...]] = {
-    "debugging other processes": ("ptrace", "process_vm_readv", "process_vm_writev"),
+    # kcmp: compares kernel objects (files, mm, fd tables) of other processes; moby grants it
+    # only with CAP_SYS_PTRACE, together with ptrace.
+    "debugging other processes": ("ptrace", "process_vm_readv", "process_vm_writev", "kcmp"),
+    # chroot [systemd @mount; moby: CAP_SYS_CHROOT]: gives a root command a filesystem root of
+    # its own making, where programs that trust absolute paths (/etc/passwd, /etc/ld.so.preload)
+    # read the caller's files; no ordinary remote command needs it.
     "mount manipulation": (
         "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick",
-        "move_mount", "open_tree", "mount_setattr",
+        "move_mount", "open_tree", "mount_setattr", "chroot",
     ),
     "namespaces": ("unshare", "setns"),
     "io_uring (bypasses syscall filtering)": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
@@ -60,6 +106,12 @@ BLOCKED_SYSCALLS: dict[str, tuple[str, ...]] = {
         "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     ),
     "kernel programs and tracing": ("bpf", "perf_event_open"),
+    # [moby: CAP_SYSLOG / CAP_SYS_ADMIN] reads the kernel ring buffer (kernel addresses, other
+    # users' messages) and can clear it (evidence gone).
+    "kernel log": ("syslog",),
+    # [moby: CAP_SYS_ADMIN] watches every file access on a mount or whole filesystem and, with
+    # permission events, can stall other processes' opens.
+    "filesystem-wide file monitoring": ("fanotify_init",),
     "kernel keyring": ("keyctl", "add_key", "request_key"),
     "machine state": ("reboot", "swapon", "swapoff", "acct"),
     "kernel races helper": ("userfaultfd",),
@@ -114,9 +166,16 @@ def _export(sc: object) -> bytes:
     f.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
     for flag in CLONE_NS_FLAGS.values():
         f.add_rule(eperm, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag))
-    f.add_rule(eperm, "socket", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, INT_MASK, AF_PACKET))
-    for sock_type in (SOCK_RAW, SOCK_PACKET):
-        f.add_rule(eperm, "socket", pyseccomp.Arg(1, pyseccomp.MASKED_EQ, SOCK_TYPE_MASK, sock_type))
+    for domain, sock_type in SOCKET_RULES:
+        args = [pyseccomp.Arg(0, pyseccomp.MASKED_EQ, INT_MASK, domain)]
+        if sock_type is not None:
+            args.append(pyseccomp.Arg(1, pyseccomp.MASKED_EQ, SOCK_TYPE_MASK, sock_type))
+        f.add_rule(eperm, "socket", *args)
+    for name, mode_arg in MKNOD_MODE_ARG.items():
+        if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) < 0:
+            continue  # not a syscall of this architecture (aarch64 has mknodat only)
+        for node_type in DEVICE_NODE_TYPES:
+            f.add_rule(eperm, name, pyseccomp.Arg(mode_arg, pyseccomp.MASKED_EQ, S_IFMT, node_type))
     with tempfile.TemporaryFile() as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)

@@ -13,9 +13,13 @@ Rules:
   systemctl, editors, compilers, JIT runtimes). So: no ProtectSystem/ProtectHome (tools write
   there), no PrivateDevices, no MemoryDenyWriteExecute (JITs), no capability drops in the system
   unit. What stays only removes things no ordinary tool needs: kernel tunables/modules/logs,
-  cgroup writes, the clock, realtime scheduling, personality changes, foreign syscall ABIs,
-  setuid/setgid creation, namespaces, gaining privileges (the seccomp sandbox needs
-  no_new_privs anyway), and a private /tmp.
+  the clock, realtime scheduling, personality changes, foreign syscall ABIs, setuid/setgid
+  creation, namespaces other than the ones the sandbox builds, gaining privileges (the seccomp
+  sandbox needs no_new_privs anyway), and a private /tmp.
+- The command sandbox builds its own kernel floor: a mount namespace (`mount`, `umount2`,
+  `RestrictNamespaces=mnt`; a user agent needs `user` too) and a cgroup per call, for which the
+  unit delegates its cgroup subtree to the agent (`Delegate=yes`; so no ProtectControlGroups=,
+  which would make that subtree read-only).
 - A user manager cannot build mount namespaces without implicitly turning on PrivateUsers=,
   which fails where unprivileged user namespaces are disabled; the user unit keeps only the
   seccomp- and prctl-based settings, which work in every user manager.
@@ -61,6 +65,7 @@ RuntimeDirectoryMode=0700
 Environment=SHIV_ROOT=%C/cmdop/shiv
 Environment=CMDOP_STATE_DIR=%S/cmdop
 Environment=CMDOP_SOCKET_PATH=%t/cmdop/agent.sock
+Delegate=yes
 """
 
 # Settings built on seccomp or prctl: they work in system and user managers alike.
@@ -71,9 +76,9 @@ NoNewPrivileges=yes
 LockPersonality=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
-RestrictNamespaces=yes
+RestrictNamespaces={namespaces}
 SystemCallArchitectures=native
-SystemCallFilter=@system-service seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self
+SystemCallFilter=@system-service seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self mount umount2
 SystemCallErrorNumber=EPERM
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 """
@@ -84,7 +89,6 @@ PrivateTmp=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
-ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
 """
@@ -109,7 +113,8 @@ def render_unit(scope: str, exec_start: str = DEFAULT_EXEC_START) -> str:
     parts = [_UNIT]
     if scope == "system":
         parts.append(_UNIT_SYSTEM_ORDER)
-    parts += ["\n", _SERVICE.format(exec_start=exec_start), _HARDENING_COMMON]
+    namespaces = "mnt" if scope == "system" else "user mnt"
+    parts += ["\n", _SERVICE.format(exec_start=exec_start), _HARDENING_COMMON.format(namespaces=namespaces)]
     if scope == "system":
         parts.append(_HARDENING_SYSTEM)
     wanted_by = "multi-user.target" if scope == "system" else "default.target"

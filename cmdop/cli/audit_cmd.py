@@ -2,9 +2,14 @@
 
 `--tail N` (default 20) the last N matching records · `--follow` then keep printing new ones,
 across rotation, until Ctrl-C · `--since 1h|2026-04-27T10:00Z` · `--tool T` · `--decision D` ·
-`--json` raw lines (exactly as stored) instead of a table · `--verify` walk the whole chain and
-the seals of rotated files: exit 0 with `audit chain ok: N records in M files`, else exit 1
-naming the first broken line or missing file.
+`--json` raw lines (exactly as stored) instead of a table · `--verify` walk the whole chain, the
+seals of rotated files and the end of the chain against the writers' head (`audit.head`): exit 0
+with `audit chain ok: N records in M files; chain head at the last line (seq S, audit.log)` (or
+`one line behind`, the state a crash between a line and its head write leaves), with any warning
+on stderr as `warning: …` (e.g. a log written before chain heads, whose end cannot be checked);
+else exit 1 naming the first broken line, missing file or missing lines at the end
+(`cmdop: error: audit.log ends at seq 41 but the chain head says 57: 16 lines are missing at the
+end …`). With `--json`: `{"ok": true, "records", "files", "head", "warnings"}`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                                                    "(2026-04-27T10:00Z)")
     p.add_argument("--tool", metavar="T", help="only records of this tool")
     p.add_argument("--decision", metavar="D", help=f"only records with this decision ({'|'.join(DECISIONS)})")
-    p.add_argument("--verify", action="store_true", help="check the hash chain and the seals of rotated files")
+    p.add_argument("--verify", action="store_true", help="check the hash chain, the seals of rotated files and the chain head")
 
 
 def _printable(value: Any) -> str:
@@ -61,9 +66,13 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
 
     state_dir = ctx.settings.state_dir
     if args.verify:
-        records, files = audit_reader.verify(state_dir)  # raises AuditIntegrityError (exit 1)
-        ctx.emit({"ok": True, "records": records, "files": files},
-                 f"audit chain ok: {records} records in {files} files")
+        r = audit_reader.verify_report(state_dir)  # raises AuditIntegrityError (exit 1)
+        if not ctx.json:
+            for warning in r.warnings:
+                ctx.note(f"warning: {warning}")
+        ctx.emit({"ok": True, "records": r.records, "files": r.files, "head": r.head,
+                  "warnings": list(r.warnings)},
+                 f"audit chain ok: {r.records} records in {r.files} files" + (f"; {r.head}" if r.head else ""))
         return 0
     if args.tail is not None and args.tail < 0:
         raise UsageError(f"--tail must be 0 or more, not {args.tail}")

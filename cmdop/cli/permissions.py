@@ -85,17 +85,9 @@ def _call(args: argparse.Namespace) -> Any:
 
 
 def _resolved(ctx: CliContext, call: Any) -> tuple[str | None, str | None]:
-    from cmdop.adapters.canonical import canonical_path
-    from cmdop.core.calls import TOOL_TARGET_FIELD
-    from cmdop.core.policy.rules import TOOL_KIND
+    from cmdop.adapters.gatekeeper import resolve_for_gate
 
-    kind = TOOL_KIND.get(call.tool)
-    raw = call.input.get(TOOL_TARGET_FIELD.get(call.tool, ""), "")
-    if kind == "path" and call.tool != "glob" and "\x00" not in raw:
-        return canonical_path(raw, call.cwd, ctx.settings.home), None
-    if kind == "command":
-        return None, canonical_path(call.cwd, "/", ctx.settings.home)
-    return None, None
+    return resolve_for_gate(call, ctx.settings.home)
 
 
 def _tell_agent(ctx: CliContext) -> None:

@@ -50,3 +50,12 @@ class ToolCall:
     input: Mapping[str, Any] = field(default_factory=dict)
     operation: str = ""
     cwd: str = ""      # directory relative paths resolve against; "" means the agent's cwd
+
+
+def command_dir(tool_input: Mapping[str, Any], call_cwd: str) -> str:
+    """The directory an execute_command call runs in, before canonicalisation: the input's `cwd`
+    when it is a non-empty string (relative to `call_cwd`, `~` its owner's home), else
+    `call_cwd`. The gate and the tool both use this one answer, so a command is judged in the
+    directory it runs in."""
+    raw = tool_input.get("cwd") if isinstance(tool_input, Mapping) else None
+    return raw if isinstance(raw, str) and raw else call_cwd

@@ -170,14 +170,15 @@ class Daemon:
         the pipeline cannot load (calls are then refused with `unavailable`)."""
         try:
             from cmdop import pipeline
-            from cmdop.adapters.launcher import Sandbox
+            from cmdop.adapters.launcher import sandbox_for_agent
         except ImportError as exc:
             log.error("tool pipeline unavailable: %s", exc)
             return None, None
-        self.sandbox = Sandbox()   # its fork server starts on the first command
+        config = self._load_config()
+        self.sandbox = sandbox_for_agent(self.settings, config)  # server starts on first use
         ctx = pipeline.CallContext(settings=self.settings, gatekeeper=self.gatekeeper,
                                    audit=self.audit, sandbox=self.sandbox, hostname=self.hostname,
-                                   sandbox_required=self._load_config().sandbox_required)
+                                   sandbox_required=config.sandbox_required)
         return pipeline.handle_call, ctx
 
     def _load_config(self) -> Any:

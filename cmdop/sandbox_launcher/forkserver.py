@@ -1,6 +1,6 @@
 """Sandbox fork server: confines ITSELF (seccomp filter, Landlock domain), then spawns children.
 
-Runs in a fresh, single-threaded interpreter (`python -I -S -c SOURCE BPF_FD CTL_FD`), started by
+Runs in a fresh, single-threaded interpreter (`python -I -S -c SOURCE CONFIG_FD CTL_FD`), started by
 `cmdop.adapters.launcher` through subprocess (fork+exec in C, safe while the agent has threads).
 Stdlib only, no cmdop imports: it must run from a zipapp and start fast.
 
@@ -15,16 +15,32 @@ the sandbox, which seccomp alone (blocking ptrace() but not /proc) did not preve
 restricts no file access: it handles only EXECUTE and REFER and grants both beneath "/".
 Processes inside the one domain (this server and every command) can still reach each other.
 
+Before confining itself the server enters the kernel floor (the plan of
+`cmdop.core.kernel_floor`, computed by the agent): a mount namespace of its own (inside a new user
+namespace when the agent is not root) where credentials and cmdop's state are hidden and login
+files, /proc/sys, /sys and cmdop's code are read-only, and /dev opens no device but the harmless
+ones. It then drops the dangerous capabilities from its bounding set (`cmdop.core.capabilities`).
+Every child inherits all of it. A child joins its call's cgroup(s) without any code between fork
+and exec: the server (single-threaded) moves itself into the call cgroup, spawns, and moves back.
+
+CONFIG_FD carries one JSON line, then the BPF bytes:
+  {"mounts": [op, ...] | null, "dev_allowed": [...], "drop_caps": [N, ...], "home_cg": [fd, ...]}
+  (ops as `MountOp.as_json`; home_cg: cgroup.procs fds of the server's own leaf, inherited)
+
 Protocol on CTL_FD (AF_UNIX SOCK_SEQPACKET, one JSON object per message):
-  server -> client once:  {"ok": true, "landlock": ABI, "landlock_reason": "..."}
+  server -> client once:  {"ok": true, "landlock": ABI, "landlock_reason": "...",
+                           "mount_ns": "mount namespace" | "user+mount namespace" | "",
+                           "mount_ns_reason": "...", "caps_dropped": N}
                           (ABI: the Landlock ABI version of the domain every child runs in, 0 when
-                          there is none, and then landlock_reason says why)
+                          there is none, and then landlock_reason says why; mount_ns "" when the
+                          kernel floor could not be built, and mount_ns_reason says why)
                           | {"ok": false, "reason": "..."} (then the server exits)
-  client -> server:       {"argv": [...], "env": {...}, "cwd": "..."} with SCM_RIGHTS
-                          [reply, stdin, stdout, stderr]
+  client -> server:       {"argv": [...], "env": {...}, "cwd": "...", "cg": N} with SCM_RIGHTS
+                          [reply, stdin, stdout, stderr, N cgroup.procs fds of the call]
   server -> reply socket: {"pid": N} then later {"returncode": RC} (negative = killed by signal),
                           or {"error": "...", "errno": E} when the spawn failed.
-The server exits when CTL_FD reaches EOF (the agent went away).
+When CTL_FD reaches EOF (the agent went away, or retired this server for a fresh namespace) the
+server takes no more requests, reports the children still running as they end, then exits.
 """
 
 from __future__ import annotations
@@ -34,15 +50,30 @@ import ctypes
 import errno
 import json
 import os
+import re
 import selectors
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 from typing import Any
 
 PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
+MS_REC, MS_SLAVE, MS_RELATIME, MS_STRICTATIME = 16384, 1 << 19, 1 << 21, 1 << 24
+MNT_DETACH = 2
+# statvfs f_flag bits (ST_*) -> the per-mount flags a bind remount must restate: in a user
+# namespace the kernel refuses a remount that would clear a flag the parent namespace locked.
+_ST_TO_MS = ((1, MS_RDONLY), (2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC),
+             (1024, MS_NOATIME), (2048, MS_NODIRATIME), (4096, MS_RELATIME))
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -130,6 +161,164 @@ def enter_landlock_domain(libc: ctypes.CDLL) -> tuple[int, str]:
     return abi, ""
 
 
+class MountError(Exception):
+    """A step of building the namespace failed (the namespace may be half built)."""
+
+
+class NamespaceUnavailable(MountError):
+    """No namespace could be created at all (nothing was changed)."""
+
+
+def _mount(libc: ctypes.CDLL, src: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    enc = (lambda v: v.encode() if v is not None else None)
+    if libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise MountError(f"mount {target}: {os.strerror(err)}")
+
+
+def _mountpoints() -> list[str]:
+    """Mount points of this namespace, in mount order (/proc/self/mountinfo, octal escapes)."""
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            raw = line.split(b" ")[4]
+            out.append(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+                       .decode("utf-8", "surrogateescape"))
+    return out
+
+
+def _remount(libc: ctypes.CDLL, path: str, add: int) -> None:
+    """Add `add` (MS_RDONLY, MS_NODEV) to the mount at `path`, restating its other flags."""
+    try:
+        f_flag = os.statvfs(path).f_flag
+    except OSError as exc:
+        raise MountError(f"statvfs {path}: {exc.strerror}") from None
+    flags = add
+    for st, ms in _ST_TO_MS:
+        if f_flag & st:
+            flags |= ms
+    _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def enter_mount_namespace(libc: ctypes.CDLL, ops: list[dict[str, Any]],
+                          dev_allowed: list[str]) -> str:
+    """Unshare a mount namespace (inside a new user namespace when not root) and apply `ops`.
+
+    Returns the kind built ("mount namespace" | "user+mount namespace"); raises MountError
+    saying why not. Must run before the seccomp filter (which refuses unshare and mount).
+    """
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    uid, gid = os.geteuid(), os.getegid()
+    kind = "mount namespace"
+    if uid == 0:
+        if libc.unshare(CLONE_NEWNS) != 0:
+            raise NamespaceUnavailable("unshare(CLONE_NEWNS): " + os.strerror(ctypes.get_errno()))
+    else:
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+            err = ctypes.get_errno()
+            raise NamespaceUnavailable("unprivileged user namespaces are not available here "
+                             f"(unshare: {os.strerror(err)})")
+        kind = "user+mount namespace"
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                           ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    # Nothing done here may reach the host's mounts; the host's later mounts still reach us.
+    # Failing here (a seccomp filter on the agent refusing mount, e.g. a unit's
+    # SystemCallFilter= without it) has changed nothing yet: the namespace is unavailable.
+    try:
+        _mount(libc, None, "/", None, MS_REC | MS_SLAVE)
+    except MountError as exc:
+        raise NamespaceUnavailable(f"{exc} (is mount() refused by a seccomp filter on the agent?)") from None
+    hide_dirs = [op["path"] for op in ops if op["op"] == "hide_dir"]
+    scratch = hide_dirs[0] if hide_dirs and any(op["op"] == "hide_file" for op in ops) else ""
+    empty = ""
+    if scratch:
+        # An empty file to bind over hidden files: made in a scratch tmpfs on a directory that is
+        # hidden anyway, which then gets its own empty read-only tmpfs at the end.
+        _mount(libc, "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0700")
+        empty = os.path.join(scratch, "empty")
+        os.close(os.open(empty, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+    for op in ops:
+        path = op["path"]
+        what = op["op"]
+        if what == "bind":
+            _mount(libc, path, path, None, MS_BIND | MS_REC)
+        elif what == "readonly":
+            targets = [path]
+            if op.get("recursive"):
+                prefix = path.rstrip("/") + "/"
+                targets += [m for m in _mountpoints() if m.startswith(prefix)]
+            for t in dict.fromkeys(targets):
+                _remount(libc, t, MS_RDONLY)
+        elif what == "hide_dir":
+            if path != scratch:
+                _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                       "size=4k,nr_inodes=1,mode=0555")
+        elif what == "hide_file":
+            _mount(libc, empty, path, None, MS_BIND)
+            _remount(libc, path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        elif what == "dev":
+            _mount(libc, path, path, None, MS_BIND | MS_REC)
+            for name in dev_allowed:
+                node = os.path.join(path, name)
+                try:
+                    st = os.lstat(node)
+                except OSError:
+                    continue
+                if stat.S_ISCHR(st.st_mode):
+                    _mount(libc, node, node, None, MS_BIND)
+            _remount(libc, path, MS_NODEV)
+        else:
+            raise MountError(f"unknown mount operation {what!r}")
+    if scratch:
+        if libc.umount2(scratch.encode(), MNT_DETACH) != 0:
+            raise MountError(f"umount {scratch}: {os.strerror(ctypes.get_errno())}")
+        _mount(libc, "tmpfs", scratch, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               "size=4k,nr_inodes=1,mode=0555")
+    return kind
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities(libc: ctypes.CDLL, caps: list[int]) -> int:
+    """Drop `caps` from the bounding set (so no child can ever hold them), and clear the
+    inheritable and ambient sets. Returns how many were dropped; raises OSError."""
+    dropped = 0
+    for cap in caps:
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:        # this kernel does not know the capability
+                continue
+            raise OSError(err, f"PR_CAPBSET_DROP {cap}: {os.strerror(err)}")
+        dropped += 1
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = CapHeader(0x20080522, 0)      # _LINUX_CAPABILITY_VERSION_3
+    data = (CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    for i in range(2):
+        data[i].inheritable = 0
+        for cap in caps:
+            if cap // 32 == i:
+                bit = 1 << (cap % 32)
+                data[i].effective &= ~bit
+                data[i].permitted &= ~bit
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    return dropped
+
+
 def confine_self(bpf: bytes) -> tuple[str, int, str]:
     """NO_NEW_PRIVS, the Landlock domain (best effort), then the seccomp filter, on this process.
 
@@ -181,14 +370,29 @@ def send(sock: socket.socket, obj: dict[str, Any]) -> None:
 Children = dict[int, "tuple[subprocess.Popen[bytes], socket.socket]"]
 
 
-def spawn(req: dict[str, Any], fds: list[int], children: Children) -> None:
-    reply, stdin, stdout, stderr = fds
+def _join(fds: list[int]) -> None:
+    """Move this process into the cgroup(s) whose cgroup.procs are `fds`."""
+    for fd in fds:
+        os.write(fd, b"0")
+
+
+def spawn(req: dict[str, Any], fds: list[int], children: Children, home_cg: list[int]) -> None:
+    reply, stdin, stdout, stderr = fds[:4]
+    call_cg = fds[4:]
     rsock = socket.socket(fileno=reply)
     try:
-        proc = subprocess.Popen(
-            req["argv"], stdin=stdin, stdout=stdout, stderr=stderr, cwd=req.get("cwd") or None,
-            env=req.get("env"), start_new_session=True, close_fds=True,
-        )
+        # The child is born in the call's cgroup: we step in, spawn (no code of ours runs in the
+        # child between fork and exec), and step back out. Single-threaded, so nothing else of
+        # ours runs while we are in there.
+        try:
+            _join(call_cg)
+            proc = subprocess.Popen(
+                req["argv"], stdin=stdin, stdout=stdout, stderr=stderr, cwd=req.get("cwd") or None,
+                env=req.get("env"), start_new_session=True, close_fds=True,
+            )
+        finally:
+            if call_cg:
+                _join(home_cg)
     except OSError as exc:
         send(rsock, {"error": str(exc), "errno": exc.errno or 0})
         rsock.close()
@@ -198,7 +402,7 @@ def spawn(req: dict[str, Any], fds: list[int], children: Children) -> None:
         rsock.close()
         return
     finally:
-        for fd in (stdin, stdout, stderr):
+        for fd in (stdin, stdout, stderr, *call_cg):
             os.close(fd)
     send(rsock, {"pid": proc.pid})
     children[proc.pid] = (proc, rsock)
@@ -214,10 +418,47 @@ def reap(children: Children) -> None:
             del children[pid]
 
 
+def read_config(fd: int) -> tuple[dict[str, Any], bytes]:
+    data = read_all(fd)
+    head, _, bpf = data.partition(b"\n")
+    return json.loads(head), bpf
+
+
 def main() -> int:
-    bpf_fd, ctl_fd = int(sys.argv[1]), int(sys.argv[2])
+    config_fd, ctl_fd = int(sys.argv[1]), int(sys.argv[2])
     ctl = socket.socket(fileno=ctl_fd)
-    problem, landlock_abi, landlock_problem = confine_self(read_all(bpf_fd))
+    try:
+        config, bpf = read_config(config_fd)
+    except (OSError, ValueError) as exc:
+        send(ctl, {"ok": False, "reason": f"bad sandbox configuration: {exc}"})
+        return 1
+    home_cg = [int(fd) for fd in config.get("home_cg") or []]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    hello: dict[str, Any] = {"ok": True, "mount_ns": "", "mount_ns_reason": "", "caps_dropped": 0}
+    try:
+        _join(home_cg)
+    except OSError as exc:
+        send(ctl, {"ok": False, "reason": f"cannot join the sandbox's cgroup: {exc}"})
+        return 1
+    if config.get("mounts") is not None:
+        try:
+            hello["mount_ns"] = enter_mount_namespace(libc, config["mounts"],
+                                                      list(config.get("dev_allowed") or []))
+        except NamespaceUnavailable as exc:
+            hello["mount_ns_reason"] = str(exc)
+        except (MountError, OSError) as exc:
+            # Half a namespace is worse than a clear refusal: stop, and say why.
+            send(ctl, {"ok": False, "reason": f"building the kernel floor failed: {exc}"})
+            return 1
+    else:
+        hello["mount_ns_reason"] = str(config.get("mounts_reason") or "not requested")
+    try:
+        hello["caps_dropped"] = drop_capabilities(libc, [int(c) for c in config.get("drop_caps") or []])
+    except OSError as exc:
+        send(ctl, {"ok": False, "reason": f"dropping capabilities failed: {exc}"})
+        return 1
+    problem, landlock_abi, landlock_problem = confine_self(bpf)
     if problem:
         send(ctl, {"ok": False, "reason": problem})
         return 1
@@ -226,13 +467,15 @@ def main() -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    send(ctl, {"ok": True, "landlock": landlock_abi, "landlock_reason": landlock_problem})
+    hello.update(landlock=landlock_abi, landlock_reason=landlock_problem)
+    send(ctl, hello)
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, "ctl")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
     children: Children = {}
-    while True:
-        for key, _ in sel.select():
+    serving = True
+    while serving or children:
+        for key, _ in sel.select(None if serving else 1.0):
             if key.data == "wake":
                 try:
                     while os.read(wake_r, 4096):
@@ -242,27 +485,30 @@ def main() -> int:
                 reap(children)
                 continue
             try:
-                msg, anc, _flags, _addr = ctl.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * 4))
+                msg, anc, _flags, _addr = ctl.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * 16))
             except InterruptedError:
                 continue
             if not msg:
-                return 0
+                # Retired (or the agent is gone): finish reporting on the children we have.
+                serving = False
+                sel.unregister(ctl)
+                continue
             fds = array.array("i")
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-            if len(fds) != 4:
-                for fd in fds:
-                    os.close(fd)
-                continue
             try:
                 req = json.loads(msg)
-            except ValueError:
+                ok = isinstance(req, dict) and len(fds) == 4 + int(req.get("cg") or 0)
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
                 for fd in fds:
                     os.close(fd)
                 continue
-            spawn(req, list(fds), children)
+            spawn(req, list(fds), children, home_cg)
         reap(children)
+    return 0
 
 
 if __name__ == "__main__":

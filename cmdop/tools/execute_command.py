@@ -19,8 +19,13 @@ Promises:
   stderr; `output_left_open` is then true and that holder's later writes get EPIPE/SIGPIPE (our
   read ends are closed). Group members still alive after a TERM that ended the leader get their
   SIGKILL on schedule, after the call has returned. Background jobs of a command that exited by
-  itself are left running (a normal exit kills nothing). A process that left the group (setsid,
-  a daemon) escapes the timeout's kill: only the call is bounded, not its lifetime.
+  itself are left running (a normal exit kills nothing).
+- Where the agent has a cgroup per call (`Sandbox.cgroups`), the command runs in its own cgroup
+  with the configured pids.max and memory.max: a fork bomb stops at the limit. When the call ends
+  — by exit, timeout or cancel — everything still in the cgroup is killed, processes that left
+  the session (setsid, nohup, daemons) included, and the result carries `cgroup: true`,
+  `peak_memory_bytes` and `limit_hit` ("pids" | "memory" | null). Without one (`cgroup: false`),
+  a process that left the group escapes: only the call is bounded, not its lifetime.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any, Mapping, Protocol
 
 from cmdop.adapters import safe_open
 from cmdop.adapters.launcher import kill_group
-from cmdop.core.calls import CallerKind
+from cmdop.core.calls import CallerKind, command_dir
 from cmdop.core.errors import SandboxUnavailableError
 from cmdop.tools.base import BadInput, ToolEnv, get_int, get_str
 
@@ -99,8 +104,9 @@ def execute_command(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, An
         raise BadInput("field 'command' is empty")
     timeout_ms = get_int(tool_input, "timeout_ms", DEFAULT_TIMEOUT_MS, 1, MAX_TIMEOUT_MS)
     assert timeout_ms is not None
-    cwd = safe_open.canonical(get_str(tool_input, "cwd", required=False) or env.cwd or os.getcwd(),
-                              env.cwd, env.home)
+    get_str(tool_input, "cwd", required=False)      # type-checks the field
+    base = env.cwd or os.getcwd()
+    cwd = safe_open.canonical(command_dir(tool_input, base), base, env.home)
     safe_open.check_floor(cwd, env.home)
     if not os.path.isdir(cwd):
         raise BadInput(f"cwd is not a directory: {cwd}")
@@ -109,11 +115,12 @@ def execute_command(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, An
 
 
 def _spawn(argv: list[str], child_env: dict[str, str], cwd: str, env: ToolEnv,
-           out_w: int, err_w: int) -> tuple[_Child, bool]:
+           out_w: int, err_w: int, cgroup: Any) -> tuple[_Child, bool]:
     sandbox = env.sandbox
     if sandbox is not None and sandbox.available:
         with open(os.devnull, "rb") as devnull:
-            return sandbox.spawn(argv, child_env, cwd, devnull.fileno(), out_w, err_w), True
+            return sandbox.spawn(argv, child_env, cwd, devnull.fileno(), out_w, err_w,
+                                 cgroup=cgroup), True
     reason = sandbox.reason if sandbox is not None else "no sandbox configured"
     required = (env.sandbox_required_for_local if env.caller_kind == CallerKind.LOCAL
                 else env.sandbox_required_for_remote)
@@ -135,11 +142,15 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
     """
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    cgroups = getattr(env.sandbox, "cgroups", None)
+    cgroup = cgroups.create() if cgroups is not None else None
     try:
-        child, sandboxed = _spawn(argv, child_env, cwd, env, out_w, err_w)
+        child, sandboxed = _spawn(argv, child_env, cwd, env, out_w, err_w, cgroup)
     except BaseException:
         for fd in (out_r, err_r):
             os.close(fd)
+        if cgroup is not None:
+            cgroup.finish()
         raise
     finally:
         os.close(out_w)
@@ -170,6 +181,8 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
                     kill_at = now + KILL_GRACE_S
             if kill_at and now >= kill_at:
                 kill_group(child.pid, signal.SIGKILL)
+                if cgroup is not None:
+                    cgroup.kill()       # and whatever left the process group
                 kill_at = 0.0
             if returncode is None and (now >= next_poll or not sel.get_map()):
                 # With output flowing, a brief poll once a tick; with none, block for the tick.
@@ -183,9 +196,10 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
             if sel.get_map():
                 for key, _ in sel.select(_TICK_S):
                     _read_into(int(key.fd), str(key.data), bufs, truncated, env, sel)
-        if kill_at and _group_alive(child.pid):
+        if cgroup is None and kill_at and _group_alive(child.pid):
             # The command died of the TERM but other members of its group have not yet: they
             # keep the rest of their grace before the SIGKILL, without holding the call open.
+            # (With a cgroup, finish() below kills whatever is left, in the group or not.)
             killer = threading.Timer(max(0.0, kill_at - time.monotonic()), kill_group,
                                      (child.pid, signal.SIGKILL))
             killer.daemon = True
@@ -197,6 +211,7 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
             sel.unregister(key.fileobj)
             os.close(key.fd)
         sel.close()
+        usage = cgroup.finish() if cgroup is not None else None
     result: dict[str, Any] = {
         "stdout": bytes(bufs["stdout"]).decode("utf-8", "replace"),
         "stderr": bytes(bufs["stderr"]).decode("utf-8", "replace"),
@@ -209,7 +224,10 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
         "output_left_open": left_open,
         "sandboxed": sandboxed,
         "duration_ms": int((time.monotonic() - started) * 1000),
+        "cgroup": False,
     }
+    if usage is not None:
+        result.update(usage.as_result())
     if returncode < 0:
         result["signal"] = signal.Signals(-returncode).name if -returncode in _SIGNALS else str(-returncode)
     return result

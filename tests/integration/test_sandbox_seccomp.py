@@ -4,6 +4,10 @@ Each blocked syscall is tried by a small C probe (tests/probes/syscall_probe.c, 
 into a temp dir) with arguments that are harmless when unfiltered; under the sandbox each must
 fail with EPERM (clone3: ENOSYS so glibc falls back to the inspectable clone), and syscalls
 through a foreign ABI (i386 `int 0x80`, x32) must kill the probe with SIGSYS.
+Controls run the same probes unsandboxed (as root): none fails with EPERM there, and the ones
+that are harmless to perform (raw/packet sockets, chroot("/"), fanotify_init, reading the
+kernel log, kcmp, device nodes in a temp dir that the probe deletes at once) succeed, so a
+refusal inside cannot come from the operation never working here.
 """
 
 from __future__ import annotations
@@ -39,6 +43,34 @@ BLOCKED = [
     "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load",
     "init_module", "finit_module", "delete_module", "bpf", "perf_event_open", "keyctl", "add_key",
     "request_key", "reboot", "swapon", "swapoff", "acct", "userfaultfd", "open_by_handle_at",
+    # raw IPv6 and every AF_PACKET type (AF_INET raw/SOCK_PACKET are the socket_* entries above)
+    "socket_raw6", "socket_raw6_flags", "socket_raw6_hibits", "socket_sock_packet6",
+    "socket_packet_raw", "socket_packet_raw_flags", "socket_packet_stream",
+    "chroot", "fanotify_init", "syslog", "kcmp",
+    # device nodes only (mode & S_IFMT is S_IFBLK or S_IFCHR); made in a temp dir
+    "mknod_blk", "mknod_chr", "mknod_blk_hibits", "mknod_chr_hibits",
+    "mknodat_blk", "mknodat_chr", "mknodat_blk_hibits", "mknodat_chr_hibits",
+]
+
+# Blocked probes that SUCCEED unsandboxed as root (harmless there: sockets are closed at once,
+# chroot("/") changes nothing, the kernel log is only read, device nodes are made in a temp dir
+# and unlinked by the probe). The rest of BLOCKED fail unsandboxed too, just not with EPERM.
+SUCCEED_UNSANDBOXED = [
+    "socket_raw", "socket_raw_flags", "socket_raw_hibits", "socket_packet", "socket_packet_hibits",
+    "socket_sock_packet", "socket_raw6", "socket_raw6_flags", "socket_raw6_hibits",
+    "socket_packet_raw", "socket_packet_raw_flags", "chroot", "fanotify_init", "syslog", "kcmp",
+    "mknod_blk", "mknod_chr", "mknod_blk_hibits", "mknod_chr_hibits",
+    "mknodat_blk", "mknodat_chr", "mknodat_blk_hibits", "mknodat_chr_hibits",
+]
+
+# Probes that must still succeed (ret=0) under the sandbox.
+ALLOWED = [
+    "clone_plain", "socket_inet", "socket_inet6", "socket_inet_dgram", "socket_unix",
+    # netlink sockets are SOCK_RAW (or DGRAM): ip, ss, hostname -I, getifaddrs() need them
+    "socket_netlink", "socket_netlink_plain", "socket_netlink_diag", "socket_netlink_dgram",
+    # mknod of anything but a device node, and mkfifo (glibc: mknodat with S_IFIFO)
+    "mknod_fifo", "mknod_reg", "mknod_reg_notype", "mknod_sock", "mknodat_fifo", "mknodat_reg",
+    "mkfifo",
 ]
 
 
@@ -75,6 +107,11 @@ def run_in(sandbox: Sandbox, argv: list[str]) -> tuple[int, str]:
     return rc, out
 
 
+def probe_argv(probe: str, name: str, node_dir: Path) -> list[str]:
+    """The mknod/mkfifo probes create (and remove) DIR/node: they get a directory to do it in."""
+    return [probe, name, str(node_dir)] if name.startswith(("mknod", "mkfifo")) else [probe, name]
+
+
 def parse(out: str) -> tuple[int, int]:
     m = re.search(r"ret=(-?\d+) errno=(\d+)", out)
     assert m, out
@@ -82,19 +119,36 @@ def parse(out: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name", BLOCKED)
-def test_blocked_syscall_fails_with_eperm(sandbox: Sandbox, probe: str, name: str) -> None:
-    rc, out = run_in(sandbox, [probe, name])
+def test_blocked_syscall_fails_with_eperm(sandbox: Sandbox, probe: str, tmp_path: Path,
+                                          name: str) -> None:
+    rc, out = run_in(sandbox, probe_argv(probe, name, tmp_path))
     assert rc == 0, out
     assert parse(out) == (-1, errno.EPERM), out
+    assert os.listdir(tmp_path) == []   # no device node was made
 
 
-def test_probes_are_not_eperm_without_the_sandbox(probe: str) -> None:
+def test_probes_are_not_eperm_without_the_sandbox(probe: str, tmp_path: Path) -> None:
     """Control: the probe's arguments do not fail with EPERM by themselves (we run as root)."""
     if os.geteuid() != 0:
         pytest.skip("the control needs root: unprivileged, the kernel itself answers EPERM")
     eperm_anyway = [n for n in BLOCKED
-                    if parse(subprocess.run([probe, n], capture_output=True, text=True).stdout)[1] == errno.EPERM]
+                    if parse(subprocess.run(probe_argv(probe, n, tmp_path), capture_output=True,
+                                            text=True).stdout)[1] == errno.EPERM]
     assert eperm_anyway == []
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", SUCCEED_UNSANDBOXED)
+def test_blocked_operation_succeeds_without_the_sandbox(probe: str, tmp_path: Path,
+                                                        name: str) -> None:
+    """Control: as root and unfiltered the very same call works (a device node of the right
+    type is made in tmp_path and removed by the probe), so EPERM inside is the filter's."""
+    if os.geteuid() != 0:
+        pytest.skip("the control needs root (raw sockets, chroot, fanotify, mknod of devices)")
+    out = subprocess.run(probe_argv(probe, name, tmp_path), capture_output=True, text=True).stdout
+    ret, err = parse(out)
+    assert ret >= 0 and err == 0, out
+    assert os.listdir(tmp_path) == []
 
 
 def test_clone3_fails_with_enosys(sandbox: Sandbox, probe: str) -> None:
@@ -111,10 +165,65 @@ def test_foreign_abi_kills_the_process(sandbox: Sandbox, probe: str, abi: str) -
     assert "ret=" not in out
 
 
-@pytest.mark.parametrize("name", ["clone_plain", "socket_inet"])
-def test_ordinary_syscalls_still_work(sandbox: Sandbox, probe: str, name: str) -> None:
-    rc, out = run_in(sandbox, [probe, name])
-    assert parse(out) == (0, 0)
+@pytest.mark.parametrize("name", ALLOWED)
+def test_ordinary_syscalls_still_work(sandbox: Sandbox, probe: str, tmp_path: Path,
+                                      name: str) -> None:
+    rc, out = run_in(sandbox, probe_argv(probe, name, tmp_path))
+    assert rc == 0 and parse(out) == (0, 0), out
+    assert os.listdir(tmp_path) == []   # the probe removed what it made
+
+
+def test_shell_mknod_refuses_devices_but_makes_fifos(sandbox: Sandbox, tmp_path: Path) -> None:
+    """coreutils mkfifo/mknod inside; the same script outside (as root) makes the devices."""
+    if shutil.which("mknod") is None or shutil.which("mkfifo") is None:
+        pytest.skip("coreutils mknod/mkfifo are not installed here")
+    script = ('cd "$1" && mkfifo f && test -p f && mknod p p && test -p p && echo fifos-ok; '
+              'mknod b b 0 0; echo blk=$?; mknod c c 1 3; echo chr=$?; '
+              'test -b b && echo blk-node; test -c c && echo chr-node; rm -f f p b c')
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    rc, out = run_in(sandbox, ["/bin/sh", "-c", script, "sh", str(inside)])
+    assert "fifos-ok" in out and "blk=1" in out and "chr=1" in out, out
+    assert "Operation not permitted" in out and "-node" not in out, out
+    if os.geteuid() == 0:
+        plain = subprocess.run(["/bin/sh", "-c", script, "sh", str(outside)], capture_output=True,
+                               text=True, timeout=30)
+        assert "fifos-ok" in plain.stdout and "blk=0" in plain.stdout and "chr=0" in plain.stdout, plain
+        assert "blk-node" in plain.stdout and "chr-node" in plain.stdout, plain
+    assert os.listdir(inside) == [] and os.listdir(outside) == []
+
+
+NETWORK_TOOLS = [("ip", "ip addr"), ("ip", "ip route"), ("ss", "ss -tlnp"), ("hostname", "hostname -I")]
+
+
+@pytest.mark.parametrize("tool,command", NETWORK_TOOLS, ids=[c for _, c in NETWORK_TOOLS])
+def test_netlink_tools_work_inside(sandbox: Sandbox, tmp_path: Path, tool: str, command: str) -> None:
+    """These talk to the kernel over AF_NETLINK SOCK_RAW sockets, which the raw-socket rules
+    must leave alone (`ss` even exits 0 without netlink, so its stderr is checked too)."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed here (Debian: apt-get install iproute2 / hostname)")
+    plain = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert plain.returncode == 0 and plain.stdout.strip(), plain   # the tool works here at all
+    env = ToolEnv(home=str(tmp_path), cwd=str(tmp_path), sandbox=sandbox)
+    boxed = execute_command({"command": command}, env)
+    assert boxed["sandboxed"] is True
+    assert boxed["exit_code"] == 0, boxed
+    assert boxed["stdout"].strip(), boxed
+    assert "Operation not permitted" not in boxed["stderr"], boxed
+    assert "Cannot open netlink socket" not in boxed["stdout"] + boxed["stderr"], boxed
+
+
+def test_filter_table_has_the_new_entries() -> None:
+    from cmdop.adapters import sandbox as sb
+
+    blocked = {n for group in sb.BLOCKED_SYSCALLS.values() for n in group}
+    assert {"chroot", "fanotify_init", "syslog", "kcmp"} <= blocked
+    # argument rules only: blocking these outright would break mkfifo, netlink, AF_UNIX pairs
+    assert not {"mknod", "mknodat", "socket", "socketpair"} & blocked
+    domains = {d for d, _ in sb.SOCKET_RULES}
+    assert domains == {sb.AF_PACKET, sb.AF_INET, sb.AF_INET6}
+    assert (sb.AF_PACKET, None) in sb.SOCKET_RULES
 
 
 def test_filter_is_reported_in_proc_status(sandbox: Sandbox) -> None:

@@ -50,9 +50,13 @@ def test_unit_promises(scope):
         assert keys[key] == "yes"
     assert keys["SystemCallArchitectures"] == "native"
     assert "User" not in keys
+    # The sandbox's kernel floor: a cgroup subtree of its own (writable, so no
+    # ProtectControlGroups=) and a mount namespace (the user agent's inside a user namespace).
+    assert keys["Delegate"] == "yes" and "ProtectControlGroups" not in keys
+    assert set(keys["SystemCallFilter"].split()) >= {"mount", "umount2", "seccomp"}
+    assert keys["RestrictNamespaces"] == ("mnt" if scope == "system" else "user mnt")
     if scope == "system":
-        for key in ("ProtectKernelTunables", "ProtectKernelModules", "ProtectControlGroups",
-                    "PrivateTmp"):
+        for key in ("ProtectKernelTunables", "ProtectKernelModules", "PrivateTmp"):
             assert keys[key] == "yes"
         assert keys["WantedBy"] == "multi-user.target"
     else:

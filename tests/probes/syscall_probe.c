@@ -4,9 +4,15 @@
  * invalid magic numbers), so running the probe unsandboxed as root cannot change the machine;
  * under the cmdop seccomp filter each must fail with EPERM (clone3: ENOSYS).
  * `i386` and `x32` issue getpid through a foreign ABI; the filter must kill the process (SIGSYS).
+ *
+ * The mknod* / mkfifo probes take a directory (argv[2]): they create DIR/node, check that it has
+ * the requested file type, and delete it again, so a device node never outlives the probe.
+ * A probe that returns a file descriptor closes it and reports ret=0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/netlink.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -14,7 +20,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +30,57 @@
 #define AF_PACKET 17
 #endif
 #define HI (1L << 32) /* garbage in the upper half of an int argument */
+
+#define SYSLOG_ACTION_READ_ALL 3
+#define KCMP_FILE 0
+
+/* A syscall that returns a descriptor: close it, report success as 0. */
+static long fdok(long r) {
+    if (r >= 0) { close((int)r); r = 0; }
+    return r;
+}
+
+/* mknod (at=0) or mknodat (at=1) of DIR/node with `mode`; on success the node must have file
+ * type `want` (else ret=-3) and is unlinked at once. errno is the mknod's own. */
+static long node(const char *dir, int at, long mode, dev_t dev, mode_t want) {
+    char path[4096];
+    struct stat st;
+    long r;
+    int e, d;
+    if (!dir) { errno = EINVAL; return -5; }
+    snprintf(path, sizeof path, "%s/node", dir);
+    unlink(path);
+    if (at) {
+        d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (d < 0) return -4;
+        r = syscall(SYS_mknodat, d, "node", mode, dev);
+        e = errno;
+        close(d);
+    } else {
+        r = syscall(SYS_mknod, path, mode, dev);
+        e = errno;
+    }
+    if (r == 0) {
+        if (lstat(path, &st) != 0 || (st.st_mode & S_IFMT) != want) r = -3;
+        unlink(path);
+    }
+    errno = e;
+    return r;
+}
+
+static long fifo(const char *dir) {
+    char path[4096];
+    long r;
+    int e;
+    if (!dir) { errno = EINVAL; return -5; }
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    unlink(path);
+    r = mkfifo(path, 0600); /* glibc: mknodat(AT_FDCWD, path, S_IFIFO | 0600, 0) */
+    e = errno;
+    if (r == 0) unlink(path);
+    errno = e;
+    return r;
+}
 
 static long foreign(int x32) {
 #if defined(__x86_64__)
@@ -41,6 +100,8 @@ static long foreign(int x32) {
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *w = argv[1];
+    const char *dir = argc > 2 ? argv[2] : NULL;
+    static char buf[1 << 16];
     long r = -2;
     errno = 0;
     if (!strcmp(w, "socket_raw")) r = syscall(SYS_socket, AF_INET, SOCK_RAW, 1);
@@ -49,6 +110,39 @@ int main(int argc, char **argv) {
     else if (!strcmp(w, "socket_packet")) r = syscall(SYS_socket, AF_PACKET, SOCK_DGRAM, 0);
     else if (!strcmp(w, "socket_packet_hibits")) r = syscall(SYS_socket, HI | AF_PACKET, SOCK_DGRAM, 0);
     else if (!strcmp(w, "socket_sock_packet")) r = syscall(SYS_socket, AF_INET, SOCK_PACKET, 0);
+    else if (!strcmp(w, "socket_raw6")) r = fdok(syscall(SYS_socket, AF_INET6, SOCK_RAW, 58));
+    else if (!strcmp(w, "socket_raw6_flags")) r = fdok(syscall(SYS_socket, AF_INET6, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 58));
+    else if (!strcmp(w, "socket_raw6_hibits")) r = fdok(syscall(SYS_socket, HI | AF_INET6, HI | SOCK_RAW, 58));
+    else if (!strcmp(w, "socket_sock_packet6")) r = fdok(syscall(SYS_socket, AF_INET6, SOCK_PACKET, 0));
+    else if (!strcmp(w, "socket_packet_raw")) r = fdok(syscall(SYS_socket, AF_PACKET, SOCK_RAW, 0));
+    else if (!strcmp(w, "socket_packet_raw_flags")) r = fdok(syscall(SYS_socket, AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0));
+    else if (!strcmp(w, "socket_packet_stream")) r = fdok(syscall(SYS_socket, AF_PACKET, SOCK_STREAM, 0));
+    else if (!strcmp(w, "socket_inet6")) r = fdok(syscall(SYS_socket, AF_INET6, SOCK_STREAM, 0));
+    else if (!strcmp(w, "socket_inet_dgram")) r = fdok(syscall(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    else if (!strcmp(w, "socket_unix")) r = fdok(syscall(SYS_socket, AF_UNIX, SOCK_DGRAM, 0));
+    else if (!strcmp(w, "socket_netlink")) r = fdok(syscall(SYS_socket, AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    else if (!strcmp(w, "socket_netlink_plain")) r = fdok(syscall(SYS_socket, AF_NETLINK, SOCK_RAW, NETLINK_ROUTE));
+    else if (!strcmp(w, "socket_netlink_diag")) r = fdok(syscall(SYS_socket, AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+    else if (!strcmp(w, "socket_netlink_dgram")) r = fdok(syscall(SYS_socket, AF_NETLINK, SOCK_DGRAM, NETLINK_ROUTE));
+    else if (!strcmp(w, "chroot")) r = syscall(SYS_chroot, "/");
+    else if (!strcmp(w, "fanotify_init")) r = fdok(syscall(SYS_fanotify_init, 0 /* FAN_CLASS_NOTIF */, O_RDONLY));
+    else if (!strcmp(w, "syslog")) r = syscall(SYS_syslog, SYSLOG_ACTION_READ_ALL, buf, (long)sizeof buf);
+    else if (!strcmp(w, "kcmp")) r = syscall(SYS_kcmp, getpid(), getpid(), KCMP_FILE, 1, 1);
+    else if (!strcmp(w, "mknod_blk")) r = node(dir, 0, S_IFBLK | 0600, makedev(0, 0), S_IFBLK);
+    else if (!strcmp(w, "mknod_chr")) r = node(dir, 0, S_IFCHR | 0600, makedev(1, 3), S_IFCHR);
+    else if (!strcmp(w, "mknod_blk_hibits")) r = node(dir, 0, HI | S_IFBLK | 0600, makedev(0, 0), S_IFBLK);
+    else if (!strcmp(w, "mknod_chr_hibits")) r = node(dir, 0, HI | S_IFCHR | 0600, makedev(1, 3), S_IFCHR);
+    else if (!strcmp(w, "mknodat_blk")) r = node(dir, 1, S_IFBLK | 0600, makedev(0, 0), S_IFBLK);
+    else if (!strcmp(w, "mknodat_chr")) r = node(dir, 1, S_IFCHR | 0600, makedev(1, 3), S_IFCHR);
+    else if (!strcmp(w, "mknodat_blk_hibits")) r = node(dir, 1, HI | S_IFBLK | 0600, makedev(0, 0), S_IFBLK);
+    else if (!strcmp(w, "mknodat_chr_hibits")) r = node(dir, 1, HI | S_IFCHR | 0600, makedev(1, 3), S_IFCHR);
+    else if (!strcmp(w, "mknod_fifo")) r = node(dir, 0, S_IFIFO | 0600, 0, S_IFIFO);
+    else if (!strcmp(w, "mknod_reg")) r = node(dir, 0, S_IFREG | 0600, 0, S_IFREG);
+    else if (!strcmp(w, "mknod_reg_notype")) r = node(dir, 0, 0600, 0, S_IFREG);   /* type 0 = regular */
+    else if (!strcmp(w, "mknod_sock")) r = node(dir, 0, S_IFSOCK | 0600, 0, S_IFSOCK);
+    else if (!strcmp(w, "mknodat_fifo")) r = node(dir, 1, S_IFIFO | 0600, 0, S_IFIFO);
+    else if (!strcmp(w, "mknodat_reg")) r = node(dir, 1, S_IFREG | 0600, 0, S_IFREG);
+    else if (!strcmp(w, "mkfifo")) r = fifo(dir);
     else if (!strcmp(w, "ptrace")) r = syscall(SYS_ptrace, 0x7fff, 0, 0, 0);
     else if (!strcmp(w, "process_vm_readv")) r = syscall(SYS_process_vm_readv, getpid(), 0, 0, 0, 0, 0);
     else if (!strcmp(w, "process_vm_writev")) r = syscall(SYS_process_vm_writev, getpid(), 0, 0, 0, 0, 0);

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
+from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall, command_dir
 from cmdop.core.policy.decision import Action, Decision, Source
 from cmdop.core.policy.floor import check_command, check_path, check_pattern
 from cmdop.core.policy.index import RuleSet
@@ -81,10 +81,13 @@ def _path_target(call: ToolCall, raw: str, home: str, resolved: str | None, kind
 
 
 def prepare_target(call: ToolCall, home: str, resolved: str | None = None,
-                   resolved_cwd: str | None = None, protected: tuple[str, ...] = ()) -> Target:
+                   resolved_cwd: str | None = None, protected: tuple[str, ...] = (),
+                   static_floor: bool = True) -> Target:
     """Turn a call into a Target. `resolved` is the adapter's canonical path for path tools,
     `resolved_cwd` the canonical cwd for commands, `protected` extra floor directories (cmdop's
-    own dirs when the environment moved them). Never raises."""
+    own dirs when the environment moved them). `static_floor=False` skips the floor's reading of
+    a command's text: only the kernel-floor tests set it, to show the kernel holds alone.
+    Never raises."""
     tool = call.tool
     kind = TOOL_KIND.get(tool)
     fieldname = TOOL_TARGET_FIELD.get(tool)
@@ -103,8 +106,10 @@ def prepare_target(call: ToolCall, home: str, resolved: str | None = None,
             part = Part(None, (host,), host, "hostname has characters a hostname cannot have", unparseable=True)
             return Target(tool, call.operation, kind, host, (part,), None)
         return Target(tool, call.operation, kind, host, (Part(host, (host,), host),), None)
-    cwd = resolved_cwd or call.cwd or ""
-    floor = check_command(raw, home, cwd, protected)
+    cwd = resolved_cwd or command_dir(call.input, call.cwd) or ""
+    if "\x00" in cwd:
+        return Target(tool, call.operation, kind, raw.strip(), (), None, "NUL byte in cwd")
+    floor = check_command(raw, home, cwd, protected) if static_floor else None
     if floor is None and cwd:
         cwd_floor = check_path(lexical_path(cwd, "/", home), home, protected)
         if cwd_floor:
@@ -205,17 +210,19 @@ def decide_target(t: Target, caller: Caller, policy: Policy, mode: str) -> Decis
 
 def decide(call: ToolCall, caller: Caller, policy: Policy, home: str, mode: str | None = None,
            resolved: str | None = None, resolved_cwd: str | None = None,
-           protected: tuple[str, ...] = ()) -> Decision:
-    """The gate. `mode` overrides the policy's; never raises (a bug of ours becomes a deny)."""
+           protected: tuple[str, ...] = (), static_floor: bool = True) -> Decision:
+    """The gate. `mode` overrides the policy's; never raises (a bug of ours becomes a deny).
+    `static_floor` as in `prepare_target` (tests of the kernel floor only)."""
     eff = mode if mode in MODES else (policy.mode if policy.mode in MODES else "strict")
     try:
         if call.tool == "execute_command":
-            key = (call.input.get("command"), call.cwd, resolved_cwd, str(caller.kind), eff, call.operation, home,
-                   protected)
+            key = (call.input.get("command"), call.cwd, call.input.get("cwd"), resolved_cwd, str(caller.kind), eff,
+                   call.operation, home, protected, static_floor)
             hit = policy.memo.get(key)
             if hit is not None:
                 return hit
-            d = decide_target(prepare_target(call, home, resolved, resolved_cwd, protected), caller, policy, eff)
+            d = decide_target(prepare_target(call, home, resolved, resolved_cwd, protected, static_floor),
+                              caller, policy, eff)
             if len(policy.memo) >= _MEMO_MAX:
                 policy.memo.clear()
             policy.memo[key] = d
