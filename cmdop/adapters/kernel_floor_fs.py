@@ -127,14 +127,17 @@ def _system_entries(root: bool) -> tuple[tuple[tuple[str, str], ...], tuple[tupl
     return tuple(hidden), tuple(readonly)
 
 
-def build_plan(spec: FloorSpec) -> tuple[kf.MountPlan, tuple[str, ...]]:
-    """The mount plan for `spec` on this machine, and the directories to fingerprint."""
+def build_plan(spec: FloorSpec) -> tuple[kf.MountPlan, tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The mount plan for `spec` on this machine, the same floor as Landlock rules (for where
+    no namespace can be built), and the directories to fingerprint."""
     homes = homes_for(spec)
     hidden, readonly = _system_entries(spec.root)
     protected = kf.protected_entries(homes, spec.agent_dirs, spec.own_code, hidden, readonly)
-    plan = kf.plan_mounts(protected, homes, RealFs())
+    fs = RealFs()
+    plan = kf.plan_mounts(protected, homes, fs)
+    rules = kf.landlock_rules(protected, homes, fs)
     watched = tuple(dict.fromkeys((*plan.listed, *(["/home"] if spec.root else []))))
-    return plan, watched
+    return plan, rules, watched
 
 
 def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[int, int], ...]:

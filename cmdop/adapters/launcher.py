@@ -89,7 +89,7 @@ class Sandbox:
 
     Thread-safe. `available` is False (and `reason` says why) where seccomp cannot be applied;
     `landlock` is 0 (and `landlock_reason` says why) where children run without a Landlock domain;
-    `mount_ns` is "" (and `mount_ns_reason` says why) where they run without the kernel floor.
+    `kernel_floor` is "" where they run without the kernel floor (`enforcement()` says why).
     """
 
     def __init__(self, filt: SandboxFilter | None = None,
@@ -107,8 +107,8 @@ class Sandbox:
         self._reason = ""
         self._landlock = 0
         self._landlock_reason = ""
-        self._mount_ns = ""
-        self._mount_ns_reason = "no kernel floor configured" if floor is None else ""
+        self._kernel_floor = ""
+        self._floor_reason = "no kernel floor configured" if floor is None else ""
         self._caps_dropped = 0
         self._watched: tuple[str, ...] = ()
         self._fingerprint: tuple[tuple[int, int], ...] = ()
@@ -135,13 +135,14 @@ class Sandbox:
                                   "home_cg": list(self.cgroups.server_procs_fds()) if self.cgroups else []}
         if self._floor is not None:
             try:
-                plan, self._watched = kernel_floor_fs.build_plan(self._floor)
+                plan, rules, self._watched = kernel_floor_fs.build_plan(self._floor)
             except Exception as exc:  # noqa: BLE001 - reading the machine failed: say why
                 config["mounts_reason"] = f"planning the kernel floor failed: {exc}"
                 return config
             self._fingerprint = kernel_floor_fs.fingerprint(self._watched)
             self.plan = plan
             config["mounts"] = [op.as_json() for op in plan.ops]
+            config["landlock_rules"] = [list(rule) for rule in rules]
             config["dev_allowed"] = list(kernel_floor.DEV_ALLOWED)
         else:
             config["mounts_reason"] = "no kernel floor configured"
@@ -180,12 +181,16 @@ class Sandbox:
             proc.wait(timeout=5)
             return None
         self._proc = proc
-        self._mount_ns = str(hello.get("mount_ns") or "")
-        self._mount_ns_reason = "" if self._mount_ns else str(hello.get("mount_ns_reason") or "unknown")
+        self._kernel_floor = str(hello.get("kernel_floor") or "")
+        self._floor_reason = str(hello.get("kernel_floor_reason") or "") or (
+            "" if self._kernel_floor else "unknown")
         self._caps_dropped = int(hello.get("caps_dropped") or 0)
-        if self._floor is not None and not self._mount_ns:
+        if self._floor is not None and not self._kernel_floor:
             log.warning("commands run WITHOUT the kernel floor (static floor only): %s",
-                        self._mount_ns_reason)
+                        self._floor_reason)
+        elif self._kernel_floor == "landlock":
+            log.warning("kernel floor as Landlock file rules (no mount namespace here: %s)",
+                        self._floor_reason)
         self._landlock = int(hello.get("landlock") or 0)
         self._landlock_reason = "" if self._landlock else str(
             hello.get("landlock_reason") or "the sandbox server did not report a Landlock domain")
@@ -227,18 +232,18 @@ class Sandbox:
             return self._landlock_reason
 
     @property
-    def mount_ns(self) -> str:
-        """"mount namespace" | "user+mount namespace" when children run in the kernel floor,
-        else "" (see `mount_ns_reason`). Starts the server if needed."""
+    def kernel_floor(self) -> str:
+        """"mount namespace" | "user+mount namespace" | "landlock" when children run in the
+        kernel floor, else "". Starts the server if needed."""
         with self._lock:
-            return self._mount_ns if self._ensure() is not None else ""
+            return self._kernel_floor if self._ensure() is not None else ""
 
     def enforcement(self) -> dict[str, str]:
         """Which enforcement children run under, for `agent status` and `doctor` (one word or
         phrase per layer, then why where a layer is missing)."""
         with self._lock:
             ok = self._ensure() is not None
-            mount_ns, mount_why = self._mount_ns, self._mount_ns_reason
+            floor, floor_why = self._kernel_floor, self._floor_reason
             landlock, landlock_why, caps = self._landlock, self._landlock_reason, self._caps_dropped
             reason = self._reason
         out: dict[str, str] = {}
@@ -248,9 +253,9 @@ class Sandbox:
             out["kernel_floor_reason"] = "no sandbox"
         else:
             out["seccomp"] = "filter"
-            out["kernel_floor"] = mount_ns or "static only"
-            if not mount_ns:
-                out["kernel_floor_reason"] = mount_why
+            out["kernel_floor"] = floor or "static only"
+            if floor_why:
+                out["kernel_floor_reason"] = floor_why
         out["landlock"] = f"ABI {landlock}" if ok and landlock else "none"
         if not (ok and landlock):
             out["landlock_reason"] = landlock_why or reason

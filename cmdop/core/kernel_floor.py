@@ -260,3 +260,47 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
             protect(path)
     ops.append(MountOp("dev", "/dev"))
     return MountPlan(tuple(ops), tuple(listed), tuple(uncovered), tuple(protected))
+
+
+def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) -> tuple[tuple[str, str], ...]:
+    """The same floor as Landlock file rules, for where no mount namespace can be built (a user
+    agent where unprivileged user namespaces are refused). (path, "rw" | "ro") pairs: "rw"
+    grants every file-system right beneath the path, "ro" reading and executing only; listing
+    directories is granted everywhere separately. A HIDE entry gets nothing (it cannot be opened),
+    a READONLY one "ro". Landlock only adds rights, so a directory on the way to a protected entry
+    gets no rule itself and each of its entries gets its own: nothing can be created, renamed or
+    removed directly in it — for a user agent that is "/", "/home" and the home, where the user
+    could create only home entries anyway; dotfiles directly in a home are "ro" as in the mount
+    plan."""
+    homes_n = {posixpath.normpath(h) for h in homes if posixpath.normpath(h) != "/"}
+    by_path = {p.path: p for p in protected}
+    rules: list[tuple[str, str]] = []
+
+    def marked_below(path: str) -> bool:
+        prefix = path.rstrip("/") + "/"
+        return any(q.startswith(prefix) for q in by_path) or any(h.startswith(prefix) for h in homes_n)
+
+    def grant(path: str) -> None:
+        p = by_path.get(path)
+        entry = fs.entry(path, list_children=True)
+        if entry.kind in ("missing", "link"):
+            return      # a link's target gets the rule of where it really is
+        if p is not None:
+            if p.treat is Treat.READONLY:
+                rules.append((path, "ro"))
+            return
+        if entry.kind != "dir" or (path not in homes_n and not marked_below(path)):
+            rules.append((path, "rw"))
+            return
+        home_here = path in homes_n
+        for name in sorted(entry.children):
+            if name in ("", ".", "..") or "/" in name:
+                continue
+            child = posixpath.join(path, name)
+            if home_here and name.startswith(".") and fs.entry(child).kind != "dir" and child not in by_path:
+                rules.append((child, "ro"))
+            else:
+                grant(child)
+
+    grant("/")
+    return tuple(rules)

@@ -24,16 +24,19 @@ Every child inherits all of it. A child joins its call's cgroup(s) without any c
 and exec: the server (single-threaded) moves itself into the call cgroup, spawns, and moves back.
 
 CONFIG_FD carries one JSON line, then the BPF bytes:
-  {"mounts": [op, ...] | null, "dev_allowed": [...], "drop_caps": [N, ...], "home_cg": [fd, ...]}
+  {"mounts": [op, ...] | null, "dev_allowed": [...], "landlock_rules": [[path, "rw"|"ro"], ...],
+   "drop_caps": [N, ...], "home_cg": [fd, ...]}
   (ops as `MountOp.as_json`; home_cg: cgroup.procs fds of the server's own leaf, inherited)
 
 Protocol on CTL_FD (AF_UNIX SOCK_SEQPACKET, one JSON object per message):
   server -> client once:  {"ok": true, "landlock": ABI, "landlock_reason": "...",
-                           "mount_ns": "mount namespace" | "user+mount namespace" | "",
-                           "mount_ns_reason": "...", "caps_dropped": N}
+                           "kernel_floor": "mount namespace" | "user+mount namespace" | "landlock"
+                                           | "", "kernel_floor_reason": "...", "caps_dropped": N}
                           (ABI: the Landlock ABI version of the domain every child runs in, 0 when
-                          there is none, and then landlock_reason says why; mount_ns "" when the
-                          kernel floor could not be built, and mount_ns_reason says why)
+                          there is none, and then landlock_reason says why; kernel_floor "" when
+                          no kernel floor could be built, and kernel_floor_reason says why;
+                          "landlock" when no namespace could be made and the CONFIG's
+                          landlock_rules hold the floor instead)
                           | {"ok": false, "reason": "..."} (then the server exits)
   client -> server:       {"argv": [...], "env": {...}, "cwd": "...", "cg": N} with SCM_RIGHTS
                           [reply, stdin, stdout, stderr, N cgroup.procs fds of the call]
@@ -120,9 +123,39 @@ def _landlock_errno_text(what: str, err: int) -> str:
     return f"{what}: {os.strerror(err)}"
 
 
-def enter_landlock_domain(libc: ctypes.CDLL) -> tuple[int, str]:
-    """Put this process (and so every later child) into a new Landlock domain that restricts no
-    file access: only EXECUTE and REFER are handled, and both are granted beneath "/".
+# Every file-system right of each ABI (linux/landlock.h), and the ones that make sense on a file.
+LANDLOCK_FS_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
+LANDLOCK_FS_RIGHTS_LATEST = (1 << 16) - 1      # ABI 5+: IOCTL_DEV
+LANDLOCK_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
+LANDLOCK_READ_RIGHTS = (1 << 0) | (1 << 2) | (1 << 3)   # EXECUTE, READ_FILE, READ_DIR
+LANDLOCK_READ_DIR = 1 << 3
+
+
+def _landlock_rule(libc: ctypes.CDLL, ruleset: int, path: str, access: int) -> None:
+    """Grant `access` beneath `path` (only the file rights for a file). Raises OSError."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            access &= LANDLOCK_FILE_RIGHTS
+        # struct landlock_path_beneath_attr {__u64 allowed_access; __s32 parent_fd;} is packed.
+        beneath = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
+        if _landlock_call(libc, NR_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
+                          beneath, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, _landlock_errno_text(f"landlock_add_rule {path}", err))
+    finally:
+        os.close(fd)
+
+
+def enter_landlock_domain(libc: ctypes.CDLL,
+                          file_rules: list[tuple[str, str]] | None = None) -> tuple[int, str]:
+    """Put this process (and so every later child) into a new Landlock domain.
+
+    Without `file_rules` the domain restricts no file access: only EXECUTE and REFER are
+    handled, and both are granted beneath "/" (it is there for its process scoping). With
+    `file_rules` ((path, "rw" | "ro") from `cmdop.core.kernel_floor.landlock_rules`) every
+    file-system right of this ABI is handled, directory listing is granted everywhere, and the
+    rest only where a rule says: this is the kernel floor where no mount namespace can be built.
 
     Needs PR_SET_NO_NEW_PRIVS already set. Never raises. Returns (ABI version, "") when the
     domain is in force, or (0, why) when it is not: no Landlock in the kernel (ENOSYS), disabled
@@ -136,28 +169,29 @@ def enter_landlock_domain(libc: ctypes.CDLL) -> tuple[int, str]:
     if abi < LANDLOCK_MIN_ABI:
         return 0, (f"Landlock ABI {abi} (Linux 5.13-5.18) forbids moving files between "
                    "directories in every domain; no domain used")
+    handled = LANDLOCK_HANDLED_FS if file_rules is None else LANDLOCK_FS_RIGHTS.get(abi, LANDLOCK_FS_RIGHTS_LATEST)
     # struct landlock_ruleset_attr: only its first field (handled_access_fs); size 8 is valid
     # for every ABI, and the later fields (net, scoped) stay unhandled.
-    attr = ctypes.create_string_buffer(struct.pack("=Q", LANDLOCK_HANDLED_FS), 8)
+    attr = ctypes.create_string_buffer(struct.pack("=Q", handled), 8)
     ruleset = _landlock_call(libc, NR_LANDLOCK_CREATE_RULESET, attr, 8, 0)
     if ruleset < 0:
         return 0, _landlock_errno_text("landlock_create_ruleset", ctypes.get_errno())
-    root = -1
     try:
-        root = os.open("/", os.O_PATH | os.O_CLOEXEC)
-        # struct landlock_path_beneath_attr {__u64 allowed_access; __s32 parent_fd;} is packed.
-        beneath = ctypes.create_string_buffer(struct.pack("=Qi", LANDLOCK_HANDLED_FS, root), 12)
-        if _landlock_call(libc, NR_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
-                          beneath, 0) != 0:
-            return 0, _landlock_errno_text("landlock_add_rule", ctypes.get_errno())
+        if file_rules is None:
+            _landlock_rule(libc, ruleset, "/", LANDLOCK_HANDLED_FS)
+        else:
+            _landlock_rule(libc, ruleset, "/", LANDLOCK_READ_DIR)
+            for path, kind in file_rules:
+                try:
+                    _landlock_rule(libc, ruleset, path, handled if kind == "rw" else LANDLOCK_READ_RIGHTS)
+                except FileNotFoundError:
+                    continue        # gone since the plan was made: nothing to grant
         if _landlock_call(libc, NR_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
             return 0, _landlock_errno_text("landlock_restrict_self", ctypes.get_errno())
     except OSError as exc:
-        return 0, f"Landlock rule for /: {exc}"
+        return 0, f"Landlock rules: {exc.strerror or exc}"
     finally:
         os.close(ruleset)
-        if root >= 0:
-            os.close(root)
     return abi, ""
 
 
@@ -169,9 +203,13 @@ class NamespaceUnavailable(MountError):
     """No namespace could be created at all (nothing was changed)."""
 
 
+def _enc(value: str | None) -> bytes | None:
+    return value.encode() if value is not None else None
+
+
 def _mount(libc: ctypes.CDLL, src: str | None, target: str, fstype: str | None, flags: int,
            data: str | None = None) -> None:
-    enc = (lambda v: v.encode() if v is not None else None)
+    enc = _enc
     if libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
         err = ctypes.get_errno()
         raise MountError(f"mount {target}: {os.strerror(err)}")
@@ -319,7 +357,7 @@ def drop_capabilities(libc: ctypes.CDLL, caps: list[int]) -> int:
     return dropped
 
 
-def confine_self(bpf: bytes) -> tuple[str, int, str]:
+def confine_self(bpf: bytes, file_rules: list[tuple[str, str]] | None = None) -> tuple[str, int, str]:
     """NO_NEW_PRIVS, the Landlock domain (best effort), then the seccomp filter, on this process.
 
     Returns (problem, landlock_abi, landlock_problem): `problem` is "" when NO_NEW_PRIVS and the
@@ -331,7 +369,7 @@ def confine_self(bpf: bytes) -> tuple[str, int, str]:
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         return "prctl(PR_SET_NO_NEW_PRIVS) failed: " + os.strerror(ctypes.get_errno()), 0, ""
     # Before the filter, so no entry of our own blacklist can ever turn the domain off.
-    landlock_abi, landlock_problem = enter_landlock_domain(libc)
+    landlock_abi, landlock_problem = enter_landlock_domain(libc, file_rules)
     # Commands share the server's Landlock domain, so the domain does not keep them out of the
     # server's own memory; being undumpable does (for non-root commands): /proc/<server>/mem,
     # environ, fd become root-only. Children get dumpable back at execve, as usual.
@@ -435,33 +473,43 @@ def main() -> int:
     home_cg = [int(fd) for fd in config.get("home_cg") or []]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    hello: dict[str, Any] = {"ok": True, "mount_ns": "", "mount_ns_reason": "", "caps_dropped": 0}
+    hello: dict[str, Any] = {"ok": True, "kernel_floor": "", "kernel_floor_reason": "", "caps_dropped": 0}
     try:
         _join(home_cg)
     except OSError as exc:
         send(ctl, {"ok": False, "reason": f"cannot join the sandbox's cgroup: {exc}"})
         return 1
+    file_rules = None
     if config.get("mounts") is not None:
         try:
-            hello["mount_ns"] = enter_mount_namespace(libc, config["mounts"],
-                                                      list(config.get("dev_allowed") or []))
+            hello["kernel_floor"] = enter_mount_namespace(libc, config["mounts"],
+                                                          list(config.get("dev_allowed") or []))
         except NamespaceUnavailable as exc:
-            hello["mount_ns_reason"] = str(exc)
+            hello["kernel_floor_reason"] = str(exc)
+            # No namespace here (e.g. unprivileged user namespaces refused): the same floor as
+            # Landlock file rules, which any process may apply to itself.
+            if config.get("landlock_rules") is not None:
+                file_rules = [(str(p), str(k)) for p, k in config["landlock_rules"]]
         except (MountError, OSError) as exc:
             # Half a namespace is worse than a clear refusal: stop, and say why.
             send(ctl, {"ok": False, "reason": f"building the kernel floor failed: {exc}"})
             return 1
     else:
-        hello["mount_ns_reason"] = str(config.get("mounts_reason") or "not requested")
+        hello["kernel_floor_reason"] = str(config.get("mounts_reason") or "not requested")
     try:
         hello["caps_dropped"] = drop_capabilities(libc, [int(c) for c in config.get("drop_caps") or []])
     except OSError as exc:
         send(ctl, {"ok": False, "reason": f"dropping capabilities failed: {exc}"})
         return 1
-    problem, landlock_abi, landlock_problem = confine_self(bpf)
+    problem, landlock_abi, landlock_problem = confine_self(bpf, file_rules)
     if problem:
         send(ctl, {"ok": False, "reason": problem})
         return 1
+    if file_rules is not None:
+        if landlock_abi:
+            hello["kernel_floor"] = "landlock"
+        else:
+            hello["kernel_floor_reason"] += f"; Landlock file rules: {landlock_problem}"
     # SIGCHLD wakes the loop through a pipe; the handler itself does nothing.
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)

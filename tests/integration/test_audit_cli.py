@@ -11,6 +11,8 @@ import sys
 import threading
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from cmdop.adapters.audit_log import AuditLog
 
 
@@ -159,3 +161,111 @@ def test_tail_zero_and_since_stops_early(cmdop_env):
     from cmdop.core.audit import parse_since
     flt = audit_reader.Filter(since=parse_since("3h", datetime.now(timezone.utc)))
     assert [rec["i"] for _, rec in audit_reader.tail(str(cmdop_env.state_dir), None, flt)] == [7, 8, 9]
+
+
+# -- --verify and the chain head ----------------------------------------------------------------
+
+def _cut(n: int):  # type: ignore[no-untyped-def]
+    def run(state) -> None:  # type: ignore[no-untyped-def]
+        p = state / "audit.log"
+        p.write_bytes(b"".join(x + b"\n" for x in p.read_bytes().splitlines()[:-n]))
+    return run
+
+
+def _truncate_mid_line(state) -> None:  # type: ignore[no-untyped-def]
+    p = state / "audit.log"
+    data = p.read_bytes()
+    p.write_bytes(data[: sum(len(x) + 1 for x in data.splitlines()[:20]) + 9])
+
+
+def _renumber(state) -> None:  # type: ignore[no-untyped-def]
+    """Lines 6-10 dropped, the rest renumbered and re-chained, and a head written for it without
+    the key (a forger who cannot read audit.key)."""
+    from cmdop.core.audit import encode_head, encode_line, line_hash
+    p = state / "audit.log"
+    recs = _json_lines(p.read_text())
+    recs = recs[:5] + recs[10:]
+    out, prev = [], recs[0]["prev"]
+    for seq, r in enumerate(recs, 1):
+        line = encode_line(dict(r, seq=seq, prev=prev))
+        out.append(line)
+        prev = line_hash(line)
+    p.write_bytes(b"".join(out))
+    (state / "audit.head").write_bytes(encode_head(len(recs), 1, 0, prev, None))
+
+
+def _renumber_keep_head(state) -> None:  # type: ignore[no-untyped-def]
+    head = (state / "audit.head").read_bytes()
+    _renumber(state)
+    (state / "audit.head").write_bytes(head)
+
+
+def _head_from_other(state) -> None:  # type: ignore[no-untyped-def]
+    other = state.parent / "other-state"
+    _fill(other, 30, start=100)
+    (state / "audit.head").write_bytes((other / "audit.head").read_bytes())
+
+
+VERIFY_FAILURES = [
+    ("cut 1 line", _cut(1), "cmdop: error: audit.log ends at seq 29 but the chain head says 30: "
+                            "1 line is missing at the end"),
+    ("cut 12 lines", _cut(12), "cmdop: error: audit.log ends at seq 18 but the chain head says 30: "
+                               "12 lines are missing at the end"),
+    ("truncated mid-line", _truncate_mid_line,
+     "cmdop: error: audit.log:21: truncated line (no newline at end); audit.log ends at seq 20 but "
+     "the chain head says 30: 10 lines are missing at the end"),
+    ("renumbered + forged head", _renumber, "cmdop: error: audit.head carries no MAC"),
+    ("renumbered, head kept", _renumber_keep_head,
+     "cmdop: error: audit.log ends at seq 25 but the chain head says 30: 5 lines are missing"),
+    ("head deleted", lambda s: (s / "audit.head").unlink(),
+     "cmdop: error: audit.head is missing but audit.log holds lines written with a chain head"),
+    ("head from another log", _head_from_other, "cmdop: error: audit.head: its MAC does not match audit.key"),
+]
+
+
+@pytest.mark.parametrize("name,tamper,message", VERIFY_FAILURES, ids=[v[0] for v in VERIFY_FAILURES])
+def test_verify_fails_on_a_tampered_end(cmdop_env, name, tamper, message):
+    _fill(cmdop_env.state_dir, 30)
+    tamper(cmdop_env.state_dir)
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 1, r.stdout
+    assert r.stdout == "" and r.stderr.startswith(message), r.stderr
+    assert "\nhint: " in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verify_says_where_the_head_is(cmdop_env):
+    _fill(cmdop_env.state_dir, 30)
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout == ("audit chain ok: 30 records in 1 files; chain head at the last line "
+                        "(seq 30, audit.log)\n")
+    r = cmdop_env.run("permissions", "audit", "--verify", "--json")
+    assert json.loads(r.stdout) == {"ok": True, "records": 30, "files": 1, "warnings": [],
+                                    "head": "chain head at the last line (seq 30, audit.log)"}
+    # the state a crash between a line and its head write leaves: accepted, and said so
+    head = (cmdop_env.state_dir / "audit.head").read_bytes()
+    _fill(cmdop_env.state_dir, 1, start=30)
+    (cmdop_env.state_dir / "audit.head").write_bytes(head)
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 0
+    assert r.stdout.startswith("audit chain ok: 31 records in 1 files; chain head one line behind "
+                               "(seq 30; seq 31 was written but the head not yet updated")
+
+
+def test_verify_warns_about_a_log_from_before_chain_heads(cmdop_env):
+    from cmdop.core.audit import GENESIS, encode_line, line_hash
+    cmdop_env.state_dir.mkdir(parents=True)
+    prev, out = GENESIS, []
+    for i in range(4):
+        line = encode_line({"ts": _ts(), "decision": "allow", "tool": "read_file", "i": i,
+                            "seq": i + 1, "prev": prev})
+        out.append(line)
+        prev = line_hash(line)
+    (cmdop_env.state_dir / "audit.log").write_bytes(b"".join(out))
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 0 and r.stdout == "audit chain ok: 4 records in 1 files\n"
+    assert r.stderr.startswith('warning: no audit.head and no line carries "chain": 2: this log was '
+                               "written before chain heads, so lines cut from its end cannot be detected")
+    r = cmdop_env.run("permissions", "audit", "--verify", "--json")
+    assert r.returncode == 0 and r.stderr == ""
+    assert "written before chain heads" in json.loads(r.stdout)["warnings"][0]

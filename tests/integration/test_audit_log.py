@@ -47,7 +47,7 @@ def test_first_lines_chain_modes(tmp_path):
 
 
 def test_rotation_at_the_byte_boundary(tmp_path):
-    one = len(json.dumps(dict(rec(0), seq=1, prev=GENESIS), separators=(",", ":"))) + 1
+    one = len(json.dumps(dict(rec(0), seq=1, prev=GENESIS, chain=2), separators=(",", ":"))) + 1
     with AuditLog(str(tmp_path), max_bytes=one * 3, backups=2) as log:
         for i in range(3):
             log.append(rec(i))
@@ -59,9 +59,9 @@ def test_rotation_at_the_byte_boundary(tmp_path):
         for i in range(4, 12):
             log.append(rec(i))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["audit.key", "audit.lock", "audit.log", "audit.log.1", "audit.log.1.sig",
-                     "audit.log.2", "audit.log.2.sig", "audit.pub"]
-    for name in ("audit.key", "audit.log.1", "audit.log.1.sig"):
+    assert names == ["audit.head", "audit.key", "audit.lock", "audit.log", "audit.log.1",
+                     "audit.log.1.sig", "audit.log.2", "audit.log.2.sig", "audit.pub"]
+    for name in ("audit.head", "audit.key", "audit.log.1", "audit.log.1.sig"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
     seqs = [json.loads(x)["seq"] for n in ("audit.log.2", "audit.log.1", "audit.log") for x in lines(tmp_path / n)]
     assert seqs[0] > 1 and seqs == list(range(seqs[0], 13))  # the oldest file was dropped
@@ -380,7 +380,8 @@ def test_verify_catches_lines_cut_from_the_end(tmp_path):
     p = tmp_path / "audit.log"
     data = lines(p)
     _rewrite(p, lambda d: d[:-2])  # cleanly, whole lines: the chain alone cannot see this
-    with pytest.raises(AuditIntegrityError, match=r"audit\.log:\d+: the log ends at seq 38 .* up to seq 40"):
+    with pytest.raises(AuditIntegrityError, match=r"^audit\.log ends at seq 38 but the chain head says 40: "
+                                                  r"2 lines are missing at the end"):
         audit_reader.verify(str(tmp_path))
     # the next append links to what the writer really wrote, so the gap stays visible right there
     with AuditLog(str(tmp_path), max_bytes=1500) as log:
@@ -393,10 +394,11 @@ def test_verify_catches_edited_last_line_and_emptied_log(tmp_path):
     _make(tmp_path, n=3, max_bytes=10_000)
     p = tmp_path / "audit.log"
     _rewrite(p, lambda d: d[:-1] + [d[-1].replace(b'"allow"', b'"deny"')])
-    with pytest.raises(AuditIntegrityError, match=r"audit\.log:3: the last line differs"):
+    with pytest.raises(AuditIntegrityError, match=r"audit\.log:3: the last line \(seq 3\) differs"):
         audit_reader.verify(str(tmp_path))
     p.write_bytes(b"")
-    with pytest.raises(AuditIntegrityError, match="records were cut from the end"):
+    with pytest.raises(AuditIntegrityError, match="audit.log has no lines but the chain head says "
+                                                  "seq 3: 3 lines are missing at the end"):
         audit_reader.verify(str(tmp_path))
 
 
