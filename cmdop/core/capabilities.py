@@ -17,7 +17,9 @@ CAPABILITIES: tuple[tuple[str, int, bool, str], ...] = (
     ("CAP_SYS_PTRACE", 19, True, "tracing processes outside the sandbox (the agent, shells)"),
     ("CAP_SYS_ADMIN", 21, True,
      "mounts, namespaces, sethostname, quotas, trusted xattrs: nothing ordinary administration "
-     "needs was measured to break without it (bench/caps_admin in the tests)"),
+     "needs was measured to break without it (test_kernel_floor_effects: apt, systemctl, "
+     "journalctl, ip, ss, git, tar, curl, writes under /var /opt /srv); hostname NEW, fstrim, "
+     "quota tools and trusted.* xattrs stop working"),
     ("CAP_SYS_BOOT", 22, True, "reboot and kexec"),
     ("CAP_MKNOD", 27, True, "creating device nodes (a block device outside /dev)"),
     ("CAP_AUDIT_CONTROL", 30, True, "turning the kernel audit system off"),

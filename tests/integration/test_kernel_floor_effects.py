@@ -418,3 +418,27 @@ def test_ordinary_administration_still_works(agent: Agent, name: str, command: s
         assert f"ok-{agent.home}/proj" in out["stdout"], out
     else:
         assert out["exit_code"] == 0, out
+
+
+def test_bounding_set_and_what_dropping_sys_admin_costs(agent: Agent) -> None:
+    """The measurement behind the capability table: inside, no dropped capability is in the
+    bounding set, and what needs CAP_SYS_ADMIN fails (each is harmless if it succeeded: the
+    hostname is set to itself, the xattr lands on a temp file)."""
+    from cmdop.core.capabilities import DROPPED
+
+    if os.geteuid() != 0:
+        pytest.skip("the bounding set is trimmed for a root agent")
+    if agent.pass_name == "kernel only":
+        pytest.skip("measured once")
+    out = agent.run("grep CapBnd /proc/self/status; hostname \"$(hostname)\"; echo host=$?; "
+                    "f=$(mktemp); python3 -c 'import os,sys; os.setxattr(sys.argv[1], "
+                    "\"trusted.cmdop\", b\"1\")' $f; echo xattr=$?")
+    bnd = int(out["stdout"].split()[1], 16)
+    assert all(not bnd & (1 << cap) for cap in DROPPED), hex(bnd)
+    assert bnd & (1 << 0) and bnd & (1 << 1) and bnd & (1 << 12), "CHOWN, DAC_OVERRIDE, NET_ADMIN kept"
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir="/tmp") as f:    # outside, as root, it works
+        os.setxattr(f.name, "trusted.cmdop", b"1")
+    for probe in ("host", "xattr"):
+        assert f"{probe}=0" not in out["stdout"], out
