@@ -2,7 +2,9 @@
 
 `agent run` is the long-running daemon (cmdop.daemon.app); it logs to stderr for journald.
 `agent status` reads daemon.pid / daemon.status and says ONLINE, DEGRADED, STARTING or STOPPED
-(exit 0 whatever the state: exit 1 means the report itself failed, CONTRACT §1).
+(exit 0 whatever the state: exit 1 means the report itself failed, CONTRACT §1); a serving agent's
+report ends with its sandbox's layers (`kernel floor: ...`, `cgroup per call: ...`,
+`capabilities: ...`, `seccomp: ...`, `landlock: ...`, see cmdop.core.enforcement).
 `service install` writes the systemd unit (text from cmdop.adapters.systemd_units), reloads
 systemd, enables and starts it (user units: `loginctl enable-linger` so it runs without a login),
 printing each step; `--dry-run` prints the unit and the steps instead of doing them.
@@ -89,6 +91,11 @@ def _human_status(s: dict[str, Any]) -> str:
             f"approvers attached {s.get('approvers', 0)}",
             f"updated:   {s.get('updated_at', '?')}",
         ]
+        enforcement = s.get("enforcement")
+        if isinstance(enforcement, dict):
+            from cmdop.core.enforcement import layer_lines
+
+            rows += layer_lines(enforcement)
     return "\n".join(rows)
 
 

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argparse tree. Command modules are imported here but load nothing heavy."""
     import argparse
 
-    from cmdop.cli import agent_cmd, approvals, audit_cmd, common, permissions, run_cmd, version_cmd
+    from cmdop.cli import (agent_cmd, approvals, audit_cmd, common, doctor_cmd, permissions, run_cmd,
+                           version_cmd)
 
     parser = argparse.ArgumentParser(
         prog="cmdop",
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd.register(perms)
     approvals.register(perms)
     agent_cmd.register(sub)
+    doctor_cmd.register(sub)
     return parser
 
 

@@ -8,6 +8,10 @@ Order of things, and why:
    backoff): local_server, policy_watcher, ask broker (passive: it lives in the calls), watchdog,
    status_writer, signals. The relay link will be one more task here.
 4. READY=1 only once the socket accepts and the policy has been loaded (good or kept-last).
+   Then the sandbox is warmed in a worker thread (its server starts, ~50 ms, off the trio loop)
+   and its enforcement (`Sandbox.enforcement`) goes into daemon.status; until then the status
+   says `enforcement: {"state": "starting"}`. Each status refresh reads it again (cheap once the
+   server runs), so a server restarted by the sandbox is reported as it now is.
 5. SIGTERM/SIGINT: STOPPING=1, stop accepting (socket unlinked), refuse new calls, set the
    cancel event (running commands' process groups are killed, their audit lines written), deny
    pending asks, wait for calls up to the deadline (10 s), then cancel everything, exit 0.
@@ -82,6 +86,8 @@ class Daemon:
         self.sandbox: Any = None
         self.policy_error = ""
         self.config_error = ""
+        # The sandbox's enforcement as last read (off the trio thread): a placeholder until then.
+        self.enforcement: dict[str, str] = {"state": "starting"}
         self._socket_ino = -1
         self._accept_scope: trio.CancelScope | None = None
         self._stop_twice = False
@@ -223,6 +229,7 @@ class Daemon:
             "running_calls": service.running_calls if service else 0,
             "counters": {**self.counters, **(broker.counters if broker else {})},
             "task_restarts": dict(self.crashes), "refresh_s": self.options.status_interval_s,
+            "enforcement": dict(self.enforcement),
         }
 
     def _write_status(self, snapshot: dict[str, Any] | None = None) -> None:
@@ -292,6 +299,7 @@ class Daemon:
                 # After READY=1: systemd expects pings only from a service that is up.
                 self._spawn(root, "watchdog", self._watchdog)
                 self._spawn(root, "status_writer", self._status_writer)
+                self._spawn(root, "sandbox_warmup", self._warm_sandbox)
                 for name, fn in self._extra_tasks:
                     self._spawn(root, name, functools.partial(fn, self))
                 await stop.wait()
@@ -348,8 +356,37 @@ class Daemon:
     async def _status_writer(self) -> None:
         while True:
             await trio.sleep(self.options.status_interval_s)
+            await self._read_enforcement()
             await self._write_status_async()
             self.notifier.status(self._status_line())
+
+    async def _warm_sandbox(self) -> None:
+        """Start the sandbox server now (so the first command does not pay for it) and put its
+        enforcement into the status; a one-shot task."""
+        await self._read_enforcement()
+        await self._write_status_async()
+        e = self.enforcement
+        if "state" not in e:
+            log.info("sandbox: kernel floor %s, cgroup per call %s, capabilities %s, seccomp %s, "
+                     "landlock %s", e.get("kernel_floor"), e.get("cgroup_per_call"),
+                     e.get("capabilities"), e.get("seccomp"), e.get("landlock"))
+
+    async def _read_enforcement(self) -> None:
+        """Refresh `self.enforcement` from the sandbox, in a worker thread: the first read starts
+        the fork server (~50 ms), later ones only take the sandbox's lock. Never raises."""
+        if self.sandbox is None:
+            why = self.policy_error if self.gatekeeper is None else "the tool pipeline did not load"
+            self.enforcement = {"state": "unavailable", "reason": why or "no sandbox"}
+            return
+        try:
+            found: dict[str, str] = await trio.to_thread.run_sync(self.sandbox.enforcement)
+        except Exception as exc:  # noqa: BLE001 - a report, not a reason to stop serving
+            text = f"reading the sandbox's enforcement failed: {exc}"
+            if self.enforcement.get("reason") != text:
+                log.error("%s", text)
+            self.enforcement = {"state": "unknown", "reason": text}
+            return
+        self.enforcement = dict(found)
 
     # -- policy ------------------------------------------------------------------------------
 

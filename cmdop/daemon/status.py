@@ -1,7 +1,9 @@
 """daemon.status and daemon.pid in the state dir, and how `cmdop agent status` reads them.
 
 daemon.status is one JSON object, replaced atomically: `pid, version, started_at, updated_at,
-state, mode, policy_ok, policy_error, audit_ok, relay_connected, socket, counters`.
+state, mode, policy_ok, policy_error, audit_ok, relay_connected, socket, counters, enforcement`
+(`enforcement`: the sandbox's layers as `Sandbox.enforcement` reports them, or
+`{"state": "starting" | "unavailable" | "unknown", "reason"?}` until they are known).
 `state` as written by the daemon is `starting`, `online`, `degraded`, `stopping` or `stopped`.
 
 What a reader reports (`classify`):
