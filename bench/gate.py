@@ -10,6 +10,14 @@ about a third of the calls match a rule. Three runs: warm (the parse LRU and the
 decision memo for commands), memo off, and cold (every cache cleared before every call: the
 honest cost of a command seen for the first time). Medians per tool are printed too.
 Targets (issue 3): ≤ 10 µs median at 1,000 rules; 10 → 10,000 rules growth ≤ 2×.
+
+Then, printed separately, the figures a remote caller meets with commands the agent has never
+seen (`--distinct N`, default 10,000): every command text distinct (realistic shapes, distinct
+arguments), so no decision memo or parse-cache hit, at 1,000 rules: median, p99, max; the same
+command repeated (memo hit); cost against command length up to the 64 KB cap; and the longest
+single decision in a run of `--long-run` (default 100,000) distinct decisions, GC included.
+Targets (issue "the static gate as a model"): distinct median ≤ 75 µs, p99 ≤ 400 µs, a 64 KB
+command ≤ 20 ms, no decision over 5 ms.
 """
 
 from __future__ import annotations
@@ -156,5 +164,122 @@ def main() -> None:
     print("targets (≤ 10 µs at 1,000 rules; ≤ 2× from 10 to 10,000), warm:", "met" if ok else "NOT met")
 
 
+# Realistic command shapes; {a}/{b}/{n} make each text distinct.
+SHAPES = [
+    "git -C /srv/app{n} log --oneline -n {a}",
+    "ls -la /var/log/app{n} | grep -i err{a} | head -n {b}",
+    "cd /srv/app{n} && make -j{a} build && echo done-{b}",
+    "journalctl -u svc{n} --since '-{a}m' --no-pager | tail -n {b}",
+    "docker ps --filter name=web{n} --format '{{{{.Names}}}} {a}'",
+    "find /srv/app{n} -name '*.py' -mtime -{a} | xargs wc -l",
+    "systemctl status app{n}.service --no-pager -n {a}",
+    "tar czf /tmp/backup-{n}.tgz -C /srv app{a}",
+    "for f in /srv/app{n}/*.log; do gzip -9 \"$f\"; done; echo {a}",
+    "curl -fsS http://127.0.0.1:{a}/health/{n} && echo ok",
+    "python3 -c 'import sys; print(sys.argv[1:])' {n} {a} {b}",
+    "kubectl -n ns{n} get pods -o wide --selector app=a{a}",
+    "awk -F: '$3 >= {a} {{print $1}}' /srv/users{n}.txt | sort | uniq -c",
+    "sed -n '{a},{b}p' /srv/app{n}/config.ini",
+    "du -sh /srv/app{n}/* 2>/dev/null | sort -h | tail -{a}",
+    "X{n}=$(cat /srv/app{n}/VERSION) && echo \"v$X{n}-{a}\"",
+]
+
+
+def distinct_commands(count: int, rng: random.Random) -> list[str]:
+    out, seen = [], set()
+    while len(out) < count:
+        text = rng.choice(SHAPES).format(n=len(out), a=rng.randrange(1, 10_000), b=rng.randrange(1, 500))
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def pct(samples: list[int], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))] / 1000.0
+
+
+def distinct_section(n: int, long_run: int, seed: int) -> None:
+    import gc
+
+    rng = random.Random(seed)
+    policy = Policy(mode="default", global_rules=RuleSet(make_rules(1000, random.Random(seed))))
+    caller = Caller(CallerKind.REMOTE)
+    clock = time.perf_counter_ns
+    for text in distinct_commands(500, random.Random(seed + 1)):    # warm the code, not the caches
+        decide(ToolCall("execute_command", {"command": "w" + text}, "", "/srv"), caller, policy, HOME)
+    commands = distinct_commands(n, rng)
+    samples = []
+    for text in commands:
+        call = ToolCall("execute_command", {"command": text}, "", "/srv/work")
+        t0 = clock()
+        decide(call, caller, policy, HOME)
+        samples.append(clock() - t0)
+    print(f"\ndistinct commands ({n}, 1,000 rules, no cache hits): median {median_us(samples):.1f} µs, "
+          f"p99 {pct(samples, 0.99):.1f} µs, max {max(samples) / 1000:.1f} µs  (targets: ≤ 75, ≤ 400)")
+    call = ToolCall("execute_command", {"command": commands[0]}, "", "/srv/work")
+    rep = []
+    for _ in range(2000):
+        t0 = clock()
+        decide(call, caller, policy, HOME)
+        rep.append(clock() - t0)
+    print(f"the same command repeated (memo hit): median {median_us(rep):.2f} µs")
+    for size in (1024, 4096, 16384, 65536):
+        parts, total = [], 0
+        while total < size - 64:
+            piece = rng.choice(SHAPES).format(n=rng.randrange(10**6), a=rng.randrange(10**4), b=rng.randrange(500))
+            parts.append(piece)
+            total += len(piece) + 4
+        text = " && ".join(parts)[: size - 1]
+        text = text[: text.rfind(" && ")] if " && " in text else text
+        times = []
+        for rep_i in range(3):
+            clear_caches()
+            policy.memo.clear()
+            t0 = clock()
+            decide(ToolCall("execute_command", {"command": text + f" #{rep_i}"}, "", "/srv"), caller, policy, HOME)
+            times.append(clock() - t0)
+        print(f"command of {len(text):>6} bytes: {min(times) / 1e6:8.2f} ms (best of 3, cold)"
+              + ("  (target for 64 KB: ≤ 20 ms)" if size == 65536 else ""))
+    gc_pauses = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_pauses.append(clock())
+        elif gc_pauses:
+            gc_pauses[-1] = clock() - gc_pauses[-1]
+
+    gc.callbacks.append(on_gc)
+    try:
+        worst, worst_text, over5 = 0, "", 0
+        for text in distinct_commands(long_run, random.Random(seed + 2)):
+            t0 = clock()
+            decide(ToolCall("execute_command", {"command": text}, "", "/srv/work"), caller, policy, HOME)
+            dt = clock() - t0
+            over5 += dt > 5_000_000
+            if dt > worst:
+                worst, worst_text = dt, text
+    finally:
+        gc.callbacks.remove(on_gc)
+    longest_gc = max((p for p in gc_pauses if p < 10**12), default=0)
+    print(f"longest single decision in {long_run:,} distinct: {worst / 1e6:.2f} ms ({over5} over 5 ms; "
+          f"longest GC pause {longest_gc / 1e6:.2f} ms)  (target: none over 5 ms)  [{worst_text[:60]}]")
+
+
+def main_all() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--distinct", type=int, default=10_000)
+    ap.add_argument("--long-run", type=int, default=100_000)
+    ap.add_argument("--only-distinct", action="store_true", help="skip the mixed-workload part")
+    args = ap.parse_args()
+    if not args.only_distinct:
+        sys.argv = [sys.argv[0], "--calls", str(args.calls), "--seed", str(args.seed)]
+        main()
+    distinct_section(args.distinct, args.long_run, args.seed)
+
+
 if __name__ == "__main__":
-    main()
+    main_all()

@@ -137,7 +137,9 @@ class Sandbox:
             try:
                 plan, rules, self._watched = kernel_floor_fs.build_plan(self._floor)
             except Exception as exc:  # noqa: BLE001 - reading the machine failed: say why
-                config["mounts_reason"] = f"planning the kernel floor failed: {exc}"
+                # Fail closed: a home whose contents break the planner must not switch the
+                # kernel floor off. The sandbox is then unavailable, and remote commands refused.
+                config["fatal"] = f"planning the kernel floor failed: {type(exc).__name__}: {exc}"
                 return config
             self._fingerprint = kernel_floor_fs.fingerprint(self._watched)
             self.plan = plan
@@ -154,6 +156,12 @@ class Sandbox:
         for s in (parent, child):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MSG)
         config = self._config()
+        if config.get("fatal"):
+            self._reason = str(config["fatal"])
+            log.error("command sandbox unavailable: %s", self._reason)
+            parent.close()
+            child.close()
+            return None
         bpf_r, bpf_w = os.pipe()
         try:
             proc = subprocess.Popen(
