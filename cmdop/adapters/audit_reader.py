@@ -14,6 +14,8 @@ a truncated file, a rewritten file with a recomputed chain, a deleted or foreign
 written before chain heads (no audit.head and no line with `"chain": 2`) pass with a warning,
 their old head in audit.lock still checked.
 
+`records` streams every record oldest first, one file in memory at a time (whole-log passes).
+
 Files in order, oldest first: audit.log.5 … audit.log.1, audit.log.
 """
 
@@ -176,6 +178,22 @@ def tail_at(state_dir: str, n: int | None, flt: Filter = Filter(), backups: int 
                 break
     found.reverse()
     return found, pos
+
+
+def records(state_dir: str, flt: Filter = Filter(), backups: int = MAX_BACKUPS
+            ) -> Iterator[dict[str, Any]]:
+    """Every record that matches `flt`, oldest first across all files, holding one file's bytes
+    at a time: for whole-log passes (`permissions replay`). The snapshot is taken at the first
+    `next()`; lines that are not JSON objects are skipped (`verify` reports them)."""
+    files = _snapshot(state_dir, backups)
+    try:
+        for file in files:
+            for line in _lines(file):
+                rec = _parse(line)
+                if rec is not None and flt.matches(rec):
+                    yield rec
+    finally:
+        _close(files)
 
 
 def _ts_before(rec: dict[str, Any], when: datetime) -> bool:

@@ -4,6 +4,17 @@
   decision, exit 1 when the policy file is invalid. The policy comes from `--policy FILE` or the
   config dir (a missing default file is an empty policy); the mode from `--mode`, else
   CMDOP_PERMISSIONS_MODE, else the file, else strict. `--caller` defaults to remote.
+- `check --batch FILE|-` judges every line in one process under one loaded policy (lines as in
+  `cmdop.core.replay`, BATCH LINES): always JSON lines out, one per line in, same order, each
+  the `check --json` object plus "line"; `--caller`/`--cwd`/`--op` are the lines' defaults. A
+  bad line gets {"line", "error", "message"} and the run goes on; exit 0 when every line was
+  judged, else 1 with "N of M lines could not be judged (…)" on stderr.
+- `replay [--policy NEW] [--since WHEN] [--mode M]` re-judges the audit log's recorded calls
+  (every file, oldest first) under NEW (default: permissions.yaml) and prints the ones whose
+  gate decision changes, grouped by transition, then a summary (REPLAY in `cmdop.core.replay`:
+  floor denials kept, records that cannot be re-judged exactly skipped with why). `--json`:
+  {"changed", "skipped", "summary"}. Exit 0 whether or not anything changed; 1 when the policy
+  does not load (its line), 2 for a bad --since.
 - `add`/`rm`/`mode` edit permissions.yaml with an atomic 0600 write after validating the result
   (rules compile, `tests:` pass); a running agent hot-reloads it. `add --scope session` asks the
   running agent (session rules live only in its memory).
@@ -14,11 +25,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 from cmdop.cli.common import CliContext, add_command
-from cmdop.core.errors import CmdopError, PolicyError
+from cmdop.core.errors import CmdopError, PolicyError, UsageError
 
 MODES = ("default", "strict", "bypass")
 
@@ -35,16 +48,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("rule_id", metavar="RULE_ID")
     p = add_command(sub, "mode", "show or set the permission mode", _mode)
     p.add_argument("mode", nargs="?", choices=MODES)
-    for name, handler, text in (("check", _check, "dry-run the gate for one call"),
+    for name, handler, text in (("check", _check, "dry-run the gate for one call (or many: --batch)"),
                                 ("explain", _explain, "explain the gate's steps for one call")):
         p = add_command(sub, name, text, handler)
-        p.add_argument("tool", metavar="TOOL")
-        p.add_argument("arg", metavar="ARG", nargs="+", help="the command, path or hostname")
+        tool = p.add_argument("tool", metavar="TOOL")
+        arg = p.add_argument("arg", metavar="ARG", nargs="+", help="the command, path or hostname")
+        if name == "check":
+            # `check --batch FILE` takes no TOOL/ARG, so they may be absent (`_check` says when
+            # they must be there). Not nargs "?"/"*": argparse would then match ARG empty at
+            # once and refuse `check connect --op exec HOST`.
+            tool.required = arg.required = False
         p.add_argument("--op", default="", help="the operation (e.g. connect --op exec)")
         p.add_argument("--caller", choices=["remote", "self", "local"], default="remote")
         p.add_argument("--mode", choices=MODES, default=None)
         p.add_argument("--policy", metavar="FILE", default=None)
         p.add_argument("--cwd", metavar="DIR", default=None)
+        if name == "check":
+            p.add_argument("--batch", metavar="FILE", default=None,
+                           help="judge every JSON line of FILE (- for stdin): a call {tool, input, caller?, "
+                                "cwd?, op?} or an audit record; prints one JSON line per input line")
+    p = add_command(sub, "replay", "re-judge the audit log's calls under a policy; show what would change",
+                    _replay)
+    p.add_argument("--policy", metavar="FILE", default=None, help="the proposed policy (default: permissions.yaml)")
+    p.add_argument("--since", metavar="WHEN", default=None,
+                   help="only records since an age (30s, 15m, 1h, 2d) or a time (2026-04-27T10:00Z)")
+    p.add_argument("--mode", choices=MODES, default=None, help="judge in this mode (default: as `check`)")
     p = add_command(sub, "test", "run the policy's tests and the adversarial suite", _test)
     p.add_argument("file", metavar="FILE", nargs="?", default=None)
 
@@ -109,6 +137,14 @@ def _check(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.core.calls import Caller, CallerKind
     from cmdop.core.policy.gate import decide
 
+    if args.batch is not None:
+        if args.tool is not None:
+            raise UsageError("--batch takes its calls from FILE; give no TOOL or ARG with it",
+                             hint="e.g. cmdop permissions check --batch calls.jsonl")
+        return _check_batch(args, ctx)
+    if args.tool is None or not args.arg:
+        raise UsageError("check needs TOOL and ARG (or --batch FILE)",
+                         hint='e.g. cmdop permissions check execute_command "git status"')
     _, policy = _load(ctx, args.policy)
     mode, _ = _effective_mode(ctx, args.mode, policy.mode)
     call = _call(args)
@@ -117,6 +153,140 @@ def _check(args: argparse.Namespace, ctx: CliContext) -> int:
                protected_dirs(ctx.settings))
     ctx.emit(d.to_json(), lambda o: f"{d.decision} (source {d.source}"
              + (f", rule {d.rule_id}" if d.rule_id else "") + f"): {d.reason}")
+    return 0
+
+
+_LINE_BREAKS = ("\x85", "\u2028", "\u2029")  # breaks for str.splitlines; json.dumps keeps them raw
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    """One output line: UTF-8 text kept, but escaped where a reader could see two lines (U+0085,
+    U+2028, U+2029 — only ever inside JSON strings here) or could not decode it (a lone
+    surrogate from the input, which JSON allows as "\\ud800", makes the line ASCII-escaped)."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj)
+    for ch in _LINE_BREAKS:
+        if ch in text:
+            text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
+
+
+def _input_lines(path: str) -> Iterator[bytes]:
+    """The lines of FILE (or stdin for `-`) as bytes without their newline; decoding is the
+    line parser's business, so a bad byte costs one line, not the run."""
+    if path == "-":
+        for raw in sys.stdin.buffer:
+            yield raw.rstrip(b"\n")
+        return
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise CmdopError(f"cannot read {path}: {exc.strerror}", hint="check the --batch path") from None
+    with f:
+        for raw in f:
+            yield raw.rstrip(b"\n")
+
+
+def _check_batch(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`check --batch FILE|-`: one JSON line out per line in, same order (cmdop.core.replay,
+    BATCH LINES); exit 1 with a count on stderr when any line could not be judged."""
+    from cmdop.adapters.batch_check import Judge
+    from cmdop.core.calls import CallerKind
+    from cmdop.core.replay import judge_lines
+
+    _, policy = _load(ctx, args.policy)
+    mode, _ = _effective_mode(ctx, args.mode, policy.mode)
+    judge = Judge(ctx.settings, policy, mode)
+    workdir = os.getcwd()
+    cwd = os.path.abspath(args.cwd) if args.cwd else workdir
+    # From a pipe, answer each line at once (a script may wait for it before writing the next).
+    eager = args.batch == "-"
+    total, bad, skipped = 0, 0, 0
+    out = ctx.stdout
+    for obj in judge_lines(_input_lines(args.batch), judge, caller=CallerKind(args.caller), cwd=cwd,
+                           workdir=workdir, op=args.op):
+        total += 1
+        error = obj.get("error")
+        if error == "bad_input":
+            bad += 1
+        elif error is not None:
+            skipped += 1
+        print(_json_line(obj), file=out, flush=eager)
+    out.flush()
+    if bad or skipped:
+        parts = [f"{bad} bad input"] if bad else []
+        parts += [f"{skipped} not judgeable from the audit record"] if skipped else []
+        ctx.note(f"{bad + skipped} of {total} lines could not be judged ({', '.join(parts)})")
+        return 1
+    return 0
+
+
+def _printable(value: Any) -> str:
+    """A field as safe terminal text: control characters (a caller chose the target) escaped."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _replay(args: argparse.Namespace, ctx: CliContext) -> int:
+    from datetime import datetime, timezone
+
+    from cmdop.adapters import audit_reader
+    from cmdop.adapters.batch_check import Judge
+    from cmdop.core.audit import parse_since
+    from cmdop.core.replay import SKIPS, TRANSITIONS, replay
+
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_since(args.since, datetime.now(timezone.utc))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    _, policy = _load(ctx, args.policy)
+    mode, mode_from = _effective_mode(ctx, args.mode, policy.mode)
+    if args.policy and mode_from == "permissions.yaml":
+        mode_from = args.policy
+    judge = Judge(ctx.settings, policy, mode)
+    result = replay(audit_reader.records(ctx.settings.state_dir, audit_reader.Filter(since=since)), judge)
+    summary = result.summary()
+    summary.update({"policy": args.policy or ctx.settings.permissions_file, "mode": mode,
+                    "since": since.strftime("%Y-%m-%dT%H:%M:%SZ") if since else None})
+    out = {"changed": [c.to_json() for c in result.changed], "skipped": [s.to_json() for s in result.skipped],
+           "summary": summary}
+
+    def why(d: dict[str, Any]) -> str:
+        rule = f", rule {d['rule_id']}" if d["rule_id"] else ""
+        return f"(source {d['source']}{rule}): {_printable(d['reason'])}"
+
+    def human(o: dict[str, Any]) -> str:
+        lines: list[str] = []
+        for move in TRANSITIONS:
+            group = [c for c in o["changed"] if c["transition"] == move]
+            if not group:
+                continue
+            lines.append(f"{move} ({len(group)})")
+            for c in group:
+                op = f" {c['operation']}" if c["operation"] else ""
+                lines.append(f"  seq {c['seq']}  {c['ts']}  {c['caller']}  {c['tool']}{op}  "
+                             f"{_printable(c['target'])}")
+                old, new = c["old"], c["new"]
+                ended = f", recorded {old['recorded']}" if old["recorded"] != old["decision"] else ""
+                lines.append(f"    was {old['decision']} {why(old)}{ended}")
+                lines.append(f"    now {new['decision']} {why(new)}")
+        s = o["summary"]
+        text = (f"replayed {s['records']} audit records under {s['policy']} (mode {mode} from {mode_from})"
+                + (f" since {s['since']}" if s["since"] else "")
+                + f": {s['rejudged']} re-judged, {s['changed']} changed")
+        if s["floor_kept"]:
+            text += f"; {s['floor_kept']} floor denials kept (the floor does not depend on the policy)"
+        if s["skipped"]:
+            text += f"; {s['skipped']} skipped: " + ", ".join(f"{n} {SKIPS[w]}" for w, n in s["skipped_by"].items())
+        lines.append(text)
+        return "\n".join(lines)
+
+    ctx.emit(out, human)
     return 0
 
 
