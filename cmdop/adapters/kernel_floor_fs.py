@@ -14,8 +14,10 @@ ones) nor write (read-only ones).
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+import sys
 import pwd
 import stat
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ class FloorSpec:
 def spec_for(settings: Settings, code: tuple[str, ...] | None = None) -> FloorSpec:
     """The FloorSpec of an agent with these settings (`code`: its own program, default
     `own_code()`), creating its config and state dirs (0700) so they exist to be hidden."""
-    own = tuple(own_code()) if code is None else code
+    own = tuple(own_code(runtime=True)) if code is None else code
     # The distribution's own site-packages (/usr/lib/python3/dist-packages) stay writable:
     # freezing them would stop `apt-get install python3-...`, and a root command can replace the
     # interpreter itself there anyway. cmdop's own package, zipapp and cache stay read-only.
@@ -55,10 +57,12 @@ def spec_for(settings: Settings, code: tuple[str, ...] | None = None) -> FloorSp
 
 
 def homes_for(spec: FloorSpec) -> list[str]:
-    """The homes this agent's floor covers (module docstring)."""
+    """The homes this agent's floor covers (module docstring), by their real paths: a home
+    reached through a symlink is sealed where it really is. For a root agent /home itself is
+    sealed as well, so no home (or a symlink standing for one) can be replaced or added there."""
     homes = [spec.home]
     if spec.root:
-        homes.append("/root")
+        homes += ["/root", "/home"]
         try:
             homes += [os.path.join("/home", n) for n in os.listdir("/home")]
         except OSError:
@@ -68,16 +72,17 @@ def homes_for(spec: FloorSpec) -> list[str]:
                 homes.append(entry.pw_dir)
     out = []
     for h in homes:
-        h = os.path.normpath(h)
-        if h not in out and h != "/" and os.path.isdir(h) and not os.path.islink(h):
-            out.append(h)
+        real = os.path.realpath(h)
+        if real not in out and real != "/" and os.path.isdir(real):
+            out.append(real)
     return out
 
 
-def own_code() -> list[str]:
+def own_code(runtime: bool = False) -> list[str]:
     """The code the agent runs: the cmdop package (a checkout, site-packages or the zipapp's
     unpacked copy), the site-packages it imports from, and the zipapp file itself. Rewriting any
-    of them is rewriting the gate."""
+    of them is rewriting the gate. With `runtime`, also the interpreter and its standard library
+    (for the kernel floor, which freezes them; the static floor does not deny naming them)."""
     import sys
     import zipfile
 
@@ -89,6 +94,42 @@ def own_code() -> list[str]:
     entry = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if entry and os.path.isfile(entry) and (entry.endswith(".pyz") or zipfile.is_zipfile(entry)):
         out.append(entry)
+    if not runtime:
+        return out
+    # The interpreter and its standard library: the sandbox server is started from them (again
+    # after a namespace rebuild or a killed server), before it confines itself, so a command
+    # that could replace them would run as the agent, unconfined (red team, round 1).
+    import sysconfig
+
+    out.append(agent_interpreter())
+    for key in ("stdlib", "platstdlib"):
+        lib = sysconfig.get_paths().get(key)
+        if lib and os.path.isdir(lib):
+            out.append(os.path.realpath(lib))
+    return list(dict.fromkeys(out))
+
+
+@functools.cache
+def agent_interpreter() -> str:
+    """The real path of this process's interpreter, fixed at the first call (before any command
+    ran): the sandbox server is always started from it, and the kernel floor keeps it read-only,
+    so swapping a venv's `bin/python` link later changes nothing."""
+    return os.path.realpath(sys.executable)
+
+
+def interpreter_config_files() -> dict[str, bytes | None]:
+    """The `pyvenv.cfg` files Python would read for `agent_interpreter()` (beside it and one
+    level up), with their contents (None: absent). A new one could point the interpreter at
+    another standard library, so the launcher compares this before each server start."""
+    exe = agent_interpreter()
+    out: dict[str, bytes | None] = {}
+    for d in (os.path.dirname(exe), os.path.dirname(os.path.dirname(exe))):
+        path = os.path.join(d, "pyvenv.cfg")
+        try:
+            with open(path, "rb") as f:
+                out[path] = f.read(65536)
+        except OSError:
+            out[path] = None
     return out
 
 
@@ -127,12 +168,60 @@ def _system_entries(root: bool) -> tuple[tuple[tuple[str, str], ...], tuple[tupl
     return tuple(hidden), tuple(readonly)
 
 
+PRELOAD = "/etc/ld.so.preload"
+
+
+def ensure_preload_placeholder(path: str = PRELOAD) -> bool:
+    """Create an empty /etc/ld.so.preload (root only) where there is none, so the namespace can
+    hold it read-only: a missing one could be created by a root command, and the dynamic linker
+    would then load its library into every program started afterwards, outside the sandbox
+    too. An empty file is what the linker reads as "nothing to preload". True when created."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return False      # it exists (or /etc is not ours to write): nothing to do
+    os.close(fd)
+    return True
+
+
+def _with_link_targets(protected: tuple[kf.Protect, ...], homes: list[str]) -> tuple[kf.Protect, ...]:
+    """`protected` plus, for every entry that is a symlink, where it really points (same
+    treatment), and for every dotfile directly in a home that is a symlink (a dotfiles checkout:
+    ~/.bashrc -> ~/dotfiles/bashrc), its target as read-only: a mount never follows the link,
+    so the target itself must carry the protection."""
+    out = list(protected)
+    seen = {p.path for p in protected}
+
+    def add(link: str, treat: kf.Treat, why: str) -> None:
+        real = os.path.realpath(link)
+        if real not in seen and real != "/" and os.path.lexists(real):
+            seen.add(real)
+            out.append(kf.Protect(real, treat, f"{why} (the target of {link})"))
+
+    for p in protected:
+        if os.path.islink(p.path):
+            add(p.path, p.treat, p.why)
+    for home in homes:
+        try:
+            names = os.listdir(home)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(home, name)
+            if name.startswith(".") and os.path.islink(path):
+                add(path, kf.Treat.READONLY, "a login file")
+    return tuple(out)
+
+
 def build_plan(spec: FloorSpec) -> tuple[kf.MountPlan, tuple[tuple[str, str], ...], tuple[str, ...]]:
     """The mount plan for `spec` on this machine, the same floor as Landlock rules (for where
     no namespace can be built), and the directories to fingerprint."""
     homes = homes_for(spec)
+    if spec.root:
+        ensure_preload_placeholder()
     hidden, readonly = _system_entries(spec.root)
-    protected = kf.protected_entries(homes, spec.agent_dirs, spec.own_code, hidden, readonly)
+    protected = _with_link_targets(
+        kf.protected_entries(homes, spec.agent_dirs, spec.own_code, hidden, readonly), homes)
     fs = RealFs()
     plan = kf.plan_mounts(protected, homes, fs)
     rules = kf.landlock_rules(protected, homes, fs)
@@ -141,7 +230,9 @@ def build_plan(spec: FloorSpec) -> tuple[kf.MountPlan, tuple[tuple[str, str], ..
 
 
 def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
-    """(inode, mtime) of each path: changes when an entry is added, removed or renamed in it."""
+    """(inode, mtime) of each path — changes when an entry is added, removed or renamed in it —
+    and last a digest of this process's mount table: the namespace is private, so a mount the
+    host makes later reaches commands only through a rebuild (with the floor applied over it)."""
     out = []
     for p in paths:
         try:
@@ -149,4 +240,9 @@ def fingerprint(paths: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
             out.append((st.st_ino, st.st_mtime_ns))
         except OSError:
             out.append((0, 0))
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            out.append((hash(f.read()), 0))
+    except OSError:
+        out.append((0, 0))
     return tuple(out)

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from cmdop.core.settings import Settings
 
 _MAX_MSG = 1 << 20
+RETRY_S = 2.0          # a failed server start is tried again after this long
+HELLO_TIMEOUT_S = 30.0
+ANSWER_TIMEOUT_S = 10.0  # a live server answers a spawn in well under a millisecond
 
 log = logging.getLogger("cmdop.sandbox")
 
@@ -105,6 +109,7 @@ class Sandbox:
         self._retired: list[subprocess.Popen[bytes]] = []
         self._ctl: socket.socket | None = None
         self._reason = ""
+        self._retry_at = 0.0
         self._landlock = 0
         self._landlock_reason = ""
         self._kernel_floor = ""
@@ -113,20 +118,29 @@ class Sandbox:
         self._watched: tuple[str, ...] = ()
         self._fingerprint: tuple[tuple[int, int], ...] = ()
         self.plan: kernel_floor.MountPlan | None = None
+        # Fixed now, before any command ran: every server starts from this interpreter.
+        self._interpreter = kernel_floor_fs.agent_interpreter()
+        self._interpreter_config = kernel_floor_fs.interpreter_config_files()
 
     # -- state -----------------------------------------------------------------------------
     def _ensure(self) -> socket.socket | None:
-        """Start the server if needed; None (with `_reason` set) where seccomp is unavailable."""
+        """Start the server if needed; None (with `_reason` set) where it cannot run. A filter
+        that cannot be built is final; a server that failed to start (the namespace could not
+        be built, it did not answer) is tried again after RETRY_S, so one bad moment — a
+        directory vanishing while the namespace is built — does not disable commands for good."""
         if self._ctl is not None:
             return self._ctl
-        if self._reason:
-            return None
         if self._filter is None:
             self._filter = build_filter()
         if self._filter.bpf is None:
             self._reason = self._filter.reason
             return None
+        if self._reason and time.monotonic() < self._retry_at:
+            return None
+        self._reason = ""
         self._ctl = self._start(self._filter.bpf)
+        if self._ctl is None:
+            self._retry_at = time.monotonic() + RETRY_S
         return self._ctl
 
     def _config(self) -> dict[str, Any]:
@@ -156,6 +170,9 @@ class Sandbox:
         for s in (parent, child):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MSG)
         config = self._config()
+        if kernel_floor_fs.interpreter_config_files() != self._interpreter_config:
+            config["fatal"] = (f"a pyvenv.cfg next to {self._interpreter} appeared or changed since "
+                               "the agent started; refusing to start the sandbox server from it")
         if config.get("fatal"):
             self._reason = str(config["fatal"])
             log.error("command sandbox unavailable: %s", self._reason)
@@ -165,7 +182,8 @@ class Sandbox:
         bpf_r, bpf_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", source, str(bpf_r), str(child.fileno())],
+                # The real interpreter (no venv symlink a command could swap); -I -S need no venv.
+                [self._interpreter, "-I", "-S", "-c", source, str(bpf_r), str(child.fileno())],
                 pass_fds=(bpf_r, child.fileno(), *config["home_cg"]), stdin=subprocess.DEVNULL,
                 start_new_session=True,  # terminal signals must not reach the server
                 # Commands can read their parent's /proc/PPID/environ: give the server none of
@@ -177,16 +195,21 @@ class Sandbox:
             child.close()
         with os.fdopen(bpf_w, "wb") as w:
             w.write(json.dumps(config).encode() + b"\n" + bpf)
-        parent.settimeout(30)
+        parent.settimeout(HELLO_TIMEOUT_S)
         try:
             hello = json.loads(parent.recv(_MAX_MSG) or b'{"ok": false, "reason": "server exited"}')
         except (OSError, ValueError) as exc:
             hello = {"ok": False, "reason": f"no answer from the sandbox server: {exc}"}
         parent.settimeout(None)
         if not hello.get("ok"):
-            self._reason = f"seccomp filter could not be installed: {hello.get('reason')}"
+            self._reason = f"the sandbox server could not start: {hello.get('reason')}"
+            log.error("command sandbox unavailable (retried in %.0f s): %s", RETRY_S, self._reason)
             parent.close()
-            proc.wait(timeout=5)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:     # it never answered: it does not get to linger
+                proc.kill()
+                proc.wait()
             return None
         self._proc = proc
         self._kernel_floor = str(hello.get("kernel_floor") or "")
@@ -314,11 +337,13 @@ class Sandbox:
                         self._drop_server()  # the server died: start a fresh one and retry once
         finally:
             theirs.close()
-        mine.settimeout(30)  # a live server answers in well under a millisecond
+        mine.settimeout(ANSWER_TIMEOUT_S)
         try:
             raw = mine.recv(_MAX_MSG)
         except OSError:
             raw = b""
+            # Stopped or wedged (a command can SIGSTOP its parent): replace it.
+            self.server_unresponsive()
         mine.settimeout(None)
         answer: dict[str, Any] = json.loads(raw or b'{"error": "sandbox server did not answer", "errno": 0}')
         if "pid" not in answer:
@@ -329,11 +354,20 @@ class Sandbox:
             raise OSError(str(answer.get("error")))
         return SandboxedChild(pid=int(answer["pid"]), _reply=mine)
 
+    def server_unresponsive(self) -> None:
+        """The server stopped answering (a command stopped it, or it wedged): kill it (SIGKILL
+        works on a stopped process); the next spawn starts a fresh one."""
+        with self._lock:
+            if self._proc is not None:
+                log.warning("the sandbox server stopped answering; replacing it")
+                self._proc.kill()
+            self._drop_server()
+
     def _refresh(self) -> None:
         """Retire the server when a listing its mount plan depends on has changed (caller holds
         the lock); the next `_ensure` starts a fresh one on a fresh plan."""
         self._retired = [p for p in self._retired if p.poll() is None]
-        if self._ctl is None or not self._watched:
+        if self._ctl is None or self._floor is None:
             return
         if kernel_floor_fs.fingerprint(self._watched) == self._fingerprint:
             return

@@ -60,22 +60,39 @@ HOME_READONLY: tuple[tuple[str, str], ...] = (
     (".config/systemd/user", "user units"), (".local/share/systemd/user", "user units"),
     (".config/environment.d", "user-manager environment"), (".config/git", "git config"),
     (".config/autostart", "session autostart"), (".config/fish", "fish start-up files"),
+    # Code run at the next login without being a dotfile itself (red team, round 1): the first
+    # directories on a login PATH, and what Debian's and rustup's .profile source.
+    (".local/bin", "commands first on the login PATH"), (".bashrc.d", "bash start-up files"),
+    (".cargo/env", "sourced by .profile"), (".cargo/bin", "commands on the login PATH"),
 )
-# Outside homes, on every machine (missing ones are skipped or listed as uncovered).
+# Outside homes, on every machine (missing ones are skipped or listed as uncovered). /proc and
+# /sys entries follow Docker's default masked and read-only paths.
 SYSTEM_HIDDEN: tuple[tuple[str, str], ...] = (
     ("/etc/shadow", "password hashes"), ("/etc/gshadow", "group password hashes"),
     ("/etc/shadow-", "password hashes (backup)"), ("/etc/gshadow-", "group password hashes (backup)"),
     ("/etc/ssl/private", "TLS private keys"), ("/proc/kcore", "kernel memory"),
+    ("/proc/keys", "kernel keyrings"), ("/proc/timer_list", "kernel timers"),
+    ("/proc/sched_debug", "scheduler internals"), ("/proc/latency_stats", "kernel latencies"),
+    ("/proc/acpi", "ACPI"), ("/proc/scsi", "SCSI"), ("/sys/firmware", "firmware tables"),
 )
 SYSTEM_READONLY: tuple[tuple[str, str], ...] = (
     ("/etc/sudoers", "sudo policy"), ("/etc/sudoers.d", "sudo policy"), ("/etc/ssh", "ssh config"),
+    # Accounts: a uid-0 line with a password hash in /etc/passwd logs in like root, and a line in
+    # /etc/group makes a sudoer (/etc/shadow being hidden, adding users fails anyway).
+    ("/etc/passwd", "accounts"), ("/etc/passwd-", "accounts (backup)"),
+    ("/etc/group", "groups"), ("/etc/group-", "groups (backup)"),
     ("/etc/ld.so.preload", "libraries preloaded into every program"),
     ("/proc/sys", "kernel tunables (core_pattern, modprobe, binfmt_misc)"),
-    ("/proc/sysrq-trigger", "kernel SysRq"), ("/sys", "kernel and device state"),
+    ("/proc/sysrq-trigger", "kernel SysRq"), ("/proc/irq", "interrupt affinity"),
+    ("/proc/bus", "device buses"), ("/proc/fs", "file-system tunables"),
+    ("/sys", "kernel and device state"),
 )
 # Character devices a command may open under /dev; every other device node there (block devices,
 # raw disk and NVMe character devices, memory, input, consoles) cannot be opened (nodev).
 DEV_ALLOWED = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
+# Entries of one sealed directory re-exposed writable at most; the rest stay read-only (and
+# the plan says so), so a directory with 100,000 entries cannot make the namespace unbuildable.
+MAX_REEXPOSED = 2048
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,7 @@ class MountPlan:
     listed: tuple[str, ...]            # directories whose listing the plan depends on
     uncovered: tuple[Protect, ...]     # missing read-only entries a command could create here
     protected: tuple[Protect, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())   # limits met while planning (said in status)
 
 
 def protected_entries(homes: Iterable[str], agent_dirs: Iterable[str], own_code: Iterable[str],
@@ -164,6 +182,7 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
     ops: list[MountOp] = []
     listed: list[str] = []
     uncovered: list[Protect] = []
+    notes: list[str] = []
 
     # Sealed: each home, and the deepest existing ancestor (inside a home) of each missing
     # protected entry. A missing entry below an existing protected directory needs nothing (that
@@ -231,6 +250,7 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
         entry = fs.entry(path, list_children=True)
         listed.append(path)
         ops.append(MountOp("bind", path))
+        reexposed = 0
         for name in sorted(entry.children):
             child = posixpath.join(path, name)
             if child in by_path:
@@ -241,11 +261,16 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
             if path == home and name.startswith(".") and kind != "dir":
                 continue        # a dotfile directly in a home: read-only through the seal
             if kind == "dir" and child in sealed:
-                seal(child, home)
+                seal(child, child if child in homes else home)
             elif kind == "dir" and has_marks_below(child):
                 ops.append(MountOp("bind", child))
                 inside(child)
             elif kind in ("dir", "file", "other"):
+                reexposed += 1
+                if reexposed > MAX_REEXPOSED:
+                    if reexposed == MAX_REEXPOSED + 1:
+                        notes.append(f"{path}: more than {MAX_REEXPOSED} entries; the rest are read-only")
+                    continue
                 ops.append(MountOp("bind", child))
             # symlinks stay: unchangeable in the sealed directory, followed as usual
         ops.append(MountOp("readonly", path))
@@ -259,7 +284,18 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
         if exists[path] and not any(_under(path, q) and q != path and exists[q] for q in outside):
             protect(path)
     ops.append(MountOp("dev", "/dev"))
-    return MountPlan(tuple(ops), tuple(listed), tuple(uncovered), tuple(protected))
+    # Every directory on the way to what was mounted becomes a mount point itself, so it cannot
+    # be renamed away: `mv /home /home.x` would carry the mounts along and leave the old path to
+    # a command to fill (red team, round 1). First, so the later mounts land on these copies.
+    targets = {op.path for op in ops if op.op in ("bind", "hide_dir", "hide_file")}
+    ancestors: set[str] = set()
+    for t in targets:
+        anc = posixpath.dirname(t)
+        while anc != "/" and anc not in ancestors:
+            ancestors.add(anc)
+            anc = posixpath.dirname(anc)
+    pre = [MountOp("bind", a) for a in sorted(ancestors - targets, key=lambda a: (a.count("/"), a))]
+    return MountPlan(tuple(pre + ops), tuple(listed), tuple(uncovered), tuple(protected), tuple(notes))
 
 
 def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) -> tuple[tuple[str, str], ...]:
@@ -302,5 +338,16 @@ def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsVie
             else:
                 grant(child)
 
+    def dev() -> None:
+        """Only the harmless nodes of /dev, and its shared-memory directories."""
+        for name in DEV_ALLOWED:
+            if name != "ptmx" and fs.entry("/dev/" + name).kind == "other":
+                rules.append(("/dev/" + name, "rw"))
+        for name in ("shm", "mqueue"):
+            if fs.entry("/dev/" + name).kind == "dir":
+                rules.append(("/dev/" + name, "rw"))
+
+    by_path.setdefault("/dev", Protect("/dev", Treat.HIDE, "device nodes"))
     grant("/")
+    dev()
     return tuple(rules)

@@ -71,7 +71,7 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
-MS_REC, MS_SLAVE, MS_RELATIME, MS_STRICTATIME = 16384, 1 << 19, 1 << 21, 1 << 24
+MS_REC, MS_PRIVATE, MS_SLAVE, MS_RELATIME = 16384, 1 << 18, 1 << 19, 1 << 21
 MNT_DETACH = 2
 # statvfs f_flag bits (ST_*) -> the per-mount flags a bind remount must restate: in a user
 # namespace the kernel refuses a remount that would clear a flag the parent namespace locked.
@@ -129,6 +129,7 @@ LANDLOCK_FS_RIGHTS_LATEST = (1 << 16) - 1      # ABI 5+: IOCTL_DEV
 LANDLOCK_FILE_RIGHTS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)
 LANDLOCK_READ_RIGHTS = (1 << 0) | (1 << 2) | (1 << 3)   # EXECUTE, READ_FILE, READ_DIR
 LANDLOCK_READ_DIR = 1 << 3
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0    # ABI 6
 
 
 def _landlock_rule(libc: ctypes.CDLL, ruleset: int, path: str, access: int) -> None:
@@ -170,10 +171,15 @@ def enter_landlock_domain(libc: ctypes.CDLL,
         return 0, (f"Landlock ABI {abi} (Linux 5.13-5.18) forbids moving files between "
                    "directories in every domain; no domain used")
     handled = LANDLOCK_HANDLED_FS if file_rules is None else LANDLOCK_FS_RIGHTS.get(abi, LANDLOCK_FS_RIGHTS_LATEST)
-    # struct landlock_ruleset_attr: only its first field (handled_access_fs); size 8 is valid
-    # for every ABI, and the later fields (net, scoped) stay unhandled.
-    attr = ctypes.create_string_buffer(struct.pack("=Q", handled), 8)
-    ruleset = _landlock_call(libc, NR_LANDLOCK_CREATE_RULESET, attr, 8, 0)
+    # struct landlock_ruleset_attr {handled_access_fs; handled_access_net (ABI 4); scoped (ABI 6)}.
+    # From ABI 6 the domain is also scoped for abstract Unix sockets: a command cannot connect
+    # to one bound outside the sandbox (a session's tmux or D-Bus helper). Signals are NOT
+    # scoped: `kill -HUP` of a service's process is ordinary administration.
+    if abi >= 6:
+        attr = ctypes.create_string_buffer(struct.pack("=QQQ", handled, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET), 24)
+    else:
+        attr = ctypes.create_string_buffer(struct.pack("=Q", handled), 8)
+    ruleset = _landlock_call(libc, NR_LANDLOCK_CREATE_RULESET, attr, len(attr), 0)
     if ruleset < 0:
         return 0, _landlock_errno_text("landlock_create_ruleset", ctypes.get_errno())
     try:
@@ -204,7 +210,8 @@ class NamespaceUnavailable(MountError):
 
 
 def _enc(value: str | None) -> bytes | None:
-    return value.encode() if value is not None else None
+    # os.fsencode: names from os.listdir that are not UTF-8 arrive as surrogate escapes.
+    return os.fsencode(value) if value is not None else None
 
 
 def _mount(libc: ctypes.CDLL, src: str | None, target: str, fstype: str | None, flags: int,
@@ -239,6 +246,36 @@ def _remount(libc: ctypes.CDLL, path: str, add: int) -> None:
     _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | flags)
 
 
+def _open_nofollow(path: str) -> int | None:
+    """An O_PATH fd of `path` itself (a final symlink is not followed), None when it is gone."""
+    try:
+        return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MountError(f"open {path!r}: {exc.strerror}") from None
+
+
+def _via_fd(libc: ctypes.CDLL, path: str, action: Any, must_exist: bool = False) -> None:
+    """Run `action(target)` on the object at `path`, named through /proc/self/fd so that a
+    symlink swapped in after planning cannot redirect the mount. A path that vanished since
+    planning is skipped (nothing there to protect or re-expose), unless `must_exist`; a path
+    that became a symlink is never mounted on: skipped for a re-exposure, an error for a hide."""
+    fd = _open_nofollow(path)
+    if fd is None:
+        if must_exist:
+            raise MountError(f"{path!r} vanished while the kernel floor was built")
+        return
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            if must_exist:
+                raise MountError(f"{path!r} became a symlink while the kernel floor was built")
+            return
+        action(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
 def enter_mount_namespace(libc: ctypes.CDLL, ops: list[dict[str, Any]],
                           dev_allowed: list[str]) -> str:
     """Unshare a mount namespace (inside a new user namespace when not root) and apply `ops`.
@@ -258,17 +295,18 @@ def enter_mount_namespace(libc: ctypes.CDLL, ops: list[dict[str, Any]],
         if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
             err = ctypes.get_errno()
             raise NamespaceUnavailable("unprivileged user namespaces are not available here "
-                             f"(unshare: {os.strerror(err)})")
+                                       f"(unshare: {os.strerror(err)})")
         kind = "user+mount namespace"
         for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
                            ("gid_map", f"{gid} {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
-    # Nothing done here may reach the host's mounts; the host's later mounts still reach us.
-    # Failing here (a seccomp filter on the agent refusing mount, e.g. a unit's
-    # SystemCallFilter= without it) has changed nothing yet: the namespace is unavailable.
+    # Private: nothing done here reaches the host, and nothing the host mounts later arrives
+    # here with its own (writable) flags inside a read-only area; the agent rebuilds the
+    # namespace when the host's mount table changes. Failing here (a seccomp filter on the
+    # agent refusing mount) has changed nothing yet: the namespace is unavailable.
     try:
-        _mount(libc, None, "/", None, MS_REC | MS_SLAVE)
+        _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
     except MountError as exc:
         raise NamespaceUnavailable(f"{exc} (is mount() refused by a seccomp filter on the agent?)") from None
     hide_dirs = [op["path"] for op in ops if op["op"] == "hide_dir"]
@@ -277,47 +315,77 @@ def enter_mount_namespace(libc: ctypes.CDLL, ops: list[dict[str, Any]],
     if scratch:
         # An empty file to bind over hidden files: made in a scratch tmpfs on a directory that is
         # hidden anyway, which then gets its own empty read-only tmpfs at the end.
-        _mount(libc, "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0700")
+        _via_fd(libc, scratch, lambda t: _mount(libc, "tmpfs", t, "tmpfs",
+                                                 MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0700"),
+                must_exist=True)
         empty = os.path.join(scratch, "empty")
-        os.close(os.open(empty, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+        os.close(os.open(empty, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444))
+    hidden_fs = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     for op in ops:
         path = op["path"]
         what = op["op"]
         if what == "bind":
-            _mount(libc, path, path, None, MS_BIND | MS_REC)
+            _via_fd(libc, path, lambda t: _mount(libc, t, t, None, MS_BIND | MS_REC))
         elif what == "readonly":
             targets = [path]
             if op.get("recursive"):
                 prefix = path.rstrip("/") + "/"
                 targets += [m for m in _mountpoints() if m.startswith(prefix)]
-            for t in dict.fromkeys(targets):
-                _remount(libc, t, MS_RDONLY)
+            for target in dict.fromkeys(targets):
+                _via_fd(libc, target, lambda t: _remount(libc, t, MS_RDONLY))
         elif what == "hide_dir":
             if path != scratch:
-                _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                       "size=4k,nr_inodes=1,mode=0555")
+                _via_fd(libc, path, lambda t: _mount(libc, "tmpfs", t, "tmpfs", hidden_fs,
+                                                     "size=4k,nr_inodes=1,mode=0555"), must_exist=True)
         elif what == "hide_file":
-            _mount(libc, empty, path, None, MS_BIND)
-            _remount(libc, path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            _via_fd(libc, path, lambda t: _mount(libc, empty, t, None, MS_BIND), must_exist=True)
+            # A fresh fd: the first one still names the file under the new mount.
+            _via_fd(libc, path, lambda t: _remount(libc, t, hidden_fs), must_exist=True)
         elif what == "dev":
-            _mount(libc, path, path, None, MS_BIND | MS_REC)
-            for name in dev_allowed:
-                node = os.path.join(path, name)
-                try:
-                    st = os.lstat(node)
-                except OSError:
-                    continue
-                if stat.S_ISCHR(st.st_mode):
-                    _mount(libc, node, node, None, MS_BIND)
-            _remount(libc, path, MS_NODEV)
+            _enter_dev(libc, path, dev_allowed)
         else:
             raise MountError(f"unknown mount operation {what!r}")
     if scratch:
-        if libc.umount2(scratch.encode(), MNT_DETACH) != 0:
+        if libc.umount2(_enc(scratch), MNT_DETACH) != 0:
             raise MountError(f"umount {scratch}: {os.strerror(ctypes.get_errno())}")
-        _mount(libc, "tmpfs", scratch, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-               "size=4k,nr_inodes=1,mode=0555")
+        _via_fd(libc, scratch, lambda t: _mount(libc, "tmpfs", t, "tmpfs", hidden_fs,
+                                                 "size=4k,nr_inodes=1,mode=0555"), must_exist=True)
     return kind
+
+
+def _enter_dev(libc: ctypes.CDLL, path: str, dev_allowed: list[str]) -> None:
+    """/dev with no device but the allowed ones, and a pty namespace of our own: a fresh devpts
+    instance, so a command cannot open another session's /dev/pts/N (read what an operator
+    types, write onto their terminal)."""
+    _mount(libc, path, path, None, MS_BIND | MS_REC)
+    for name in dev_allowed:
+        node = os.path.join(path, name)
+        try:
+            st = os.lstat(node)
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode):
+            _mount(libc, node, node, None, MS_BIND)
+    pts = os.path.join(path, "pts")
+    if os.path.isdir(pts):
+        try:
+            _mount(libc, "devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=0620")
+            ptmx = os.path.join(path, "ptmx")
+            if not os.path.islink(ptmx) and os.path.exists(ptmx):
+                _mount(libc, os.path.join(pts, "ptmx"), ptmx, None, MS_BIND)
+        except MountError:
+            # No devpts of our own (an old kernel, a user namespace that may not): no ptys at
+            # all rather than the host's.
+            _mount(libc, "tmpfs", pts, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                   "size=4k,nr_inodes=1,mode=0555")
+    _remount(libc, path, MS_NODEV)
+    prefix = path.rstrip("/") + "/"
+    for m in _mountpoints():
+        if m.startswith(prefix) and not m.startswith(pts + "/") and m != pts:
+            # /dev/shm, /dev/mqueue, /dev/hugepages: no device node there may open either.
+            if os.path.isdir(m):
+                _via_fd(libc, m, lambda t: _remount(libc, t, MS_NODEV))
 
 
 class CapHeader(ctypes.Structure):
@@ -559,5 +627,19 @@ def main() -> int:
     return 0
 
 
+def guarded_main() -> int:
+    """main(), but any unexpected error ends the server with a reason the agent logs (on the
+    control socket when it is still there), never a half-confined server."""
+    try:
+        return main()
+    except Exception as exc:  # noqa: BLE001 - report and stop
+        try:
+            ctl = socket.socket(fileno=int(sys.argv[2]))
+            send(ctl, {"ok": False, "reason": f"sandbox server failed: {type(exc).__name__}: {exc}"})
+        except (OSError, ValueError, IndexError):
+            pass
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded_main())

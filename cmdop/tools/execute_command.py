@@ -164,6 +164,7 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
     deadline = started + timeout_s
     why_killed = ""            # "timeout" | "cancel"
     kill_at = 0.0              # when SIGKILL follows the SIGTERM (0: none pending)
+    report_by = 0.0            # after the SIGKILL: when to stop waiting for the server's report
     returncode: int | None = None
     drain_until = 0.0          # once the command has exited: stop reading output at this time
     next_poll = 0.0            # when to ask again whether the command has exited
@@ -184,6 +185,18 @@ def run_argv(argv: list[str], child_env: dict[str, str], cwd: str, timeout_s: fl
                 if cgroup is not None:
                     cgroup.kill()       # and whatever left the process group
                 kill_at = 0.0
+                report_by = now + 2 * KILL_GRACE_S
+            if report_by and now >= report_by and returncode is None:
+                # Killed, yet no status: the sandbox server that reports it is stopped or gone
+                # (a command can SIGSTOP its parent). Do not wait on it forever.
+                # (A zombie the stopped server cannot reap keeps a process group "alive": past
+                # a last grace the call ends all the same.)
+                alive = cgroup.populated() if cgroup is not None else _group_alive(child.pid)
+                if not alive or now >= report_by + 5 * KILL_GRACE_S:
+                    returncode = -signal.SIGKILL
+                    drain_until = time.monotonic()
+                    if sandboxed and env.sandbox is not None:
+                        env.sandbox.server_unresponsive()
             if returncode is None and (now >= next_poll or not sel.get_map()):
                 # With output flowing, a brief poll once a tick; with none, block for the tick.
                 returncode = child.wait(_POLL_S if sel.get_map() else _TICK_S)

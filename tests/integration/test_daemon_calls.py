@@ -320,7 +320,9 @@ def test_watch_cli_on_a_terminal_shows_hostile_text_escaped_and_takes_y(cmdop_en
     seen = b""
     try:
         wait_for(lambda: _approvers(ask_daemon) == 1, 15, "watch to attach")
-        hostile = "echo \x1b[2Jsafe\u202etxt.sh\u200b"
+        # (C0 controls such as ESC never reach an approver now: the gate refuses them outright.
+        # C1 controls, bidi and zero-width characters pass the gate and must be made visible.)
+        hostile = "echo \u009b2Jsafe\u202etxt.sh\u200b"
         call = CallInThread(ask_daemon, "execute_command", {"command": hostile}, as_caller="remote")
 
         def prompt_shown() -> bool:
@@ -329,8 +331,8 @@ def test_watch_cli_on_a_terminal_shows_hostile_text_escaped_and_takes_y(cmdop_en
             return b"> " in seen
         wait_for(prompt_shown, 15, "the prompt")
         text = seen.decode("utf-8", "replace")
-        assert "\\x1b[2Jsafe<U+202E>txt.sh<U+200B>" in text
-        assert "\x1b" not in text and "\u202e" not in text and "\u200b" not in text
+        assert "\\x9b2Jsafe<U+202E>txt.sh<U+200B>" in text
+        assert "\x9b" not in text and "\u202e" not in text and "\u200b" not in text
         assert "caller: remote root@" in text and "cwd:" in text and "rule:" in text
         os.write(master, b"y\n")
         out = call.join()

@@ -21,7 +21,7 @@ POLICY = f"""\
 version: 1
 mode: strict
 rules:
-  - rule: "execute_command({PY} *)"
+  - rule: "execute_command({PY} -c *)"     # a rule must spell the inline code it allows
     action: allow
 """
 

@@ -253,3 +253,97 @@ def test_round4_bypass_is_floor_denied(command: str, trick: str) -> None:
 @pytest.mark.parametrize("command", ROUND4_ORDINARY)
 def test_round4_ordinary_command_is_not_floor(command: str) -> None:
     assert check_command(command, HOME, "/srv/app") is None
+
+
+# Round 5 ("the static gate as a model"): the floor must be right, not only wide. Ordinary admin
+# commands it refused — none of them reads, changes or runs anything protected — must be allowed
+# in every working directory (home holds .ssh, a project holds .git and .env) …
+ROUND5_ORDINARY = [
+    "du -sh /*",                                       # `/*` names /etc only as one entry of /
+    "ls -d /*/",
+    "ls -la /*",
+    "find / -xdev -size +1G -exec ls -lh {} \\;",       # -exec of a program that shows metadata
+    "find ~ -type f -mtime +30 -exec stat -c '%n %s' {} +",
+    "find . -name '*.pyc' -delete",                    # deletes only names no protected file has
+    "find . -name '__pycache__' -type d -delete",
+    "find . \\( -name '*.pyc' -o -name '*.pyo' \\) -delete",
+    "find ~ -name '*.tmp' -mtime +7 -delete",
+    "echo ':(){ :|:& };:' > notes.txt",                # quoted text written to a file, not code
+    "printf '%s\\n' ':(){ :|:& };:' >> notes.txt",
+    "grep -rn ':(){ :|:& };:' docs/",
+    "echo `date` `hostname`",                          # two substitutions (the grammar read one)
+]
+CWDS = ("/srv/app", HOME, HOME + "/proj")
+
+
+@pytest.mark.parametrize("command", ROUND5_ORDINARY)
+def test_round5_ordinary_command_is_not_floor(command: str) -> None:
+    for cwd in CWDS:
+        assert check_command(command, HOME, cwd) is None, (command, cwd)
+        d = decide(ToolCall("execute_command", {"command": command}, "", cwd),
+                   Caller(CallerKind.REMOTE), ALLOW_ALL, HOME, "strict")
+        assert d.decision == "allow", (command, cwd, d.reason)
+
+
+# … while their neighbours that do read, change or run protected things stay floor-denied.
+ROUND5_STILL_DENIED = [
+    "du -sh /etc", "ls /etc", "ls -d /e*", "ls /*/shadow", "cat /*", "chmod 777 /*", "chown -R u /*",
+    "ls ~/.*", "tar czf x.tgz /*", "grep -r KEY /*",
+    "find / -exec cat {} +", "find / -xdev -exec ls {} \\; -exec cat {} \\;", "find ~ -name id_rsa -exec cat {} +",
+    "find / -exec sh -c 'ls \"$1\"' _ {} \\;", "find ~ -fprint /tmp/names",
+    "find ~ -delete", "find ~ -name 'id_*' -delete", "find ~ -name '*.pem' -delete", "find ~ -name '*.log' -delete",
+    "find ~ -name '*.yaml' -delete", "find ~ -iname '*.JSON' -delete", "find ~ ! -name '*.pyc' -delete",
+    "find ~ -name '*.pyc' -o -type f -delete", "find ~ -type f -o -name '*.pyc' -delete",
+    "find / -name '*.pyc' -delete", "find ~ -name '*.pyc' -exec rm {} +", "find ~ -name \"$X\" -delete",
+    "echo ':(){ :|:& };:' | bash", "eval \"$(echo ':(){ :|:& };:')\"", ":(){ :|:& };:", "perl -e 'fork while 1'",
+    "alias a='a|a&'; a",
+    # a program that only prints, redefined on the line, prints no more: its words may be code
+    "echo(){ bash -c \"$1\"; }; echo ':(){ :|:& };:'", "echo(){ bash -c \"$1\"; }; echo 'rm -rf /'",
+    "shopt -s expand_aliases\nalias echo='bash -c'\necho 'rm -rf /'", "function grep { eval \"$@\"; }; grep 'rm -rf /'",
+    "ls(){ cat \"$@\"; }; ls -d /*",
+]
+
+
+@pytest.mark.parametrize("command", ROUND5_STILL_DENIED)
+def test_round5_neighbours_stay_floor_denied(command: str) -> None:
+    assert check_command(command, HOME, HOME), command
+
+
+# Control characters: bash splits words on space, tab and newline only, so `\r`, `\v`, `\f`, ESC…
+# are word characters to bash while a parser, a log or a terminal may take them for blanks, line
+# ends or escape sequences. Every C0 control but tab and newline, and DEL, is refused with a
+# reason; non-ASCII characters (U+2028, U+0085) are ordinary bytes to bash and to the parser.
+CONTROL = [
+    ("ls\r", "carriage return"), ("echo ok\rrm -rf /tmp/x", "carriage return"),
+    ("echo \x1b[2Khidden", "escape"), ("rm\x0b-rf\x0b/tmp/x", "vertical tab"), ("ls\x0c", "form feed"),
+    ("ls\x7f", "delete"), ("echo \x08\x08\x08ok", "backspace"), ("echo \x07", "bell"),
+    ("echo \x01", "control character"), ("echo \x1f", "control character"),
+]
+
+
+@pytest.mark.parametrize("command, name", CONTROL, ids=[repr(c[0]) for c in CONTROL])
+def test_control_characters_are_refused_with_a_reason(command: str, name: str) -> None:
+    reason = check_command(command, HOME, "/srv/app")
+    assert reason and name in reason and "U+00" in reason
+    call = ToolCall("execute_command", {"command": command}, "", "/srv/app")
+    for kind in CallerKind:
+        for mode in ("default", "strict", "bypass"):
+            d = decide(call, Caller(kind), ALLOW_ALL, HOME, mode)
+            assert (d.decision, d.source) == ("deny", "floor"), (command, kind, mode, d.reason)
+            assert name in d.reason and "\x1b" not in d.target and "\r" not in d.target
+
+
+def test_nul_is_refused_as_before() -> None:
+    d = decide(ToolCall("execute_command", {"command": "ls\x00 -la"}, "", "/srv/app"),
+               Caller(CallerKind.LOCAL), ALLOW_ALL, HOME, "bypass")
+    assert (d.decision, d.source) == ("deny", "floor") and "NUL" in d.reason
+    assert check_command("ls\x00", HOME, "/srv/app")
+
+
+@pytest.mark.parametrize("command", ["ls\t-la", "ls\nwhoami", "echo caf\u00e9", "echo a\u2028b", "echo a\u0085b",
+                                     "printf 'a\\r\\n'", "echo $'\\e[1mbold'"])
+def test_tab_newline_and_non_ascii_are_ordinary(command: str) -> None:
+    assert check_command(command, HOME, "/srv/app") is None, command
+    d = decide(ToolCall("execute_command", {"command": command}, "", "/srv/app"),
+               Caller(CallerKind.REMOTE), ALLOW_ALL, HOME, "strict")
+    assert d.decision == "allow", (command, d.reason)

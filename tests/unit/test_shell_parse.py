@@ -45,9 +45,9 @@ def allow_texts(command: str) -> list[str | None]:
     ("env git status", ["git status"]),
     ("env FOO=1 git status", ["FOO=1 git status"]),
     ("LD_PRELOAD=x.so ls", ["LD_PRELOAD=x.so ls"]),
-    ("sudo git status", ["sudo git status"]),
-    ("sudo -u root git status", ["sudo -u root git status"]),
-    ("xargs rm", ["xargs rm"]),
+    ("sudo git status", ["sudo \ngit status"]),   # the wrapped program is marked
+    ("sudo -u root git status", ["sudo -u root \ngit status"]),
+    ("xargs rm", ["xargs \nrm"]),
     ("bash -c 'git status && ls'", ["git status", "ls"]),
     ("sh -c \"echo hi\"", ["echo hi"]),
     ("eval 'git status'", ["git status"]),

@@ -24,50 +24,20 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from cmdop.core.policy import programs
 from cmdop.core.policy.shell import LIT, RAW, SimpleCommand, Word
 
 STANDARD_DIRS = frozenset({"/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin"})
 
-# wrapper -> (short options taking an argument, long options taking an argument, privileged)
+# wrapper -> (short options taking an argument, long options taking an argument, privileged);
+# the data lives in programs.PROGRAMS, with everything else the gate knows about programs.
 _WRAPPERS: dict[str, tuple[str, frozenset[str], bool]] = {
-    "sudo": ("ugpCDhrtTUc", frozenset({"user", "group", "prompt", "close-from", "chdir", "host",
-                                       "role", "type", "command-timeout", "other-user"}), True),
-    "doas": ("uC", frozenset(), True),
-    "runuser": ("ugGlw", frozenset({"user", "group", "supp-group", "whitelist-environment"}), True),
-    "chroot": ("", frozenset({"userspec", "groups"}), True),
-    "xargs": ("adEIiLlnPs", frozenset({"arg-file", "delimiter", "eof", "replace", "max-lines",
-                                       "max-args", "max-procs", "max-chars", "process-slot-var"}), True),
-    "env": ("uCS", frozenset({"unset", "chdir", "split-string", "block-signal", "default-signal",
-                              "ignore-signal"}), False),
-    "nice": ("n", frozenset({"adjustment"}), False),
-    "ionice": ("cnp", frozenset({"class", "classdata", "pid", "pgid", "uid"}), False),
-    "nohup": ("", frozenset(), False),
-    "timeout": ("sk", frozenset({"signal", "kill-after"}), False),
-    "command": ("", frozenset(), False),
-    "builtin": ("", frozenset(), False),
-    "exec": ("a", frozenset(), False),
-    "time": ("fo", frozenset({"format", "output"}), False),
-    "stdbuf": ("ioe", frozenset({"input", "output", "error"}), False),
-    "setsid": ("", frozenset(), False),
-    "busybox": ("", frozenset(), False),
-    "nocorrect": ("", frozenset(), False),
-    "flock": ("wEc", frozenset({"timeout", "conflict-exit-code", "command"}), False),
-    "chrt": ("T", frozenset({"sched-runtime", "sched-period", "sched-deadline"}), False),
-    "taskset": ("", frozenset({"cpu-list"}), False),
-    # strace/ltrace: `-o '|cmd'` runs a command, `-E VAR=x` sets LD_PRELOAD, `-o FILE` writes.
-    "strace": ("abeEIoOpPsSuX", frozenset(), True),
-    "ltrace": ("aAeEnopsSuX", frozenset(), True),
-    "unbuffer": ("", frozenset(), False),
-    "watch": ("n", frozenset({"interval"}), True),
-    "systemd-run": ("pEuMHdGrPq", frozenset({"unit", "property", "uid", "gid", "setenv", "working-directory",
-                                             "description", "slice"}), True),
-    "noglob": ("", frozenset(), False),
-}
+    name: (spec.short, spec.long, spec.privileged) for name, spec in programs.wrappers().items()}
 # Wrappers harmless bare but not with options: `time -o FILE` writes a file of chosen content,
 # `exec -a NAME` changes the name a program dispatches on (`exec -a git-rm git status` removes).
 _PRIVILEGED_WITH_OPTIONS = frozenset({"time", "exec"})
 # Positional arguments a wrapper takes before the command it runs.
-_POSITIONALS = {"timeout": 1, "chroot": 1, "flock": 1, "chrt": 1, "taskset": 1}
+_POSITIONALS = {name: spec.positionals for name, spec in programs.wrappers().items() if spec.positionals}
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "csh", "tcsh", "ash", "fish", "yash",
                     "posh", "rbash", "rc", "es", "sash", "su"})
 _VERSIONED = re.compile(r"^([a-z]+?)[0-9][0-9.]*$")
@@ -289,8 +259,17 @@ def word_match_text(word: Word, program: bool) -> str | None:
     return program_name(value) if program else value
 
 
-def match_text(layer: Layer, redirects: list[tuple[str, Word | None]]) -> str | None:
-    """One line a command glob is matched against, or None when part of it is unknown."""
+MARK = "\x00"     # where `match_text` marks code: a NUL never reaches here from a command
+
+
+def match_text(layer: Layer, redirects: list[tuple[str, Word | None]],
+               marks: dict[int, set[int]] | None = None, keep_marks: bool = False) -> str | None:
+    """One line a command glob is matched against, or None when part of it is unknown.
+
+    `marks` (word index → offsets in that word) are where a command runs code (programs.sites,
+    a wrapped program): a newline goes there, which a glob's `*` never matches, so only a rule
+    that spells what follows literally covers it (`rules` lets a spelled token match one).
+    With `keep_marks` they are left as MARK, for the caller to find."""
     out: list[str] = []
     for key, val in layer.assigns:
         v = word_match_text(val, False)
@@ -301,6 +280,9 @@ def match_text(layer: Layer, redirects: list[tuple[str, Word | None]]) -> str | 
         v = word_match_text(w, i == 0)
         if v is None:
             return None
+        for off in sorted((marks or {}).get(i, ()), reverse=True):
+            if 0 <= off <= len(v):
+                v = v[:off] + MARK + v[off:]
         out.append(v)
     for op, target in redirects:
         # A redirection starts with a newline, the one character a command glob's `*` does not
@@ -314,4 +296,21 @@ def match_text(layer: Layer, redirects: list[tuple[str, Word | None]]) -> str | 
         if _HARMLESS_REDIRECT.match(op + t):
             continue
         out.append("\n" + op + t)
-    return " ".join(out).replace(" \n", "\n")
+    text = " ".join(out).replace(" \n", "\n")
+    return text if keep_marks else text.replace(MARK, "\n")
+
+
+def wrapped_starts(layers: tuple[Layer, ...]) -> tuple[int | None, list[int]]:
+    """(index of the layer that carries the allow text when a privileged wrapper is in the chain,
+    the word indexes in that layer where each wrapped command starts). `(None, [])` when no
+    wrapper changes privilege: the innermost command is matched on its own then."""
+    first_priv = next((i for i, layer in enumerate(layers) if layer.privileged), None)
+    if not first_priv:
+        return None, []
+    outer = layers[first_priv - 1].words
+    starts = []
+    for layer in layers[first_priv:]:
+        n = len(layer.words)
+        if n and n <= len(outer) and outer[len(outer) - n:] == layer.words:
+            starts.append(len(outer) - n)
+    return first_priv - 1, starts

@@ -4,6 +4,10 @@ It re-walks the same steps as `gate.decide_target` (and reports `decide`'s own D
 two cannot disagree about the outcome): the floor entry hit or not, the caller step, the parts a
 command was split into, each rule of the tool and why it matched or not, and the mode step.
 Rules are walked linearly here (no index) because every rule must be listed.
+
+Where a command runs code (programs.sites: `find -exec`, `git -c core.pager=…`, a wrapped
+program), the part lists it, and an allow/ask rule that would match but for it says so:
+"'git *' does not cover '-c core.pager=…': that runs a command; add a rule that spells it".
 """
 
 from __future__ import annotations
@@ -12,13 +16,33 @@ from cmdop.core.calls import Caller, CallerKind, ToolCall
 from cmdop.core.policy.decision import Decision
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide, prepare_target
 from cmdop.core.policy.rules import Rule
+from cmdop.core.policy.targets import Part
 
 
-def _rule_verdict(rule: Rule, t_operation: str, parts: list[tuple[str | None, tuple[str, ...], bool]]) -> str:
+def uncovered_code(rule: Rule, part: Part) -> list[tuple[str, str]]:
+    """The places of code in `part` (shown, why) that keep allow/ask `rule` from matching it — the
+    rule would match the command were they not code. Empty when the rule matches or fails anyway."""
+    text = part.allow_text
+    if rule.regex is None or text is None or part.deny_only or not part.code or rule.regex.match(text):
+        return []
+    marks = {pos for pos, _, _ in part.code}
+
+    def keeping(keep: int | None) -> str:
+        return "".join(ch for i, ch in enumerate(text) if i not in marks or i == keep)
+
+    if not rule.regex.match(keeping(None)):
+        return []
+    blocking = [(shown, why) for pos, shown, why in part.code if not rule.regex.match(keeping(pos))]
+    return blocking or [(shown, why) for _, shown, why in part.code]
+
+
+def _rule_verdict(rule: Rule, t_operation: str, parts: tuple[Part, ...]) -> str:
     if rule.operation and rule.operation != t_operation:
         return f"no: operation '{t_operation or '(none)'}' is not '{rule.operation}'"
     hits = []
-    for allow_text, deny_texts, deny_only in parts:
+    blocked: list[tuple[str, str]] = []
+    for part in parts:
+        allow_text, deny_texts, deny_only = part.allow_text, part.deny_texts, part.deny_only
         texts = deny_texts if rule.action == "deny" else (() if deny_only else (allow_text,))
         if rule.regex is None:
             hits.append(allow_text or (deny_texts[0] if deny_texts else "?"))
@@ -27,9 +51,16 @@ def _rule_verdict(rule: Rule, t_operation: str, parts: list[tuple[str | None, tu
             if text is not None and rule.regex.match(text):
                 hits.append(text)
                 break
+        else:
+            if rule.action != "deny":
+                blocked.extend(uncovered_code(rule, part))
+    not_covered = "; ".join(f"{rule.glob!r} does not cover {shown!r}: that {why}; add a rule that spells it"
+                            for shown, why in dict.fromkeys(blocked))
     if hits:
-        return "MATCHES " + ", ".join(repr(h) for h in hits)
-    if rule.action != "deny" and any(a is None and not d for a, _, d in parts):
+        return "MATCHES " + ", ".join(repr(h) for h in hits) + (f" (but {not_covered})" if not_covered else "")
+    if not_covered:
+        return "no: " + not_covered
+    if rule.action != "deny" and any(p.allow_text is None and not p.deny_only for p in parts):
         return "no: the glob does not match, and part of the command is unknown (never matched by allow/ask)"
     return f"no: glob {rule.glob!r} does not match"
 
@@ -57,16 +88,19 @@ def explain(call: ToolCall, caller: Caller, policy: Policy, home: str, mode: str
     lines.append(f"2. caller: {kind.value} — goes through the rules")
     if not policy.ok:
         return decision, lines + [f"3. policy: none loaded ({policy.problem}) → deny", _final(decision)]
-    parts = [(p.allow_text, p.deny_texts, p.deny_only) for p in t.parts]
+    parts = t.parts
     if t.kind == "command":
         lines.append(f"   the command has {len(t.parts)} part(s); every part must be allowed:")
         for p in t.parts:
+            by = f" (run by {p.runs_for!r})" if p.runs_for else ""
             if p.deny_only:
-                lines.append(f"   - {p.display!r} (checked against deny rules only)")
+                lines.append(f"   - {p.display!r}{by} (checked against deny rules only)")
             elif p.allow_text is None:
-                lines.append(f"   - {p.display!r}: unknown to allow/ask rules — {p.why_unknown}")
+                lines.append(f"   - {p.display!r}{by}: unknown to allow/ask rules — {p.why_unknown}")
             else:
-                lines.append(f"   - {p.allow_text!r}")
+                lines.append(f"   - {p.allow_text!r}{by}")
+            for _, shown, why in p.code:
+                lines.append(f"     code: {shown!r} {why} — an allow/ask rule covers it only by spelling it")
     rules = [r for scope in (policy.global_rules, policy.session_rules) for r in scope.rules
              if r.tool == call.tool]
     total = len(policy.global_rules) + len(policy.session_rules)

@@ -15,6 +15,15 @@ Entries (source: CONTRACT §4 and spec/security-model.txt "Bash signatures"):
 
 Being a deny list, the floor guesses wide: an unknown expansion is assumed to be able to be
 anything a glob `*` could be, `$IFS` is a space, and brace expressions are expanded.
+
+And it must be right: a kernel floor (mount namespace) now keeps credentials out of reach
+whatever the text says, so this layer's job is to explain its refusals and not to refuse
+ordinary administration. Hence: control characters other than tab and newline are refused with
+their name (bash and a display would read the text differently); a bare `*` given to a program
+that only lists or measures (`du -sh /*`, `ls -d /*/`) does not "name" /etc; `find -exec` of a
+program that only shows metadata (`-exec ls -lh {} +`) is not a read of the tree; `find -delete`
+limited by name tests no protected name can pass (`-name '*.pyc'`) is not a removal of the
+protected files under it; and fork-bomb text is looked for in code, not in what `echo` prints.
 """
 
 from __future__ import annotations
@@ -26,13 +35,38 @@ from functools import lru_cache
 from typing import Any
 
 from cmdop.core.policy.commands import is_shell, unwrap
-from cmdop.core.policy.floor_paths import (FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
+from cmdop.core.policy.floor_paths import (_SAMPLES, FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
                                            check_pattern, fold)
 from cmdop.core.policy.paths import components, expand_user, normalise
-from cmdop.core.policy.shell import EVAL, SUB, TOO_DEEP, VAR, SimpleCommand, Word, analyse, interpretations
+from cmdop.core.policy.shell import (EVAL, SUB, TOO_DEEP, TOO_MANY, VAR, SimpleCommand, Word, analyse,
+                                     expansions_in, interpretations)
 
 UNKNOWN = "\x00"
 MAX_COMMAND = 65536   # the floor bounds its own work; a longer command is refused, not guessed at
+# Control characters a command may not hold: every C0 control but tab and newline, and DEL. Bash
+# splits words on space, tab and newline only, so for bash `\r`, `\v`, `\f`, ESC… are ordinary
+# word characters (`ls\r` is a program named "ls\r"), while a parser, a log or a terminal may
+# read them as blanks, line ends or escape sequences — and what the gate, the audit log and an
+# approval prompt show must be what bash runs (`\r` or ESC[2K can hide text on a terminal).
+# Non-ASCII characters (U+0085, U+2028, C1 controls, bidi marks) are ordinary bytes to bash and
+# to the grammar alike (see shell._PARSE_SAFE): they do not change what is read, so they pass;
+# showing them safely is the display's job.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_NAMES = {"\x00": "NUL", "\x07": "bell", "\x08": "backspace", "\x0b": "vertical tab",
+                  "\x0c": "form feed", "\x0d": "carriage return", "\x1b": "escape", "\x7f": "delete"}
+
+
+def control_character(command: str) -> str | None:
+    """Why `command` cannot be read as bash reads it (a control character), or None."""
+    m = _CONTROL.search(command)
+    if m is None:
+        return None
+    ch = m.group()
+    name = _CONTROL_NAMES.get(ch, "control character")
+    return (f"floor: {name} (U+{ord(ch):04X}) at position {m.start()} of the command: bash reads it as part "
+            f"of a word, and a terminal or log showing the command may hide or rewrite text around it")
+
+
 _INTERPRETER = re.compile(
     r"^(?:(?:python|pypy|perl|ruby|php|lua|luajit|tclsh|node|nodejs|jshell|ipython|julia|guile)[0-9.]*|"
     r"irb|deno|bun|wish|R|Rscript|osascript|pwsh|powershell|expect|source|\.|"
@@ -123,6 +157,7 @@ def _resolve(arg: str, home: str, cwd: str | None) -> str | None:
 
 
 _ARRAYS = "\x00arrays"     # key in `variables` holding the line's static array elements
+_REDEFINED = "\x00redefined"   # key in `variables` holding the names the line defines as functions or aliases
 _LEAD = re.compile(r"^(~[^/]*|\x00+)")
 
 
@@ -236,6 +271,33 @@ _TREE_LONG = ("--recursive", "--archive", "--dereference-recursive")
 _FIND_ACTS = frozenset({"-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fprint0", "-fprintf", "-fls"})
 
 
+# What `find -exec` may run on every file of a tree holding protected files: programs that show
+# a file's name or metadata (`-exec ls -lh {} \;`), never its contents.
+_FIND_EXEC_LOOKERS = frozenset({"ls", "stat", "du", "echo", "printf", "basename", "dirname", "realpath",
+                                "readlink", "test", "[", "true", "false", "lsattr", "getfacl"})
+
+
+def _find_only_looks(args: list[str]) -> bool:
+    """Is every action of this `find` an -exec/-execdir/-ok/-okdir of a program that only shows
+    names and metadata? (`-fprint` and the like keep their old meaning: not only looking.)"""
+    i, found = 0, False
+    while i < len(args):
+        a = args[i]
+        if a in ("-exec", "-execdir", "-ok", "-okdir"):
+            j = i + 1
+            while j < len(args) and args[j] not in (";", "+"):
+                j += 1
+            command = args[i + 1:j]
+            if not command or _program(command[0]) not in _FIND_EXEC_LOOKERS:
+                return False
+            found, i = True, j + 1
+            continue
+        if a in _FIND_ACTS:
+            return False
+        i += 1
+    return found
+
+
 def _find_walks_protected(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> bool:
     """`find START…` from a start that holds protected files: what it hands on may be any of
     them (a name filter does not help: `-name id_rsa` is how you find the key)."""
@@ -283,7 +345,8 @@ def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
     """`tar cf - ~`, `cp -r ~ /tmp/h`, `grep -r KEY /`, `chmod -R 777 ~`, `rsync --delete x/ /`,
     `find ~ -exec cat {} +`: a recursive read, copy or change of a directory that holds
     protected files."""
-    if prog == "find" and any(a in _FIND_ACTS for a in args) and _find_walks_protected(args, home, cwd, extra):
+    if prog == "find" and any(a in _FIND_ACTS for a in args) and not _find_only_looks(args) \
+            and _find_walks_protected(args, home, cwd, extra):
         return "floor: find runs a command on every file of a directory holding protected files"
     if prog in ("fd", "fdfind") and any(a in ("-x", "-X", "--exec", "--exec-batch") for a in args) \
             and _lists_protected_tree([prog, *args[:min((args.index(a) for a in args
@@ -384,14 +447,56 @@ def _xargs_items(cmd: SimpleCommand, argv: list[str], home: str, variables: dict
     return out or [UNKNOWN]
 
 
+# Names no name test of a deleting `find` may be able to match, under a directory holding
+# protected files: the protected names themselves, and the files that live inside protected
+# directories (keys, git's metadata, cmdop's own files, login and unit files).
+_KEPT_NAMES = tuple(sorted(set(_SAMPLES) | {
+    "id_rsa", "id_ed25519", "id_ecdsa", "id_dsa", "id_rsa.pub", "authorized_keys", "authorized_keys2",
+    "known_hosts", "config", "x.pem", "x.key", "x.p12", "x.pfx", "x.ppk", "x.gpg", "x.asc", "x.kdbx",
+    "token.json", "permissions.yaml", "config.yaml", "audit.log", "daemon.status", "daemon.pid",
+    "ssh_workspaces.json", "agent.sock", "HEAD", "index", "packed-refs", "x.pack", "x.idx", "hooks",
+    "pre-commit", "x.service", "x.timer", "login.keychain-db", "shadow", "passwd", "sudoers"}))
+_FIND_NAME_TESTS = ("-name", "-iname")
+
+
+def _find_deletes_only_safe_names(args: list[str]) -> bool:
+    """Does `find … -delete` delete only entries whose names pass a name test that no protected
+    name (nor a file kept in a protected directory) can pass? `find . -name '*.pyc' -delete`
+    does; `find ~ -delete`, `-name 'id_*'`, `! -name x`, `-name x -o -type f` do not. Every `-o`
+    must sit between two name tests, so that each alternative is limited by one."""
+    expr = args              # (a starting point is never a test or an operator: scan them all)
+    if any(a in ("!", "-not", ",", "-exec", "-execdir", "-ok", "-okdir") for a in expr):
+        return False
+    patterns: list[str] = []
+    for i, a in enumerate(expr):
+        if a in _FIND_NAME_TESTS and i + 1 < len(expr):
+            patterns.append(expr[i + 1])
+        if a in ("-o", "-or") and not (i >= 2 and expr[i - 2] in _FIND_NAME_TESTS
+                                       and i + 1 < len(expr) and expr[i + 1] in _FIND_NAME_TESTS):
+            return False
+    if not patterns:
+        return False
+    for pattern in patterns:
+        if UNKNOWN in pattern:
+            return False
+        folded = pattern.lower()
+        # find's -name matches a leading dot with `*` (fnmatch without FNM_PERIOD)
+        if any(fnmatch.fnmatchcase(name.lower(), folded) for name in _KEPT_NAMES):
+            return False
+    return True
+
+
 def _rm_root(prog: str, args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = ()) -> str | None:
     if prog == "find":
         starts = _find_starts(args)
         destructive = "-delete" in args or any(a in ("-exec", "-execdir") and i + 1 < len(args)
                                                 and _program(args[i + 1]) in ("rm", "shred")
                                                 for i, a in enumerate(args))
-        if starts and destructive and any(_is_root_target(st, home, cwd) or _covers_anchor(st, home, cwd, extra)
-                                          for st in starts):
+        if not starts or not destructive:
+            return None
+        if any(_is_root_target(st, home, cwd) for st in starts):
+            return "floor: find deleting from / or from a directory holding protected files"
+        if any(_covers_anchor(st, home, cwd, extra) for st in starts) and not _find_deletes_only_safe_names(args):
             return "floor: find deleting from / or from a directory holding protected files"
         return None
     if prog not in ("rm", "?", "unlink", "rmdir"):
@@ -664,7 +769,15 @@ def _device_paths(arg: str, home: str, cwd: str | None) -> list[str]:
     return out
 
 
-def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = ()) -> str | None:
+# Programs that only list or measure the paths they are given (names, sizes, modes), never read
+# or change their contents: `du -sh /*` and `ls -d /*/` name /etc only as one entry of `/`.
+_LISTERS = frozenset({"ls", "dir", "vdir", "du", "stat", "tree", "df", "lsattr", "getfacl", "namei",
+                      "realpath", "readlink", "basename", "dirname", "find"})
+
+
+def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = (),
+                 listing: bool = False) -> str | None:
+    """The floor reason if an argument names a protected path (`listing`: see check_pattern)."""
     for a in args:
         cands = {a}
         for sep in ("=", ":", ",", "@"):
@@ -678,21 +791,51 @@ def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, 
             unknown_cwd = not c.startswith(("/", "~", UNKNOWN)) and cwd is None
             paths = [normalise("/" + c)] if unknown_cwd else _resolutions(c, home, cwd)
             for path in paths:
-                reason = check_pattern(path, home, prefixes=not unknown_cwd, extra=extra)
+                reason = check_pattern(path, home, prefixes=not unknown_cwd, extra=extra, listing=listing)
                 if reason:
                     return f"{reason} (named in the command)"
     return None
 
 
-def _fork_bomb(analysis_functions: tuple[tuple[str, tuple[SimpleCommand, ...], bool], ...],
-               source: str) -> str | None:
-    for name, body, backgrounds in analysis_functions:
+def _fork_bomb(analysis: Any) -> str | None:
+    for name, body, backgrounds in analysis.functions:
         calls = [c for c in body if c.words and c.words[0].static == name]
         if calls and (backgrounds or len(calls) > 1 or any(c.stdin == "pipe" for c in calls)):
             return f"floor: fork bomb (function '{name}' spawns itself)"
-    if _FORKBOMB_TEXT.search(re.sub(r"\s+", "", source)) or _FORKBOMB_TEXT.search(source):
+    code = _code_text(analysis)
+    if _FORKBOMB_TEXT.search(re.sub(r"\s+", "", code)) or _FORKBOMB_TEXT.search(code):
         return "floor: fork bomb"
     return None
+
+
+def _redefined(analysis: Any) -> frozenset[str]:
+    """Names the line defines as functions or aliases: `echo(){ bash -c "$1"; }` makes `echo`
+    something else than the program that only prints."""
+    names = {name for name, _, _ in analysis.functions if name}
+    for c in analysis.commands:
+        if c.words and c.words[0].static == "alias":
+            names.update(w.text(None, "").split("=", 1)[0] for w in c.words[1:] if "=" in w.text(None, ""))
+    return frozenset(names)
+
+
+def _code_text(analysis: Any) -> str:
+    """The command's text with the arguments of programs that only print or search text blanked:
+    the fork-bomb patterns are looked for in code (the line itself, strings handed to `perl -e`
+    or `alias`), not in what `echo ':(){ :|:& };:' > notes.txt` writes. (Printed text that is
+    run after all — piped into a shell, eval'd — is refused by the rules for those.)"""
+    raw = analysis.source.encode("utf-8", "surrogatepass")
+    blank = bytearray(raw)
+    redefined = _redefined(analysis)
+    for c in analysis.commands:
+        if len(c.spans) != len(c.words) or len(c.words) < 2:
+            continue
+        prog = c.words[0].static
+        if prog is None or prog in redefined or posixpath.basename(prog) not in _TEXT_ONLY:
+            continue
+        for (start, end), w in zip(c.spans[1:], c.words[1:]):
+            if w.static is not None:
+                blank[start:end] = b" " * (end - start)
+    return bytes(blank).decode("utf-8", "surrogateescape") if blank != raw else analysis.source
 
 
 _MODIFIED_WORD = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*|[%#/^,][^{}]*)\}")
@@ -705,6 +848,9 @@ def check_command(command: str, home: str, cwd: str, extra: tuple[str, ...] = ()
     `extra`: more protected directories (see floor_paths.check_path)."""
     if len(command) > MAX_COMMAND:
         return f"floor: command longer than {MAX_COMMAND} characters is not inspected"
+    control = control_character(command)
+    if control:
+        return control
     for text in _variants(command):
         try:
             reason = _check(text, home, cwd or None, 0, extra)
@@ -748,9 +894,9 @@ def _check(command: str, home: str, cwd: str | None, depth: int, extra: tuple[st
 def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: tuple[str, ...],
                   outer_stdin: str) -> str | None:
     analysis = analyse(command)
-    if analysis.opaque == TOO_DEEP:
-        return f"floor: {TOO_DEEP}"
-    reason = _fork_bomb(analysis.functions, analysis.source)
+    if analysis.opaque in (TOO_DEEP, TOO_MANY):
+        return f"floor: {analysis.opaque}"
+    reason = _fork_bomb(analysis)
     if reason:
         return reason
     variables: dict[str, str] = {}
@@ -762,6 +908,23 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
             if value.static is not None:
                 variables.setdefault(name, value.static)
     tainted = _tainted(analysis)
+    for name, text in _stored_code(analysis):
+        found = expansions_in(text)
+        if found is None:
+            return f"floor: the value of {name} has too many expansions to inspect"
+        for inner in found:
+            reason = _check(": " + inner, home, cwd, depth + 1, extra)
+            if reason:
+                return (f"{reason} (in the value of {name}: bash runs it when it evaluates the value, "
+                        f"as ${{!{name}}} or $(({name})) do)")
+    for text in _quoted_subscripts(analysis):
+        found = expansions_in(text)
+        if found is None:
+            return "floor: an array subscript has too many expansions to inspect"
+        for inner in found:
+            reason = _check(": " + inner, home, cwd, depth + 1, extra)
+            if reason:
+                return f"{reason} (in an array subscript, which bash expands even from quotes)"
     array_words: list[str] = []
     for inner in _array_literals(analysis):        # cmd=(rm -rf /); declare -a c=(…)
         reason = _check(inner, home, cwd, depth + 1, extra)
@@ -785,6 +948,9 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
                     variables.setdefault(m.group(1), m.group(2))
     if array_words:
         variables = dict(variables, **{_ARRAYS: "\x01".join(array_words)})
+    redefined = _redefined(analysis)
+    if redefined:                                  # echo(){ bash -c "$1"; }; echo 'rm -rf /'
+        variables = dict(variables, **{_REDEFINED: "\x01".join(sorted(redefined))})
     # The directories the line may be in: a `cd` can fail, run in a subshell or go somewhere
     # unknown, so each one adds a possibility and removes none (None = unknown).
     cwds: list[str | None] = [cwd]
@@ -809,6 +975,59 @@ def _tainted(analysis: Any) -> frozenset[str]:
             names.update(w for w in words[1:] if w and not w.startswith("-"))
             names.add("REPLY")
     return frozenset(names)
+
+
+_DECLARED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[[^=]*\])?\+?=(.*)$", re.DOTALL)
+_CODE_MARK = ("$(", "`", "${", "$[")
+
+
+def _stored_code(analysis: Any) -> list[tuple[str, str]]:
+    """(name, value) of the line's assignments whose literal value holds an expansion bash did
+    not perform when assigning (`x='a[$(cmd)]'`) but performs when it evaluates the value again:
+    indirect expansion `${!x}`, arithmetic `$((x))`/`(( x ))`/`[[ x -eq 1 ]]`, a subscript."""
+    out = [(n, v.static) for n, v in analysis.assignments if v.static is not None]
+    out += [(n, v.static) for c in analysis.commands for n, v in c.assigns if v.static is not None]
+    for c in analysis.commands:                   # declare/local/export x='…' (one opaque word)
+        for w in c.words:
+            if len(w.segments) == 1 and w.segments[0][0] == SUB:
+                m = _DECLARED.match(w.segments[0][1])
+                if m:
+                    out.append((m.group(1), m.group(2)))
+    return [(n, v) for n, v in out if any(mark in v for mark in _CODE_MARK)]
+
+
+def _quoted_subscripts(analysis: Any) -> list[str]:
+    """The text from the `[` on of quoted words that name an array element: bash expands the
+    subscript of an indexed array when it evaluates the name, quotes or not — `unset 'a[$(cmd)]'`,
+    `read 'a[$(cmd)]'`, `printf -v 'a[$(cmd)]'`, `test -v 'a[$(cmd)]'`, `a+=(['$(cmd)']=1)`.
+    (The arguments of programs that only print or search text are text, but printf's -v.)"""
+    out: list[str] = []
+
+    def add(word: Word) -> None:
+        if word.static is not None:
+            text = word.static
+        elif len(word.segments) == 1 and word.segments[0][0] == SUB:
+            text = word.segments[0][1]
+        else:
+            return
+        i = text.find("[")
+        if i >= 0 and ("$(" in text[i:] or "`" in text[i:]):
+            out.append(text[i:])
+
+    for _, value in analysis.assignments:
+        add(value)
+    for c in analysis.commands:
+        for _, value in c.assigns:
+            add(value)
+        prog = posixpath.basename(c.words[0].static or "") if c.words else ""
+        if prog in _TEXT_ONLY:
+            for before, w in zip(c.words, c.words[1:]):
+                if prog == "printf" and before.static == "-v":
+                    add(w)
+            continue
+        for w in c.words:
+            add(w)
+    return out
 
 
 def _array_literals(analysis: Any) -> list[str]:
@@ -865,10 +1084,15 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
     if reason:
         return reason
     items: list[str] | None = None         # what xargs appends to the commands below it
+    redefined = variables.get(_REDEFINED, "").split("\x01")
+    unknown_program = bool(un.layers and un.layers[0].words and un.layers[0].words[0].static in redefined)
     for layer in un.layers:
         argv = _argv(layer.words, home, variables)
         if not argv:
             continue
+        if unknown_program:
+            # a function or alias of this line: whatever it runs, its words may be code to it
+            argv = [UNKNOWN, *argv[1:]]
         if _ARRAYS in variables and layer.words and _whole_expansion(layer.words[0]):
             argv = [*variables[_ARRAYS].split("\x01"), *argv[1:]]      # "${c[@]}" as the command
         prog = _program(argv[0])
@@ -900,7 +1124,8 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             if reason:
                 return f"{reason} (with an array's elements)"
         for check in (_rm_root(prog, args, home, cwd, extra), _device_write(prog, args, redirects, home, cwd),
-                      _named_paths(argv, home, cwd, extra), _rm_anywhere(argv, home, cwd, extra),
+                      _named_paths(argv, home, cwd, extra, listing=prog in _LISTERS),
+                      _rm_anywhere(argv, home, cwd, extra),
                       _tree_op(prog, args, home, cwd, extra), _symlink_to_protected(prog, args, home, cwd, extra),
                       _inline_code(prog, argv, home, cwd, depth, extra),
                       _fed_code(prog, argv, stdin, redirects, home, cwd)):

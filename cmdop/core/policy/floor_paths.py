@@ -132,10 +132,15 @@ def _glob_regex(component: str) -> re.Pattern[str]:
 _WILD = re.compile(r"[*?\[\x00]")
 
 
-def check_pattern(path: str, home: str, prefixes: bool = True, extra: tuple[str, ...] = ()) -> str | None:
+def check_pattern(path: str, home: str, prefixes: bool = True, extra: tuple[str, ...] = (),
+                  listing: bool = False) -> str | None:
     """Like check_path, for a folded absolute path that may hold glob characters or `\\x00`
     (an unknown expansion): the reason if *some* expansion of it could be protected.
-    `prefixes=False` checks components only (for a relative path under an unknown cwd)."""
+    `prefixes=False` checks components only (for a relative path under an unknown cwd).
+    `listing`: the path is given to a program that only lists or measures what it is given
+    (`ls -d /*`, `du -sh /*`): a last component that is a bare `*` stands for every entry of its
+    directory and names a protected directory there only as one entry among all (its contents
+    are not read), so it does not count; `/*/shadow`, `/e*` and `/etc/*` still do."""
     if not _WILD.search(path) and prefixes:
         return check_path(path, home, extra)
     comps = [fold(c) for c in components(path)]
@@ -153,6 +158,8 @@ def check_pattern(path: str, home: str, prefixes: bool = True, extra: tuple[str,
     for shown, pref in ((_prefixes(home) + extra_prefixes) if prefixes else ()):
         # The pattern names something inside a protected prefix when its first components can
         # each match the prefix's components.
+        if listing and len(regexes) == len(pref) and regexes[-1][1] == "*":
+            continue
         if len(regexes) >= len(pref) and all(
                 (rx.match(p) if rx else c == p) for (rx, c), p in zip(regexes, pref)):
             return f"floor: pattern can name protected prefix '{shown}'"

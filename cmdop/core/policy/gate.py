@@ -23,6 +23,7 @@ from typing import NamedTuple
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall, command_dir
 from cmdop.core.policy.decision import Action, Decision, Source
 from cmdop.core.policy.floor import check_command, check_path, check_pattern
+from cmdop.core.policy.floor_cmd import control_character
 from cmdop.core.policy.index import RuleSet
 from cmdop.core.policy.paths import lexical_path
 from cmdop.core.policy.rules import TOOL_KIND, Rule
@@ -98,6 +99,14 @@ def prepare_target(call: ToolCall, home: str, resolved: str | None = None,
         return Target(tool, call.operation, kind, "", (), None, f"input has no usable '{fieldname}'")
     if "\x00" in raw:
         return Target(tool, call.operation, kind, raw.replace("\x00", "\\0"), (), None, "NUL byte in input")
+    if kind == "command":
+        # Control characters other than tab and newline: bash reads words differently from what
+        # a display shows (floor_cmd.control_character says why). Checked even without the
+        # static floor: it is about reading the input at all, like the NUL byte above.
+        control = control_character(raw)
+        if control:
+            shown = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", raw).strip()
+            return Target(tool, call.operation, kind, shown, (), None, control)
     if kind == "path":
         return _path_target(call, raw, home, resolved, kind, protected)
     if kind == "host":
@@ -174,7 +183,7 @@ def decide_target(t: Target, caller: Caller, policy: Policy, mode: str) -> Decis
         if first[0] in ("deny", "ask", "allow"):
             return _rule_decision(first[0], _best(first[1]), t, mode)  # type: ignore[arg-type]
         part = t.parts[0]
-        if first[0] == "none" and not part.unparseable and not part.why_unknown:
+        if first[0] == "none" and not part.unparseable and not part.why_unknown and not part.code:
             action: Action = MODE_ACTION.get(mode, "deny")
             return out(action, "mode", f"no rule matched the call; mode {mode} → {action}")
         results = [(first, part)]
@@ -192,6 +201,11 @@ def decide_target(t: Target, caller: Caller, policy: Policy, mode: str) -> Decis
                                        f"mode {mode} does not allow what cannot be parsed")
         p = unmatched[0]
         why = f" ({p.why_unknown})" if p.why_unknown else ""
+        if not why and p.code:
+            spots = ", ".join(repr(shown) for _, shown, _ in p.code)
+            why = f" (it runs code at {spots}: an allow rule must spell it)"
+        if not why and p.runs_for:
+            why = f" (run by {p.runs_for!r}: it needs a rule of its own)"
         what = f"'{p.display}'" if len(t.parts) > 1 else "the call"
         reason = f"no rule matched {what}{why}; mode {mode} → {mode_action}"
         if mode_action == "deny":

@@ -16,6 +16,15 @@ Rules (each is an attacker's trick closed, see tests/unit/test_shell_*.py):
 - Anything the grammar marks as an error, and shell constructs we do not model (functions,
   `if`/`for`/`while`/`case`, `[[ ]]`, declarations), make the analysis "opaque": no allow rule
   can match it, the floor still scans every simple command and word the parser did recover.
+  A syntax error, or a node kind the walker does not know, is "severe" (`Analysis.unparseable`):
+  not even bypass mode allows it.
+- The walk is complete by construction: every named node kind of the grammar is in WALKED_NODES
+  or REFUSED_NODES (tests/unit/test_shell_nodes.py), and every place bash starts an expansion
+  (`$(`, backquote, `${`, `$[`, `<(`, `>(`) that the walk did not enter — because the grammar
+  keeps it as text: `${x#$(cmd)}`, a `[[ =~ ]]` regex, an extglob, a here-document line — is
+  parsed where it starts. Backquotes are read as bash reads them (to the first unescaped
+  backquote; the grammar reads `` `a` `b` `` as one). Where the grammar fails, the text from the
+  error to the end of its line is also read as commands, so the floor still sees `| sh`.
 
 This module is pure: it parses strings and returns values. Results are cached by command text.
 """
@@ -50,6 +59,89 @@ EVAL = "E"  # a command substitution whose output is statically known (`$(echo /
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
+
+# ---- every named node kind of tree-sitter-bash, and what the walker does with it ----------------
+# The walker is complete by construction: tests/unit/test_shell_nodes.py reads the grammar's named
+# node kinds and fails when one is in neither set below. At run time a named kind in neither (a
+# newer grammar) is refused like the ones in REFUSED_NODES: the command "cannot be understood", so
+# no allow rule and no mode allows it, and its children are still walked so the floor sees every
+# command inside. Independently of node kinds, `_Walker.complete` then finds every place in the
+# text where bash would start an expansion (`$(`, backtick, `${`, `$[`, `<(`, `>(`) that the walk
+# did not enter, and parses it there: what the grammar reads as plain text (a `${x#pattern}`, a
+# `[[ =~ ]]` regex, an extglob, a here-document line starting with a tab or holding backticks) is
+# still walked.
+WALKED_NODES: frozenset[str] = frozenset({
+    # statements: walked in order, each simple command collected with where its stdin comes from
+    "program", "list", "pipeline", "subshell", "compound_statement",   # also `(( ))`
+    "command", "redirected_statement",
+    "negated_command",                    # `! cmd`
+    "variable_assignment",                # `X=v`, `a[$(cmd)]=v`: the subscript is walked too
+    "variable_assignments",               # `X=1 Y=2` with no command
+    "function_definition",                # body collected (fork bombs), opaque to allow rules
+    # control structures: opaque to allow rules, every word and command inside walked
+    "if_statement", "elif_clause", "else_clause", "while_statement",   # also `until`
+    "for_statement",                      # also `select`; the `in` words are walked
+    "c_style_for_statement", "do_group",
+    "case_statement", "case_item",        # the subject and every pattern are walked
+    "test_command",                       # `[[ ]]`, `[ ]`: operands walked, kept as a command
+    "declaration_command",                # declare/local/export/readonly/typeset: kept as a command
+    "unset_command",
+    # redirections and here-documents
+    "file_redirect", "heredoc_redirect", "herestring_redirect",
+    "file_descriptor",                    # digits: no expansion
+    "heredoc_start", "heredoc_end",       # the delimiter: never expanded by bash
+    "heredoc_body", "heredoc_content",    # walked unless the delimiter is quoted
+    # words
+    "command_name", "word", "number", "string", "string_content", "raw_string", "ansi_c_string",
+    "translated_string", "concatenation", "brace_expression", "simple_expansion", "expansion",
+    "variable_name", "special_variable_name", "subscript", "command_substitution",
+    "process_substitution", "arithmetic_expansion", "array",
+    "regex",                              # `${x#…}` patterns, `[[ =~ ]]`: text rescanned (see above)
+    "extglob_pattern",                    # `@(…)`, `!(…)`: text rescanned
+    "test_operator",                      # `-f`, `-eq`: fixed text
+    # arithmetic and `[[ ]]` expressions: every operand walked
+    "binary_expression", "unary_expression", "ternary_expression", "postfix_expression",
+    "parenthesized_expression",
+    "comment",                            # not run; `#` inside a word is part of the word, not this
+})
+REFUSED_NODES: frozenset[str] = frozenset({
+    "ERROR",      # the grammar could not parse the text: a syntax error to the gate (never allowed)
+})
+CANNOT_UNDERSTAND = "the parser found a syntax error"   # the opaque reason of anything refused
+TOO_MANY = "the command has too many expansions to inspect"
+_MAX_RESCANS = 1024                 # `complete` parses at most this many places per command …
+_MAX_RESCAN_BYTES = 1 << 22         # … and at most this many bytes in all; past that, refuse
+
+# Kinds whose text bash never expands: `$(` inside them is text.
+_LITERAL_NODES = frozenset({"raw_string", "ansi_c_string", "comment", "heredoc_start", "heredoc_end"})
+_SUBSTITUTIONS = frozenset({"command_substitution", "process_substitution", "expansion",
+                            "arithmetic_expansion"})
+_EXPANSION_START = re.compile(rb"\$[({\[]|`|[<>]\(")
+_STATEMENT_KINDS = frozenset({"program", "list", "subshell", "compound_statement"})
+_CONSTRUCTS = frozenset({"if_statement", "elif_clause", "else_clause", "while_statement", "for_statement",
+                         "c_style_for_statement", "do_group", "case_statement", "case_item",
+                         "negated_command", "binary_expression", "unary_expression", "ternary_expression",
+                         "postfix_expression", "parenthesized_expression", "subscript"})
+_WORD_KINDS = frozenset({"command_name", "word", "number", "string", "string_content", "raw_string",
+                         "ansi_c_string", "translated_string", "concatenation", "brace_expression",
+                         "simple_expansion", "expansion", "variable_name", "special_variable_name",
+                         "command_substitution", "process_substitution", "arithmetic_expansion", "array",
+                         "regex", "extglob_pattern", "test_operator", "file_descriptor"})
+_REDIRECT_KINDS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
+_KEPT_AS_COMMAND = frozenset({"declaration_command", "unset_command", "test_command"})
+# Where `_Walker.visit` sends each kind (tests/unit/test_shell_nodes.py: this is WALKED_NODES).
+DISPATCHED_NODES: frozenset[str] = (
+    _STATEMENT_KINDS | _CONSTRUCTS | _WORD_KINDS | _REDIRECT_KINDS | _KEPT_AS_COMMAND
+    | {"command", "redirected_statement", "pipeline", "variable_assignment", "variable_assignments",
+       "function_definition", "comment", "heredoc_start", "heredoc_end", "heredoc_content", "heredoc_body"})
+# Where a text rescanned by `complete` may end at most: the statement (or here-document) it is in.
+_RESCAN_BOUNDS = frozenset({"command", "redirected_statement", "heredoc_body", "test_command",
+                            "declaration_command", "unset_command", "case_item", "case_statement",
+                            "for_statement", "c_style_for_statement", "variable_assignment", "program"})
+
+
+class _TooMany(Exception):
+    """More rescans than `complete` will do for one command."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +201,8 @@ class SimpleCommand:
     substituted: bool = False  # runs inside $(...), `...` or <(...)
     heredoc: str = ""          # the body of the first here-document feeding it
     producer: "SimpleCommand | None" = None   # the simple command piping into it (`a | b`: a), if one
+    # byte offsets of each word in the analysed text, parallel to `words` (empty when not known)
+    spans: list[tuple[int, int]] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -120,6 +214,12 @@ class Analysis:
     functions: tuple[tuple[str, tuple[SimpleCommand, ...], bool], ...]  # (name, body cmds, body backgrounds)
     assignments: tuple[tuple[str, Word], ...]   # standalone `X=...` statements, in order
     source: str               # the text that was parsed (continuations removed)
+
+    @property
+    def unparseable(self) -> bool:
+        """No mode may allow it: a syntax error, a node kind the walker refuses, a NUL byte, or
+        more than the walker inspects. (targets.py reads the same from `opaque`'s wording.)"""
+        return "syntax error" in self.opaque or "NUL" in self.opaque or self.opaque in (TOO_DEEP, TOO_MANY)
 
 
 def remove_line_continuations(command: str) -> str:
@@ -297,22 +397,101 @@ def _ansi_c(body: str) -> str | None:
     return "".join(out)
 
 
+class _Budget:
+    """Rescans left for one `analyse` call (shared by the walkers it starts)."""
+
+    def __init__(self) -> None:
+        self.rescans = _MAX_RESCANS
+        self.bytes = _MAX_RESCAN_BYTES
+
+    def spend(self, size: int) -> None:
+        self.rescans -= 1
+        self.bytes -= size
+        if self.rescans < 0 or self.bytes < 0:
+            raise _TooMany()
+
+
 class _Walker:
     """Collects simple commands from a tree-sitter tree. State lives only in one instance."""
 
-    def __init__(self, src: bytes) -> None:
+    def __init__(self, src: bytes, budget: _Budget | None = None) -> None:
         self.src = src
         self.commands: list[SimpleCommand] = []
         self.opaque = ""
+        self.severe = False        # `opaque` is a syntax error or a refusal: no mode allows it
         self.functions: list[tuple[str, tuple[SimpleCommand, ...], bool]] = []
         self.assignments: list[tuple[str, Word]] = []
+        self.entered: set[int] = set()   # where the substitutions / expansions walked begin (and
+        #                                  where a backquoted one ends): `complete` skips these
+        self.covered: list[tuple[int, int]] = []   # spans walked as another text (`...` re-read)
+        self.budget = budget or _Budget()
 
     def _text(self, node: Any) -> str:
         return self.src[node.start_byte:node.end_byte].decode("utf-8", "surrogateescape")
 
-    def mark(self, why: str) -> None:
-        if not self.opaque:
+    def mark(self, why: str, severe: bool = False) -> None:
+        """Record why allow rules cannot match; a severe reason (the text cannot be understood)
+        replaces a mild one (`if`, a function), so it is never hidden behind it."""
+        if not self.opaque or (severe and not self.severe):
             self.opaque = why
+            self.severe = self.severe or severe
+
+    def refuse(self, kind: str) -> None:
+        """A node kind the walker does not know (a newer grammar): fail closed."""
+        self.mark(f"cannot understand shell syntax '{kind}' (a syntax error to the gate)", severe=True)
+
+    def _trusted_backquotes(self, node: Any) -> bool:
+        """Does the grammar's `...` end where bash ends it (the first unescaped backquote) and
+        hold no escapes? It does not always: `a` `b` is read as one substitution of `a``b`."""
+        end = _backquote_end(self.src, node.start_byte)
+        return end + 1 == node.end_byte and b"\\" not in self.src[node.start_byte:end]
+
+    def _backquoted(self, node: Any) -> None:
+        """Walk the grammar's `...` node as bash reads it (`_backquoted_at`), and say so when the
+        grammar swallowed more than bash does (what follows is left to `complete`)."""
+        in_quotes = node.parent is not None and node.parent.type in ("string", "translated_string")
+        end = self._backquoted_at(node.start_byte, in_quotes)
+        if end != node.end_byte:
+            self.mark("backquotes the grammar misreads")
+
+    def _backquoted_at(self, start: int, in_quotes: bool) -> int:
+        """Walk the backquoted substitution starting at `start` as bash reads it: the text up to
+        the first unescaped backquote, with backslash-escaped backslash, backquote and `$` (and
+        `"` inside double quotes) unescaped, is a script run in a substitution. Returns where it
+        ends."""
+        end = _backquote_end(self.src, start)
+        body = re.sub(rb'\\([\\`$"])' if in_quotes else rb"\\([\\`$])", rb"\1", self.src[start + 1:end])
+        self.budget.spend(len(body))
+        tree = _ts.Parser(_LANGUAGE).parse(body.translate(_PARSE_SAFE))
+        sub = _Walker(body, self.budget)
+        sub.visit(tree.root_node, substituted=True)
+        sub.complete(tree.root_node, 0, len(body))
+        if tree.root_node.has_error or end >= len(self.src):
+            sub.mark(CANNOT_UNDERSTAND, severe=True)      # (no closing backquote: bash fails too)
+        self._merge(sub, None)
+        self.entered.update((start, end))
+        self.covered.append((start, end + 1))
+        return min(end + 1, len(self.src))
+
+    def _merge(self, sub: "_Walker", offset: int | None) -> None:
+        """Add what a walker of another text found (its commands run in a substitution);
+        `offset`: where that text's byte 0 is in ours, when its offsets map onto ours."""
+        for c in sub.commands:
+            c.substituted = True
+            c.spans.clear()              # (offsets in the other text)
+        self.commands.extend(sub.commands)
+        self.functions.extend(sub.functions)
+        self.assignments.extend(sub.assignments)
+        if offset is not None:
+            self.entered.update(q + offset for q in sub.entered)
+            self.covered.extend((a + offset, b + offset) for a, b in sub.covered)
+        if sub.opaque:
+            self.mark(sub.opaque, sub.severe)
+
+    def _enter(self, node: Any) -> None:
+        self.entered.add(node.start_byte)
+        if self.src[node.start_byte:node.start_byte + 1] == b"`":
+            self.entered.add(node.end_byte - 1)
 
     # ---- words -------------------------------------------------------------------------
     def word(self, node: Any) -> Word:
@@ -329,11 +508,16 @@ class _Walker:
     def _word_into(self, node: Any, segs: list[tuple[str, str]]) -> None:
         t = node.type
         if node.is_error or node.is_missing:
-            self.mark("the parser found a syntax error")
+            self.mark(CANNOT_UNDERSTAND, severe=True)
             segs.append((SUB, self._text(node)))
+            self._visit_children(node, substituted=True)
+        elif node.is_named and t not in WALKED_NODES:
+            self.refuse(t)
+            segs.append((SUB, self._text(node)))
+            self._visit_children(node, substituted=True)
         elif t in ("word", "number", "command_name", "special_variable_name", "variable_name"):
-            if t == "command_name":
-                for c in node.children:
+            if t == "command_name" or (t == "number" and node.child_count):
+                for c in node.children:      # (`10#$(x)` is a number with a substitution in it)
                     self._word_into(c, segs)
                 return
             text = self._text(node)
@@ -363,18 +547,29 @@ class _Walker:
         elif t == "simple_expansion":
             segs.append((VAR, self._text(node)[1:]))
         elif t == "expansion":
-            names = [c for c in node.children if c.type not in ("${", "}")]
-            simple = len(names) == 1 and names[0].type in ("variable_name", "special_variable_name")
-            segs.append((VAR, self._text(names[0]) if simple else ""))
+            self._enter(node)
+            inner = [c for c in node.children if c.type not in ("${", "}")]
+            # `${x}` only: `${!x}` (indirect), `${#x}` (length) and `${x…}` with an operator are
+            # other values, unknown here.
+            simple = len(inner) == 1 and inner[0].type in ("variable_name", "special_variable_name")
+            segs.append((VAR, self._text(inner[0]) if simple else ""))
             self._visit_children(node, substituted=True)
         elif t in ("command_substitution", "process_substitution"):
+            self._enter(node)
             # `>(sh)` feeds the outer command's output to sh: its stdin is a pipe.
             writes_into = self._text(node).startswith(">(")
             before = len(self.commands)
-            self._visit_children(node, substituted=True, stdin="pipe" if writes_into else "")
+            if self.src[node.start_byte:node.start_byte + 1] == b"`" and not self._trusted_backquotes(node):
+                self._backquoted(node)
+            else:
+                self._visit_children(node, substituted=True, stdin="pipe" if writes_into else "")
             value = _static_output(self.commands[before:]) if t == "command_substitution" else None
             segs.append((SUB, self._text(node)) if value is None else (EVAL, value))
-        else:   # arithmetic and anything unmodelled: unknowable, but still walk it
+        elif not node.is_named:
+            segs.append((SUB, self._text(node)))     # an operator in a word: not a known value
+        else:   # arithmetic, arrays, patterns, subscripts: unknowable, but still walk them
+            if t == "arithmetic_expansion":
+                self._enter(node)
             segs.append((SUB, self._text(node)))
             self._visit_children(node, substituted=True)
 
@@ -400,16 +595,32 @@ class _Walker:
         for c in node.children:
             self.visit(c, substituted=substituted, stdin=stdin)
 
+    def _assignment(self, node: Any) -> tuple[str, Word]:
+        """(name, value) of `X=v`; the subscript of `a[$(cmd)]=v` is walked (bash evaluates it)."""
+        name = node.child_by_field_name("name")
+        value = node.child_by_field_name("value")
+        index = name.child_by_field_name("index") if name is not None and name.type == "subscript" else None
+        if index is not None:
+            self.word(index)                       # walks what the subscript runs
+        elif name is not None and name.type != "variable_name":
+            self.visit(name, substituted=True)
+        return (self._text(name) if name else "", self.word(value) if value else Word(()))
+
     def visit(self, node: Any, substituted: bool = False, stdin: str = "") -> None:
         t = node.type
         if node.is_error or node.is_missing:
-            self.mark("the parser found a syntax error")
+            self.mark(CANNOT_UNDERSTAND, severe=True)
             self._visit_children(node, substituted, stdin)
+        elif not node.is_named:
+            self._visit_children(node, substituted, stdin)   # punctuation and keywords
+        elif t not in WALKED_NODES:
+            self.refuse(t)
+            self._visit_children(node, substituted, stdin)   # the floor still sees what is inside
         elif t == "command":
             self.command(node, substituted, stdin, [])
         elif t == "redirected_statement":
             body = node.child_by_field_name("body")
-            redirs = [c for c in node.children if c is not body]
+            redirs = [c for c in node.children if body is None or c != body]
             if body is not None and body.type == "command":
                 self.command(body, substituted, stdin, redirs)
             else:
@@ -435,13 +646,11 @@ class _Walker:
                     "body") is not None and c.child_by_field_name("body").type == "command")
                 producer = self.commands[-1] if simple and len(self.commands) > before else None
                 first = False
-        elif t in ("program", "list", "subshell", "compound_statement"):
+        elif t in _STATEMENT_KINDS:
             for c in node.children:
                 self.visit(c, substituted, stdin if t != "program" else "")
         elif t == "variable_assignment":
-            name = node.child_by_field_name("name")
-            value = node.child_by_field_name("value")
-            self.assignments.append((self._text(name) if name else "", self.word(value) if value else Word(())))
+            self.assignments.append(self._assignment(node))
         elif t == "variable_assignments":
             self._visit_children(node, substituted)
         elif t == "function_definition":
@@ -452,39 +661,46 @@ class _Walker:
             body = tuple(self.commands[before:])
             backgrounds = "&" in self._text(node).replace("&&", "")
             self.functions.append((self._text(name_node) if name_node else "", body, backgrounds))
-        elif t in ("comment", ";", ";;", "&", "&&", "||", "\n", "(", ")", "{", "}", "heredoc_body",
-                   "heredoc_start", "heredoc_end", "heredoc_content"):
-            if t == "heredoc_body":
-                self._visit_children(node, True)
-        elif node.child_count == 0:
+        elif t == "comment" or t in ("heredoc_start", "heredoc_end", "heredoc_content", "file_descriptor"):
             return
-        elif t in ("command_substitution", "process_substitution", "expansion", "arithmetic_expansion",
-                   "string", "concatenation"):
+        elif t == "heredoc_body":
+            self._visit_children(node, True)
+        elif t in _REDIRECT_KINDS:
+            # a redirection outside a command (the grammar hangs some on other nodes)
+            self.mark("redirection outside a simple command")
+            pseudo = SimpleCommand(substituted=substituted)
+            self._redirects([node], pseudo)
+            self.commands.append(pseudo)
+        elif t in _WORD_KINDS:
             self.word(node)   # walks inner commands
-        else:
-            # if/while/for/case/[[ ]]/declarations/negation...: not modelled for allow rules,
-            # but every command inside is still collected for the floor.
+        elif t in _KEPT_AS_COMMAND:
             self.mark(f"shell construct '{t}'")
-            if t in ("declaration_command", "unset_command", "test_command"):
-                words = [self.word(c) for c in node.children if c.is_named]
-                self.commands.append(SimpleCommand(words=words, substituted=substituted))
-            else:
-                # `x | while …; do …; done`: every command inside may read the pipe
-                self._visit_children(node, substituted, stdin)
+            words = [self.word(c) for c in node.children if c.is_named and c.type != "comment"]
+            self.commands.append(SimpleCommand(words=words, substituted=substituted))
+        elif t in _CONSTRUCTS:
+            # if/while/for/case/(( ))/negation/expressions: not modelled for allow rules, but
+            # every word and command inside is still walked for the floor; `x | while …; do …;
+            # done`: every command inside may read the pipe.
+            self.mark(f"shell construct '{t}'")
+            self._visit_children(node, substituted, stdin)
+        else:                      # listed in WALKED_NODES but dispatched nowhere: fail closed
+            self.refuse(t)
+            self._visit_children(node, substituted, stdin)
 
     def command(self, node: Any, substituted: bool, stdin: str, redirs: list[Any]) -> None:
         cmd = SimpleCommand(stdin=stdin, substituted=substituted)
         for c in node.children:
             if c.type == "variable_assignment":
-                name = c.child_by_field_name("name")
-                value = c.child_by_field_name("value")
-                cmd.assigns.append((self._text(name) if name else "", self.word(value) if value else Word(())))
-            elif c.type in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+                cmd.assigns.append(self._assignment(c))
+            elif c.type in _REDIRECT_KINDS:
                 self._redirects([c], cmd)
             elif c.type == "comment":
                 continue
             elif c.is_named:
                 cmd.words.append(self.word(c))
+                cmd.spans.append((c.start_byte, c.end_byte))
+            elif c.child_count or c.is_error or c.is_missing:
+                self.visit(c, substituted)
         self._redirects(redirs, cmd)
         self.commands.append(cmd)
 
@@ -507,6 +723,8 @@ class _Walker:
                         for cc in c.children:
                             if cc.type not in ("|", "|&"):
                                 self.visit(cc, False, "pipe")
+                    elif c.type in _REDIRECT_KINDS:
+                        self._redirects([c], cmd)       # `cat <<EOF > f`: cat's own redirection
                     elif c.is_named and c.type not in ("heredoc_start", "heredoc_end"):
                         self.mark("commands after a here-document")
                         self.visit(c, False, "")
@@ -514,13 +732,212 @@ class _Walker:
                 op = "".join(self._text(c) for c in r.children if not c.is_named)
                 targets = [c for c in r.children if c.is_named and c.type != "file_descriptor"]
                 word = self.word(targets[-1]) if targets else None
+                for extra in targets[:-1]:          # (the grammar splits some targets in two)
+                    self.word(extra)
                 if op in ("<", "<&") and targets and targets[-1].type == "process_substitution":
                     cmd.stdin = "procsub"
                 elif op == "<" and not cmd.stdin:
                     cmd.stdin = "file"
                 cmd.redirects.append((op, word))
             elif r.is_error:
-                self.mark("the parser found a syntax error")
+                self.mark(CANNOT_UNDERSTAND, severe=True)
+                self._visit_children(r, True)
+            else:
+                self.visit(r, True)
+
+    # ---- what the grammar read as text -------------------------------------------------------
+    def complete(self, root: Any, lo: int, hi: int) -> None:
+        """Walk every expansion bash would perform in src[lo:hi] that the tree walk did not
+        enter: each is parsed where it starts (`_rescan`). Then `recover` the syntax errors."""
+        self._expansions(root, lo, hi)
+        self.recover(root, lo, hi)
+
+    def _expansions(self, root: Any, lo: int, hi: int) -> None:
+        done = lo
+        for m in _EXPANSION_START.finditer(self.src, lo, hi):
+            p = m.start()
+            if p < done or p in self.entered or _escaped(self.src, p) or \
+                    any(a <= p < b for a, b in self.covered):
+                continue
+            where = _context(root, p)
+            if where is None:                       # in quotes or a comment: text to bash too
+                continue
+            if m.group() in (b"<(", b">(") and where.type != "word":
+                continue                            # `<(` is process substitution only in a word
+            if m.group() == b"`":                   # its end is known without parsing
+                quoted = where
+                while quoted is not None and quoted.type not in ("string", "translated_string"):
+                    quoted = quoted.parent
+                done = self._backquoted_at(p, quoted is not None)
+                continue
+            bound = where
+            while bound.parent is not None and bound.type not in _RESCAN_BOUNDS:
+                bound = bound.parent
+            done = self._rescan(p, max(min(bound.end_byte, hi), p + 2))
+
+    def recover(self, root: Any, lo: int, hi: int) -> None:
+        """Where the grammar failed (an ERROR node), also read the text from the error to the
+        end of its line as command lines of their own, a leading `|` making the first one read a
+        pipe: `cat <<EOF 2>/dev/null | sh` is misparsed (`sh` becomes a redirection target), and
+        the floor must still see `| sh`. A guess, only ever used to find more commands."""
+        if not root.has_error:
+            return
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node.end_byte <= lo or node.start_byte >= hi:
+                continue
+            if node.is_error:
+                self.mark(CANNOT_UNDERSTAND, severe=True)
+                self._recover_at(node)
+                continue                           # (its inner errors are in the text re-read)
+            if node.has_error and node.type != "heredoc_body":
+                # (a here-document's lines are text: only their expansions run, see `complete`)
+                stack.extend(reversed(node.children))
+
+    def _recover_at(self, err: Any) -> None:
+        start = err.start_byte
+        eol = self.src.find(b"\n", start)
+        end = max(err.end_byte, len(self.src) if eol < 0 else eol)
+        text = self.src[start:end]
+        lead = re.match(rb"[ \t]*(?:\|\||&&|\|&|\||;;|;|&)?[ \t]*", text)
+        skip = lead.end() if lead else 0
+        if skip == 0 and start == 0:
+            return                                 # the same text again: nothing new to read
+        body = text[skip:]
+        if not body.strip():
+            return
+        self.budget.spend(len(body))
+        piped = bool(lead) and b"|" in text[:skip] and b"||" not in text[:skip]
+        tree = _ts.Parser(_LANGUAGE).parse(body.translate(_PARSE_SAFE))
+        sub = _Walker(body, self.budget)
+        for i, statement in enumerate(tree.root_node.children):   # (the first one reads the pipe)
+            sub.visit(statement, stdin="pipe" if piped and i == 0 else "")
+        sub.complete(tree.root_node, 0, len(body))
+        for cmd in sub.commands:
+            cmd.spans.clear()
+        self.commands.extend(sub.commands)
+        self.functions.extend(sub.functions)
+        self.assignments.extend(sub.assignments)
+
+    def _rescan(self, p: int, bound: int) -> int:
+        """Parse src[p:bound] as the start of a word, walk the expansion found there (its commands
+        run in a substitution), and return where it ends."""
+        self.budget.spend(bound - p)
+        sub_src = b": " + self.src[p:bound]
+        tree, node = _expansion_at(sub_src)
+        sub = _Walker(sub_src, self.budget)
+        if node is None:
+            # Not an expansion after all (bash would not run anything there, or fails on it):
+            # the floor still sees whatever commands the text holds; no rule allows it.
+            sub.visit(tree.root_node, substituted=True)
+            sub.mark(f"cannot understand the text at '{_short(self.src[p:bound])}' (a syntax error to the gate)",
+                     severe=True)
+            end = bound
+        else:
+            sub.visit(node, substituted=True)
+            if node.has_error:
+                sub.mark(CANNOT_UNDERSTAND, severe=True)
+            sub.complete(tree.root_node, node.start_byte, node.end_byte)
+            end = p + node.end_byte - 2
+        self._merge(sub, p - 2)
+        return end
+
+
+def _expansion_at(sub_src: bytes) -> tuple[Any, Any]:
+    """(tree, node) for `: TEXT`: the expansion that begins TEXT (what follows it is not its
+    business), or None when the grammar does not read one there."""
+    tree = _ts.Parser(_LANGUAGE).parse(sub_src.translate(_PARSE_SAFE))
+    node = tree.root_node.named_descendant_for_byte_range(2, 3)
+    if node is None or node.start_byte != 2 or node.type not in _SUBSTITUTIONS:
+        return tree, None
+    return tree, node
+
+
+@lru_cache(maxsize=256)
+def expansions_in(text: str) -> tuple[str, ...] | None:
+    """The outermost expansions bash would perform in `text` read as the body of an unquoted
+    here-document (`$(…)`, backquotes, `${…}`, `$((…))`, `$[…]`), each as written; None when there
+    are more than the walker inspects. The floor checks them in values bash may evaluate again
+    later: `x='a[$(cmd)]'; echo ${!x}` or `$((x))` runs cmd."""
+    raw = text.encode("utf-8", "surrogatepass")
+    out: list[str] = []
+    budget, done = _Budget(), 0
+    for m in _EXPANSION_START.finditer(raw):
+        p = m.start()
+        if p < done or m.group() in (b"<(", b">(") or _escaped(raw, p):
+            continue
+        try:
+            budget.spend(len(raw) - p)
+        except _TooMany:
+            return None
+        _, node = _expansion_at(b": " + raw[p:])
+        done = p + node.end_byte - 2 if node is not None else len(raw)
+        out.append(raw[p:done].decode("utf-8", "surrogateescape"))
+    return tuple(out)
+
+
+def _backquote_end(src: bytes, start: int) -> int:
+    """Index of the backquote closing the one at `start` (the first unescaped one after it), or
+    len(src) when there is none."""
+    i = start + 1
+    while i < len(src):
+        c = src[i]
+        if c == 0x5C:          # backslash: the next byte is escaped
+            i += 2
+            continue
+        if c == 0x60:
+            return i
+        i += 1
+    return len(src)
+
+
+def _escaped(src: bytes, p: int) -> bool:
+    """Is src[p] escaped by an odd run of backslashes before it?"""
+    n = 0
+    while p - n - 1 >= 0 and src[p - n - 1] == 0x5C:
+        n += 1
+    return n % 2 == 1
+
+
+def _context(root: Any, p: int) -> Any:
+    """The innermost named node holding byte p, or None when bash reads the text there as
+    literal (single or ANSI-C quotes, a comment, a here-document delimiter, or the body of a
+    here-document whose delimiter is quoted)."""
+    node = root.descendant_for_byte_range(p, p + 1)
+    inner = None
+    while node is not None:
+        if node.type in _LITERAL_NODES and not (node.type == "raw_string" and _in_subscript(node)):
+            return None
+        if node.type == "heredoc_body" and _quoted_heredoc(node):
+            return None
+        if inner is None and node.is_named:
+            inner = node
+        node = node.parent
+    return inner
+
+
+def _in_subscript(node: Any) -> bool:
+    """Is this node inside an array subscript? Bash expands an indexed array's subscript even
+    from single quotes: `${a['$(cmd)']}` and `a['$(cmd)']=1` run cmd."""
+    while node is not None:
+        if node.type == "subscript":
+            return True
+        node = node.parent
+    return False
+
+
+def _quoted_heredoc(body: Any) -> bool:
+    """Is the delimiter of this here-document body quoted (`<<'EOF'`, `<<"EOF"`, `<<\\EOF`)?"""
+    start = body.prev_named_sibling
+    while start is not None and start.type != "heredoc_start":
+        start = start.prev_named_sibling
+    return start is not None and any(ch in (start.text or b"") for ch in b"'\"\\")
+
+
+def _short(text: bytes) -> str:
+    s = text.decode("utf-8", "surrogateescape")
+    return s if len(s) <= 40 else s[:37] + "..."
 
 
 def _static_output(cmds: list[SimpleCommand]) -> str | None:
@@ -584,11 +1001,14 @@ def analyse(command: str) -> Analysis:
     walker = _Walker(raw)
     try:
         walker.visit(tree.root_node)
+        walker.complete(tree.root_node, 0, len(raw))
     except RecursionError:     # thousands of nested $(...): refuse rather than guess
         return Analysis((), TOO_DEEP, (), (), source)
+    except _TooMany:
+        return Analysis((), TOO_MANY, (), (), source)
     if tree.root_node.has_error:
-        walker.mark("the parser found a syntax error")
+        walker.mark(CANNOT_UNDERSTAND, severe=True)
     if "\x00" in source:
-        walker.mark("NUL byte in command")
+        walker.mark("NUL byte in command", severe=True)
     return Analysis(tuple(walker.commands), walker.opaque, tuple(walker.functions),
                     tuple(walker.assignments), source)

@@ -1,0 +1,863 @@
+"""What the gate knows about particular programs, in one table (`PROGRAMS`), so rules mean what
+they say (and so the static floor can later read the same facts):
+
+- *Wrappers* `commands.unwrap` peels (`sudo`, `nice`, `xargs`…): which options take a value, how
+  many positional words come before the wrapped command, and whether the wrapper changes
+  privilege, root or arguments ("privileged": the allow text is then the whole line, and an allow
+  rule must name the wrapped program: `sudo systemctl *`, never just `sudo *`).
+- *Global options* that come before a program's subcommand (`git -C DIR -c k=v push`,
+  `docker --context x rm`, `kubectl -n ns delete`, `apt-get -y remove`): deny rules are also
+  tried on the command with them removed, so `deny git push *` meets every spelling.
+- *Code-running shapes*: options, config keys, subcommands or program text that make a program
+  run code given in its arguments or a file they name (`find -exec`, `git -c core.pager=…`,
+  `git -c alias.x=…`, `awk 'BEGIN{system(…)}'`, `sed s/x/y/e`, `perl -e`, `tar --to-command`,
+  `rsync -e`, `ssh -o ProxyCommand=…`, `make SHELL=…`, `tmux send-keys`…). An allow rule covers
+  such a shape only where its glob spells the shape's token literally (`find * -exec *`,
+  `git -c core.pager=less *`), and a command the shape runs is also a part of its own that a rule
+  must allow (`rm {}` for `find . -exec rm {} \\;`, `less` for `git -c core.pager=less log`).
+
+Deliberate choices:
+- `ssh host CMD`, `docker exec`, `kubectl exec` run CMD elsewhere: the remote command is not code
+  run here, so `ssh web01 *` covers it (it names the host). What ssh itself runs here — a
+  `ProxyCommand`, `LocalCommand`, `KnownHostsCommand`, a PKCS#11 provider, an `-F` config — is
+  a code-running shape.
+- Code from a file the arguments name counts where the file is not the program's ordinary input:
+  `awk -f prog.awk`, `sed -f x.sed`, `git -c include.path=…`, `ssh -F cfg`, `kubectl --kubeconfig`,
+  `docker --config` (credential helpers), `vim -S`; `python3 script.py` is the program's purpose
+  and does not.
+- Config keys that switch code off are not shapes: `git -c core.hooksPath=/dev/null`,
+  `-c core.fsmonitor=false`, `-c protocol.ext.allow=never`, `-c credential.helper=`.
+
+Everything here is pure data plus small functions over argv lists (`None` = a word not known
+statically); nothing imports from the rest of the policy package.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass
+from typing import NamedTuple
+
+# --- the data -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Code:
+    """One argument shape that makes a program run code.
+
+    kind:
+      "option"  an option (`names`, or a short letter of `short` inside a cluster: `-pe`, `-avze`)
+                whose value — or, with runs "", whose presence — is code;
+      "key"     an option (`names`) whose value is KEY=VALUE, KEY matching `keys` (git -c, ssh -o);
+      "setkey"  a positional KEY (matching `keys`) followed by a VALUE: `git config core.pager x`;
+      "argv"    an option followed by a command's words up to `;` or `{} +` (find -exec);
+      "word"    a positional word (`names`) after which the rest of the line is a command, or
+                which runs commands itself (tmux send-keys, git bisect run);
+      "text"    tokens (`tokens`, a regex) inside program text: awk's `system(`, sqlite3's `.shell`;
+      "assign"  a NAME=VALUE argument with NAME in `names` (make SHELL=…);
+      "runner"  the first non-option word is a command the program runs (parallel, screen);
+      "first"   an old-style first argument (no dash) matching `keys`: `tar xIf PROG a.tar`.
+    runs: what the value is: "shell" (a command line: parsed into parts a rule must allow), "argv"
+      (words forming a command), "git" (a git config value: a command line for the keys that run
+      one, an alias, a credential helper), "ssh" (a command line for ssh's `*Command` keys), "pipe"
+      (`|cmd`: a command line after the bar), "code" (another language), "file" (code in a file),
+      "" (nothing to parse further).
+    after: only after one of these subcommands ("*": anywhere; (): before the subcommand, or
+      anywhere for programs without subcommands).
+    unless: a regex (full match, case-insensitive) on the value: such a value runs nothing.
+    """
+
+    kind: str
+    names: tuple[str, ...] = ()
+    short: str = ""
+    keys: str = ""
+    tokens: str = ""
+    glob_tokens: str = ""          # where a rule's glob spells a "text" token (default: `tokens`)
+    runs: str = "shell"
+    after: tuple[str, ...] = ()
+    unless: str = ""
+    eq_only: bool = False          # runs code only written as --opt=VALUE (git --exec-path)
+    what: str = "runs a command"
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """One program (with its aliases): its option grammar as far as the gate needs it."""
+
+    names: tuple[str, ...]
+    short: str = ""                          # short options taking a value (`-C DIR`, `-uroot`)
+    long: frozenset[str] = frozenset()       # long options taking a value (`--git-dir=X`, `--git-dir X`)
+    eq_long: frozenset[str] = frozenset()    # long options taking a value only as `--opt=X` (bare: another meaning)
+    flags: frozenset[str] = frozenset()      # options without a value (`--no-pager`, `-P`)
+    glued: bool = True                       # a short option's value may be glued: `-uroot` (git: no)
+    any_flag: bool = False                   # any other leading `-x` is a flag (apt-get -y -q)
+    subcommand: bool = False                 # options before the first plain word are global
+    options_first: bool = False              # options end at the first plain word (an interpreter's script)
+    code: tuple[Code, ...] = ()
+    # wrappers (commands.unwrap)
+    wrapper: bool = False
+    privileged: bool = False                 # changes privilege, root or arguments of what it runs
+    positionals: int = 0                     # words before the wrapped command (timeout DURATION)
+    abbrev: bool = False                     # long options may be abbreviated (getopt_long: tar)
+
+
+def _wrapper(names: str, short: str = "", long: str = "", privileged: bool = False,
+             positionals: int = 0) -> ProgramSpec:
+    return ProgramSpec(tuple(names.split()), short, frozenset(long.split()), wrapper=True,
+                       privileged=privileged, positionals=positionals)
+
+
+# git config keys whose value is a command line git runs through the shell (or a program path).
+_GIT_SHELL_KEYS = (
+    r"core\.(?:pager|editor|sshcommand|askpass|gitproxy|alternaterefscommand|fsmonitor)|pager\..+|"
+    r"diff\.external|diff\..+\.(?:command|textconv)|merge\..+\.driver|filter\..+\.(?:clean|smudge|process)|"
+    r"gpg(?:\..+)?\.program|sequence\.editor|interactive\.difffilter|"
+    r"(?:difftool|mergetool|browser|man)\..+\.(?:cmd|path)|web\.browser|"
+    r"remote\..+\.(?:uploadpack|receivepack|vcs)|uploadpack\.packobjectshook|"
+    r"sendemail\.(?:.+\.)?(?:sendmailcmd|smtpserver|tocmd|cccmd|headercmd)|submodule\..+\.update")
+# git config keys that point git at code elsewhere (hooks, included config, transports, URL rewrites).
+_GIT_OTHER_KEYS = (r"core\.hookspath|init\.templatedir|include\.path|includeif\..+\.path|"
+                   r"protocol\.(?:.+\.)?allow|url\..+\.(?:insteadof|pushinsteadof)")
+_GIT_KEYS = rf"alias\..+|credential(?:\..+)?\.helper|{_GIT_SHELL_KEYS}|{_GIT_OTHER_KEYS}"
+# values that switch the code off or run a no-op (`core.fsmonitor=false`, `core.pager=cat`,
+# `protocol.ext.allow=never`, `core.hooksPath=/dev/null`, `credential.helper=` resets the list)
+_OFF = r"|true|false|no|off|0|never|/dev/null|cat"
+_SSH_KEYS = r"proxycommand|localcommand|knownhostscommand|pkcs11provider|securitykeyprovider|include"
+_APT_KEYS = r".*(?:invoke|install-pkgs|::bin::.*|::options|runscripts|::helper).*"
+_INLINE = "runs code given inline"
+_FROM_FILE = "runs code from a file it names"
+
+
+def _git_code() -> tuple[Code, ...]:
+    return (
+        Code("key", ("-c", "--config-env"), keys=_GIT_KEYS, runs="git", unless=_OFF,
+             what="runs a command (or points git at code)"),
+        Code("option", ("--exec-path",), runs="", eq_only=True, what="runs git commands from a directory"),
+        Code("setkey", keys=_GIT_KEYS, runs="", after=("config",), what="configures a command git runs later"),
+        Code("key", ("-c", "--config"), keys=_GIT_KEYS, runs="git", after=("clone",), unless=_OFF,
+             what="configures a command git runs"),
+        Code("option", ("--template",), runs="", after=("clone", "init"), what="installs hooks git runs"),
+        Code("option", ("-x", "--exec"), after=("rebase",)),
+        Code("option", ("--upload-pack",), after=("fetch", "pull", "clone", "ls-remote")),
+        Code("option", ("-u",), after=("clone", "ls-remote")),
+        Code("option", ("--receive-pack", "--exec"), after=("push", "archive", "send-pack")),
+        Code("option", ("--env-filter", "--tree-filter", "--index-filter", "--parent-filter", "--msg-filter",
+                        "--commit-filter", "--tag-name-filter"), after=("filter-branch",)),
+        Code("option", ("--sendmail-cmd", "--smtp-server", "--to-cmd", "--cc-cmd", "--header-cmd"),
+             after=("send-email",)),
+        Code("option", ("-x", "--extcmd"), after=("difftool",)),
+        Code("option", ("-O", "--open-files-in-pager"), runs="", after=("grep",)),
+        Code("word", ("run",), runs="argv", after=("bisect",)),
+        Code("word", ("foreach",), runs="shell", after=("submodule",)),
+    )
+
+
+PROGRAMS: tuple[ProgramSpec, ...] = (
+    # --- wrappers: the wrapped command is matched on its own (commands.unwrap) ---
+    _wrapper("sudo", "ugpCDhrtTUc", "user group prompt close-from chdir host role type command-timeout other-user",
+             privileged=True),
+    _wrapper("doas", "uC", privileged=True),
+    _wrapper("runuser", "ugGlw", "user group supp-group whitelist-environment", privileged=True),
+    _wrapper("chroot", "", "userspec groups", privileged=True, positionals=1),
+    _wrapper("xargs", "adEIiLlnPs", "arg-file delimiter eof replace max-lines max-args max-procs max-chars "
+             "process-slot-var", privileged=True),
+    _wrapper("env", "uCS", "unset chdir split-string block-signal default-signal ignore-signal"),
+    _wrapper("nice", "n", "adjustment"),
+    _wrapper("ionice", "cnp", "class classdata pid pgid uid"),
+    _wrapper("nohup"),
+    _wrapper("timeout", "sk", "signal kill-after", positionals=1),
+    _wrapper("command"),
+    _wrapper("builtin"),
+    _wrapper("exec", "a"),
+    _wrapper("time", "fo", "format output"),
+    _wrapper("stdbuf", "ioe", "input output error"),
+    _wrapper("setsid"),
+    _wrapper("busybox"),
+    _wrapper("nocorrect"),
+    _wrapper("flock", "wEc", "timeout conflict-exit-code command", positionals=1),
+    _wrapper("chrt", "T", "sched-runtime sched-period sched-deadline", positionals=1),
+    _wrapper("taskset", "", "cpu-list", positionals=1),
+    # strace/ltrace: `-o '|cmd'` runs a command, `-E VAR=x` sets LD_PRELOAD, `-o FILE` writes.
+    ProgramSpec(("strace",), "abeEIoOpPsSuX", wrapper=True, privileged=True,
+                code=(Code("option", ("-o",), unless=r"[^|!].*", runs="pipe", what="pipes its output to a command"),)),
+    ProgramSpec(("ltrace",), "aAeEnopsSuX", wrapper=True, privileged=True,
+                code=(Code("option", ("-o",), unless=r"[^|!].*", runs="pipe", what="pipes its output to a command"),)),
+    _wrapper("unbuffer"),
+    _wrapper("watch", "n", "interval", privileged=True),
+    _wrapper("systemd-run", "pEuMHdGrPq", "unit property uid gid setenv working-directory description slice",
+             privileged=True),
+    _wrapper("noglob"),
+    # --- programs with global options and code-running shapes ---
+    ProgramSpec(("git",), short="Cc", glued=False,
+                long=frozenset({"git-dir", "work-tree", "namespace", "super-prefix", "config-env", "attr-source"}),
+                eq_long=frozenset({"exec-path", "list-cmds"}),
+                flags=frozenset({"-p", "-P", "--paginate", "--no-pager", "--bare", "--no-replace-objects",
+                                 "--no-lazy-fetch", "--no-optional-locks", "--no-advice", "--literal-pathspecs",
+                                 "--glob-pathspecs", "--noglob-pathspecs", "--icase-pathspecs"}),
+                subcommand=True, code=_git_code()),
+    ProgramSpec(("docker", "podman", "nerdctl"), short="cHl",
+                long=frozenset({"context", "host", "config", "log-level", "tlscacert", "tlscert", "tlskey", "url",
+                                "connection", "identity", "root", "runroot", "storage-driver", "cgroup-manager",
+                                "namespace", "address"}),
+                flags=frozenset({"-D", "--debug", "--tls", "--tlsverify", "--remote", "-r"}), subcommand=True,
+                code=(Code("option", ("--config",), runs="file", what="reads a config that runs credential helpers"),)),
+    ProgramSpec(("kubectl", "oc"), short="nsv",
+                long=frozenset({"namespace", "context", "kubeconfig", "cluster", "user", "server", "token", "as",
+                                "as-group", "as-uid", "request-timeout", "v", "certificate-authority",
+                                "client-certificate", "client-key", "cache-dir", "tls-server-name", "log-dir",
+                                "profile", "profile-output", "password", "username"}),
+                flags=frozenset({"--insecure-skip-tls-verify", "--warnings-as-errors", "--match-server-version"}),
+                subcommand=True,
+                code=(Code("option", ("--kubeconfig",), runs="file", after=("*",),
+                           what="reads a kubeconfig whose exec plugins run commands"),)),
+    ProgramSpec(("systemctl",), short="HMtpsnoT",
+                long=frozenset({"host", "machine", "type", "property", "signal", "lines", "output", "state",
+                                "kill-whom", "kill-value", "job-mode", "root", "image", "what", "boot-loader-entry",
+                                "boot-loader-menu", "reboot-argument", "timestamp", "check-inhibitors", "when",
+                                "preset-mode", "message", "drop-in"}),
+                any_flag=True, subcommand=True),
+    ProgramSpec(("apt", "apt-get", "aptitude", "apt-cache", "apt-mark"), short="octa",
+                long=frozenset({"option", "config-file", "target-release", "default-release", "host-architecture"}),
+                any_flag=True, subcommand=True,
+                code=(Code("key", ("-o", "--option"), keys=_APT_KEYS, runs="", what="configures a command apt runs"),
+                      Code("option", ("-c", "--config-file"), runs="file", what="reads a config that can run commands"))),
+    ProgramSpec(("dnf", "yum", "microdnf", "dnf5"), short="cdexR",
+                long=frozenset({"config", "setopt", "installroot", "releasever", "enablerepo", "disablerepo", "exclude",
+                                "repo", "repoid", "repofrompath", "forcearch", "debuglevel", "errorlevel", "color",
+                                "destdir", "downloaddir", "comment", "advisory", "bz", "cve", "sec-severity"}),
+                any_flag=True, subcommand=True),
+    ProgramSpec(("find", "gfind", "bfs"), code=(
+        Code("argv", ("-exec", "-execdir", "-ok", "-okdir"), runs="argv", what="runs a command on what it finds"),)),
+    ProgramSpec(("awk", "gawk", "mawk", "nawk", "busybox-awk"), short="fvFEilW",
+                long=frozenset({"file", "assign", "field-separator", "exec", "include", "load", "source"}), code=(
+        # `@` starts gawk's @load/@include and its indirect calls (`f="system"; @f("id")`)
+        Code("text", tokens=r"\bsystem\b|(?<!\|)\|(?!\|)|@[A-Za-z_]", runs="code",
+             what="runs a command from awk code (system(), a pipe, an extension)"),
+        Code("option", ("-f", "--file", "-E", "--exec", "-i", "--include", "-l", "--load"), runs="file",
+             what=_FROM_FILE))),
+    ProgramSpec(("sed", "gsed"), short="efl", long=frozenset({"expression", "file", "line-length"}), code=(
+        Code("text", tokens="sed", runs="code", what="runs a command (sed's `e` command or `s///e`)"),
+        Code("option", ("-f", "--file"), short="f", runs="file", what=_FROM_FILE))),
+    ProgramSpec(("perl",), short="MmIxCdDF", options_first=True, code=(
+        Code("option", ("-e", "-E"), short="eE", runs="code", what=_INLINE),)),
+    ProgramSpec(("ruby", "jruby", "irb"), short="IrCEFxKTW", options_first=True, code=(
+        Code("option", ("-e",), short="e", runs="code", what=_INLINE),)),
+    ProgramSpec(("python", "python2", "python3", "pypy", "pypy3", "ipython", "ipython3"), short="WXmQ", options_first=True, code=(
+        Code("option", ("-c",), short="c", runs="code", what=_INLINE),)),
+    ProgramSpec(("node", "nodejs", "bun"), short="rC", options_first=True, code=(
+        Code("option", ("-e", "--eval", "-p", "--print"), short="ep", runs="code", what=_INLINE),)),
+    ProgramSpec(("deno",), subcommand=True, code=(Code("word", ("eval",), runs="code", what=_INLINE),)),
+    ProgramSpec(("php",), short="dcfzt", options_first=True, code=(Code("option", ("-r", "-B", "-R", "-E", "-F", "-d"), short="rBRE", runs="code",
+                                      what=_INLINE),)),
+    ProgramSpec(("lua", "luajit"), short="l", options_first=True, code=(Code("option", ("-e",), short="e", runs="code", what=_INLINE),)),
+    ProgramSpec(("Rscript", "R", "julia", "osascript", "scala", "groovy"), options_first=True, code=(
+        Code("option", ("-e", "-E", "--eval", "--print"), runs="code", what=_INLINE),)),
+    ProgramSpec(("pwsh", "powershell"), options_first=True, code=(
+        Code("option", ("-c", "-command", "-Command", "-encodedcommand", "-EncodedCommand", "-e", "-ec"), runs="code",
+             what=_INLINE),)),
+    ProgramSpec(("expect", "guile", "dc"), options_first=True, code=(
+        Code("option", ("-c", "-e", "--expression", "-f", "--file"), runs="code", what=_INLINE),)),
+    ProgramSpec(("gdb", "lldb"), code=(
+        Code("option", ("-ex", "-iex", "--eval-command", "--init-eval-command", "-x", "-ix", "--command",
+                        "--init-command", "-o", "--one-line", "-s", "--source"), runs="code", what=_INLINE),)),
+    ProgramSpec(("vim", "vi", "nvim", "view", "ex", "gvim", "vimdiff", "rvim"), code=(
+        Code("option", ("-c", "--cmd", "-S", "-u", "-s"), runs="code",
+             what="runs editor commands (`:!cmd`) or a script"),
+        Code("text", tokens=r"(?:^|(?<= ))\+(?![0-9]*(?: |$))", runs="code", what="runs an editor command (`+!cmd`)"))),
+    ProgramSpec(("tar", "gtar", "bsdtar"), short="bfFgHIKLNTVCX", abbrev=True, code=(
+        Code("option", ("--to-command", "--use-compress-program", "--rsh-command", "--rmt-command",
+                        "--info-script", "--new-volume-script", "-I", "-F"), short="IF",
+             what="runs a command on the archive"),
+        Code("key", ("--checkpoint-action",), keys=r"exec", what="runs a command at checkpoints"),
+        Code("first", keys=r"(?-i:[A-Za-z]*[IF][A-Za-z]*)", runs="", what="runs a command on the archive"))),
+    ProgramSpec(("rsync",), short="eBfTM", code=(
+        Code("option", ("-e", "--rsh"), short="e", what="runs the remote shell command it is given"),)),
+    ProgramSpec(("zip",), code=(Code("option", ("-TT", "--unzip-command"), what="runs a command to test the archive"),)),
+    ProgramSpec(("ssh", "autossh", "slogin"), short="bBcDeEFiIJlLmoOpPQRsSwW", code=(
+        Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
+        Code("option", ("-F", "-I"), runs="file", what="reads a config or library that can run code here"))),
+    ProgramSpec(("scp", "sftp"), short="cDFiJlNoPSXsBRb", code=(
+        Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
+        Code("option", ("-F",), runs="file", what="reads a config that can run code here"),
+        Code("option", ("-S", "-D"), what="runs the program it names for the connection"))),
+    ProgramSpec(("make", "gmake", "bmake"), short="CfIjlOoWE", long=frozenset({"directory", "file", "makefile",
+                                                                               "include-dir", "jobs", "eval"}), code=(
+        Code("assign", ("SHELL", "MAKESHELL", ".SHELLFLAGS", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "CC", "CXX", "CPP",
+                        "LD", "AR", "AS", "RM", "MAKE", "INSTALL", "LEX", "YACC", "M4"), runs="",
+             what="replaces a program make runs"),
+        Code("option", ("--eval", "-E"), runs="code", what="adds makefile code"))),
+    ProgramSpec(("tmux",), short="cfLSTs", subcommand=True, code=(
+        Code("option", ("-c", "-f"), runs="code", what="runs a command or reads a config of commands"),
+        Code("word", ("new-session", "new", "new-window", "neww", "split-window", "splitw", "respawn-pane",
+                      "respawnp", "respawn-window", "respawnw", "run-shell", "run", "send-keys", "send",
+                      "pipe-pane", "pipep", "if-shell", "if", "display-popup", "popup", "source-file", "source",
+                      "set-hook", "bind-key", "bind", "command-prompt", "confirm-before", "default-command",
+                      "default-shell"), runs="", after=("*",), what="runs a command in tmux"))),
+    ProgramSpec(("screen",), short="cehpSTX", code=(
+        Code("option", ("-X", "-Q", "-c"), runs="", what="sends screen commands or reads a config"),
+        Code("runner", runs="", what="runs a command in screen"))),
+    ProgramSpec(("parallel", "sem"), short="jPSadEILlnNsCe",
+                long=frozenset({"jobs", "sshlogin", "arg-file", "delimiter", "eof", "replace", "max-lines",
+                                "max-args", "max-replace-args", "max-chars", "colsep", "joblog", "results", "tmpdir",
+                                "timeout", "delay", "retries", "workdir", "wd", "env", "tag-string", "tagstring",
+                                "basefile", "bf", "return", "transferfile", "tf", "sshloginfile", "slf", "memfree",
+                                "load", "nice", "block", "block-size", "recstart", "recend", "header", "termseq",
+                                "limit", "halt", "ssh", "id", "semaphorename", "jobslot", "rpl", "tmux-length"}), code=(
+        Code("runner", names=(":::", "::::", ":::+", "::::+"), runs="", what="runs a command for every input"),)),
+    ProgramSpec(("sqlite3", "sqlite"), code=(
+        Code("text", tokens=r"\.(?:shell|system|load|excel|www)\b|\bload_extension\b|\bedit\s*\(|"
+                            r"\.(?:once|output|import|read|o)\s+['\"]?\|", runs="code",
+             glob_tokens=r"\.(?:shell|system|load|excel|www|once|output|import|read|o)\b|\bload_extension\b|\bedit\b",
+             what="runs a command (.shell, .system, a pipe) or loads code"),)),
+    ProgramSpec(("man",), code=(Code("option", ("-P", "--pager"), what="runs the pager it names"),
+                                Code("option", ("-H", "--html"), runs="", what="runs a browser"))),
+    ProgramSpec(("su",), code=(Code("option", ("-c", "--command", "--session-command"), runs="",
+                                    what="runs a command as another user"),)),
+    ProgramSpec(("fd", "fdfind"), code=(
+        Code("argv", ("-x", "--exec", "-X", "--exec-batch"), runs="argv", what="runs a command on what it finds"),)),
+    ProgramSpec(("rg",), code=(Code("option", ("--pre",), what="runs a preprocessor on every file"),)),
+    ProgramSpec(("script",), short="cEIOqT", code=(Code("option", ("-c", "--command"), what="runs a command"),)),
+    ProgramSpec(("nc", "ncat", "netcat", "nc.traditional", "nc.openbsd"), code=(
+        Code("option", ("-e", "-c", "--exec", "--sh-exec", "--lua-exec"), what="runs a command for the connection"),)),
+    ProgramSpec(("socat",), code=(
+        Code("text", tokens=r"(?i)\b(?:exec|system):", runs="code", what="runs a command for the connection"),)),
+    # launchers whose first plain word is the program they run: a rule must spell it
+    *(ProgramSpec((name,), short=short, code=(Code("runner", runs="", what="runs a command"),))
+      for name, short in (("nsenter", "tSG"), ("unshare", "SGRw"), ("setpriv", ""), ("firejail", ""), ("bwrap", ""),
+                          ("chpst", "ugUe/nlmdofcprt"), ("runcon", "turl"), ("ssh-agent", "aEPt"),
+                          ("dbus-run-session", ""), ("valgrind", ""), ("entr", ""))),
+    ProgramSpec(("crontab",), short="u", code=(Code("runner", runs="", what="installs commands cron runs"),)),
+)
+
+_BY_NAME: dict[str, ProgramSpec] = {n: spec for spec in PROGRAMS for n in spec.names}
+_VERSIONED = re.compile(r"^([A-Za-z][A-Za-z-]*?)-?[0-9][0-9.]*$")
+
+
+def lookup(name: str) -> ProgramSpec | None:
+    """The spec for program `name` (any path; `python3.12`, `perl5.36` fold to their family)."""
+    base = posixpath.basename(name.rstrip("/")) or name
+    spec = _BY_NAME.get(base)
+    if spec is None and base[-1:].isdigit():
+        m = _VERSIONED.match(base)
+        if m:
+            spec = _BY_NAME.get(m.group(1)) or _BY_NAME.get(m.group(1) + "3")
+    return spec
+
+
+def wrappers() -> dict[str, ProgramSpec]:
+    """The wrappers `commands.unwrap` peels, by name."""
+    return {n: spec for spec in PROGRAMS if spec.wrapper for n in spec.names}
+
+
+# --- global options -------------------------------------------------------------------------------
+
+def _option_arity(spec: ProgramSpec, word: str, nxt: bool) -> int | None:
+    """How many words the global option `word` takes (1 or 2), or None when it is not one."""
+    if word.startswith("--") and len(word) > 2:
+        name, eq, _ = word[2:].partition("=")
+        if word in spec.flags and not eq:
+            return 1
+        if name in spec.long:
+            return 1 if eq else 2
+        if name in spec.eq_long:
+            return 1 if eq else None
+        return 1 if spec.any_flag and not eq else None
+    if word.startswith("-") and len(word) > 1:
+        if word in spec.flags:
+            return 1
+        if len(word) == 2 and word[1] in spec.short:
+            return 2
+        if spec.glued and word[1] in spec.short:
+            return 1
+        if spec.any_flag:
+            # a cluster of flags, possibly ending in one that takes a value: `-qqy`, `-yo X`
+            last = next((i for i, ch in enumerate(word[1:], 1) if ch in spec.short), None)
+            if last is None:
+                return 1
+            return 2 if last == len(word) - 1 else 1
+    return None
+
+
+def subcommand_index(spec: ProgramSpec, argv: list[str | None]) -> int | None:
+    """Index of the subcommand (the first word after the global options), or None when a word
+    before it is unknown or not a known global option (the program would stop there)."""
+    i = 1
+    while i < len(argv):
+        w = argv[i]
+        if w is None:
+            return None
+        if not w.startswith("-") or w == "-":
+            return i
+        if w == "--":
+            return i + 1 if i + 1 < len(argv) else None
+        n = _option_arity(spec, w, i + 1 < len(argv))
+        if n is None:
+            return None
+        i += n
+    return None
+
+
+def without_globals(argv: list[str | None]) -> list[str | None] | None:
+    """argv with the program's global options removed (`git -C x -c k=v push` → `git push`), or
+    None when the program has none there or they cannot be read."""
+    spec = lookup(argv[0] or "") if argv else None
+    if spec is None or not spec.subcommand:
+        return None
+    i = subcommand_index(spec, argv)
+    if i is None or i <= 1:
+        return None
+    return argv[:1] + argv[i:]
+
+
+# --- code-running shapes --------------------------------------------------------------------------
+
+class Site(NamedTuple):
+    """Where a command runs code: a rule must spell `token` (at `offset` in word `word`)."""
+
+    word: int
+    offset: int
+    token: str
+    shown: str                  # what explain shows: `-c core.pager=…`
+    what: str                   # why it matters: "runs a command"
+    runs: str = ""              # "shell": `text` is a command line; "argv": words span[0]:span[1]
+    text: str | None = None
+    span: tuple[int, int] = (0, 0)
+
+
+def _short(word: str, letters: str, stop: str = "") -> int:
+    """Index of the first of `letters` in a short-option cluster `word` (`-lne` → 3), or -1; a
+    letter of `stop` (an option taking the rest of the word as its value: `-Mfeature`) ends it."""
+    if not word.startswith("-") or word.startswith("--") or len(word) < 2 or not letters:
+        return -1
+    for i, ch in enumerate(word[1:], 1):
+        if ch in letters:
+            return i
+        if ch in stop or not ch.isalnum():
+            return -1
+    return -1
+
+
+def _option_value(code: Code, spec: ProgramSpec, argv: list[str | None], i: int
+                  ) -> tuple[bool, str | None, int, int]:
+    """Does argv[i] give one of `code`'s options? (hit, value, index of the value's word, offset of
+    the value in it). A value of None is unknown (a dynamic or missing word)."""
+    w = argv[i] or ""
+    nxt = argv[i + 1] if i + 1 < len(argv) else None
+    glued = spec.glued or bool(code.after)      # git's subcommands accept `-xmake`, its globals do not
+    for name in code.names:
+        if w == name:
+            if code.eq_only:
+                return False, None, 0, 0
+            return True, nxt, i + 1, 0
+        if name.startswith("-") and w.startswith(name + "=") and (name.startswith("--") or len(name) > 2):
+            return True, w[len(name) + 1:], i, len(name) + 1
+        if len(name) == 2 and name[0] == "-" and glued and w.startswith(name) and len(w) > 2 \
+                and not w.startswith("--") and not code.eq_only:
+            return True, w[2:], i, 2
+        if spec.abbrev and name.startswith("--") and w.startswith("--") and len(w.partition("=")[0]) >= 5:
+            key, eq, val = w.partition("=")
+            if name.startswith(key):
+                return True, (val if eq else nxt), (i if eq else i + 1), (len(key) + 1 if eq else 0)
+    at = _short(w, code.short, "".join(c for c in spec.short if c not in code.short))
+    if at > 0:
+        if at + 1 < len(w):
+            return True, w[at + 1:], i, at + 1
+        return True, nxt, i + 1, 0
+    return False, None, 0, 0
+
+
+def _matches(pattern: str, text: str) -> bool:
+    return bool(pattern) and re.fullmatch(pattern, text, re.IGNORECASE | re.DOTALL) is not None
+
+
+def _region(code: Code, spec: ProgramSpec, argv: list[str | None], sub: int | None) -> range:
+    """The words `code` applies to."""
+    if spec.options_first:
+        end = _first_plain(spec, argv, 1)
+        return range(1, end if end is not None else len(argv))
+    if not spec.subcommand or code.after == ("*",):
+        return range(1, len(argv))
+    if not code.after:
+        return range(1, sub if sub is not None else len(argv))
+    if sub is None or argv[sub] not in code.after:
+        return range(0)
+    return range(sub + 1, len(argv))
+
+
+def _first_plain(spec: ProgramSpec, argv: list[str | None], start: int, stop: tuple[str, ...] = ()) -> int | None:
+    """Index of the first word from `start` that is not an option (nor an option's value)."""
+    i = start
+    while i < len(argv):
+        w = argv[i]
+        if w is None:
+            return None
+        if w in stop:
+            return i
+        if w == "--":
+            return i + 1 if i + 1 < len(argv) else None
+        if not w.startswith("-") or w == "-":
+            return i
+        if w.startswith("--"):
+            i += 2 if ("=" not in w and w[2:] in spec.long) else 1
+            continue
+        at = _short(w, spec.short)
+        i += 2 if at == len(w) - 1 else 1
+    return None
+
+
+def _sed_e(script: str) -> list[int]:
+    """Offsets of GNU sed's `e` command and of `e` flags of `s` commands in `script`; `[-1]` for a
+    script we cannot read (the caller then counts every `e` in it)."""
+    out: list[int] = []
+    i, n = 0, len(script)
+
+    def regex_end(j: int, delim: str) -> int:
+        while j < n and script[j] != delim:
+            if script[j] == "\\":
+                j += 1
+            elif script[j] == "\n":
+                return -1
+            j += 1
+        return j if j < n else -1
+
+    while i < n:
+        c = script[i]
+        if c in " \t\n;{}!":
+            i += 1
+            continue
+        if c == "#":
+            i = script.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        # addresses: N, $, /re/, \cREc, first~step, addr,+N
+        while i < n and (script[i].isdigit() or script[i] in "$,~+/\\ IM"):
+            if script[i] in "/\\":
+                delim = "/" if script[i] == "/" else (script[i + 1] if i + 1 < n else "")
+                start = i + 1 if script[i] == "/" else i + 2
+                end = regex_end(start, delim) if delim else -1
+                if end < 0:
+                    return [-1]
+                i = end + 1
+            else:
+                i += 1
+        if i >= n:
+            break
+        c = script[i]
+        if c in "!{}; \t\n":
+            continue
+        if c == "e":
+            out.append(i)
+            i = script.find("\n", i)
+            i = n if i < 0 else i
+        elif c in "sy":
+            if i + 1 >= n or script[i + 1] in "\\\n":
+                return [-1]
+            delim = script[i + 1]
+            j = i + 2
+            for _ in range(2):
+                j = regex_end(j, delim)
+                if j < 0:
+                    return [-1]
+                j += 1
+            if c == "s":
+                while j < n and (script[j].isalnum() or script[j] in "eE"):
+                    if script[j] == "e":
+                        out.append(j)
+                    if script[j] == "w":          # `w FILE` runs to the end of the line
+                        j = n if script.find("\n", j) < 0 else script.find("\n", j)
+                        break
+                    j += 1
+            i = j
+        elif c in "aicrRwWbtTv:qQlLF=dDgGhHnNpPxzZ":
+            if c in "aicrRwWbtTv:":
+                ends = [k for k in (script.find("\n", i), script.find(";", i) if c in "btTv:" else -1) if k >= 0]
+                i = min(ends) if ends else n
+            else:
+                i += 1
+                while i < n and script[i].isdigit():
+                    i += 1
+        else:
+            return [-1]
+    return out
+
+
+def _text_words(code: Code, spec: ProgramSpec, argv: list[str | None], start: int) -> list[int]:
+    """Indexes of the words holding program text (awk's program, sed's script) or, for programs
+    whose every argument may hold commands (sqlite3, vim's `+cmd`), all of them."""
+    name = lookup(argv[0] or "")
+    if name is None:
+        return []
+    base = name.names[0]
+    if base in ("awk", "sed"):
+        out = []
+        given = False
+        i = start
+        while i < len(argv):
+            w = argv[i]
+            if w is None:
+                i += 1
+                continue
+            if base == "awk" and (w in ("-e", "--source") or w.startswith("--source=")):
+                given = True
+                if w.startswith("--source="):
+                    out.append(i)
+                elif i + 1 < len(argv):
+                    out.append(i + 1)
+                i += 2 if "=" not in w else 1
+                continue
+            if base == "sed" and (w in ("-e", "--expression") or w.startswith("--expression=")
+                                  or (_short(w, "e") > 0)):
+                given = True
+                at = _short(w, "e")
+                if w.startswith("--expression=") or (at > 0 and at + 1 < len(w)):
+                    out.append(i)
+                elif i + 1 < len(argv):
+                    out.append(i + 1)
+                i += 1 if (w.startswith("--expression=") or (at > 0 and at + 1 < len(w))) else 2
+                continue
+            if w in ("-f", "--file") or w.startswith("--file=") or (_short(w, "f") > 0) or \
+                    (base == "awk" and (w in ("-E", "--exec") or w.startswith("--exec="))):
+                given = True
+            if w == "--":
+                i += 1
+                break
+            if w.startswith("-") and w != "-":
+                i += 2 if (len(w) == 2 and w[1] in spec.short) or w[2:] in spec.long else 1
+                continue
+            break
+        if not given and i < len(argv):
+            out.append(i)
+        return out
+    return list(range(start, len(argv)))
+
+
+def _text_offsets(code: Code, word: str) -> list[int]:
+    if code.tokens == "sed":
+        found = _sed_e(word)
+        # a script we cannot read: every `e` in it may be the command (a rule must spell them)
+        return [m.start() for m in re.finditer("e", word)] if found == [-1] else found
+    return [m.start() for m in re.finditer(code.tokens, word)]
+
+
+def _shown(word: str, limit: int = 40) -> str:
+    return word if len(word) <= limit else word[:limit - 1] + "…"
+
+
+def sites(argv: list[str | None]) -> list[Site]:
+    """The code-running shapes in one command's argv (argv[0] the program; `None` = a word not
+    known statically). Empty for programs the table does not know."""
+    if not argv or argv[0] is None:
+        return []
+    spec = lookup(argv[0])
+    if spec is None or not spec.code:
+        return []
+    sub = subcommand_index(spec, argv) if spec.subcommand else None
+    found: list[Site] = []
+    for code in spec.code:
+        region = _region(code, spec, argv, sub)
+        if not region:
+            continue
+        if code.kind == "text":
+            for i in _text_words(code, spec, argv, region.start):
+                w = argv[i]
+                if w is None or i not in region:
+                    continue
+                for off in _text_offsets(code, w):
+                    token = w[off:off + 12]
+                    found.append(Site(i, off, token, _shown(w), code.what))
+            continue
+        if code.kind == "first":
+            w = argv[1] if len(argv) > 1 else None
+            if w is not None and not w.startswith("-") and _matches(code.keys, w):
+                found.append(Site(1, 0, w, w, code.what))
+            continue
+        if code.kind == "runner":
+            at = _first_plain(spec, argv, region.start, code.names)
+            if at is not None and at < len(argv) and argv[at] is not None:
+                found.append(Site(at, 0, argv[at] or "", _shown(" ".join(w or "?" for w in argv[at:])), code.what))
+            continue
+        i = region.start
+        while i < region.stop:
+            w = argv[i]
+            if w is None:
+                i += 1
+                continue
+            site = _site_at(code, spec, argv, i, sub)
+            if site is not None:
+                found.append(site)
+                if code.kind in ("argv",) and site.span[1] > i:
+                    i = site.span[1]
+                    continue
+                if code.kind == "word" and code.runs:
+                    break
+            i += 1
+    return found
+
+
+def _site_at(code: Code, spec: ProgramSpec, argv: list[str | None], i: int, sub: int | None) -> Site | None:
+    w = argv[i] or ""
+    if code.kind == "option":
+        hit, value, vi, voff = _option_value(code, spec, argv, i)
+        if not hit or (value is not None and _matches(code.unless, value)):
+            return None
+        shown = _shown(w if vi == i else f"{w} {value if value is not None else '?'}")
+        if code.runs == "pipe":
+            return Site(i, 0, w, shown, code.what, "shell", value[1:] if value else value)
+        return Site(i, 0, w.partition("=")[0] if vi == i and w.startswith("--") else w, shown, code.what,
+                    "shell" if code.runs == "shell" else "", value)
+    if code.kind == "key":
+        hit, value, vi, voff = _option_value(code, spec, argv, i)
+        if not hit or value is None:
+            return None
+        sep = re.search(r"[=\s]", value)
+        key = value[:sep.start()] if sep else value
+        val: str | None = value[sep.end():] if sep else ""
+        if code.runs == "git" and not sep:
+            val = "true"                         # `git -c key` is key=true
+        if w.startswith("--config-env"):
+            val = None                           # the value comes from an environment variable
+        if not _matches(code.keys, key) or (val is not None and _matches(code.unless, val)):
+            return None
+        opt = w if vi != i else w[:voff].rstrip("=")
+        shown = f"{opt} {key}=…"
+        if vi == i and not w.startswith("--"):
+            voff = 0                             # `-oProxyCommand=…`: a rule spells the whole word
+        runs, text = "", None
+        if code.runs == "git":
+            lowered = key.lower()
+            if lowered.startswith("alias."):
+                return _git_alias(argv, i, vi, voff, key, val, sub, shown, code.what)
+            if re.fullmatch(r"credential(?:\..+)?\.helper", lowered):
+                runs, text = "shell", _git_helper(val)
+            elif re.fullmatch(_GIT_SHELL_KEYS, lowered):
+                runs, text = "shell", (val[1:] if val and val.startswith("!") else val)
+        elif code.runs == "ssh" and key.lower() in ("proxycommand", "localcommand", "knownhostscommand"):
+            runs, text = "shell", val
+        elif code.runs == "shell":
+            runs, text = "shell", (val[len("exec="):] if val and val.startswith("exec=") else val)
+        return Site(vi, voff, key, shown, code.what, runs, text)
+    if code.kind == "setkey":
+        if w.startswith("-") or not _matches(code.keys, w):
+            return None
+        rest = [a for a in argv[i + 1:] if a is None or not a.startswith("-")]
+        before = [a for a in argv[(sub or 0) + 1:i] if a is not None]
+        reads = {"--get", "--get-all", "--get-regexp", "--get-urlmatch", "-l", "--list", "get", "list",
+                 "--unset", "--unset-all", "unset", "--remove-section", "remove-section"}
+        if not rest or reads.intersection(before):
+            return None
+        return Site(i, 0, w, f"config {w} …", code.what)
+    if code.kind == "argv":
+        if w not in code.names:
+            return None
+        end = i + 1
+        while end < len(argv) and not (argv[end] == ";" or (argv[end] == "+" and argv[end - 1] == "{}")):
+            end += 1
+        return Site(i, 0, w, _shown(" ".join(a or "?" for a in argv[i:end + 1])), code.what, "argv",
+                    span=(i + 1, end))
+    if code.kind == "word":
+        if w not in code.names:
+            return None
+        if code.runs == "argv":
+            return Site(i, 0, w, f"{w} …", code.what, "argv", span=(i + 1, len(argv)))
+        if code.runs == "shell":
+            rest = argv[i + 1:]
+            while rest and rest[0] is not None and rest[0].startswith("-"):
+                rest = rest[1:]
+            text = None if any(a is None for a in rest) else " ".join(a or "" for a in rest)
+            return Site(i, 0, w, f"{w} …", code.what, "shell", text)
+        return Site(i, 0, w, f"{w} …", code.what)
+    if code.kind == "assign":
+        name, eq, _ = w.partition("=")
+        if not eq or name not in code.names:
+            return None
+        return Site(i, 0, name, f"{name}=…", code.what)
+    return None
+
+
+def _git_helper(value: str | None) -> str | None:
+    """The command a credential helper value runs: `!cmd`, a path, or `git credential-NAME`."""
+    if value is None:
+        return None
+    if value.startswith("!"):
+        return value[1:]
+    if "/" in value.split(" ", 1)[0]:
+        return value
+    return "git credential-" + value
+
+
+def _git_alias(argv: list[str | None], i: int, vi: int, voff: int, key: str, val: str | None,
+               sub: int | None, shown: str, what: str) -> Site:
+    """`git -c alias.NAME=VALUE NAME ARGS`: the alias runs `!VALUE ARGS` through the shell, or is
+    `git VALUE ARGS` — which may itself run code or be a command a deny rule refuses."""
+    name = key.partition(".")[2]
+    used = sub is not None and argv[sub] == name
+    if not used:
+        return Site(vi, voff, key, shown, "defines a git alias")
+    if val is None or any(a is None for a in argv[(sub or 0) + 1:]):
+        return Site(vi, voff, key, shown, what, "shell", None)
+    args = " ".join(shlex.quote(a or "") for a in argv[(sub or 0) + 1:])
+    text = val[1:] if val.startswith("!") else "git " + val
+    return Site(vi, voff, key, shown, "runs a command (a git alias)", "shell", (text + " " + args).strip())
+
+
+# --- rule globs: where a rule spells a token --------------------------------------------------------
+
+def _token_of(code: Code, spec: ProgramSpec, token: str) -> bool:
+    if code.kind in ("option",):
+        if token in code.names or (_short(token, code.short) > 0):
+            return True
+        if any(len(n) == 2 and token.startswith(n) and len(token) > 2 for n in code.names):
+            return True
+        if spec.abbrev and token.startswith("--") and len(token) >= 5:
+            return any(n.startswith(token) for n in code.names)
+        return False
+    if code.kind in ("key", "setkey"):
+        if _matches(code.keys, token):
+            return True
+        return any(len(n) == 2 and token.startswith(n) and _matches(code.keys, token[2:]) for n in code.names)
+    if code.kind in ("argv", "word", "assign"):
+        return token in code.names
+    if code.kind == "first":
+        return _matches(code.keys, token)
+    return False
+
+
+def is_token(program: str, token: str) -> bool:
+    """Does `token` (a whole option, key or word as a rule spells it) name a code-running shape of
+    `program`? Used to find where a rule's glob spells a token."""
+    spec = lookup(program)
+    return spec is not None and any(_token_of(c, spec, token) for c in spec.code)
+
+
+def text_tokens(program: str, text: str) -> list[int]:
+    """Offsets in `text` (a literal stretch of a rule's glob) of in-text tokens of `program`
+    (awk's `system`, sqlite3's `.shell`, sed's `e`)."""
+    spec = lookup(program)
+    if spec is None:
+        return []
+    out: list[int] = []
+    for code in spec.code:
+        if code.kind != "text":
+            continue
+        if code.tokens == "sed":
+            out.extend(m.start() for m in re.finditer("e", text))
+        else:
+            out.extend(m.start() for m in re.finditer(code.glob_tokens or code.tokens, text))
+    return out
+
+
+def runner_index(argv: list[str | None]) -> int | None:
+    """For a program that runs its first plain word as a command (parallel, screen): its index."""
+    spec = lookup(argv[0] or "") if argv else None
+    if spec is None:
+        return None
+    for code in spec.code:
+        if code.kind == "runner":
+            return _first_plain(spec, argv, 1, code.names)
+    return None
+
+
+__all__ = ["Code", "ProgramSpec", "PROGRAMS", "Site", "lookup", "wrappers", "subcommand_index", "without_globals",
+           "sites", "is_token", "text_tokens", "runner_index"]
