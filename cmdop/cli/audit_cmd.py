@@ -22,6 +22,19 @@ from typing import Any
 from cmdop.cli.common import CliContext, add_command
 from cmdop.core.errors import UsageError
 
+
+def since_arg(text: str | None) -> datetime | None:
+    """A `--since` value (`1h`, `30m`, an ISO timestamp) as a UTC time; None when not given.
+    UsageError naming the problem when it cannot be read."""
+    from cmdop.core.audit import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text, datetime.now(timezone.utc))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
 DECISIONS = ("allow", "deny", "ask_allowed", "ask_denied", "ask_timeout")
 _COLUMNS = (("TIME", 20), ("DECISION", 11), ("TOOL", 15), ("SOURCE", 6), ("RULE", 15), ("CALLER", 20))
 
@@ -62,7 +75,6 @@ def _header() -> str:
 
 def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters import audit_reader
-    from cmdop.core.audit import parse_since
 
     state_dir = ctx.settings.state_dir
     if args.verify:
@@ -78,12 +90,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         raise UsageError(f"--tail must be 0 or more, not {args.tail}")
     if args.decision is not None and args.decision not in DECISIONS:
         raise UsageError(f"--decision must be one of {', '.join(DECISIONS)}, not {args.decision!r}")
-    since = None
-    if args.since is not None:
-        try:
-            since = parse_since(args.since, datetime.now(timezone.utc))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+    since = since_arg(args.since)
     flt = audit_reader.Filter(since=since, tool=args.tool, decision=args.decision)
     n = args.tail if args.tail is not None else (None if since is not None else 20)
     out = ctx.stdout

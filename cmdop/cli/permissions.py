@@ -231,19 +231,12 @@ def _printable(value: Any) -> str:
 
 
 def _replay(args: argparse.Namespace, ctx: CliContext) -> int:
-    from datetime import datetime, timezone
-
     from cmdop.adapters import audit_reader
     from cmdop.adapters.batch_check import Judge
-    from cmdop.core.audit import parse_since
+    from cmdop.cli.audit_cmd import since_arg
     from cmdop.core.replay import SKIPS, TRANSITIONS, replay
 
-    since = None
-    if args.since is not None:
-        try:
-            since = parse_since(args.since, datetime.now(timezone.utc))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+    since = since_arg(args.since)
     _, policy = _load(ctx, args.policy)
     mode, mode_from = _effective_mode(ctx, args.mode, policy.mode)
     if args.policy and mode_from == "permissions.yaml":
