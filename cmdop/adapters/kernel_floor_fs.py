@@ -51,6 +51,8 @@ def spec_for(settings: Settings, code: tuple[str, ...] | None = None) -> FloorSp
             pass      # the plan then seals or lists it as it finds it
     shiv_root = os.environ.get("SHIV_ROOT") or os.path.join(settings.home, ".shiv")
     code = tuple(dict.fromkeys((*own, *([shiv_root] if os.path.isdir(shiv_root) else []))))
+    if os.geteuid() == 0:
+        ensure_preload_placeholder()     # before the launcher notes what a server starts from
     return FloorSpec(home=settings.home,
                      agent_dirs=(settings.config_dir, settings.cmdop_home, settings.state_dir),
                      own_code=code, root=os.geteuid() == 0)
@@ -117,20 +119,48 @@ def agent_interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
-def interpreter_config_files() -> dict[str, bytes | None]:
-    """The `pyvenv.cfg` files Python would read for `agent_interpreter()` (beside it and one
-    level up), with their contents (None: absent). A new one could point the interpreter at
-    another standard library, so the launcher compares this before each server start."""
+Identity = tuple[int, int, int, int, int] | None
+
+
+def file_identity(path: str) -> Identity:
+    """(device, inode, size, mtime, ctime) of `path` (following links), None when absent: any
+    replacement or change of the file changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def server_start_files(mapped: tuple[str, ...] = ()) -> dict[str, Identity]:
+    """Every file whose change would change what a new sandbox server runs before it confines
+    itself, with its identity: the `pyvenv.cfg` files Python would read beside the interpreter
+    (one could point it at another standard library), the zip archives first on its `sys.path`
+    (missing ones must stay missing: Python imports `encodings` from one before any code of
+    ours), the dynamic linker's cache and preload list, and `mapped` — the files the first
+    server had mapped (the interpreter's libpython, libc, libffi, extension modules). The
+    launcher compares this before each later server start and refuses to start on a change."""
     exe = agent_interpreter()
-    out: dict[str, bytes | None] = {}
-    for d in (os.path.dirname(exe), os.path.dirname(os.path.dirname(exe))):
-        path = os.path.join(d, "pyvenv.cfg")
-        try:
-            with open(path, "rb") as f:
-                out[path] = f.read(65536)
-        except OSError:
-            out[path] = None
-    return out
+    paths = [os.path.join(d, "pyvenv.cfg") for d in (os.path.dirname(exe), os.path.dirname(os.path.dirname(exe)))]
+    paths += [p for p in sys.path if p.endswith(".zip")]
+    paths += ["/etc/ld.so.cache", "/etc/ld.so.preload", *mapped]
+    return {p: file_identity(p) for p in dict.fromkeys(paths)}
+
+
+def mapped_files(pid: int) -> tuple[str, ...]:
+    """The regular files process `pid` has mapped (its interpreter, shared libraries, extension
+    modules), from /proc/PID/maps; () when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ()
+    out = []
+    for line in lines:
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].startswith("/") and not fields[5].endswith(" (deleted)"):
+            out.append(fields[5])
+    return tuple(dict.fromkeys(out))
 
 
 class RealFs:
@@ -184,23 +214,54 @@ def ensure_preload_placeholder(path: str = PRELOAD) -> bool:
     return True
 
 
-def _with_link_targets(protected: tuple[kf.Protect, ...], homes: list[str]) -> tuple[kf.Protect, ...]:
-    """`protected` plus, for every entry that is a symlink, where it really points (same
-    treatment), and for every dotfile directly in a home that is a symlink (a dotfiles checkout:
-    ~/.bashrc -> ~/dotfiles/bashrc), its target as read-only: a mount never follows the link,
-    so the target itself must carry the protection."""
+def _chain(path: str, limit: int = 40) -> tuple[list[str], str]:
+    """The links met resolving `path` itself (its last component, then each link it points to),
+    and the final path (which may not exist: a dangling link)."""
+    links: list[str] = []
+    cur = path
+    for _ in range(limit):
+        if not os.path.islink(cur):
+            break
+        links.append(cur)
+        target = os.readlink(cur)
+        cur = os.path.normpath(os.path.join(os.path.dirname(cur), target))
+        cur = os.path.join(os.path.realpath(os.path.dirname(cur)), os.path.basename(cur))
+    return links, cur
+
+
+def _with_link_targets(protected: tuple[kf.Protect, ...], homes: list[str]
+                       ) -> tuple[tuple[kf.Protect, ...], list[str]]:
+    """`protected` with every entry also protected where it really is, and the directories that
+    hold links the floor depends on (to be sealed, so no link can be replaced):
+    - an entry reached through a linked directory (`~/.config -> dotfiles/config`) is protected
+      at the resolved path too;
+    - an entry that is a link, or a chain of links (`~/.bashrc -> dotfiles/current -> real`), is
+      protected at the final target — even a dangling one, which then cannot be created — and
+      every link of the chain is held in place by sealing its directory;
+    - a dotfile directly in a home that is a link counts as a login file (read-only target).
+    A mount never follows a link, so the target itself must carry the protection."""
     out = list(protected)
     seen = {p.path for p in protected}
+    seals: list[str] = []
 
-    def add(link: str, treat: kf.Treat, why: str) -> None:
-        real = os.path.realpath(link)
-        if real not in seen and real != "/" and os.path.lexists(real):
-            seen.add(real)
-            out.append(kf.Protect(real, treat, f"{why} (the target of {link})"))
+    def add(path: str, treat: kf.Treat, why: str) -> None:
+        if path not in seen and path != "/":
+            seen.add(path)
+            out.append(kf.Protect(path, treat, why))
+
+    def resolve(path: str, treat: kf.Treat, why: str) -> None:
+        parent = os.path.realpath(os.path.dirname(path))
+        direct = os.path.join(parent, os.path.basename(path))
+        if direct != path:
+            add(direct, treat, f"{why} (through a linked directory)")
+        links, final = _chain(direct)
+        for link in links:
+            seals.append(os.path.dirname(link))
+        if links:
+            add(final, treat, f"{why} (the target of {path})")
 
     for p in protected:
-        if os.path.islink(p.path):
-            add(p.path, p.treat, p.why)
+        resolve(p.path, p.treat, p.why)
     for home in homes:
         try:
             names = os.listdir(home)
@@ -208,23 +269,25 @@ def _with_link_targets(protected: tuple[kf.Protect, ...], homes: list[str]) -> t
             continue
         for name in names:
             path = os.path.join(home, name)
-            if name.startswith(".") and os.path.islink(path):
-                add(path, kf.Treat.READONLY, "a login file")
-    return tuple(out)
+            # A dotfile link is a login file; a linked dot-directory (~/.config -> dotfiles/..)
+            # is not itself one: what is protected below it was resolved above.
+            if name.startswith(".") and os.path.islink(path) and not os.path.isdir(path) and path not in seen:
+                resolve(path, kf.Treat.READONLY, "a login file")
+    return tuple(out), seals
 
 
 def build_plan(spec: FloorSpec) -> tuple[kf.MountPlan, tuple[tuple[str, str], ...], tuple[str, ...]]:
     """The mount plan for `spec` on this machine, the same floor as Landlock rules (for where
     no namespace can be built), and the directories to fingerprint."""
     homes = homes_for(spec)
-    if spec.root:
-        ensure_preload_placeholder()
     hidden, readonly = _system_entries(spec.root)
-    protected = _with_link_targets(
+    protected, seals = _with_link_targets(
         kf.protected_entries(homes, spec.agent_dirs, spec.own_code, hidden, readonly), homes)
+    # A home reached through a link: the link is held in place too (HOME keeps naming it).
+    seals += [os.path.dirname(h) for h in (spec.home,) if os.path.islink(h)]
     fs = RealFs()
-    plan = kf.plan_mounts(protected, homes, fs)
-    rules = kf.landlock_rules(protected, homes, fs)
+    plan = kf.plan_mounts(protected, homes, fs, seals)
+    rules = kf.landlock_rules(protected, homes, fs, seals)
     watched = tuple(dict.fromkeys((*plan.listed, *(["/home"] if spec.root else []))))
     return plan, rules, watched
 

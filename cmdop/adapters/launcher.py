@@ -120,7 +120,10 @@ class Sandbox:
         self.plan: kernel_floor.MountPlan | None = None
         # Fixed now, before any command ran: every server starts from this interpreter.
         self._interpreter = kernel_floor_fs.agent_interpreter()
-        self._interpreter_config = kernel_floor_fs.interpreter_config_files()
+        # What this process has mapped (the same interpreter's libpython, libc, libffi, ...):
+        # a server started later must load exactly these.
+        self._mapped = kernel_floor_fs.mapped_files(os.getpid())
+        self._start_files = kernel_floor_fs.server_start_files(self._mapped)
 
     # -- state -----------------------------------------------------------------------------
     def _ensure(self) -> socket.socket | None:
@@ -170,9 +173,12 @@ class Sandbox:
         for s in (parent, child):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MSG)
         config = self._config()
-        if kernel_floor_fs.interpreter_config_files() != self._interpreter_config:
-            config["fatal"] = (f"a pyvenv.cfg next to {self._interpreter} appeared or changed since "
-                               "the agent started; refusing to start the sandbox server from it")
+        now = kernel_floor_fs.server_start_files(self._mapped)
+        changed = [p for p, ident in now.items() if ident != self._start_files.get(p)]
+        if changed:
+            config["fatal"] = (f"what a sandbox server starts from changed since the agent started "
+                               f"({', '.join(changed[:3])}); refusing to start one from it — restart "
+                               "the agent once the change is intended")
         if config.get("fatal"):
             self._reason = str(config["fatal"])
             log.error("command sandbox unavailable: %s", self._reason)

@@ -171,10 +171,21 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) -> MountPlan:
+# Directories never sealed, even to hold a link in place: sealing them would stop ordinary
+# administration (a link there is the system's, administered like the rest of it).
+NEVER_SEAL = frozenset({"/", "/etc", "/usr", "/var", "/opt", "/srv", "/tmp", "/var/tmp", "/run",
+                        "/mnt", "/media", "/boot", "/lib", "/lib64", "/bin", "/sbin", "/dev",
+                        "/proc", "/sys", "/home"})
+
+
+def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView,
+                extra_sealed: Sequence[str] = ()) -> MountPlan:
     """The ordered mount operations that put `protected` in force and seal `homes` (see the
     module docstring). Parents come before children; a directory is made read-only only after
-    its re-exposed children are bound, so they stay writable."""
+    its re-exposed children are bound, so they stay writable. `extra_sealed`: directories that
+    hold a link the floor depends on (a home reached through a link, a link in a chain leading
+    to a login file), sealed too so the link cannot be replaced; as is the directory of any
+    protected entry that is itself a link."""
     homes = sorted({posixpath.normpath(h) for h in homes if posixpath.normpath(h) != "/"})
     homes = [h for h in homes if fs.entry(h).kind == "dir"]
     by_path = {p.path: p for p in protected}
@@ -200,6 +211,12 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
         elif p.treat is Treat.READONLY and not any(
                 _under(p.path, q) and q != p.path and exists[q] for q in by_path):
             uncovered.append(p)     # could be created (a missing HIDE entry has nothing to leak)
+
+    for p in protected:
+        if fs.entry(p.path).kind == "link":
+            extra_sealed = (*extra_sealed, posixpath.dirname(p.path))
+    extra = {posixpath.normpath(d) for d in extra_sealed}
+    sealed |= {d for d in extra if d not in NEVER_SEAL and fs.entry(d).kind == "dir"}
 
     marks = set(by_path) | sealed
 
@@ -278,6 +295,11 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
     for home in homes:
         if not any(_under(home, h) and h != home for h in homes):
             seal(home, home)
+    # Sealed directories outside every home (holding a link the floor depends on), outermost.
+    for d in sorted(sealed, key=lambda d: (d.count("/"), d)):
+        if not any(_under(d, h) for h in homes) and not any(
+                _under(d, o) and o != d for o in sealed if not any(_under(o, h) for h in homes)):
+            seal(d, None)
     # Protected entries outside the homes, outermost first.
     outside = [p.path for p in protected if not any(_under(p.path, h) for h in homes)]
     for path in sorted(outside):
@@ -298,7 +320,8 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) 
     return MountPlan(tuple(pre + ops), tuple(listed), tuple(uncovered), tuple(protected), tuple(notes))
 
 
-def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsView) -> tuple[tuple[str, str], ...]:
+def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsView,
+                   extra_sealed: Sequence[str] = ()) -> tuple[tuple[str, str], ...]:
     """The same floor as Landlock file rules, for where no mount namespace can be built (a user
     agent where unprivileged user namespaces are refused). (path, "rw" | "ro") pairs: "rw"
     grants every file-system right beneath the path, "ro" reading and executing only; listing
@@ -310,11 +333,15 @@ def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsVie
     plan."""
     homes_n = {posixpath.normpath(h) for h in homes if posixpath.normpath(h) != "/"}
     by_path = {p.path: p for p in protected}
+    held = {posixpath.normpath(d) for d in extra_sealed} | {
+        posixpath.dirname(p.path) for p in protected if fs.entry(p.path).kind == "link"}
+    held -= NEVER_SEAL
     rules: list[tuple[str, str]] = []
 
     def marked_below(path: str) -> bool:
         prefix = path.rstrip("/") + "/"
-        return any(q.startswith(prefix) for q in by_path) or any(h.startswith(prefix) for h in homes_n)
+        return (any(q.startswith(prefix) for q in by_path) or any(h.startswith(prefix) for h in homes_n)
+                or any(h.startswith(prefix) for h in held))
 
     def grant(path: str) -> None:
         p = by_path.get(path)
@@ -323,9 +350,9 @@ def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsVie
             return      # a link's target gets the rule of where it really is
         if p is not None:
             if p.treat is Treat.READONLY:
-                rules.append((path, "ro"))
+                read_only(path)
             return
-        if entry.kind != "dir" or (path not in homes_n and not marked_below(path)):
+        if entry.kind != "dir" or (path not in homes_n and path not in held and not marked_below(path)):
             rules.append((path, "rw"))
             return
         home_here = path in homes_n
@@ -333,10 +360,30 @@ def landlock_rules(protected: Sequence[Protect], homes: Sequence[str], fs: FsVie
             if name in ("", ".", "..") or "/" in name:
                 continue
             child = posixpath.join(path, name)
-            if home_here and name.startswith(".") and fs.entry(child).kind != "dir" and child not in by_path:
+            kind = fs.entry(child).kind
+            if home_here and name.startswith(".") and kind in ("file", "other") and child not in by_path:
                 rules.append((child, "ro"))
+            elif kind == "link":
+                continue    # a rule would land on the target; the target has its own place
             else:
                 grant(child)
+
+    def read_only(path: str) -> None:
+        """"ro" beneath `path`, except under a hidden entry inside it: Landlock rules only add
+        rights, so a read rule on the parent would open the hidden child too."""
+        entry = fs.entry(path, list_children=True)
+        if entry.kind != "dir" or not marked_below(path):
+            rules.append((path, "ro"))
+            return
+        for name in sorted(entry.children):
+            if name in ("", ".", "..") or "/" in name:
+                continue
+            child = posixpath.join(path, name)
+            q = by_path.get(child)
+            if q is not None and q.treat is Treat.HIDE:
+                continue
+            if fs.entry(child).kind not in ("missing", "link"):
+                read_only(child)
 
     def dev() -> None:
         """Only the harmless nodes of /dev, and its shared-memory directories."""

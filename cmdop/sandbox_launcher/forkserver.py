@@ -366,6 +366,12 @@ def _enter_dev(libc: ctypes.CDLL, path: str, dev_allowed: list[str]) -> None:
             continue
         if stat.S_ISCHR(st.st_mode):
             _mount(libc, node, node, None, MS_BIND)
+    shm = os.path.join(path, "shm")
+    if os.path.isdir(shm) and not os.path.islink(shm):
+        # A POSIX shared-memory tmpfs of the namespace's own, capped: what a command leaves in
+        # /dev/shm stays in RAM after its call, so the host's (half the RAM) would let every
+        # call pin memory outside its cgroup's limit.
+        _mount(libc, "tmpfs", shm, "tmpfs", MS_NOSUID | MS_NODEV, "size=5%,mode=1777")
     pts = os.path.join(path, "pts")
     if os.path.isdir(pts):
         try:

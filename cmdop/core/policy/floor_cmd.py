@@ -38,6 +38,7 @@ from cmdop.core.policy.commands import is_shell, unwrap
 from cmdop.core.policy.floor_paths import (_SAMPLES, FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
                                            check_pattern, fold)
 from cmdop.core.policy.paths import components, expand_user, normalise
+from cmdop.core.policy.programs import device_role, family, has_role, lookup
 from cmdop.core.policy.shell import (EVAL, SUB, TOO_DEEP, TOO_MANY, VAR, SimpleCommand, Word, analyse,
                                      expansions_in, interpretations)
 
@@ -67,11 +68,11 @@ def control_character(command: str) -> str | None:
             f"of a word, and a terminal or log showing the command may hide or rewrite text around it")
 
 
-_INTERPRETER = re.compile(
-    r"^(?:(?:python|pypy|perl|ruby|php|lua|luajit|tclsh|node|nodejs|jshell|ipython|julia|guile)[0-9.]*|"
-    r"irb|deno|bun|wish|R|Rscript|osascript|pwsh|powershell|expect|source|\.|"
-    # line editors, debuggers and REPLs with a "run a shell command" command (`!cmd`, `.shell`)
-    r"ed|ex|vi|vim|nvim|view|gdb|lldb|sqlite3|dc|clisp|sbcl|ghci|erl|scala|groovy|jrunscript)$")
+def _interpreter(prog: str) -> bool:
+    """An interpreter, REPL or editor that runs code (programs.ROLES "interpreter"), any version."""
+    return has_role(prog, "interpreter")
+
+
 # A path under /dev is treated as a block device unless it is one of the character devices and
 # pseudo files ordinary tools write to: new disk kinds (zram, pmem, LVM's /dev/VG/LV, drbd, zvol,
 # cciss/…) then need no list, and a glob under /dev (`> /dev/[s]da`) counts as one.
@@ -82,20 +83,11 @@ _BLOCK_DEV = re.compile(r"^/dev/(?!(?:null|zero|full|random|urandom|tty[0-9]*|st
                         r"dri/.*|input/.*|vhost-.*|kvm|tpm[0-9]*|tpmrm[0-9]*|ttyS[0-9]+|ttyUSB[0-9]+|"
                         r"ttyACM[0-9]+)$).")
 _WRITE_OPS = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&", "&>|"})
-# Programs that only look at a block device's name or metadata. Any other program given one
-# reads or writes its raw bytes — and a disk's raw bytes hold every file, protected ones too.
-# Programs that write a block device named as an argument (CONTRACT §4: `>`, `tee`, `dd of=`…),
-# and programs that copy its raw bytes out — a disk's bytes hold every file, protected ones too.
-# Disk administration (fdisk -l, parted, growpart, resize2fs, lvextend, cryptsetup, hdparm -I,
-# smartctl, blkid…) is neither and stays usable; mkfs/wipefs/shred/blkdiscard destroy and are floor.
-_DEVICE_WRITERS = frozenset({"tee", "cp", "mv", "install", "pv", "shred", "wipefs", "blkdiscard",
-                             "mke2fs", "mkswap", "badblocks", "sgdisk", "sfdisk", "ddrescue", "dcfldd",
-                             "dc3dd", "truncate", "flashrom", "sg_format", "nvme-format"})
-_DEVICE_READERS = frozenset({"cat", "head", "tail", "strings", "xxd", "od", "hexdump", "hd", "base64",
-                             "base32", "gzip", "pigz", "xz", "zstd", "bzip2", "lz4", "tar", "bsdtar",
-                             "zip", "7z", "rsync", "scp", "nc", "ncat", "netcat", "socat", "curl",
-                             "wget", "split", "sha256sum", "md5sum", "less", "more", "python3", "perl",
-                             "ruby", "node", "sed", "awk", "gawk", "busybox", "tac", "dump", "partclone"})
+# What a program does with a block device given as an argument is its `device` role in the
+# program table (programs.DEVICE_ROLES): it writes it (tee, cp, shred, wipefs, mkfs…), reads or
+# writes it as if=/of= (dd), only names it (disk administration: fdisk -l, parted, growpart,
+# resize2fs, lvextend, cryptsetup, smartctl, blkid…; listing; printing), or — the default, also
+# for a program the table does not know — reads it: a disk's raw bytes hold every file.
 _FORKBOMB_TEXT = re.compile(r"([\w:.-]{1,64})\(\)\{\1\|\1&\}|fork\s*while\s*fork|fork\(\)\s*while|"
                             r"while\s*\(?\s*1?\s*\)?\s*;?\s*do\s*\$0\s*&|"
                             r"\bfork\s+while\s+1|while\s*(?:1|True|\(\s*1\s*\))\s*:?\s*(?:os\.)?fork\(|"
@@ -258,13 +250,9 @@ def _covers_anchor(arg: str, home: str, cwd: str | None, extra: tuple[str, ...] 
     return False
 
 
-# Programs that read (or copy out) a whole tree: what they are given recursively must not hold
-# protected files. (option letters that make them recursive; "" = always recursive)
-_TREE_READERS = {"grep": "rR", "egrep": "rR", "fgrep": "rR", "zgrep": "rR", "rg": "", "ag": "", "ack": "",
-                 "cp": "rRa", "scp": "r", "rsync": "ra", "zip": "r", "7z": "", "7za": "", "tar": "",
-                 "bsdtar": "", "chmod": "R", "chown": "R", "chgrp": "R", "setfacl": "R",
-                 "mv": "", "rclone": "", "srm": "r", "wipe": "r"}
-_COPIERS = frozenset({"cp", "scp", "rsync", "mv", "rclone"})   # the last target is the destination
+# Programs that read (or copy out, or change) a whole tree are those with a `tree` in the program
+# table: what they are given recursively must not hold protected files (option letters that make
+# them recursive, "" = always; `tree_words`: only after one of these words, `restic backup`).
 _TREE_LONG = ("--recursive", "--archive", "--dereference-recursive")
 
 
@@ -272,9 +260,7 @@ _FIND_ACTS = frozenset({"-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fprin
 
 
 # What `find -exec` may run on every file of a tree holding protected files: programs that show
-# a file's name or metadata (`-exec ls -lh {} \;`), never its contents.
-_FIND_EXEC_LOOKERS = frozenset({"ls", "stat", "du", "echo", "printf", "basename", "dirname", "realpath",
-                                "readlink", "test", "[", "true", "false", "lsattr", "getfacl"})
+# a file's name or metadata (`-exec ls -lh {} \;`), never its contents (programs.ROLES "looker").
 
 
 def _find_only_looks(args: list[str]) -> bool:
@@ -288,7 +274,7 @@ def _find_only_looks(args: list[str]) -> bool:
             while j < len(args) and args[j] not in (";", "+"):
                 j += 1
             command = args[i + 1:j]
-            if not command or _program(command[0]) not in _FIND_EXEC_LOOKERS:
+            if not command or not has_role(_program(command[0]), "looker"):
                 return False
             found, i = True, j + 1
             continue
@@ -304,18 +290,17 @@ def _find_walks_protected(args: list[str], home: str, cwd: str | None, extra: tu
     return any(_covers_anchor(st, home, cwd, extra) or _under_dev(st, home, cwd) for st in _find_starts(args))
 
 
-# Consumers that only show or count the names a listing gives them.
-_NAMES_ONLY = frozenset({"head", "tail", "wc", "sort", "uniq", "grep", "egrep", "fgrep", "less", "more",
-                         "cut", "tr", "column", "nl", "tee", "cat", "sed", "awk", "rev", "fold", "fzf"})
+# Consumers that only show or count the names a listing gives them: programs.ROLES
+# "names-consumer" (awk and sed are not: `getline < $0`, `s/^/cat /e` read the files named).
 
 
 def _lists_protected_tree(pargv: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> bool:
     """Is `pargv` a recursive listing (`find`, `rg --files`, `fd`) of a directory holding
     protected files? Whatever reads its output then reads protected files by name."""
-    prog, args = _program(pargv[0]), pargv[1:]
+    prog, args = family(_program(pargv[0])), pargv[1:]
     if prog == "find":
         return _find_walks_protected(args, home, cwd, extra)
-    if prog in ("rg", "fd", "fdfind") and (prog != "rg" or "--files" in args):
+    if prog in ("rg", "fd") and (prog != "rg" or "--files" in args):
         paths = [a for a in args if not a.startswith("-")]
         paths = paths[1:] if prog != "rg" else paths          # fd PATTERN PATH…
         return any(_covers_anchor(p, home, cwd, extra) for p in (paths or ["."]))
@@ -345,20 +330,23 @@ def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
     """`tar cf - ~`, `cp -r ~ /tmp/h`, `grep -r KEY /`, `chmod -R 777 ~`, `rsync --delete x/ /`,
     `find ~ -exec cat {} +`: a recursive read, copy or change of a directory that holds
     protected files."""
-    if prog == "find" and any(a in _FIND_ACTS for a in args) and not _find_only_looks(args) \
+    spec = lookup(prog)
+    fam = spec.names[0] if spec is not None else prog
+    if fam == "find" and any(a in _FIND_ACTS for a in args) and not _find_only_looks(args) \
             and _find_walks_protected(args, home, cwd, extra):
         return "floor: find runs a command on every file of a directory holding protected files"
-    if prog in ("fd", "fdfind") and any(a in ("-x", "-X", "--exec", "--exec-batch") for a in args) \
+    if fam == "fd" and any(a in ("-x", "-X", "--exec", "--exec-batch") for a in args) \
             and _lists_protected_tree([prog, *args[:min((args.index(a) for a in args
                                                         if a in ("-x", "-X", "--exec", "--exec-batch")))]],
                                       home, cwd, extra):
         return "floor: fd runs a command on every file of a directory holding protected files"
-    letters = _TREE_READERS.get(prog)
-    if letters is None:
+    if spec is None or spec.tree is None:
         return None
+    letters = spec.tree
+    roles = spec.roles
     recursive = letters == ""
     targets: list[str] = []
-    skip_pattern = prog in ("grep", "egrep", "fgrep", "zgrep", "rg", "ag", "ack")
+    skip_pattern = "pattern" in roles
     done = False
     skip = -1
     for i, a in enumerate(args):
@@ -377,17 +365,22 @@ def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
             continue
         if not done and a.startswith("-") and len(a) > 1:
             recursive = recursive or any(ch in letters for ch in a[1:])
-            if prog in ("grep", "egrep", "fgrep", "zgrep") and ("e" in a[1:] or "f" in a[1:]):
+            if "pattern" in roles and ("e" in a[1:] or "f" in a[1:]):
                 skip_pattern = False
-            if prog in ("tar", "bsdtar") and (a == "-C" or a[1:].startswith("C")) and i + 1 < len(args):
+            if "archiver" in roles and (a == "-C" or a[1:].startswith("C")) and i + 1 < len(args):
                 base = a[2:] or args[i + 1]       # tar -C DIR: later members are relative to DIR
                 cwd = _resolve(base, home, cwd) if UNKNOWN not in base else None
                 skip = i + 1 if a == "-C" else skip
             continue
         targets.append(a)
+    if spec.tree_words:                   # `restic backup DIR`, `borg create REPO::A DIR`
+        at = next((k for k, t in enumerate(targets) if t in spec.tree_words), None)
+        if at is None:
+            return None
+        targets = targets[at + 1:]
     if skip_pattern and targets:
         targets = targets[1:]
-    if prog in ("tar", "bsdtar"):
+    if "archiver" in roles:
         # Only creating an archive reads the tree. (Extracting writes whatever the archive holds,
         # which no static check can know: accepted, see docs.) `tar czf x.tgz DIR`: the first word
         # is an option cluster and `f` takes the next word.
@@ -401,15 +394,15 @@ def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
             targets = targets[1:]
         if "f" in cluster and targets:
             targets = targets[1:]
-    if prog in ("chmod", "chown", "chgrp", "setfacl") and targets:
+    if "setting" in roles and targets:
         targets = targets[1:]          # the mode / owner
     if not recursive:
         return None
-    if prog in _COPIERS and len(targets) > 1:
+    if "copier" in roles and len(targets) > 1:
         dest = targets[-1]
-        targets = targets[:-1] + ([dest] if prog == "rsync" and any(a.startswith("--del") for a in args) else [])
-        if prog == "rsync":      # `host:path` names another machine
-            targets = [t for t in targets if ":" not in t.split("/", 1)[0] or t.startswith("/")]
+        targets = targets[:-1] + ([dest] if fam == "rsync" and any(a.startswith("--del") for a in args) else [])
+    if "remote-paths" in roles:      # `host:path` names another machine
+        targets = [t for t in targets if ":" not in t.split("/", 1)[0] or t.startswith("/")]
     for t in targets:
         if _covers_anchor(t, home, cwd, extra):
             return f"floor: '{prog}' works recursively on a directory holding protected files ({t or '/'})"
@@ -433,7 +426,7 @@ def _xargs_items(cmd: SimpleCommand, argv: list[str], home: str, variables: dict
             words = [a for a in pargv[1:] if a not in ("-n", "-e", "-E")]
         elif pprog == "printf" and len(pargv) > 1:
             words = pargv[2:] if "%" in pargv[1] else [pargv[1].replace("\\n", "\n").replace("\\0", " ")]
-        elif pprog == "find":
+        elif family(pprog) == "find":
             starts = _find_starts(pargv[1:])
             words = starts + [st.rstrip("/") + "/" + UNKNOWN for st in starts]
             for i, a in enumerate(pargv[:-1]):
@@ -487,7 +480,7 @@ def _find_deletes_only_safe_names(args: list[str]) -> bool:
 
 
 def _rm_root(prog: str, args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = ()) -> str | None:
-    if prog == "find":
+    if family(prog) == "find":
         starts = _find_starts(args)
         destructive = "-delete" in args or any(a in ("-exec", "-execdir") and i + 1 < len(args)
                                                 and _program(args[i + 1]) in ("rm", "shred")
@@ -557,10 +550,11 @@ def _inline_code(prog: str, argv: list[str], home: str, cwd: str | None, depth: 
         reason = _check(argv[1], home, cwd, depth + 1, extra)
         if reason:
             return f"{reason} (in a trap)"
-    if is_shell(prog) or _INTERPRETER.match(prog) or prog in _AWKS:
+    awk = has_role(prog, "awk")
+    if is_shell(prog) or _interpreter(prog) or awk:
         for i, a in enumerate(argv[1:], start=1):
             code = argv[i + 1] if a in _INLINE_FLAGS and i + 1 < len(argv) else (
-                a if prog in _AWKS and not a.startswith("-") and i == _awk_program_index(argv) else None)
+                a if awk and not a.startswith("-") and i == _awk_program_index(argv) else None)
             if code is None:
                 continue
             if _EMBEDDED_RM.search(code) or _TREE_API_ROOT.search(code):
@@ -574,9 +568,8 @@ def _inline_code(prog: str, argv: list[str], home: str, cwd: str | None, depth: 
     return None
 
 
-# Programs whose arguments are text to search for or print, never run: `grep -r 'rm -rf /' docs`.
-_TEXT_ONLY = frozenset({"grep", "egrep", "fgrep", "zgrep", "rg", "ag", "ack", "echo", "printf", "logger",
-                        "wall", "notify-send", "figlet", "cowsay", "jq", "yq", "look", "apropos", "man"})
+# Programs whose arguments are text to search for or print, never run (`grep -r 'rm -rf /' docs`):
+# programs.ROLES "text".
 _GIT_TEXT_OPTS = ("-m", "--message", "-S", "-G", "--grep", "--author", "--committer", "-F")
 
 
@@ -591,7 +584,7 @@ def _embedded_commands(argv: list[str], home: str, cwd: str | None, depth: int,
     command (a leading `!`/`|`, or a key naming a command, editor, pager, hook, proxy or
     `exec`): `mail -s "backup of /etc done"` is a sentence, `alias.x=!cat /etc/shadow` is not."""
     prog = _program(argv[0]) if argv else ""
-    if prog in _TEXT_ONLY:
+    if has_role(prog, "text"):
         return None
     for i, a in enumerate(argv[1:], start=1):
         if not _BLANK.search(a):
@@ -630,7 +623,6 @@ def _is_git_text_opt(opt: str) -> bool:
                                      and opt[-1] in "mF")
 
 
-_AWKS = frozenset({"awk", "gawk", "mawk", "nawk", "busybox-awk"})
 # Recursive-delete APIs of interpreters called on a literal `/`: shutil.rmtree('/'), rmtree("/"),
 # FileUtils.rm_rf('/'), fs.rmSync('/', ...), os.RemoveAll("/"), remove_tree('/').
 _TREE_API_ROOT = re.compile(r"""(?:rmtree|remove_tree|rm_rf|rm_r|rmSync|rmdirSync|RemoveAll|rimraf|"""
@@ -658,12 +650,9 @@ def _awk_program_index(argv: list[str]) -> int:
 
 # Where a program reads its code from its own stdin or an inherited descriptor.
 _STDIN_PATH = re.compile(r"^/(?:dev/(?:stdin|fd/[0-9]+|tty)|proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/fd/[0-9]+)$")
-# Programs that run what they read on stdin as commands (beyond shells and interpreters).
-_STDIN_RUNNERS = frozenset({"at", "batch", "script", "parallel", "sem"})
-# Programs that run a command (given later in their arguments) with this stdin: `| ssh h sh`.
-_COMMAND_RUNNERS = frozenset({"ssh", "docker", "podman", "nerdctl", "kubectl", "oc", "lxc", "lxc-attach",
-                              "nsenter", "unshare", "firejail", "bwrap", "proot", "machinectl",
-                              "systemd-nspawn", "sg", "distrobox", "toolbox", "sshpass"})
+# Programs that run what they read on stdin as commands (beyond shells and interpreters), and
+# programs that run a command given later in their arguments with this stdin (`| ssh h sh`):
+# programs.ROLES "stdin-runner" and "command-runner".
 
 
 # Options of shells and interpreters that take a value (so the next word is not the script).
@@ -699,7 +688,7 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
               cwd: str | None) -> str | None:
     """Content fed to something that runs it: `bash < file`, `python3 - < x`, `. /dev/stdin`,
     `x | at now`, `x | ssh h sh`, `x | awk '{system($0)}'`, `x | crontab -`."""
-    shellish = is_shell(prog) or prog == "?" or _INTERPRETER.match(prog) is not None
+    shellish = is_shell(prog) or prog == "?" or _interpreter(prog)
     # (`bash < script.sh` runs a named local file, as `bash script.sh` does: not floor)
     file_in = [t for op, t in redirects if op in ("<", "<>", "0<") and t]
     if shellish and reads_program_from_stdin(argv) and any(op in ("<&", "0<&") for op, _ in redirects):
@@ -708,26 +697,26 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
                                or ",SYSTEM:" in a.upper() for a in argv[1:]):
         return "floor: socat connecting a stream to a command it runs"
     code_from_fd = any(_STDIN_PATH.match(_resolve(a, home, cwd) or "") for a in argv[1:])
-    if (shellish or prog in _AWKS) and code_from_fd:
+    if (shellish or has_role(prog, "awk")) and code_from_fd:
         return f"floor: '{prog}' runs code from a standard-input or descriptor path"
     fed = stdin in ("pipe", "procsub", "herestring") or bool(file_in)
     if not fed:
         return None
-    if prog in _STDIN_RUNNERS and not (prog in ("parallel", "sem") and len(argv) > 1 and not
+    if has_role(prog, "stdin-runner") and not (family(prog) == "parallel" and len(argv) > 1 and not
                                        all(a.startswith("-") for a in argv[1:])):
         return f"floor: {stdin or 'a file'} into '{prog}', which runs what it reads"
     if prog == "crontab" and (len(argv) == 1 or argv[-1] == "-"):
         return "floor: a crontab installed from standard input"
-    if prog == "ssh" and len([a for a in argv[1:] if not a.startswith("-")]) <= 1:
+    if family(prog) == "ssh" and len([a for a in argv[1:] if not a.startswith("-")]) <= 1:
         return f"floor: {stdin or 'a file'} into a remote shell (ssh with no command)"
-    if prog in ("make", "gmake", "sed", "gsed", "awk", "gawk", "m4", "ed", "gdb") and any(
+    if has_role(prog, "stdin-script") and any(
             a in ("-f", "--file", "-x", "--script") and b in ("-", "/dev/stdin")
             or a in ("-f-", "--file=-", "--file=/dev/stdin") for a, b in zip(argv[1:], [*argv[2:], ""])):
         return f"floor: {stdin or 'a file'} into '{prog}' as its script"
-    if prog in _COMMAND_RUNNERS and any(is_shell(_program(a)) or _INTERPRETER.match(_program(a))
+    if has_role(prog, "command-runner") and any(is_shell(_program(a)) or _interpreter(_program(a))
                                         for a in argv[2:]):
         return f"floor: {stdin or 'a file'} into a shell started by '{prog}'"
-    if prog in _AWKS:
+    if has_role(prog, "awk"):
         i = _awk_program_index(argv)
         code = argv[i] if i > 0 else ""
         if re.search(r"\bsystem\s*\(|\|\s*getline|\|&|print[^;}]*\|\s*[\"$a-zA-Z]", code):
@@ -742,17 +731,34 @@ def _device_write(prog: str, args: list[str], redirects: list[tuple[str, str]], 
     for c in (t for op, t in redirects if op in _WRITE_OPS and not t.isdigit()):
         for path in _device_paths(c, home, cwd):
             return f"floor: write to block device {path}"
-    writes = prog in _DEVICE_WRITERS or prog.startswith("mkfs") or prog == "dd"
-    reads = prog in _DEVICE_READERS or prog == "dd" or prog == "?"
-    cands = [a[3:] if prog == "dd" and a.startswith(("if=", "of=")) else a for a in args] if writes or reads else []
+    role = device_role(prog) if prog else "names"
+    writes, reads, operands = role in ("writes", "operands"), role in ("reads", "operands"), role == "operands"
+    cands = [a[3:] if operands and a.startswith(("if=", "of=")) else a
+             for a in _without_pattern(prog, args)] if writes or reads else []
     cands += [t for op, t in redirects if op in ("<", "0<", "<>") and t]
     for c in cands:
         for path in _device_paths(c, home, cwd):
             verb = "write to" if writes and c not in dict(redirects).values() else "raw read of"
-            if prog == "dd":
+            if operands:
                 verb = "raw access to"
             return f"floor: {verb} block device {path} (its bytes hold every file)"
     return None
+
+
+def _without_pattern(prog: str, args: list[str]) -> list[str]:
+    """`args` without the pattern of a program whose first operand is one (`grep /dev/sda
+    /etc/fstab` reads /etc/fstab), unless an option gives the pattern (`-e`, `-f`, `--regexp`)."""
+    if not has_role(prog, "pattern"):
+        return args
+    for i, a in enumerate(args):
+        if a == "--":
+            return args[:i + 1] + args[i + 2:]
+        if a.startswith(("--regexp", "--file")) or (a.startswith("-") and not a.startswith("--")
+                                                    and ("e" in a[1:] or "f" in a[1:])):
+            return args
+        if not a.startswith("-") or a == "-":
+            return args[:i] + args[i + 1:]
+    return args
 
 
 def _device_paths(arg: str, home: str, cwd: str | None) -> list[str]:
@@ -770,9 +776,8 @@ def _device_paths(arg: str, home: str, cwd: str | None) -> list[str]:
 
 
 # Programs that only list or measure the paths they are given (names, sizes, modes), never read
-# or change their contents: `du -sh /*` and `ls -d /*/` name /etc only as one entry of `/`.
-_LISTERS = frozenset({"ls", "dir", "vdir", "du", "stat", "tree", "df", "lsattr", "getfacl", "namei",
-                      "realpath", "readlink", "basename", "dirname", "find"})
+# or change their contents (programs.ROLES "lister"): `du -sh /*` and `ls -d /*/` name /etc only
+# as one entry of `/`.
 
 
 def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = (),
@@ -830,7 +835,7 @@ def _code_text(analysis: Any) -> str:
         if len(c.spans) != len(c.words) or len(c.words) < 2:
             continue
         prog = c.words[0].static
-        if prog is None or prog in redefined or posixpath.basename(prog) not in _TEXT_ONLY:
+        if prog is None or prog in redefined or not has_role(posixpath.basename(prog), "text"):
             continue
         for (start, end), w in zip(c.spans[1:], c.words[1:]):
             if w.static is not None:
@@ -1020,7 +1025,7 @@ def _quoted_subscripts(analysis: Any) -> list[str]:
         for _, value in c.assigns:
             add(value)
         prog = posixpath.basename(c.words[0].static or "") if c.words else ""
-        if prog in _TEXT_ONLY:
+        if has_role(prog, "text"):
             for before, w in zip(c.words, c.words[1:]):
                 if prog == "printf" and before.static == "-v":
                     add(w)
@@ -1066,7 +1071,7 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             return reason
     head = _argv(un.layers[-1].words[:1], home, variables) if un.layers and un.layers[-1].words else []
     prog0 = _program(head[0]) if head else ""
-    if (is_shell(prog0) or _INTERPRETER.match(prog0)) and any(
+    if (is_shell(prog0) or _interpreter(prog0)) and any(
             k == SUB and t.startswith(("<(", ">(")) or (name in ("BASH_ENV", "ENV") and value.static is None)
             for name, value in cmd.assigns for k, t in value.segments):
         return f"floor: '{prog0}' starts by running a file given at run time (BASH_ENV/ENV=<(…))"
@@ -1103,7 +1108,7 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             argv = argv + items
         producer = cmd.producer.words if cmd.stdin == "pipe" and cmd.producer is not None else []
         pargv = _argv(tuple(producer), home, variables) if producer else []
-        reads_names = prog in _NAMES_ONLY and not any(    # `while read f; do cat "$f"` reads files
+        reads_names = has_role(prog, "names-consumer") and not any(    # `while read f; do cat "$f"` reads files
             k == VAR and t in tainted for w in layer.words[1:] for k, t in w.segments)
         if pargv and not reads_names and _lists_protected_tree(pargv, home, cwd, extra):
             return f"floor: '{prog}' is fed the files of a directory holding protected files"
@@ -1112,7 +1117,7 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             if reason:
                 return reason
             if prog == "parallel" and any(a in ("--pipe", "--pipepart") for a in argv) and any(
-                    is_shell(_program(a)) or _INTERPRETER.match(_program(a)) for a in argv[1:]):
+                    is_shell(_program(a)) or _interpreter(_program(a)) for a in argv[1:]):
                 return "floor: standard input split into a shell by parallel --pipe"
             items = _xargs_items(cmd, argv, home, variables)
             if prog == "parallel":
@@ -1124,7 +1129,7 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             if reason:
                 return f"{reason} (with an array's elements)"
         for check in (_rm_root(prog, args, home, cwd, extra), _device_write(prog, args, redirects, home, cwd),
-                      _named_paths(argv, home, cwd, extra, listing=prog in _LISTERS),
+                      _named_paths(argv, home, cwd, extra, listing=has_role(prog, "lister")),
                       _rm_anywhere(argv, home, cwd, extra),
                       _tree_op(prog, args, home, cwd, extra), _symlink_to_protected(prog, args, home, cwd, extra),
                       _inline_code(prog, argv, home, cwd, depth, extra),
@@ -1138,11 +1143,11 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             reason = _check(cmd.heredoc, home, cwd, depth + 1, extra)
             if reason:
                 return f"{reason} (in a here-document run by {prog})"
-        shellish = is_shell(prog) or prog == "?" or _INTERPRETER.match(prog) is not None
+        shellish = is_shell(prog) or prog == "?" or _interpreter(prog)
         if shellish and stdin in ("pipe", "procsub", "herestring") and reads_program_from_stdin(argv):
             what = "a program that cannot be resolved" if prog == "?" else f"'{prog}'"
             return f"floor: {stdin} into {what}"
-        if (is_shell(prog) or _INTERPRETER.match(prog)) and any(
+        if (is_shell(prog) or _interpreter(prog)) and any(
                 k == "C" and t.startswith(("<(", ">(")) for w in layer.words[1:] for k, t in w.segments):
             return f"floor: '{prog}' runs a process substitution"
     if un.dynamic_nested_sub:

@@ -82,6 +82,35 @@ class Code:
     what: str = "runs a command"
 
 
+# The roles of a program's arguments, as the static floor (floor_cmd) reads them. A program the
+# table does not know has the default roles: it reads its file arguments (a block device among
+# them is a raw read of the disk), no tree, none of these.
+DEVICE_ROLES = {
+    "reads": "reads a block device given as an argument: its raw bytes hold every file (the default)",
+    "writes": "writes a block device given as an argument (tee, cp, shred, wipefs, mkfs…)",
+    "operands": "reads or writes the device given as if=/of= (dd and its kin), or as an argument",
+    "names": "only names a device, its metadata or partition table (disk administration, listing, "
+             "printing text, a wrapper whose wrapped command has its own role)",
+}
+ROLES = {
+    "interpreter": "runs code: given inline (-c/-e), from a script file, or from standard input when given "
+                   "no script (`| python3 -`, `| perl`)",
+    "stdin-runner": "runs what it reads on standard input as commands (at, batch, script, parallel)",
+    "command-runner": "runs a command named later in its arguments with this standard input (`| ssh h sh`)",
+    "stdin-script": "reads its script from standard input with `-f -`/`-x -` (make, sed, awk, m4, ed, gdb)",
+    "awk": "its first operand is awk program text",
+    "text": "its arguments are text to print or search for, never run",
+    "lister": "only lists or measures the paths it is given (names, sizes, modes), never their contents",
+    "looker": "shows only a file's name or metadata (what `find -exec` may run over a protected tree)",
+    "names-consumer": "only shows or counts the names a listing feeds it (`find ~ | head`)",
+    "copier": "its last operand is the destination, not a source",
+    "pattern": "its first operand is a pattern, unless -e/-f/--regexp/--file give it",
+    "setting": "its first operand is a mode, owner or ACL, not a path",
+    "remote-paths": "an operand `host:path` names another machine",
+    "archiver": "reads a tree only when creating an archive (tar: c/r/u)",
+}
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
     """One program (with its aliases): its option grammar as far as the gate needs it."""
@@ -101,12 +130,42 @@ class ProgramSpec:
     privileged: bool = False                 # changes privilege, root or arguments of what it runs
     positionals: int = 0                     # words before the wrapped command (timeout DURATION)
     abbrev: bool = False                     # long options may be abbreviated (getopt_long: tar)
+    # --- the roles of its arguments, for the static floor (floor_cmd); see ROLES ---
+    versions: str = ""                       # regex (full match) of the family's versioned names
+    device: str = "reads"                    # what it does with a block device given as an argument
+    tree: str | None = None                  # option letters that make it work on whole trees ("": always)
+    tree_words: tuple[str, ...] = ()         # ... and only after one of these words (restic backup)
+    roles: frozenset[str] = frozenset()      # more roles, from ROLES
 
 
 def _wrapper(names: str, short: str = "", long: str = "", privileged: bool = False,
-             positionals: int = 0) -> ProgramSpec:
+             positionals: int = 0, device: str = "names") -> ProgramSpec:
+    # (a wrapper's own layer holds the words of what it runs: the wrapped command, checked as
+    # its own layer, has the device role; the wrapper only names it)
     return ProgramSpec(tuple(names.split()), short, frozenset(long.split()), wrapper=True,
-                       privileged=privileged, positionals=positionals)
+                       privileged=privileged, positionals=positionals, device=device)
+
+
+def _roles(text: str) -> frozenset[str]:
+    roles = frozenset(text.split())
+    unknown = roles - ROLES.keys()
+    assert not unknown, unknown
+    return roles
+
+
+# A family's versioned names: its names followed by a version (`python3.11`, `perl5.36`, `php8.2`,
+# `node18`, `luajit-2.1`, `guile-3.0`), optionally with an ABI letter or a debug suffix
+# (`python3.13t`, `python3.6m`, `python3.11-dbg`). Only families given `versions` fold: a
+# version number on any other name is a different program.
+def _versions(names: str, suffix: str = r"(?:[dmt]|-dbg)?") -> str:
+    return rf"(?:{'|'.join(re.escape(n) for n in names.split())})-?[0-9]+(?:\.[0-9]+)*{suffix}"
+
+
+def _floor(names: str, device: str = "reads", tree: str | None = None, roles: str = "", versions: str = "",
+           tree_words: str = "") -> ProgramSpec:
+    """A program the gate knows only for the floor's sake (the roles of its arguments)."""
+    return ProgramSpec(tuple(names.split()), versions=versions, device=device, tree=tree,
+                       tree_words=tuple(tree_words.split()), roles=_roles(roles))
 
 
 # git config keys whose value is a command line git runs through the shell (or a program path).
@@ -174,15 +233,15 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
     _wrapper("time", "fo", "format output"),
     _wrapper("stdbuf", "ioe", "input output error"),
     _wrapper("setsid"),
-    _wrapper("busybox"),
+    _wrapper("busybox", device="reads"),
     _wrapper("nocorrect"),
     _wrapper("flock", "wEc", "timeout conflict-exit-code command", positionals=1),
     _wrapper("chrt", "T", "sched-runtime sched-period sched-deadline", positionals=1),
     _wrapper("taskset", "", "cpu-list", positionals=1),
     # strace/ltrace: `-o '|cmd'` runs a command, `-E VAR=x` sets LD_PRELOAD, `-o FILE` writes.
-    ProgramSpec(("strace",), "abeEIoOpPsSuX", wrapper=True, privileged=True,
+    ProgramSpec(("strace",), "abeEIoOpPsSuX", wrapper=True, privileged=True, device="names",
                 code=(Code("option", ("-o",), unless=r"[^|!].*", runs="pipe", what="pipes its output to a command"),)),
-    ProgramSpec(("ltrace",), "aAeEnopsSuX", wrapper=True, privileged=True,
+    ProgramSpec(("ltrace",), "aAeEnopsSuX", wrapper=True, privileged=True, device="names",
                 code=(Code("option", ("-o",), unless=r"[^|!].*", runs="pipe", what="pipes its output to a command"),)),
     _wrapper("unbuffer"),
     _wrapper("watch", "n", "interval", privileged=True),
@@ -197,13 +256,13 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                                  "--no-lazy-fetch", "--no-optional-locks", "--no-advice", "--literal-pathspecs",
                                  "--glob-pathspecs", "--noglob-pathspecs", "--icase-pathspecs"}),
                 subcommand=True, code=_git_code()),
-    ProgramSpec(("docker", "podman", "nerdctl"), short="cHl",
+    ProgramSpec(("docker", "podman", "nerdctl"), roles=_roles("command-runner"), short="cHl",
                 long=frozenset({"context", "host", "config", "log-level", "tlscacert", "tlscert", "tlskey", "url",
                                 "connection", "identity", "root", "runroot", "storage-driver", "cgroup-manager",
                                 "namespace", "address"}),
                 flags=frozenset({"-D", "--debug", "--tls", "--tlsverify", "--remote", "-r"}), subcommand=True,
                 code=(Code("option", ("--config",), runs="file", what="reads a config that runs credential helpers"),)),
-    ProgramSpec(("kubectl", "oc"), short="nsv",
+    ProgramSpec(("kubectl", "oc"), roles=_roles("command-runner"), short="nsv",
                 long=frozenset({"namespace", "context", "kubeconfig", "cluster", "user", "server", "token", "as",
                                 "as-group", "as-uid", "request-timeout", "v", "certificate-authority",
                                 "client-certificate", "client-key", "cache-dir", "tls-server-name", "log-dir",
@@ -212,7 +271,7 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                 subcommand=True,
                 code=(Code("option", ("--kubeconfig",), runs="file", after=("*",),
                            what="reads a kubeconfig whose exec plugins run commands"),)),
-    ProgramSpec(("systemctl",), short="HMtpsnoT",
+    ProgramSpec(("systemctl",), device="names", short="HMtpsnoT",
                 long=frozenset({"host", "machine", "type", "property", "signal", "lines", "output", "state",
                                 "kill-whom", "kill-value", "job-mode", "root", "image", "what", "boot-loader-entry",
                                 "boot-loader-menu", "reboot-argument", "timestamp", "check-inhibitors", "when",
@@ -228,61 +287,61 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                                 "repo", "repoid", "repofrompath", "forcearch", "debuglevel", "errorlevel", "color",
                                 "destdir", "downloaddir", "comment", "advisory", "bz", "cve", "sec-severity"}),
                 any_flag=True, subcommand=True),
-    ProgramSpec(("find", "gfind", "bfs"), code=(
+    ProgramSpec(("find", "gfind", "bfs"), device="names", roles=_roles("lister"), code=(
         Code("argv", ("-exec", "-execdir", "-ok", "-okdir"), runs="argv", what="runs a command on what it finds"),)),
-    ProgramSpec(("awk", "gawk", "mawk", "nawk", "busybox-awk"), short="fvFEilW",
+    ProgramSpec(("awk", "gawk", "mawk", "nawk", "busybox-awk"), roles=_roles("awk stdin-script"), short="fvFEilW",
                 long=frozenset({"file", "assign", "field-separator", "exec", "include", "load", "source"}), code=(
         # `@` starts gawk's @load/@include and its indirect calls (`f="system"; @f("id")`)
         Code("text", tokens=r"\bsystem\b|(?<!\|)\|(?!\|)|@[A-Za-z_]", runs="code",
              what="runs a command from awk code (system(), a pipe, an extension)"),
         Code("option", ("-f", "--file", "-E", "--exec", "-i", "--include", "-l", "--load"), runs="file",
              what=_FROM_FILE))),
-    ProgramSpec(("sed", "gsed"), short="efl", long=frozenset({"expression", "file", "line-length"}), code=(
+    ProgramSpec(("sed", "gsed"), roles=_roles("stdin-script"), short="efl", long=frozenset({"expression", "file", "line-length"}), code=(
         Code("text", tokens="sed", runs="code", what="runs a command (sed's `e` command or `s///e`)"),
         Code("option", ("-f", "--file"), short="f", runs="file", what=_FROM_FILE))),
-    ProgramSpec(("perl",), short="MmIxCdDF", options_first=True, code=(
+    ProgramSpec(("perl",), versions=_versions("perl"), roles=_roles("interpreter"), short="MmIxCdDF", options_first=True, code=(
         Code("option", ("-e", "-E"), short="eE", runs="code", what=_INLINE),)),
-    ProgramSpec(("ruby", "jruby", "irb"), short="IrCEFxKTW", options_first=True, code=(
+    ProgramSpec(("ruby", "jruby", "irb"), versions=_versions("ruby jruby irb"), roles=_roles("interpreter"), short="IrCEFxKTW", options_first=True, code=(
         Code("option", ("-e",), short="e", runs="code", what=_INLINE),)),
-    ProgramSpec(("python", "python2", "python3", "pypy", "pypy3", "ipython", "ipython3"), short="WXmQ", options_first=True, code=(
+    ProgramSpec(("python", "python2", "python3", "pypy", "pypy3", "ipython", "ipython3"), versions=_versions("python pypy ipython"), roles=_roles("interpreter"), short="WXmQ", options_first=True, code=(
         Code("option", ("-c",), short="c", runs="code", what=_INLINE),)),
-    ProgramSpec(("node", "nodejs", "bun"), short="rC", options_first=True, code=(
+    ProgramSpec(("node", "nodejs", "bun"), versions=_versions("node nodejs"), roles=_roles("interpreter"), short="rC", options_first=True, code=(
         Code("option", ("-e", "--eval", "-p", "--print"), short="ep", runs="code", what=_INLINE),)),
-    ProgramSpec(("deno",), subcommand=True, code=(Code("word", ("eval",), runs="code", what=_INLINE),)),
-    ProgramSpec(("php",), short="dcfzt", options_first=True, code=(Code("option", ("-r", "-B", "-R", "-E", "-F", "-d"), short="rBRE", runs="code",
+    ProgramSpec(("deno",), roles=_roles("interpreter"), subcommand=True, code=(Code("word", ("eval",), runs="code", what=_INLINE),)),
+    ProgramSpec(("php",), versions=_versions("php"), roles=_roles("interpreter"), short="dcfzt", options_first=True, code=(Code("option", ("-r", "-B", "-R", "-E", "-F", "-d"), short="rBRE", runs="code",
                                       what=_INLINE),)),
-    ProgramSpec(("lua", "luajit"), short="l", options_first=True, code=(Code("option", ("-e",), short="e", runs="code", what=_INLINE),)),
-    ProgramSpec(("Rscript", "R", "julia", "osascript", "scala", "groovy"), options_first=True, code=(
+    ProgramSpec(("lua", "luajit"), versions=_versions("lua luajit"), roles=_roles("interpreter"), short="l", options_first=True, code=(Code("option", ("-e",), short="e", runs="code", what=_INLINE),)),
+    ProgramSpec(("Rscript", "R", "julia", "osascript", "scala", "groovy"), versions=_versions("julia"), roles=_roles("interpreter"), options_first=True, code=(
         Code("option", ("-e", "-E", "--eval", "--print"), runs="code", what=_INLINE),)),
-    ProgramSpec(("pwsh", "powershell"), options_first=True, code=(
+    ProgramSpec(("pwsh", "powershell"), roles=_roles("interpreter"), options_first=True, code=(
         Code("option", ("-c", "-command", "-Command", "-encodedcommand", "-EncodedCommand", "-e", "-ec"), runs="code",
              what=_INLINE),)),
-    ProgramSpec(("expect", "guile", "dc"), options_first=True, code=(
+    ProgramSpec(("expect", "guile", "dc"), versions=_versions("guile"), roles=_roles("interpreter"), options_first=True, code=(
         Code("option", ("-c", "-e", "--expression", "-f", "--file"), runs="code", what=_INLINE),)),
-    ProgramSpec(("gdb", "lldb"), code=(
+    ProgramSpec(("gdb", "lldb"), roles=_roles("interpreter stdin-script"), code=(
         Code("option", ("-ex", "-iex", "--eval-command", "--init-eval-command", "-x", "-ix", "--command",
                         "--init-command", "-o", "--one-line", "-s", "--source"), runs="code", what=_INLINE),)),
-    ProgramSpec(("vim", "vi", "nvim", "view", "ex", "gvim", "vimdiff", "rvim"), code=(
+    ProgramSpec(("vim", "vi", "nvim", "view", "ex", "gvim", "vimdiff", "rvim"), roles=_roles("interpreter"), code=(
         Code("option", ("-c", "--cmd", "-S", "-u", "-s"), runs="code",
              what="runs editor commands (`:!cmd`) or a script"),
         Code("text", tokens=r"(?:^|(?<= ))\+(?![0-9]*(?: |$))", runs="code", what="runs an editor command (`+!cmd`)"))),
-    ProgramSpec(("tar", "gtar", "bsdtar"), short="bfFgHIKLNTVCX", abbrev=True, code=(
+    ProgramSpec(("tar", "gtar", "bsdtar"), tree="", roles=_roles("archiver"), short="bfFgHIKLNTVCX", abbrev=True, code=(
         Code("option", ("--to-command", "--use-compress-program", "--rsh-command", "--rmt-command",
                         "--info-script", "--new-volume-script", "-I", "-F"), short="IF",
              what="runs a command on the archive"),
         Code("key", ("--checkpoint-action",), keys=r"exec", what="runs a command at checkpoints"),
         Code("first", keys=r"(?-i:[A-Za-z]*[IF][A-Za-z]*)", runs="", what="runs a command on the archive"))),
-    ProgramSpec(("rsync",), short="eBfTM", code=(
+    ProgramSpec(("rsync",), tree="ra", roles=_roles("copier remote-paths"), short="eBfTM", code=(
         Code("option", ("-e", "--rsh"), short="e", what="runs the remote shell command it is given"),)),
-    ProgramSpec(("zip",), code=(Code("option", ("-TT", "--unzip-command"), what="runs a command to test the archive"),)),
-    ProgramSpec(("ssh", "autossh", "slogin"), short="bBcDeEFiIJlLmoOpPQRsSwW", code=(
+    ProgramSpec(("zip",), tree="r", code=(Code("option", ("-TT", "--unzip-command"), what="runs a command to test the archive"),)),
+    ProgramSpec(("ssh", "autossh", "slogin"), roles=_roles("command-runner"), short="bBcDeEFiIJlLmoOpPQRsSwW", code=(
         Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
         Code("option", ("-F", "-I"), runs="file", what="reads a config or library that can run code here"))),
-    ProgramSpec(("scp", "sftp"), short="cDFiJlNoPSXsBRb", code=(
+    ProgramSpec(("scp", "sftp"), tree="r", roles=_roles("copier remote-paths"), short="cDFiJlNoPSXsBRb", code=(
         Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
         Code("option", ("-F",), runs="file", what="reads a config that can run code here"),
         Code("option", ("-S", "-D"), what="runs the program it names for the connection"))),
-    ProgramSpec(("make", "gmake", "bmake"), short="CfIjlOoWE", long=frozenset({"directory", "file", "makefile",
+    ProgramSpec(("make", "gmake", "bmake"), roles=_roles("stdin-script"), short="CfIjlOoWE", long=frozenset({"directory", "file", "makefile",
                                                                                "include-dir", "jobs", "eval"}), code=(
         Code("assign", ("SHELL", "MAKESHELL", ".SHELLFLAGS", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "CC", "CXX", "CPP",
                         "LD", "AR", "AS", "RM", "MAKE", "INSTALL", "LEX", "YACC", "M4"), runs="",
@@ -298,7 +357,7 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
     ProgramSpec(("screen",), short="cehpSTX", code=(
         Code("option", ("-X", "-Q", "-c"), runs="", what="sends screen commands or reads a config"),
         Code("runner", runs="", what="runs a command in screen"))),
-    ProgramSpec(("parallel", "sem"), short="jPSadEILlnNsCe",
+    ProgramSpec(("parallel", "sem"), roles=_roles("stdin-runner"), short="jPSadEILlnNsCe",
                 long=frozenset({"jobs", "sshlogin", "arg-file", "delimiter", "eof", "replace", "max-lines",
                                 "max-args", "max-replace-args", "max-chars", "colsep", "joblog", "results", "tmpdir",
                                 "timeout", "delay", "retries", "workdir", "wd", "env", "tag-string", "tagstring",
@@ -306,44 +365,137 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                                 "load", "nice", "block", "block-size", "recstart", "recend", "header", "termseq",
                                 "limit", "halt", "ssh", "id", "semaphorename", "jobslot", "rpl", "tmux-length"}), code=(
         Code("runner", names=(":::", "::::", ":::+", "::::+"), runs="", what="runs a command for every input"),)),
-    ProgramSpec(("sqlite3", "sqlite"), code=(
+    ProgramSpec(("sqlite3", "sqlite"), roles=_roles("interpreter"), code=(
         Code("text", tokens=r"\.(?:shell|system|load|excel|www)\b|\bload_extension\b|\bedit\s*\(|"
                             r"\.(?:once|output|import|read|o)\s+['\"]?\|", runs="code",
              glob_tokens=r"\.(?:shell|system|load|excel|www|once|output|import|read|o)\b|\bload_extension\b|\bedit\b",
              what="runs a command (.shell, .system, a pipe) or loads code"),)),
-    ProgramSpec(("man",), code=(Code("option", ("-P", "--pager"), what="runs the pager it names"),
+    ProgramSpec(("man",), roles=_roles("text"), code=(Code("option", ("-P", "--pager"), what="runs the pager it names"),
                                 Code("option", ("-H", "--html"), runs="", what="runs a browser"))),
     ProgramSpec(("su",), code=(Code("option", ("-c", "--command", "--session-command"), runs="",
                                     what="runs a command as another user"),)),
     ProgramSpec(("fd", "fdfind"), code=(
         Code("argv", ("-x", "--exec", "-X", "--exec-batch"), runs="argv", what="runs a command on what it finds"),)),
-    ProgramSpec(("rg",), code=(Code("option", ("--pre",), what="runs a preprocessor on every file"),)),
-    ProgramSpec(("script",), short="cEIOqT", code=(Code("option", ("-c", "--command"), what="runs a command"),)),
+    ProgramSpec(("rg",), tree="", roles=_roles("pattern text"), code=(Code("option", ("--pre",), what="runs a preprocessor on every file"),)),
+    ProgramSpec(("script",), roles=_roles("stdin-runner"), short="cEIOqT", code=(Code("option", ("-c", "--command"), what="runs a command"),)),
     ProgramSpec(("nc", "ncat", "netcat", "nc.traditional", "nc.openbsd"), code=(
         Code("option", ("-e", "-c", "--exec", "--sh-exec", "--lua-exec"), what="runs a command for the connection"),)),
     ProgramSpec(("socat",), code=(
         Code("text", tokens=r"(?i)\b(?:exec|system):", runs="code", what="runs a command for the connection"),)),
     # launchers whose first plain word is the program they run: a rule must spell it
-    *(ProgramSpec((name,), short=short, code=(Code("runner", runs="", what="runs a command"),))
+    *(ProgramSpec((name,), short=short, code=(Code("runner", runs="", what="runs a command"),),
+                  roles=_roles("command-runner" if name in ("nsenter", "unshare", "firejail", "bwrap") else ""))
       for name, short in (("nsenter", "tSG"), ("unshare", "SGRw"), ("setpriv", ""), ("firejail", ""), ("bwrap", ""),
                           ("chpst", "ugUe/nlmdofcprt"), ("runcon", "turl"), ("ssh-agent", "aEPt"),
                           ("dbus-run-session", ""), ("valgrind", ""), ("entr", ""))),
     ProgramSpec(("crontab",), short="u", code=(Code("runner", runs="", what="installs commands cron runs"),)),
+    # --- programs known for the floor's sake: the roles of their arguments ---
+    # block devices written (CONTRACT §4: `tee`, `dd of=`, `cp`/`mv` targets, `shred`, `mkfs*`)
+    _floor("tee", device="writes", roles="names-consumer"),
+    _floor("cp", device="writes", tree="rRa", roles="copier"),
+    _floor("mv", device="writes", tree="", roles="copier"),
+    _floor("install pv truncate shred wipefs blkdiscard mke2fs mkswap badblocks sgdisk sfdisk ddrescue flashrom "
+           "sg_format nvme-format", device="writes"),
+    _floor("mkfs", device="writes", versions=r"mkfs.+"),
+    _floor("dd dcfldd dc3dd", device="operands"),
+    # readers: what any program does with a file argument (the default); listed for the other roles
+    _floor("cat head tail less more nl", roles="names-consumer"),
+    _floor("tac strings xxd od hexdump hd base64 base32 xz bzip2 lz4 curl wget split sha256sum md5sum dump "
+           "zcat bzcat xzcat zless zmore"),
+    _floor("jq yq look", roles="text"),
+    _floor("partclone", versions=r"partclone\..+"),
+    _floor("gzip pigz zstd", tree="r"),
+    # whole trees read, copied out or changed (the floor's "recursive … of a directory holding
+    # protected files"): option letters that make them recursive, "" = always
+    _floor("grep egrep fgrep", tree="rR", roles="pattern text names-consumer"),
+    _floor("zgrep", tree="rR", roles="pattern text"),
+    _floor("ugrep ug", tree="rR", roles="pattern text"),
+    _floor("rgrep ag ack", tree="", roles="pattern text"),
+    _floor("7z 7za 7zr 7zz", tree=""),
+    _floor("pax", tree="w"),
+    _floor("restic", tree="", tree_words="backup"),
+    _floor("borg", tree="", tree_words="create"),
+    _floor("kopia", tree="", tree_words="create"),
+    _floor("rar", tree="", tree_words="a u"),
+    _floor("tarsnap", tree="c"),
+    _floor("duplicity", tree="", roles="remote-paths"),
+    _floor("rdiff-backup", tree="", roles="copier"),
+    _floor("rclone", tree="", roles="copier"),
+    _floor("chmod chown chgrp setfacl chattr", tree="R", roles="setting"),
+    _floor("srm wipe", tree="r"),
+    # interpreters, REPLs and editors with a "run a shell command" command (`!cmd`, `.shell`)
+    _floor("tclsh wish", roles="interpreter", versions=_versions("tclsh wish")),
+    _floor("jshell", roles="interpreter", versions=_versions("jshell")),
+    _floor("clisp sbcl ghci erl jrunscript source .", roles="interpreter"),
+    _floor("ed", roles="interpreter stdin-script"),
+    _floor("m4", roles="stdin-script"),
+    _floor("at batch", roles="stdin-runner"),
+    _floor("lxc lxc-attach machinectl systemd-nspawn sg distrobox toolbox sshpass proot", roles="command-runner"),
+    # only print text, list, measure or show metadata: a device named is not read
+    _floor("echo printf", device="names", roles="text looker"),
+    _floor("logger wall notify-send figlet cowsay apropos", device="names", roles="text"),
+    _floor("ls stat du realpath readlink basename dirname lsattr getfacl", device="names", roles="lister looker"),
+    _floor("dir vdir tree df namei", device="names", roles="lister"),
+    _floor("test true false", device="names", roles="looker"),
+    _floor("[", device="names", roles="looker"),    # (the parser reads `[ … ]` as a test expression)
+    _floor("wc sort uniq cut tr column rev fold fzf", roles="names-consumer"),
+    # disk administration: names a device, reads or changes its metadata or partition table, never
+    # copies its bytes out (fdisk -l, parted, growpart, resize2fs, lvextend, cryptsetup, smartctl…)
+    _floor("fdisk cfdisk gdisk parted partprobe partx growpart resize2fs e2fsck tune2fs dumpe2fs e2label "
+           "xfs_repair xfs_growfs xfs_info xfs_admin btrfs lsblk blkid blockdev smartctl hdparm sdparm nvme "
+           "mount umount swapon swapoff cryptsetup mdadm losetup kpartx dmsetup pvcreate pvremove pvresize pvs "
+           "pvdisplay pvmove pvchange pvck vgcreate vgextend vgreduce vgs vgdisplay lvcreate lvextend lvresize "
+           "lvreduce lvremove lvs lvdisplay lvchange udevadm eject file findmnt journalctl zpool lsof fuser fstrim",
+           device="names"),
+    _floor("fsck", device="names", versions=r"fsck\..+"),
+    # removing a device node, linking one (the floor's own rules see to `rm -rf /` and links to /dev)
+    _floor("rm unlink rmdir", device="names"),
+    _floor("ln"),
+    # shell builtins the floor reads: cd moves the directory paths resolve against; alias, trap
+    # and eval hold command text; set/read/mapfile fill positional parameters and arrays
+    _floor("cd pushd popd alias trap eval set read mapfile readarray", device="names"),
 )
 
-_BY_NAME: dict[str, ProgramSpec] = {n: spec for spec in PROGRAMS for n in spec.names}
-_VERSIONED = re.compile(r"^([A-Za-z][A-Za-z-]*?)-?[0-9][0-9.]*$")
+def _index() -> dict[str, ProgramSpec]:
+    out: dict[str, ProgramSpec] = {}
+    for spec in PROGRAMS:
+        for n in spec.names:
+            assert n not in out, f"{n} is in two ProgramSpecs"
+            out[n] = spec
+    return out
+
+
+_BY_NAME = _index()
+_BY_VERSION = [(re.compile(spec.versions), spec) for spec in PROGRAMS if spec.versions]
 
 
 def lookup(name: str) -> ProgramSpec | None:
-    """The spec for program `name` (any path; `python3.12`, `perl5.36` fold to their family)."""
+    """The spec for program `name` (any path; versioned names fold to their family by the family's
+    `versions` regex: `python3.12`, `pypy3.10`, `perl5.36`, `php8.2`, `node18`, `mkfs.ext4`)."""
     base = posixpath.basename(name.rstrip("/")) or name
     spec = _BY_NAME.get(base)
-    if spec is None and base[-1:].isdigit():
-        m = _VERSIONED.match(base)
-        if m:
-            spec = _BY_NAME.get(m.group(1)) or _BY_NAME.get(m.group(1) + "3")
+    if spec is None:
+        spec = next((s for rx, s in _BY_VERSION if rx.fullmatch(base)), None)
     return spec
+
+
+def family(name: str) -> str:
+    """The family name of program `name` (its spec's first name), or its basename when unknown."""
+    spec = lookup(name)
+    return spec.names[0] if spec is not None else (posixpath.basename(name.rstrip("/")) or name)
+
+
+def has_role(name: str, role: str) -> bool:
+    """Does program `name` have `role` (one of ROLES)?"""
+    spec = lookup(name)
+    return spec is not None and role in spec.roles
+
+
+def device_role(name: str) -> str:
+    """What program `name` does with a block device given as an argument (DEVICE_ROLES); an
+    unknown program reads it."""
+    spec = lookup(name)
+    return spec.device if spec is not None else "reads"
 
 
 def wrappers() -> dict[str, ProgramSpec]:
@@ -859,5 +1011,6 @@ def runner_index(argv: list[str | None]) -> int | None:
     return None
 
 
-__all__ = ["Code", "ProgramSpec", "PROGRAMS", "Site", "lookup", "wrappers", "subcommand_index", "without_globals",
+__all__ = ["Code", "ProgramSpec", "PROGRAMS", "ROLES", "DEVICE_ROLES", "Site", "lookup", "family", "has_role",
+           "device_role", "wrappers", "subcommand_index", "without_globals",
            "sites", "is_token", "text_tokens", "runner_index"]
