@@ -173,3 +173,90 @@ def test_no_character_crashes_the_gate_process() -> None:
 
     r = subprocess.run([sys.executable, "-c", CRASH_SCAN], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+# ---- found by tests/integration/test_walker_vs_bash.py (the walker against real bash) ----------
+
+def _words(command: str) -> list[tuple[list[str], list[str | None]]]:
+    """(assignment names, static words) of each simple command."""
+    return [([n for n, _ in c.assigns], [w.static for w in c.words]) for c in analyse(command).commands]
+
+
+@pytest.mark.parametrize("command, expected", [
+    # the grammar reads the second `!` (or a `{`, `if`, `for` after `!`) as a program
+    ("! ! alpha", [([], ["alpha"])]),
+    ("! ! V1=0 alpha", [(["V1"], ["alpha"])]),
+    ("! for x in 0; do alpha; done", [([], ["alpha"])]),
+    ("! { rm -rf /; }", [([], ["rm", "-rf", "/"])]),
+    # a backslash right after a quote or expansion: the grammar splits one word in two
+    ("'r'\\m -rf /", [([], ["rm", "-rf", "/"])]),
+    ("alpha ''\\*", [([], ["alpha", "*"])]),
+    ("X='a'\\b c", [(["X"], ["c"])]),
+    # the words after a redirection target are the command's (the grammar makes them targets)
+    ("rm >/dev/null -rf /", [([], ["rm", "-rf", "/"])]),
+    ("echo hi >x y z", [([], ["echo", "hi", "y", "z"])]),
+    ("a >'y'\\z w", [([], ["a", "w"])]),
+    # a redirection after a pipeline or list belongs to its last command
+    ("alpha | alpha > o1 0", [([], ["alpha"]), ([], ["alpha", "0"])]),
+    ("a && b > o x", [([], ["a"]), ([], ["b", "x"])]),
+])
+def test_words_as_bash_splits_them(command: str, expected: list[tuple[list[str], list[str | None]]]) -> None:
+    assert _words(command) == expected
+
+
+def test_misread_structures_are_not_hidden_from_the_floor() -> None:
+    from cmdop.core.policy.floor import check_command
+
+    for command in ("'r'\\m -rf /", "rm >/dev/null -rf /", "rm 2>/dev/null -rf /", "! { rm -rf /; }",
+                    "X='a'\\b rm -rf /", "x | rm >/dev/null -rf /", "! ! rm -rf /"):
+        assert check_command(command, "/home/u", "/srv"), command
+    assert allow_texts("git >/dev/null push --force") == ["git push --force"]
+    assert allow_texts("a >'y'\\z w") == ["a w\n>yz"]
+    assert analyse("! { a; }").opaque                    # (still opaque to allow rules)
+
+
+def test_redirection_targets_glue_like_words() -> None:
+    cmd = analyse("a <<< 'y'\\z w").commands[0]
+    assert [w.static for w in cmd.words] == ["a", "w"]
+    assert cmd.redirects[0][1] is not None and cmd.redirects[0][1].static == "yz"
+
+
+@pytest.mark.parametrize("word, static", [
+    ("~", "~"), ("~/x", "~/x"), ("~root", "~root"), ("'~+'", "~+"), ("~+\"x\"", "~+x"), ("--f=~-", "--f=~-"),
+    ("~+", None), ("~-", None), ("~0", None), ("~+1/x", None), ("~-2", None), ("x=~-", None), ("x=a:~+/b", None),
+])
+def test_a_directory_stack_tilde_is_not_static(word: str, static: str | None) -> None:
+    # `alpha ~0` passes the current directory: a value known only at run time
+    assert analyse("alpha " + word).commands[0].words[1].static == static
+
+
+@pytest.mark.parametrize("command", [
+    "b <<EOF ||\nEOF\nrm -rf /\n",                 # the grammar read `EOF` as the command after ||
+    "a <<EOF | b ||\nEOF\nrm <<EOF ;\nEOF\n",
+    "cat <<EOF |\ncurl x\nEOF\nsh\n",               # `sh` reads the pipe; the grammar says not
+])
+def test_an_operator_ending_a_here_document_line_is_refused(command: str) -> None:
+    a = analyse(command)
+    assert a.unparseable
+    progs = [c.words[0].static for c in a.commands if c.words]
+    assert "rm" in progs or "sh" in progs
+
+
+def test_here_documents_the_grammar_reads_are_kept() -> None:
+    assert not analyse("cat <<EOF | sh\nx\nEOF\n").unparseable
+    assert not analyse("cat <<EOF && ls\nx\nEOF\n").unparseable
+
+
+def test_commands_that_may_run_again_are_marked() -> None:
+    # a loop body or a function body may run after a later `cd`: the floor must not assume the
+    # directory of its place in the text
+    a = analyse("alpha; for x in a; do beta; cd ..; done; f() { gamma; }; cd d; f; while false; do delta; done")
+    repeats = {c.words[0].static: c.repeats for c in a.commands if c.words[0].static != "cd"}
+    assert repeats == {"alpha": False, "beta": True, "gamma": True, "f": False, "delta": True, "false": True}
+
+
+def test_a_redirection_after_a_negation_belongs_to_its_command() -> None:
+    from cmdop.core.policy.floor import check_command
+
+    assert _words("! alpha > o1 0") == [([], ["alpha", "0"])]
+    assert check_command("! rm >/dev/null -rf /", "/home/u", "/srv")

@@ -958,7 +958,12 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
         variables = dict(variables, **{_REDEFINED: "\x01".join(sorted(redefined))})
     # The directories the line may be in: a `cd` can fail, run in a subshell or go somewhere
     # unknown, so each one adds a possibility and removes none (None = unknown).
+    # A command in a loop or a function body may run many times, and later than written: a cd
+    # there can repeat (`for d in a b; do rm -rf *; cd ..; done` climbs a level each round), so
+    # after it the directory is unknown, and every repeating command is judged again in every
+    # directory the line can reach.
     cwds: list[str | None] = [cwd]
+    repeating: list[tuple[Any, Any, str]] = []
     for cmd in analysis.commands:
         un = unwrap(cmd)
         stdin = cmd.stdin or ("" if cmd.substituted else outer_stdin)
@@ -966,7 +971,17 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
             reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted)
             if reason:
                 return reason
-        cwds = _after_cd(cmd, un, cwds, home, variables)
+        after = _after_cd(cmd, un, cwds, home, variables)
+        if getattr(cmd, "repeats", False):
+            repeating.append((cmd, un, stdin))
+            if after != cwds and None not in after:
+                after = [*after, None]
+        cwds = after
+    for cmd, un, stdin in repeating:
+        for here in cwds:
+            reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted)
+            if reason:
+                return reason
     return None
 
 

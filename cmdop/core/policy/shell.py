@@ -59,6 +59,9 @@ EVAL = "E"  # a command substitution whose output is statically known (`$(echo /
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
+_DIRSTACK = re.compile(r"~(?:[+-]?[0-9]+|[+-])(?=/|$)")     # `~+`, `~-1`: a directory on the stack
+_DIRSTACK_AFTER = re.compile(r"[=:]~(?:[+-]?[0-9]+|[+-])(?=[/:]|$)")
+_ASSIGNMENT_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 # ---- every named node kind of tree-sitter-bash, and what the walker does with it ----------------
 # The walker is complete by construction: tests/unit/test_shell_nodes.py reads the grammar's named
@@ -127,6 +130,8 @@ _WORD_KINDS = frozenset({"command_name", "word", "number", "string", "string_con
                          "simple_expansion", "expansion", "variable_name", "special_variable_name",
                          "command_substitution", "process_substitution", "arithmetic_expansion", "array",
                          "regex", "extglob_pattern", "test_operator", "file_descriptor"})
+_CHAINS = frozenset({"pipeline", "list", "negated_command"})
+_LOOPS = frozenset({"while_statement", "for_statement", "c_style_for_statement"})   # (+ until, select)
 _REDIRECT_KINDS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
 _KEPT_AS_COMMAND = frozenset({"declaration_command", "unset_command", "test_command"})
 # Where `_Walker.visit` sends each kind (tests/unit/test_shell_nodes.py: this is WALKED_NODES).
@@ -138,6 +143,52 @@ DISPATCHED_NODES: frozenset[str] = (
 _RESCAN_BOUNDS = frozenset({"command", "redirected_statement", "heredoc_body", "test_command",
                             "declaration_command", "unset_command", "case_item", "case_statement",
                             "for_statement", "c_style_for_statement", "variable_assignment", "program"})
+
+
+# Reserved words bash never runs as a program when they come first on a command line (and no
+# assignment precedes them). The grammar reads `! { cmd; }`, `! if …`, `! ! cmd` as a command
+# named `{`, `if`, `!`; a command so named means the grammar misread the structure.
+_RESERVED_FIRST = frozenset({"if", "then", "elif", "else", "fi", "for", "select", "while", "until", "do",
+                             "done", "case", "esac", "{", "}", "function", "coproc", "[[", "]]", "!"})
+
+
+NEGATION = "shell construct 'negated_command'"
+
+
+def _parse(src: bytes) -> tuple[Any, bool]:
+    """The grammar's tree of `src` (read through _PARSE_SAFE), and whether a `!` was blanked:
+    `! compound` and `! ! cmd` are misread by the grammar (`! { a; }` becomes a command `{` with
+    argument `a`, `! ! X=1 a` a command `!` with arguments `X=1` and `a`),
+    and `!` changes only an exit status, which the walker does not model, so such a `!` is
+    parsed as a blank (offsets kept)."""
+    safe = src.translate(_PARSE_SAFE)
+    tree = _ts.Parser(_LANGUAGE).parse(safe)
+    blanked = False
+    for _ in range(64):
+        if b"!" not in safe:
+            break
+        bang = _misread_negation(tree.root_node)
+        if bang is None:
+            break
+        safe = safe[:bang] + b" " + safe[bang + 1:]
+        tree = _ts.Parser(_LANGUAGE).parse(safe)
+        blanked = True
+    return tree, blanked
+
+
+def _misread_negation(root: Any) -> int | None:
+    """Where the `!` of a negated_command the grammar misread begins (its command is named by a
+    reserved word), or None."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "negated_command" and node.child_count >= 2 and node.children[0].type == "!":
+            inner = node.children[1]
+            name = inner.child_by_field_name("name") if inner.type == "command" else None
+            if name is not None and (name.text or b"").decode("latin-1") in _RESERVED_FIRST:
+                return int(node.children[0].start_byte)
+        stack.extend(node.children)
+    return None
 
 
 class _TooMany(Exception):
@@ -163,7 +214,24 @@ class Word:
                 out.append(text)
             else:
                 return None
-        return "".join(out)
+        value = "".join(out)
+        if "~" in value and self._dirstack_tilde(value):
+            return None
+        return value
+
+    def _dirstack_tilde(self, value: str) -> bool:
+        """Does bash read a `~+`, `~-`, `~N`, `~+N`, `~-N` here (the current, previous or a
+        stacked directory: known only at run time)? At the start of the word, or after `=` or `:`
+        in a word that looks like an assignment (`x=~-`). Other tildes (`~`, `~/x`, `~user`) are
+        kept as written: rules spell them so, and the floor expands them."""
+        kind, text = self.segments[0]
+        m = _DIRSTACK.match(text) if kind == RAW else None
+        # (`~+"x"`: a quoted character in the tilde prefix, which bash then leaves as it is)
+        if m is not None and (len(self.segments) == 1 or m.end() < len(text)):
+            return True
+        if not _ASSIGNMENT_LIKE.match(value):
+            return False
+        return any(kind == RAW and _DIRSTACK_AFTER.search(text) for kind, text in self.segments)
 
     @property
     def has_expansion(self) -> bool:
@@ -201,6 +269,9 @@ class SimpleCommand:
     substituted: bool = False  # runs inside $(...), `...` or <(...)
     heredoc: str = ""          # the body of the first here-document feeding it
     producer: "SimpleCommand | None" = None   # the simple command piping into it (`a | b`: a), if one
+    # it may run again after commands that follow it in `Analysis.commands` (and so in a directory
+    # a later `cd` chose): it is in a loop (`for`, `while`, `until`, `select`) or a function body
+    repeats: bool = False
     # byte offsets of each word in the analysed text, parallel to `words` (empty when not known)
     spans: list[tuple[int, int]] = field(default_factory=list, compare=False, repr=False)
 
@@ -462,8 +533,10 @@ class _Walker:
         end = _backquote_end(self.src, start)
         body = re.sub(rb'\\([\\`$"])' if in_quotes else rb"\\([\\`$])", rb"\1", self.src[start + 1:end])
         self.budget.spend(len(body))
-        tree = _ts.Parser(_LANGUAGE).parse(body.translate(_PARSE_SAFE))
+        tree, negated = _parse(body)
         sub = _Walker(body, self.budget)
+        if negated:
+            sub.mark(NEGATION)
         sub.visit(tree.root_node, substituted=True)
         sub.complete(tree.root_node, 0, len(body))
         if tree.root_node.has_error or end >= len(self.src):
@@ -494,16 +567,23 @@ class _Walker:
             self.entered.add(node.end_byte - 1)
 
     # ---- words -------------------------------------------------------------------------
-    def word(self, node: Any) -> Word:
+    def word(self, node: Any, glued: list[Any] | tuple[Any, ...] = ()) -> Word:
+        """The word `node` is, continued by the `glued` nodes that follow it with no gap (the
+        grammar splits `'r'\\m` into two: bash reads one word, `rm`)."""
         segs: list[tuple[str, str]] = []
         self._word_into(node, segs)
-        merged: list[tuple[str, str]] = []
-        for kind, text in segs:          # merge neighbours of the same kind: simpler matching
-            if merged and merged[-1][0] == kind and kind in (LIT, RAW):
-                merged[-1] = (kind, merged[-1][1] + text)
-            else:
-                merged.append((kind, text))
-        return Word(tuple(merged))
+        for more in glued:
+            self._word_into(more, segs)
+        return _merged(segs)
+
+    def _glue(self, word: Word, glued: list[Any]) -> Word:
+        """`word` continued by the `glued` nodes."""
+        if not glued:
+            return word
+        segs = list(word.segments)
+        for more in glued:
+            self._word_into(more, segs)
+        return _merged(segs)
 
     def _word_into(self, node: Any, segs: list[tuple[str, str]]) -> None:
         t = node.type
@@ -623,6 +703,14 @@ class _Walker:
             redirs = [c for c in node.children if body is None or c != body]
             if body is not None and body.type == "command":
                 self.command(body, substituted, stdin, redirs)
+            elif body is not None and body.type in _CHAINS and _last_element(body).type == "command":
+                # The grammar hangs `a | b > f x`, `a && b > f x` and `! a > f x` on the whole
+                # pipeline, list or negation; bash binds the redirection, and the words after
+                # it, to the last command.
+                before = len(self.commands)
+                self.visit(body, substituted, stdin)
+                if len(self.commands) > before:
+                    self._redirects(redirs, self.commands[-1])
             else:
                 # Redirections on a compound statement: record them on a pseudo command so the
                 # floor sees `{ ...; } > /dev/sda`, and make the whole opaque to allow rules.
@@ -658,6 +746,8 @@ class _Walker:
             name_node = node.child_by_field_name("name")
             before = len(self.commands)
             self._visit_children(node, substituted)
+            for c in self.commands[before:]:
+                c.repeats = True
             body = tuple(self.commands[before:])
             backgrounds = "&" in self._text(node).replace("&&", "")
             self.functions.append((self._text(name_node) if name_node else "", body, backgrounds))
@@ -675,48 +765,80 @@ class _Walker:
             self.word(node)   # walks inner commands
         elif t in _KEPT_AS_COMMAND:
             self.mark(f"shell construct '{t}'")
-            words = [self.word(c) for c in node.children if c.is_named and c.type != "comment"]
+            named = [c for c in node.children if c.is_named and c.type != "comment"]
+            words, i = [], 0
+            while i < len(named):
+                glued = _glued(named, i)
+                words.append(self.word(named[i], glued))
+                i += 1 + len(glued)
             self.commands.append(SimpleCommand(words=words, substituted=substituted))
         elif t in _CONSTRUCTS:
             # if/while/for/case/(( ))/negation/expressions: not modelled for allow rules, but
             # every word and command inside is still walked for the floor; `x | while …; do …;
             # done`: every command inside may read the pipe.
             self.mark(f"shell construct '{t}'")
+            before = len(self.commands)
             self._visit_children(node, substituted, stdin)
+            if t in _LOOPS:
+                for c in self.commands[before:]:
+                    c.repeats = True
         else:                      # listed in WALKED_NODES but dispatched nowhere: fail closed
             self.refuse(t)
             self._visit_children(node, substituted, stdin)
 
     def command(self, node: Any, substituted: bool, stdin: str, redirs: list[Any]) -> None:
         cmd = SimpleCommand(stdin=stdin, substituted=substituted)
-        for c in node.children:
+        children = list(node.children)
+        i = 0
+        while i < len(children):
+            c = children[i]
+            glued = _glued(children, i) if c.is_named and c.type != "comment" else []
+            i += 1 + len(glued)
             if c.type == "variable_assignment":
-                cmd.assigns.append(self._assignment(c))
+                name, value = self._assignment(c)
+                cmd.assigns.append((name, self._glue(value, glued)))
             elif c.type in _REDIRECT_KINDS:
-                self._redirects([c], cmd)
+                self._redirects([c], cmd, glued)
             elif c.type == "comment":
                 continue
             elif c.is_named:
-                cmd.words.append(self.word(c))
-                cmd.spans.append((c.start_byte, c.end_byte))
+                cmd.words.append(self.word(c, glued))
+                cmd.spans.append((c.start_byte, glued[-1].end_byte if glued else c.end_byte))
             elif c.child_count or c.is_error or c.is_missing:
                 self.visit(c, substituted)
+        if cmd.words and not cmd.assigns and len(cmd.words[0].segments) == 1 and \
+                cmd.words[0].segments[0][0] == RAW and cmd.words[0].segments[0][1] in _RESERVED_FIRST:
+            # bash never runs a program so named: the grammar misread what the text is
+            self.mark(CANNOT_UNDERSTAND, severe=True)
         self._redirects(redirs, cmd)
         self.commands.append(cmd)
 
-    def _redirects(self, nodes: list[Any], cmd: SimpleCommand) -> None:
+    def _redirects(self, nodes: list[Any], cmd: SimpleCommand, glued: list[Any] | None = None) -> None:
+        """Add the redirections `nodes` to `cmd`. `glued`: word nodes that follow the (one)
+        redirection with no gap, so continue its last word (`<<< 'a'\\b`)."""
         for r in nodes:
             if r.type == "herestring_redirect":
                 cmd.stdin = "herestring"
                 target = [c for c in r.children if c.is_named]
-                cmd.redirects.append(("<<<", self.word(target[0]) if target else None))
+                cmd.redirects.append(("<<<", self.word(target[0], [*target[1:], *(glued or [])]) if target else None))
             elif r.type == "heredoc_redirect":
                 cmd.stdin = cmd.stdin or "heredoc"
                 cmd.redirects.append(("<<", None))
                 for c in r.children:
+                    start = next((x for x in r.children if x.type == "heredoc_start"), None)
                     if c.type == "heredoc_body":
                         cmd.heredoc = cmd.heredoc or self._text(c)
                         self._visit_children(c, True)
+                    elif c.is_named and c.type not in ("heredoc_start", "heredoc_end") and \
+                            c.type not in _REDIRECT_KINDS and start is not None and \
+                            c.end_byte > _line_end(self.src, start.end_byte):
+                        # `a <<EOF &&⏎body⏎EOF⏎b`: bash reads the body, then `b` after `&&`;
+                        # the grammar reads the body as the command after `&&` (and may lose
+                        # `b` in the body): what it hangs on the here-document runs past the
+                        # line. Refused; the text is also read as commands, for the floor.
+                        self.mark(CANNOT_UNDERSTAND, severe=True)
+                        self._read_as_commands(c.start_byte, r.end_byte, "pipe" if c.type == "pipeline" else "")
+                        break
                     elif c.type == "pipeline":
                         # `cat <<EOF | sh`: the grammar hangs the rest of the pipeline here; every
                         # command in it reads a pipe.
@@ -731,10 +853,21 @@ class _Walker:
             elif r.type == "file_redirect":
                 op = "".join(self._text(c) for c in r.children if not c.is_named)
                 targets = [c for c in r.children if c.is_named and c.type != "file_descriptor"]
-                word = self.word(targets[-1]) if targets else None
-                for extra in targets[:-1]:          # (the grammar splits some targets in two)
-                    self.word(extra)
-                if op in ("<", "<&") and targets and targets[-1].type == "process_substitution":
+                # The grammar hangs the words after the target on the redirection (`rm >/dev/null
+                # -rf /`: `-rf` and `/` are "destinations"), and splits a target where a backslash
+                # follows a quote (`>'a'\\b`): the first run of words with no gap between them is
+                # the target, every later run a word of the command.
+                runs: list[list[Any]] = []
+                for t in [*targets, *(glued or [])]:
+                    if runs and runs[-1][-1].end_byte == t.start_byte:
+                        runs[-1].append(t)
+                    else:
+                        runs.append([t])
+                word = self.word(runs[0][0], runs[0][1:]) if runs else None
+                for run in runs[1:]:
+                    cmd.words.append(self.word(run[0], run[1:]))
+                    cmd.spans.append((run[0].start_byte, run[-1].end_byte))
+                if op in ("<", "<&") and targets and targets[0].type == "process_substitution":
                     cmd.stdin = "procsub"
                 elif op == "<" and not cmd.stdin:
                     cmd.stdin = "file"
@@ -809,13 +942,33 @@ class _Walker:
             return
         self.budget.spend(len(body))
         piped = bool(lead) and b"|" in text[:skip] and b"||" not in text[:skip]
-        tree = _ts.Parser(_LANGUAGE).parse(body.translate(_PARSE_SAFE))
+        tree, negated = _parse(body)
         sub = _Walker(body, self.budget)
+        if negated:
+            sub.mark(NEGATION)
         for i, statement in enumerate(tree.root_node.children):   # (the first one reads the pipe)
             sub.visit(statement, stdin="pipe" if piped and i == 0 else "")
         sub.complete(tree.root_node, 0, len(body))
         for cmd in sub.commands:
             cmd.spans.clear()
+        self.commands.extend(sub.commands)
+        self.functions.extend(sub.functions)
+        self.assignments.extend(sub.assignments)
+
+    def _read_as_commands(self, start: int, end: int, stdin: str) -> None:
+        """Read src[start:end] as command lines of their own (a guess where the grammar is known
+        to misread, only ever used to find more commands); every one may read `stdin`."""
+        body = self.src[start:end]
+        if not body.strip():
+            return
+        self.budget.spend(len(body))
+        tree, _ = _parse(body)
+        sub = _Walker(body, self.budget)
+        sub.visit(tree.root_node, stdin=stdin)
+        sub.complete(tree.root_node, 0, len(body))
+        for cmd in sub.commands:
+            cmd.spans.clear()
+            cmd.stdin = cmd.stdin or stdin
         self.commands.extend(sub.commands)
         self.functions.extend(sub.functions)
         self.assignments.extend(sub.assignments)
@@ -844,10 +997,56 @@ class _Walker:
         return end
 
 
+def _line_end(src: bytes, p: int) -> int:
+    """Where the line holding byte p ends."""
+    eol = src.find(b"\n", p)
+    return len(src) if eol < 0 else eol
+
+
+def _first_named(node: Any) -> Any:
+    """The first named child of `node` (a pipeline's first command: the node itself may start
+    at its `|`), or the node itself."""
+    return next((c for c in node.children if c.is_named), node)
+
+
+def _last_element(node: Any) -> Any:
+    """The last command of a pipeline, list or negation (descending into nested ones)."""
+    while node.type in _CHAINS:
+        named = [c for c in node.children if c.is_named and c.type != "comment"]
+        if not named:
+            break
+        node = named[-1]
+    return node
+
+
+def _merged(segs: list[tuple[str, str]]) -> Word:
+    """A word of `segs`, neighbours of the same literal kind merged (simpler matching)."""
+    merged: list[tuple[str, str]] = []
+    for kind, text in segs:
+        if merged and merged[-1][0] == kind and kind in (LIT, RAW):
+            merged[-1] = (kind, merged[-1][1] + text)
+        else:
+            merged.append((kind, text))
+    return Word(tuple(merged))
+
+
+def _glued(nodes: list[Any], i: int) -> list[Any]:
+    """The word nodes after nodes[i] that continue it with no gap: one bash word the grammar
+    split (`'r'\\m`, `"a"\\ b`, `$x\\y`: a backslash escape right after a quote or expansion)."""
+    out: list[Any] = []
+    end = nodes[i].end_byte
+    for n in nodes[i + 1:]:
+        if not (n.is_named and n.type in _WORD_KINDS and n.start_byte == end):
+            break
+        out.append(n)
+        end = n.end_byte
+    return out
+
+
 def _expansion_at(sub_src: bytes) -> tuple[Any, Any]:
     """(tree, node) for `: TEXT`: the expansion that begins TEXT (what follows it is not its
     business), or None when the grammar does not read one there."""
-    tree = _ts.Parser(_LANGUAGE).parse(sub_src.translate(_PARSE_SAFE))
+    tree, _ = _parse(sub_src)     # (a `!` blanked there only changes an exit status)
     node = tree.root_node.named_descendant_for_byte_range(2, 3)
     if node is None or node.start_byte != 2 or node.type not in _SUBSTITUTIONS:
         return tree, None
@@ -995,10 +1194,12 @@ def analyse(command: str) -> Analysis:
     try:
         # A parser per parse (≈ 0.2 µs): a tree-sitter Parser must not be shared between the
         # daemon's worker threads, and a fresh one carries no state from an earlier input.
-        tree = _ts.Parser(_LANGUAGE).parse(raw.translate(_PARSE_SAFE))
+        tree, negated = _parse(raw)
     except Exception as exc:  # noqa: BLE001 - the grammar should not fail; if it does, nothing is known
         return Analysis((), f"unparseable: {exc}", (), (), source)
     walker = _Walker(raw)
+    if negated:
+        walker.mark(NEGATION)
     try:
         walker.visit(tree.root_node)
         walker.complete(tree.root_node, 0, len(raw))
