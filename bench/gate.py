@@ -209,6 +209,8 @@ def distinct_section(n: int, long_run: int, seed: int) -> None:
     clock = time.perf_counter_ns
     for text in distinct_commands(500, random.Random(seed + 1)):    # warm the code, not the caches
         decide(ToolCall("execute_command", {"command": "w" + text}, "", "/srv"), caller, policy, HOME)
+    gc.collect()
+    gc.freeze()          # as the daemon does once it is up (cmdop/daemon/app.py)
     commands = distinct_commands(n, rng)
     samples = []
     for text in commands:

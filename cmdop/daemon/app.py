@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import logging
+import gc
 import os
 import signal
 import socket as stdsocket
@@ -370,6 +371,11 @@ class Daemon:
             log.info("sandbox: kernel floor %s, cgroup per call %s, capabilities %s, seccomp %s, "
                      "landlock %s", e.get("kernel_floor"), e.get("cgroup_per_call"),
                      e.get("capabilities"), e.get("seccomp"), e.get("landlock"))
+        # Everything loaded at start (modules, the bash grammar, the policy) goes to the
+        # collector's permanent generation: a full collection then walks only what calls made
+        # since, so no decision stalls behind a walk of the whole heap (bench/gate.py).
+        gc.collect()
+        gc.freeze()
 
     async def _read_enforcement(self) -> None:
         """Refresh `self.enforcement` from the sandbox, in a worker thread: the first read starts

@@ -392,6 +392,8 @@ def test_the_walker_sees_every_command_bash_runs(harness: Harness, text: str) ->
 # Shrunk examples of every class of disagreement found, kept as regressions (each also has a
 # unit test of the walker in tests/unit/test_shell_parse.py).
 FOUND = [
+    "cd d1 | cd d1 | alpha\nalpha > o1;",            # the grammar reads on across the newline
+    "{ cd d1; alpha 0; } && alpha 0 | V1=0 > o1 alpha;",   # words after a compound's redirect
     "! ! alpha;",                                   # the second `!` read as a program
     "! ! V1=0 alpha;",
     "! for x in 0; do alpha; done;",                # `for` read as a program after `!`
@@ -411,6 +413,7 @@ FOUND = [
 @pytest.mark.parametrize("text", FOUND)
 def test_found_disagreements_stay_fixed(harness: Harness, text: str) -> None:
     check(harness, text)
+
 
 
 @pytest.mark.parametrize("command", [

@@ -847,7 +847,7 @@ _MODIFIED_WORD = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*|[%#/^,][^{}
 _DEFAULT_WORD = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?[-=+?]([^{}]*)\}")
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=2048)
 def check_command(command: str, home: str, cwd: str, extra: tuple[str, ...] = ()) -> str | None:
     """The floor reason if `command` (bash) matches a floor entry, else None. Pure, cached.
     `extra`: more protected directories (see floor_paths.check_path)."""

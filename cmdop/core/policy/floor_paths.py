@@ -69,7 +69,7 @@ def _prefix_strings(home: str) -> tuple[tuple[str, str], ...]:
     return tuple((shown, "/" + "/".join(comps)) for shown, comps in _prefixes(home))
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=4096)
 def check_path(canonical_path: str, home: str, extra: tuple[str, ...] = ()) -> str | None:
     """The floor reason if `canonical_path` (absolute, folded) is protected, else None.
 

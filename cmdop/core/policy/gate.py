@@ -31,7 +31,7 @@ from cmdop.core.policy.targets import Part, parts_for_command
 
 MODES = ("default", "strict", "bypass")
 MODE_ACTION: dict[str, Action] = {"default": "ask", "strict": "deny", "bypass": "allow"}
-_MEMO_MAX = 4096
+_MEMO_MAX = 1024
 # A hostname, a bracketed IPv6 address, or a bare IPv6 address: nothing a glob could be fooled by
 # (`evil.com#.example.com`, `evil.com:1.example.com`, `user@host`), nor an option
 # (`-oProxyCommand=...`). IDNs must come as punycode.

@@ -415,7 +415,7 @@ def _naive_join(command: str) -> str:
     return "".join(out)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def interpretations(command: str) -> tuple[str, ...]:
     """The texts to judge for `command`: itself when it has no line continuation; otherwise the
     continuations removed as bash does, and — because a joiner that errs hides or invents
@@ -717,9 +717,12 @@ class _Walker:
                 self.mark("redirection of a compound statement")
                 pseudo = SimpleCommand(substituted=substituted)
                 self._redirects(redirs, pseudo)
-                self.commands.append(pseudo)
                 if body is not None:
                     self.visit(body, substituted, stdin)
+                # After the body: words after the redirection belong to its last command, and a
+                # `cd` in the body may already have moved (the floor's directories only grow, so
+                # the target is also judged where the statement started).
+                self.commands.append(pseudo)
         elif t == "pipeline":
             first = True
             producer: SimpleCommand | None = None
@@ -810,6 +813,13 @@ class _Walker:
                 cmd.words[0].segments[0][0] == RAW and cmd.words[0].segments[0][1] in _RESERVED_FIRST:
             # bash never runs a program so named: the grammar misread what the text is
             self.mark(CANNOT_UNDERSTAND, severe=True)
+        for (_, end), (start, _) in zip(cmd.spans, cmd.spans[1:]):
+            if b"\n" in self.src[end:start].replace(b"\\\n", b""):
+                # A newline between two words of one command ends the command for bash; the
+                # grammar sometimes reads on (`a | b⏎c > f` as one command `b c`): distrust it
+                # (found by the differential test against bash).
+                self.mark(CANNOT_UNDERSTAND, severe=True)
+                break
         self._redirects(redirs, cmd)
         self.commands.append(cmd)
 
@@ -1184,7 +1194,10 @@ def _dq_unescape(text: str) -> str:
     return re.sub(r'\\([$`"\\\n])', lambda m: "" if m.group(1) == "\n" else m.group(1), text)
 
 
-@lru_cache(maxsize=8192)
+# Small on purpose: a repeated command is answered by the policy's decision memo before it is
+# parsed, and every cached Analysis is an object graph a full garbage collection must walk —
+# 8,192 of them made single decisions stall for ~100 ms (bench/gate.py).
+@lru_cache(maxsize=512)
 def analyse(command: str) -> Analysis:
     """Parse `command` with the bash grammar. Never raises; failures show up as `opaque`."""
     source = command      # one interpretation; callers judge every one (`interpretations`)

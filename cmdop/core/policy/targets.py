@@ -176,7 +176,7 @@ def _marker_positions(text: str | None, code: list[tuple[int, int, str, str]]) -
     return tuple((pos, *info[key]) for pos, key in zip(positions, sorted(info)))
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)
 def parts_for_command(command: str, depth: int = 0) -> tuple[Part, ...]:
     """The parts of `command` (bash), cached by text. Never raises."""
     if depth > 8:
