@@ -85,7 +85,6 @@ def own_code(runtime: bool = False) -> list[str]:
     unpacked copy), the site-packages it imports from, and the zipapp file itself. Rewriting any
     of them is rewriting the gate. With `runtime`, also the interpreter and its standard library
     (for the kernel floor, which freezes them; the static floor does not deny naming them)."""
-    import sys
     import zipfile
 
     import cmdop

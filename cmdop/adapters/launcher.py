@@ -93,7 +93,7 @@ class Sandbox:
 
     Thread-safe. `available` is False (and `reason` says why) where seccomp cannot be applied;
     `landlock` is 0 (and `landlock_reason` says why) where children run without a Landlock domain;
-    `kernel_floor` is "" where they run without the kernel floor (`enforcement()` says why).
+    `enforcement()` says which kernel floor children run in, and why there is none.
     """
 
     def __init__(self, filt: SandboxFilter | None = None,
@@ -268,13 +268,6 @@ class Sandbox:
                 return f"no sandbox: {self._reason}"
             return self._landlock_reason
 
-    @property
-    def kernel_floor(self) -> str:
-        """"mount namespace" | "user+mount namespace" | "landlock" when children run in the
-        kernel floor, else "". Starts the server if needed."""
-        with self._lock:
-            return self._kernel_floor if self._ensure() is not None else ""
-
     def enforcement(self) -> dict[str, str]:
         """Which enforcement children run under, for `agent status` and `doctor` (one word or
         phrase per layer, then why where a layer is missing)."""
@@ -293,6 +286,8 @@ class Sandbox:
             out["kernel_floor"] = floor or "static only"
             if floor_why:
                 out["kernel_floor_reason"] = floor_why
+            if floor and self.plan is not None and self.plan.notes:
+                out["kernel_floor_notes"] = "; ".join(self.plan.notes)   # limits met planning
         out["landlock"] = f"ABI {landlock}" if ok and landlock else "none"
         if not (ok and landlock):
             out["landlock_reason"] = landlock_why or reason

@@ -189,7 +189,8 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView,
     homes = sorted({posixpath.normpath(h) for h in homes if posixpath.normpath(h) != "/"})
     homes = [h for h in homes if fs.entry(h).kind == "dir"]
     by_path = {p.path: p for p in protected}
-    exists = {q: fs.entry(q).kind != "missing" for q in by_path}
+    kinds = {q: fs.entry(q).kind for q in by_path}
+    exists = {q: k != "missing" for q, k in kinds.items()}
     ops: list[MountOp] = []
     listed: list[str] = []
     uncovered: list[Protect] = []
@@ -212,10 +213,8 @@ def plan_mounts(protected: Sequence[Protect], homes: Sequence[str], fs: FsView,
                 _under(p.path, q) and q != p.path and exists[q] for q in by_path):
             uncovered.append(p)     # could be created (a missing HIDE entry has nothing to leak)
 
-    for p in protected:
-        if fs.entry(p.path).kind == "link":
-            extra_sealed = (*extra_sealed, posixpath.dirname(p.path))
     extra = {posixpath.normpath(d) for d in extra_sealed}
+    extra |= {posixpath.dirname(q) for q, k in kinds.items() if k == "link"}
     sealed |= {d for d in extra if d not in NEVER_SEAL and fs.entry(d).kind == "dir"}
 
     marks = set(by_path) | sealed

@@ -104,7 +104,7 @@ for p in spec.get("hold", []):          # what a daemon keeps: an open fd, the b
 ctx = CallContext(settings=settings,
                   gatekeeper=Gatekeeper(settings, unsafe_test_only_static_floor_off=True),
                   audit=AuditLog(settings.state_dir),
-                  sandbox=sandbox_for_agent(settings, AgentConfig(call_pids_max=spec.get("pids_max", 256))),
+                  sandbox=sandbox_for_agent(settings, AgentConfig(call_pids_max=spec.get("pids_max", 256), call_memory_max=spec.get("memory_max", "50%"))),
                   hostname="redteam")
 print(json.dumps({"ready": True, "pid": os.getpid(), "enforcement": ctx.sandbox.enforcement(),
                   "state_dir": settings.state_dir, "audit_file": settings.audit_file}), flush=True)

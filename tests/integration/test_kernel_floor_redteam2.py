@@ -344,29 +344,10 @@ def test_kept_capabilities(tmp_path: Path, outside: Outside, mode: str, name: st
 
 # --------------------------------------------------------------------------------------------
 # (8) Memory through tmpfs, with a small test-only limit.
-class _Driver2(rt.Driver):
-    def __init__(self, spec: dict[str, Any], python: str = sys.executable, stderr: Path | None = None) -> None:
-        script = rt.DRIVER.replace('AgentConfig(call_pids_max=spec.get("pids_max", 256))',
-                                   'AgentConfig(call_pids_max=256, call_memory_max=spec["memory_max"])')
-        assert script != rt.DRIVER
-        self.errlog = stderr
-        self._err = open(stderr, "wb") if stderr else subprocess.DEVNULL
-        self.proc = subprocess.Popen([python, "-c", script, json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._err, cwd=str(REPO))
-        self._buf = b""
-        hello = self._line(90)
-        if hello is None:
-            self.close()
-            raise RuntimeError(f"agent did not start: {self.stderr_text()[-3000:]}")
-        self.hello = json.loads(hello)
-        self.pid = int(self.hello["pid"])
-        self.enforcement = self.hello["enforcement"]
-
-
 def test_dev_shm_fill_is_bounded_and_left_nothing(tmp_path: Path, outside: Outside) -> None:
     home = rt.make_home(tmp_path)
     spec = {"repo": str(REPO), "home": str(home), "deny_unshare": False, "memory_max": "256M"}
-    d = _Driver2(spec, stderr=tmp_path / "agent.stderr")
+    d = rt.Driver(spec, stderr=tmp_path / "agent.stderr")   # spec["memory_max"]: a small limit
     name = f"/dev/shm/cmdop-rt2-{TOKEN}"
     try:
         d.run("true")
