@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from cmdop.core.calls import Caller
+from cmdop.core.calls import Caller, CallerKind
 from cmdop.core.policy.decision import Decision
 from cmdop.core.redact import redact
 
@@ -85,7 +85,7 @@ def format_ts(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-RESERVED = frozenset(FIELDS) | {"redacted", "seq", "prev", "chain"}
+RESERVED = frozenset(FIELDS) | {"redacted", "seq", "prev", "chain", "caller"}
 
 
 def build_record(*, decision: Decision, outcome: str, tool_input: Mapping[str, Any], caller: Caller,
@@ -130,6 +130,11 @@ def build_record(*, decision: Decision, outcome: str, tool_input: Mapping[str, A
     }
     if t_red or r_red:
         record["redacted"] = True
+    principal = caller.audit_fields()
+    if caller.kind is not CallerKind.LOCAL and len(principal) > 1:
+        # Who a relay call came from, as the relay verified it (kind, workspace, credential
+        # kind, the caller's machine id): a local line needs none of it.
+        record["caller"] = principal
     if extra:
         record.update(extra)
     return record

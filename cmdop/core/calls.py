@@ -26,20 +26,41 @@ TOOL_TARGET_FIELD: Mapping[str, str] = {
 
 
 class CallerKind(str, Enum):
-    """Who is calling, as CONTRACT §4 defines it."""
+    """Who is calling. `self` and `remote` are only ever stamped by the relay, never taken from
+    what a caller claims."""
 
     LOCAL = "local"     # same Unix user over the local socket, or cmdop on the box itself
-    SELF = "self"       # relay-verified: the agent's own user from one of their machines
-    REMOTE = "remote"   # anyone else, share-link guests included
+    SELF = "self"       # relay-verified: the agent's own principal, from one of its enrolled machines
+    REMOTE = "remote"   # anyone else authenticated in the workspace
+    GUEST = "guest"     # a share token: always gated in full, limited to the share's tools
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The identity behind a call. `user` and `hostname` go to the audit record."""
+    """The principal behind a call. For a relay call every field is what the relay verified:
+    `user` the account or key name, `hostname`/`machine_id` the caller's machine only when the
+    call came through that machine's own enrolled agent link (else empty). `credential` is how
+    the caller proved who it is (`unix` for the local socket, `api_key`, `oauth`, `share`).
+    `tools` limits a guest to the share's tool subset (empty: no limit beyond the gate).
+    `user` and `hostname` go to the audit record's fixed fields; the rest to its `caller`."""
 
     kind: CallerKind
     user: str = ""
     hostname: str = ""
+    workspace: str = ""
+    credential: str = ""
+    machine_id: str = ""
+    share_id: str = ""
+    tools: tuple[str, ...] = ()
+
+    def audit_fields(self) -> dict[str, str]:
+        """The principal as the audit line's extra `caller` object: only the fields that are set
+        (a local call has just its kind and credential)."""
+        out = {"kind": self.kind.value, "workspace": self.workspace, "credential": self.credential,
+               "machine_id": self.machine_id, "share_id": self.share_id}
+        if self.tools:
+            out["tools"] = ",".join(self.tools)
+        return {k: v for k, v in out.items() if v}
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,9 @@ def record_caller(record: Mapping[str, Any], default: CallerKind) -> CallerKind:
     as_caller = record.get("as_caller")
     if isinstance(as_caller, str) and as_caller in _KINDS:
         return _KINDS[as_caller]
+    principal = record.get("caller")
+    if isinstance(principal, Mapping) and principal.get("kind") in _KINDS:
+        return _KINDS[str(principal["kind"])]
     if record.get("source") == "bypass":
         reason = str(record.get("reason", ""))
         if reason.startswith("local caller"):

@@ -52,6 +52,7 @@ class DaemonOptions:
     shutdown_deadline_s: float = 10.0
     status_interval_s: float = 10.0
     policy_poll_s: float = 0.5       # a changed permissions.yaml is applied within ~2 polls
+    relay_link: bool = True          # link to the relay when a credential is configured
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -95,6 +96,9 @@ class Daemon:
         # More named supervised tasks (the relay link): each gets this Daemon and runs in the
         # root nursery after READY; see add_task.
         self._extra_tasks: list[tuple[str, Callable[["Daemon"], Awaitable[None]]]] = []
+        from cmdop.daemon.relay_link import LinkState
+
+        self.relay_state = LinkState()
         self._stop_event: trio.Event | None = None   # trio objects are created inside trio.run
         self._reload_lock: trio.Lock | None = None
 
@@ -223,7 +227,8 @@ class Daemon:
             "updated_at": status_mod.utc_now(), "state": state,
             "mode": str(getattr(gk, "mode", "") or ""), "policy_ok": policy_ok,
             "policy_error": self.policy_error, "config_error": self.config_error,
-            "audit_ok": audit_ok, "relay_connected": False,
+            "audit_ok": audit_ok, "relay_connected": self.relay_state.state == "online",
+            "relay": self.relay_state.as_dict(),
             "socket": self.settings.socket_path, "hostname": self.hostname,
             "approvers": broker.approvers if broker else 0,
             "pending_asks": len(broker.pending()) if broker else 0,
@@ -301,6 +306,8 @@ class Daemon:
                 self._spawn(root, "watchdog", self._watchdog)
                 self._spawn(root, "status_writer", self._status_writer)
                 self._spawn(root, "sandbox_warmup", self._warm_sandbox)
+                if self.options.relay_link:
+                    self._spawn(root, "relay_link", self._relay_link)
                 for name, fn in self._extra_tasks:
                     self._spawn(root, name, functools.partial(fn, self))
                 await stop.wait()
@@ -317,7 +324,7 @@ class Daemon:
         await server.aclose()
         self._unlink_socket()
         self.service.stopping = True
-        self.service.cancel.set()
+        self.service.cancel_all()
         self.broker.close("agent shutting down")
         running = self.service.running_calls
         log.info("stopping: %d call(s) running", running)
@@ -376,6 +383,16 @@ class Daemon:
         # since, so no decision stalls behind a walk of the whole heap (bench/gate.py).
         gc.collect()
         gc.freeze()
+
+    async def _relay_link(self) -> None:
+        """The outbound link to the relay (cmdop.daemon.relay_link); idle when unconfigured.
+        Waits for the pipeline to load: a forwarded call needs it."""
+        if self.gatekeeper is None:
+            self.relay_state.set("off", "the permission gate did not load: no remote calls")
+            return
+        from cmdop.daemon.relay_link import run_relay_link
+
+        await run_relay_link(self)
 
     async def _read_enforcement(self) -> None:
         """Refresh `self.enforcement` from the sandbox, in a worker thread: the first read starts

@@ -88,6 +88,7 @@ class AgentService:
         self.limiter = trio.CapacityLimiter(32)
         self._lock = threading.Lock()
         self._running = 0                  # calls whose worker thread has started and not ended
+        self._live_cancels: set[threading.Event] = set()   # per-call events (relay calls)
 
     @property
     def running_calls(self) -> int:
@@ -201,22 +202,49 @@ class AgentService:
         extra = {"as_caller": str(as_caller)} if note else None
         return await self.run_call(call, caller, _ctx=ctx, _note=note, _audit_extra=extra)
 
-    async def run_call(self, call: ToolCall, caller: Caller, *, _ctx: Any = None,
-                       _note: str = "", _audit_extra: dict[str, str] | None = None) -> Any:
+    def cancel_all(self) -> None:
+        """Shutdown: every running call's cancel event is set (their process groups are killed
+        and their audit lines still written), and so is every call's that starts from now."""
+        self.cancel.set()
+        with self._lock:
+            live = list(self._live_cancels)
+        for event in live:
+            event.set()
+
+    async def run_call(self, call: ToolCall, caller: Caller, *,
+                       cancel: threading.Event | None = None, on_chunk: Any = None,
+                       _ctx: Any = None, _note: str = "",
+                       _audit_extra: dict[str, str] | None = None) -> Any:
         """Gate, audit and run one call in a worker thread; the result object (CONTRACT §6).
 
-        The seam for every source of calls: the local socket, and the relay link next. Refuses
-        with RequestError once stopping or when the pipeline is unavailable."""
+        The one call path for every transport (the local socket, the relay link): it takes the
+        call, the verified caller and, for a streamed call, `on_chunk(name, bytes)` (called in
+        the worker thread; blocking in it holds the command back: that is the flow control).
+        `cancel`, when given, is this call's own cancel event (set by its transport); shutdown
+        sets it too. Refuses with RequestError once stopping or when the pipeline is
+        unavailable."""
         if self.stopping:
             raise RequestError("shutting_down", "the agent is stopping")
         if self.handle_call is None or self.call_context is None:
             raise RequestError("unavailable", "the tool pipeline is not available in this agent")
         self.counters["calls"] = self.counters.get("calls", 0) + 1
-        return await self._run_in_worker(call, caller, _ctx or self.call_context, _note,
-                                         _audit_extra)
+        event = cancel if cancel is not None else self.cancel
+        if cancel is not None:
+            with self._lock:
+                self._live_cancels.add(cancel)
+            if self.cancel.is_set():
+                cancel.set()
+        try:
+            return await self._run_in_worker(call, caller, _ctx or self.call_context, _note,
+                                             _audit_extra, event, on_chunk)
+        finally:
+            if cancel is not None:
+                with self._lock:
+                    self._live_cancels.discard(cancel)
 
     async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any, note: str,
-                             audit_extra: dict[str, str] | None = None) -> Any:
+                             audit_extra: dict[str, str] | None, cancel: threading.Event,
+                             on_chunk: Any) -> Any:
         assert self.handle_call is not None
         handle_call = self.handle_call
         token = trio.lowlevel.current_trio_token()
@@ -230,15 +258,17 @@ class AgentService:
         # "no approver attached"), exactly as an in-process `cmdop run` records it. An approver
         # leaving between here and the ask is caught by the broker (ask_denied, same reason).
         ask_fn = ask if self.broker.approvers else None
+        extra: dict[str, Any] = {}
+        if audit_extra:
+            extra["audit_extra"] = audit_extra
+        if on_chunk is not None:
+            extra["on_chunk"] = on_chunk
 
         def work() -> Any:
             with self._lock:
                 self._running += 1
             try:
-                if audit_extra:
-                    return handle_call(call, caller, ctx, ask=ask_fn, cancel=self.cancel,
-                                       audit_extra=audit_extra)
-                return handle_call(call, caller, ctx, ask=ask_fn, cancel=self.cancel)
+                return handle_call(call, caller, ctx, ask=ask_fn, cancel=cancel, **extra)
             finally:
                 with self._lock:
                     self._running -= 1

@@ -1,0 +1,368 @@
+"""The one module that imports grpc: the relay protocol's service glue, server and client side.
+
+Messages come from `cmdop.relay.proto.relay_pb2` (generated, no grpc import); the method
+paths, serializers and handlers are written here by hand, so nothing else needs grpc:
+- Server (the relay, asyncio): `start_server(handlers, listen, cert)` serves a `RelayHandlers`
+  over TLS with grpc.aio. Each RPC's context is wrapped in a `ServerStream` (read/write/peer/
+  the bearer credential); a `RelayRefusal` raised by a handler ends the RPC with its status.
+- Client (agents and callers, blocking): `RelayChannel(endpoint, secret)` opens one TLS channel
+  and offers `list_hosts`, `call` and `agent_link`; every RPC carries `authorization` metadata
+  and a deadline. grpc errors come back as the project's own errors (AuthError exit 4,
+  UnreachableError exit 5) with a hint.
+
+Certificate pinning (`--relay-fingerprint`): the relay's certificate is fetched, its SHA-256
+compared with the pin, and that very certificate then becomes the channel's only trust root, so
+grpc's own TLS verification accepts nothing else (a different certificate fails the handshake
+even if the fetch was raced). No pin and no CA file: the system's roots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Iterator, Protocol, TypeVar
+
+# grpc's C core logs informational lines (GOAWAY, reconnects) to stderr by itself; a CLI's
+# stderr is the user's. Errors only, unless the user asked grpc for more.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402
+
+from cmdop.core.errors import AuthError, CmdopError, UnreachableError
+from cmdop.relay.proto import relay_pb2 as pb
+
+log = logging.getLogger("cmdop.relay.grpc")
+
+SERVICE = "cmdop.relay.v1.Relay"
+MAX_MESSAGE = 4 * 1024 * 1024            # a frame: 4 MiB at most either way
+# grpc channel/server arguments. Keepalive keeps NATs open and finds dead links within ~1 min;
+# a TLS handshake must finish in 10 s (a slow-loris client holds nothing for long).
+_COMMON_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+_SERVER_OPTIONS: list[tuple[str, Any]] = _COMMON_OPTIONS + [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.server_handshake_timeout_ms", 10_000),
+]
+_CLIENT_OPTIONS: list[tuple[str, Any]] = _COMMON_OPTIONS + [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+# The status a handler's refusal ends with, by its code.
+_STATUS = {
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class RelayRefusal(Exception):
+    """Raised by a relay handler to end an RPC with a status (`code` a key of _STATUS)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+# -- server side -------------------------------------------------------------------------------
+
+
+class ServerStream(Generic[In, Out]):
+    """One RPC as a relay handler sees it: who (peer address, bearer credential), and frames."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._context = context
+        self.peer = _peer_address(context.peer())
+        self.credential = _bearer(context.invocation_metadata())
+
+    async def read(self) -> In | None:
+        """The next frame from the client; None when it closed its side (or the RPC ended)."""
+        msg = await self._context.read()
+        if msg is grpc.aio.EOF:
+            return None
+        return msg  # type: ignore[no-any-return]
+
+    async def write(self, frame: Out) -> None:
+        """Send one frame (waits for HTTP/2 flow control: a slow reader slows its writer)."""
+        await self._context.write(frame)
+
+    def time_remaining(self) -> float | None:
+        left = self._context.time_remaining()
+        return None if left is None else float(left)
+
+
+class RelayHandlers(Protocol):
+    """What the relay implements (cmdop.relay.router). Raise RelayRefusal to refuse."""
+
+    async def agent_link(self, stream: ServerStream[pb.AgentFrame, pb.RelayFrame]) -> None: ...
+
+    async def list_hosts(self, stream: ServerStream[pb.ListHostsRequest, pb.ListHostsReply],
+                         request: pb.ListHostsRequest) -> pb.ListHostsReply: ...
+
+    async def call(self, stream: ServerStream[pb.CallerFrame, pb.CallEvent]) -> None: ...
+
+
+def _peer_address(peer: str) -> str:
+    """`ipv4:1.2.3.4:5678` / `ipv6:[::1]:5678` → the address without the port."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, _, _port = rest.rpartition(":")
+        return host.strip("[]") or rest
+    return peer
+
+
+def _bearer(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+def _stream_handler(fn: Callable[[ServerStream[Any, Any]], Awaitable[None]],
+                    request: Any, response: Any) -> grpc.RpcMethodHandler:
+    async def handler(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            await fn(ServerStream(context))
+        except RelayRefusal as exc:
+            await context.abort(_STATUS.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
+
+    return grpc.stream_stream_rpc_method_handler(
+        handler, request_deserializer=request.FromString,
+        response_serializer=response.SerializeToString)
+
+
+def _unary_handler(fn: Callable[[ServerStream[Any, Any], Any], Awaitable[Any]],
+                   request: Any, response: Any) -> grpc.RpcMethodHandler:
+    async def handler(req: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await fn(ServerStream(context), req)
+        except RelayRefusal as exc:
+            await context.abort(_STATUS.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=request.FromString,
+        response_serializer=response.SerializeToString)
+
+
+async def start_server(handlers: RelayHandlers, listen: str, cert_pem: bytes,
+                       key_pem: bytes) -> tuple[grpc.aio.Server, int]:
+    """Serve `handlers` on `listen` (HOST:PORT; port 0 picks one) over TLS; (server, port).
+    UnreachableError when the address cannot be bound."""
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "AgentLink": _stream_handler(handlers.agent_link, pb.AgentFrame, pb.RelayFrame),
+        "ListHosts": _unary_handler(handlers.list_hosts, pb.ListHostsRequest, pb.ListHostsReply),
+        "Call": _stream_handler(handlers.call, pb.CallerFrame, pb.CallEvent),
+    }),))
+    creds = grpc.ssl_server_credentials([(key_pem, cert_pem)])
+    try:
+        port = server.add_secure_port(listen, creds)
+    except RuntimeError as exc:
+        raise CmdopError(f"cannot listen on {listen}: {exc}",
+                         "pick a free address with --listen HOST:PORT") from None
+    if not port:
+        raise CmdopError(f"cannot listen on {listen}",
+                         "is the port in use? pick another with --listen HOST:PORT")
+    await server.start()
+    return server, port
+
+
+# -- client side -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelayEndpoint:
+    """Where the relay is and how to trust it: a pinned SHA-256 fingerprint, a CA file, or
+    (neither) the system's roots."""
+
+    address: str                  # HOST:PORT, [v6]:PORT
+    fingerprint: str = ""         # 64 lowercase hex
+    ca_file: str = ""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """HOST:PORT → (host, port); UnreachableError-free: a malformed one is a usage mistake."""
+    from cmdop.core.errors import UsageError
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"relay address {address!r} is not HOST:PORT",
+                         "e.g. --relay relay.example.com:7443 (or CMDOP_RELAY)")
+    return host.strip("[]"), int(port)
+
+
+def _pinned_credentials(endpoint: RelayEndpoint,
+                        timeout: float) -> tuple[grpc.ChannelCredentials, str]:
+    """Fetch the relay's certificate, check it against the pin, trust exactly it; (credentials,
+    the name to verify it under)."""
+    from cryptography import x509
+
+    from cmdop.relay.tls import fingerprint_of_pem
+
+    host, port = split_address(endpoint.address)
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=timeout)
+    except (OSError, ssl.SSLError) as exc:
+        raise UnreachableError(f"cannot reach the relay at {endpoint.address}: {exc}",
+                               "is `cmdop relay serve` running there, and the port open?") from None
+    found = fingerprint_of_pem(pem.encode())
+    if found != endpoint.fingerprint:
+        raise AuthError(f"the relay at {endpoint.address} presented certificate {found[:16]}…, "
+                        f"not the pinned {endpoint.fingerprint[:16]}…",
+                        "if the relay's certificate was replaced on purpose, pin the new one "
+                        "(`cmdop connect key set --relay-fingerprint HEX`); otherwise someone "
+                        "may be intercepting the connection")
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    name = "cmdop-relay"
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = sans.get_values_for_type(x509.DNSName)
+        name = "cmdop-relay" if "cmdop-relay" in names else (names[0] if names else host)
+    except x509.ExtensionNotFound:
+        name = host
+    return grpc.ssl_channel_credentials(root_certificates=pem.encode()), name
+
+
+def _error_from(exc: grpc.RpcError, address: str) -> CmdopError:
+    """A grpc failure as the project's error (exit 4 for auth, 5 for unreachable)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or str(code)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthError(f"the relay refused the credential: {details}",
+                         "check the key (`cmdop auth status`); a revoked key needs a new one "
+                         "(`cmdop relay key create` on the relay, then `cmdop connect key set`)")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return AuthError(f"the relay refused: {details}", None)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.CANCELLED):
+        hint = "is `cmdop relay serve` running, and the address right?"
+        if "certificate" in details.lower() or "handshake" in details.lower() or "ssl" in details.lower():
+            hint = ("the relay's TLS certificate is not trusted: pin it with "
+                    "--relay-fingerprint, or give its CA with --relay-ca")
+        return UnreachableError(f"relay {address} unreachable: {details}", hint)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return UnreachableError(f"the relay is busy: {details}", "try again shortly")
+    return CmdopError(f"relay error ({code.name if code else '?'}): {details}", None)
+
+
+class Stream(Generic[Out]):
+    """A client stream's responses, iterated blocking; `cancel()` ends it from any thread."""
+
+    def __init__(self, call: Any, address: str) -> None:
+        self._call, self._address = call, address
+
+    def __iter__(self) -> Iterator[Out]:
+        try:
+            for msg in self._call:
+                yield msg
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED and self.cancelled:
+                return
+            raise _error_from(exc, self._address) from None
+
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._call.cancel()
+
+
+class RelayChannel:
+    """One TLS channel to the relay, used from blocking code. Thread-safe (grpc channels are);
+    `close()` when done."""
+
+    def __init__(self, endpoint: RelayEndpoint, secret: str, connect_timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self._metadata = (("authorization", f"Bearer {secret}"),)
+        options = list(_CLIENT_OPTIONS)
+        if endpoint.fingerprint:
+            creds, name = _pinned_credentials(endpoint, connect_timeout)
+            options.append(("grpc.ssl_target_name_override", name))
+        elif endpoint.ca_file:
+            try:
+                with open(endpoint.ca_file, "rb") as f:
+                    roots = f.read()
+            except OSError as exc:
+                raise CmdopError(f"cannot read the relay CA file {endpoint.ca_file}: "
+                                 f"{exc.strerror}", "check the --relay-ca path") from None
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+        else:
+            creds = grpc.ssl_channel_credentials()
+        self._channel = grpc.secure_channel(endpoint.address, creds, options=options)
+        self._list = self._channel.unary_unary(
+            f"/{SERVICE}/ListHosts", request_serializer=pb.ListHostsRequest.SerializeToString,
+            response_deserializer=pb.ListHostsReply.FromString)
+        self._call = self._channel.stream_stream(
+            f"/{SERVICE}/Call", request_serializer=pb.CallerFrame.SerializeToString,
+            response_deserializer=pb.CallEvent.FromString)
+        self._link = self._channel.stream_stream(
+            f"/{SERVICE}/AgentLink", request_serializer=pb.AgentFrame.SerializeToString,
+            response_deserializer=pb.RelayFrame.FromString)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the channel is connected (TLS done); UnreachableError after `timeout`."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise UnreachableError(
+                f"relay {self.endpoint.address} unreachable (no TLS connection in {timeout:.0f} s)",
+                "is `cmdop relay serve` running there? If it is, its certificate may not be "
+                "trusted: pin it with --relay-fingerprint") from None
+
+    def list_hosts(self, timeout: float = 10.0) -> pb.ListHostsReply:
+        try:
+            reply: pb.ListHostsReply = self._list(pb.ListHostsRequest(), metadata=self._metadata,
+                                                  timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise _error_from(exc, self.endpoint.address) from None
+        return reply
+
+    def call(self, frames: Iterator[pb.CallerFrame], timeout: float) -> Stream[pb.CallEvent]:
+        """One tool call: `frames` yields CallStart first (then Cancel, if any)."""
+        return Stream(self._call(frames, metadata=self._metadata, timeout=timeout,
+                                 wait_for_ready=True), self.endpoint.address)
+
+    def agent_link(self, frames: Iterator[pb.AgentFrame], timeout: float) -> Stream[pb.RelayFrame]:
+        """The agent's long-lived stream (`frames` yields Hello first)."""
+        return Stream(self._link(frames, metadata=self._metadata, timeout=timeout,
+                                 wait_for_ready=False), self.endpoint.address)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "RelayChannel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def aiter_frames(stream: ServerStream[In, Out]) -> AsyncIterator[In]:
+    """A server stream's incoming frames until the client closes its side."""
+    while True:
+        frame = await stream.read()
+        if frame is None:
+            return
+        yield frame

@@ -1,0 +1,161 @@
+"""Caller commands: `cmdop hosts`, `cmdop exec HOST -- CMD ARGS…`, `cmdop call HOST TOOL --input`.
+
+They reach the machines of the caller's workspace through the relay (credential from the flags,
+CMDOP_API_KEY, or a stored workspace: `cmdop.cli.credential_flags`).
+
+Exit status (CONTRACT §1): `exec` exits with the remote command's own status when it ran; 3 when
+a gate denied it (the structured reason on stderr, or the denial object on stdout with --json);
+4 for a refused credential; 5 when the relay or the host cannot be reached (unknown, ambiguous
+or offline host included); 130 after Ctrl-C (the remote command is cancelled first).
+`exec` streams stdout and stderr as they come, with no size cap (the 1 MB cap is for buffered
+results); `call` prints the tool's result object as one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+from cmdop.cli.common import CliContext, add_command
+from cmdop.cli.credential_flags import add_credential_flags, resolve_from_args
+from cmdop.core.errors import AuthError, PermissionDeniedError, UsageError
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add `hosts`, `exec` and `call`."""
+    p = add_command(sub, "hosts", "list the machines of your workspace (online or not)", _hosts)
+    add_credential_flags(p)
+    p = add_command(sub, "exec", "run a shell command on a machine and stream its output", _exec)
+    add_credential_flags(p)
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="the command's time limit in seconds (600 at most)")
+    p.add_argument("--cwd", default="", metavar="DIR",
+                   help="directory on the remote machine (default: the agent user's home)")
+    p.add_argument("host", metavar="HOST", help="machine name (exact, or a unique prefix)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                   help="the command and its arguments, after --")
+    p = add_command(sub, "call", "run one tool on a machine; prints its result as JSON", _call)
+    add_credential_flags(p)
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("tool", metavar="TOOL",
+                   help="execute_command, read_file, write_file, list_dir, grep or glob")
+    p.add_argument("--input", default="{}", metavar="JSON", help="the tool input, a JSON object")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S")
+
+
+def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
+    from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
+
+    cred = resolve_from_args(args, ctx.settings)
+    if cred.source == "none" or not cred.secret:
+        raise AuthError("no credential to reach the relay with",
+                        "store a workspace key: `cmdop connect key set --relay HOST:PORT "
+                        "--relay-fingerprint HEX` (key on stdin), or set CMDOP_API_KEY")
+    if not cred.relay:
+        raise UsageError("no relay address",
+                         "pass --relay HOST:PORT, set CMDOP_RELAY, or store it with the key")
+    return RelayChannel(RelayEndpoint(address=cred.relay, fingerprint=cred.relay_fingerprint,
+                                      ca_file=cred.relay_ca), cred.secret)
+
+
+def _hosts(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _channel(args, ctx) as channel:
+        reply = channel.list_hosts()
+    rows = [{"name": h.name, "hostname": h.hostname, "online": h.online,
+             "agent_version": h.agent_version, "last_seen": h.last_seen} for h in reply.hosts]
+
+    def human(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "no machines yet: run `cmdop agent run` with this workspace's key on one"
+        width = max(len(r["name"]) for r in rows)
+        return "\n".join(f"{r['name']:<{width}}  {'online ' if r['online'] else 'offline'}  "
+                         f"{r['agent_version'] or '-':<8}  last seen {r['last_seen'] or '-'}"
+                         for r in rows)
+
+    ctx.emit(rows, human)
+    return 0
+
+
+def _deadline(timeout: float) -> float:
+    if not 0 < timeout <= 600:
+        raise UsageError("--timeout must be between 0 and 600 seconds")
+    return timeout
+
+
+def _denied(result: Any, ctx: CliContext) -> None:
+    """Raise PermissionDeniedError (exit 3) with the gate's structured reason."""
+    if ctx.json:
+        print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
+    where = f"source {result.get('source') or '?'}"
+    if result.get("rule_id"):
+        where += f", rule {result.get('rule_id')}"
+    raise PermissionDeniedError(
+        f"denied: {result.get('reason', '')} [{where}]",
+        "ask the machine's owner for a rule (`cmdop permissions add` on it)")
+
+
+def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.relay.caller import remote_call
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("no command given", "cmdop exec HOST -- CMD ARGS…")
+    timeout = _deadline(args.timeout)
+    command = argv[0] if len(argv) == 1 else shlex.join(argv)
+    tool_input: dict[str, Any] = {"command": command, "timeout_ms": int(timeout * 1000)}
+    if args.cwd:
+        tool_input["cwd"] = args.cwd
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+
+    def on_chunk(fd: int, data: bytes) -> None:
+        stream = err if fd == 2 else out
+        stream.write(data)
+        stream.flush()
+
+    with _channel(args, ctx) as channel:
+        try:
+            result = remote_call(channel, args.host, "execute_command", tool_input,
+                                 on_chunk=on_chunk, deadline_s=timeout + 30)
+        except KeyboardInterrupt:
+            ctx.note("cmdop: interrupted; the remote command was cancelled")
+            return 130
+    if isinstance(result, dict) and result.get("error") == "permission_denied":
+        _denied(result, ctx)
+    if isinstance(result, dict) and "exit_code" in result:
+        if result.get("timed_out"):
+            ctx.note(f"cmdop: the command timed out after {timeout:.0f} s and was killed")
+        return int(result["exit_code"])
+    from cmdop.core.errors import CmdopError
+
+    message = result.get("message") if isinstance(result, dict) else None
+    raise CmdopError(f"the call failed: {message or json.dumps(result)[:500]}", None)
+
+
+def _call(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.relay.caller import remote_call
+
+    try:
+        tool_input = json.loads(args.input)
+    except ValueError as exc:
+        raise UsageError(f"--input is not valid JSON: {exc}",
+                         'pass an object, e.g. --input \'{"path": "/var/log/syslog"}\'') from None
+    if not isinstance(tool_input, dict):
+        raise UsageError("--input must be a JSON object")
+    timeout = _deadline(args.timeout)
+    with _channel(args, ctx) as channel:
+        try:
+            result = remote_call(channel, args.host, args.tool, tool_input,
+                                 deadline_s=timeout + 30)
+        except KeyboardInterrupt:
+            ctx.note("cmdop: interrupted; the remote call was cancelled")
+            return 130
+    if isinstance(result, dict) and result.get("error") == "permission_denied":
+        print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
+        return 3
+    print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
+    return 1 if isinstance(result, dict) and result.get("error") else 0

@@ -1,0 +1,378 @@
+"""The agent's link to the relay: one outbound TLS gRPC stream, calls forwarded on it run through
+the same admission → gate → sandbox → audit path as local ones (`AgentService.run_call`).
+
+How it runs (trio daemon, blocking grpc client):
+- A supervised daemon task (`run_relay_link`) resolves the credential (config, as a caller would:
+  CMDOP_API_KEY, the named or active workspace of ssh_workspaces.json), connects, and reconnects
+  with exponential backoff and jitter (1 s → 60 s; a refused credential waits the maximum).
+- The stream's responses are read in a worker thread that hands each frame to the trio side;
+  frames to the relay go through a thread-safe queue the stream's request iterator drains.
+- A forwarded call: its id is checked against the ids already seen (a call id is never run
+  twice), it is acknowledged (`accepted`), the caller is the principal the relay stamped
+  (never "local": an unknown kind is taken as remote), and its output streams back in chunks
+  under a per-call credit window (blocking in `on_chunk` holds the command back). A Cancel
+  frame, the call's deadline, or the link ending sets the call's cancel event: its process group
+  is killed and its audit line still written.
+- `LinkState` is what `agent status` shows: off / connecting / online / backoff, the relay, the
+  machine name the relay gave us, and the last error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import trio
+
+from cmdop import __version__
+from cmdop.core.calls import Caller, CallerKind, ToolCall
+from cmdop.core.errors import AuthError, CmdopError
+
+if TYPE_CHECKING:
+    from cmdop.adapters.relay_grpc import RelayEndpoint
+    from cmdop.daemon.app import Daemon
+    from cmdop.relay.proto import relay_pb2 as pb
+
+log = logging.getLogger("cmdop.daemon.relay")
+
+PROTOCOL_VERSION = 1
+CAPABILITIES = ("stream", "cancel")
+WINDOW_BYTES = 256 * 1024           # unacknowledged streamed output per call
+LINK_DEADLINE_S = 6 * 3600.0        # every grpc call has a deadline: the link is renewed after it
+SEEN_IDS = 10_000
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 60.0
+STABLE_S = 30.0                     # a link up this long resets the backoff
+
+
+@dataclass
+class LinkState:
+    """The relay link as `agent status` reports it."""
+
+    state: str = "off"              # off | connecting | online | backoff
+    relay: str = ""
+    machine: str = ""
+    workspace: str = ""
+    last_error: str = ""
+    since: float = field(default_factory=time.time)
+    connects: int = 0
+    calls: int = 0
+
+    def set(self, state: str, error: str | None = None) -> None:
+        if state != self.state:
+            self.since = time.time()
+        self.state = state
+        if error is not None:
+            self.last_error = error
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    endpoint: "RelayEndpoint"
+    secret: str
+    workspace: str
+    source: str
+
+
+def next_backoff(previous: float, rng: random.Random | None = None) -> float:
+    """The wait before the next attempt: doubled, capped at BACKOFF_MAX_S, with ±20 % jitter
+    so a fleet that lost its relay does not come back in one wave."""
+    base = min(BACKOFF_MAX_S, max(BACKOFF_INITIAL_S, previous * 2))
+    return base * (0.8 + 0.4 * (rng or random).random())
+
+
+def caller_from_principal(p: "pb.Principal") -> Caller:
+    """The Caller for a forwarded call: exactly what the relay stamped. A kind other than self
+    or guest is remote (a relay can never make a caller local)."""
+    kinds = {"self": CallerKind.SELF, "guest": CallerKind.GUEST}
+    return Caller(kind=kinds.get(p.kind, CallerKind.REMOTE), user=p.name or "unknown",
+                  hostname=p.hostname, workspace=p.workspace, credential=p.credential or "relay",
+                  machine_id=p.machine_id, share_id=p.share_id, tools=tuple(p.tools))
+
+
+def machine_id(state_dir: str) -> str:
+    """This machine's id: /etc/machine-id, else one generated once into the state dir."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii") as f:
+                value = f.read().strip()
+            if value:
+                return value
+        except (OSError, UnicodeDecodeError):
+            continue
+    path = os.path.join(state_dir, "machine_id")
+    try:
+        with open(path, encoding="ascii") as f:
+            value = f.read().strip()
+        if value:
+            return value
+    except (OSError, UnicodeDecodeError):
+        pass
+    from cmdop.adapters.secure_file import atomic_write, ensure_private_dir
+
+    value = uuid.uuid4().hex
+    ensure_private_dir(state_dir)
+    atomic_write(path, value + "\n")
+    return value
+
+
+def resolve_link_config(daemon: "Daemon") -> LinkConfig | None:
+    """The relay and credential this agent links with, or None when none is configured."""
+    from cmdop.adapters.relay_grpc import RelayEndpoint
+    from cmdop.adapters.workspaces_file import load as load_workspaces
+    from cmdop.core.credentials import resolve_credential
+
+    s = daemon.settings
+    resolved = resolve_credential(
+        flag_key=None, env_key=s.api_key, flag_workspace=None, env_workspace=s.workspace,
+        env_relay=s.relay, flag_relay=None, workspaces=load_workspaces(s.workspaces_file),
+        oauth=None, now=time.time())
+    if resolved.source == "none" or not resolved.secret or not resolved.relay:
+        return None
+    return LinkConfig(endpoint=RelayEndpoint(address=resolved.relay,
+                                             fingerprint=resolved.relay_fingerprint,
+                                             ca_file=resolved.relay_ca),
+                      secret=resolved.secret, workspace=resolved.workspace,
+                      source=resolved.source)
+
+
+class CreditWindow:
+    """Bytes a call may still stream before the relay acknowledges them. `take` blocks (worker
+    thread) until there is room or the call is cancelled."""
+
+    def __init__(self, size: int, cancel: threading.Event) -> None:
+        self._room = size
+        self._cond = threading.Condition()
+        self._cancel = cancel
+
+    def take(self, n: int) -> bool:
+        """Wait for room for `n` bytes (a chunk larger than the window waits for all of it);
+        False when the call was cancelled meanwhile."""
+        with self._cond:
+            while self._room <= 0 and not self._cancel.is_set():
+                self._cond.wait(0.25)
+            if self._cancel.is_set():
+                return False
+            self._room -= n
+            return True
+
+    def grant(self, n: int) -> None:
+        with self._cond:
+            self._room += n
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+@dataclass
+class _Running:
+    cancel: threading.Event
+    window: CreditWindow
+
+
+class Link:
+    """One connected stream: the trio side of it (frame handling, forwarded calls)."""
+
+    def __init__(self, daemon: "Daemon", state: LinkState, seen: "OrderedDict[str, None]") -> None:
+        self.daemon = daemon
+        self.state = state
+        self.seen = seen
+        self.outq: queue.Queue[Any] = queue.Queue()
+        self.running: dict[str, _Running] = {}
+
+    def frames(self) -> Iterator[Any]:
+        """The request iterator grpc drains (in its own thread): until None is queued."""
+        while True:
+            frame = self.outq.get()
+            if frame is None:
+                return
+            yield frame
+
+    def send(self, frame: Any) -> None:
+        self.outq.put(frame)
+
+    def handle(self, frame: "pb.RelayFrame", nursery: trio.Nursery) -> None:
+        """One frame from the relay (trio thread)."""
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        kind = frame.WhichOneof("kind")
+        if kind == "welcome":
+            self.state.machine = frame.welcome.machine
+            self.state.workspace = frame.welcome.workspace
+            self.state.set("online", "")
+            log.info("linked to relay %s as %s (workspace %s)", self.state.relay,
+                     frame.welcome.machine, frame.welcome.workspace)
+        elif kind == "call":
+            nursery.start_soon(self._forwarded, frame.call)
+        elif kind == "cancel":
+            running = self.running.get(frame.cancel.call_id)
+            if running is not None:
+                running.cancel.set()
+                running.window.wake()
+        elif kind == "credit":
+            running = self.running.get(frame.credit.call_id)
+            if running is not None:
+                running.window.grant(frame.credit.bytes)
+        elif kind == "ping":
+            self.send(pb.AgentFrame(pong=pb.Ping(nonce=frame.ping.nonce)))
+        elif kind == "failure":
+            self.state.last_error = f"{frame.failure.code}: {frame.failure.message}"
+            log.warning("the relay ends this link: %s", self.state.last_error)
+
+    async def _forwarded(self, start: "pb.CallStart") -> None:
+        """Run one forwarded call and send its result (or failure) back."""
+        from cmdop.daemon.service import RequestError
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        cid = start.call_id
+        if cid in self.seen:
+            log.warning("call id %s seen before: not run again", cid)
+            self.send(pb.AgentFrame(failure=pb.Failure(
+                call_id=cid, code="duplicate", message="this call id was already run here")))
+            return
+        self.seen[cid] = None
+        while len(self.seen) > SEEN_IDS:
+            self.seen.popitem(last=False)
+        self.send(pb.AgentFrame(accepted=pb.Accepted(call_id=cid, machine=self.state.machine)))
+        self.state.calls += 1
+        try:
+            tool_input = json.loads(start.input_json.decode("utf-8")) if start.input_json else {}
+        except (UnicodeDecodeError, ValueError):
+            tool_input = None
+        if not isinstance(tool_input, dict):
+            self._result(cid, {"error": "bad_input", "field": "input",
+                               "message": "the tool input is not a JSON object"})
+            return
+        caller = caller_from_principal(start.caller)
+        call = ToolCall(tool=start.tool, input=tool_input,
+                        cwd=start.cwd or self.daemon.settings.home)
+        cancel = threading.Event()
+        running = _Running(cancel, CreditWindow(WINDOW_BYTES, cancel))
+        self.running[cid] = running
+        on_chunk = None
+        if start.stream:
+            def on_chunk(name: str, data: bytes) -> None:
+                if running.window.take(len(data)):
+                    self.send(pb.AgentFrame(chunk=pb.Chunk(
+                        call_id=cid, fd=2 if name == "stderr" else 1, data=data)))
+
+        deadline = (start.deadline_ms or 660_000) / 1000
+
+        async def at_deadline() -> None:
+            # The deadline only sets the cancel event: the worker still ends the command and
+            # writes its audit line, and its result says "cancelled".
+            await trio.sleep(max(0.0, deadline - 1))
+            cancel.set()
+            running.window.wake()
+
+        try:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(at_deadline)
+                result = await self.daemon.service.run_call(call, caller, cancel=cancel,
+                                                            on_chunk=on_chunk)
+                inner.cancel_scope.cancel()
+        except RequestError as exc:
+            self.send(pb.AgentFrame(failure=pb.Failure(call_id=cid, code=exc.code,
+                                                       message=exc.message, hint=exc.hint or "")))
+            return
+        finally:
+            self.running.pop(cid, None)
+        if start.stream and isinstance(result, dict):
+            # Streamed already, in full: the buffered (capped) copy would only repeat it.
+            result = {k: v for k, v in result.items() if k not in ("stdout", "stderr")}
+        self._result(cid, result)
+
+    def _result(self, cid: str, result: Any) -> None:
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        data = json.dumps(result, ensure_ascii=False, default=str).encode("utf-8")
+        self.send(pb.AgentFrame(result=pb.Result(call_id=cid, result_json=data)))
+
+    def cancel_all(self) -> None:
+        for running in self.running.values():
+            running.cancel.set()
+            running.window.wake()
+
+
+async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,
+                     seen: "OrderedDict[str, None]") -> None:
+    """Connect, serve the stream until it ends; raises CmdopError with the reason."""
+    from cmdop.adapters.relay_grpc import RelayChannel
+    from cmdop.relay.proto import relay_pb2 as pb
+
+    state.set("connecting")
+    channel = await trio.to_thread.run_sync(RelayChannel, config.endpoint, config.secret)
+    link = Link(daemon, state, seen)
+    link.send(pb.AgentFrame(hello=pb.Hello(
+        protocol_version=PROTOCOL_VERSION, capabilities=list(CAPABILITIES),
+        hostname=socket.gethostname(), machine_id=machine_id(daemon.settings.state_dir),
+        agent_version=__version__)))
+    stream = channel.agent_link(link.frames(), timeout=LINK_DEADLINE_S)
+    token = trio.lowlevel.current_trio_token()
+    try:
+        async with trio.open_nursery() as nursery:
+            def read() -> None:
+                for frame in stream:
+                    trio.from_thread.run_sync(link.handle, frame, nursery, trio_token=token)
+
+            try:
+                await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+            finally:
+                link.cancel_all()
+            nursery.cancel_scope.cancel()
+    finally:
+        link.cancel_all()
+        link.send(None)
+        stream.cancel()
+        channel.close()
+    raise CmdopError(state.last_error or "the relay closed the link", None)
+
+
+async def run_relay_link(daemon: "Daemon") -> None:
+    """The daemon task: keep one link to the relay up while a credential is configured."""
+    state: LinkState = daemon.relay_state
+    try:
+        config = await trio.to_thread.run_sync(resolve_link_config, daemon)
+    except CmdopError as exc:
+        state.set("off", f"{exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        log.error("relay link not started: %s", exc.message)
+        return
+    if config is None:
+        state.set("off", "no relay credential configured (cmdop connect key set)")
+        return
+    state.relay = config.endpoint.address
+    state.workspace = config.workspace
+    seen: OrderedDict[str, None] = OrderedDict()
+    delay = 0.0
+    while True:
+        started = time.monotonic()
+        state.connects += 1
+        error = "the relay closed the link"
+        try:
+            await _link_once(daemon, config, state, seen)
+        except CmdopError as exc:
+            error = exc.message
+            if isinstance(exc, AuthError):
+                delay = BACKOFF_MAX_S / 2    # a refused key: no point hurrying back
+        if time.monotonic() - started >= STABLE_S:
+            delay = 0.0
+        delay = next_backoff(delay)
+        state.set("backoff", error)
+        log.warning("relay link down (%s); retrying in %.1f s", error, delay)
+        await trio.sleep(delay)

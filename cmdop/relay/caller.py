@@ -1,0 +1,121 @@
+"""The caller's side of a remote call, blocking: list hosts, run one tool call through the relay.
+
+`remote_call` sends CallStart, passes streamed output to `on_chunk(fd, bytes)` as it arrives,
+and returns the tool's result object. Ctrl-C (KeyboardInterrupt) while waiting sends Cancel, so
+the command is killed on the remote side, waits briefly for the remote's answer, and re-raises.
+Failures the relay reports come back as the project's errors: an unknown, ambiguous or offline
+host is UnreachableError (exit 5), a refused credential AuthError (exit 4).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from cmdop.core.errors import AuthError, CmdopError, UnreachableError
+
+if TYPE_CHECKING:
+    from cmdop.adapters.relay_grpc import RelayChannel
+    from cmdop.relay.proto import relay_pb2 as pb
+
+ChunkSink = Callable[[int, bytes], None]
+CANCEL_WAIT_S = 5.0
+
+# Failure codes from the relay or agent → the error class (exit status) and a hint.
+_FAILURES: dict[str, tuple[type[CmdopError], str]] = {
+    "host_unknown": (UnreachableError, "see `cmdop hosts` for the machines of this workspace"),
+    "host_ambiguous": (UnreachableError, "type more of the host name"),
+    "host_offline": (UnreachableError, "is the agent running on it (`cmdop agent status`)?"),
+    "revoked": (AuthError, "the key was revoked: ask for a new one"),
+    "deadline_exceeded": (UnreachableError, "the call took longer than its deadline"),
+    "shutting_down": (UnreachableError, "the agent is restarting: try again"),
+}
+
+
+def failure_error(code: str, message: str, hint: str = "") -> CmdopError:
+    """The error a caller command raises for a Failure frame."""
+    cls, default_hint = _FAILURES.get(code, (CmdopError, ""))
+    return cls(message or code, hint or default_hint or None)
+
+
+class _Requests:
+    """The call's request stream: CallStart, then a Cancel if the user interrupts."""
+
+    def __init__(self, start: "pb.CallerFrame") -> None:
+        self._q: queue.Queue[Any] = queue.Queue()
+        self._q.put(start)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            yield item
+
+    def put(self, item: Any) -> None:
+        self._q.put(item)
+
+
+def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, Any], *,
+                on_chunk: ChunkSink | None = None, deadline_s: float = 660.0,
+                cwd: str = "") -> Any:
+    """Run `tool` on `host` through the relay; the tool's result object (a denial is a result:
+    `{"error": "permission_denied", ...}`). Streamed output goes to `on_chunk`."""
+    from cmdop.relay.proto import relay_pb2 as pb
+
+    call_id = uuid.uuid4().hex
+    start = pb.CallerFrame(start=pb.CallStart(
+        call_id=call_id, host=host, tool=tool,
+        input_json=json.dumps(tool_input, ensure_ascii=False).encode("utf-8"),
+        deadline_ms=int(deadline_s * 1000), stream=on_chunk is not None, cwd=cwd))
+    requests = _Requests(start)
+    stream = channel.call(iter(requests), timeout=deadline_s + 10)
+    try:
+        try:
+            return _events(stream, on_chunk)
+        except KeyboardInterrupt:
+            requests.put(pb.CallerFrame(cancel=pb.Cancel(call_id=call_id, reason="interrupted")))
+            _drain(stream, CANCEL_WAIT_S)
+            raise
+    finally:
+        requests.put(None)
+        stream.cancel()
+
+
+def _events(stream: Any, on_chunk: ChunkSink | None) -> Any:
+    for event in stream:
+        kind = event.WhichOneof("kind")
+        if kind == "chunk" and on_chunk is not None:
+            on_chunk(event.chunk.fd, event.chunk.data)
+        elif kind == "result":
+            try:
+                return json.loads(event.result.result_json.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise CmdopError("the agent sent a result that is not JSON",
+                                 "upgrade cmdop on that machine") from None
+        elif kind == "failure":
+            f = event.failure
+            raise failure_error(f.code, f.message, f.hint)
+    raise UnreachableError("the relay ended the call without a result",
+                           "the relay or the agent may have restarted; check `cmdop hosts`")
+
+
+def _drain(stream: Any, wait_s: float) -> None:
+    """After a Cancel: read until the call ends (the remote's kill reported) or `wait_s`."""
+    import threading
+
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            for event in stream:
+                if event.WhichOneof("kind") in ("result", "failure"):
+                    break
+        except CmdopError:
+            pass
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(wait_s)

@@ -1,0 +1,406 @@
+"""The relay's live state: agents' links, calls in flight, and the rules that route between them.
+
+Runs on asyncio (grpc.aio's loop) in `cmdop relay serve`. What it promises:
+- Every RPC is authenticated from its `authorization` metadata against the store (workspace API
+  keys, stored hashed). Failures are counted per client address (`AuthThrottle`): slowed, then
+  refused.
+- Identity is stamped here, never taken from a caller: each call forwarded to an agent carries
+  a `Principal` the relay filled in — workspace, key name, credential kind, and the caller's
+  machine only when the call arrived on that machine's own enrolled agent link. The class is
+  `self` only for such a call to a machine enrolled by the same key (`routing.caller_kind`).
+- One link per machine: a new link from the same machine replaces the old one. Calls are
+  correlated by call id, namespaced by the caller's key, so no caller can collide with another's
+  calls; the agent refuses a call id it has seen before.
+- Streamed output is flow-controlled per call on the shared agent stream: the agent keeps at most
+  its window of unacknowledged bytes; the relay grants credit as each chunk is written to the
+  caller (whose own stream is flow-controlled by HTTP/2).
+- Cancellation both ways: a caller that cancels or disappears cancels the call on the agent; an
+  agent link that ends fails its calls at once ("host_offline"); a call past its deadline is
+  cancelled on the agent and the caller told so.
+- Revocation (`cmdop relay key revoke`, another process) is noticed within ~0.2 s through the
+  store's data version: that key's links end and its calls are cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from cmdop.adapters.relay_grpc import RelayRefusal, ServerStream
+from cmdop.relay import routing
+from cmdop.relay.proto import relay_pb2 as pb
+
+log = logging.getLogger("cmdop.relay")
+
+HELLO_TIMEOUT_S = 10.0
+MAX_DEADLINE_MS = 4_000_000           # a call: 600 s tool + an ask wait (up to an hour) + margin
+DEFAULT_DEADLINE_MS = 660_000
+MAX_CALLS_PER_KEY = 64
+TOUCH_EVERY_S = 300.0                 # last_seen in the store: not a write per ping
+_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+Sink = Callable[[pb.CallEvent], Awaitable[None]]
+
+
+def _failure(call_id: str, code: str, message: str, hint: str = "") -> pb.CallEvent:
+    return pb.CallEvent(failure=pb.Failure(call_id=call_id, code=code, message=message,
+                                           hint=hint))
+
+
+@dataclass(eq=False)
+class Route:
+    """One call in flight, from a caller (direct, or through an agent link) to a target link."""
+
+    call_id: str                      # as the agent sees it: "<caller key id>:<caller's id>"
+    caller_id: str                    # as the caller sent it
+    caller_key: str
+    target: "Link"
+    events: asyncio.Queue[pb.CallEvent] = field(default_factory=asyncio.Queue)
+    aborted: str = ""                 # set by the relay (revoked, link ended): the failure code
+
+
+@dataclass(eq=False)
+class Link:
+    """One agent's stream."""
+
+    key: Any                          # store.KeyInfo
+    machine: Any                      # store.Machine
+    outq: asyncio.Queue[pb.RelayFrame | None] = field(default_factory=asyncio.Queue)
+    routes: dict[str, Route] = field(default_factory=dict)          # calls to this machine
+    outgoing: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # calls it started
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    touched: float = 0.0
+
+    def send(self, frame: pb.RelayFrame) -> None:
+        self.outq.put_nowait(frame)
+
+    def close(self, code: str, message: str) -> None:
+        """End the link: a Failure frame, then the writer stops and the RPC ends."""
+        if not self.ended.is_set():
+            self.outq.put_nowait(pb.RelayFrame(failure=pb.Failure(code=code, message=message)))
+            self.outq.put_nowait(None)
+            self.ended.set()
+
+
+class Router:
+    """Implements `relay_grpc.RelayHandlers` over a `RelayStore`."""
+
+    def __init__(self, store: Any, *, ping_s: int = 30, clock: Callable[[], float] = time.monotonic,
+                 max_calls_per_key: int = MAX_CALLS_PER_KEY) -> None:
+        self.store = store
+        self.ping_s = ping_s
+        self.clock = clock
+        self.max_calls_per_key = max_calls_per_key
+        self.throttle = routing.AuthThrottle()
+        self.links: dict[str, Link] = {}                      # machine row id -> link
+        self.calls_by_key: dict[str, set[Route]] = {}
+        self.counters: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # -- authentication -------------------------------------------------------------------
+
+    async def _authenticate(self, stream: ServerStream[Any, Any]) -> Any:
+        """The KeyInfo behind the RPC's bearer credential; RelayRefusal otherwise."""
+        verdict, wait = self.throttle.verdict(stream.peer, self.clock())
+        if verdict == "refuse":
+            self._count("auth_refused")
+            raise RelayRefusal("resource_exhausted",
+                               f"too many failed logins from {stream.peer}; try again in "
+                               f"{int(wait) + 1} s")
+        key = self.store.verify_key(stream.credential) if stream.credential else None
+        if key is None:
+            self.throttle.failed(stream.peer, self.clock())
+            self._count("auth_failed")
+            if verdict == "slow":
+                await asyncio.sleep(wait)
+            log.warning("authentication failed from %s", stream.peer)
+            raise RelayRefusal("unauthenticated", "unknown or revoked credential"
+                               if stream.credential else "no credential (authorization metadata)")
+        return key
+
+    # -- agents --------------------------------------------------------------------------
+
+    async def agent_link(self, stream: ServerStream[pb.AgentFrame, pb.RelayFrame]) -> None:
+        key = await self._authenticate(stream)
+        try:
+            first = await asyncio.wait_for(stream.read(), HELLO_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise RelayRefusal("deadline_exceeded", "no hello within 10 s") from None
+        if first is None or first.WhichOneof("kind") != "hello":
+            raise RelayRefusal("invalid_argument", "the first frame of a link must be hello")
+        hello = first.hello
+        if hello.protocol_version != routing.PROTOCOL_VERSION:
+            raise RelayRefusal("failed_precondition",
+                               f"protocol version {hello.protocol_version} is not supported "
+                               f"(this relay speaks {routing.PROTOCOL_VERSION}); upgrade cmdop")
+        hostname = hello.hostname.strip()[:253]
+        machine_id = hello.machine_id.strip()[:128]
+        if not hostname or not machine_id:
+            raise RelayRefusal("invalid_argument", "hello needs a hostname and a machine id")
+        machine = self.store.enroll_machine(key.workspace, key.id, hostname, machine_id,
+                                            hello.agent_version[:64])
+        link = Link(key=key, machine=machine, touched=self.clock())
+        old = self.links.get(machine.id)
+        if old is not None:
+            old.close("replaced", "a new link from the same machine replaced this one")
+        self.links[machine.id] = link
+        self._count("links")
+        log.info("agent %s (%s) linked from %s, workspace %s", machine.name, machine.machine_id,
+                 stream.peer, key.workspace)
+        await stream.write(pb.RelayFrame(welcome=pb.Welcome(
+            protocol_version=routing.PROTOCOL_VERSION, machine=machine.name,
+            workspace=key.workspace, capabilities=list(routing.CAPABILITIES),
+            ping_s=self.ping_s)))
+        try:
+            await self._serve_link(stream, link)
+        finally:
+            if self.links.get(machine.id) is link:
+                del self.links[machine.id]
+            link.ended.set()
+            for route in list(link.routes.values()):
+                self._abort(route, "host_offline",
+                            f"{machine.name}'s link to the relay ended during the call")
+            for task in link.outgoing.values():
+                task.cancel()
+            try:
+                self.store.touch_machine(machine.id)
+            except Exception:  # noqa: BLE001 - last_seen is informative only
+                log.exception("cannot record last_seen of %s", machine.name)
+            log.info("agent %s unlinked", machine.name)
+
+    async def _serve_link(self, stream: ServerStream[pb.AgentFrame, pb.RelayFrame],
+                          link: Link) -> None:
+        async def writer() -> None:
+            while True:
+                frame = await link.outq.get()
+                if frame is None:
+                    return
+                await stream.write(frame)
+
+        async def reader() -> None:
+            while True:
+                frame = await stream.read()
+                if frame is None:
+                    return
+                self._from_agent(link, frame)
+
+        async def pinger() -> None:
+            nonce = 0
+            while True:
+                await asyncio.sleep(self.ping_s)
+                nonce += 1
+                link.send(pb.RelayFrame(ping=pb.Ping(nonce=nonce)))
+                if self.clock() - link.touched > TOUCH_EVERY_S:
+                    link.touched = self.clock()
+                    self.store.touch_machine(link.machine.id)
+
+        tasks = [asyncio.ensure_future(t()) for t in (writer, reader, pinger)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _from_agent(self, link: Link, frame: pb.AgentFrame) -> None:
+        kind = frame.WhichOneof("kind")
+        if kind in ("accepted", "chunk", "result", "failure"):
+            body = getattr(frame, kind)
+            route = link.routes.get(body.call_id)
+            if route is None:
+                return                      # a call already over (cancelled, timed out)
+            event = pb.CallEvent()
+            getattr(event, kind).CopyFrom(body)
+            getattr(event, kind).call_id = route.caller_id
+            route.events.put_nowait(event)
+        elif kind == "call":
+            self._start_outgoing(link, frame.call)
+        elif kind == "cancel":
+            task = link.outgoing.get(frame.cancel.call_id)
+            if task is not None:
+                task.cancel()
+        # pong and anything unknown: the link is alive, nothing else to do
+
+    # -- callers -------------------------------------------------------------------------
+
+    async def list_hosts(self, stream: ServerStream[pb.ListHostsRequest, pb.ListHostsReply],
+                         request: pb.ListHostsRequest) -> pb.ListHostsReply:
+        key = await self._authenticate(stream)
+        reply = pb.ListHostsReply()
+        for m in self.store.list_machines(key.workspace):
+            reply.hosts.append(pb.HostInfo(name=m.name, hostname=m.hostname,
+                                           online=m.id in self.links,
+                                           agent_version=m.agent_version, last_seen=m.last_seen))
+        return reply
+
+    async def call(self, stream: ServerStream[pb.CallerFrame, pb.CallEvent]) -> None:
+        key = await self._authenticate(stream)
+        try:
+            first = await asyncio.wait_for(stream.read(), HELLO_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise RelayRefusal("deadline_exceeded", "no call within 10 s") from None
+        if first is None or first.WhichOneof("kind") != "start":
+            raise RelayRefusal("invalid_argument", "the first frame of a call must be start")
+        principal = pb.Principal(kind="remote", workspace=key.workspace, name=key.name,
+                                 credential="api_key")
+
+        async def follow_caller(route_task: asyncio.Task[None]) -> None:
+            # A Cancel frame from the caller cancels the call (the route tells the agent).
+            while True:
+                frame = await stream.read()
+                if frame is None:
+                    return
+                if frame.WhichOneof("kind") == "cancel":
+                    route_task.cancel()
+                    return
+
+        route_task = asyncio.ensure_future(
+            self._route(first.start, key, principal, None, stream.write))
+        follower = asyncio.ensure_future(follow_caller(route_task))
+        try:
+            await route_task
+        except asyncio.CancelledError:
+            if not route_task.cancelled():
+                raise
+            # cancelled by the caller's Cancel frame: tell it so, if it still listens
+            await stream.write(_failure(first.start.call_id, "cancelled", "cancelled by the caller"))
+        finally:
+            follower.cancel()
+            route_task.cancel()
+
+    def _start_outgoing(self, link: Link, start: pb.CallStart) -> None:
+        """A call from the linked machine's own CLI: the caller's machine is verified."""
+        if start.call_id in link.outgoing or not _valid_id(start.call_id):
+            link.send(pb.RelayFrame(event=_failure(start.call_id, "bad_call",
+                                                   "call id missing, malformed or in use")))
+            return
+        principal = pb.Principal(kind="remote", workspace=link.key.workspace,
+                                 name=link.key.name, credential="api_key",
+                                 hostname=link.machine.hostname,
+                                 machine_id=link.machine.machine_id)
+
+        async def sink(event: pb.CallEvent) -> None:
+            link.send(pb.RelayFrame(event=event))
+
+        async def run() -> None:
+            try:
+                await self._route(start, link.key, principal, link, sink)
+            except asyncio.CancelledError:
+                link.send(pb.RelayFrame(event=_failure(start.call_id, "cancelled",
+                                                       "cancelled by the caller")))
+            except RelayRefusal as exc:
+                link.send(pb.RelayFrame(event=_failure(start.call_id, exc.code, exc.message)))
+            finally:
+                link.outgoing.pop(start.call_id, None)
+
+        link.outgoing[start.call_id] = asyncio.ensure_future(run())
+
+    async def _route(self, start: pb.CallStart, key: Any, principal: pb.Principal,
+                     via: Link | None, sink: Sink) -> None:
+        """Send one call to its target machine and pass its events to `sink` until it ends.
+        RelayRefusal for a malformed call or one over the caller's limit; a host that is
+        unknown, ambiguous or offline is a Failure event (the caller prints it, exit 5)."""
+        cid = start.call_id
+        if not _valid_id(cid) or not start.tool or len(start.tool) > 64:
+            raise RelayRefusal("invalid_argument", "a call needs a call id (uuid) and a tool")
+        live = self.calls_by_key.setdefault(key.id, set())
+        if len(live) >= self.max_calls_per_key:
+            self._count("calls_refused_busy")
+            raise RelayRefusal("resource_exhausted",
+                               f"this key already has {len(live)} calls running (at most "
+                               f"{self.max_calls_per_key})")
+        machines = self.store.list_machines(key.workspace)
+        machine, matches = routing.resolve_host(start.host, machines)
+        if machine is None:
+            if matches:
+                await sink(_failure(cid, "host_ambiguous",
+                                    f"{start.host!r} matches {', '.join(matches)}",
+                                    "type more of the name"))
+            else:
+                await sink(_failure(cid, "host_unknown",
+                                    f"no machine named {start.host!r} in workspace "
+                                    f"{key.workspace}", "see `cmdop hosts`"))
+            return
+        target = self.links.get(machine.id)
+        if target is None:
+            await sink(_failure(cid, "host_offline", f"{machine.name} is not connected to the relay",
+                                "is its agent running (`cmdop agent status` on it)?"))
+            return
+        forwarded = pb.Principal()
+        forwarded.CopyFrom(principal)
+        forwarded.kind = routing.caller_kind(
+            caller_principal=key.id, via_machine_principal=via.key.id if via else None,
+            target_principal=target.key.id)
+        deadline_ms = min(start.deadline_ms or DEFAULT_DEADLINE_MS, MAX_DEADLINE_MS)
+        route = Route(call_id=f"{key.id}:{cid}", caller_id=cid, caller_key=key.id, target=target)
+        if route.call_id in target.routes:
+            await sink(_failure(cid, "bad_call", "this call id is already in flight"))
+            return
+        target.routes[route.call_id] = route
+        live.add(route)
+        self._count("calls")
+        ended = False
+        try:
+            target.send(pb.RelayFrame(call=pb.CallStart(
+                call_id=route.call_id, tool=start.tool, input_json=start.input_json,
+                deadline_ms=deadline_ms, stream=start.stream, caller=forwarded, cwd=start.cwd)))
+            async with asyncio.timeout(deadline_ms / 1000 + 5):
+                while True:
+                    event = await route.events.get()
+                    await sink(event)
+                    kind = event.WhichOneof("kind")
+                    if kind == "chunk":
+                        target.send(pb.RelayFrame(credit=pb.Credit(
+                            call_id=route.call_id, bytes=len(event.chunk.data))))
+                    elif kind in ("result", "failure"):
+                        ended = not route.aborted or route.aborted == "host_offline"
+                        return
+        except TimeoutError:
+            await sink(_failure(cid, "deadline_exceeded",
+                                f"no result within {deadline_ms // 1000} s; cancelled"))
+        finally:
+            target.routes.pop(route.call_id, None)
+            live.discard(route)
+            if not ended and not target.ended.is_set():
+                target.send(pb.RelayFrame(cancel=pb.Cancel(call_id=route.call_id,
+                                                           reason=route.aborted or "caller left")))
+
+    def _abort(self, route: Route, code: str, message: str) -> None:
+        """End a route from the relay's side (its caller gets `code`)."""
+        if not route.aborted:
+            route.aborted = code
+            route.events.put_nowait(_failure(route.caller_id, code, message))
+
+    # -- revocation ------------------------------------------------------------------------
+
+    async def watch_revocations(self, every_s: float = 0.2) -> None:
+        """Forever: when the store changed (an admin command in another process), end the
+        links and calls of every revoked key."""
+        version = self.store.data_version()
+        while True:
+            await asyncio.sleep(every_s)
+            now = self.store.data_version()
+            if now == version:
+                continue
+            version = now
+            self.revoke(self.store.revoked_key_ids())
+
+    def revoke(self, revoked: frozenset[str]) -> None:
+        """End the links and calls of keys in `revoked`, now."""
+        for link in list(self.links.values()):
+            if link.key.id in revoked:
+                log.info("key %s revoked: ending %s's link", link.key.id, link.machine.name)
+                link.close("revoked", "this machine's key was revoked")
+        for key_id in revoked:
+            for route in list(self.calls_by_key.get(key_id, ())):
+                self._abort(route, "revoked", "the caller's key was revoked")
+
+
+def _valid_id(call_id: str) -> bool:
+    return 0 < len(call_id) <= 64 and all(c in _ID_OK for c in call_id)
+
