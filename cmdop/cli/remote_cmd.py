@@ -61,6 +61,58 @@ def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
                                       ca_file=cred.relay_ca), cred.secret)
 
 
+_NOT_THROUGH_AGENT = object()
+
+
+def _uses_own_credential(args: argparse.Namespace) -> bool:
+    """Credential flags name a credential of their own: then the call goes direct."""
+    return bool(getattr(args, "api_key", None) or getattr(args, "workspace", None)
+                or getattr(args, "relay", None))
+
+
+def _through_agent(ctx: CliContext, host: str, tool: str, tool_input: dict[str, Any],
+                   on_chunk: Any, deadline_s: float) -> Any:
+    """The call made through the local agent's open relay link (like ssh's ControlMaster: no
+    TLS handshake, no grpc import here, and the relay knows which machine it comes from);
+    `_NOT_THROUGH_AGENT` when no agent runs here or it has no link up."""
+    import base64
+
+    from cmdop.core.errors import DaemonError
+    from cmdop.daemon.client import DaemonClient
+
+    try:
+        client = DaemonClient.connect(ctx.settings.socket_path)
+    except DaemonError:
+        return _NOT_THROUGH_AGENT
+    with client:
+        try:
+            events = client.relay_call(host, tool, tool_input, stream=on_chunk is not None,
+                                       deadline_ms=int(deadline_s * 1000))
+            first = next(events)
+        except DaemonError as exc:
+            if getattr(exc, "code", "") in ("no_link", "bad_request") or "unknown op" in exc.message:
+                return _NOT_THROUGH_AGENT
+            raise
+        except StopIteration:
+            return _NOT_THROUGH_AGENT
+        from cmdop.relay.caller import failure_error
+
+        try:
+            event = first
+            while True:
+                kind = event.get("event")
+                if kind == "chunk" and on_chunk is not None:
+                    on_chunk(int(event.get("fd") or 1), base64.b64decode(event.get("data") or ""))
+                elif kind == "result":
+                    return event.get("result")
+                elif kind == "failure":
+                    raise failure_error(str(event.get("code") or ""), str(event.get("message") or ""),
+                                        str(event.get("hint") or ""))
+                event = next(events)
+        finally:
+            events.close()
+
+
 def _hosts(args: argparse.Namespace, ctx: CliContext) -> int:
     with _channel(args, ctx) as channel:
         reply = channel.list_hosts()
@@ -117,13 +169,18 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
         stream.write(data)
         stream.flush()
 
-    with _channel(args, ctx) as channel:
-        try:
-            result = remote_call(channel, args.host, "execute_command", tool_input,
-                                 on_chunk=on_chunk, deadline_s=timeout + 30)
-        except KeyboardInterrupt:
-            ctx.note("cmdop: interrupted; the remote command was cancelled")
-            return 130
+    try:
+        result = _NOT_THROUGH_AGENT
+        if not _uses_own_credential(args):
+            result = _through_agent(ctx, args.host, "execute_command", tool_input, on_chunk,
+                                    timeout + 30)
+        if result is _NOT_THROUGH_AGENT:
+            with _channel(args, ctx) as channel:
+                result = remote_call(channel, args.host, "execute_command", tool_input,
+                                     on_chunk=on_chunk, deadline_s=timeout + 30)
+    except KeyboardInterrupt:
+        ctx.note("cmdop: interrupted; the remote command was cancelled")
+        return 130
     if isinstance(result, dict) and result.get("error") == "permission_denied":
         _denied(result, ctx)
     if isinstance(result, dict) and "exit_code" in result:
@@ -147,13 +204,17 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
     if not isinstance(tool_input, dict):
         raise UsageError("--input must be a JSON object")
     timeout = _deadline(args.timeout)
-    with _channel(args, ctx) as channel:
-        try:
-            result = remote_call(channel, args.host, args.tool, tool_input,
-                                 deadline_s=timeout + 30)
-        except KeyboardInterrupt:
-            ctx.note("cmdop: interrupted; the remote call was cancelled")
-            return 130
+    try:
+        result = _NOT_THROUGH_AGENT
+        if not _uses_own_credential(args):
+            result = _through_agent(ctx, args.host, args.tool, tool_input, None, timeout + 30)
+        if result is _NOT_THROUGH_AGENT:
+            with _channel(args, ctx) as channel:
+                result = remote_call(channel, args.host, args.tool, tool_input,
+                                     deadline_s=timeout + 30)
+    except KeyboardInterrupt:
+        ctx.note("cmdop: interrupted; the remote call was cancelled")
+        return 130
     if isinstance(result, dict) and result.get("error") == "permission_denied":
         print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
         return 3

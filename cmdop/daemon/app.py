@@ -99,6 +99,7 @@ class Daemon:
         from cmdop.daemon.relay_link import LinkState
 
         self.relay_state = LinkState()
+        self.current_link: Any = None    # relay_link.Link while the relay link is up
         self._stop_event: trio.Event | None = None   # trio objects are created inside trio.run
         self._reload_lock: trio.Lock | None = None
 
@@ -269,6 +270,7 @@ class Daemon:
                 broker=self.broker, gatekeeper=self.gatekeeper, call_context=call_ctx,
                 handle_call=handle_call, hostname=self.hostname, status=self.snapshot,
                 reload=self.reload_policy, counters=self.counters)
+            self.service.current_link = lambda: self.current_link
             server = LocalServer(listener, self.service.dispatch, self.broker, self.counters)
             await self._serve(server)
         finally:

@@ -159,6 +159,41 @@ class DaemonClient:
     def reload(self) -> dict[str, Any]:
         return self._request_obj("reload")
 
+    def relay_call(self, host: str, tool: str, tool_input: Mapping[str, Any], *, stream: bool,
+                   deadline_ms: int, cwd: str = "") -> Iterator[dict[str, Any]]:
+        """A call to another machine through the agent's relay link: yields the event frames
+        (`accepted`, `chunk`, then `result` or `failure`). DaemonError with code `no_link` at
+        once when the agent has no link up. Closing the generator early (Ctrl-C) sends
+        `cancel` and waits briefly for the call to end."""
+        self.send({"v": protocol.VERSION, "id": next(self._ids), "op": "relay_call",
+                   "host": host, "tool": tool, "input": dict(tool_input), "stream": stream,
+                   "deadline_ms": deadline_ms, "cwd": cwd})
+        resp = self.receive(REQUEST_TIMEOUT_S)
+        if not resp.get("ok"):
+            err = resp.get("error") or {}
+            exc = DaemonError(str(err.get("message") or "the agent refused the call"),
+                              err.get("hint"))
+            exc.code = str(err.get("code") or "error")  # type: ignore[attr-defined]
+            raise exc
+        ended = False
+        try:
+            while True:
+                event = self.receive(deadline_ms / 1000 + 30)
+                yield event
+                if event.get("event") in ("result", "failure"):
+                    ended = True
+                    return
+        finally:
+            if not ended:
+                try:
+                    self.send({"v": protocol.VERSION, "id": next(self._ids), "op": "cancel"})
+                    deadline = 5.0
+                    while True:
+                        if self.receive(deadline).get("event") in ("result", "failure"):
+                            break
+                except DaemonError:
+                    pass
+
     def watch(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Attach as an approver and yield pushed events until the daemon closes the stream."""
         self.send({"v": protocol.VERSION, "id": next(self._ids), "op": "watch"})

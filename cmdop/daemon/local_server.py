@@ -61,6 +61,16 @@ class WatchRequested(Exception):
         self.req_id = req_id
 
 
+class StreamRequested(Exception):
+    """Raised by a dispatcher to serve one request as a stream of frames (op `relay_call`):
+    `serve(send, reader)` runs with the connection, then the connection takes requests again."""
+
+    def __init__(self, serve: Callable[[Callable[[dict[str, Any]], Awaitable[None]],
+                                        "FrameReader"], Awaitable[None]]) -> None:
+        super().__init__("stream")
+        self.serve = serve
+
+
 Dispatch = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 
 
@@ -328,6 +338,12 @@ class LocalServer:
                 await send_frame(stream, protocol.ok(w.req_id, {"watching": True}))
                 await self._stream_events(stream, peer)
                 return
+            except StreamRequested as s:
+                async def send(obj: dict[str, Any]) -> None:
+                    await send_frame(stream, obj)
+
+                await s.serve(send, reader)
+                continue
             await send_frame(stream, resp)
 
     async def _stream_events(self, stream: trio.SocketStream, peer: Peer) -> None:

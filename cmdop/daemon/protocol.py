@@ -51,6 +51,15 @@ Ops:
 - `list_rules` → `{"mode", "policy_ok", "rules": [{"rule_id", "rule", "action", "reason",
   "scope": "global"|"session"}...]}`: the rules the running gate decides with, file rules first.
 
+- `relay_call` `{host, tool, input, deadline_ms?, stream?, cwd?}` → a call to ANOTHER machine
+  through this agent's open relay link (so the relay knows which machine it comes from). Error
+  `no_link` at once when the agent has no link up (the CLI then connects directly). Otherwise
+  the connection streams event frames `{"v":1,"event":"accepted","machine"}`,
+  `{"v":1,"event":"chunk","fd":1|2,"data":BASE64}`, and ends the call with
+  `{"v":1,"event":"result","result":{...}}` or `{"v":1,"event":"failure","code","message",
+  "hint"}`; then the connection takes requests again. The client may send `{"op":"cancel"}`
+  meanwhile; closing the connection cancels the call too.
+
 ASK = `{"ask_id", "tool", "operation", "target", "input_digest", "cwd", "caller": {"kind",
 "user", "hostname"}, "rule_id", "reason", "mode", "created_at", "expires_in_s"}`.
 """
@@ -69,7 +78,7 @@ IDLE_TIMEOUT_S = 300.0
 HEADER = struct.Struct(">I")
 
 OPS = ("ping", "status", "call", "pending", "answer", "watch", "reload", "token",
-       "add_session_rule", "list_rules")
+       "add_session_rule", "list_rules", "relay_call")
 CALLER_DOWNGRADES = ("remote", "self")
 
 

@@ -105,15 +105,9 @@ def caller_from_principal(p: "pb.Principal") -> Caller:
 
 
 def machine_id(state_dir: str) -> str:
-    """This machine's id: /etc/machine-id, else one generated once into the state dir."""
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            with open(path, encoding="ascii") as f:
-                value = f.read().strip()
-            if value:
-                return value
-        except (OSError, UnicodeDecodeError):
-            continue
+    """This agent's id on the relay: random, generated once into the state dir. Per agent, not
+    /etc/machine-id: a root agent and a user's agent on one machine are two hosts, and cloned
+    images share /etc/machine-id."""
     path = os.path.join(state_dir, "machine_id")
     try:
         with open(path, encoding="ascii") as f:
@@ -195,6 +189,8 @@ class Link:
         self.seen = seen
         self.outq: queue.Queue[Any] = queue.Queue()
         self.running: dict[str, _Running] = {}
+        # Calls this machine's own CLI makes through the link: their events, by call id.
+        self.outgoing: dict[str, trio.MemorySendChannel[Any]] = {}
 
     def frames(self) -> Iterator[Any]:
         """The request iterator grpc drains (in its own thread): until None is queued."""
@@ -216,6 +212,7 @@ class Link:
             self.state.machine = frame.welcome.machine
             self.state.workspace = frame.welcome.workspace
             self.state.set("online", "")
+            self.daemon.current_link = self
             log.info("linked to relay %s as %s (workspace %s)", self.state.relay,
                      frame.welcome.machine, frame.welcome.workspace)
         elif kind == "call":
@@ -231,6 +228,16 @@ class Link:
                 running.window.grant(frame.credit.bytes)
         elif kind == "ping":
             self.send(pb.AgentFrame(pong=pb.Ping(nonce=frame.ping.nonce)))
+        elif kind == "event":
+            event = frame.event
+            which = event.WhichOneof("kind")
+            cid = getattr(event, which).call_id if which else ""
+            channel = self.outgoing.get(cid)
+            if channel is not None:
+                channel.send_nowait(event)     # bounded by the credit window, not the channel
+                if which in ("result", "failure"):
+                    del self.outgoing[cid]
+                    channel.close()
         elif kind == "failure":
             self.state.last_error = f"{frame.failure.code}: {frame.failure.message}"
             log.warning("the relay ends this link: %s", self.state.last_error)
@@ -304,10 +311,100 @@ class Link:
         data = json.dumps(result, ensure_ascii=False, default=str).encode("utf-8")
         self.send(pb.AgentFrame(result=pb.Result(call_id=cid, result_json=data)))
 
+    def open_outgoing(self, start: "pb.CallStart") -> trio.MemoryReceiveChannel[Any]:
+        """Send a call of this machine's CLI to the relay; its events arrive on the channel
+        (the last one a result or a failure)."""
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        send, recv = trio.open_memory_channel[Any](float("inf"))
+        self.outgoing[start.call_id] = send
+        self.send(pb.AgentFrame(call=start))
+        return recv
+
+    def ack(self, call_id: str, n: int) -> None:
+        """The local client has `n` more bytes of an outgoing call: the target may send more."""
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        self.send(pb.AgentFrame(credit=pb.Credit(call_id=call_id, bytes=n)))
+
+    def cancel_outgoing(self, call_id: str) -> None:
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        if call_id in self.outgoing:
+            self.send(pb.AgentFrame(cancel=pb.Cancel(call_id=call_id, reason="cancelled")))
+
     def cancel_all(self) -> None:
+        """The link is ending: running calls are cancelled, outgoing ones fail."""
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        if self.daemon.current_link is self:
+            self.daemon.current_link = None
         for running in self.running.values():
             running.cancel.set()
             running.window.wake()
+        for cid, channel in list(self.outgoing.items()):
+            channel.send_nowait(pb.CallEvent(failure=pb.Failure(
+                call_id=cid, code="relay_lost", message="this agent's link to the relay ended "
+                "during the call")))
+            channel.close()
+        self.outgoing.clear()
+
+
+def _event_json(event: "pb.CallEvent") -> dict[str, Any]:
+    """A relay CallEvent as the local protocol's event frame."""
+    import base64
+
+    which = event.WhichOneof("kind")
+    if which == "chunk":
+        return {"event": "chunk", "fd": event.chunk.fd,
+                "data": base64.b64encode(event.chunk.data).decode("ascii")}
+    if which == "accepted":
+        return {"event": "accepted", "machine": event.accepted.machine}
+    if which == "result":
+        try:
+            result = json.loads(event.result.result_json.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            result = {"error": "bad_result", "message": "the agent's result is not JSON"}
+        return {"event": "result", "result": result}
+    f = event.failure
+    return {"event": "failure", "code": f.code or "failed", "message": f.message, "hint": f.hint}
+
+
+async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any) -> None:
+    """Run one `relay_call` request of a local client over `link` (see daemon.protocol)."""
+    from cmdop.daemon import protocol
+    from cmdop.relay.proto import relay_pb2 as pb
+
+    cid = uuid.uuid4().hex
+    deadline_ms = int(req.get("deadline_ms") or 660_000)
+    start = pb.CallStart(call_id=cid, host=str(req["host"]), tool=str(req["tool"]),
+                         input_json=json.dumps(req.get("input") or {}).encode("utf-8"),
+                         deadline_ms=deadline_ms, stream=bool(req.get("stream")),
+                         cwd=str(req.get("cwd") or ""))
+    events = link.open_outgoing(start)
+    await send(protocol.ok(req.get("id"), {"call_id": cid}))
+    async with trio.open_nursery() as nursery:
+        async def follow_client() -> None:
+            # A cancel frame, or the client leaving, cancels the call on the remote side.
+            try:
+                while True:
+                    msg = await reader.read(idle_s=deadline_ms / 1000 + 30)
+                    if msg is None or msg.get("op") == "cancel":
+                        break
+            except Exception:  # noqa: BLE001 - a broken client is a leaving client
+                pass
+            link.cancel_outgoing(cid)
+
+        nursery.start_soon(follow_client)
+        async with events:
+            async for event in events:
+                obj = _event_json(event)
+                await send({"v": protocol.VERSION, **obj})
+                if obj["event"] == "chunk":
+                    link.ack(cid, len(event.chunk.data))
+                if obj["event"] in ("result", "failure"):
+                    break
+        nursery.cancel_scope.cancel()
 
 
 async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,

@@ -29,7 +29,7 @@ from cmdop.core.calls import Caller, CallerKind, ToolCall
 from cmdop.core.policy.decision import Decision
 from cmdop.daemon import protocol
 from cmdop.daemon.broker import AnswerError, AskBroker
-from cmdop.daemon.local_server import Peer, WatchRequested
+from cmdop.daemon.local_server import Peer, StreamRequested, WatchRequested
 
 log = logging.getLogger("cmdop.daemon.service")
 
@@ -89,6 +89,8 @@ class AgentService:
         self._lock = threading.Lock()
         self._running = 0                  # calls whose worker thread has started and not ended
         self._live_cancels: set[threading.Event] = set()   # per-call events (relay calls)
+        # The relay link while it is up (set by the daemon): for calls to other machines.
+        self.current_link: Callable[[], Any] | None = None
 
     @property
     def running_calls(self) -> int:
@@ -114,6 +116,8 @@ class AgentService:
             return protocol.error(req_id, exc.code, exc.message, exc.hint)
         except AnswerError as exc:
             return protocol.error(req_id, exc.code, exc.message)
+        except StreamRequested:
+            raise
         except Exception as exc:  # a bug of ours: answer it and keep serving everyone else
             log.exception("request %s failed", op)
             return protocol.error(req_id, "internal", f"internal error: {type(exc).__name__}: {exc}")
@@ -180,6 +184,22 @@ class AgentService:
     async def _op_token(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
         raise RequestError("unavailable", "this agent has no credential store yet",
                            "access tokens arrive with the relay link")
+
+    async def _op_relay_call(self, req: dict[str, Any], peer: Peer) -> Any:
+        """A call to another machine through this agent's relay link (see daemon.protocol)."""
+        host, tool, tool_input = req.get("host"), req.get("tool"), req.get("input", {})
+        if not (isinstance(host, str) and host and isinstance(tool, str) and tool
+                and isinstance(tool_input, dict)):
+            raise RequestError("bad_request", "relay_call needs a host, a tool and an input object")
+        link = self.current_link() if self.current_link is not None else None
+        if link is None:
+            raise RequestError("no_link", "this agent has no relay link up",
+                               "see `cmdop agent status`; the CLI connects directly meanwhile")
+        from cmdop.daemon.relay_link import serve_outgoing
+
+        log.info("local client pid %d (%s) calls %s on %s through the relay link", peer.pid,
+                 peer.user, tool, host)
+        raise StreamRequested(lambda send, reader: serve_outgoing(link, req, send, reader))
 
     async def _op_call(self, req: dict[str, Any], peer: Peer) -> Any:
         tool, tool_input = req.get("tool"), req.get("input", {})

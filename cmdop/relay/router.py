@@ -60,6 +60,10 @@ class Route:
     target: "Link"
     events: asyncio.Queue[pb.CallEvent] = field(default_factory=asyncio.Queue)
     aborted: str = ""                 # set by the relay (revoked, link ended): the failure code
+    # Direct callers' streams are flow-controlled by HTTP/2, so a chunk written to the caller is
+    # credited at once; a call started on an agent link is credited when that agent says its
+    # local client has the bytes (AgentFrame.credit).
+    credit_on_write: bool = True
 
 
 @dataclass(eq=False)
@@ -71,6 +75,7 @@ class Link:
     outq: asyncio.Queue[pb.RelayFrame | None] = field(default_factory=asyncio.Queue)
     routes: dict[str, Route] = field(default_factory=dict)          # calls to this machine
     outgoing: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # calls it started
+    outgoing_routes: dict[str, Route] = field(default_factory=dict)    # by the agent's call id
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     touched: float = 0.0
 
@@ -224,6 +229,11 @@ class Router:
             task = link.outgoing.get(frame.cancel.call_id)
             if task is not None:
                 task.cancel()
+        elif kind == "credit":
+            out = link.outgoing_routes.get(frame.credit.call_id)
+            if out is not None and not out.target.ended.is_set():
+                out.target.send(pb.RelayFrame(credit=pb.Credit(call_id=out.call_id,
+                                                               bytes=frame.credit.bytes)))
         # pong and anything unknown: the link is alive, nothing else to do
 
     # -- callers -------------------------------------------------------------------------
@@ -337,11 +347,14 @@ class Router:
             caller_principal=key.id, via_machine_principal=via.key.id if via else None,
             target_principal=target.key.id)
         deadline_ms = min(start.deadline_ms or DEFAULT_DEADLINE_MS, MAX_DEADLINE_MS)
-        route = Route(call_id=f"{key.id}:{cid}", caller_id=cid, caller_key=key.id, target=target)
+        route = Route(call_id=f"{key.id}:{cid}", caller_id=cid, caller_key=key.id, target=target,
+                      credit_on_write=via is None)
         if route.call_id in target.routes:
             await sink(_failure(cid, "bad_call", "this call id is already in flight"))
             return
         target.routes[route.call_id] = route
+        if via is not None:
+            via.outgoing_routes[cid] = route
         live.add(route)
         self._count("calls")
         ended = False
@@ -354,7 +367,7 @@ class Router:
                     event = await route.events.get()
                     await sink(event)
                     kind = event.WhichOneof("kind")
-                    if kind == "chunk":
+                    if kind == "chunk" and route.credit_on_write:
                         target.send(pb.RelayFrame(credit=pb.Credit(
                             call_id=route.call_id, bytes=len(event.chunk.data))))
                     elif kind in ("result", "failure"):
@@ -365,6 +378,8 @@ class Router:
                                 f"no result within {deadline_ms // 1000} s; cancelled"))
         finally:
             target.routes.pop(route.call_id, None)
+            if via is not None:
+                via.outgoing_routes.pop(cid, None)
             live.discard(route)
             if not ended and not target.ended.is_set():
                 target.send(pb.RelayFrame(cancel=pb.Cancel(call_id=route.call_id,

@@ -135,7 +135,7 @@ class Ping(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "accepted", "chunk", "result", "failure", "pong", "call", "cancel")
+    __slots__ = ("hello", "accepted", "chunk", "result", "failure", "pong", "call", "cancel", "credit")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class AgentFrame(_message.Message):
     PONG_FIELD_NUMBER: _ClassVar[int]
     CALL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     accepted: Accepted
     chunk: Chunk
@@ -152,7 +153,8 @@ class AgentFrame(_message.Message):
     pong: Ping
     call: CallStart
     cancel: Cancel
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    credit: Credit
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
 
 class RelayFrame(_message.Message):
     __slots__ = ("welcome", "call", "cancel", "credit", "ping", "event", "failure")
