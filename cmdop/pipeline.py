@@ -1,12 +1,20 @@
-"""The tool-call pipeline: gate -> audit -> tool, one entry point for the CLI and the daemon.
+"""The tool-call pipeline: admission -> gate -> audit -> tool, one entry point for the CLI and
+the daemon.
 
 `handle_call(call, caller, ctx, ask=None, cancel=None)` promises:
 - It never raises for anything a caller sends; every outcome is a result object.
-- The gate decides first (`Gatekeeper.evaluate`). An unknown tool is denied whatever the gate
-  says (fail closed). "ask" goes to `ask(decision, call, caller)`; with no `ask` the call is
-  denied at once with reason "no approver attached" (CONTRACT §4 step 5).
-- The audit line is written BEFORE the tool runs. If it cannot be written, remote and self
-  callers are denied (reason "audit log unwritable"); a local caller's call goes on with a warning.
+- Admission first (`cmdop.core.admission.admit`, on facts learnt cheaply here: the registry's
+  tools, whether the audit log looks writable, whether the sandbox is up where a command needs
+  it): an unknown tool ("unknown tool: X"), a guest's tool outside its share, an audit log that
+  is not writable for a remote/self/guest caller ("audit log unwritable"), or a command from such
+  a caller without the required sandbox is denied — audited like any denial, with rule_id
+  "admission:…", and the gate is not consulted. The sandbox refusal keeps its
+  `sandbox_unavailable` result.
+- Then the gate (`Gatekeeper.evaluate`). "ask" goes to `ask(decision, call, caller)`; with no
+  `ask` the call is denied at once with reason "no approver attached" (CONTRACT §4 step 5).
+- The audit line is written BEFORE the tool runs. If it cannot be written after all, remote and
+  self callers are denied (reason "audit log unwritable"); a local caller's call goes on with a
+  warning.
 - Denied -> the CONTRACT §6 permission_denied object (with the final reason).
 - Allowed -> `cmdop.tools.registry.run_tool`; tool errors come back as {"error": kind, ...};
   a floor hit the tool finds on the path it actually opened is denied and audited as well.
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from cmdop.core.admission import AdmissionFacts, admit, needs_sandbox
 from cmdop.core.calls import Caller, CallerKind, ToolCall
 from cmdop.core.policy.decision import Decision
 from cmdop.core.settings import Settings
@@ -95,6 +104,64 @@ def _deny(decision: Decision, reason: str, source: str | None = None) -> Decisio
     return dataclasses.replace(decision, **changes)
 
 
+def writable_path(path: str) -> bool:
+    """Whether `path` can be appended to, or created: the file itself when it exists, else the
+    nearest existing directory above it. A cheap probe (no write); the write can still fail."""
+    if os.path.lexists(path):
+        return not os.path.isdir(path) and os.access(path, os.W_OK)
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
+
+
+def audit_writable(audit: object) -> bool:
+    """Whether the audit log looks writable: its own `writable()` probe if it has one, else its
+    `path` (`writable_path`); True when there is nothing to probe (the write decides)."""
+    try:
+        probe = getattr(audit, "writable", None)
+        if callable(probe):
+            return bool(probe())
+        path = getattr(audit, "path", None)
+        return writable_path(path) if isinstance(path, str) else True
+    except Exception:  # noqa: BLE001 - a probe that fails says "not writable"
+        log.exception("probing the audit log failed")
+        return False
+
+
+def sandbox_state(sandbox: object) -> tuple[bool, str]:
+    """(seccomp usable for commands, why not): `Sandbox.available`, as execute_command asks it
+    (it may start the sandbox server)."""
+    if sandbox is None:
+        return False, "no sandbox configured"
+    try:
+        if getattr(sandbox, "available"):
+            return True, ""
+        return False, str(getattr(sandbox, "reason", "") or "the sandbox is unavailable")
+    except Exception as exc:  # noqa: BLE001 - a probe that fails says "unavailable"
+        return False, f"probing the sandbox failed: {exc}"
+
+
+def admission_facts(call: ToolCall, caller: Caller, ctx: CallContext) -> AdmissionFacts:
+    """The facts admission judges `call` on; the sandbox is probed only where it matters."""
+    available: bool | None = None
+    why = ""
+    if needs_sandbox(call, caller, ctx.sandbox_required):
+        available, why = sandbox_state(ctx.sandbox)
+    return AdmissionFacts(known_tools=frozenset(TOOLS), audit_writable=audit_writable(ctx.audit),
+                          sandbox_available=available, sandbox_required=ctx.sandbox_required,
+                          sandbox_reason=why)
+
+
+def _mode(ctx: CallContext) -> str:
+    """The gate's mode, for an admission denial's record ("" when the gate cannot say)."""
+    try:
+        mode = getattr(ctx.gatekeeper, "mode", "")
+    except Exception:  # noqa: BLE001
+        return ""
+    return mode if isinstance(mode, str) else ""
+
+
 def _evaluate(call: ToolCall, caller: Caller, ctx: CallContext) -> Decision:
     try:
         decision: Decision = ctx.gatekeeper.evaluate(call, caller)
@@ -102,8 +169,6 @@ def _evaluate(call: ToolCall, caller: Caller, ctx: CallContext) -> Decision:
         log.exception("the permission gate failed")
         return Decision(decision="deny", source="mode", reason=f"permission gate failed: {exc}",
                         mode="", tool=call.tool, operation=call.operation)
-    if call.tool not in TOOLS and decision.decision != "deny":
-        decision = _deny(decision, f"unknown tool: {call.tool}", source="floor")
     return decision
 
 
@@ -124,40 +189,50 @@ def _audit(ctx: CallContext, decision: Decision, outcome: str, call: ToolCall, c
         return False
 
 
+def _gate(call: ToolCall, caller: Caller, ctx: CallContext,
+          ask: AskFn | None) -> tuple[Decision, str, int]:
+    """(decision, audit outcome, ask_ms): the gate's answer, an "ask" settled by `ask`."""
+    decision = _evaluate(call, caller, ctx)
+    if decision.decision != "ask":
+        return decision, decision.decision, 0  # "allow" | "deny"
+    if ask is None:
+        return _deny(decision, "no approver attached"), "deny", 0
+    try:
+        answer = ask(decision, call, caller)
+    except Exception as exc:
+        log.exception("the approver failed")
+        answer = AskOutcome("ask_denied", 0, f"approval failed: {exc}")
+    outcome = answer.outcome if answer.outcome in ("ask_allowed", "ask_denied", "ask_timeout") else "ask_denied"
+    if outcome == "ask_allowed":
+        decision = dataclasses.replace(decision, decision="allow", reason=answer.reason or decision.reason)
+    else:
+        default = "ask_timeout" if outcome == "ask_timeout" else "denied by approver"
+        decision = _deny(decision, answer.reason or default)
+    return decision, outcome, answer.ask_ms
+
+
 def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | None = None,
                 cancel: threading.Event | None = None, on_chunk: ChunkFn | None = None,
                 audit_extra: Mapping[str, Any] | None = None) -> ToolResult:
-    """Gate, audit and run one tool call, as the module docstring promises. `audit_extra`
+    """Admit, gate, audit and run one tool call, as the module docstring promises. `audit_extra`
     fields go into every audit line of this call (e.g. `as_caller`; see core.audit)."""
     if not call.cwd:
         # One base directory for the gate and the tool: relative paths and an execute_command
         # `cwd` are judged where they will be used.
         call = dataclasses.replace(call, cwd=os.getcwd())
-    decision = _evaluate(call, caller, ctx)
-    ask_ms = 0
-    if decision.decision == "ask":
-        if ask is None:
-            decision, outcome = _deny(decision, "no approver attached"), "deny"
-        else:
-            try:
-                answer = ask(decision, call, caller)
-            except Exception as exc:
-                log.exception("the approver failed")
-                answer = AskOutcome("ask_denied", 0, f"approval failed: {exc}")
-            ask_ms = answer.ask_ms
-            outcome = answer.outcome if answer.outcome in ("ask_allowed", "ask_denied", "ask_timeout") else "ask_denied"
-            if outcome == "ask_allowed":
-                decision = dataclasses.replace(decision, decision="allow",
-                                               reason=answer.reason or decision.reason)
-            else:
-                default = "ask_timeout" if outcome == "ask_timeout" else "denied by approver"
-                decision = _deny(decision, answer.reason or default)
+    admission = admit(call, caller, admission_facts(call, caller, ctx))
+    refused = admission.denial(_mode(ctx))
+    if refused is not None:        # the gate is not consulted
+        decision, outcome, ask_ms = refused, "deny", 0
     else:
-        outcome = decision.decision  # "allow" | "deny"
+        decision, outcome, ask_ms = _gate(call, caller, ctx, ask)
 
     written = _audit(ctx, decision, outcome, call, caller, ask_ms, audit_extra)
     if not written and caller.kind != CallerKind.LOCAL:
+        # The second line of defence: the probe said writable, the write failed (disk full).
         return _deny(decision, "audit log unwritable").denied_result()
+    if refused is not None:
+        return admission.denied_result(decision.mode)
     if decision.decision != "allow":
         return decision.denied_result()
 

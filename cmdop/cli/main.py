@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cmdop.cli import (agent_cmd, approvals, audit_cmd, common, doctor_cmd, permissions, run_cmd,
                            version_cmd)
+    from cmdop.cli import connect_cmd, relay_cmd, remote_cmd
 
     parser = argparse.ArgumentParser(
         prog="cmdop",
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.register(perms)
     agent_cmd.register(sub)
     doctor_cmd.register(sub)
+    relay_cmd.register(sub)
+    connect_cmd.register(sub)
+    remote_cmd.register(sub)
     return parser
 
 
@@ -67,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json=bool(getattr(args, "json", False)),
             log_level=log_level,
             log_format=getattr(args, "log_format", None) or "text",
+            stdout=sys.stdout, stderr=sys.stderr,  # today's streams, not those at import time
         )
         return int(func(args, ctx))
     except CmdopError as exc:

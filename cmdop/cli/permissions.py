@@ -291,12 +291,41 @@ def _explain(args: argparse.Namespace, ctx: CliContext) -> int:
     _, policy = _load(ctx, args.policy)
     mode, source = _effective_mode(ctx, args.mode, policy.mode)
     call = _call(args)
+    caller = Caller(CallerKind(args.caller))
     resolved, resolved_cwd = _resolved(ctx, call)
-    d, lines = explain(call, Caller(CallerKind(args.caller)), policy, ctx.settings.home, mode,
-                       resolved, resolved_cwd, protected_dirs(ctx.settings))
+    d, lines = explain(call, caller, policy, ctx.settings.home, mode, resolved, resolved_cwd,
+                       protected_dirs(ctx.settings), admission=_admission(ctx, call, caller))
     lines.insert(1, f"policy: {args.policy or ctx.settings.permissions_file}; mode {mode} from {source}")
     ctx.emit({"decision": d.to_json(), "steps": lines}, "\n".join(lines))
     return 0
+
+
+def _admission(ctx: CliContext, call: Any, caller: Any) -> Any:
+    """The admission checks for `explain`, on facts a dry run can learn without side effects:
+    the agent's tools, whether the state dir's audit.log is writable, config.yaml's
+    `sandbox_required` (its default when the file is invalid, as the agent does) and, where a
+    command needs it, whether the seccomp filter can be built here."""
+    from cmdop.adapters.audit_log import LOG_NAME
+    from cmdop.adapters.config_file import load as load_config
+    from cmdop.core.admission import AdmissionFacts, admit, needs_sandbox
+    from cmdop.core.errors import ConfigFileError
+    from cmdop.pipeline import writable_path
+    from cmdop.tools.registry import TOOLS
+
+    try:
+        required = load_config(ctx.settings.config_file).sandbox_required
+    except ConfigFileError:
+        required = True
+    available: bool | None = None
+    why = ""
+    if needs_sandbox(call, caller, required):
+        from cmdop.adapters.sandbox import build_filter
+
+        built = build_filter()
+        available, why = built.available, built.reason
+    facts = AdmissionFacts(frozenset(TOOLS), writable_path(os.path.join(ctx.settings.state_dir, LOG_NAME)),
+                           available, required, why)
+    return admit(call, caller, facts)
 
 
 def _session_rules(ctx: CliContext) -> list[dict[str, str]] | None:

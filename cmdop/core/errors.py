@@ -114,3 +114,11 @@ class ConfigFileError(ConfigError):
             message = f"line {line}: {message}"
         super().__init__(message, hint or "fix config.yaml in the config dir (CMDOP_CONFIG_DIR)")
         self.line = line
+
+
+class NotFoundError(CmdopError):
+    """A named thing (workspace, key, machine, stored credential) does not exist."""
+
+
+class AlreadyExistsError(CmdopError):
+    """A name that must be unique is already taken."""

@@ -28,6 +28,7 @@ class Settings:
     api_key: str | None = None
     workspace: str | None = None
     mode_override: str | None = None   # CMDOP_PERMISSIONS_MODE
+    relay_data_dir: str = ""           # `cmdop relay` default data dir ($XDG_DATA_HOME/cmdop-relay)
 
     @property
     def permissions_file(self) -> str:
@@ -68,6 +69,7 @@ class Settings:
         home = posixpath.normpath(get("HOME") or home)
         xdg_config = get("XDG_CONFIG_HOME") or posixpath.join(home, ".config")
         xdg_state = get("XDG_STATE_HOME") or posixpath.join(home, ".local", "state")
+        xdg_data = get("XDG_DATA_HOME") or posixpath.join(home, ".local", "share")
         cmdop_home = get("CMDOP_HOME") or posixpath.join(home, ".cmdop")
         runtime = get("XDG_RUNTIME_DIR")
         default_socket = (
@@ -85,4 +87,5 @@ class Settings:
             api_key=get("CMDOP_API_KEY"),
             workspace=get("CMDOP_WORKSPACE"),
             mode_override=get("CMDOP_PERMISSIONS_MODE"),
+            relay_data_dir=posixpath.join(xdg_data, "cmdop-relay"),
         )

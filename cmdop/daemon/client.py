@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import socket
-from typing import Any, Iterator, Mapping
+from typing import Any, Generator, Iterator, Mapping
 
 from cmdop.core.errors import DaemonError, DaemonNotRunningError
 from cmdop.core.settings import Settings
@@ -160,7 +160,7 @@ class DaemonClient:
         return self._request_obj("reload")
 
     def relay_call(self, host: str, tool: str, tool_input: Mapping[str, Any], *, stream: bool,
-                   deadline_ms: int, cwd: str = "") -> Iterator[dict[str, Any]]:
+                   deadline_ms: int, cwd: str = "") -> Generator[dict[str, Any], None, None]:
         """A call to another machine through the agent's relay link: yields the event frames
         (`accepted`, `chunk`, then `result` or `failure`). DaemonError with code `no_link` at
         once when the agent has no link up. Closing the generator early (Ctrl-C) sends

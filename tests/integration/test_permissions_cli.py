@@ -131,3 +131,21 @@ def test_test_command_runs_policy_tests_and_adversarial_suite(cmdop_env: CmdopEn
 def test_unknown_tool_is_a_deny_not_a_crash(cmdop_env: CmdopEnv) -> None:
     out = check(cmdop_env, "--caller", "local", "format_disk", "/dev/sda")
     assert (out["decision"], out["source"]) == ("deny", "floor") and "unknown tool" in out["reason"]
+
+
+def test_explain_shows_the_admission_checks_before_the_gate(cmdop_env: CmdopEnv) -> None:
+    write_policy(cmdop_env, CONTRACT_EXAMPLE)
+    r = cmdop_env.run("permissions", "explain", "read_file", "~/notes.txt")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    checks = [line for line in lines if line.startswith("admission ")]
+    assert [c.split(":")[0] for c in checks] == ["admission known_tool", "admission guest_tools",
+                                                 "admission audit_writable", "admission sandbox_available"]
+    assert all(": pass — " in c for c in checks)
+    assert lines.index(checks[-1]) < next(i for i, line in enumerate(lines) if line.startswith("1. floor"))
+    out = json.loads(cmdop_env.run("permissions", "explain", "--json", "--caller", "local",
+                                   "format_disk", "/dev/sda").stdout)
+    assert out["decision"]["rule_id"] == "admission:unknown_tool"
+    assert out["decision"]["reason"] == "unknown tool: format_disk"
+    assert "admission known_tool: FAIL (admission:unknown_tool) — unknown tool: format_disk" in out["steps"]
+    assert out["steps"][-1] == "decision: deny (source floor, rule admission:unknown_tool) — unknown tool: format_disk"

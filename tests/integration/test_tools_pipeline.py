@@ -132,3 +132,128 @@ def test_floor_found_by_the_tool_is_denied_and_audited(tmp_path: Path, sandbox: 
     out = handle_call(ToolCall("read_file", {"path": ".env"}, cwd=str(tmp_path)), REMOTE, ctx)
     assert out["error"] == "permission_denied" and out["source"] == "floor"
     assert [r["decision"] for r in ctx.audit.records] == ["allow", "deny"]  # type: ignore[attr-defined]
+
+
+# -- admission: the checks before the gate -----------------------------------------------------
+
+class CountingGate(ScriptedGate):
+    def __init__(self, action: str = "allow") -> None:
+        super().__init__(action)
+        self.seen = 0
+
+    def evaluate(self, call: ToolCall, caller: Caller) -> Decision:
+        self.seen += 1
+        return super().evaluate(call, caller)
+
+
+class ProbedAudit(MemoryAudit):
+    """An audit log with a `writable()` probe, as admission asks it."""
+
+    def __init__(self, writable: bool) -> None:
+        super().__init__(broken=not writable)
+        self.ok = writable
+
+    def writable(self) -> bool:
+        return self.ok
+
+
+class FakeSandbox:
+    """No seccomp here; counts how often admission (or the tool) asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    @property
+    def available(self) -> bool:
+        self.asked += 1
+        return False
+
+    @property
+    def reason(self) -> str:
+        return "kernel built without CONFIG_SECCOMP_FILTER"
+
+    def close(self) -> None:
+        pass
+
+
+def admitting(tmp_path: Path, sandbox: Any, audit: Any = None, action: str = "allow",
+              sandbox_required: bool = True) -> CallContext:
+    ctx = make(tmp_path, sandbox, action)
+    ctx.gatekeeper = CountingGate(action)  # type: ignore[assignment]
+    ctx.sandbox_required = sandbox_required
+    if audit is not None:
+        ctx.audit = audit
+    return ctx
+
+
+def test_admission_denial_is_audited_with_its_rule_and_the_gate_is_not_asked(
+        tmp_path: Path, sandbox: Sandbox) -> None:
+    ctx = admitting(tmp_path, sandbox)
+    out = handle_call(ToolCall("format_disk", {"path": "/dev/sda"}), LOCAL, ctx)
+    assert out["error"] == "permission_denied" and out["reason"] == "unknown tool: format_disk"
+    assert (out["source"], out["rule_id"]) == ("floor", "admission:unknown_tool")
+    [rec] = ctx.audit.records  # type: ignore[attr-defined]
+    assert (rec["decision"], rec["source"], rec["rule_id"], rec["reason"]) == (
+        "deny", "floor", "admission:unknown_tool", "unknown tool: format_disk")
+    assert ctx.gatekeeper.seen == 0  # type: ignore[attr-defined]
+
+
+def test_guest_outside_its_share_is_refused_by_admission(tmp_path: Path, sandbox: Sandbox) -> None:
+    ctx = admitting(tmp_path, sandbox)
+    guest = Caller(CallerKind.GUEST, "share", workspace="ws", credential="share", share_id="s1",
+                   tools=("read_file",))
+    out = handle_call(ToolCall("list_dir", {"path": str(tmp_path)}), guest, ctx)
+    assert out["error"] == "permission_denied" and out["rule_id"] == "admission:guest_tool"
+    [rec] = ctx.audit.records  # type: ignore[attr-defined]
+    assert rec["rule_id"] == "admission:guest_tool" and rec["target"] == str(tmp_path)
+    assert ctx.gatekeeper.seen == 0  # type: ignore[attr-defined]
+    (tmp_path / "f").write_text("hi")
+    ok = handle_call(ToolCall("read_file", {"path": str(tmp_path / "f")}), guest, ctx)
+    assert ok.get("error") is None and ctx.gatekeeper.seen == 1  # type: ignore[attr-defined]
+
+
+def test_unwritable_audit_found_by_the_probe(tmp_path: Path, sandbox: Sandbox) -> None:
+    ctx = admitting(tmp_path, sandbox, audit=ProbedAudit(writable=False))
+    call = ToolCall("list_dir", {"path": str(tmp_path)})
+    out = handle_call(call, REMOTE, ctx)
+    assert out["error"] == "permission_denied" and out["reason"] == "audit log unwritable"
+    assert out["rule_id"] == "admission:audit_unwritable"
+    assert ctx.gatekeeper.seen == 0  # type: ignore[attr-defined]
+    assert isinstance(handle_call(call, LOCAL, ctx), list)   # a local caller goes on, as before
+
+
+def test_unwritable_state_dir_of_a_real_audit_log(tmp_path: Path, sandbox: Sandbox) -> None:
+    from cmdop.adapters.audit_log import AuditLog
+    from cmdop.pipeline import audit_writable
+
+    (tmp_path / "file").write_text("")
+    log = AuditLog(str(tmp_path / "file" / "state"))   # its dir can never be made
+    assert audit_writable(log) is False
+    assert audit_writable(AuditLog(str(tmp_path / "new" / "state"))) is True
+    ctx = admitting(tmp_path, sandbox, audit=log)
+    out = handle_call(ToolCall("list_dir", {"path": str(tmp_path)}), REMOTE, ctx)
+    assert (out["reason"], out["rule_id"]) == ("audit log unwritable", "admission:audit_unwritable")
+
+
+def test_command_without_the_sandbox_is_refused_by_admission(tmp_path: Path) -> None:
+    box = FakeSandbox()
+    ctx = admitting(tmp_path, box)
+    marker = tmp_path / "ran"
+    call = ToolCall("execute_command", {"command": f"touch {marker}"}, cwd=str(tmp_path))
+    out = handle_call(call, REMOTE, ctx)
+    assert out["error"] == "sandbox_unavailable" and "CONFIG_SECCOMP_FILTER" in out["message"]
+    assert not marker.exists() and ctx.gatekeeper.seen == 0  # type: ignore[attr-defined]
+    [rec] = ctx.audit.records  # type: ignore[attr-defined]
+    assert (rec["decision"], rec["rule_id"]) == ("deny", "admission:sandbox_unavailable")
+    # A read does not probe the sandbox; a local command runs unsandboxed, as before.
+    asked = box.asked
+    handle_call(ToolCall("list_dir", {"path": str(tmp_path)}), REMOTE, ctx)
+    assert box.asked == asked
+    local = handle_call(call, LOCAL, ctx)
+    assert local["exit_code"] == 0 and local["sandboxed"] is False and marker.exists()
+
+
+def test_sandbox_not_required_lets_a_remote_command_run(tmp_path: Path) -> None:
+    ctx = admitting(tmp_path, FakeSandbox(), sandbox_required=False)
+    out = handle_call(ToolCall("execute_command", {"command": "echo hi"}, cwd=str(tmp_path)), REMOTE, ctx)
+    assert out["stdout"] == "hi\n" and out["sandboxed"] is False

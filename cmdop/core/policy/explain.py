@@ -8,10 +8,16 @@ Rules are walked linearly here (no index) because every rule must be listed.
 Where a command runs code (programs.sites: `find -exec`, `git -c core.pager=…`, a wrapped
 program), the part lists it, and an allow/ask rule that would match but for it says so:
 "'git *' does not cover '-c core.pager=…': that runs a command; add a rule that spells it".
+
+Given the call's `Admission` (`cmdop.core.admission`), its checks come first, one line each. When
+admission refuses, the agent never consults the gate: the gate's steps are still shown, for
+reference, ending in "gate decision: …", and the decision (returned and on the last line) is
+admission's denial.
 """
 
 from __future__ import annotations
 
+from cmdop.core.admission import Admission
 from cmdop.core.calls import Caller, CallerKind, ToolCall
 from cmdop.core.policy.decision import Decision
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide, prepare_target
@@ -67,8 +73,26 @@ def _rule_verdict(rule: Rule, t_operation: str, parts: tuple[Part, ...]) -> str:
 
 def explain(call: ToolCall, caller: Caller, policy: Policy, home: str, mode: str | None = None,
             resolved: str | None = None, resolved_cwd: str | None = None,
-            protected: tuple[str, ...] = ()) -> tuple[Decision, list[str]]:
-    """(the decision, lines of explanation). Never raises."""
+            protected: tuple[str, ...] = (), admission: Admission | None = None) -> tuple[Decision, list[str]]:
+    """(the decision, lines of explanation): admission's checks when given, then the gate's
+    steps. Never raises."""
+    decision, lines = _gate_steps(call, caller, policy, home, mode, resolved, resolved_cwd, protected)
+    if admission is None:
+        return decision, lines
+    head, steps, final = lines[0], lines[1:-1], lines[-1]
+    refused = admission.denial(decision.mode)
+    if refused is None:
+        return decision, [head, *admission.lines(), *steps, final]
+    return refused, [head, *admission.lines(),
+                     f"admission refuses ({refused.rule_id}): the agent does not consult the gate; "
+                     "its steps, for reference:",
+                     *steps, "gate " + final, _final(refused)]
+
+
+def _gate_steps(call: ToolCall, caller: Caller, policy: Policy, home: str, mode: str | None,
+                resolved: str | None, resolved_cwd: str | None,
+                protected: tuple[str, ...]) -> tuple[Decision, list[str]]:
+    """(the gate's decision, [the call line, the gate's steps…, the decision line])."""
     eff = mode if mode in MODES else (policy.mode if policy.mode in MODES else "strict")
     decision = decide(call, caller, policy, home, eff, resolved, resolved_cwd, protected)
     lines = [f"call: {call.tool}" + (f" --op {call.operation}" if call.operation else "")

@@ -31,6 +31,8 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+import shlex
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -38,11 +40,16 @@ from cmdop.core.policy.commands import is_shell, unwrap
 from cmdop.core.policy.floor_paths import (_SAMPLES, FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
                                            check_pattern, fold)
 from cmdop.core.policy.paths import components, expand_user, normalise
-from cmdop.core.policy.programs import device_role, family, has_role, lookup
+from cmdop.core.policy.programs import Remote, device_role, elsewhere, family, has_role, lookup
 from cmdop.core.policy.shell import (EVAL, SUB, TOO_DEEP, TOO_MANY, VAR, SimpleCommand, Word, analyse,
                                      expansions_in, interpretations)
 
 UNKNOWN = "\x00"
+# Where the command being checked runs: "" here; else a text naming the other machine (`on web01`,
+# `in container c`) while the floor reads a command ssh, docker exec, kubectl exec… run there.
+# Its paths are that machine's: the checks of targets (floor paths, devices, trees holding
+# protected files) stand down; the signatures (removing /, feeding a shell, fork bombs) do not.
+_ELSEWHERE: ContextVar[str] = ContextVar("cmdop_floor_elsewhere", default="")
 MAX_COMMAND = 65536   # the floor bounds its own work; a longer command is refused, not guessed at
 # Control characters a command may not hold: every C0 control but tab and newline, and DEL. Bash
 # splits words on space, tab and newline only, so for bash `\r`, `\v`, `\f`, ESC… are ordinary
@@ -297,6 +304,8 @@ def _find_walks_protected(args: list[str], home: str, cwd: str | None, extra: tu
 def _lists_protected_tree(pargv: list[str], home: str, cwd: str | None, extra: tuple[str, ...]) -> bool:
     """Is `pargv` a recursive listing (`find`, `rg --files`, `fd`) of a directory holding
     protected files? Whatever reads its output then reads protected files by name."""
+    if _ELSEWHERE.get():
+        return False
     prog, args = family(_program(pargv[0])), pargv[1:]
     if prog == "find":
         return _find_walks_protected(args, home, cwd, extra)
@@ -316,7 +325,7 @@ def _symlink_to_protected(prog: str, args: list[str], home: str, cwd: str | None
                           extra: tuple[str, ...]) -> str | None:
     """`ln -s / /tmp/r`, `ln -s ~/.config /tmp/c`, `ln -s /dev /tmp/d`: a new name for a
     directory holding protected files or devices, which later commands could use unseen."""
-    if prog != "ln" or not any(a == "--symbolic" or (a.startswith("-") and not a.startswith("--") and "s" in a)
+    if prog != "ln" or _ELSEWHERE.get() or not any(a == "--symbolic" or (a.startswith("-") and not a.startswith("--") and "s" in a)
                                for a in args):
         return None
     targets = [a for a in args if not a.startswith("-")]
@@ -330,6 +339,8 @@ def _tree_op(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
     """`tar cf - ~`, `cp -r ~ /tmp/h`, `grep -r KEY /`, `chmod -R 777 ~`, `rsync --delete x/ /`,
     `find ~ -exec cat {} +`: a recursive read, copy or change of a directory that holds
     protected files."""
+    if _ELSEWHERE.get():
+        return None
     spec = lookup(prog)
     fam = spec.names[0] if spec is not None else prog
     if fam == "find" and any(a in _FIND_ACTS for a in args) and not _find_only_looks(args) \
@@ -489,6 +500,8 @@ def _rm_root(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
             return None
         if any(_is_root_target(st, home, cwd) for st in starts):
             return "floor: find deleting from / or from a directory holding protected files"
+        if _ELSEWHERE.get():
+            return None
         if any(_covers_anchor(st, home, cwd, extra) for st in starts) and not _find_deletes_only_safe_names(args):
             return "floor: find deleting from / or from a directory holding protected files"
         return None
@@ -507,7 +520,7 @@ def _rm_root(prog: str, args: list[str], home: str, cwd: str | None, extra: tupl
             targets.append(a)
     if recursive and any(_is_root_target(t, home, cwd) for t in targets):
         return "floor: recursive removal of /"
-    if recursive and any(_covers_anchor(t, home, cwd, extra) for t in targets):
+    if recursive and not _ELSEWHERE.get() and any(_covers_anchor(t, home, cwd, extra) for t in targets):
         return "floor: recursive removal of a directory holding protected files"
     return None
 
@@ -727,7 +740,10 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
 def _device_write(prog: str, args: list[str], redirects: list[tuple[str, str]], home: str,
                   cwd: str | None) -> str | None:
     """`> /dev/sda`, `tee /dev/sda`, `dd of=/dev/sda`, `mkfs /dev/sdb1`: a block device written;
-    `cat /dev/nvme0n1`, `dd if=/dev/sda`, `< /dev/sda`: its raw bytes copied out."""
+    `cat /dev/nvme0n1`, `dd if=/dev/sda`, `< /dev/sda`: its raw bytes copied out. (Not while the
+    command runs elsewhere: the devices are that machine's.)"""
+    if _ELSEWHERE.get():
+        return None
     for c in (t for op, t in redirects if op in _WRITE_OPS and not t.isdigit()):
         for path in _device_paths(c, home, cwd):
             return f"floor: write to block device {path}"
@@ -780,14 +796,79 @@ def _device_paths(arg: str, home: str, cwd: str | None) -> list[str]:
 # as one entry of `/`.
 
 
+# A `file:` URL in a word: the scheme is case-insensitive; the path runs to a blank or a quote.
+_FILE_URL = re.compile(r"(?i)(?<![A-Za-z0-9+.-])file:([^\s'\"<>]*)")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _percent_decode(text: str) -> tuple[str, str]:
+    """(`text` percent-decoded, "") or ("", why it cannot be decoded). An unknown expansion
+    (UNKNOWN) stays unknown, and so does a `%` escape it is part of."""
+    if "%" not in text:
+        return text, ""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "%":
+            out += ch.encode("utf-8", "surrogatepass")
+            i += 1
+            continue
+        pair = text[i + 1:i + 3]
+        if UNKNOWN in pair:
+            out += UNKNOWN.encode()
+            i += 1 + pair.index(UNKNOWN) + 1
+            continue
+        if len(pair) < 2 or not set(pair) <= _HEX:
+            return "", "has a '%' not followed by two hex digits"
+        if pair == "00":
+            return "", "percent-decodes to a NUL byte, which no path holds"
+        out.append(int(pair, 16))
+        i += 3
+    try:
+        return out.decode("utf-8"), ""
+    except UnicodeDecodeError:
+        return "", "percent-decodes to bytes that are not UTF-8 text"
+
+
+def file_url_paths(word: str) -> tuple[list[str], str]:
+    """The paths on this machine the `file:` URLs in `word` name, percent-decoded (`file:///etc/x`,
+    `FILE://localhost/%65tc/x`, `file:/etc/x`; any host is read as this machine, the floor guessing
+    wide), with and without a `?query`/`#fragment`; or the floor reason when one cannot be read."""
+    if ":" not in word:
+        return [], ""
+    out: list[str] = []
+    for m in _FILE_URL.finditer(word):
+        rest = m.group(1)
+        if rest.startswith("//"):
+            slash = rest.find("/", 2)
+            rest = rest[slash:] if slash >= 0 else "/"
+        for cut in dict.fromkeys((rest, re.split(r"[?#]", rest, maxsplit=1)[0])):
+            path, why = _percent_decode(cut)
+            if why:
+                return out, f"floor: cannot understand the file: URL {m.group(0)!r}: it {why}"
+            if path:
+                out.append(path)
+    return out, ""
+
+
 def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = (),
-                 listing: bool = False) -> str | None:
-    """The floor reason if an argument names a protected path (`listing`: see check_pattern)."""
+                 listing: bool = False, text: bool = False) -> str | None:
+    """The floor reason if an argument names a protected path (`listing`: see check_pattern), a
+    `file:` URL among them (percent-decoded; one that cannot be decoded is refused, unless `text`:
+    the arguments are text a program prints). Nothing while the command runs elsewhere."""
+    if _ELSEWHERE.get():
+        return None
     for a in args:
         cands = {a}
         for sep in ("=", ":", ",", "@"):
             if sep in a:
                 cands.update(a.split(sep))
+        if ":" in a:
+            urls, bad = file_url_paths(a)
+            if bad and not text:
+                return bad
+            cands.update(urls)
         if a.startswith("-") and len(a) > 2 and not a.startswith("--"):
             cands.add(a[2:])
         for c in cands:

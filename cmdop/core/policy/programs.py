@@ -106,9 +106,37 @@ ROLES = {
     "copier": "its last operand is the destination, not a source",
     "pattern": "its first operand is a pattern, unless -e/-f/--regexp/--file give it",
     "setting": "its first operand is a mode, owner or ACL, not a path",
-    "remote-paths": "an operand `host:path` names another machine",
+    "remote-paths": "an operand `host:path` (`user@host:path`, `[v6]:path`, `scp://host/path`) names a path on "
+                    "another machine, not this machine's floor; its other operands and option values are local",
+    "remote-command": "its first operand names another machine (a host, container or pod) and the words after it "
+                      "are a command run there: their paths are that machine's, not this machine's floor, while "
+                      "the floor's signatures (removing /, a pipe into a shell, a fork bomb) still apply to them",
+    "urls": "an operand `scheme://…` (http, https, ftp, ssh…) names another machine, not a path here (a `file:` "
+            "URL, for every program, is a path here, read percent-decoded)",
     "archiver": "reads a tree only when creating an archive (tar: c/r/u)",
 }
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """How a program's arguments name another machine (roles "remote-command", "remote-paths",
+    "urls"): the option grammar needed to tell its operands from its options' values. A word that
+    may be an option's value is never taken for an operand, so a local file an option names stays
+    this machine's: the floor judges it."""
+
+    after: tuple[str, ...] = ()              # only after one of these subcommands (`docker exec`, `git clone`)
+    short: str | None = None                 # short options taking a value there (None: the spec's `short`)
+    flags: str | None = None                 # short options taking none (None: every other letter;
+                                             # else another letter is not understood)
+    long: frozenset[str] = frozenset()       # long options taking a value (`--env-file X`)
+    long_flags: frozenset[str] = frozenset()  # long options taking none (any other may take the next word)
+    hostless: frozenset[str] = frozenset()   # options after which no operand names the machine (podman exec -l)
+    dashdash: bool = False                   # the command is what follows `--` (kubectl exec POD -- CMD)
+    reparse: bool = False                    # options may follow the host too (ssh HOST -p 22 CMD)
+    line: bool = False                       # the command reaches the other side as one line its shell reads
+                                             # again (ssh joins its words); else as argv (docker exec)
+    at_home: bool = False                    # the command starts in the remote user's home (ssh)
+    what: str = "host"                       # what the other machine is: host, container, pod
 
 
 @dataclass(frozen=True)
@@ -136,6 +164,7 @@ class ProgramSpec:
     tree: str | None = None                  # option letters that make it work on whole trees ("": always)
     tree_words: tuple[str, ...] = ()         # ... and only after one of these words (restic backup)
     roles: frozenset[str] = frozenset()      # more roles, from ROLES
+    remote: Elsewhere | None = None          # for "remote-command", "remote-paths", "urls": the grammar
 
 
 def _wrapper(names: str, short: str = "", long: str = "", privileged: bool = False,
@@ -255,14 +284,21 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                 flags=frozenset({"-p", "-P", "--paginate", "--no-pager", "--bare", "--no-replace-objects",
                                  "--no-lazy-fetch", "--no-optional-locks", "--no-advice", "--literal-pathspecs",
                                  "--glob-pathspecs", "--noglob-pathspecs", "--icase-pathspecs"}),
-                subcommand=True, code=_git_code()),
-    ProgramSpec(("docker", "podman", "nerdctl"), roles=_roles("command-runner"), short="cHl",
+                subcommand=True, code=_git_code(), roles=_roles("urls"),
+                remote=Elsewhere(after=("clone", "fetch", "pull", "push", "ls-remote", "remote", "submodule"),
+                                 short="bcjouC")),
+    ProgramSpec(("docker", "podman", "nerdctl"), roles=_roles("command-runner remote-command"), short="cHl",
                 long=frozenset({"context", "host", "config", "log-level", "tlscacert", "tlscert", "tlskey", "url",
                                 "connection", "identity", "root", "runroot", "storage-driver", "cgroup-manager",
                                 "namespace", "address"}),
                 flags=frozenset({"-D", "--debug", "--tls", "--tlsverify", "--remote", "-r"}), subcommand=True,
-                code=(Code("option", ("--config",), runs="file", what="reads a config that runs credential helpers"),)),
-    ProgramSpec(("kubectl", "oc"), roles=_roles("command-runner"), short="nsv",
+                code=(Code("option", ("--config",), runs="file", what="reads a config that runs credential helpers"),),
+                remote=Elsewhere(after=("exec",), short="euw", flags="dilt",
+                                 long=frozenset({"detach-keys", "env", "env-file", "user", "workdir", "preserve-fds",
+                                                 "preserve-fd", "cidfile"}),
+                                 long_flags=frozenset({"detach", "interactive", "tty", "privileged", "latest"}),
+                                 hostless=frozenset({"-l", "--latest"}), what="container")),
+    ProgramSpec(("kubectl", "oc"), roles=_roles("command-runner remote-command"), short="nsv",
                 long=frozenset({"namespace", "context", "kubeconfig", "cluster", "user", "server", "token", "as",
                                 "as-group", "as-uid", "request-timeout", "v", "certificate-authority",
                                 "client-certificate", "client-key", "cache-dir", "tls-server-name", "log-dir",
@@ -270,7 +306,10 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                 flags=frozenset({"--insecure-skip-tls-verify", "--warnings-as-errors", "--match-server-version"}),
                 subcommand=True,
                 code=(Code("option", ("--kubeconfig",), runs="file", after=("*",),
-                           what="reads a kubeconfig whose exec plugins run commands"),)),
+                           what="reads a kubeconfig whose exec plugins run commands"),),
+                remote=Elsewhere(after=("exec",), short="cfn", flags="itq", dashdash=True,
+                                 long=frozenset({"container", "filename", "pod-running-timeout", "namespace"}),
+                                 long_flags=frozenset({"stdin", "tty", "quiet"}), what="pod")),
     ProgramSpec(("systemctl",), device="names", short="HMtpsnoT",
                 long=frozenset({"host", "machine", "type", "property", "signal", "lines", "output", "state",
                                 "kill-whom", "kill-value", "job-mode", "root", "image", "what", "boot-loader-entry",
@@ -332,15 +371,32 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
         Code("key", ("--checkpoint-action",), keys=r"exec", what="runs a command at checkpoints"),
         Code("first", keys=r"(?-i:[A-Za-z]*[IF][A-Za-z]*)", runs="", what="runs a command on the archive"))),
     ProgramSpec(("rsync",), tree="ra", roles=_roles("copier remote-paths"), short="eBfTM", code=(
-        Code("option", ("-e", "--rsh"), short="e", what="runs the remote shell command it is given"),)),
+        Code("option", ("-e", "--rsh"), short="e", what="runs the remote shell command it is given"),),
+        remote=Elsewhere(long=frozenset(
+            "rsh rsync-path exclude include filter files-from exclude-from include-from password-file log-file "
+            "partial-dir temp-dir backup-dir suffix link-dest compare-dest copy-dest chmod chown usermap groupmap "
+            "timeout contimeout bwlimit max-size min-size max-delete port block-size modify-window out-format "
+            "log-file-format iconv skip-compress compress-level compress-choice checksum-choice sockopts address "
+            "protocol info debug outbuf stop-after stop-at remote-option copy-as early-input write-batch "
+            "only-write-batch read-batch max-alloc".split()), long_flags=frozenset(
+            "archive recursive verbose quiet progress dry-run compress checksum delete delete-before delete-during "
+            "delete-delay delete-after delete-excluded partial human-readable stats times perms owner group links "
+            "hard-links sparse inplace append append-verify update existing ignore-existing remove-source-files "
+            "numeric-ids mkpath xattrs acls one-file-system relative no-relative itemize-changes whole-file "
+            "size-only ignore-times fuzzy prune-empty-dirs safe-links copy-links copy-unsafe-links keep-dirlinks "
+            "devices specials executability omit-dir-times super fake-super list-only force "
+            "ignore-errors backup".split()))),
     ProgramSpec(("zip",), tree="r", code=(Code("option", ("-TT", "--unzip-command"), what="runs a command to test the archive"),)),
-    ProgramSpec(("ssh", "autossh", "slogin"), roles=_roles("command-runner"), short="bBcDeEFiIJlLmoOpPQRsSwW", code=(
+    ProgramSpec(("ssh", "autossh", "slogin"), roles=_roles("command-runner remote-command"),
+                short="bBcDeEFiIJlLmoOpPQRSwW", code=(
         Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
-        Code("option", ("-F", "-I"), runs="file", what="reads a config or library that can run code here"))),
+        Code("option", ("-F", "-I"), runs="file", what="reads a config or library that can run code here")),
+                remote=Elsewhere(flags="46AaCfGgKkMNnqsTtVvXxYy", reparse=True, line=True, at_home=True)),
     ProgramSpec(("scp", "sftp"), tree="r", roles=_roles("copier remote-paths"), short="cDFiJlNoPSXsBRb", code=(
         Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
         Code("option", ("-F",), runs="file", what="reads a config that can run code here"),
-        Code("option", ("-S", "-D"), what="runs the program it names for the connection"))),
+        Code("option", ("-S", "-D"), what="runs the program it names for the connection")),
+                remote=Elsewhere()),
     ProgramSpec(("make", "gmake", "bmake"), roles=_roles("stdin-script"), short="CfIjlOoWE", long=frozenset({"directory", "file", "makefile",
                                                                                "include-dir", "jobs", "eval"}), code=(
         Code("assign", ("SHELL", "MAKESHELL", ".SHELLFLAGS", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "CC", "CXX", "CPP",
@@ -400,8 +456,28 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
     _floor("dd dcfldd dc3dd", device="operands"),
     # readers: what any program does with a file argument (the default); listed for the other roles
     _floor("cat head tail less more nl", roles="names-consumer"),
-    _floor("tac strings xxd od hexdump hd base64 base32 xz bzip2 lz4 curl wget split sha256sum md5sum dump "
+    _floor("tac strings xxd od hexdump hd base64 base32 xz bzip2 lz4 split sha256sum md5sum dump "
            "zcat bzcat xzcat zless zmore"),
+    # URL fetchers: a `scheme://` operand is another machine; option values (`-o FILE`, `-K cfg`) are local
+    ProgramSpec(("curl",), short="AbcCdDeEFHKmoPQrtTuUwxXyYz", roles=_roles("urls"), remote=Elsewhere(
+        long=frozenset("output data data-raw data-binary data-urlencode header user user-agent request form cookie "
+                       "cookie-jar config cacert capath cert key proxy referer max-time connect-timeout retry url "
+                       "upload-file write-out output-dir range resolve connect-to interface limit-rate dump-header "
+                       "netrc-file json trace trace-ascii stderr time-cond proxy-user oauth2-bearer".split()),
+        long_flags=frozenset("silent show-error location fail fail-with-body insecure verbose include head "
+                             "compressed remote-name remote-name-all progress-bar globoff get http1.1 http2 "
+                             "create-dirs no-progress-meter remote-header-name".split()))),
+    ProgramSpec(("wget", "wget2"), short="oaiBeOtTwQPUlARDXI", roles=_roles("urls"), remote=Elsewhere(
+        long=frozenset("output-document output-file append-output input-file base execute tries timeout wait quota "
+                       "directory-prefix user-agent level accept reject domains exclude-directories "
+                       "include-directories header user password post-data post-file load-cookies save-cookies "
+                       "ca-certificate certificate private-key referer".split()),
+        long_flags=frozenset("quiet verbose no-verbose continue recursive mirror no-parent no-clobber timestamping "
+                             "server-response spider no-check-certificate page-requisites convert-links "
+                             "adjust-extension show-progress".split()))),
+    ProgramSpec(("aria2c",), short="dDoilxsjkmtTMU", roles=_roles("urls"), remote=Elsewhere(
+        long=frozenset("dir out input-file log max-connection-per-server split max-concurrent-downloads "
+                       "min-split-size max-tries timeout torrent-file metalink-file user-agent".split()))),
     _floor("jq yq look", roles="text"),
     _floor("partclone", versions=r"partclone\..+"),
     _floor("gzip pigz zstd", tree="r"),
@@ -430,7 +506,16 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
     _floor("ed", roles="interpreter stdin-script"),
     _floor("m4", roles="stdin-script"),
     _floor("at batch", roles="stdin-runner"),
-    _floor("lxc lxc-attach machinectl systemd-nspawn sg distrobox toolbox sshpass proot", roles="command-runner"),
+    _floor("machinectl systemd-nspawn sg distrobox toolbox sshpass proot", roles="command-runner"),
+    # (distrobox and toolbox share this machine's home: what they run is not elsewhere)
+    ProgramSpec(("lxc", "incus"), roles=_roles("command-runner remote-command"), subcommand=True, any_flag=True,
+                long=frozenset({"project"}),
+                remote=Elsewhere(after=("exec",), short="", flags="tTn",
+                                 long=frozenset({"env", "cwd", "user", "group", "mode"}),
+                                 long_flags=frozenset({"force-interactive", "force-noninteractive",
+                                                       "disable-stdin"}), what="container")),
+    ProgramSpec(("lxc-attach",), roles=_roles("command-runner remote-command"), short="nPeEsuvgLf",
+                remote=Elsewhere(dashdash=True, what="container")),
     # only print text, list, measure or show metadata: a device named is not read
     _floor("echo printf", device="names", roles="text looker"),
     _floor("logger wall notify-send figlet cowsay apropos", device="names", roles="text"),
@@ -1000,6 +1085,155 @@ def text_tokens(program: str, text: str) -> list[int]:
     return out
 
 
+# --- other machines: remote paths, URLs, remote commands ---------------------------------------------
+
+class Remote(NamedTuple):
+    """What one command's arguments name on other machines (`elsewhere`)."""
+
+    paths: tuple[int, ...] = ()             # operands naming a path or URL on another machine
+    host: int | None = None                 # the word naming the machine a command runs on
+    command: tuple[int, int] | None = None  # the span of words run there
+    line: bool = False                      # they reach it as one command line (ssh), else as argv
+    at_home: bool = False                   # they start in the remote user's home directory
+    what: str = "host"
+
+
+_NOWHERE = Remote()
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def remote_url(word: str) -> bool:
+    """Is `word` a URL naming another machine (any scheme but `file`)?"""
+    m = _URL.match(word)
+    return m is not None and m.group(1).lower() != "file"
+
+
+def host_path(word: str) -> bool:
+    """Is `word` `host:path` as scp and rsync read it (OpenSSH's `colon()`): a `:` before any `/`,
+    not first; a bracketed IPv6 host (`[::1]:x`, `user@[::1]:x`) may hold colons. `./a:b` is local."""
+    if not word or word[0] == ":":
+        return False
+    bracket = word[0] == "["
+    for i, ch in enumerate(word):
+        if ch == "@" and word[i + 1:i + 2] == "[":
+            bracket = True
+        if ch == "]" and bracket and word[i + 1:i + 2] == ":":
+            return True
+        if ch == ":" and not bracket:
+            return True
+        if ch == "/":
+            return False
+    return False
+
+
+def _option_words(spec: ProgramSpec, e: Elsewhere, word: str) -> int | None:
+    """How many words option `word` takes (1, or 2 with a separate value); None when the grammar
+    does not know it (it may take the next word)."""
+    short = spec.short if e.short is None else e.short
+    if word.startswith("--"):
+        name, eq, _ = word[2:].partition("=")
+        if eq or name in e.long_flags:
+            return 1
+        return 2 if name in e.long else None
+    for k, ch in enumerate(word[1:], 1):
+        if ch in short:
+            return 1 if k < len(word) - 1 else 2
+        if e.flags is not None and ch not in e.flags:
+            return None
+    return 1
+
+
+def _operands(spec: ProgramSpec, e: Elsewhere, argv: list[str | None], start: int, stop: int) -> list[int]:
+    """Indexes in argv[start:stop] of words that are surely operands: never an option, nor a word
+    an option (or an unknown word, which may be one) could take as its value."""
+    out: list[int] = []
+    i, done = start, False
+    while i < stop:
+        w = argv[i]
+        if w is None:
+            i += 2
+        elif not done and w == "--":
+            done, i = True, i + 1
+        elif not done and w.startswith("-") and w != "-":
+            n = _option_words(spec, e, w)
+            i += 2 if n is None else n
+        else:
+            out.append(i)
+            i += 1
+    return out
+
+
+def _hostless(e: Elsewhere, word: str) -> bool:
+    if word in e.hostless:
+        return True
+    return not word.startswith("--") and any("-" + ch in e.hostless for ch in word[1:])
+
+
+def _command(spec: ProgramSpec, e: Elsewhere, argv: list[str | None], start: int) -> tuple[int | None, int] | None:
+    """(index of the word naming the machine, start of the command run there), or None when the
+    words cannot be read that far (an unknown word or option before the command)."""
+    if e.dashdash:
+        end = next((k for k in range(start, len(argv)) if argv[k] == "--"), None)
+        if end is None:
+            return None
+        ops = _operands(spec, e, argv, start, end)
+        return (ops[0] if ops else None), end + 1
+    i, done, host, hostless = start, False, None, False
+    while i < len(argv):
+        w = argv[i]
+        if w is None:
+            return None
+        if not done and w == "--":
+            done, i = True, i + 1
+            continue
+        if not done and w.startswith("-") and w != "-":
+            n = _option_words(spec, e, w)
+            if n is None:
+                return None
+            hostless = hostless or _hostless(e, w)
+            i += n
+            continue
+        if host is None and not hostless:
+            host, i = i, i + 1
+            if e.reparse:
+                continue
+            if i < len(argv) and argv[i] == "--":
+                i += 1
+        break
+    if host is None and not hostless:
+        return None
+    return host, min(i, len(argv))
+
+
+def elsewhere(argv: list[str | None]) -> Remote:
+    """The words of one command (argv[0] the program; `None` = a word not known statically, or
+    one that may start with `-`) that name another machine, by the program's roles: `host:path`
+    operands (scp, rsync), URLs (curl, wget, git clone), the command run on a host, container or
+    pod (ssh, docker/podman exec, kubectl exec, lxc exec). Empty for every other program."""
+    spec = lookup(argv[0]) if argv and argv[0] is not None else None
+    e = spec.remote if spec is not None else None
+    if spec is None or e is None:
+        return _NOWHERE
+    start = 1
+    if e.after:
+        sub = subcommand_index(spec, argv) if spec.subcommand else 1
+        if sub is None or sub >= len(argv) or argv[sub] not in e.after:
+            return _NOWHERE
+        start = sub + 1
+    if "remote-command" in spec.roles:
+        found = _command(spec, e, argv, start)
+        if found is None:
+            return _NOWHERE
+        host, at = found
+        return Remote(host=host, command=(at, len(argv)), line=e.line, at_home=e.at_home, what=e.what)
+    ops = _operands(spec, e, argv, start, len(argv))
+    if "remote-paths" in spec.roles:
+        paths = [k for k in ops if host_path(argv[k] or "") or remote_url(argv[k] or "")]
+    else:
+        paths = [k for k in ops if remote_url(argv[k] or "")]
+    return Remote(paths=tuple(paths), what=e.what) if paths else _NOWHERE
+
+
 def runner_index(argv: list[str | None]) -> int | None:
     """For a program that runs its first plain word as a command (parallel, screen): its index."""
     spec = lookup(argv[0] or "") if argv else None
@@ -1013,4 +1247,5 @@ def runner_index(argv: list[str | None]) -> int | None:
 
 __all__ = ["Code", "ProgramSpec", "PROGRAMS", "ROLES", "DEVICE_ROLES", "Site", "lookup", "family", "has_role",
            "device_role", "wrappers", "subcommand_index", "without_globals",
-           "sites", "is_token", "text_tokens", "runner_index"]
+           "sites", "is_token", "text_tokens", "runner_index", "Elsewhere", "Remote", "elsewhere", "host_path",
+           "remote_url"]
