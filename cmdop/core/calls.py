@@ -41,7 +41,7 @@ class Caller:
     `user` the account or key name, `hostname`/`machine_id` the caller's machine only when the
     call came through that machine's own enrolled agent link (else empty). `credential` is how
     the caller proved who it is (`unix` for the local socket, `api_key`, `oauth`, `share`).
-    `tools` limits a guest to the share's tool subset (empty: no limit beyond the gate).
+    `tools` is a guest's tool subset: a guest may use only these (none when empty).
     `user` and `hostname` go to the audit record's fixed fields; the rest to its `caller`."""
 
     kind: CallerKind

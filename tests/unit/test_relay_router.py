@@ -1,0 +1,231 @@
+"""The relay router in-process (asyncio, no network): fake streams stand in for grpc's, a fake
+store for SQLite. Covers what the end-to-end tests reach only slowly: identity stamping,
+call-id namespacing, limits, revocation, a link that ends mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from cmdop.adapters.relay_grpc import RelayRefusal
+from cmdop.relay.proto import relay_pb2 as pb
+from cmdop.relay.router import Router
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    workspace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Machine:
+    id: str
+    name: str
+    hostname: str
+    machine_id: str
+    agent_version: str = "t"
+    last_seen: str = ""
+
+
+@dataclass
+class FakeStore:
+    keys: dict[str, Key] = field(default_factory=dict)
+    machines: dict[str, Machine] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
+    version: int = 0
+
+    def verify_key(self, text: str) -> Key | None:
+        key = self.keys.get(text)
+        return None if key is None or key.id in self.revoked else key
+
+    def enroll_machine(self, workspace: str, key_id: str, hostname: str, machine_id: str,
+                       version: str) -> Machine:
+        m = self.machines.get(machine_id) or Machine(id=f"row-{machine_id}", name=hostname,
+                                                     hostname=hostname, machine_id=machine_id)
+        self.machines[machine_id] = m
+        return m
+
+    def touch_machine(self, row: str) -> None:
+        pass
+
+    def list_machines(self, workspace: str) -> list[Machine]:
+        return list(self.machines.values())
+
+    def data_version(self) -> int:
+        return self.version
+
+    def revoked_key_ids(self) -> frozenset[str]:
+        return frozenset(self.revoked)
+
+
+class FakeStream:
+    """A ServerStream: frames in through `incoming`, frames out collected in `out`."""
+
+    def __init__(self, credential: str, peer: str = "10.0.0.1") -> None:
+        self.credential, self.peer = credential, peer
+        self.incoming: asyncio.Queue[Any] = asyncio.Queue()
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def read(self) -> Any:
+        return await self.incoming.get()
+
+    async def write(self, frame: Any) -> None:
+        await self.out.put(frame)
+
+
+async def _next(stream: FakeStream, kind: str, timeout: float = 5.0) -> Any:
+    while True:
+        frame = await asyncio.wait_for(stream.out.get(), timeout)
+        if frame.WhichOneof("kind") == kind:
+            return getattr(frame, kind)
+
+
+async def _agent(router: Router, secret: str, host: str, mid: str) -> tuple[FakeStream, Any]:
+    s = FakeStream(secret)
+    await s.incoming.put(pb.AgentFrame(hello=pb.Hello(protocol_version=1, hostname=host,
+                                                      machine_id=mid)))
+    task = asyncio.ensure_future(router.agent_link(s))
+    await _next(s, "welcome")
+    return s, task
+
+
+def _store() -> FakeStore:
+    return FakeStore(keys={"K1": Key("k1", "demo", "ops"), "K2": Key("k2", "demo", "dev")})
+
+
+def _start(cid: str, host: str, tool: str = "execute_command") -> pb.CallStart:
+    return pb.CallStart(call_id=cid, host=host, tool=tool, input_json=b'{"command":"true"}')
+
+
+def test_a_direct_call_is_remote_and_namespaced_and_its_result_comes_back():
+    async def main() -> None:
+        router = Router(_store())
+        agent, _ = await _agent(router, "K1", "web01", "m1")
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web")))
+        call_task = asyncio.ensure_future(router.call(caller))
+        forwarded = await _next(agent, "call")
+        assert forwarded.call_id == "k2:c1"                    # namespaced by the caller's key
+        assert (forwarded.caller.kind, forwarded.caller.name, forwarded.caller.hostname) == (
+            "remote", "dev", "")                                # no machine: not verified
+        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
+                                                                result_json=b'{"exit_code":0}')))
+        result = await _next(caller, "result")
+        assert result.call_id == "c1" and result.result_json == b'{"exit_code":0}'
+        await call_task
+    asyncio.run(main())
+
+
+def test_a_call_through_an_own_agent_link_is_self_with_the_verified_machine():
+    async def main() -> None:
+        router = Router(_store())
+        target, _ = await _agent(router, "K1", "web01", "m1")
+        origin, _ = await _agent(router, "K1", "laptop", "m2")
+        await origin.incoming.put(pb.AgentFrame(call=_start("o1", "web01")))
+        forwarded = await _next(target, "call")
+        assert (forwarded.caller.kind, forwarded.caller.hostname,
+                forwarded.caller.machine_id) == ("self", "laptop", "m2")
+        other, _ = await _agent(router, "K2", "box", "m3")      # another key's machine
+        await other.incoming.put(pb.AgentFrame(call=_start("o2", "web01")))
+        forwarded = await _next(target, "call")
+        assert forwarded.caller.kind == "remote"
+    asyncio.run(main())
+
+
+def test_wrong_key_is_refused_and_counted_per_address():
+    async def main() -> None:
+        router = Router(_store())
+        for _ in range(3):
+            with pytest.raises(RelayRefusal) as exc:
+                await router.list_hosts(FakeStream("nope", peer="6.6.6.6"), pb.ListHostsRequest())
+            assert exc.value.code == "unauthenticated"
+        assert router.counters["auth_failed"] == 3
+    asyncio.run(main())
+
+
+def test_revocation_ends_the_keys_links_and_cuts_its_calls():
+    async def main() -> None:
+        store = _store()
+        router = Router(store)
+        agent, agent_task = await _agent(router, "K1", "web01", "m1")
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        call_task = asyncio.ensure_future(router.call(caller))
+        await _next(agent, "call")
+        store.revoked.add("k2")                                  # the caller's key
+        router.revoke(store.revoked_key_ids())
+        failure = await _next(caller, "failure")
+        assert failure.code == "revoked"
+        assert (await _next(agent, "cancel")).call_id == "k2:c1"  # the agent kills the command
+        await call_task
+        store.revoked.add("k1")                                  # the agent's key
+        router.revoke(store.revoked_key_ids())
+        assert (await _next(agent, "failure")).code == "revoked"
+        await asyncio.wait_for(agent_task, 5)                    # the link ended
+        assert not router.links
+    asyncio.run(main())
+
+
+def test_a_link_that_ends_mid_call_fails_the_call_at_once():
+    async def main() -> None:
+        router = Router(_store())
+        agent, agent_task = await _agent(router, "K1", "web01", "m1")
+        caller = FakeStream("K1")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        call_task = asyncio.ensure_future(router.call(caller))
+        await _next(agent, "call")
+        await agent.incoming.put(None)                           # the agent went away
+        assert (await _next(caller, "failure")).code == "host_offline"
+        await call_task
+        await agent_task
+    asyncio.run(main())
+
+
+def test_calls_per_key_are_limited():
+    async def main() -> None:
+        router = Router(_store(), max_calls_per_key=2)
+        agent, _ = await _agent(router, "K1", "web01", "m1")
+        tasks = []
+        for i in range(2):
+            c = FakeStream("K2")
+            await c.incoming.put(pb.CallerFrame(start=_start(f"c{i}", "web01")))
+            tasks.append(asyncio.ensure_future(router.call(c)))
+            await _next(agent, "call")
+        third = FakeStream("K2")
+        await third.incoming.put(pb.CallerFrame(start=_start("c9", "web01")))
+        with pytest.raises(RelayRefusal) as exc:
+            await router.call(third)
+        assert exc.value.code == "resource_exhausted"
+        for t in tasks:
+            t.cancel()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("host, code", [("nope", "host_unknown"), ("web", "host_ambiguous")])
+def test_unknown_and_ambiguous_hosts_are_failures_with_a_hint(host, code):
+    async def main() -> None:
+        router = Router(_store())
+        await _agent(router, "K1", "web01", "m1")
+        await _agent(router, "K1", "web02", "m2")
+        caller = FakeStream("K1")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", host)))
+        await router.call(caller)
+        failure = await _next(caller, "failure")
+        assert failure.code == code and failure.hint
+    asyncio.run(main())
+
+
+def test_a_second_link_from_the_same_machine_replaces_the_first():
+    async def main() -> None:
+        router = Router(_store())
+        first, first_task = await _agent(router, "K1", "web01", "m1")
+        second, _ = await _agent(router, "K1", "web01", "m1")
+        assert (await _next(first, "failure")).code == "replaced"
+        await asyncio.wait_for(first_task, 5)
+        assert len(router.links) == 1
+    asyncio.run(main())
