@@ -6,7 +6,8 @@ Order of things, and why:
 2. Open the audit writer outermost: it is closed last, after every call has written its line.
 3. Root nursery, each long-lived job a named supervised task (crash → logged, restarted with
    backoff): local_server, policy_watcher, ask broker (passive: it lives in the calls), watchdog,
-   status_writer, signals. The relay link will be one more task here.
+   status_writer, signals, relay_link (cmdop.daemon.relay_link). The parts calls run with
+   (audit, gate, sandbox, pipeline) are built in one place: cmdop.daemon.components.
 4. READY=1 only once the socket accepts and the policy has been loaded (good or kept-last).
    Then the sandbox is warmed in a worker thread (its server starts, ~50 ms, off the trio loop)
    and its enforcement (`Sandbox.enforcement`) goes into daemon.status; until then the status
@@ -39,8 +40,10 @@ from cmdop.core.errors import DaemonError
 from cmdop.core.settings import Settings
 from cmdop.daemon import status as status_mod
 from cmdop.daemon.broker import AskBroker
+from cmdop.daemon.components import Components, Gate, SandboxPort, build_components
 from cmdop.daemon.local_server import LocalServer, bind_listener
 from cmdop.daemon.notify import Notifier
+from cmdop.daemon.relay_link import Link, LinkState
 from cmdop.daemon.service import AgentService
 from cmdop.daemon.supervisor import supervise
 
@@ -83,25 +86,29 @@ class Daemon:
         self.started_at = status_mod.utc_now()
         self.state = "starting"
         self.hostname = stdsocket.gethostname()
-        self.gatekeeper: Any = None
-        self.audit: Any = None
-        self.sandbox: Any = None
+        self.parts: Components | None = None   # built inside trio.run (build_components)
         self.policy_error = ""
         self.config_error = ""
         # The sandbox's enforcement as last read (off the trio thread): a placeholder until then.
         self.enforcement: dict[str, str] = {"state": "starting"}
         self._socket_ino = -1
         self._accept_scope: trio.CancelScope | None = None
-        self._stop_twice = False
+        self._late_scope: trio.CancelScope | None = None
         # More named supervised tasks (the relay link): each gets this Daemon and runs in the
         # root nursery after READY; see add_task.
         self._extra_tasks: list[tuple[str, Callable[["Daemon"], Awaitable[None]]]] = []
-        from cmdop.daemon.relay_link import LinkState
-
         self.relay_state = LinkState()
-        self.current_link: Any = None    # relay_link.Link while the relay link is up
+        self.current_link: Link | None = None    # while the relay link is up
         self._stop_event: trio.Event | None = None   # trio objects are created inside trio.run
         self._reload_lock: trio.Lock | None = None
+
+    @property
+    def gatekeeper(self) -> Gate | None:
+        return self.parts.gate if self.parts else None
+
+    @property
+    def sandbox(self) -> SandboxPort | None:
+        return self.parts.sandbox if self.parts else None
 
     def add_task(self, name: str, fn: Callable[["Daemon"], Awaitable[None]]) -> None:
         """Run `fn(daemon)` as one more named supervised task (call before run()). It reaches
@@ -151,65 +158,6 @@ class Daemon:
                 os.unlink(self.settings.socket_path)
         except FileNotFoundError:
             pass
-
-    # -- components --------------------------------------------------------------------------
-
-    def _open_audit(self) -> Any:
-        from cmdop.adapters.audit_log import AuditLog
-
-        return AuditLog(self.settings.state_dir)
-
-    def _open_gatekeeper(self) -> Any:
-        """The gate (None if it cannot load: the daemon then serves status but no calls)."""
-        try:
-            from cmdop.adapters.gatekeeper import Gatekeeper
-        except ImportError as exc:
-            log.error("permission gate unavailable: %s", exc)
-            self.policy_error = f"permission gate unavailable: {exc}"
-            return None
-        gk = Gatekeeper(self.settings)
-        if not gk.policy_ok:
-            problem = str(getattr(gk.policy, "problem", "") or "no good policy")
-            self.policy_error = f"{problem} (no good policy at start: remote calls are denied)"
-            log.error("%s (%s)", self.policy_error, self.settings.permissions_file)
-        if gk.mode == "bypass":
-            log.warning("permission mode is BYPASS: remote calls are allowed unless the floor "
-                        "denies them; use only on isolated machines")
-        return gk
-
-    def _open_pipeline(self) -> tuple[Any, Any]:
-        """(handle_call, CallContext) sharing our audit writer and gatekeeper; (None, None) when
-        the pipeline cannot load (calls are then refused with `unavailable`)."""
-        try:
-            from cmdop import pipeline
-            from cmdop.adapters.launcher import sandbox_for_agent
-        except ImportError as exc:
-            log.error("tool pipeline unavailable: %s", exc)
-            return None, None
-        config = self._load_config()
-        self.sandbox = sandbox_for_agent(self.settings, config)  # server starts on first use
-        ctx = pipeline.CallContext(settings=self.settings, gatekeeper=self.gatekeeper,
-                                   audit=self.audit, sandbox=self.sandbox, hostname=self.hostname,
-                                   sandbox_required=config.sandbox_required)
-        return pipeline.handle_call, ctx
-
-    def _load_config(self) -> Any:
-        """config.yaml; an invalid file leaves the agent up on the safe defaults (sandbox
-        required), reported as `config_error` and state DEGRADED until it is fixed and the
-        agent restarted."""
-        from cmdop.adapters.config_file import AgentConfig, load
-        from cmdop.core.errors import ConfigFileError
-
-        try:
-            config = load(self.settings.config_file)
-        except ConfigFileError as exc:
-            self.config_error = exc.message
-            log.error("config.yaml rejected, using the defaults: %s", exc.message)
-            return AgentConfig()
-        if not config.sandbox_required:
-            log.warning("sandbox_required is false: remote commands run without seccomp when it "
-                        "is unavailable")
-        return config
 
     # -- status ------------------------------------------------------------------------------
 
@@ -261,26 +209,29 @@ class Daemon:
         self._stop_event = trio.Event()
         self._reload_lock = trio.Lock()
         self._write_status()
-        self.audit = self._open_audit()   # outermost: closed last
+        parts = self.parts = build_components(self.settings, self.hostname)
+        self.policy_error, self.config_error = parts.policy_error, parts.config_error
         try:
-            self.gatekeeper = self._open_gatekeeper()
-            handle_call, call_ctx = self._open_pipeline() if self.gatekeeper else (None, None)
             self.broker = AskBroker(keep_rule=self._keep_rule)
             self.service = AgentService(
-                broker=self.broker, gatekeeper=self.gatekeeper, call_context=call_ctx,
-                handle_call=handle_call, hostname=self.hostname, status=self.snapshot,
+                broker=self.broker, gatekeeper=parts.gate, call_context=parts.call_context,
+                handle_call=parts.handle_call, hostname=self.hostname, status=self.snapshot,
                 reload=self.reload_policy, counters=self.counters)
             self.service.current_link = lambda: self.current_link
             server = LocalServer(listener, self.service.dispatch, self.broker, self.counters)
             await self._serve(server)
         finally:
-            if self.sandbox is not None:
-                self.sandbox.close()
-            self.audit.close()
+            parts.close()     # the sandbox's server, then the audit writer (last)
 
     def _spawn(self, nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         """Start `fn` as a named supervised task (crash → logged, restarted with backoff)."""
         nursery.start_soon(functools.partial(supervise, name, fn, crashes=self.crashes), name=name)
+
+    async def _start(self, nursery: trio.Nursery, name: str,
+                     fn: Callable[[trio.TaskStatus[None]], Awaitable[None]]) -> None:
+        """Start `fn(task_status)` supervised, and return once it reported itself ready."""
+        await nursery.start(functools.partial(supervise, name, fn, crashes=self.crashes,
+                                              reports_started=True), name=name)
 
     async def _serve(self, server: LocalServer) -> None:
         stop = self._stop_event
@@ -289,16 +240,16 @@ class Daemon:
             root.start_soon(self._signals)
             self._spawn(root, "policy_watcher", self._policy_watcher)
             async with trio.open_nursery() as conns:
-                async def local_server() -> None:
+                async def local_server(task_status: trio.TaskStatus[None]) -> None:
                     # A fresh scope per (re)start: a trio CancelScope cannot be entered twice.
                     if self.state == "stopping":
+                        task_status.started()
                         return
                     with trio.CancelScope() as scope:
                         self._accept_scope = scope
-                        await server.serve(conns)
+                        await server.serve(conns, task_status)
 
-                self._spawn(root, "local_server", local_server)
-                await trio.sleep(0)  # let the accept loop start before declaring readiness
+                await self._start(root, "local_server", local_server)  # accepting from here
                 self.state = "online"
                 log.info("agent ready on %s (pid %d, mode %s)", self.settings.socket_path,
                          os.getpid(), getattr(self.gatekeeper, "mode", "?"))
@@ -331,9 +282,9 @@ class Daemon:
         running = self.service.running_calls
         log.info("stopping: %d call(s) running", running)
         with trio.move_on_after(self.options.shutdown_deadline_s) as late:
-            while self.service.running_calls and not self._stop_twice:
-                await trio.sleep(0.05)
-        if late.cancelled_caught or self._stop_twice:
+            self._late_scope = late      # a second stop signal stops the wait at once
+            await self.service.wait_idle()
+        if late.cancelled_caught:
             log.error("%d call(s) still running after %.0fs; leaving them",
                       self.service.running_calls, self.options.shutdown_deadline_s)
 
@@ -341,8 +292,8 @@ class Daemon:
         """Begin the clean stop; a second request stops waiting for running calls."""
         if self._stop_event is None:
             return
-        if self._stop_event.is_set():
-            self._stop_twice = True
+        if self._stop_event.is_set() and self._late_scope is not None:
+            self._late_scope.cancel()
         self._stop_event.set()
 
     async def _signals(self) -> None:
@@ -453,11 +404,14 @@ class Daemon:
 
     async def _keep_rule(self, verdict: str, scope: str, rule: str) -> None:
         reason = f"kept from an ask answer ({scope})"
+        gate = self.gatekeeper
+        if gate is None:      # no gate, no asks: cannot happen, but never keep a rule blindly
+            return
         if scope == "session":
-            self.gatekeeper.add_session_rule(rule, verdict, reason=reason)
+            gate.add_session_rule(rule, verdict, reason=reason)
         else:  # an atomic file write: off the trio thread
             await trio.to_thread.run_sync(
-                lambda: self.gatekeeper.add_global_rule(rule, verdict, reason=reason))
+                lambda: gate.add_global_rule(rule, verdict, reason=reason))
         log.info("kept %s rule %s: %s", scope, verdict, rule)
 
 

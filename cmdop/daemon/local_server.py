@@ -227,9 +227,11 @@ class LocalServer:
         self._pidfd_note_logged = False
         self.counters = counters
 
-    async def serve(self, conn_nursery: trio.Nursery) -> None:
+    async def serve(self, conn_nursery: trio.Nursery,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until cancelled; connections live in `conn_nursery`, so stopping the accept
-        loop does not cut off calls in flight."""
+        loop does not cut off calls in flight. Reports started once it accepts."""
+        task_status.started()
         while True:
             try:
                 stream = await self._listener.accept()

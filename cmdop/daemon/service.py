@@ -89,6 +89,9 @@ class AgentService:
         self._lock = threading.Lock()
         self._running = 0                  # calls whose worker thread has started and not ended
         self._live_cancels: set[threading.Event] = set()   # per-call events (relay calls)
+        self._active = 0                   # calls in run_call (trio side)
+        self._idle = trio.Event()
+        self._idle.set()
         # The relay link while it is up (set by the daemon): for calls to other machines.
         self.current_link: Callable[[], Any] | None = None
 
@@ -254,6 +257,9 @@ class AgentService:
                 self._live_cancels.add(cancel)
             if self.cancel.is_set():
                 cancel.set()
+        self._active += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
         try:
             return await self._run_in_worker(call, caller, _ctx or self.call_context, _note,
                                              _audit_extra, event, on_chunk)
@@ -261,6 +267,14 @@ class AgentService:
             if cancel is not None:
                 with self._lock:
                     self._live_cancels.discard(cancel)
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is running (at once when none is)."""
+        while self._active:
+            await self._idle.wait()
 
     async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any, note: str,
                              audit_extra: dict[str, str] | None, cancel: threading.Event,

@@ -19,17 +19,27 @@ import trio
 log = logging.getLogger("cmdop.daemon.supervisor")
 
 
-async def supervise(name: str, fn: Callable[[], Awaitable[None]], *, initial: float = 0.5,
+async def supervise(name: str, fn: Callable[..., Awaitable[None]], *, initial: float = 0.5,
                     maximum: float = 30.0, stable_s: float = 60.0,
-                    crashes: dict[str, int] | None = None) -> None:
+                    crashes: dict[str, int] | None = None, reports_started: bool = False,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run `fn()` until it returns; on an exception log it, wait the backoff, and run it again.
 
-    `crashes`, when given, counts restarts per task name (reported in daemon.status)."""
+    Started with `nursery.start`: with `reports_started`, `fn(task_status)` says when it is
+    ready on its first run (a restart reports to nobody); otherwise the task counts as started
+    at once. `crashes`, when given, counts restarts per task name (reported in daemon.status)."""
     delay = initial
+    status: trio.TaskStatus[None] = task_status
+    if not reports_started:
+        task_status.started()
     while True:
         started = time.monotonic()
         try:
-            await fn()
+            if reports_started:
+                run_status, status = status, trio.TASK_STATUS_IGNORED
+                await fn(run_status)
+            else:
+                await fn()
             log.debug("task %s finished", name)
             return
         except Exception:
