@@ -73,6 +73,20 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     return run_daemon(ctx.settings, options)
 
 
+def _relay_line(s: dict[str, Any]) -> str:
+    """The relay link in one line: online as NAME via ADDR, or its state and last error."""
+    r = s.get("relay")
+    if not isinstance(r, dict):
+        return "connected" if s.get("relay_connected") else "not connected"
+    state = str(r.get("state") or "off")
+    if state == "online":
+        return f"online as {r.get('machine') or '?'} via {r.get('relay') or '?'} (workspace " \
+               f"{r.get('workspace') or '?'})"
+    where = f" {r.get('relay')}" if r.get("relay") else ""
+    error = f": {r.get('last_error')}" if r.get("last_error") else ""
+    return f"{state}{where}{error}"
+
+
 def _human_status(s: dict[str, Any]) -> str:
     line = str(s["state"])
     if s.get("pid"):
@@ -85,7 +99,7 @@ def _human_status(s: dict[str, Any]) -> str:
         rows += [
             f"version:   {s.get('version', '?')}  started {s.get('started_at', '?')}",
             f"mode:      {s.get('mode') or '?'}  policy {'ok' if s.get('policy_ok') else 'BAD'}",
-            f"relay:     {'connected' if s.get('relay_connected') else 'not connected'}",
+            f"relay:     {_relay_line(s)}",
             f"socket:    {s.get('socket', '?')}",
             f"calls:     {c.get('calls', 0)} ({c.get('denied', 0)} denied), asks {c.get('asks', 0)}, "
             f"approvers attached {s.get('approvers', 0)}",

@@ -1,0 +1,74 @@
+"""The credential flags of caller commands and the glue to the pure resolver (CONTRACT §3).
+
+A caller command (`cmdop auth status`, `hosts`, `exec`, `call`) adds the flags with
+`add_credential_flags(parser)` and gets its credential with `resolve_from_args(args, settings)`:
+this loads `ssh_workspaces.json`, the OAuth token and (only when nothing else names a relay)
+config.yaml's `relay`, and hands them with the flags and CMDOP_* values (already in `Settings`)
+to `cmdop.core.credentials.resolve_credential`.
+
+`--api-key` is accepted because CONTRACT §3 puts it first, but a key on the command line is
+visible to every user of the machine (ps, /proc): CMDOP_API_KEY or a stored workspace is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cmdop.core.credentials import OAuthToken, ResolvedCredential, resolve_credential, valid_name
+from cmdop.core.settings import Settings
+
+
+def add_credential_flags(parser: argparse.ArgumentParser, *, api_key: bool = True) -> None:
+    """`--api-key KEY`, `--workspace NAME`, `--relay HOST:PORT` on `parser`."""
+    if api_key:
+        parser.add_argument("--api-key", default=None, metavar="KEY",
+                            help="API key (visible to other users in ps: prefer CMDOP_API_KEY "
+                                 "or `cmdop connect key set`)")
+    parser.add_argument("--workspace", default=None, metavar="NAME",
+                        help="use this stored workspace's key (else CMDOP_WORKSPACE, else the active one)")
+    parser.add_argument("--relay", default=None, metavar="HOST:PORT",
+                        help="relay address (else CMDOP_RELAY, else the workspace's)")
+
+
+def load_oauth_token(settings: Settings) -> OAuthToken | None:
+    """The OAuth token of `cmdop login`. `login` (issue 12) owns token.json's format and replaces
+    this seam; until then no token is read."""
+    return None
+
+
+def resolve_from_args(args: argparse.Namespace, settings: Settings,
+                      now: float | None = None) -> ResolvedCredential:
+    """The credential for this command: flags in `args` (absent ones count as not given),
+    environment values from `settings`, stored files from their Settings paths."""
+    from cmdop.adapters import workspaces_file
+
+    flag_workspace = getattr(args, "workspace", None)
+    env_workspace = settings.workspace
+    flag_relay = getattr(args, "relay", None)
+    if flag_relay:
+        from cmdop.core.credentials import split_host_port
+
+        split_host_port(flag_relay)
+    data = workspaces_file.load(settings.workspaces_file)
+    moment = time.time() if now is None else now
+
+    def resolve(config_relay: str | None) -> ResolvedCredential:
+        return resolve_credential(
+            flag_key=getattr(args, "api_key", None) or None,
+            env_key=settings.api_key,
+            flag_workspace=valid_name(flag_workspace) if flag_workspace else None,
+            env_workspace=valid_name(env_workspace) if env_workspace else None,
+            env_relay=settings.relay, flag_relay=flag_relay or None,
+            workspaces=data, oauth=load_oauth_token(settings), now=moment,
+            config_relay=config_relay,
+        )
+
+    cred = resolve(None)
+    if not cred.relay:
+        from cmdop.adapters.config_file import load as load_config
+
+        relay = load_config(settings.config_file).relay
+        if relay:
+            cred = resolve(relay)
+    return cred
