@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from cmdop.adapters.relay_grpc import RelayRefusal, ServerStream
+from cmdop.core.errors import CmdopError
 from cmdop.relay import routing
 from cmdop.relay.proto import relay_pb2 as pb
 
@@ -147,8 +148,13 @@ class Router:
         machine_id = hello.machine_id.strip()[:128]
         if not hostname or not machine_id:
             raise RelayRefusal("invalid_argument", "hello needs a hostname and a machine id")
-        machine = self.store.enroll_machine(key.workspace, key.id, hostname, machine_id,
-                                            hello.agent_version[:64])
+        try:
+            machine = self.store.enroll_machine(key.workspace, key.id, hostname, machine_id,
+                                                hello.agent_version[:64])
+        except CmdopError as exc:     # e.g. the machine id is another key's (MachineClaimed)
+            self._count("links_refused")
+            log.warning("refused a link from %s (key %s): %s", stream.peer, key.id, exc.message)
+            raise RelayRefusal("permission_denied", exc.message) from None
         link = Link(key=key, machine=machine, touched=self.clock())
         old = self.links.get(machine.id)
         if old is not None:

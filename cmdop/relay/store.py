@@ -129,6 +129,10 @@ def _machine_base_name(hostname: str) -> str:
     return base[:63] or "machine"
 
 
+class MachineClaimedError(CmdopError):
+    """An agent presented the machine id of a machine another (live) key enrolled."""
+
+
 class RelayStore:
     """The relay's database. Open with `RelayStore.open(data_dir)`; `close()` when done."""
 
@@ -408,6 +412,17 @@ class RelayStore:
         with self._write() as cur:
             row = cur.execute("SELECT id, hostname, name FROM machines WHERE workspace_id = ? AND machine_id = ?",
                               (ws.id, machine_id)).fetchone()
+            if row is not None:
+                # A machine is bound to the key that enrolled it: another key of the workspace
+                # sending its id would take over its link and receive its calls. Only once that
+                # key is revoked may a new one re-enrol it (key rotation).
+                holder = cur.execute(
+                    "SELECT k.id, k.revoked_at FROM machines m JOIN api_keys k ON k.id = m.key_id "
+                    "WHERE m.id = ?", (row[0],)).fetchone()
+                if holder is not None and holder[0] != key_id and holder[1] is None:
+                    raise MachineClaimedError(
+                        f"machine id {machine_id[:12]}… is enrolled with another key",
+                        "revoke that key first to re-enrol the machine with this one")
             if row is not None and row[1].lower() == hostname.lower():
                 row_id, name = row[0], row[2]
                 cur.execute("UPDATE machines SET hostname = ?, key_id = ?, agent_version = ?, last_seen = ? "

@@ -326,3 +326,21 @@ def test_touch_machine(store: RelayStore, clock: Clock) -> None:
     store.touch_machine(m.id)
     (got,) = store.list_machines("prod")
     assert got.last_seen == "2026-12-06T10:42:05Z" and got.first_seen == "2026-12-06T10:40:00Z"
+
+
+def test_a_machine_id_enrolled_by_one_key_cannot_be_taken_by_another(tmp_path):
+    """Another key of the workspace presenting a machine's id would take over its link (and
+    receive its calls): refused until the first key is revoked (then re-enrolment is rotation)."""
+    from cmdop.relay.store import MachineClaimedError, RelayStore
+
+    store = RelayStore.open(str(tmp_path / "relay"))
+    store.create_workspace("demo")
+    k1, _ = store.create_key("demo", "one")
+    k2, _ = store.create_key("demo", "two")
+    m = store.enroll_machine("demo", k1.id, "web01", "mid-1", "v")
+    assert store.enroll_machine("demo", k1.id, "web01", "mid-1", "v").id == m.id   # same key: fine
+    with pytest.raises(MachineClaimedError):
+        store.enroll_machine("demo", k2.id, "web01", "mid-1", "v")
+    store.revoke_key(k1.id)
+    assert store.enroll_machine("demo", k2.id, "web01", "mid-1", "v").id == m.id
+    store.close()
