@@ -99,4 +99,12 @@ def entry() -> None:
     if sys.argv[1:] == ["--version"]:  # the one call scripts make in a loop; skip building the CLI
         print(f"cmdop {__version__}")
         sys.exit(0)
+    if sys.argv[1:2] == ["exec"]:
+        # Through the local agent's relay link when it can (no argparse tree, no grpc); else
+        # the full CLI below handles the same arguments.
+        from cmdop.cli import fast_exec
+
+        code = fast_exec.run(sys.argv[2:])
+        if code is not None:
+            sys.exit(code)
     sys.exit(main())

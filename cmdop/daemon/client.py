@@ -179,9 +179,9 @@ class DaemonClient:
         try:
             while True:
                 event = self.receive(deadline_ms / 1000 + 30)
+                ended = event.get("event") in ("result", "failure")
                 yield event
-                if event.get("event") in ("result", "failure"):
-                    ended = True
+                if ended:
                     return
         finally:
             if not ended:

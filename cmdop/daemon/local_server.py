@@ -169,6 +169,11 @@ class FrameReader:
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._buf = bytearray()
+        self._unread: list[dict[str, Any]] = []
+
+    def unread(self, frame: dict[str, Any]) -> None:
+        """Give back a frame read too early: the next read() returns it first."""
+        self._unread.append(frame)
 
     async def _more(self) -> None:
         data = await self._stream.receive_some(65536)
@@ -178,6 +183,8 @@ class FrameReader:
 
     async def read(self, idle_s: float = protocol.IDLE_TIMEOUT_S) -> dict[str, Any] | None:
         """The next request, None on a clean EOF; ProtocolError for bad, big, slow or idle."""
+        if self._unread:
+            return self._unread.pop(0)
         if not self._buf:
             data = b""
             with trio.move_on_after(idle_s) as idle:

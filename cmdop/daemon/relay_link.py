@@ -385,14 +385,16 @@ async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any
     await send(protocol.ok(req.get("id"), {"call_id": cid}))
     async with trio.open_nursery() as nursery:
         async def follow_client() -> None:
-            # A cancel frame, or the client leaving, cancels the call on the remote side.
+            # A cancel frame, or the client leaving, cancels the call on the remote side. Any
+            # other frame is the client's next request, sent as soon as it had the result
+            # (before this task was cancelled): it goes back to the connection's loop.
             try:
-                while True:
-                    msg = await reader.read(idle_s=deadline_ms / 1000 + 30)
-                    if msg is None or msg.get("op") == "cancel":
-                        break
+                msg = await reader.read(idle_s=deadline_ms / 1000 + 30)
             except Exception:  # noqa: BLE001 - a broken client is a leaving client
-                pass
+                msg = None
+            if msg is not None and msg.get("op") != "cancel":
+                reader.unread(msg)
+                return
             link.cancel_outgoing(cid)
 
         nursery.start_soon(follow_client)

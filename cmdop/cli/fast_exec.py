@@ -1,0 +1,170 @@
+"""`cmdop exec HOST -- CMD…` through the local agent's relay link, importing only what it needs.
+
+Like ssh's ControlMaster: when an agent runs here with its relay link up, `cmdop exec` is one
+short process that hands the call to it over the local socket and streams the output; no
+argparse tree, no grpc, no TLS. `run(argv)` returns None whenever this path does not apply
+(another option, no agent, no link, an answer it does not expect), and the full CLI
+(`cmdop.cli.remote_cmd`) then handles the invocation from the start — so the two paths cannot
+disagree on anything but speed. Exit status as CONTRACT §1: the remote status, 3 denied,
+4 auth, 5 unreachable, 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+import socket
+import sys
+
+from cmdop.daemon import protocol
+
+_MAX_TIMEOUT_S = 600.0
+_CONNECT_TIMEOUT_S = 2.0
+
+
+def parse(argv: list[str]) -> tuple[str, list[str], float, str] | None:
+    """(host, command argv, timeout, cwd) for the shapes this path serves: `[--timeout S]
+    [--cwd DIR] HOST [--] CMD…`; None for anything else (the full CLI decides)."""
+    timeout, cwd, i = _MAX_TIMEOUT_S, "", 0
+    while i < len(argv) and argv[i].startswith("-"):
+        opt, eq, value = argv[i].partition("=")
+        if opt not in ("--timeout", "--cwd"):
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value, i = argv[i + 1], i + 1
+        if opt == "--timeout":
+            try:
+                timeout = float(value)
+            except ValueError:
+                return None
+            if not 0 < timeout <= _MAX_TIMEOUT_S:
+                return None
+        else:
+            cwd = value
+        i += 1
+    if i >= len(argv):
+        return None
+    host, rest = argv[i], argv[i + 1:]
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest or host.startswith("-"):
+        return None
+    return host, rest, timeout, cwd
+
+
+def run(argv: list[str]) -> int | None:
+    """Run `cmdop exec ARGV` through the local agent; None when this path does not apply."""
+    parsed = parse(argv)
+    if parsed is None:
+        return None
+    host, command, timeout, cwd = parsed
+    from cmdop.adapters.service_paths import discover
+    from cmdop.core.settings import Settings
+
+    # The same settings the full CLI derives (cmdop.cli.common.current_settings), without
+    # importing argparse and the command tree.
+    settings = discover(Settings.from_env(os.environ, os.path.expanduser("~")), os.environ)
+    if settings.api_key:          # CMDOP_API_KEY names a credential of its own: go direct
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(_CONNECT_TIMEOUT_S)
+    try:
+        sock.connect(settings.socket_path)
+    except OSError:
+        sock.close()
+        return None
+    with sock:
+        return _call(sock, host, command, timeout, cwd)
+
+
+def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
+          cwd: str) -> int | None:
+    text = command[0] if len(command) == 1 else shlex.join(command)
+    tool_input: dict[str, object] = {"command": text, "timeout_ms": int(timeout * 1000)}
+    if cwd:
+        tool_input["cwd"] = cwd
+    deadline_ms = int((timeout + 30) * 1000)
+    frames = protocol.FrameBuffer()
+    sock.sendall(protocol.encode({"v": protocol.VERSION, "id": 1, "op": "relay_call",
+                                  "host": host, "tool": "execute_command", "input": tool_input,
+                                  "stream": True, "deadline_ms": deadline_ms}))
+    sock.settimeout(deadline_ms / 1000 + 30)
+    first = _receive(sock, frames)
+    if first is None or not first.get("ok"):
+        return None               # no link, an old agent, a refusal: the full CLI decides
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    try:
+        while True:
+            event = _receive(sock, frames)
+            if event is None:
+                print("cmdop: error: the agent closed the connection during the call",
+                      file=sys.stderr)
+                return 5
+            kind = event.get("event")
+            if kind == "chunk":
+                stream = err if event.get("fd") == 2 else out
+                stream.write(base64.b64decode(str(event.get("data") or "")))
+                stream.flush()
+            elif kind == "result":
+                return _finish(event.get("result"), timeout)
+            elif kind == "failure":
+                return _failed(event)
+    except KeyboardInterrupt:
+        try:
+            sock.sendall(protocol.encode({"v": protocol.VERSION, "id": 2, "op": "cancel"}))
+            sock.settimeout(5.0)
+            while (e := _receive(sock, frames)) is not None and e.get("event") not in (
+                    "result", "failure"):
+                pass
+        except OSError:
+            pass
+        print("cmdop: interrupted; the remote command was cancelled", file=sys.stderr)
+        return 130
+
+
+def _receive(sock: socket.socket, frames: protocol.FrameBuffer) -> dict[str, object] | None:
+    while True:
+        obj = frames.next()
+        if obj is not None:
+            return obj
+        data = sock.recv(65536)
+        if not data:
+            return None
+        frames.feed(data)
+
+
+def _finish(result: object, timeout: float) -> int:
+    if not isinstance(result, dict):
+        print("cmdop: error: the agent sent an unexpected result", file=sys.stderr)
+        return 1
+    if result.get("error") == "permission_denied":
+        where = f"source {result.get('source') or '?'}"
+        if result.get("rule_id"):
+            where += f", rule {result.get('rule_id')}"
+        print(f"cmdop: error: denied: {result.get('reason', '')} [{where}]", file=sys.stderr)
+        print("hint: ask the machine's owner for a rule (`cmdop permissions add` on it)",
+              file=sys.stderr)
+        return 3
+    if "exit_code" not in result:
+        print(f"cmdop: error: the call failed: {result.get('message') or result.get('error')}",
+              file=sys.stderr)
+        return 1
+    if result.get("timed_out"):
+        print(f"cmdop: the command timed out after {timeout:.0f} s and was killed",
+              file=sys.stderr)
+    return int(result["exit_code"])
+
+
+def _failed(event: dict[str, object]) -> int:
+    from cmdop.relay.caller import failure_error
+
+    exc = failure_error(str(event.get("code") or ""), str(event.get("message") or ""),
+                        str(event.get("hint") or ""))
+    print(f"cmdop: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+    return exc.exit_code
+
