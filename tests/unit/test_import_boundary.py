@@ -48,7 +48,8 @@ def _module_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+            # `from cmdop.daemon import protocol` imports cmdop.daemon.protocol
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 

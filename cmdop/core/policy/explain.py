@@ -20,6 +20,7 @@ from __future__ import annotations
 from cmdop.core.admission import Admission
 from cmdop.core.calls import Caller, CallerKind, ToolCall
 from cmdop.core.policy.decision import Decision
+from cmdop.core.policy.floor_cmd import elsewhere_notes
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide, prepare_target
 from cmdop.core.policy.rules import Rule
 from cmdop.core.policy.targets import Part
@@ -104,6 +105,8 @@ def _gate_steps(call: ToolCall, caller: Caller, policy: Policy, home: str, mode:
     if t.invalid:
         return decision, lines + [f"1. input: {t.invalid} → deny", _final(decision)]
     lines.append(f"1. floor: HIT — {t.floor}" if t.floor else "1. floor: no floor entry applies")
+    if t.kind == "command":      # what the words name on other machines (programs.ROLES "remote-…", "urls")
+        lines.extend(f"   - {note}" for note in elsewhere_notes(t.shown, home))
     if t.floor:
         return decision, lines + [_final(decision)]
     kind = caller.kind if isinstance(caller.kind, CallerKind) else CallerKind(str(caller.kind))

@@ -11,7 +11,15 @@ Entries (source: CONTRACT §4 and spec/security-model.txt "Bash signatures"):
 4. writes to block devices: redirections, `tee`, `dd of=`, `cp`/`mv` targets, `shred`, `mkfs*`.
 5. any floor path named by a word, a redirection, an assignment or an option value (`--x=PATH`),
    resolved against the call's cwd (tracking static `cd`), with `$HOME`/`~` expanded and globs
-   or unknown expansions tested against every floor entry they could expand to.
+   or unknown expansions tested against every floor entry they could expand to. A `file:` URL
+   is a path here, read percent-decoded (one that cannot be decoded is refused).
+
+Where a word points is read from the program table (programs.ROLES "remote-paths", "urls",
+"remote-command"): `scp web01:/etc/shadow .`, `curl https://x/.bashrc` and the command in
+`ssh web01 cat /etc/shadow`, `docker exec c …`, `kubectl exec pod -- …` name another machine's
+paths, which are not this machine's floor. The command run there is still read for entries 1-3
+(the refusal names the machine); what the command reads or writes here (a local source or
+destination, an option's file such as `ssh -i KEY`, a redirection, a substitution) stays floor.
 
 Being a deny list, the floor guesses wide: an unknown expansion is assumed to be able to be
 anything a glob `*` could be, `$IFS` is a space, and brace expressions are expanded.
@@ -40,7 +48,8 @@ from cmdop.core.policy.commands import is_shell, unwrap
 from cmdop.core.policy.floor_paths import (_SAMPLES, FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
                                            check_pattern, fold)
 from cmdop.core.policy.paths import components, expand_user, normalise
-from cmdop.core.policy.programs import Remote, device_role, elsewhere, family, has_role, lookup
+from cmdop.core.policy.programs import (Remote, device_role, elsewhere, family, has_role, host_path, lookup,
+                                        remote_url)
 from cmdop.core.policy.shell import (EVAL, SUB, TOO_DEEP, TOO_MANY, VAR, SimpleCommand, Word, analyse,
                                      expansions_in, interpretations)
 
@@ -720,7 +729,9 @@ def _fed_code(prog: str, argv: list[str], stdin: str, redirects: list[tuple[str,
         return f"floor: {stdin or 'a file'} into '{prog}', which runs what it reads"
     if prog == "crontab" and (len(argv) == 1 or argv[-1] == "-"):
         return "floor: a crontab installed from standard input"
-    if family(prog) == "ssh" and len([a for a in argv[1:] if not a.startswith("-")]) <= 1:
+    remote = _elsewhere(argv, prog) if has_role(prog, "remote-command") else _HERE
+    if family(prog) == "ssh" and len([a for a in argv[1:] if not a.startswith("-")]) <= 1 or (
+            remote.line and remote.command is not None and remote.command[0] >= len(argv)):
         return f"floor: {stdin or 'a file'} into a remote shell (ssh with no command)"
     if has_role(prog, "stdin-script") and any(
             a in ("-f", "--file", "-x", "--script") and b in ("-", "/dev/stdin")
@@ -831,32 +842,38 @@ def _percent_decode(text: str) -> tuple[str, str]:
         return "", "percent-decodes to bytes that are not UTF-8 text"
 
 
+def _url_path(rest: str) -> str:
+    """The path of a `file:` URL's text after the scheme: past `//host` when there is one."""
+    if not rest.startswith("//"):
+        return rest
+    slash = rest.find("/", 2)
+    return rest[slash:] if slash >= 0 else "/"
+
+
 def file_url_paths(word: str) -> tuple[list[str], str]:
     """The paths on this machine the `file:` URLs in `word` name, percent-decoded (`file:///etc/x`,
     `FILE://localhost/%65tc/x`, `file:/etc/x`; any host is read as this machine, the floor guessing
-    wide), with and without a `?query`/`#fragment`; or the floor reason when one cannot be read."""
-    if ":" not in word:
+    wide), with and without a `?query`/`#fragment`, decoded before and after the host is split off
+    (`file://localhost%2Fetc/x`), and with the host read as part of the path too (`file://%2Fetc/x`
+    to a parser that only strips the scheme); or the floor reason when one cannot be read."""
+    if ":" not in word or ("file:" not in word and "file:" not in word.lower()):
         return [], ""
     out: list[str] = []
     for m in _FILE_URL.finditer(word):
-        rest = m.group(1)
-        if rest.startswith("//"):
-            slash = rest.find("/", 2)
-            rest = rest[slash:] if slash >= 0 else "/"
-        for cut in dict.fromkeys((rest, re.split(r"[?#]", rest, maxsplit=1)[0])):
-            path, why = _percent_decode(cut)
-            if why:
-                return out, f"floor: cannot understand the file: URL {m.group(0)!r}: it {why}"
-            if path:
-                out.append(path)
-    return out, ""
+        for raw in dict.fromkeys((re.split(r"[?#]", m.group(1), maxsplit=1)[0], m.group(1))):
+            for text in dict.fromkeys((_url_path(raw), raw)):
+                path, why = _percent_decode(text)
+                if why:
+                    return out, f"floor: cannot understand the file: URL {m.group(0)!r}: it {why}"
+                out.extend(p for p in dict.fromkeys((path, _url_path(path))) if p)
+    return list(dict.fromkeys(out)), ""
 
 
 def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, ...] = (),
-                 listing: bool = False, text: bool = False) -> str | None:
+                 listing: bool = False, program: str = "") -> str | None:
     """The floor reason if an argument names a protected path (`listing`: see check_pattern), a
-    `file:` URL among them (percent-decoded; one that cannot be decoded is refused, unless `text`:
-    the arguments are text a program prints). Nothing while the command runs elsewhere."""
+    `file:` URL among them (percent-decoded; one that cannot be decoded is refused, unless the
+    `program` they are given to only prints text). Nothing while the command runs elsewhere."""
     if _ELSEWHERE.get():
         return None
     for a in args:
@@ -866,7 +883,7 @@ def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, 
                 cands.update(a.split(sep))
         if ":" in a:
             urls, bad = file_url_paths(a)
-            if bad and not text:
+            if bad and not (program and has_role(program, "text")):
                 return bad
             cands.update(urls)
         if a.startswith("-") and len(a) > 2 and not a.startswith("--"):
@@ -883,12 +900,14 @@ def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, 
     return None
 
 
-def _fork_bomb(analysis: Any) -> str | None:
+def _fork_bomb(analysis: Any, here_only: bool = False) -> str | None:
+    """`here_only`: not in the words of a command run on another machine (`ssh h CMD`,
+    `docker exec c CMD`): the floor reads those as that command, and names the machine."""
     for name, body, backgrounds in analysis.functions:
         calls = [c for c in body if c.words and c.words[0].static == name]
         if calls and (backgrounds or len(calls) > 1 or any(c.stdin == "pipe" for c in calls)):
             return f"floor: fork bomb (function '{name}' spawns itself)"
-    code = _code_text(analysis)
+    code = _code_text(analysis, here_only)
     if _FORKBOMB_TEXT.search(re.sub(r"\s+", "", code)) or _FORKBOMB_TEXT.search(code):
         return "floor: fork bomb"
     return None
@@ -904,7 +923,7 @@ def _redefined(analysis: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-def _code_text(analysis: Any) -> str:
+def _code_text(analysis: Any, here_only: bool = False) -> str:
     """The command's text with the arguments of programs that only print or search text blanked:
     the fork-bomb patterns are looked for in code (the line itself, strings handed to `perl -e`
     or `alias`), not in what `echo ':(){ :|:& };:' > notes.txt` writes. (Printed text that is
@@ -915,6 +934,15 @@ def _code_text(analysis: Any) -> str:
     for c in analysis.commands:
         if len(c.spans) != len(c.words) or len(c.words) < 2:
             continue
+        if here_only:
+            inner = unwrap(c).layers[-1].words
+            remote = elsewhere([w.static if w.static is not None or w.has_expansion
+                                else "".join(t for _, t in w.segments) for w in inner]).command
+            at = len(c.words) - len(inner)
+            for (start, end), w in zip(c.spans[at + remote[0]:at + remote[1]] if remote else [],
+                                       c.words[at + remote[0]:at + remote[1]] if remote else []):
+                if w.static is not None:
+                    blank[start:end] = b" " * (end - start)
         prog = c.words[0].static
         if prog is None or prog in redefined or not has_role(posixpath.basename(prog), "text"):
             continue
@@ -982,9 +1010,11 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
     analysis = analyse(command)
     if analysis.opaque in (TOO_DEEP, TOO_MANY):
         return f"floor: {analysis.opaque}"
-    reason = _fork_bomb(analysis)
-    if reason:
-        return reason
+    bomb = _fork_bomb(analysis)
+    if bomb and (_ELSEWHERE.get() or _fork_bomb(analysis, here_only=True)):
+        return bomb
+    # (a fork bomb only in a command run elsewhere: its own check below names the machine; the
+    # line is refused all the same, `bomb` being the answer when nothing else is)
     variables: dict[str, str] = {}
     for name, value in analysis.assignments:   # X=/etc; cat $X/passwd
         if name and value.static is not None:
@@ -1063,7 +1093,7 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
             reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted)
             if reason:
                 return reason
-    return None
+    return bomb
 
 
 def _tainted(analysis: Any) -> frozenset[str]:
@@ -1153,6 +1183,119 @@ def _whole_expansion(word: Word) -> bool:
     return len(word.segments) == 1 and word.segments[0][0] == VAR and word.segments[0][1] in ("", "@", "*")
 
 
+_HERE = Remote()
+
+
+def _elsewhere(argv: list[str], prog: str, env: Any = ()) -> Remote:
+    """programs.elsewhere on a floor argv (`prog`: its program): a word starting with an unknown
+    expansion may be an option (`$X:/y` may be `-oProxyCommand=…:/y`), so the option grammar
+    does not know it. `env`: the names the command line assigns (`RSYNC_RSH=…` reroutes rsync)."""
+    spec = lookup(prog) if argv else None
+    if spec is None or spec.remote is None or any(n in env for n in spec.remote.here_env):
+        return _HERE
+    return elsewhere([None if a.startswith(UNKNOWN) else a for a in argv])
+
+
+def _remote_indexes(remote: Remote, offset: int) -> set[int]:
+    """The argv indexes (shifted by `offset`) naming paths on, or a command run on, another machine."""
+    out = {offset + k for k in remote.paths}
+    if remote.command is not None:
+        out.update(range(offset + remote.command[0], offset + remote.command[1]))
+    return out
+
+
+def where(remote: Remote, argv: list[str]) -> str:
+    """`on web01`, `in container c`, `in a pod`: where `remote`'s command runs."""
+    name = argv[remote.host] if remote.host is not None and remote.host < len(argv) else ""
+    name = name.replace(UNKNOWN, "$?")
+    if remote.what == "host":
+        return f"on {name}" if name else "on another host"
+    return f"in {remote.what} {name}" if name else f"in a {remote.what}"
+
+
+def _quoted(word: str) -> str:
+    """`word` as one shell word, an unknown expansion in it kept unknown (`$CMDOP_UNKNOWN`)."""
+    if UNKNOWN not in word:
+        return shlex.quote(word)
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", word).replace(UNKNOWN, "${CMDOP_UNKNOWN}") + '"'
+
+
+def _run_elsewhere(remote: Remote, argv: list[str], heredoc: str | None, home: str, depth: int,
+                   extra: tuple[str, ...]) -> str | None:
+    """The floor reason for the command `remote` runs on another machine, or None: read as a
+    command there, where this machine's floor paths are not (they are that machine's), but the
+    signatures — removing /, a pipe into a shell, a fork bomb — are refused wherever they run.
+    ssh hands its words to the remote shell as one line, which it reads again (`ssh h sh -c 'a b'`
+    runs `sh -c a b` there): both that line and the words as given are read. A here-document fed
+    to a remote shell (`ssh h <<EOF`) is read too. It starts in the remote home (ssh; read as this
+    machine's home), or somewhere unknown (a container's working directory)."""
+    if remote.command is None:
+        return None
+    words = argv[remote.command[0]:remote.command[1]]
+    texts: list[str] = []
+    if words:
+        texts.append(" ".join(_quoted(w) for w in words))
+        if remote.line:
+            texts.insert(0, " ".join(w.replace(UNKNOWN, "$CMDOP_UNKNOWN") for w in words))
+    if heredoc and (not words or (is_shell(_program(words[0])) or _interpreter(_program(words[0])))
+                    and reads_program_from_stdin(words)):
+        texts.append(heredoc)
+    place = where(remote, argv)
+    for text in dict.fromkeys(texts):
+        token = _ELSEWHERE.set(place)
+        try:
+            reason = _check(text, home, home if remote.at_home else None, depth + 1, extra)
+        finally:
+            _ELSEWHERE.reset(token)
+        if reason:
+            return f"{reason} (in the command run {place})"
+    return None
+
+
+def elsewhere_notes(command: str, home: str, depth: int = 0) -> list[str]:
+    """For `explain`: what the words of `command` name on other machines (remote paths, URLs, a
+    command run on a host, container or pod) and the `file:` URLs naming paths here. Never raises."""
+    notes: list[str] = []
+    if depth > 3:
+        return notes
+    try:
+        analysis = analyse(command)
+        for cmd in analysis.commands:
+            un = unwrap(cmd)
+            for script in un.nested:
+                notes.extend(elsewhere_notes(script, home, depth + 1))
+            if not un.layers or not un.layers[-1].words:
+                continue
+            argv = _argv(un.layers[-1].words, home, {})
+            shown = [a.replace(UNKNOWN, "$?") for a in argv]
+            remote = _elsewhere(argv, _program(argv[0]))
+            for k in remote.paths:
+                colon = host_path(argv[k])
+                if colon and not remote_url(argv[k]):
+                    notes.append(f"{shown[k][colon + 1:] or '~'!r} is a path on {shown[k][:colon]}, not on this "
+                                 "machine: this machine's floor does not apply to it")
+                else:
+                    notes.append(f"{shown[k]!r} is a URL of another machine, not a path on this machine")
+            if remote.command is not None:
+                place = where(remote, argv)
+                words = shown[remote.command[0]:remote.command[1]]
+                if words:
+                    notes.append(f"{' '.join(words)!r} runs {place}: its paths are that machine's, not this "
+                                 "machine's floor; the floor still refuses removing /, a pipe into a shell and "
+                                 "fork bombs in it")
+                notes.extend(f"{w!r} is a path {place}, not on this machine" for w in words
+                             if w.startswith(("/", "~")))
+            for a, w in zip(argv, shown):
+                paths, bad = file_url_paths(a)
+                if bad:
+                    notes.append(bad.removeprefix("floor: "))
+                if paths and paths[0].startswith("/"):       # (the strict reading; the floor checks all)
+                    notes.append(f"{w!r} is the path {normalise(paths[0])!r} on this machine (a file: URL)")
+    except Exception:  # noqa: BLE001 - notes are an aid; explain must answer
+        return notes
+    return list(dict.fromkeys(notes))
+
+
 def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, str], home: str,
                   cwd: str | None, depth: int, extra: tuple[str, ...],
                   tainted: frozenset[str] = frozenset()) -> str | None:
@@ -1187,6 +1330,11 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
     items: list[str] | None = None         # what xargs appends to the commands below it
     redefined = variables.get(_REDEFINED, "").split("\x01")
     unknown_program = bool(un.layers and un.layers[0].words and un.layers[0].words[0].static in redefined)
+    # What the innermost command names on other machines (`ssh h CMD`, `scp h:/x .`): its outer
+    # layers (`sudo ssh h CMD`) hold the same words at their end.
+    env = {*variables, *(n for layer in un.layers for n, _ in layer.assigns)}
+    inner = _argv(un.layers[-1].words, home, variables) if len(un.layers) > 1 and not unknown_program else []
+    inner_remote = _elsewhere(inner, _program(inner[0]), env) if inner else _HERE
     for layer in un.layers:
         argv = _argv(layer.words, home, variables)
         if not argv:
@@ -1219,22 +1367,39 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
             if prog == "parallel":
                 argv = argv + items
         args = argv[1:]
+        innermost = layer is un.layers[-1]
+        remote = _HERE
+        if unknown_program:
+            pass
+        elif innermost:
+            remote = _elsewhere(argv, prog, env)
+        elif inner_remote is not _HERE and argv[len(argv) - len(inner):] == inner:
+            remote = inner_remote
+        local = argv
+        if remote is not _HERE:
+            drop = _remote_indexes(remote, len(argv) - len(inner) if not innermost else 0)
+            local = [a for k, a in enumerate(argv) if k not in drop]
         if _ARRAYS in variables and any(_whole_expansion(w) for w in layer.words[1:]):
             spliced = variables[_ARRAYS].split("\x01")          # rm "${a[@]}" with a=(-rf /)
             reason = _rm_root(prog, [*args, *spliced], home, cwd, extra) or _named_paths(spliced, home, cwd, extra)
             if reason:
                 return f"{reason} (with an array's elements)"
-        for check in (_rm_root(prog, args, home, cwd, extra), _device_write(prog, args, redirects, home, cwd),
-                      _named_paths(argv, home, cwd, extra, listing=has_role(prog, "lister")),
-                      _rm_anywhere(argv, home, cwd, extra),
+        # (words naming another machine's paths, or run there, are not checked as this machine's)
+        for check in (_rm_root(prog, args, home, cwd, extra), _device_write(prog, local[1:], redirects, home, cwd),
+                      _named_paths(local, home, cwd, extra, listing=has_role(prog, "lister"), program=prog),
+                      _rm_anywhere(local, home, cwd, extra),
                       _tree_op(prog, args, home, cwd, extra), _symlink_to_protected(prog, args, home, cwd, extra),
-                      _inline_code(prog, argv, home, cwd, depth, extra),
+                      _inline_code(prog, local, home, cwd, depth, extra),
                       _fed_code(prog, argv, stdin, redirects, home, cwd)):
             if check:
                 return check
-        reason = _embedded_commands(argv, home, cwd, depth, extra)
+        reason = _embedded_commands(local, home, cwd, depth, extra)
         if reason:
             return reason
+        if innermost and remote.command is not None:
+            reason = _run_elsewhere(remote, argv, cmd.heredoc, home, depth, extra)
+            if reason:
+                return reason
         if is_shell(prog) and cmd.heredoc:       # bash <<EOF ... EOF runs the body
             reason = _check(cmd.heredoc, home, cwd, depth + 1, extra)
             if reason:

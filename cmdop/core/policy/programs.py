@@ -15,12 +15,21 @@ they say (and so the static floor can later read the same facts):
   such a shape only where its glob spells the shape's token literally (`find * -exec *`,
   `git -c core.pager=less *`), and a command the shape runs is also a part of its own that a rule
   must allow (`rm {}` for `find . -exec rm {} \\;`, `less` for `git -c core.pager=less log`).
+- *Other machines* (`remote`, an `Elsewhere`: the option grammar that tells operands from option
+  values): `host:path` operands of scp/rsync, URLs given to curl/wget/aria2c/`git clone`, and the
+  command `ssh host CMD`, `docker exec C CMD`, `kubectl exec POD -- CMD`, `lxc exec C -- CMD` run
+  elsewhere (`elsewhere`). The floor does not judge their paths as this machine's, but still
+  reads the remote command for its signatures.
 
 Deliberate choices:
 - `ssh host CMD`, `docker exec`, `kubectl exec` run CMD elsewhere: the remote command is not code
   run here, so `ssh web01 *` covers it (it names the host). What ssh itself runs here — a
   `ProxyCommand`, `LocalCommand`, `KnownHostsCommand`, a PKCS#11 provider, an `-F` config — is
   a code-running shape.
+- A word the grammar cannot place (an unknown expansion, an option it does not know) is never
+  taken for another machine's: `ssh $H cat /etc/shadow` is judged as if all of it were here.
+  Option values are this machine's even where they name the container's (`docker exec -w /etc`).
+  `distrobox`/`toolbox` share this machine's home: what they run is not elsewhere.
 - Code from a file the arguments name counts where the file is not the program's ordinary input:
   `awk -f prog.awk`, `sed -f x.sed`, `git -c include.path=…`, `ssh -F cfg`, `kubectl --kubeconfig`,
   `docker --config` (credential helpers), `vim -S`; `python3 script.py` is the program's purpose
@@ -34,6 +43,7 @@ statically); nothing imports from the rest of the policy package.
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 import shlex
@@ -137,6 +147,12 @@ class Elsewhere:
                                              # again (ssh joins its words); else as argv (docker exec)
     at_home: bool = False                    # the command starts in the remote user's home (ssh)
     what: str = "host"                       # what the other machine is: host, container, pod
+    # An option (as written, with its value: `-o ProxyCommand=…`, `-F cfg`, `-e 'sh -c'`; regex,
+    # searched) after which the connection may lead back to this machine, or an environment
+    # variable doing so (RSYNC_RSH): then nothing is elsewhere. So is a host on the loopback
+    # (`ssh localhost`, `127.1`, `[::1]`): its sshd reads this machine's files.
+    here_if: str = ""
+    here_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,6 +230,13 @@ _GIT_KEYS = rf"alias\..+|credential(?:\..+)?\.helper|{_GIT_SHELL_KEYS}|{_GIT_OTH
 _OFF = r"|true|false|no|off|0|never|/dev/null|cat"
 _SSH_KEYS = r"proxycommand|localcommand|knownhostscommand|pkcs11provider|securitykeyprovider|include"
 _APT_KEYS = r".*(?:invoke|install-pkgs|::bin::.*|::options|runscripts|::helper).*"
+# ssh options that may send the connection somewhere else than the host named (back here):
+# another config, a proxy command, a HostName; in a cluster only flags come before them (in
+# `-oForwardAgent=yes` the F is part of -o's value).
+_SSH_VALUES = "bBcDeEFiIJlLmoOpPQRSwW"
+_SCP_VALUES = "cDFiJlNoPSXsBRb"
+_SSH_KEYS_HERE = r"o\s*=?\s*(?i:hostname|proxycommand|include|proxyusefdpass)\b"
+_SSH_HERE = rf"^-[^-\s{_SSH_VALUES}]*(?:F|{_SSH_KEYS_HERE})"
 _INLINE = "runs code given inline"
 _FROM_FILE = "runs code from a file it names"
 
@@ -285,8 +308,14 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                                  "--no-lazy-fetch", "--no-optional-locks", "--no-advice", "--literal-pathspecs",
                                  "--glob-pathspecs", "--noglob-pathspecs", "--icase-pathspecs"}),
                 subcommand=True, code=_git_code(), roles=_roles("urls"),
-                remote=Elsewhere(after=("clone", "fetch", "pull", "push", "ls-remote", "remote", "submodule"),
-                                 short="bcjouC")),
+                # (only where no repository's config can rewrite the URL: `fetch`, `push`… read
+                # .git/config, whose `url.*.insteadOf` and `core.sshCommand` a command may have set)
+                remote=Elsewhere(after=("clone", "ls-remote"), short="bcjouC",
+                                 here_if=r"^(?:-c|--config(?:-env)?)(?:\s+|=)?\s*(?i:url\.|core\.sshcommand|"
+                                         r"core\.gitproxy|include|ssh\.variant)",
+                                 here_env=("GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND", "GIT_CONFIG_PARAMETERS",
+                                           "GIT_CONFIG_COUNT", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_DIR",
+                                           "GIT_CONFIG"))),
     ProgramSpec(("docker", "podman", "nerdctl"), roles=_roles("command-runner remote-command"), short="cHl",
                 long=frozenset({"context", "host", "config", "log-level", "tlscacert", "tlscert", "tlskey", "url",
                                 "connection", "identity", "root", "runroot", "storage-driver", "cgroup-manager",
@@ -385,18 +414,23 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
             "numeric-ids mkpath xattrs acls one-file-system relative no-relative itemize-changes whole-file "
             "size-only ignore-times fuzzy prune-empty-dirs safe-links copy-links copy-unsafe-links keep-dirlinks "
             "devices specials executability omit-dir-times super fake-super list-only force "
-            "ignore-errors backup".split()))),
+            "ignore-errors backup".split()),
+        # a remote shell that is not plain ssh (`-e 'sh -c'`), or ssh sent elsewhere by its options
+        here_if=r"^(?:-[^-\seBfTM]*e|--rsh)(?:=|\s+)?(?=[^\s=]|$)(?!(?:\S*/)?ssh(?:\s|$))|"
+                rf"^(?:-[^-\seBfTM]*e|--rsh).*(?:\s-[^-\s{_SSH_VALUES}]*F|(?i:proxycommand|hostname|include))",
+        here_env=("RSYNC_RSH",))),
     ProgramSpec(("zip",), tree="r", code=(Code("option", ("-TT", "--unzip-command"), what="runs a command to test the archive"),)),
     ProgramSpec(("ssh", "autossh", "slogin"), roles=_roles("command-runner remote-command"),
-                short="bBcDeEFiIJlLmoOpPQRSwW", code=(
+                short=_SSH_VALUES, code=(
         Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
         Code("option", ("-F", "-I"), runs="file", what="reads a config or library that can run code here")),
-                remote=Elsewhere(flags="46AaCfGgKkMNnqsTtVvXxYy", reparse=True, line=True, at_home=True)),
-    ProgramSpec(("scp", "sftp"), tree="r", roles=_roles("copier remote-paths"), short="cDFiJlNoPSXsBRb", code=(
+                remote=Elsewhere(flags="46AaCfGgKkMNnqsTtVvXxYy", reparse=True, line=True, at_home=True,
+                                 here_if=_SSH_HERE)),
+    ProgramSpec(("scp", "sftp"), tree="r", roles=_roles("copier remote-paths"), short=_SCP_VALUES, code=(
         Code("key", ("-o",), keys=_SSH_KEYS, runs="ssh", what="runs a command here, not on the remote host"),
         Code("option", ("-F",), runs="file", what="reads a config that can run code here"),
         Code("option", ("-S", "-D"), what="runs the program it names for the connection")),
-                remote=Elsewhere()),
+                remote=Elsewhere(here_if=rf"^-[^-\s{_SCP_VALUES}]*(?:[FSD]|{_SSH_KEYS_HERE})")),
     ProgramSpec(("make", "gmake", "bmake"), roles=_roles("stdin-script"), short="CfIjlOoWE", long=frozenset({"directory", "file", "makefile",
                                                                                "include-dir", "jobs", "eval"}), code=(
         Code("assign", ("SHELL", "MAKESHELL", ".SHELLFLAGS", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "CC", "CXX", "CPP",
@@ -1108,22 +1142,91 @@ def remote_url(word: str) -> bool:
     return m is not None and m.group(1).lower() != "file"
 
 
-def host_path(word: str) -> bool:
-    """Is `word` `host:path` as scp and rsync read it (OpenSSH's `colon()`): a `:` before any `/`,
-    not first; a bracketed IPv6 host (`[::1]:x`, `user@[::1]:x`) may hold colons. `./a:b` is local."""
+def url_host(url: str) -> str:
+    """The host of `scheme://[user@]host[:port]/…` (an IPv6 host in brackets)."""
+    authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0].rpartition("@")[2]
+    if authority.startswith("["):
+        return authority.partition("]")[0] + "]"
+    return authority.partition(":")[0]
+
+
+# Names and addresses of this machine's loopback (and of "any address", which connects here),
+# for a host holding an unknown expansion ("\x00", the floor's mark) to be tried against.
+_HERE_SAMPLES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "x.localhost", "127.0.0.1",
+                 "127.1", "0", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1", "2130706433", "0x7f000001", "0177.1")
+
+
+def _inet_aton_first(text: str) -> int | None:
+    """The first byte of the IPv4 address `text` is to inet_aton (`127.1`, `0x7f.1`, `0177.0.0.1`,
+    `2130706433`), or None when it is not one."""
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values = []
+    for part in parts:
+        try:
+            if part[:2] in ("0x", "0X"):
+                values.append(int(part[2:], 16))
+            elif len(part) > 1 and part[0] == "0":
+                values.append(int(part[1:], 8))
+            else:
+                values.append(int(part, 10))
+        except ValueError:
+            return None
+    if any(v > 255 for v in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
+        return None
+    return values[0] if len(values) > 1 else values[0] >> 24
+
+
+def may_be_here(host: str) -> bool:
+    """Can `host` (`user@host`, `[::1]`, `ssh://user@host:22`) be this machine? Loopback names and
+    addresses in any spelling inet_aton and getaddrinfo accept (`127.1`, `0x7f.1`, `2130706433`,
+    `[::ffff:127.0.0.1]`, `*.localhost`), "any address" (`0`, `0.0.0.0`, `::`), and a host with an
+    unknown part that could be one of them. (This machine's own names and other addresses are
+    not known to the pure core: an allow rule for `ssh` is the policy's word on which hosts may
+    be reached.)"""
+    h = host.partition("://")[2] if "://" in host else host
+    h = h.rpartition("@")[2].strip().lower().rstrip(".")
+    if h.startswith("["):
+        h = h[1:].partition("]")[0]
+    elif h.count(":") == 1:
+        h = h.partition(":")[0]                       # ssh://host:22
+    h = h.partition("%")[0]                           # an IPv6 zone
+    if "\x00" in h:
+        rx = re.compile("".join(".*" if ch == "\x00" else re.escape(ch) for ch in h), re.DOTALL)
+        return any(rx.fullmatch(sample) for sample in _HERE_SAMPLES)
+    if h in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback") or h.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        pass
+    else:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback or ip.is_unspecified
+    if re.fullmatch(r"(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}", h):
+        return _inet_aton_first(h) in (0, 127)
+    return False
+
+
+def host_path(word: str) -> int:
+    """Where the `:` of `host:path` is in `word`, as scp and rsync read it (OpenSSH's `colon()`): a
+    `:` before any `/`, not first; a bracketed IPv6 host (`[::1]:x`, `user@[::1]:x`) may hold
+    colons. 0 when `word` is a local path (`./a:b`, `/x:y`, `:x`)."""
     if not word or word[0] == ":":
-        return False
+        return 0
     bracket = word[0] == "["
     for i, ch in enumerate(word):
         if ch == "@" and word[i + 1:i + 2] == "[":
             bracket = True
         if ch == "]" and bracket and word[i + 1:i + 2] == ":":
-            return True
+            return i + 1
         if ch == ":" and not bracket:
-            return True
+            return i
         if ch == "/":
-            return False
-    return False
+            return 0
+    return 0
 
 
 def _option_words(spec: ProgramSpec, e: Elsewhere, word: str) -> int | None:
@@ -1143,19 +1246,32 @@ def _option_words(spec: ProgramSpec, e: Elsewhere, word: str) -> int | None:
     return 1
 
 
-def _operands(spec: ProgramSpec, e: Elsewhere, argv: list[str | None], start: int, stop: int) -> list[int]:
+def _reroutes(e: Elsewhere, argv: list[str | None], i: int, n: int) -> bool:
+    """Does the option at argv[i] (taking `n` words) send the connection somewhere unknown (here)?"""
+    if not e.here_if:
+        return False
+    value = argv[i + 1] if n == 2 and i + 1 < len(argv) else ""
+    return value is None or re.search(e.here_if, f"{argv[i]} {value}" if n == 2 else argv[i] or "") is not None
+
+
+def _operands(spec: ProgramSpec, e: Elsewhere, argv: list[str | None], start: int, stop: int) -> list[int] | None:
     """Indexes in argv[start:stop] of words that are surely operands: never an option, nor a word
-    an option (or an unknown word, which may be one) could take as its value."""
+    an option (or an unknown word, which may be one) could take as its value. None when an option
+    may send the connection back here (`Elsewhere.here_if`; an unknown word may be such an option)."""
     out: list[int] = []
     i, done = start, False
     while i < stop:
         w = argv[i]
         if w is None:
+            if e.here_if:
+                return None
             i += 2
         elif not done and w == "--":
             done, i = True, i + 1
         elif not done and w.startswith("-") and w != "-":
             n = _option_words(spec, e, w)
+            if _reroutes(e, argv, i, n or 1):
+                return None
             i += 2 if n is None else n
         else:
             out.append(i)
@@ -1177,6 +1293,8 @@ def _command(spec: ProgramSpec, e: Elsewhere, argv: list[str | None], start: int
         if end is None:
             return None
         ops = _operands(spec, e, argv, start, end)
+        if ops is None:
+            return None
         return (ops[0] if ops else None), end + 1
     i, done, host, hostless = start, False, None, False
     while i < len(argv):
@@ -1188,7 +1306,7 @@ def _command(spec: ProgramSpec, e: Elsewhere, argv: list[str | None], start: int
             continue
         if not done and w.startswith("-") and w != "-":
             n = _option_words(spec, e, w)
-            if n is None:
+            if n is None or _reroutes(e, argv, i, n):
                 return None
             hostless = hostless or _hostless(e, w)
             i += n
@@ -1201,6 +1319,8 @@ def _command(spec: ProgramSpec, e: Elsewhere, argv: list[str | None], start: int
                 i += 1
         break
     if host is None and not hostless:
+        return None
+    if host is not None and e.what == "host" and may_be_here(argv[host] or ""):
         return None
     return host, min(i, len(argv))
 
@@ -1219,6 +1339,9 @@ def elsewhere(argv: list[str | None]) -> Remote:
         sub = subcommand_index(spec, argv) if spec.subcommand else 1
         if sub is None or sub >= len(argv) or argv[sub] not in e.after:
             return _NOWHERE
+        if any(w is None or _reroutes(e, argv, i, 2 if w in ("-c", "--config", "--config-env") else 1)
+               for i, w in enumerate(argv[1:sub], 1) if e.here_if):
+            return _NOWHERE                       # a global option rerouting it (`git -c core.sshCommand=…`)
         start = sub + 1
     if "remote-command" in spec.roles:
         found = _command(spec, e, argv, start)
@@ -1226,11 +1349,16 @@ def elsewhere(argv: list[str | None]) -> Remote:
             return _NOWHERE
         host, at = found
         return Remote(host=host, command=(at, len(argv)), line=e.line, at_home=e.at_home, what=e.what)
-    ops = _operands(spec, e, argv, start, len(argv))
-    if "remote-paths" in spec.roles:
-        paths = [k for k in ops if host_path(argv[k] or "") or remote_url(argv[k] or "")]
-    else:
-        paths = [k for k in ops if remote_url(argv[k] or "")]
+    ops = _operands(spec, e, argv, start, len(argv)) or []
+    paths = []
+    for k in ops:
+        w = argv[k] or ""
+        colon = host_path(w) if "remote-paths" in spec.roles else 0
+        if remote_url(w):
+            if not may_be_here(url_host(w)):
+                paths.append(k)
+        elif colon and not may_be_here(w[:colon]):
+            paths.append(k)
     return Remote(paths=tuple(paths), what=e.what) if paths else _NOWHERE
 
 
@@ -1248,4 +1376,4 @@ def runner_index(argv: list[str | None]) -> int | None:
 __all__ = ["Code", "ProgramSpec", "PROGRAMS", "ROLES", "DEVICE_ROLES", "Site", "lookup", "family", "has_role",
            "device_role", "wrappers", "subcommand_index", "without_globals",
            "sites", "is_token", "text_tokens", "runner_index", "Elsewhere", "Remote", "elsewhere", "host_path",
-           "remote_url"]
+           "remote_url", "url_host", "may_be_here"]
