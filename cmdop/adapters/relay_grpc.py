@@ -202,26 +202,16 @@ class RelayEndpoint:
     ca_file: str = ""
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """HOST:PORT → (host, port); UnreachableError-free: a malformed one is a usage mistake."""
-    from cmdop.core.errors import UsageError
-
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"relay address {address!r} is not HOST:PORT",
-                         "e.g. --relay relay.example.com:7443 (or CMDOP_RELAY)")
-    return host.strip("[]"), int(port)
-
-
 def _pinned_credentials(endpoint: RelayEndpoint,
                         timeout: float) -> tuple[grpc.ChannelCredentials, str]:
     """Fetch the relay's certificate, check it against the pin, trust exactly it; (credentials,
     the name to verify it under)."""
     from cryptography import x509
 
+    from cmdop.core.credentials import split_host_port
     from cmdop.relay.tls import fingerprint_of_pem
 
-    host, port = split_address(endpoint.address)
+    host, port = split_host_port(endpoint.address)
     try:
         pem = ssl.get_server_certificate((host, port), timeout=timeout)
     except (OSError, ssl.SSLError) as exc:
@@ -287,6 +277,15 @@ class Stream(Generic[Out]):
     def cancel(self) -> None:
         self.cancelled = True
         self._call.cancel()
+
+    def wait_done(self, timeout: float) -> bool:
+        """Block until the RPC has ended (or `timeout`); True when it ended. Used after an
+        interrupted iteration, which cannot be resumed."""
+        import threading
+
+        done = threading.Event()
+        self._call.add_done_callback(lambda _call: done.set())
+        return done.wait(timeout)
 
 
 class RelayChannel:

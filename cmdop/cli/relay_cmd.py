@@ -80,7 +80,7 @@ def _open(args: argparse.Namespace, ctx: CliContext) -> RelayStore:
 def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.core.credentials import split_host_port
 
-    split_host_port(args.listen)  # UsageError for a bad address, before anything starts
+    split_host_port(args.listen, listen=True)  # UsageError for a bad address, before anything starts
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together: give both or neither",
                          hint="without them the relay makes (once) and serves a self-signed certificate")

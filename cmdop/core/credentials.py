@@ -67,11 +67,12 @@ def valid_name(name: str) -> str:
     return lowered
 
 
-def split_host_port(text: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` → (host, port); UsageError otherwise."""
+def split_host_port(text: str, *, listen: bool = False) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); UsageError otherwise. With `listen`, port 0
+    (any free port, printed at start) is accepted too."""
     text = text.strip()
     m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$", text) or re.match(r"^([^:\[\]\s/]+):(\d{1,5})$", text)
-    if not m or not (0 < int(m.group(2)) < 65536):
+    if not m or not ((0 if listen else 1) <= int(m.group(2)) < 65536):
         raise UsageError(f"invalid address {text!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)",
                          hint="for example relay.example.com:7443 or [::1]:7443")
     return m.group(1), int(m.group(2))

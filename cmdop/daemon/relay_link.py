@@ -48,7 +48,7 @@ log = logging.getLogger("cmdop.daemon.relay")
 
 PROTOCOL_VERSION = 1
 CAPABILITIES = ("stream", "cancel")
-WINDOW_BYTES = 256 * 1024           # unacknowledged streamed output per call
+WINDOW_BYTES = 4 * 1024 * 1024      # unacknowledged streamed output per call (4 chunks)
 LINK_DEADLINE_S = 6 * 3600.0        # every grpc call has a deadline: the link is renewed after it
 SEEN_IDS = 10_000
 BACKOFF_INITIAL_S = 1.0
@@ -424,11 +424,18 @@ async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,
         agent_version=__version__)))
     stream = channel.agent_link(link.frames(), timeout=LINK_DEADLINE_S)
     token = trio.lowlevel.current_trio_token()
+    failure: list[CmdopError] = []
     try:
         async with trio.open_nursery() as nursery:
             def read() -> None:
-                for frame in stream:
-                    trio.from_thread.run_sync(link.handle, frame, nursery, trio_token=token)
+                # Errors end here, as the link's last error: raised through the nursery they
+                # would arrive as an ExceptionGroup and crash the task instead of a retry.
+                try:
+                    for frame in stream:
+                        trio.from_thread.run_sync(link.handle, frame, nursery, trio_token=token)
+                except CmdopError as exc:
+                    state.last_error = exc.message
+                    failure.append(exc)
 
             try:
                 await trio.to_thread.run_sync(read, abandon_on_cancel=True)
@@ -440,6 +447,8 @@ async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,
         link.send(None)
         stream.cancel()
         channel.close()
+    if failure:
+        raise failure[0]      # AuthError (refused key) waits longer before the next try
     raise CmdopError(state.last_error or "the relay closed the link", None)
 
 

@@ -76,8 +76,10 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
         try:
             return _events(stream, on_chunk)
         except KeyboardInterrupt:
+            # The relay cancels the call on the agent (its process group is killed) and then
+            # ends the RPC; wait for that briefly so the kill happens before we exit.
             requests.put(pb.CallerFrame(cancel=pb.Cancel(call_id=call_id, reason="interrupted")))
-            _drain(stream, CANCEL_WAIT_S)
+            stream.wait_done(CANCEL_WAIT_S)
             raise
     finally:
         requests.put(None)
@@ -101,21 +103,3 @@ def _events(stream: Any, on_chunk: ChunkSink | None) -> Any:
     raise UnreachableError("the relay ended the call without a result",
                            "the relay or the agent may have restarted; check `cmdop hosts`")
 
-
-def _drain(stream: Any, wait_s: float) -> None:
-    """After a Cancel: read until the call ends (the remote's kill reported) or `wait_s`."""
-    import threading
-
-    done = threading.Event()
-
-    def read() -> None:
-        try:
-            for event in stream:
-                if event.WhichOneof("kind") in ("result", "failure"):
-                    break
-        except CmdopError:
-            pass
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    done.wait(wait_s)
