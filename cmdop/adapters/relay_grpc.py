@@ -51,6 +51,10 @@ _SERVER_OPTIONS: list[tuple[str, Any]] = _COMMON_OPTIONS + [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.server_handshake_timeout_ms", 10_000),
+    # Idle links dominate a relay's memory: small initial read buffers per connection.
+    ("grpc.experimental.tcp_read_chunk_size", 4096),
+    ("grpc.experimental.tcp_min_read_chunk_size", 1024),
+    ("grpc.experimental.tcp_max_read_chunk_size", 1024 * 1024),
 ]
 _CLIENT_OPTIONS: list[tuple[str, Any]] = _COMMON_OPTIONS + [
     ("grpc.keepalive_time_ms", 30_000),
