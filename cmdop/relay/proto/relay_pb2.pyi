@@ -55,7 +55,7 @@ class Principal(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., workspace: _Optional[str] = ..., name: _Optional[str] = ..., credential: _Optional[str] = ..., hostname: _Optional[str] = ..., machine_id: _Optional[str] = ..., share_id: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallStart(_message.Message):
-    __slots__ = ("call_id", "host", "tool", "input_json", "deadline_ms", "stream", "caller", "cwd")
+    __slots__ = ("call_id", "host", "tool", "input_json", "deadline_ms", "stream", "caller", "cwd", "session")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class CallStart(_message.Message):
     STREAM_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     host: str
     tool: str
@@ -72,7 +73,8 @@ class CallStart(_message.Message):
     stream: bool
     caller: Principal
     cwd: str
-    def __init__(self, call_id: _Optional[str] = ..., host: _Optional[str] = ..., tool: _Optional[str] = ..., input_json: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., stream: _Optional[bool] = ..., caller: _Optional[_Union[Principal, _Mapping]] = ..., cwd: _Optional[str] = ...) -> None: ...
+    session: str
+    def __init__(self, call_id: _Optional[str] = ..., host: _Optional[str] = ..., tool: _Optional[str] = ..., input_json: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., stream: _Optional[bool] = ..., caller: _Optional[_Union[Principal, _Mapping]] = ..., cwd: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("call_id", "fd", "data")
@@ -128,6 +130,12 @@ class Accepted(_message.Message):
     machine: str
     def __init__(self, call_id: _Optional[str] = ..., machine: _Optional[str] = ...) -> None: ...
 
+class Reauth(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
 class Ping(_message.Message):
     __slots__ = ("nonce",)
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -135,7 +143,7 @@ class Ping(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "accepted", "chunk", "result", "failure", "pong", "call", "cancel", "credit")
+    __slots__ = ("hello", "accepted", "chunk", "result", "failure", "pong", "call", "cancel", "credit", "reauth")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +153,7 @@ class AgentFrame(_message.Message):
     CALL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    REAUTH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     accepted: Accepted
     chunk: Chunk
@@ -154,7 +163,8 @@ class AgentFrame(_message.Message):
     call: CallStart
     cancel: Cancel
     credit: Credit
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
+    reauth: Reauth
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., reauth: _Optional[_Union[Reauth, _Mapping]] = ...) -> None: ...
 
 class RelayFrame(_message.Message):
     __slots__ = ("welcome", "call", "cancel", "credit", "ping", "event", "failure")
