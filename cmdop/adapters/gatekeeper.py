@@ -31,11 +31,14 @@ _SESSION_ORDER_BASE = 1_000_000   # session rules come after every file rule in 
 
 
 def protected_dirs(settings: Settings) -> tuple[str, ...]:
-    """cmdop's own config, credentials and state dirs, lexical and resolved: floor wherever the
-    environment puts them (the contract's floor names only their default places). Whoever can
+    """cmdop's own config, credentials and state dirs (and the relay's default data dir),
+    lexical and resolved: floor wherever the environment puts them (the contract's floor names only their default places). Whoever can
     write permissions.yaml opens the gate; whoever can write audit.log hides their tracks."""
     out: list[str] = []
-    for d in (settings.config_dir, settings.cmdop_home, settings.state_dir, *own_code()):
+    dirs = [settings.config_dir, settings.cmdop_home, settings.state_dir, *own_code()]
+    if settings.relay_data_dir:   # a relay run by the same user: its TLS key and database
+        dirs.append(settings.relay_data_dir)
+    for d in dirs:
         for form in (lexical_path(d, "/", settings.home), canonical_path(d, "/", settings.home)):
             if form != "/" and form not in out:
                 out.append(form)

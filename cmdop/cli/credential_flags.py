@@ -31,10 +31,23 @@ def add_credential_flags(parser: argparse.ArgumentParser, *, api_key: bool = Tru
                         help="relay address (else CMDOP_RELAY, else the workspace's)")
 
 
-def load_oauth_token(settings: Settings) -> OAuthToken | None:
-    """The OAuth token of `cmdop login`. `login` (issue 12) owns token.json's format and replaces
-    this seam; until then no token is read."""
-    return None
+def load_oauth_token(settings: Settings, now: float | None = None) -> OAuthToken | None:
+    """The OAuth token of `cmdop login` (token.json), refreshed first when it expires within
+    5 minutes (cmdop.adapters.token_file.ensure_fresh: under a file lock, so two CLIs never
+    refresh at once). AuthError (exit 4, "run `cmdop login`") when the login has expired or was
+    revoked; UnreachableError (exit 5) when an expired token could not be refreshed."""
+    from cmdop.adapters import token_file
+    from cmdop.core.errors import AuthError
+
+    moment = time.time() if now is None else now
+    token = token_file.ensure_fresh(settings, now=moment)
+    if token is None:
+        return None
+    if token.expired(moment) and not token.refresh_token:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at or 0))
+        raise AuthError(f"the login at {token.issuer} expired at {when}",
+                        "run `cmdop login` to sign in again (or use a workspace API key)")
+    return token.to_oauth()
 
 
 def resolve_from_args(args: argparse.Namespace, settings: Settings,
@@ -52,6 +65,7 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
         split_host_port(flag_relay)
     data = workspaces_file.load(settings.workspaces_file)
     moment = time.time() if now is None else now
+    oauth: OAuthToken | None = None
 
     def resolve(config_relay: str | None) -> ResolvedCredential:
         return resolve_credential(
@@ -60,11 +74,17 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
             flag_workspace=valid_name(flag_workspace) if flag_workspace else None,
             env_workspace=valid_name(env_workspace) if env_workspace else None,
             env_relay=settings.relay, flag_relay=flag_relay or None,
-            workspaces=data, oauth=load_oauth_token(settings), now=moment,
+            workspaces=data, oauth=oauth, now=moment,
             config_relay=config_relay,
         )
 
     cred = resolve(None)
+    if cred.source == "none":
+        # OAuth comes last (CONTRACT §3): token.json is read, and refreshed, only when it is the
+        # credential that will be used.
+        oauth = load_oauth_token(settings, moment)
+        if oauth is not None:
+            cred = resolve(None)
     if not cred.relay:
         from cmdop.adapters.config_file import load as load_config
 
@@ -72,3 +92,14 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
         if relay:
             cred = resolve(relay)
     return cred
+
+
+def credential_claim(cred: ResolvedCredential) -> dict[str, str] | None:
+    """What a caller tells its local agent about the credential it would use (never the
+    secret): the key's public id and the relay. None when it has none (the agent's link then
+    carries the call, like ssh's ControlMaster)."""
+    from cmdop.core.credentials import parse_api_key
+
+    if cred.source == "none" or not cred.secret:
+        return None
+    return {"key_id": parse_api_key(cred.secret) or "", "relay": cred.relay}

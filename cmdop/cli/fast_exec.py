@@ -19,6 +19,11 @@ import sys
 
 from cmdop.daemon import protocol
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # kept out of the import path of this lean module
+    from cmdop.core.settings import Settings
+
 _MAX_TIMEOUT_S = 600.0
 _CONNECT_TIMEOUT_S = 2.0
 
@@ -67,7 +72,8 @@ def run(argv: list[str]) -> int | None:
     # The same settings the full CLI derives (cmdop.cli.common.current_settings), without
     # importing argparse and the command tree.
     settings = discover(Settings.from_env(os.environ, os.path.expanduser("~")), os.environ)
-    if settings.api_key:          # CMDOP_API_KEY names a credential of its own: go direct
+    claim = _claim(settings)
+    if claim is False or claim is True:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(_CONNECT_TIMEOUT_S)
@@ -77,20 +83,39 @@ def run(argv: list[str]) -> int | None:
         sock.close()
         return None
     with sock:
-        return _call(sock, host, command, timeout, cwd)
+        return _call(sock, host, command, timeout, cwd, claim, _session(settings, host))
+
+
+def _claim(settings: "Settings") -> dict[str, str] | None | bool:
+    """The caller's own credential as its agent should compare it (see
+    credential_flags.credential_claim); False when it cannot be worked out here."""
+    import argparse
+
+    from cmdop.cli.credential_flags import credential_claim, resolve_from_args
+    from cmdop.core.errors import CmdopError
+
+    try:
+        return credential_claim(resolve_from_args(argparse.Namespace(), settings))
+    except CmdopError:
+        return False
 
 
 def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
-          cwd: str) -> int | None:
+          cwd: str, claim: dict[str, str] | None, session: str = "") -> int | None:
     text = command[0] if len(command) == 1 else shlex.join(command)
     tool_input: dict[str, object] = {"command": text, "timeout_ms": int(timeout * 1000)}
     if cwd:
         tool_input["cwd"] = cwd
     deadline_ms = int((timeout + 30) * 1000)
     frames = protocol.FrameBuffer()
-    sock.sendall(protocol.encode({"v": protocol.VERSION, "id": 1, "op": "relay_call",
-                                  "host": host, "tool": "execute_command", "input": tool_input,
-                                  "stream": True, "deadline_ms": deadline_ms}))
+    req: dict[str, object] = {"v": protocol.VERSION, "id": 1, "op": "relay_call", "host": host,
+                              "tool": "execute_command", "input": tool_input, "stream": True,
+                              "deadline_ms": deadline_ms}
+    if claim is not None:
+        req["credential"] = claim
+    if session:                   # a machine-password session (`cmdop password unlock HOST`)
+        req["session"] = session
+    sock.sendall(protocol.encode(req))
     sock.settimeout(deadline_ms / 1000 + 30)
     first = _receive(sock, frames)
     if first is None or not first.get("ok"):
@@ -106,9 +131,15 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
             kind = event.get("event")
             if kind == "chunk":
                 stream = err if event.get("fd") == 2 else out
-                stream.write(base64.b64decode(str(event.get("data") or "")))
-                stream.flush()
+                try:
+                    stream.write(base64.b64decode(str(event.get("data") or "")))
+                    stream.flush()
+                except BrokenPipeError:     # `cmdop exec … | head`: stop, cancel the rest
+                    sock.close()
+                    return 141
             elif kind == "result":
+                if _needs_unlock(event.get("result")):
+                    return _locked(event.get("result"), host)
                 return _finish(event.get("result"), timeout)
             elif kind == "failure":
                 return _failed(event)
@@ -123,6 +154,29 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
             pass
         print("cmdop: interrupted; the remote command was cancelled", file=sys.stderr)
         return 130
+
+
+def _session(settings: "Settings", host: str) -> str:
+    from cmdop.adapters.password_store import cached_session
+
+    return cached_session(settings, host)
+
+
+def _needs_unlock(result: object) -> bool:
+    from cmdop.core.password_policy import needs_unlock
+
+    return needs_unlock(result)
+
+
+def _locked(result: object, host: str) -> int:
+    """The host wants its password first: say how to unlock it (exit 3, as a denial)."""
+    from cmdop.core.password_policy import unlock_hint
+
+    rule = result.get("rule_id") if isinstance(result, dict) else ""
+    print(f"cmdop: error: denied: {host}: this machine requires its password from remote "
+          f"callers [source floor, rule {rule}]", file=sys.stderr)
+    print(f"hint: {unlock_hint(host)}", file=sys.stderr)
+    return 3
 
 
 def _receive(sock: socket.socket, frames: protocol.FrameBuffer) -> dict[str, object] | None:
@@ -155,7 +209,11 @@ def _finish(result: object, timeout: float) -> int:
     if result.get("timed_out"):
         print(f"cmdop: the command timed out after {timeout:.0f} s and was killed",
               file=sys.stderr)
-    return int(result["exit_code"])
+    code = result["exit_code"]
+    if not isinstance(code, int) or isinstance(code, bool):
+        print("cmdop: error: the agent sent an exit code that is not a number", file=sys.stderr)
+        return 1
+    return code
 
 
 def _failed(event: dict[str, object]) -> int:

@@ -70,8 +70,9 @@ def _uses_own_credential(args: argparse.Namespace) -> bool:
                 or getattr(args, "relay", None))
 
 
-def _through_agent(ctx: CliContext, host: str, tool: str, tool_input: dict[str, Any],
-                   on_chunk: Any, deadline_s: float) -> Any:
+def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: str,
+                   tool_input: dict[str, Any], on_chunk: Any, deadline_s: float,
+                   session: str = "") -> Any:
     """The call made through the local agent's open relay link (like ssh's ControlMaster: no
     TLS handshake, no grpc import here, and the relay knows which machine it comes from);
     `_NOT_THROUGH_AGENT` when no agent runs here or it has no link up."""
@@ -80,6 +81,9 @@ def _through_agent(ctx: CliContext, host: str, tool: str, tool_input: dict[str, 
     from cmdop.core.errors import DaemonError
     from cmdop.daemon.client import DaemonClient
 
+    from cmdop.cli.credential_flags import credential_claim
+
+    claim = credential_claim(resolve_from_args(args, ctx.settings))
     try:
         client = DaemonClient.connect(ctx.settings.socket_path)
     except DaemonError:
@@ -87,10 +91,12 @@ def _through_agent(ctx: CliContext, host: str, tool: str, tool_input: dict[str, 
     with client:
         try:
             events = client.relay_call(host, tool, tool_input, stream=on_chunk is not None,
-                                       deadline_ms=int(deadline_s * 1000))
+                                       deadline_ms=int(deadline_s * 1000), credential=claim,
+                                       session=session)
             first = next(events)
         except DaemonError as exc:
-            if getattr(exc, "code", "") in ("no_link", "bad_request") or "unknown op" in exc.message:
+            if (getattr(exc, "code", "") in ("no_link", "other_credential", "bad_request")
+                    or "unknown op" in exc.message):
                 return _NOT_THROUGH_AGENT
             raise
         except StopIteration:
@@ -118,10 +124,13 @@ def _hosts(args: argparse.Namespace, ctx: CliContext) -> int:
         reply = channel.list_hosts()
     rows = [{"name": h.name, "hostname": h.hostname, "online": h.online,
              "agent_version": h.agent_version, "last_seen": h.last_seen} for h in reply.hosts]
+    if reply.total > len(rows):
+        ctx.note(f"cmdop: showing {len(rows)} of {reply.total} machines (online ones first)")
 
     def human(rows: list[dict[str, Any]]) -> str:
         if not rows:
             return "no machines yet: run `cmdop agent run` with this workspace's key on one"
+        rows = [{k: (_shown(v) if isinstance(v, str) else v) for k, v in r.items()} for r in rows]
         width = max(len(r["name"]) for r in rows)
         return "\n".join(f"{r['name']:<{width}}  {'online ' if r['online'] else 'offline'}  "
                          f"{r['agent_version'] or '-':<8}  last seen {r['last_seen'] or '-'}"
@@ -131,10 +140,41 @@ def _hosts(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def _shown(text: str) -> str:
+    """A relay-supplied value made safe for a terminal (no escape sequences)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _deadline(timeout: float) -> float:
     if not 0 < timeout <= 600:
         raise UsageError("--timeout must be between 0 and 600 seconds")
     return timeout
+
+
+def _session(args: argparse.Namespace, ctx: CliContext) -> str:
+    """The machine-password session cached for this host (`cmdop password unlock HOST`)."""
+    from cmdop.adapters.password_store import cached_session
+
+    return cached_session(ctx.settings, args.host, getattr(args, "workspace", None))
+
+
+def _locked(args: argparse.Namespace, ctx: CliContext, result: Any, session: str) -> None:
+    """The host wants its password first (admission:password_required): drop a session it no
+    longer takes, and raise PermissionDeniedError (exit 3) saying how to unlock it."""
+    from cmdop.core.password_policy import needs_unlock, unlock_hint
+
+    if not needs_unlock(result):
+        return
+    if session:
+        from cmdop.adapters.password_store import forget_session
+
+        forget_session(ctx.settings, args.host, getattr(args, "workspace", None))
+    if ctx.json:
+        print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
+    why = "your password session has expired or was ended" if session else \
+        "this machine requires its password from remote callers"
+    raise PermissionDeniedError(f"denied: {args.host}: {why} [source floor, rule "
+                                f"{result.get('rule_id')}]", unlock_hint(args.host))
 
 
 def _denied(result: Any, ctx: CliContext) -> None:
@@ -171,17 +211,19 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
 
     try:
         result = _NOT_THROUGH_AGENT
+        session = _session(args, ctx)
         if not _uses_own_credential(args):
-            result = _through_agent(ctx, args.host, "execute_command", tool_input, on_chunk,
-                                    timeout + 30)
+            result = _through_agent(args, ctx, args.host, "execute_command", tool_input,
+                                    on_chunk, timeout + 30, session)
         if result is _NOT_THROUGH_AGENT:
             with _channel(args, ctx) as channel:
                 result = remote_call(channel, args.host, "execute_command", tool_input,
-                                     on_chunk=on_chunk, deadline_s=timeout + 30)
+                                     on_chunk=on_chunk, deadline_s=timeout + 30, session=session)
     except KeyboardInterrupt:
         ctx.note("cmdop: interrupted; the remote command was cancelled")
         return 130
     if isinstance(result, dict) and result.get("error") == "permission_denied":
+        _locked(args, ctx, result, session)
         _denied(result, ctx)
     if isinstance(result, dict) and "exit_code" in result:
         if result.get("timed_out"):
@@ -203,20 +245,33 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
                          'pass an object, e.g. --input \'{"path": "/var/log/syslog"}\'') from None
     if not isinstance(tool_input, dict):
         raise UsageError("--input must be a JSON object")
+    if args.tool == "unlock":      # a password on the command line is readable by every user
+        raise UsageError("`cmdop call HOST unlock` would put the password on the command line",
+                         f"run `cmdop password unlock {args.host}` (it prompts, or reads stdin)")
     timeout = _deadline(args.timeout)
     try:
         result = _NOT_THROUGH_AGENT
+        session = _session(args, ctx)
         if not _uses_own_credential(args):
-            result = _through_agent(ctx, args.host, args.tool, tool_input, None, timeout + 30)
+            result = _through_agent(args, ctx, args.host, args.tool, tool_input, None,
+                                    timeout + 30, session)
         if result is _NOT_THROUGH_AGENT:
             with _channel(args, ctx) as channel:
                 result = remote_call(channel, args.host, args.tool, tool_input,
-                                     deadline_s=timeout + 30)
+                                     deadline_s=timeout + 30, session=session)
     except KeyboardInterrupt:
         ctx.note("cmdop: interrupted; the remote call was cancelled")
         return 130
     if isinstance(result, dict) and result.get("error") == "permission_denied":
         print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
+        from cmdop.core.password_policy import needs_unlock, unlock_hint
+
+        if needs_unlock(result):
+            if session:
+                from cmdop.adapters.password_store import forget_session
+
+                forget_session(ctx.settings, args.host, getattr(args, "workspace", None))
+            ctx.note(f"hint: {unlock_hint(args.host)}")
         return 3
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
     return 1 if isinstance(result, dict) and result.get("error") else 0

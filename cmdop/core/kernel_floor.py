@@ -55,6 +55,7 @@ class Protect:
 HOME_HIDDEN: tuple[tuple[str, str], ...] = (
     (".ssh", "ssh keys"), (".gnupg", "gpg keys"), (".cmdop", "cmdop credentials"),
     (".config/cmdop", "cmdop policy and config"), (".local/state/cmdop", "cmdop state"),
+    (".local/share/cmdop-relay", "a relay's TLS key and database"),
 )
 HOME_READONLY: tuple[tuple[str, str], ...] = (
     (".config/systemd/user", "user units"), (".local/share/systemd/user", "user units"),

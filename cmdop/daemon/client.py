@@ -160,14 +160,22 @@ class DaemonClient:
         return self._request_obj("reload")
 
     def relay_call(self, host: str, tool: str, tool_input: Mapping[str, Any], *, stream: bool,
-                   deadline_ms: int, cwd: str = "") -> Generator[dict[str, Any], None, None]:
+                   deadline_ms: int, cwd: str = "", credential: Mapping[str, str] | None = None,
+                   session: str = "") -> Generator[dict[str, Any], None, None]:
         """A call to another machine through the agent's relay link: yields the event frames
         (`accepted`, `chunk`, then `result` or `failure`). DaemonError with code `no_link` at
-        once when the agent has no link up. Closing the generator early (Ctrl-C) sends
-        `cancel` and waits briefly for the call to end."""
-        self.send({"v": protocol.VERSION, "id": next(self._ids), "op": "relay_call",
-                   "host": host, "tool": tool, "input": dict(tool_input), "stream": stream,
-                   "deadline_ms": deadline_ms, "cwd": cwd})
+        once when the agent has no link up, `other_credential` when `credential` (key id,
+        workspace, relay of the caller's own choice) is not the link's. Closing the generator early (Ctrl-C) sends
+        `cancel` and waits briefly for the call to end. `session`: a machine-password session
+        token for the target (`cmdop password unlock HOST`), sent on as CallStart.session."""
+        req: dict[str, Any] = {"v": protocol.VERSION, "id": next(self._ids), "op": "relay_call",
+                               "host": host, "tool": tool, "input": dict(tool_input),
+                               "stream": stream, "deadline_ms": deadline_ms, "cwd": cwd}
+        if credential is not None:
+            req["credential"] = dict(credential)
+        if session:
+            req["session"] = session
+        self.send(req)
         resp = self.receive(REQUEST_TIMEOUT_S)
         if not resp.get("ok"):
             err = resp.get("error") or {}

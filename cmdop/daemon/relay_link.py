@@ -49,6 +49,7 @@ log = logging.getLogger("cmdop.daemon.relay")
 PROTOCOL_VERSION = 1
 CAPABILITIES = ("stream", "cancel")
 WINDOW_BYTES = 4 * 1024 * 1024      # unacknowledged streamed output per call (4 chunks)
+MAX_RESULT_BYTES = 3 * 1024 * 1024  # a result frame, well under grpc's 4 MiB message limit
 LINK_DEADLINE_S = 6 * 3600.0        # every grpc call has a deadline: the link is renewed after it
 SEEN_IDS = 10_000
 BACKOFF_INITIAL_S = 1.0
@@ -64,6 +65,7 @@ class LinkState:
     relay: str = ""
     machine: str = ""
     workspace: str = ""
+    key_id: str = ""                # the public id of the key the link authenticates with
     last_error: str = ""
     since: float = field(default_factory=time.time)
     connects: int = 0
@@ -234,7 +236,13 @@ class Link:
             cid = getattr(event, which).call_id if which else ""
             channel = self.outgoing.get(cid)
             if channel is not None:
-                channel.send_nowait(event)     # bounded by the credit window, not the channel
+                try:
+                    channel.send_nowait(event)  # bounded by the credit window, not the channel
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The local client left: its call is cancelled (serve_outgoing's finally)
+                    # and nothing more is delivered; the link itself is unaffected.
+                    self.outgoing.pop(cid, None)
+                    return
                 if which in ("result", "failure"):
                     del self.outgoing[cid]
                     channel.close()
@@ -267,6 +275,37 @@ class Link:
                                "message": "the tool input is not a JSON object"})
             return
         caller = caller_from_principal(start.caller)
+        if start.tool == "unlock":
+            # The machine password, checked here and never by the relay: verified under the
+            # slow-down, audited (without the password), answered with a session token
+            # (cmdop.adapters.password_store.handle_unlock).
+            from cmdop.adapters.password_store import handle_unlock
+
+            ctx = getattr(self.daemon.service, "call_context", None)
+            if ctx is None:
+                self.send(pb.AgentFrame(failure=pb.Failure(
+                    call_id=cid, code="unavailable", message="the tool pipeline (and its audit "
+                    "log) is not available in this agent")))
+                return
+            mode = getattr(ctx.gatekeeper, "mode", "")
+            result = await trio.to_thread.run_sync(
+                handle_unlock, ctx.settings, ctx.audit, caller, tool_input,
+                mode if isinstance(mode, str) else "")
+            self._result(cid, result)
+            return
+        if start.session:
+            # A machine-password session: valid, unexpired and issued to this very principal.
+            from cmdop.adapters.password_store import PasswordStore, principal_label
+
+            try:
+                unlocked = await trio.to_thread.run_sync(
+                    PasswordStore(self.daemon.settings).session_ok, start.session,
+                    principal_label(caller.workspace, caller.user))
+            except Exception:  # noqa: BLE001 - a store that cannot answer grants nothing
+                log.exception("checking a password session failed")
+                unlocked = False
+            if unlocked:
+                caller = dataclasses.replace(caller, password_ok=True)
         call = ToolCall(tool=start.tool, input=tool_input,
                         cwd=start.cwd or self.daemon.settings.home)
         cancel = threading.Event()
@@ -306,9 +345,18 @@ class Link:
         self._result(cid, result)
 
     def _result(self, cid: str, result: Any) -> None:
+        """Send a call's result; one too large for a frame fails that call alone (a frame over
+        grpc's limit would end the whole link, and every other call on it)."""
         from cmdop.relay.proto import relay_pb2 as pb
 
         data = json.dumps(result, ensure_ascii=False, default=str).encode("utf-8")
+        if len(data) > MAX_RESULT_BYTES:
+            log.warning("call %s: result of %d bytes is too large to send", cid, len(data))
+            data = json.dumps({
+                "error": "result_too_large",
+                "message": f"the result is {len(data)} bytes, more than a frame carries "
+                           f"({MAX_RESULT_BYTES}); stream it (`cmdop exec`) or read less"}
+            ).encode("utf-8")
         self.send(pb.AgentFrame(result=pb.Result(call_id=cid, result_json=data)))
 
     def open_outgoing(self, start: "pb.CallStart") -> trio.MemoryReceiveChannel[Any]:
@@ -317,8 +365,15 @@ class Link:
         from cmdop.relay.proto import relay_pb2 as pb
 
         send, recv = trio.open_memory_channel[Any](float("inf"))
+        frame = pb.AgentFrame(call=start)
+        if frame.ByteSize() > MAX_RESULT_BYTES:     # never a frame that would end the link
+            send.send_nowait(pb.CallEvent(failure=pb.Failure(
+                call_id=start.call_id, code="too_large",
+                message="the call's input is too large to send")))
+            send.close()
+            return recv
         self.outgoing[start.call_id] = send
-        self.send(pb.AgentFrame(call=start))
+        self.send(frame)
         return recv
 
     def ack(self, call_id: str, n: int) -> None:
@@ -343,9 +398,12 @@ class Link:
             running.cancel.set()
             running.window.wake()
         for cid, channel in list(self.outgoing.items()):
-            channel.send_nowait(pb.CallEvent(failure=pb.Failure(
-                call_id=cid, code="relay_lost", message="this agent's link to the relay ended "
-                "during the call")))
+            try:
+                channel.send_nowait(pb.CallEvent(failure=pb.Failure(
+                    call_id=cid, code="relay_lost", message="this agent's link to the relay "
+                    "ended during the call")))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass                    # its local client already left
             channel.close()
         self.outgoing.clear()
 
@@ -380,9 +438,25 @@ async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any
     start = pb.CallStart(call_id=cid, host=str(req["host"]), tool=str(req["tool"]),
                          input_json=json.dumps(req.get("input") or {}).encode("utf-8"),
                          deadline_ms=deadline_ms, stream=bool(req.get("stream")),
-                         cwd=str(req.get("cwd") or ""))
+                         cwd=str(req.get("cwd") or ""),
+                         session=session if isinstance(session := req.get("session"), str) else "")
     events = link.open_outgoing(start)
-    await send(protocol.ok(req.get("id"), {"call_id": cid}))
+    ended = False
+    try:
+        await send(protocol.ok(req.get("id"), {"call_id": cid}))
+        ended = await _relay_events(link, cid, events, send, reader, deadline_ms)
+    finally:
+        if not ended:               # the client left or broke: cancel, stop delivering
+            link.cancel_outgoing(cid)
+            link.outgoing.pop(cid, None)
+
+
+async def _relay_events(link: Link, cid: str, events: trio.MemoryReceiveChannel[Any], send: Any,
+                        reader: Any, deadline_ms: int) -> bool:
+    """Pass an outgoing call's events to its local client; True when the call ended."""
+    from cmdop.daemon import protocol
+
+    ended = False
     async with trio.open_nursery() as nursery:
         async def follow_client() -> None:
             # A cancel frame, or the client leaving, cancels the call on the remote side. Any
@@ -405,8 +479,10 @@ async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any
                 if obj["event"] == "chunk":
                     link.ack(cid, len(event.chunk.data))
                 if obj["event"] in ("result", "failure"):
+                    ended = True
                     break
         nursery.cancel_scope.cancel()
+    return ended
 
 
 async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,
@@ -464,8 +540,11 @@ async def run_relay_link(daemon: "Daemon") -> None:
     if config is None:
         state.set("off", "no relay credential configured (cmdop connect key set)")
         return
+    from cmdop.core.credentials import parse_api_key
+
     state.relay = config.endpoint.address
     state.workspace = config.workspace
+    state.key_id = parse_api_key(config.secret) or ""
     seen: OrderedDict[str, None] = OrderedDict()
     delay = 0.0
     while True:

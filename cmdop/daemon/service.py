@@ -198,6 +198,15 @@ class AgentService:
         if link is None:
             raise RequestError("no_link", "this agent has no relay link up",
                                "see `cmdop agent status`; the CLI connects directly meanwhile")
+        want = req.get("credential")
+        if want is not None:
+            # The caller has a credential: the link may carry its call only when it is the
+            # link's own (same key, same relay); otherwise the CLI goes direct with its own.
+            state = link.state
+            mine = {"key_id": state.key_id, "relay": state.relay}
+            if not isinstance(want, dict) or any(want.get(k) != v for k, v in mine.items()):
+                raise RequestError("other_credential", "this agent's relay link uses another "
+                                   "credential", "the CLI connects directly with yours")
         from cmdop.daemon.relay_link import serve_outgoing
 
         log.info("local client pid %d (%s) calls %s on %s through the relay link", peer.pid,

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from cmdop.adapters.relay_grpc import RelayRefusal, ServerStream
+from cmdop.adapters.relay_grpc import MAX_MESSAGE, RelayRefusal, ServerStream
 from cmdop.core.errors import CmdopError
 from cmdop.relay import routing
 from cmdop.relay.proto import relay_pb2 as pb
@@ -41,6 +41,18 @@ MAX_DEADLINE_MS = 4_000_000           # a call: 600 s tool + an ask wait (up to 
 DEFAULT_DEADLINE_MS = 660_000
 MAX_CALLS_PER_KEY = 64
 TOUCH_EVERY_S = 300.0                 # last_seen in the store: not a write per ping
+# A frame to an agent must fit grpc's message limit with room to spare; a call that would not
+# fit fails alone (its link must never end because of one caller's input).
+MAX_FORWARD_BYTES = MAX_MESSAGE - 64 * 1024
+# Streamed output the relay holds for one call beyond what it has credited: the agent's window
+# is 4 MiB; an agent that ignores it has its call failed instead of filling the relay's memory.
+MAX_UNACKED_BYTES = 8 * 1024 * 1024
+# Frames queued for one agent that does not read its stream: past this the link is closed.
+MAX_QUEUED_BYTES = 32 * 1024 * 1024
+# New machines one key may enrol per hour (a key must not be able to flood its workspace).
+NEW_MACHINES_PER_HOUR = 20
+MAX_HOSTS_LISTED = 2000              # one ListHosts reply stays far below the frame limit
+CLOSE_GRACE_S = 2.0                   # a closed link's last frame gets this long to be written
 _ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 Sink = Callable[[pb.CallEvent], Awaitable[None]]
@@ -61,6 +73,7 @@ class Route:
     target: "Link"
     events: asyncio.Queue[pb.CallEvent] = field(default_factory=asyncio.Queue)
     aborted: str = ""                 # set by the relay (revoked, link ended): the failure code
+    unacked: int = 0                  # chunk bytes received from the agent, not yet credited
     # Direct callers' streams are flow-controlled by HTTP/2, so a chunk written to the caller is
     # credited at once; a call started on an agent link is credited when that agent says its
     # local client has the bytes (AgentFrame.credit).
@@ -79,14 +92,28 @@ class Link:
     outgoing_routes: dict[str, Route] = field(default_factory=dict)    # by the agent's call id
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     touched: float = 0.0
+    queued: int = 0                   # bytes of frames in outq
 
     def send(self, frame: pb.RelayFrame) -> None:
+        """Queue a frame for the agent. An agent that stops reading its stream is cut off
+        once MAX_QUEUED_BYTES wait for it, instead of growing the relay's memory."""
+        if self.ended.is_set():
+            return
+        size = frame.ByteSize()
+        if self.queued + size > MAX_QUEUED_BYTES:
+            log.warning("agent %s does not read its stream (%d bytes queued): closing its link",
+                        self.machine.name, self.queued)
+            self.close("not_reading", "the agent did not read its stream")
+            return
+        self.queued += size
         self.outq.put_nowait(frame)
 
     def close(self, code: str, message: str) -> None:
         """End the link: a Failure frame, then the writer stops and the RPC ends."""
         if not self.ended.is_set():
-            self.outq.put_nowait(pb.RelayFrame(failure=pb.Failure(code=code, message=message)))
+            frame = pb.RelayFrame(failure=pb.Failure(code=code, message=message))
+            self.queued += frame.ByteSize()
+            self.outq.put_nowait(frame)
             self.outq.put_nowait(None)
             self.ended.set()
 
@@ -104,6 +131,12 @@ class Router:
         self.links: dict[str, Link] = {}                      # machine row id -> link
         self.calls_by_key: dict[str, set[Route]] = {}
         self.counters: dict[str, int] = {}
+        # Keys (principal ids) revoked while this relay runs: checked again at every point an
+        # authenticated stream registers something (a link after its hello, a call's start, a
+        # call from a link), so a revocation landing between the RPC's authentication and those
+        # points is never missed.
+        self.revoked: set[str] = set()
+        self._enrolments: dict[str, list[float]] = {}
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -119,6 +152,8 @@ class Router:
                                f"too many failed logins from {stream.peer}; try again in "
                                f"{int(wait) + 1} s")
         key = self.store.verify_key(stream.credential) if stream.credential else None
+        if key is not None and key.id in self.revoked:
+            key = None
         if key is None:
             self.throttle.failed(stream.peer, self.clock())
             self._count("auth_failed")
@@ -148,9 +183,11 @@ class Router:
         machine_id = hello.machine_id.strip()[:128]
         if not hostname or not machine_id:
             raise RelayRefusal("invalid_argument", "hello needs a hostname and a machine id")
+        self._still_valid(stream, key)
+        self._may_enrol(key, machine_id)
         try:
             machine = self.store.enroll_machine(key.workspace, key.id, hostname, machine_id,
-                                                hello.agent_version[:64])
+                                                routing.printable(hello.agent_version)[:64])
         except CmdopError as exc:     # e.g. the machine id is another key's (MachineClaimed)
             self._count("links_refused")
             log.warning("refused a link from %s (key %s): %s", stream.peer, key.id, exc.message)
@@ -191,6 +228,7 @@ class Router:
                 frame = await link.outq.get()
                 if frame is None:
                     return
+                link.queued -= frame.ByteSize()
                 await stream.write(frame)
 
         async def reader() -> None:
@@ -210,7 +248,13 @@ class Router:
                     link.touched = self.clock()
                     self.store.touch_machine(link.machine.id)
 
-        tasks = [asyncio.ensure_future(t()) for t in (writer, reader, pinger)]
+        async def ended() -> None:
+            # A link closed by the relay (revoked, replaced, not reading) ends even when its
+            # writer is stuck on an agent that reads nothing: the Failure frame gets a moment.
+            await link.ended.wait()
+            await asyncio.sleep(CLOSE_GRACE_S)
+
+        tasks = [asyncio.ensure_future(t()) for t in (writer, reader, pinger, ended)]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -223,8 +267,17 @@ class Router:
         if kind in ("accepted", "chunk", "result", "failure"):
             body = getattr(frame, kind)
             route = link.routes.get(body.call_id)
-            if route is None:
+            if route is None or route.aborted:
                 return                      # a call already over (cancelled, timed out)
+            if kind == "chunk":
+                route.unacked += len(body.data)
+                if route.unacked > MAX_UNACKED_BYTES:
+                    # Only a broken or hostile agent ignores its window: its call fails and its
+                    # link ends, so it cannot fill the relay's memory.
+                    self._abort(route, "flow_control",
+                                f"{link.machine.name} sent more output than it was credited")
+                    link.close("flow_control", "output sent beyond the credit window")
+                    return
             event = pb.CallEvent()
             getattr(event, kind).CopyFrom(body)
             getattr(event, kind).call_id = route.caller_id
@@ -238,8 +291,9 @@ class Router:
         elif kind == "credit":
             out = link.outgoing_routes.get(frame.credit.call_id)
             if out is not None and not out.target.ended.is_set():
-                out.target.send(pb.RelayFrame(credit=pb.Credit(call_id=out.call_id,
-                                                               bytes=frame.credit.bytes)))
+                n = min(frame.credit.bytes, max(0, out.unacked))   # never more than was sent
+                out.unacked -= n
+                out.target.send(pb.RelayFrame(credit=pb.Credit(call_id=out.call_id, bytes=n)))
         # pong and anything unknown: the link is alive, nothing else to do
 
     # -- callers -------------------------------------------------------------------------
@@ -247,11 +301,14 @@ class Router:
     async def list_hosts(self, stream: ServerStream[pb.ListHostsRequest, pb.ListHostsReply],
                          request: pb.ListHostsRequest) -> pb.ListHostsReply:
         key = await self._authenticate(stream)
-        reply = pb.ListHostsReply()
-        for m in self.store.list_machines(key.workspace):
-            reply.hosts.append(pb.HostInfo(name=m.name, hostname=m.hostname,
+        machines = self.store.list_machines(key.workspace)
+        machines.sort(key=lambda m: (m.id not in self.links, m.name))
+        reply = pb.ListHostsReply(total=len(machines))
+        for m in machines[:MAX_HOSTS_LISTED]:
+            reply.hosts.append(pb.HostInfo(name=m.name, hostname=m.hostname[:253],
                                            online=m.id in self.links,
-                                           agent_version=m.agent_version, last_seen=m.last_seen))
+                                           agent_version=m.agent_version[:64],
+                                           last_seen=m.last_seen))
         return reply
 
     async def call(self, stream: ServerStream[pb.CallerFrame, pb.CallEvent]) -> None:
@@ -262,6 +319,7 @@ class Router:
             raise RelayRefusal("deadline_exceeded", "no call within 10 s") from None
         if first is None or first.WhichOneof("kind") != "start":
             raise RelayRefusal("invalid_argument", "the first frame of a call must be start")
+        self._still_valid(stream, key)
         principal = pb.Principal(kind="remote", workspace=key.workspace, name=key.name,
                                  credential="api_key")
 
@@ -291,14 +349,17 @@ class Router:
 
     def _start_outgoing(self, link: Link, start: pb.CallStart) -> None:
         """A call from the linked machine's own CLI: the caller's machine is verified."""
+        if link.key.id in self.revoked:
+            link.close("revoked", "this machine's key was revoked")
+            return
         if start.call_id in link.outgoing or not _valid_id(start.call_id):
             link.send(pb.RelayFrame(event=_failure(start.call_id, "bad_call",
                                                    "call id missing, malformed or in use")))
             return
         principal = pb.Principal(kind="remote", workspace=link.key.workspace,
                                  name=link.key.name, credential="api_key",
-                                 hostname=link.machine.hostname,
-                                 machine_id=link.machine.machine_id)
+                                 hostname=link.machine.name,
+                                 machine_id=link.machine.id)
 
         async def sink(event: pb.CallEvent) -> None:
             link.send(pb.RelayFrame(event=event))
@@ -343,7 +404,7 @@ class Router:
                                     f"{key.workspace}", "see `cmdop hosts`"))
             return
         target = self.links.get(machine.id)
-        if target is None:
+        if target is None or target.ended.is_set():
             await sink(_failure(cid, "host_offline", f"{machine.name} is not connected to the relay",
                                 "is its agent running (`cmdop agent status` on it)?"))
             return
@@ -358,6 +419,14 @@ class Router:
         if route.call_id in target.routes:
             await sink(_failure(cid, "bad_call", "this call id is already in flight"))
             return
+        frame = pb.RelayFrame(call=pb.CallStart(
+            call_id=route.call_id, tool=start.tool, input_json=start.input_json,
+            deadline_ms=deadline_ms, stream=start.stream, caller=forwarded, cwd=start.cwd,
+            session=start.session))
+        if frame.ByteSize() > MAX_FORWARD_BYTES:
+            await sink(_failure(cid, "too_large", "the call's input is too large to forward",
+                                f"at most {MAX_FORWARD_BYTES // 1024} KB"))
+            return
         target.routes[route.call_id] = route
         if via is not None:
             via.outgoing_routes[cid] = route
@@ -365,15 +434,14 @@ class Router:
         self._count("calls")
         ended = False
         try:
-            target.send(pb.RelayFrame(call=pb.CallStart(
-                call_id=route.call_id, tool=start.tool, input_json=start.input_json,
-                deadline_ms=deadline_ms, stream=start.stream, caller=forwarded, cwd=start.cwd)))
+            target.send(frame)
             async with asyncio.timeout(deadline_ms / 1000 + 5):
                 while True:
                     event = await route.events.get()
                     await sink(event)
                     kind = event.WhichOneof("kind")
                     if kind == "chunk" and route.credit_on_write:
+                        route.unacked -= len(event.chunk.data)
                         target.send(pb.RelayFrame(credit=pb.Credit(
                             call_id=route.call_id, bytes=len(event.chunk.data))))
                     elif kind in ("result", "failure"):
@@ -391,6 +459,25 @@ class Router:
                 target.send(pb.RelayFrame(cancel=pb.Cancel(call_id=route.call_id,
                                                            reason=route.aborted or "caller left")))
 
+    def _still_valid(self, stream: ServerStream[Any, Any], key: Any) -> None:
+        """The stream's key, checked again now (it may have been revoked since the RPC was
+        authenticated: a hello or a call start can arrive seconds later)."""
+        again = self.store.verify_key(stream.credential)
+        if again is None or again.id != key.id or key.id in self.revoked:
+            raise RelayRefusal("unauthenticated", "unknown or revoked credential")
+
+    def _may_enrol(self, key: Any, machine_id: str) -> None:
+        """A key may enrol at most NEW_MACHINES_PER_HOUR new machines an hour."""
+        if any(m.machine_id == machine_id for m in self.store.list_machines(key.workspace)):
+            return
+        now = self.clock()
+        recent = [t for t in self._enrolments.get(key.id, []) if t > now - 3600]
+        if len(recent) >= NEW_MACHINES_PER_HOUR:
+            self._count("enrolments_refused")
+            raise RelayRefusal("resource_exhausted",
+                               f"this key enrolled {len(recent)} new machines in the last hour")
+        self._enrolments[key.id] = recent + [now]
+
     def _abort(self, route: Route, code: str, message: str) -> None:
         """End a route from the relay's side (its caller gets `code`)."""
         if not route.aborted:
@@ -402,17 +489,21 @@ class Router:
     async def watch_revocations(self, every_s: float = 0.2) -> None:
         """Forever: when the store changed (an admin command in another process), end the
         links and calls of every revoked key."""
-        version = self.store.data_version()
+        version = -1
         while True:
+            try:
+                now = self.store.data_version()
+                if now != version:
+                    self.revoke(self.store.revoked_key_ids())
+                    version = now
+            except Exception:  # noqa: BLE001 - a busy database must not end the watching
+                self._count("revocation_read_errors")
+                log.exception("cannot read revocations from the store; retrying")
             await asyncio.sleep(every_s)
-            now = self.store.data_version()
-            if now == version:
-                continue
-            version = now
-            self.revoke(self.store.revoked_key_ids())
 
     def revoke(self, revoked: frozenset[str]) -> None:
         """End the links and calls of keys in `revoked`, now."""
+        self.revoked |= revoked
         for link in list(self.links.values()):
             if link.key.id in revoked:
                 log.info("key %s revoked: ending %s's link", link.key.id, link.machine.name)

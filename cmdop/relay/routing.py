@@ -25,19 +25,59 @@ M = TypeVar("M", bound=Named)
 
 
 def resolve_host(name: str, machines: Sequence[M]) -> tuple[M | None, tuple[str, ...]]:
-    """The machine `name` means: an exact (case-insensitive) name first, then a unique prefix.
-    (machine, ()) when found; (None, names) when the prefix is ambiguous (the candidates, sorted);
-    (None, ()) when nothing matches."""
+    """The machine `name` means: a unique (case-insensitive) prefix, or an exact name that was
+    enrolled strictly before every other machine it is a prefix of (`db` beside its later
+    `db-2`).
+    (machine, ()) when found; (None, names) when ambiguous (the candidates, sorted); (None, ())
+    when nothing matches. A machine enrolled later under exactly the name a user has been
+    reaching another machine by (`web01` for `web01-prod`) makes the name ambiguous instead of
+    silently receiving that user's calls."""
     want = name.strip().lower()
     if not want:
         return None, ()
-    for m in machines:
-        if m.name.lower() == want:
-            return m, ()
     found = [m for m in machines if m.name.lower().startswith(want)]
     if len(found) == 1:
         return found[0], ()
+    exact = [m for m in found if m.name.lower() == want]
+    if len(exact) == 1 and all(_enrolled_after(m, exact[0]) for m in found if m is not exact[0]):
+        return exact[0], ()
     return None, tuple(sorted(m.name for m in found))
+
+
+def _enrolled_after(other: Named, exact: Named) -> bool:
+    """Whether `other` came after `exact`: a later first_seen, or the same second with the
+    name the relay derives from it (`vm-2` beside `vm`: given because `vm` was taken)."""
+    a, b = _first_seen(other), _first_seen(exact)
+    if a != b:
+        return a > b
+    suffix = other.name.lower()[len(exact.name):]
+    return len(suffix) > 1 and suffix[0] == "-" and suffix[1:].isdigit()
+
+
+def _first_seen(machine: object) -> str:
+    return str(getattr(machine, "first_seen", "") or "")
+
+
+def client_of(peer: str) -> str:
+    """The client a failed login is counted against: the address, an IPv6 one by its /64
+    (a host owns its whole /64 and could rotate through it)."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def printable(text: str) -> str:
+    """`text` with control and other non-printable characters removed (a value an agent sends
+    that the relay stores and shows, e.g. its version)."""
+    return "".join(c for c in text if c.isprintable())
 
 
 def caller_kind(*, caller_principal: str, via_machine_principal: str | None,
@@ -78,7 +118,7 @@ class AuthThrottle:
 
     def verdict(self, address: str, now: float) -> tuple[str, float]:
         """("ok", 0) · ("slow", seconds to wait first) · ("refuse", seconds until it may try)."""
-        q = self._recent(address, now)
+        q = self._recent(client_of(address), now)
         if len(q) >= self.refuse_after:
             return "refuse", max(0.0, q[0] + self.window_s - now)
         if len(q) >= self.slow_after:
@@ -86,7 +126,8 @@ class AuthThrottle:
         return "ok", 0.0
 
     def failed(self, address: str, now: float) -> None:
-        """Record one failed attempt from `address`."""
+        """Record one failed attempt from `address` (an IPv6 one counts for its /64)."""
+        address = client_of(address)
         if address not in self._failures and len(self._failures) >= self.max_addresses:
             # Bounded memory under a spray of addresses: forget the oldest entry.
             self._failures.pop(next(iter(self._failures)))

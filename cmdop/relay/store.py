@@ -14,13 +14,29 @@ Noticing another process's change: `data_version()` (PRAGMA data_version on this
 connection) changes when another connection committed a write; the relay polls it and re-reads
 `revoked_key_ids()` when it moves.
 
-Timestamps are UTC text, `2026-12-06T10:15:30Z`.
+Timestamps are UTC text, `2026-12-06T10:15:30Z`; expiry instants the relay compares against
+its clock (device codes, refresh tokens, the access-token deny list) are epoch seconds (REAL).
+
+Schema version 2 adds the embedded OAuth cabinet's state (cmdop.relay.cabinet):
+- `meta`: the relay's id (`relay_id`, random, made once): access tokens' audience is
+  `cmdop-relay:<relay id>`.
+- `accounts` (id, email lower-cased and unique, disabled_at) and `account_workspaces` (which
+  workspaces an account may get tokens for: `cmdop relay approve` adds one).
+- `device_codes` (RFC 8628): the device code and the user code are stored as SHA-256 digests
+  only; a code is pending, then approved or denied (by `cmdop relay approve|deny`, offline on the
+  data dir), and becomes `used` when the token endpoint hands out its tokens: single use.
+- `refresh_tokens`: SHA-256 of the token, its family (every rotation of one login), the access
+  token issued with it (jti, expiry). A rotated token presented again is reuse: the whole family
+  is revoked and its live access tokens deny-listed.
+- `denied_tokens`: access-token ids (jti) revoked before their expiry, kept until it.
+A version-1 database is migrated in place when opened.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -35,7 +51,7 @@ from cmdop.adapters.secure_file import check_private, ensure_private_dir
 from cmdop.core.credentials import KEY_DISPLAY_PREFIX_LEN, KEY_PREFIX, parse_api_key, valid_name
 from cmdop.core.errors import AlreadyExistsError, CmdopError, NotFoundError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "relay.db"
 LAST_USED_INTERVAL_S = 60.0     # verify_key writes last_used_at at most this often per key
 BUSY_TIMEOUT_MS = 5000
@@ -43,6 +59,20 @@ _KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 _MAX_HOSTNAME = 253
 _MAX_MACHINE_ID = 128
 _MAX_VERSION = 64
+
+# The OAuth cabinet (schema version 2).
+DEVICE_CODE_TTL_S = 600            # RFC 8628 expires_in
+DEVICE_POLL_INTERVAL_S = 5         # RFC 8628 interval; slow_down adds 5
+POLL_TOLERANCE_S = 1.0             # a poll this much early is not "too fast" (network jitter)
+MAX_PENDING_DEVICE_CODES = 10_000
+REFRESH_TOKEN_TTL_S = 30 * 86400   # each rotation gives another 30 days
+REFRESH_TOKEN_PREFIX = "cmdop_rt_"
+# RFC 8628 §6.1: consonants only (no vowels: no words; no 0/O, 1/I/L confusion).
+USER_CODE_ALPHABET = "BCDFGHJKMNPQRSTVWXZ"
+USER_CODE_LEN = 8
+_EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+log = logging.getLogger("cmdop.relay")
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -75,6 +105,66 @@ CREATE TABLE machines (
     last_seen      TEXT NOT NULL,
     UNIQUE (workspace_id, machine_id),
     UNIQUE (workspace_id, name)
+);
+"""
+
+# Version 2: the OAuth cabinet (accounts, device authorizations, refresh tokens, deny list).
+_SCHEMA_V2 = """
+CREATE TABLE meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+CREATE TABLE accounts (
+    id           TEXT PRIMARY KEY,
+    email        TEXT NOT NULL UNIQUE,
+    created_at   TEXT NOT NULL,
+    disabled_at  TEXT
+);
+CREATE TABLE account_workspaces (
+    account_id    TEXT NOT NULL REFERENCES accounts(id),
+    workspace_id  TEXT NOT NULL REFERENCES workspaces(id),
+    added_at      TEXT NOT NULL,
+    PRIMARY KEY (account_id, workspace_id)
+);
+CREATE TABLE device_codes (
+    id              TEXT PRIMARY KEY,
+    device_sha256   TEXT NOT NULL UNIQUE,
+    user_sha256     TEXT NOT NULL UNIQUE,
+    client_id       TEXT NOT NULL,
+    scope           TEXT NOT NULL,
+    workspace_hint  TEXT NOT NULL,
+    client_address  TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    expires         REAL NOT NULL,
+    interval_s      INTEGER NOT NULL,
+    last_poll       REAL,
+    status          TEXT NOT NULL,
+    account_id      TEXT REFERENCES accounts(id),
+    workspace_id    TEXT REFERENCES workspaces(id),
+    decided_at      TEXT
+);
+CREATE INDEX device_codes_expires ON device_codes(expires);
+CREATE TABLE refresh_tokens (
+    id              TEXT PRIMARY KEY,
+    token_sha256    TEXT NOT NULL UNIQUE,
+    family_id       TEXT NOT NULL,
+    account_id      TEXT NOT NULL REFERENCES accounts(id),
+    workspace_id    TEXT NOT NULL REFERENCES workspaces(id),
+    client_id       TEXT NOT NULL,
+    scope           TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    expires         REAL NOT NULL,
+    access_jti      TEXT NOT NULL,
+    access_expires  REAL NOT NULL,
+    rotated_at      TEXT,
+    revoked_at      TEXT
+);
+CREATE INDEX refresh_tokens_family ON refresh_tokens(family_id);
+CREATE INDEX refresh_tokens_account ON refresh_tokens(account_id);
+CREATE INDEX refresh_tokens_expires ON refresh_tokens(expires);
+CREATE TABLE denied_tokens (
+    jti      TEXT PRIMARY KEY,
+    expires  REAL NOT NULL
 );
 """
 
@@ -114,6 +204,103 @@ class Machine:
     agent_version: str
     first_seen: str
     last_seen: str
+
+
+@dataclass(frozen=True)
+class Account:
+    """A person who logs in with `cmdop login` (device flow), approved by the relay's admin."""
+
+    id: str
+    email: str              # lower-cased
+    created_at: str
+    disabled_at: str | None
+    workspaces: tuple[str, ...]   # names of the workspaces it may get tokens for
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
+
+
+@dataclass(frozen=True)
+class DeviceStart:
+    """A new device authorization: what the device authorization endpoint answers."""
+
+    device_code: str
+    user_code: str          # XXXX-XXXX
+    expires_in: int
+    interval: int
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """A device authorization as the admin sees it (never its codes)."""
+
+    id: str
+    client_id: str
+    scope: str
+    workspace_hint: str
+    client_address: str
+    created_at: str
+    expires: float
+    status: str             # pending | approved | denied | used
+    account: str | None     # the approved account's e-mail
+    workspace: str | None   # the approved workspace's name
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a successful token request gives: the account, workspace and a new refresh token."""
+
+    account_id: str
+    email: str
+    workspace: str
+    scope: str
+    client_id: str
+    refresh_token: str
+    refresh_expires: float
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    """A token request's outcome: `error` is an OAuth error code, or None with `grant`."""
+
+    error: str | None
+    grant: Grant | None = None
+    interval: int = 0
+    description: str = ""
+
+
+def new_user_code() -> str:
+    return "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LEN))
+
+
+def normalize_user_code(text: str) -> str | None:
+    """`abcd-efgh`, `ABCD EFGH`, `abcdefgh` -> `ABCDEFGH`; None when it cannot be a user code."""
+    code = re.sub(r"[\s-]+", "", text).upper()
+    if len(code) != USER_CODE_LEN or any(c not in USER_CODE_ALPHABET for c in code):
+        return None
+    return code
+
+
+def format_user_code(code: str) -> str:
+    half = len(code) // 2
+    return f"{code[:half]}-{code[half:]}"
+
+
+def _user_digest(code: str) -> str:
+    return hashlib.sha256(("user-code:" + code).encode("ascii")).hexdigest()
+
+
+def new_refresh_token() -> str:
+    return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def valid_email(text: str) -> str:
+    """An account's e-mail address, lower-cased; UsageError when it is not one."""
+    email = text.strip().lower()
+    if len(email) > 254 or not _EMAIL_RE.match(email):
+        raise UsageError(f"invalid e-mail address {text!r}", hint="for example --account alice@example.com")
+    return email
 
 
 def utc_text(t: float) -> str:
@@ -186,10 +373,11 @@ class RelayStore:
                     "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
                 ).fetchone()
                 if have is None:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            cur.execute(statement)
+                    _run_script(cur, _SCHEMA)
+                    _run_script(cur, _SCHEMA_V2)
                     cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                    cur.execute("INSERT INTO meta (key, value) VALUES ('relay_id', ?)",
+                                (secrets.token_hex(8),))
                 else:
                     row = cur.execute("SELECT MAX(version) FROM schema_version").fetchone()
                     version = int(row[0] or 0)
@@ -198,6 +386,13 @@ class RelayStore:
                             f"{self.path} has schema version {version}; this cmdop knows up to {SCHEMA_VERSION}",
                             hint="run a newer cmdop on this data dir",
                         )
+                    if version < 2:
+                        # 1 -> 2: the OAuth cabinet's tables; nothing existing changes.
+                        _run_script(cur, _SCHEMA_V2)
+                        cur.execute("INSERT INTO meta (key, value) VALUES ('relay_id', ?)",
+                                    (secrets.token_hex(8),))
+                        cur.execute("DELETE FROM schema_version")
+                        cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         except sqlite3.DatabaseError as exc:
             raise CmdopError(f"{self.path} is not a usable relay database: {exc}",
                              hint="restore it from a backup, or point --data-dir at another directory") from None
@@ -417,12 +612,17 @@ class RelayStore:
                 # sending its id would take over its link and receive its calls. Only once that
                 # key is revoked may a new one re-enrol it (key rotation).
                 holder = cur.execute(
-                    "SELECT k.id, k.revoked_at FROM machines m JOIN api_keys k ON k.id = m.key_id "
-                    "WHERE m.id = ?", (row[0],)).fetchone()
-                if holder is not None and holder[0] != key_id and holder[1] is None:
+                    "SELECT k.id, k.revoked_at, k.name FROM machines m JOIN api_keys k "
+                    "ON k.id = m.key_id WHERE m.id = ?", (row[0],)).fetchone()
+                mine = cur.execute("SELECT name FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+                # Another live key: refused. A revoked holder: only its successor (a key of the
+                # same name: a rotation) may take the machine over, not any member's key.
+                if holder is not None and holder[0] != key_id and (
+                        holder[1] is None or mine is None or mine[0] != holder[2]):
                     raise MachineClaimedError(
                         f"machine id {machine_id[:12]}… is enrolled with another key",
-                        "revoke that key first to re-enrol the machine with this one")
+                        "a machine moves to a new key only when its key is rotated: revoke it "
+                        "and create the new one with the same name")
             if row is not None and row[1].lower() == hostname.lower():
                 row_id, name = row[0], row[2]
                 cur.execute("UPDATE machines SET hostname = ?, key_id = ?, agent_version = ?, last_seen = ? "
@@ -460,6 +660,326 @@ class RelayStore:
         ws = self.get_workspace(workspace)
         rows = self._read(f"SELECT {self._MACHINE_COLUMNS} WHERE m.workspace_id = ? ORDER BY m.name", (ws.id,))
         return [Machine(*r) for r in rows]
+
+    # -- the OAuth cabinet: relay id --------------------------------------------------------
+
+    def relay_id(self) -> str:
+        """This relay's id (random, made with the database): access tokens' audience names it."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'relay_id'")
+        return str(rows[0][0])
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    def _account(self, cur: sqlite3.Cursor | None, where: str, params: tuple[Any, ...]) -> Account | None:
+        sql = f"SELECT id, email, created_at, disabled_at FROM accounts WHERE {where}"
+        rows = cur.execute(sql, params).fetchall() if cur is not None else self._read(sql, params)
+        if not rows:
+            return None
+        aid, email, created, disabled = rows[0]
+        wsql = ("SELECT w.name FROM account_workspaces aw JOIN workspaces w ON w.id = aw.workspace_id "
+                "WHERE aw.account_id = ? ORDER BY w.name")
+        ws = cur.execute(wsql, (aid,)).fetchall() if cur is not None else self._read(wsql, (aid,))
+        return Account(id=aid, email=email, created_at=created, disabled_at=disabled,
+                       workspaces=tuple(r[0] for r in ws))
+
+    def list_accounts(self) -> list[Account]:
+        rows = self._read("SELECT email FROM accounts ORDER BY email")
+        out = []
+        for (email,) in rows:
+            acct = self._account(None, "email = ?", (email,))
+            if acct is not None:
+                out.append(acct)
+        return out
+
+    def find_account(self, email: str) -> Account:
+        """The account with this e-mail address (case-insensitive); NotFoundError otherwise."""
+        wanted = email.strip().lower()
+        acct = self._account(None, "email = ?", (wanted,))
+        if acct is None:
+            raise NotFoundError(f"no account {email!r} on this relay",
+                                hint="list them with `cmdop relay account list`")
+        return acct
+
+    def set_account_disabled(self, email: str, disabled: bool) -> Account:
+        """Disable (or enable again) an account. Disabling revokes every refresh token it holds
+        and deny-lists their live access tokens; the running relay ends its links and calls
+        (`disabled_account_ids`, noticed through `data_version`)."""
+        acct = self.find_account(email)
+        now, stamp = self._clock(), self._now()
+        with self._write() as cur:
+            if disabled:
+                cur.execute("UPDATE accounts SET disabled_at = ? WHERE id = ? AND disabled_at IS NULL",
+                            (stamp, acct.id))
+                self._deny_where(cur, "account_id = ?", (acct.id,), now)
+                cur.execute("UPDATE refresh_tokens SET revoked_at = ? WHERE account_id = ? "
+                            "AND revoked_at IS NULL", (stamp, acct.id))
+            else:
+                cur.execute("UPDATE accounts SET disabled_at = NULL WHERE id = ?", (acct.id,))
+        return self.find_account(acct.email)
+
+    def disabled_account_ids(self) -> frozenset[str]:
+        """Ids (not prefixed) of disabled accounts: a Principal's id is `acct:<this id>`."""
+        return frozenset(r[0] for r in self._read("SELECT id FROM accounts WHERE disabled_at IS NOT NULL"))
+
+    def denied_token_ids(self) -> frozenset[str]:
+        """The jti of every access token revoked before its expiry (and not yet expired)."""
+        return frozenset(r[0] for r in self._read("SELECT jti FROM denied_tokens WHERE expires > ?",
+                                                  (self._clock(),)))
+
+    def access_token_allowed(self, account_id: str, workspace: str, jti: str) -> bool:
+        """True when the account exists, is not disabled, still belongs to `workspace`, and the
+        access token `jti` is not deny-listed: what a verified relay JWT must also pass."""
+        rows = self._read(
+            "SELECT a.disabled_at, "
+            "(SELECT 1 FROM account_workspaces aw JOIN workspaces w ON w.id = aw.workspace_id "
+            " WHERE aw.account_id = a.id AND w.name = ?), "
+            "(SELECT 1 FROM denied_tokens d WHERE d.jti = ?) "
+            "FROM accounts a WHERE a.id = ?", (workspace, jti, account_id))
+        if not rows:
+            return False
+        disabled, member, denied = rows[0]
+        return disabled is None and member is not None and denied is None
+
+    def deny_access_token(self, jti: str, expires: float) -> None:
+        """Put an access token's id on the deny list until `expires` (epoch seconds)."""
+        if not jti or len(jti) > 128:
+            return
+        with self._write() as cur:
+            cur.execute("INSERT OR IGNORE INTO denied_tokens (jti, expires) VALUES (?, ?)",
+                        (jti, float(expires)))
+
+    def _deny_where(self, cur: sqlite3.Cursor, where: str, params: tuple[Any, ...], now: float) -> None:
+        """Deny-list the live access tokens issued with the refresh tokens matching `where`."""
+        cur.execute("INSERT OR IGNORE INTO denied_tokens (jti, expires) "
+                    f"SELECT access_jti, access_expires FROM refresh_tokens WHERE {where} "
+                    "AND access_expires > ?", (*params, now))
+
+    # -- device authorization (RFC 8628) ----------------------------------------------------
+
+    def start_device_authorization(self, client_id: str, scope: str, workspace_hint: str,
+                                   client_address: str, *, ttl_s: int = DEVICE_CODE_TTL_S,
+                                   interval_s: int = DEVICE_POLL_INTERVAL_S,
+                                   max_pending: int = MAX_PENDING_DEVICE_CODES) -> DeviceStart:
+        """A new pending device authorization: its device code (for the device) and user code
+        (for the person, shown XXXX-XXXX); both stored hashed. CmdopError when `max_pending`
+        unexpired requests already wait."""
+        now, stamp = self._clock(), self._now()
+        device_code = secrets.token_urlsafe(32)
+        with self._write() as cur:
+            self._purge(cur, now)
+            pending = cur.execute("SELECT COUNT(*) FROM device_codes WHERE status = 'pending' "
+                                  "AND expires > ?", (now,)).fetchone()[0]
+            if int(pending) >= max_pending:
+                raise CmdopError(f"{pending} device logins are already waiting for approval",
+                                 hint="approve or deny them, or wait for them to expire")
+            while True:
+                user_code = new_user_code()
+                if not cur.execute("SELECT 1 FROM device_codes WHERE user_sha256 = ?",
+                                   (_user_digest(user_code),)).fetchone():
+                    break
+            cur.execute(
+                "INSERT INTO device_codes (id, device_sha256, user_sha256, client_id, scope, "
+                "workspace_hint, client_address, created_at, expires, interval_s, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                (secrets.token_hex(8), key_digest(device_code), _user_digest(user_code), client_id,
+                 scope, workspace_hint[:64], client_address[:128], stamp, now + ttl_s, interval_s))
+        return DeviceStart(device_code=device_code, user_code=format_user_code(user_code),
+                           expires_in=ttl_s, interval=interval_s)
+
+    _DEVICE_COLUMNS = ("d.id, d.client_id, d.scope, d.workspace_hint, d.client_address, d.created_at, "
+                       "d.expires, d.status, a.email, w.name FROM device_codes d "
+                       "LEFT JOIN accounts a ON a.id = d.account_id "
+                       "LEFT JOIN workspaces w ON w.id = d.workspace_id")
+
+    def list_device_requests(self) -> list[DeviceRequest]:
+        """Device authorizations still waiting for `cmdop relay approve|deny`, oldest first."""
+        rows = self._read(f"SELECT {self._DEVICE_COLUMNS} WHERE d.status = 'pending' AND d.expires > ? "
+                          "ORDER BY d.created_at, d.id", (self._clock(),))
+        return [DeviceRequest(*r) for r in rows]
+
+    def _pending_by_user_code(self, cur: sqlite3.Cursor, user_code: str) -> DeviceRequest:
+        code = normalize_user_code(user_code)
+        if code is None:
+            raise UsageError(f"{user_code!r} is not a user code",
+                             hint="a user code is 8 letters, shown as XXXX-XXXX by `cmdop login`")
+        row = cur.execute(f"SELECT {self._DEVICE_COLUMNS} WHERE d.user_sha256 = ?",
+                          (_user_digest(code),)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no device login with user code {format_user_code(code)}",
+                                hint="check the code `cmdop login` shows; pending ones: "
+                                     "`cmdop relay device list`")
+        req = DeviceRequest(*row)
+        if req.status != "pending":
+            raise CmdopError(f"the device login {format_user_code(code)} was already {req.status}",
+                             hint="run `cmdop login` again for a new code")
+        if req.expires <= self._clock():
+            raise CmdopError(f"the device login {format_user_code(code)} has expired",
+                             hint="run `cmdop login` again for a new code")
+        return req
+
+    def approve_device(self, user_code: str, email: str, workspace: str | None = None) -> tuple[DeviceRequest, Account]:
+        """Approve the pending device login `user_code` for the account `email` (created when
+        new) in `workspace` (default: the workspace the device asked for). The account becomes
+        a member of the workspace. Errors: unknown, decided or expired code; bad e-mail; no such
+        workspace; a disabled account."""
+        email = valid_email(email)
+        stamp = self._now()
+        with self._write() as cur:
+            req = self._pending_by_user_code(cur, user_code)
+            chosen = (workspace or req.workspace_hint or "").strip().lower()
+            if not chosen:
+                raise UsageError("which workspace? the device did not ask for one",
+                                 hint="add --workspace W")
+            ws = cur.execute("SELECT id, name FROM workspaces WHERE name = ?", (chosen,)).fetchone()
+            if ws is None:
+                raise NotFoundError(f"no workspace {chosen!r} on this relay",
+                                    hint="list them with `cmdop relay workspace list`")
+            acct = self._account(cur, "email = ?", (email,))
+            if acct is None:
+                account_id = secrets.token_hex(8)
+                cur.execute("INSERT INTO accounts (id, email, created_at) VALUES (?, ?, ?)",
+                            (account_id, email, stamp))
+            elif acct.disabled_at is not None:
+                raise CmdopError(f"the account {email} is disabled",
+                                 hint=f"enable it first: cmdop relay account enable {email}")
+            else:
+                account_id = acct.id
+            cur.execute("INSERT OR IGNORE INTO account_workspaces (account_id, workspace_id, added_at) "
+                        "VALUES (?, ?, ?)", (account_id, ws[0], stamp))
+            cur.execute("UPDATE device_codes SET status = 'approved', account_id = ?, workspace_id = ?, "
+                        "decided_at = ? WHERE id = ? AND status = 'pending'",
+                        (account_id, ws[0], stamp, req.id))
+            row = cur.execute(f"SELECT {self._DEVICE_COLUMNS} WHERE d.id = ?", (req.id,)).fetchone()
+            out = self._account(cur, "id = ?", (account_id,))
+        assert out is not None
+        return DeviceRequest(*row), out
+
+    def deny_device(self, user_code: str) -> DeviceRequest:
+        """Deny the pending device login `user_code`: its device is told access_denied."""
+        with self._write() as cur:
+            req = self._pending_by_user_code(cur, user_code)
+            cur.execute("UPDATE device_codes SET status = 'denied', decided_at = ? WHERE id = ?",
+                        (self._now(), req.id))
+            row = cur.execute(f"SELECT {self._DEVICE_COLUMNS} WHERE d.id = ?", (req.id,)).fetchone()
+        return DeviceRequest(*row)
+
+    def poll_device_code(self, device_code: str, client_id: str, *, access_jti: str,
+                         access_expires: float, refresh_ttl_s: int = REFRESH_TOKEN_TTL_S) -> GrantResult:
+        """The token endpoint's device_code grant (RFC 8628 §3.4-3.5), in one transaction:
+        invalid_grant (unknown or already used) · expired_token · slow_down (polled sooner
+        than the interval: the interval grows by 5 s) · authorization_pending · access_denied
+        · or the grant, with a new refresh token (a new family) recorded with the access token
+        `access_jti` the caller is about to sign. The code is then used: single use."""
+        now, stamp = self._clock(), self._now()
+        with self._write() as cur:
+            row = cur.execute("SELECT id, client_id, expires, interval_s, last_poll, status, account_id, "
+                              "workspace_id, scope FROM device_codes WHERE device_sha256 = ?",
+                              (key_digest(device_code),)).fetchone()
+            if row is None or row[1] != client_id or row[5] == "used":
+                return GrantResult("invalid_grant", description="unknown or already used device code")
+            did, _, expires, interval, last_poll, status, account_id, workspace_id, scope = row
+            if now >= float(expires):
+                return GrantResult("expired_token", description="the device code has expired; start again")
+            if status == "denied":
+                return GrantResult("access_denied", description="the login was denied")
+            if status == "pending":
+                if last_poll is not None and now - float(last_poll) < int(interval) - POLL_TOLERANCE_S:
+                    interval = int(interval) + 5
+                    cur.execute("UPDATE device_codes SET interval_s = ?, last_poll = ? WHERE id = ?",
+                                (interval, now, did))
+                    return GrantResult("slow_down", interval=interval,
+                                       description=f"polled too fast; wait {interval} s between polls")
+                cur.execute("UPDATE device_codes SET last_poll = ? WHERE id = ?", (now, did))
+                return GrantResult("authorization_pending", interval=int(interval),
+                                   description="waiting for `cmdop relay approve`")
+            cur.execute("UPDATE device_codes SET status = 'used', last_poll = ? WHERE id = ?", (now, did))
+            acct = cur.execute("SELECT email, disabled_at FROM accounts WHERE id = ?", (account_id,)).fetchone()
+            ws = cur.execute("SELECT name FROM workspaces WHERE id = ?", (workspace_id,)).fetchone()
+            if acct is None or ws is None or acct[1] is not None:
+                return GrantResult("access_denied", description="the account is disabled")
+            grant = Grant(account_id=account_id, email=acct[0], workspace=ws[0], scope=scope,
+                          client_id=client_id, refresh_token=new_refresh_token(),
+                          refresh_expires=now + refresh_ttl_s)
+            self._insert_refresh(cur, grant, secrets.token_hex(8), workspace_id, stamp, access_jti,
+                                 access_expires)
+        return GrantResult(None, grant=grant)
+
+    def _insert_refresh(self, cur: sqlite3.Cursor, grant: Grant, family_id: str, workspace_id: str,
+                        stamp: str, access_jti: str, access_expires: float) -> None:
+        cur.execute(
+            "INSERT INTO refresh_tokens (id, token_sha256, family_id, account_id, workspace_id, client_id, "
+            "scope, created_at, expires, access_jti, access_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (secrets.token_hex(8), key_digest(grant.refresh_token), family_id, grant.account_id,
+             workspace_id, grant.client_id, grant.scope, stamp, grant.refresh_expires, access_jti,
+             float(access_expires)))
+
+    def rotate_refresh_token(self, refresh_token: str, client_id: str, *, access_jti: str,
+                             access_expires: float, refresh_ttl_s: int = REFRESH_TOKEN_TTL_S) -> GrantResult:
+        """The refresh_token grant: the token is exchanged for a new one of the same family
+        (the old one is spent). A spent token presented again is reuse — someone holds a copy
+        — and revokes the whole family, deny-listing its live access tokens. invalid_grant for
+        unknown, spent, revoked or expired tokens, disabled accounts and lost memberships."""
+        now, stamp = self._clock(), self._now()
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT r.id, r.family_id, r.account_id, r.workspace_id, r.client_id, r.scope, r.expires, "
+                "r.rotated_at, r.revoked_at, a.email, a.disabled_at, w.name, "
+                "(SELECT 1 FROM account_workspaces aw WHERE aw.account_id = r.account_id "
+                " AND aw.workspace_id = r.workspace_id) "
+                "FROM refresh_tokens r JOIN accounts a ON a.id = r.account_id "
+                "JOIN workspaces w ON w.id = r.workspace_id WHERE r.token_sha256 = ?",
+                (key_digest(refresh_token),)).fetchone()
+            if row is None or row[4] != client_id:
+                return GrantResult("invalid_grant", description="unknown refresh token")
+            (rid, family, account_id, workspace_id, _, scope, expires, rotated, revoked, email,
+             disabled, ws_name, member) = row
+            if revoked is not None:
+                return GrantResult("invalid_grant", description="the refresh token was revoked")
+            if rotated is not None:
+                self._revoke_family(cur, family, now, stamp)
+                log.warning("refresh token reuse for account %s: its login (family %s) is revoked",
+                            email, family)
+                return GrantResult("invalid_grant",
+                                   description="refresh token reuse: this login is revoked; log in again")
+            if now >= float(expires):
+                return GrantResult("invalid_grant", description="the refresh token has expired")
+            if disabled is not None or member is None:
+                return GrantResult("invalid_grant", description="the account is disabled")
+            cur.execute("UPDATE refresh_tokens SET rotated_at = ? WHERE id = ?", (stamp, rid))
+            grant = Grant(account_id=account_id, email=email, workspace=ws_name, scope=scope,
+                          client_id=client_id, refresh_token=new_refresh_token(),
+                          refresh_expires=now + refresh_ttl_s)
+            self._insert_refresh(cur, grant, family, workspace_id, stamp, access_jti, access_expires)
+        return GrantResult(None, grant=grant)
+
+    def _revoke_family(self, cur: sqlite3.Cursor, family: str, now: float, stamp: str) -> None:
+        self._deny_where(cur, "family_id = ?", (family,), now)
+        cur.execute("UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+                    (stamp, family))
+
+    def revoke_refresh_token(self, refresh_token: str) -> bool:
+        """Revoke a refresh token and its whole family (RFC 7009); False when unknown."""
+        now, stamp = self._clock(), self._now()
+        with self._write() as cur:
+            row = cur.execute("SELECT family_id FROM refresh_tokens WHERE token_sha256 = ?",
+                              (key_digest(refresh_token),)).fetchone()
+            if row is None:
+                return False
+            self._revoke_family(cur, row[0], now, stamp)
+        return True
+
+    def _purge(self, cur: sqlite3.Cursor, now: float) -> None:
+        """Forget what can no longer matter: device codes an hour past expiry, refresh tokens a
+        day past it, deny-list entries past their token's expiry."""
+        cur.execute("DELETE FROM device_codes WHERE expires < ?", (now - 3600,))
+        cur.execute("DELETE FROM refresh_tokens WHERE expires < ?", (now - 86400,))
+        cur.execute("DELETE FROM denied_tokens WHERE expires < ?", (now,))
+
+
+def _run_script(cur: sqlite3.Cursor, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            cur.execute(statement)
 
 
 def _valid_or_none(name: str) -> bool:

@@ -185,7 +185,9 @@ def test_through_the_callers_own_agent_with_the_same_key_is_self(net: Any) -> No
     assert out.returncode == 0, out.stderr
     rec = net.a.home.audit_for(f"seq 1 {n}")
     assert rec["caller"]["kind"] == "self", rec
-    assert rec["caller"]["machine_id"] == net.a.machine_id
+    # the relay's own name and id for the calling machine, never the agent's own id (a claim)
+    assert rec["hostname"] == net.a.machine, rec
+    assert rec["caller"]["machine_id"] and rec["caller"]["machine_id"] != net.a.machine_id
     assert rec["source"] == "bypass"            # self_bypass: true in the policy
 
 
@@ -204,13 +206,15 @@ def test_another_key_through_its_own_agent_is_remote_with_its_machine(net: Any) 
     assert out.returncode == 0, out.stderr
     rec = net.a.home.audit_for(f"seq 1 {n}")
     assert rec["caller"]["kind"] == "remote" and rec["user"] == "other", rec
-    assert rec["caller"]["machine_id"] == net.b.machine_id
+    assert rec["hostname"] == net.b.machine and rec["caller"]["machine_id"], rec
+    b_row = rec["caller"]["machine_id"]
     # and the other way: A's key through A's agent to B (enrolled by another key) is remote
     n = uniq()
     out = net.a.home.run("exec", net.b.machine, "--", "seq", "1", n)
     assert out.returncode == 0, out.stderr
     rec = net.b.home.audit_for(f"seq 1 {n}")
-    assert rec["caller"]["kind"] == "remote" and rec["caller"]["machine_id"] == net.a.machine_id
+    assert rec["caller"]["kind"] == "remote" and rec["hostname"] == net.a.machine, rec
+    assert rec["caller"]["machine_id"] not in ("", b_row, net.a.machine_id), rec
 
 
 def test_a_direct_caller_claiming_to_be_self_is_remote(net: Any) -> None:

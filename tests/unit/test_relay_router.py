@@ -128,8 +128,9 @@ def test_a_call_through_an_own_agent_link_is_self_with_the_verified_machine():
         origin, _ = await _agent(router, "K1", "laptop", "m2")
         await origin.incoming.put(pb.AgentFrame(call=_start("o1", "web01")))
         forwarded = await _next(target, "call")
+        # the relay's own name and row id for the calling machine, never its hello claims
         assert (forwarded.caller.kind, forwarded.caller.hostname,
-                forwarded.caller.machine_id) == ("self", "laptop", "m2")
+                forwarded.caller.machine_id) == ("self", "laptop", "row-m2")
         other, _ = await _agent(router, "K2", "box", "m3")      # another key's machine
         await other.incoming.put(pb.AgentFrame(call=_start("o2", "web01")))
         forwarded = await _next(target, "call")

@@ -21,9 +21,11 @@ from cmdop.relay.proto import relay_pb2 as pb
 @dataclass(frozen=True)
 class M:
     name: str
+    first_seen: str = "2026-12-01T00:00:00Z"
 
 
-MACHINES = [M("web01"), M("web02"), M("db"), M("db-2"), M("Build")]
+MACHINES = [M("web01"), M("web02"), M("db"), M("db-2", "2026-12-02T00:00:00Z"), M("Build"),
+            M("app-prod"), M("app", "2026-12-03T00:00:00Z")]
 
 
 @pytest.mark.parametrize("typed, found, matches", [
@@ -31,7 +33,8 @@ MACHINES = [M("web01"), M("web02"), M("db"), M("db-2"), M("Build")]
     ("WEB01", "web01", ()),
     (" web01 ", "web01", ()),
     ("web", None, ("web01", "web02")),      # ambiguous prefix lists the candidates
-    ("db", "db", ()),                       # exact beats the prefix it also is
+    ("db", "db", ()),                       # exact, enrolled before the db-2 it prefixes
+    ("app", None, ("app", "app-prod")),     # a later exact name cannot capture a prefix in use
     ("db-", "db-2", ()),                    # unique prefix
     ("build", "Build", ()),
     ("nope", None, ()),

@@ -56,7 +56,7 @@ def test_open_creates_private_dir_and_db_in_wal_mode(store: RelayStore, data_dir
     conn = sqlite3.connect(str(db))
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     finally:
         conn.close()
 
@@ -330,7 +330,7 @@ def test_touch_machine(store: RelayStore, clock: Clock) -> None:
 
 def test_a_machine_id_enrolled_by_one_key_cannot_be_taken_by_another(tmp_path):
     """Another key of the workspace presenting a machine's id would take over its link (and
-    receive its calls): refused until the first key is revoked (then re-enrolment is rotation)."""
+    receive its calls): refused; after a revocation only a key of the same name (a rotation)."""
     from cmdop.relay.store import MachineClaimedError, RelayStore
 
     store = RelayStore.open(str(tmp_path / "relay"))
@@ -342,5 +342,8 @@ def test_a_machine_id_enrolled_by_one_key_cannot_be_taken_by_another(tmp_path):
     with pytest.raises(MachineClaimedError):
         store.enroll_machine("demo", k2.id, "web01", "mid-1", "v")
     store.revoke_key(k1.id)
-    assert store.enroll_machine("demo", k2.id, "web01", "mid-1", "v").id == m.id
+    with pytest.raises(MachineClaimedError):             # not any member's key...
+        store.enroll_machine("demo", k2.id, "web01", "mid-1", "v")
+    k3, _ = store.create_key("demo", "one")              # ...only the rotated key's successor
+    assert store.enroll_machine("demo", k3.id, "web01", "mid-1", "v").id == m.id
     store.close()

@@ -223,7 +223,9 @@ class ListHostsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListHostsReply(_message.Message):
-    __slots__ = ("hosts",)
+    __slots__ = ("hosts", "total")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedCompositeFieldContainer[HostInfo]
-    def __init__(self, hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ...) -> None: ...
+    total: int
+    def __init__(self, hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
