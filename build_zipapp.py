@@ -42,14 +42,20 @@ ZIP_EPOCH_MIN = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry
 # Transitive dependencies of the pinned direct ones (trio, cryptography, ...), pinned here so the
 # zipapp never picks up a newer release silently. Keep in step with the versions in .venv.
 TRANSITIVE_PINS = {
+    "aiohappyeyeballs": "2.7.1",     # aiohttp's
+    "aiosignal": "1.4.0",            # aiohttp's
     "attrs": "26.1.0",
     "cffi": "2.1.1",
+    "frozenlist": "1.8.0",           # aiohttp's
     "idna": "3.20",
+    "multidict": "7.2.1",            # aiohttp's
     "outcome": "1.3.0.post0",
+    "propcache": "0.5.4",            # aiohttp's
     "pycparser": "3.12",
     "sniffio": "1.3.1",
     "sortedcontainers": "2.4.0",
     "typing-extensions": "4.16.0",
+    "yarl": "1.25.1",                # aiohttp's
 }
 
 

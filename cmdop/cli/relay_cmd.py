@@ -7,6 +7,13 @@ run while the relay serves: it notices their changes (RelayStore.data_version).
 `relay key create WS --name N` prints the key on stdout once (notes go to stderr, so
 `KEY=$(cmdop relay key create ...)` captures just the key); only its SHA-256 is stored. Listings
 show a key's display prefix (`cmdop_ab12cd34…`), never the key.
+
+Device login (the OAuth cabinet, cmdop.relay.cabinet): `cmdop login` on a caller's machine
+shows a user code; the relay's administrator approves it offline with
+`cmdop relay approve USER-CODE --account EMAIL --workspace W` (the account is created when new)
+or refuses it with `cmdop relay deny USER-CODE`; `relay device list` shows the pending ones.
+`relay account list|disable|enable` manage accounts; disabling revokes their tokens and a
+running relay ends their links and calls.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from cmdop.cli.common import CliContext, add_command, add_group
 from cmdop.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from cmdop.relay.store import KeyInfo, RelayStore, Workspace
+    from cmdop.relay.store import Account, DeviceRequest, KeyInfo, RelayStore, Workspace
 
 DEFAULT_LISTEN = "0.0.0.0:7443"
 
@@ -36,6 +43,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                        help="PEM certificate (chain) to serve instead of the self-signed one")
     serve.add_argument("--tls-key", default=None, metavar="FILE",
                        help="its PEM private key (0600); required with --tls-cert")
+    serve.add_argument("--oauth-listen", default=None, metavar="HOST:PORT",
+                       help="HTTPS address of the device-login (OAuth) endpoints (default: the "
+                            "--listen host, its port + 1; port 0 = any free port; `off` = none)")
+    serve.add_argument("--issuer-url", default=None, metavar="URL",
+                       help="the OAuth issuer URL callers reach (default https://HOST:OAUTH-PORT)")
+    serve.add_argument("--oidc-issuer", default=None, metavar="URL",
+                       help="also accept access tokens of this external OpenID Connect issuer")
+    serve.add_argument("--oidc-audience", default=None, metavar="A",
+                       help="the audience its tokens must carry (required with --oidc-issuer)")
+    serve.add_argument("--oidc-workspace-claim", default="workspace", metavar="C",
+                       help="the claim that names the caller's workspace (default: workspace)")
 
     workspace = add_group(relay, "workspace", "create and list workspaces")
     p = add_command(workspace, "create", "create a workspace", _workspace_create)
@@ -53,6 +71,30 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     _data_dir_flag(p)
     p = add_command(key, "revoke", "revoke an API key", _key_revoke)
     p.add_argument("key_id", metavar="ID", help="the key's id or its display prefix")
+    _data_dir_flag(p)
+
+    p = add_command(relay, "approve", "approve a device login (`cmdop login`) by its user code", _approve)
+    p.add_argument("user_code", metavar="USER-CODE", help="the code `cmdop login` shows (XXXX-XXXX)")
+    p.add_argument("--account", required=True, metavar="EMAIL",
+                   help="the person's e-mail address (the account is created when new)")
+    p.add_argument("--workspace", default=None, metavar="W",
+                   help="the workspace the login is for (default: the one the device asked for)")
+    _data_dir_flag(p)
+    p = add_command(relay, "deny", "refuse a device login by its user code", _deny)
+    p.add_argument("user_code", metavar="USER-CODE")
+    _data_dir_flag(p)
+    device = add_group(relay, "device", "device logins waiting for approval")
+    _data_dir_flag(add_command(device, "list", "list pending device logins", _device_list))
+
+    account = add_group(relay, "account", "list, disable and enable accounts (device-login users)")
+    _data_dir_flag(add_command(account, "list", "list accounts", _account_list))
+    p = add_command(account, "disable", "disable an account: its tokens stop working at once",
+                    _account_disable)
+    p.add_argument("email", metavar="EMAIL")
+    _data_dir_flag(p)
+    p = add_command(account, "enable", "enable a disabled account (it must log in again)",
+                    _account_enable)
+    p.add_argument("email", metavar="EMAIL")
     _data_dir_flag(p)
 
 
@@ -90,16 +132,29 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
     # A server logs at info unless told otherwise (the CLI default, warning, is for commands).
     configure(getattr(args, "log_level", None) or "info", ctx.log_format)
 
+    if args.oauth_listen and args.oauth_listen.strip().lower() not in ("off", "none", "no"):
+        split_host_port(args.oauth_listen, listen=True)
+    if args.oidc_issuer and not args.oidc_audience:
+        raise UsageError("--oidc-issuer needs --oidc-audience A (the audience its tokens carry for this relay)")
+
     def ready(info: Any) -> None:
         """The contract's start line: where it listens and the certificate's fingerprint."""
+        oauth_port = getattr(info, "oauth_port", None)
+        issuer = getattr(info, "issuer", None)
         obj = {"listen": info.address, "port": info.port, "fingerprint": info.fingerprint,
-               "self_signed": info.self_signed, "cert": info.cert_path, "data_dir": info.data_dir}
+               "self_signed": info.self_signed, "cert": info.cert_path, "data_dir": info.data_dir,
+               "oauth_listen": getattr(info, "oauth_address", None), "oauth_port": oauth_port,
+               "issuer": issuer, "oidc_issuer": getattr(info, "oidc_issuer", None)}
         lines = [f"relay listening on {info.address} (port {info.port}), data dir {info.data_dir}",
                  f"certificate sha256 fingerprint: {info.fingerprint}"
                  + (" (self-signed)" if info.self_signed else "")]
         if info.self_signed:
             lines.append("callers pin it: cmdop connect key set --relay HOST:PORT "
                          f"--relay-fingerprint {info.fingerprint}")
+        if issuer:
+            lines.append(f"device login (OAuth) on port {oauth_port}: cmdop login --issuer {issuer}")
+        if obj["oidc_issuer"]:
+            lines.append(f"accepting access tokens of {obj['oidc_issuer']}")
         ctx.emit(obj, "\n".join(lines))
         ctx.stdout.flush()
 
@@ -109,6 +164,11 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
         tls_cert=os.path.abspath(args.tls_cert) if args.tls_cert else None,
         tls_key=os.path.abspath(args.tls_key) if args.tls_key else None,
         on_ready=ready,
+        oauth_listen=args.oauth_listen,
+        issuer_url=args.issuer_url,
+        oidc_issuer=args.oidc_issuer,
+        oidc_audience=args.oidc_audience,
+        oidc_workspace_claim=args.oidc_workspace_claim,
     )
     return int(serve(options))
 
@@ -196,4 +256,95 @@ def _key_revoke(args: argparse.Namespace, ctx: CliContext) -> int:
         text = (f"revoked key {info.name!r} ({_display(info)}) of workspace {info.workspace}; "
                 "a running relay refuses it from now on")
     ctx.emit(_key_obj(info), text)
+    return 0
+
+
+# -- device logins and accounts -----------------------------------------------------------------
+
+def _device_obj(req: DeviceRequest) -> dict[str, Any]:
+    from cmdop.relay.store import utc_text
+
+    return {"id": req.id, "client_id": req.client_id, "scope": req.scope,
+            "workspace_hint": req.workspace_hint or None, "client_address": req.client_address,
+            "created_at": req.created_at, "expires_at": utc_text(req.expires), "status": req.status,
+            "account": req.account, "workspace": req.workspace}
+
+
+def _account_obj(acct: Account) -> dict[str, Any]:
+    return {"id": acct.id, "email": acct.email, "workspaces": list(acct.workspaces),
+            "created_at": acct.created_at, "disabled_at": acct.disabled_at}
+
+
+def _approve(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _open(args, ctx) as store:
+        req, acct = store.approve_device(args.user_code, args.account, args.workspace)
+    obj = {"device": _device_obj(req), "account": _account_obj(acct)}
+    ctx.emit(obj, f"approved the device login from {req.client_address or 'an unknown address'} "
+                  f"(started {req.created_at}) for {acct.email} in workspace {req.workspace}; "
+                  "`cmdop login` finishes within seconds")
+    return 0
+
+
+def _deny(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _open(args, ctx) as store:
+        req = store.deny_device(args.user_code)
+    ctx.emit(_device_obj(req), f"denied the device login from {req.client_address or 'an unknown address'} "
+                               f"(started {req.created_at})")
+    return 0
+
+
+def _device_list(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _open(args, ctx) as store:
+        rows = store.list_device_requests()
+
+    def human(_: object) -> str:
+        if not rows:
+            return "no device logins waiting (a person starts one with `cmdop login`)"
+        table = [("STARTED", "FROM", "WORKSPACE ASKED", "EXPIRES")]
+        table += [(r.created_at, r.client_address, r.workspace_hint or "-", _device_obj(r)["expires_at"])
+                  for r in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+        out.append("approve one with the code its user sees: cmdop relay approve USER-CODE "
+                   "--account EMAIL --workspace W")
+        return "\n".join(out)
+
+    ctx.emit([_device_obj(r) for r in rows], human)
+    return 0
+
+
+def _account_list(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _open(args, ctx) as store:
+        rows = store.list_accounts()
+
+    def human(_: object) -> str:
+        if not rows:
+            return "no accounts (one is created by: cmdop relay approve USER-CODE --account EMAIL ...)"
+        table = [("EMAIL", "WORKSPACES", "CREATED", "STATUS")]
+        table += [(a.email, ",".join(a.workspaces) or "-", a.created_at,
+                   f"disabled {a.disabled_at}" if a.disabled_at else "active") for a in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table)
+
+    ctx.emit([_account_obj(a) for a in rows], human)
+    return 0
+
+
+def _account_disable(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _open(args, ctx) as store:
+        before = store.find_account(args.email)
+        acct = store.set_account_disabled(before.email, True)
+    if before.disabled_at is not None:
+        text = f"account {acct.email} was already disabled at {acct.disabled_at}"
+    else:
+        text = (f"disabled account {acct.email}: its tokens are revoked and a running relay ends "
+                "its links and calls")
+    ctx.emit(_account_obj(acct), text)
+    return 0
+
+
+def _account_enable(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _open(args, ctx) as store:
+        acct = store.set_account_disabled(args.email, False)
+    ctx.emit(_account_obj(acct), f"enabled account {acct.email}; it logs in again with `cmdop login`")
     return 0

@@ -60,16 +60,18 @@ class _Requests:
 
 def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, Any], *,
                 on_chunk: ChunkSink | None = None, deadline_s: float = 660.0,
-                cwd: str = "") -> Any:
+                cwd: str = "", session: str = "") -> Any:
     """Run `tool` on `host` through the relay; the tool's result object (a denial is a result:
-    `{"error": "permission_denied", ...}`). Streamed output goes to `on_chunk`."""
+    `{"error": "permission_denied", ...}`). Streamed output goes to `on_chunk`. `session`: a
+    machine-password session token for `host` (`cmdop password unlock HOST`), checked there."""
     from cmdop.relay.proto import relay_pb2 as pb
 
     call_id = uuid.uuid4().hex
     start = pb.CallerFrame(start=pb.CallStart(
         call_id=call_id, host=host, tool=tool,
         input_json=json.dumps(tool_input, ensure_ascii=False).encode("utf-8"),
-        deadline_ms=int(deadline_s * 1000), stream=on_chunk is not None, cwd=cwd))
+        deadline_ms=int(deadline_s * 1000), stream=on_chunk is not None, cwd=cwd,
+        session=session))
     requests = _Requests(start)
     stream = channel.call(iter(requests), timeout=deadline_s + 10)
     try:

@@ -122,8 +122,12 @@ class Router:
     """Implements `relay_grpc.RelayHandlers` over a `RelayStore`."""
 
     def __init__(self, store: Any, *, ping_s: int = 30, clock: Callable[[], float] = time.monotonic,
-                 max_calls_per_key: int = MAX_CALLS_PER_KEY) -> None:
+                 max_calls_per_key: int = MAX_CALLS_PER_KEY, verifier: Any = None) -> None:
         self.store = store
+        # Who a bearer credential is (cmdop.relay.auth.BearerVerifier: API keys, the relay's
+        # own access tokens, external OIDC tokens); API keys only when none is given.
+        self.verifier = verifier if verifier is not None else _KeysOnly(store)
+        self._changed = asyncio.Event()
         self.ping_s = ping_s
         self.clock = clock
         self.max_calls_per_key = max_calls_per_key
@@ -151,8 +155,8 @@ class Router:
             raise RelayRefusal("resource_exhausted",
                                f"too many failed logins from {stream.peer}; try again in "
                                f"{int(wait) + 1} s")
-        key = self.store.verify_key(stream.credential) if stream.credential else None
-        if key is not None and key.id in self.revoked:
+        key = await self.verifier.averify(stream.credential) if stream.credential else None
+        if key is not None and self._revoked(key):
             key = None
         if key is None:
             self.throttle.failed(stream.peer, self.clock())
@@ -248,13 +252,26 @@ class Router:
                     link.touched = self.clock()
                     self.store.touch_machine(link.machine.id)
 
+        async def expiry() -> None:
+            # A link authenticated with an expiring token ends at its expiry unless the agent
+            # sent a fresh token on it (Reauth) meanwhile.
+            while True:
+                left = _expires_in(link.key)
+                if left is None:
+                    await asyncio.Event().wait()
+                    return
+                if left <= 0:
+                    link.close("expired", "the link's access token expired; refresh it")
+                    return
+                await asyncio.sleep(min(left, 60.0))
+
         async def ended() -> None:
             # A link closed by the relay (revoked, replaced, not reading) ends even when its
             # writer is stuck on an agent that reads nothing: the Failure frame gets a moment.
             await link.ended.wait()
             await asyncio.sleep(CLOSE_GRACE_S)
 
-        tasks = [asyncio.ensure_future(t()) for t in (writer, reader, pinger, ended)]
+        tasks = [asyncio.ensure_future(t()) for t in (writer, reader, pinger, ended, expiry)]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -284,6 +301,8 @@ class Router:
             route.events.put_nowait(event)
         elif kind == "call":
             self._start_outgoing(link, frame.call)
+        elif kind == "reauth":
+            asyncio.ensure_future(self._reauth(link, frame.reauth.token))
         elif kind == "cancel":
             task = link.outgoing.get(frame.cancel.call_id)
             if task is not None:
@@ -349,8 +368,8 @@ class Router:
 
     def _start_outgoing(self, link: Link, start: pb.CallStart) -> None:
         """A call from the linked machine's own CLI: the caller's machine is verified."""
-        if link.key.id in self.revoked:
-            link.close("revoked", "this machine's key was revoked")
+        if self._revoked(link.key):
+            link.close("revoked", "this machine's credential was revoked")
             return
         if start.call_id in link.outgoing or not _valid_id(start.call_id):
             link.send(pb.RelayFrame(event=_failure(start.call_id, "bad_call",
@@ -459,12 +478,30 @@ class Router:
                 target.send(pb.RelayFrame(cancel=pb.Cancel(call_id=route.call_id,
                                                            reason=route.aborted or "caller left")))
 
+    async def _reauth(self, link: Link, token: str) -> None:
+        """A fresh token on a live link: the same principal, later expiry; anything else ends
+        the link (a link cannot change who it is)."""
+        principal = await self.verifier.averify(token)
+        if principal is None or principal.id != link.key.id or self._revoked(principal):
+            link.close("unauthenticated", "the new token was refused")
+            return
+        link.key = principal
+        self._count("reauths")
+
+    def _revoked(self, principal: Any) -> bool:
+        return principal.id in self.revoked or (
+            getattr(principal, "token_id", None) or "") in self.revoked
+
+    def credentials_changed(self) -> None:
+        """Called by the OAuth server after a revocation it made itself: re-read now."""
+        self._changed.set()
+
     def _still_valid(self, stream: ServerStream[Any, Any], key: Any) -> None:
         """The stream's key, checked again now (it may have been revoked since the RPC was
         authenticated: a hello or a call start can arrive seconds later)."""
-        again = self.store.verify_key(stream.credential)
-        if again is None or again.id != key.id or key.id in self.revoked:
-            raise RelayRefusal("unauthenticated", "unknown or revoked credential")
+        again = self.verifier.verify(stream.credential)
+        if again is None or again.id != key.id or self._revoked(again):
+            raise RelayRefusal("unauthenticated", "unknown, expired or revoked credential")
 
     def _may_enrol(self, key: Any, machine_id: str) -> None:
         """A key may enrol at most NEW_MACHINES_PER_HOUR new machines an hour."""
@@ -493,19 +530,33 @@ class Router:
         while True:
             try:
                 now = self.store.data_version()
-                if now != version:
-                    self.revoke(self.store.revoked_key_ids())
+                if now != version or self._changed.is_set():
+                    self._changed.clear()
+                    self.revoke(self._revocations())
                     version = now
             except Exception:  # noqa: BLE001 - a busy database must not end the watching
                 self._count("revocation_read_errors")
                 log.exception("cannot read revocations from the store; retrying")
-            await asyncio.sleep(every_s)
+            try:
+                await asyncio.wait_for(self._changed.wait(), every_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def _revocations(self) -> frozenset[str]:
+        """Every principal id and token id that must not act any more: revoked keys, disabled
+        accounts (as `acct:ID`), revoked access tokens (their jti)."""
+        out = set(self.store.revoked_key_ids())
+        for name, prefix in (("disabled_account_ids", "acct:"), ("denied_token_ids", "")):
+            read = getattr(self.store, name, None)
+            if read is not None:
+                out.update(prefix + i for i in read())
+        return frozenset(out)
 
     def revoke(self, revoked: frozenset[str]) -> None:
         """End the links and calls of keys in `revoked`, now."""
         self.revoked |= revoked
         for link in list(self.links.values()):
-            if link.key.id in revoked:
+            if self._revoked(link.key):
                 log.info("key %s revoked: ending %s's link", link.key.id, link.machine.name)
                 link.close("revoked", "this machine's key was revoked")
         for key_id in revoked:
@@ -516,3 +567,22 @@ class Router:
 def _valid_id(call_id: str) -> bool:
     return 0 < len(call_id) <= 64 and all(c in _ID_OK for c in call_id)
 
+
+
+class _KeysOnly:
+    """The verifier of a router given none: workspace API keys from the store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def verify(self, token: str) -> Any:
+        return self.store.verify_key(token)
+
+    async def averify(self, token: str) -> Any:
+        return self.verify(token)
+
+
+def _expires_in(principal: Any) -> float | None:
+    """Seconds until `principal`'s token expires (None: it does not, an API key)."""
+    expires_at = getattr(principal, "expires_at", None)
+    return None if expires_at is None else float(expires_at) - time.time()

@@ -4,23 +4,35 @@ Why grpc.aio (asyncio) and not the synchronous grpc server: the synchronous serv
 streaming RPC on a thread of its pool for the RPC's whole life, so 10,000 idle agent links would
 need 10,000 threads (8 MB of reserved stack each, and a pool sized for it); grpc.aio keeps an
 idle stream as a few objects on one event loop. `bench/remote.py` measures the RSS per idle agent.
+
+Beside gRPC, on the same loop and with the same certificate, the OAuth cabinet serves device
+login over HTTPS (cmdop.relay.cabinet) on `--oauth-listen` (default: the gRPC port + 1 on the
+same host, or any free port when that one is taken; `off` disables it). Its issuer URL is
+`--issuer-url`, else https://HOST:PORT with the listen host (the machine's hostname for a
+wildcard address). Bearer credentials — API keys, the cabinet's tokens, an external OIDC
+issuer's tokens (`--oidc-issuer`) — are verified by cmdop.relay.auth.BearerVerifier, handed to
+the router.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import inspect
 import logging
 import os
 import signal
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from cmdop.core.errors import UsageError
+from cmdop.core.errors import CmdopError, UsageError
 
 if TYPE_CHECKING:
+    from cmdop.relay.oidc import OidcConfig
     from cmdop.relay.store import RelayStore
     from cmdop.relay.tls import CertInfo
+    from cmdop.relay.tokens import SigningKey
 
 log = logging.getLogger("cmdop.relay")
 
@@ -37,6 +49,13 @@ class ServeInfo:
     self_signed: bool
     cert_path: str
     data_dir: str
+    oauth_address: str | None = None    # HOST:PORT the OAuth cabinet listens on (None: off)
+    oauth_port: int | None = None
+    issuer: str | None = None           # the cabinet's issuer URL
+    oidc_issuer: str | None = None      # an external issuer whose tokens are accepted
+
+
+OAUTH_OFF = ("off", "none", "no")
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,24 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     on_ready: Callable[[ServeInfo], None] | None = None
+    oauth_listen: str | None = None     # None: the gRPC port + 1 on its host; "off": no cabinet
+    issuer_url: str | None = None       # None: https://<listen host or hostname>:<oauth port>
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_workspace_claim: str = "workspace"
+
+
+def oidc_config(options: ServeOptions) -> "OidcConfig | None":
+    """The external issuer's settings, checked (UsageError), or None when not configured."""
+    from cmdop.relay.oidc import OidcConfig
+
+    if not options.oidc_issuer:
+        if options.oidc_audience:
+            raise UsageError("--oidc-audience goes with --oidc-issuer URL")
+        return None
+    # The issuer is kept exactly as given: tokens' `iss` must equal it, character for character.
+    return OidcConfig(issuer=options.oidc_issuer, audience=options.oidc_audience or "",
+                      workspace_claim=options.oidc_workspace_claim)
 
 
 def serve(options: ServeOptions) -> int:
@@ -58,39 +95,142 @@ def serve(options: ServeOptions) -> int:
         raise UsageError("no data directory", "pass --data-dir DIR")
     if bool(options.tls_cert) != bool(options.tls_key):
         raise UsageError("--tls-cert and --tls-key go together", None)
+    from cmdop.core.credentials import split_host_port
+    from cmdop.relay.cabinet import normalize_issuer
+    from cmdop.relay.tokens import load_or_create_signing_key
+
+    oauth_on = (options.oauth_listen or "").strip().lower() not in OAUTH_OFF
+    if options.oauth_listen and oauth_on:
+        split_host_port(options.oauth_listen, listen=True)
+    if options.issuer_url:
+        normalize_issuer(options.issuer_url)
+    oidc = oidc_config(options)
     store = RelayStore.open(options.data_dir)
     try:
         if options.tls_cert and options.tls_key:
             cert = load_certificate(options.tls_cert, options.tls_key)
         else:
             cert = ensure_certificate(options.data_dir, [socket.gethostname()])
-        return asyncio.run(_main(store, cert, options))
+        signing_key = load_or_create_signing_key(options.data_dir)
+        return asyncio.run(_main(store, cert, signing_key, oidc, options))
     finally:
         store.close()
 
 
-async def _main(store: "RelayStore", cert: "CertInfo", options: ServeOptions) -> int:
-    from cmdop.adapters.relay_grpc import start_server
+def _bind_oauth(options: ServeOptions, grpc_port: int) -> socket.socket:
+    """The cabinet's listening socket (module docstring for the default)."""
+    from cmdop.core.credentials import split_host_port
+    from cmdop.relay.cabinet import bind
+
+    if options.oauth_listen:
+        host, port = split_host_port(options.oauth_listen, listen=True)
+        try:
+            return bind(host, port)
+        except OSError as exc:
+            raise CmdopError(f"cannot listen on {options.oauth_listen} for OAuth: {exc.strerror}",
+                             hint="choose another --oauth-listen HOST:PORT (or `off`)") from None
+    host, _ = split_host_port(options.listen, listen=True)
+    port = grpc_port + 1 if grpc_port < 65535 else 0
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise CmdopError(f"cannot listen on {host}:{port} for OAuth: {exc.strerror}",
+                             hint="choose --oauth-listen HOST:PORT (or `off`)") from None
+        log.warning("port %d (gRPC port + 1) is taken: OAuth listens on a free port instead; "
+                    "pin one with --oauth-listen", port)
+        return bind(host, 0)
+
+
+def _public_host(listen_host: str) -> str:
+    host = listen_host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return socket.gethostname()
+    return host
+
+
+def _make_router(store: "RelayStore", verifier: Any) -> Any:
+    """The router, handed the bearer verifier when its constructor takes one (`verifier=`)."""
     from cmdop.relay.router import Router
 
-    router = Router(store)
+    kwargs: dict[str, Any] = {}
+    if "verifier" in inspect.signature(Router).parameters:
+        kwargs["verifier"] = verifier
+    return Router(store, **kwargs)
+
+
+async def _main(store: "RelayStore", cert: "CertInfo", signing_key: "SigningKey",
+                oidc_cfg: "OidcConfig | None", options: ServeOptions) -> int:
+    from urllib.parse import urlsplit
+
+    from cmdop.adapters.relay_grpc import start_server
+    from cmdop.core.credentials import split_host_port
+    from cmdop.relay import cabinet as cab
+    from cmdop.relay.auth import BearerVerifier
+    from cmdop.relay.oidc import OidcVerifier
+
+    oauth_on = (options.oauth_listen or "").strip().lower() not in OAUTH_OFF
+    listen_host, _ = split_host_port(options.listen, listen=True)
+    oidc = OidcVerifier(oidc_cfg) if oidc_cfg is not None else None
+    audience = f"cmdop-relay:{store.relay_id()}"
+    # The issuer must be known before the router verifies anything; with the default issuer it
+    # names the cabinet's port, so the cabinet's socket is bound (not yet served) first — right
+    # after gRPC's port is known.
+    verifier = BearerVerifier(store, signing_key=signing_key, issuer="https://pending.invalid",
+                              audience=audience, oidc=oidc)
+    router = _make_router(store, verifier)
     server, port = await start_server(router, options.listen, cert.cert_pem, cert.key_pem)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.ensure_future(router.watch_revocations())
-    info = ServeInfo(address=options.listen, port=port, fingerprint=cert.fingerprint,
-                     self_signed=cert.self_signed, cert_path=cert.cert_path,
-                     data_dir=os.path.abspath(options.data_dir))
-    log.info("relay listening on %s (port %d), certificate sha256 %s", options.listen, port,
-             info.fingerprint)
-    if options.on_ready is not None:
-        options.on_ready(info)
+    tasks: list[asyncio.Future[Any]] = []
+    cabinet_run: cab.Running | None = None
     try:
+        issuer: str | None = None
+        oauth_address: str | None = None
+        oauth_port: int | None = None
+        if oauth_on:
+            sock = _bind_oauth(options, port)
+            oauth_port = int(sock.getsockname()[1])
+            oauth_host = split_host_port(options.oauth_listen, listen=True)[0] if options.oauth_listen \
+                else listen_host
+            oauth_address = f"{cab.url_host(oauth_host.strip('[]'))}:{oauth_port}"
+            issuer = (cab.normalize_issuer(options.issuer_url) if options.issuer_url
+                      else f"https://{cab.url_host(_public_host(oauth_host))}:{oauth_port}")
+            verifier.issuer = issuer
+            public = urlsplit(issuer).hostname or _public_host(listen_host)
+            config = cab.CabinetConfig(issuer=issuer, audience=audience,
+                                       relay_address=f"{cab.url_host(public)}:{port}",
+                                       fingerprint=cert.fingerprint)
+            # The router's hook for revocations made in this process, if it has one.
+            hook = getattr(router, "credentials_changed", None)
+            cabinet_run = await cab.start(cab.Cabinet(store, signing_key, config,
+                                                      on_revoke=hook if callable(hook) else None),
+                                          sock, cab.ssl_context(cert))
+        else:
+            verifier.signing_key = None       # no cabinet: no relay tokens either
+        if oidc is not None:
+            await oidc.start()
+            tasks.append(asyncio.ensure_future(oidc.run()))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks.append(asyncio.ensure_future(router.watch_revocations()))
+        info = ServeInfo(address=options.listen, port=port, fingerprint=cert.fingerprint,
+                         self_signed=cert.self_signed, cert_path=cert.cert_path,
+                         data_dir=os.path.abspath(options.data_dir), oauth_address=oauth_address,
+                         oauth_port=oauth_port, issuer=issuer,
+                         oidc_issuer=oidc_cfg.issuer if oidc_cfg else None)
+        log.info("relay listening on %s (port %d), certificate sha256 %s", options.listen, port,
+                 info.fingerprint)
+        if issuer:
+            log.info("OAuth device login on %s (issuer %s)", oauth_address, issuer)
+        if options.on_ready is not None:
+            options.on_ready(info)
         await stop.wait()
     finally:
         log.info("relay stopping (grace %.0f s)", STOP_GRACE_S)
-        watcher.cancel()
+        for task in tasks:
+            task.cancel()
+        if cabinet_run is not None:
+            await cabinet_run.stop()
         await server.stop(STOP_GRACE_S)
     return 0

@@ -268,6 +268,7 @@ class GrantResult:
     grant: Grant | None = None
     interval: int = 0
     description: str = ""
+    revoked: bool = False       # this request revoked a login (refresh-token reuse)
 
 
 def new_user_code() -> str:
@@ -611,14 +612,17 @@ class RelayStore:
                 # A machine is bound to the key that enrolled it: another key of the workspace
                 # sending its id would take over its link and receive its calls. Only once that
                 # key is revoked may a new one re-enrol it (key rotation).
-                holder = cur.execute(
-                    "SELECT k.id, k.revoked_at, k.name FROM machines m JOIN api_keys k "
-                    "ON k.id = m.key_id WHERE m.id = ?", (row[0],)).fetchone()
+                owner = cur.execute("SELECT key_id FROM machines WHERE id = ?",
+                                    (row[0],)).fetchone()[0]
+                holder = cur.execute("SELECT id, revoked_at, name FROM api_keys WHERE id = ?",
+                                     (owner,)).fetchone()
                 mine = cur.execute("SELECT name FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-                # Another live key: refused. A revoked holder: only its successor (a key of the
-                # same name: a rotation) may take the machine over, not any member's key.
-                if holder is not None and holder[0] != key_id and (
-                        holder[1] is None or mine is None or mine[0] != holder[2]):
+                # Another principal: refused (an account's machine belongs to that account). A
+                # revoked key: only its successor (a key of the same name: a rotation) may take
+                # the machine over, not any member's key.
+                if owner != key_id and (
+                        holder is None or holder[1] is None or mine is None
+                        or mine[0] != holder[2]):
                     raise MachineClaimedError(
                         f"machine id {machine_id[:12]}… is enrolled with another key",
                         "a machine moves to a new key only when its key is rotated: revoke it "
@@ -939,7 +943,7 @@ class RelayStore:
                 self._revoke_family(cur, family, now, stamp)
                 log.warning("refresh token reuse for account %s: its login (family %s) is revoked",
                             email, family)
-                return GrantResult("invalid_grant",
+                return GrantResult("invalid_grant", revoked=True,
                                    description="refresh token reuse: this login is revoked; log in again")
             if now >= float(expires):
                 return GrantResult("invalid_grant", description="the refresh token has expired")

@@ -287,8 +287,8 @@ def test_enroll_upserts_by_machine_id(store: RelayStore, clock: Clock) -> None:
         ("prod", "web01", "Web01", "mid-1", "k1", "1.0")
     assert m.first_seen == m.last_seen == "2026-12-06T10:40:00Z"
     clock.t += 10
-    again = store.enroll_machine("prod", "k2", "web01", "mid-1", "1.1")
-    assert (again.id, again.name, again.key_id, again.agent_version) == (m.id, "web01", "k2", "1.1")
+    again = store.enroll_machine("prod", "k1", "web01", "mid-1", "1.1")   # (another key: refused)
+    assert (again.id, again.name, again.key_id, again.agent_version) == (m.id, "web01", "k1", "1.1")
     assert (again.first_seen, again.last_seen) == ("2026-12-06T10:40:00Z", "2026-12-06T10:40:10Z")
     assert len(store.list_machines("prod")) == 1
 
