@@ -6,8 +6,11 @@ the daemon.
 - Admission first (`cmdop.core.admission.admit`, on facts learnt cheaply here: the registry's
   tools, whether the audit log looks writable, whether the sandbox is up where a command needs
   it): an unknown tool ("unknown tool: X"), a guest's tool outside its share, an audit log that
-  is not writable for a remote/self/guest caller ("audit log unwritable"), or a command from such
-  a caller without the required sandbox is denied — audited like any denial, with rule_id
+  is not writable for a remote/self/guest caller ("audit log unwritable"), a caller that is not
+  local without a password session while the machine asks for one (config.yaml
+  `remote_requires_password` and a password set: admission:password_required; read at each
+  such call, so a change needs no restart), or a command from such a caller without the
+  required sandbox is denied — audited like any denial, with rule_id
   "admission:…", and the gate is not consulted. The sandbox refusal keeps its
   `sandbox_unavailable` result.
 - Then the gate (`Gatekeeper.evaluate`). "ask" goes to `ask(decision, call, caller)`; with no
@@ -142,15 +145,32 @@ def sandbox_state(sandbox: object) -> tuple[bool, str]:
         return False, f"probing the sandbox failed: {exc}"
 
 
+def password_required(caller: Caller, ctx: CallContext) -> bool:
+    """Whether the machine asks `caller` for a password session: not for a local caller; else
+    a password is set and config.yaml says so (an unloadable config.yaml counts as yes). A probe
+    that fails says yes: fail closed."""
+    if caller.kind == CallerKind.LOCAL:
+        return False
+    try:
+        from cmdop.adapters.password_store import remote_password_required
+
+        return remote_password_required(ctx.settings)
+    except Exception:  # noqa: BLE001
+        log.exception("probing the machine password failed")
+        return True
+
+
 def admission_facts(call: ToolCall, caller: Caller, ctx: CallContext) -> AdmissionFacts:
-    """The facts admission judges `call` on; the sandbox is probed only where it matters."""
+    """The facts admission judges `call` on; the sandbox is probed only where it matters, the
+    machine password only for a caller that is not local."""
     available: bool | None = None
     why = ""
     if needs_sandbox(call, caller, ctx.sandbox_required):
         available, why = sandbox_state(ctx.sandbox)
+    pw = password_required(caller, ctx)
     return AdmissionFacts(known_tools=frozenset(TOOLS), audit_writable=audit_writable(ctx.audit),
                           sandbox_available=available, sandbox_required=ctx.sandbox_required,
-                          sandbox_reason=why)
+                          sandbox_reason=why, password_set=pw, remote_requires_password=pw)
 
 
 def _mode(ctx: CallContext) -> str:

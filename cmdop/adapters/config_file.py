@@ -5,6 +5,8 @@ The file, every key optional:
     relay: "host:port"       # relay address (CMDOP_RELAY overrides it)
     call_pids_max: 1024      # processes and threads one command may have at once (cgroup pids.max)
     call_memory_max: "50%"   # memory one command may use: bytes, 512M, 2G, or a share of RAM
+    remote_requires_password: false  # true: remote callers unlock first (`cmdop password unlock HOST`)
+    password_session_ttl: "15m"      # how long an unlock lasts: seconds, or "90s", "15m", "2h" (1 s–24 h)
 
 Rules:
 - A missing file means the defaults (`AgentConfig()`); an empty file too.
@@ -26,7 +28,8 @@ import yaml
 
 from cmdop.core.errors import ConfigFileError
 
-KEYS = ("sandbox_required", "relay", "call_pids_max", "call_memory_max")
+KEYS = ("sandbox_required", "relay", "call_pids_max", "call_memory_max", "remote_requires_password",
+        "password_session_ttl")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class AgentConfig:
     relay: str | None = None
     call_pids_max: int = 1024
     call_memory_max: str = "50%"
+    remote_requires_password: bool = False
+    password_session_ttl: int = 15 * 60      # seconds
 
 
 def _line(node: yaml.Node) -> int:
@@ -83,6 +88,16 @@ def parse_text(text: str) -> AgentConfig:
             if not _SIZE.match(value):
                 raise ConfigFileError(f"call_memory_max: {value!r} is not a size such as 512M, "
                                       '2G or "50%"', line=_line(vnode))
+        if key == "remote_requires_password" and not isinstance(value, bool):
+            raise ConfigFileError("remote_requires_password must be true or false", line=_line(vnode))
+        if key == "password_session_ttl":
+            from cmdop.core.password_policy import parse_ttl
+
+            seconds = parse_ttl(value)
+            if seconds is None:
+                raise ConfigFileError(f"password_session_ttl: {value!r} is not a duration such as "
+                                      '900, "90s", "15m" or "2h" (1 s to 24 h)', line=_line(vnode))
+            value = seconds
         values[key] = value
     return AgentConfig(**values)
 

@@ -7,7 +7,9 @@ report ends with its sandbox's layers (`kernel floor: ...`, `cgroup per call: ..
 `capabilities: ...`, `seccomp: ...`, `landlock: ...`, see cmdop.core.enforcement).
 `service install` writes the systemd unit (text from cmdop.adapters.systemd_units), reloads
 systemd, enables and starts it (user units: `loginctl enable-linger` so it runs without a login),
-printing each step; `--dry-run` prints the unit and the steps instead of doing them.
+printing each step; `--dry-run` prints the unit and the steps instead of doing them. While the
+machine has a password, `service install` (not `--dry-run`) asks for it first (`--password-stdin`:
+stdin's first line) and refuses without it, exit 4.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
             p.add_argument("--dry-run", action="store_true",
                            help="print the unit and the steps instead of doing them")
         if name == "install":
+            from cmdop.cli.password_cmd import add_password_flag
+
+            add_password_flag(p)
             p.add_argument("--exec-start", default=None, metavar="CMD",
                            help="the program systemd runs, `agent run` is appended "
                                 "(default: this interpreter and this cmdop)")
@@ -204,6 +209,9 @@ def _install(args: argparse.Namespace, ctx: CliContext) -> int:
                  lambda o: f"# {o['unit_path']}\n{o['unit']}\n# then:\n"
                  + "\n".join(f"#   {s}" for s in o["steps"]))
         return 0
+    from cmdop.cli.password_cmd import require_password
+
+    require_password(args, ctx, "service install")
     atomic_write(path, text, mode=0o644)
     ctx.note(f"wrote {path}")
     _execute(steps, ctx)

@@ -3,7 +3,9 @@
 The caller's stored credentials live in `ssh_workspaces.json` (cmdop.adapters.workspaces_file).
 `connect key set` reads the key from stdin — one line from a pipe, or typed without echo at a
 terminal — never from the command line, where every user of the machine could read it. The first
-workspace stored becomes the active one.
+workspace stored becomes the active one. While the machine has a password (`cmdop password set`),
+`connect key set` and `connect key rm` ask for it first (with `--password-stdin`: stdin's first
+line, before the key) and refuse without it, exit 4.
 
 `auth status` names the credential a caller command would use (`flag|env|workspace|active|oauth|
 none`), its workspace, relay and expiry, and the key masked to its first 8 characters. With no
@@ -20,6 +22,7 @@ from typing import Any
 
 from cmdop.cli.common import CliContext, add_command, add_group
 from cmdop.cli.credential_flags import add_credential_flags
+from cmdop.cli.password_cmd import add_password_flag, require_password
 from cmdop.core.errors import AuthError, NotFoundError, UsageError
 
 DEFAULT_WORKSPACE = "default"
@@ -41,9 +44,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="trust the relay's certificate through this PEM CA file")
     p.add_argument("stdin", nargs="?", choices=["-"], metavar="-",
                    help="read the key from stdin (the default; a terminal prompts without echo)")
+    add_password_flag(p, "the machine password is stdin's first line, the key the next one")
     add_command(key, "list", "list stored workspaces (keys masked)", _key_list)
     p = add_command(key, "rm", "remove a stored workspace and its key", _key_rm)
     p.add_argument("name", metavar="NAME")
+    add_password_flag(p)
     p = add_command(connect, "use", "make a stored workspace the active one", _use)
     p.add_argument("name", metavar="NAME")
 
@@ -119,6 +124,7 @@ def _key_set(args: argparse.Namespace, ctx: CliContext) -> int:
                          hint="give --relay HOST:PORT (or set CMDOP_RELAY)")
     split_host_port(server)
     same_server = old is not None and old.server == server
+    require_password(args, ctx, "connect key set")
     entry = WorkspaceEntry(
         name=name, api_key=_read_key(), server=server,
         relay_fingerprint=fingerprint if fingerprint is not None else (old.relay_fingerprint if same_server and old else ""),
@@ -179,6 +185,7 @@ def _key_rm(args: argparse.Namespace, ctx: CliContext) -> int:
     name = args.name.strip().lower()
     if data.get(name) is None:
         raise _unknown(name, data.names())
+    require_password(args, ctx, "connect key rm")
     entries = tuple(e for e in data.workspaces if e.name != name)
     active = data.active
     if active == name or data.active_entry is None:
@@ -221,6 +228,15 @@ def _auth_status(args: argparse.Namespace, ctx: CliContext) -> int:
     obj: dict[str, Any] = {"source": cred.source, "workspace": cred.workspace, "relay": cred.relay,
                            "key": masked(cred.secret), "expires_at": expires,
                            "relay_fingerprint": cred.relay_fingerprint, "relay_ca": cred.relay_ca}
+    login_lines: list[str] = []
+    if cred.source == "oauth":   # the login's account and issuer (cmdop login), never the token
+        from cmdop.adapters import token_file
+
+        stored = token_file.load(ctx.settings.token_file)
+        if stored is not None:
+            obj.update(account=stored.account, issuer=stored.issuer,
+                       refreshable=bool(stored.refresh_token))
+            login_lines = [f"account:    {stored.account or '-'}", f"issuer:     {stored.issuer}"]
     none_error = AuthError(
         "no credential: no --api-key, CMDOP_API_KEY, stored workspace or login",
         hint="store a key with `cmdop connect key set --relay HOST:PORT` (read from stdin), "
@@ -239,6 +255,7 @@ def _auth_status(args: argparse.Namespace, ctx: CliContext) -> int:
         f"tls:        {tls}",
         f"key:        {obj['key']}",
         f"expires:    {expires or 'never'}",
+        *login_lines,
     ])
     ctx.emit(obj, human)
     return 0

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cmdop.cli import (agent_cmd, approvals, audit_cmd, common, doctor_cmd, permissions, run_cmd,
                            version_cmd)
-    from cmdop.cli import connect_cmd, relay_cmd, remote_cmd
+    from cmdop.cli import connect_cmd, login_cmd, password_cmd, relay_cmd, remote_cmd
 
     parser = argparse.ArgumentParser(
         prog="cmdop",
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cmd.register(sub)
     relay_cmd.register(sub)
     connect_cmd.register(sub)
+    login_cmd.register(sub)
     remote_cmd.register(sub)
+    password_cmd.register(sub)
     return parser
 
 

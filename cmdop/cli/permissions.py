@@ -20,6 +20,9 @@
   running agent (session rules live only in its memory).
 - `test [FILE]` runs the file's `tests:` and the built-in adversarial suite against the policy;
   exit 1 when any fails.
+- While the machine has a password (`cmdop password set`), `add`, `rm` and `mode MODE` ask for it
+  first (a terminal, or stdin's first line with `--password-stdin`) and refuse without it, exit 4
+  (`cmdop.cli.password_cmd.require_password`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sys
 from typing import Any, Iterator
 
 from cmdop.cli.common import CliContext, add_command
+from cmdop.cli.password_cmd import add_password_flag, require_password
 from cmdop.core.errors import CmdopError, PolicyError, UsageError
 
 MODES = ("default", "strict", "bypass")
@@ -44,10 +48,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--action", required=True, choices=["allow", "ask", "deny"])
     p.add_argument("--reason", default="")
     p.add_argument("--scope", choices=["global", "session"], default="global")
+    add_password_flag(p)
     p = add_command(sub, "rm", "remove a rule by its id", _rm)
     p.add_argument("rule_id", metavar="RULE_ID")
+    add_password_flag(p)
     p = add_command(sub, "mode", "show or set the permission mode", _mode)
     p.add_argument("mode", nargs="?", choices=MODES)
+    add_password_flag(p)
     for name, handler, text in (("check", _check, "dry-run the gate for one call (or many: --batch)"),
                                 ("explain", _explain, "explain the gate's steps for one call")):
         p = add_command(sub, name, text, handler)
@@ -323,8 +330,13 @@ def _admission(ctx: CliContext, call: Any, caller: Any) -> Any:
 
         built = build_filter()
         available, why = built.available, built.reason
+    from cmdop.adapters.password_store import remote_password_required
+
+    # A caller that is not local and has no password session, while this machine asks for one.
+    password = remote_password_required(ctx.settings)
     facts = AdmissionFacts(frozenset(TOOLS), writable_path(os.path.join(ctx.settings.state_dir, LOG_NAME)),
-                           available, required, why)
+                           available, required, why, password_set=password,
+                           remote_requires_password=password)
     return admit(call, caller, facts)
 
 
@@ -378,6 +390,7 @@ def _add(args: argparse.Namespace, ctx: CliContext) -> int:
         parse_rule(args.rule, args.action, args.reason, home=ctx.settings.home)
     except RuleError as exc:
         raise PolicyError(str(exc), hint="rule syntax: tool, tool(GLOB) or tool(OP:GLOB)") from None
+    require_password(args, ctx, "permissions add")
     if args.scope == "session":
         from cmdop.core.errors import DaemonError, DaemonNotRunningError
         from cmdop.daemon.client import connect_if_running
@@ -415,6 +428,7 @@ def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
         raise CmdopError(f"no rule with id {args.rule_id} in {ctx.settings.permissions_file}",
                          hint="see the ids with `cmdop permissions list`")
     gone = next(r for r in doc.rules if rule_id(r[0], r[1]) == args.rule_id)
+    require_password(args, ctx, "permissions rm")
     new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass, keep, doc.tests,
                                  doc.mode_set)
     policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
@@ -432,6 +446,7 @@ def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
         mode, source = _effective_mode(ctx, None, doc.mode)
         ctx.emit({"mode": mode, "source": source}, f"{mode} (from {source})")
         return 0
+    require_password(args, ctx, "permissions mode")
     new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass, doc.rules,
                                  doc.tests, True)
     policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)

@@ -11,6 +11,11 @@ The checks (ADMISSION), in order; the first failure is the one reported:
 - known_tool (admission:unknown_tool): the agent has the tool — "unknown tool: X".
 - guest_tools (admission:guest_tool): a guest caller (a share token) may use only the share's
   tools, `caller.tools`; a guest with no tools may use none. Other callers: not applicable.
+- password_session (admission:password_required): when the machine has a password
+  (`password_set`) and config.yaml says `remote_requires_password: true`, a caller that is not
+  local needs a valid password session (`caller.password_ok`, set by the agent after checking
+  the session token the call carried) — "this machine requires its password from remote
+  callers: unlock it first with `cmdop password unlock HOST`". A local caller: not applicable.
 - audit_writable (admission:audit_unwritable): remote, self and guest calls need a writable
   audit log — "audit log unwritable". A local call goes on, with a warning.
 - sandbox_available (admission:sandbox_unavailable): execute_command from a caller that is not
@@ -49,6 +54,8 @@ class AdmissionFacts:
     sandbox_available: bool | None = None
     sandbox_required: bool = True
     sandbox_reason: str = ""
+    password_set: bool = False
+    remote_requires_password: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,28 @@ class AuditWritable(_Named):
         if _kind(caller) is CallerKind.LOCAL:
             return self.ok("local caller", warning="audit log unwritable: the call goes on without its line")
         return self.fail("audit log unwritable")
+
+
+PASSWORD_REQUIRED_REASON = ("this machine requires its password from remote callers: unlock it "
+                            "first with `cmdop password unlock HOST`")
+
+
+class PasswordSession(_Named):
+    """With a machine password and `remote_requires_password`, a caller that is not local needs
+    a valid password session (`caller.password_ok`)."""
+
+    name, rule_id = "password_session", RULE_PREFIX + "password_required"
+
+    def check(self, call: ToolCall, caller: Caller, facts: AdmissionFacts) -> CheckResult:
+        if not facts.remote_requires_password:
+            return self.ok("remote_requires_password is off")
+        if not facts.password_set:
+            return self.ok("this machine has no password set")
+        if _kind(caller) is CallerKind.LOCAL:
+            return self.ok("local caller")
+        if caller.password_ok is True:
+            return self.ok("the caller presented a valid password session")
+        return self.fail(PASSWORD_REQUIRED_REASON)
 
 
 def needs_sandbox(call: ToolCall, caller: Caller, sandbox_required: bool) -> bool:
@@ -241,7 +270,8 @@ class AllOf:
         return Admission(call.tool, call.operation, call_target(call), tuple(results))
 
 
-ADMISSION = AllOf((KnownTool(), GuestToolSubset(), AuditWritable(), SandboxAvailable()))
+ADMISSION = AllOf((KnownTool(), GuestToolSubset(), PasswordSession(), AuditWritable(),
+                   SandboxAvailable()))
 
 
 def admit(call: ToolCall, caller: Caller, facts: AdmissionFacts) -> Admission:

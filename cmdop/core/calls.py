@@ -42,6 +42,8 @@ class Caller:
     call came through that machine's own enrolled agent link (else empty). `credential` is how
     the caller proved who it is (`unix` for the local socket, `api_key`, `oauth`, `share`).
     `tools` is a guest's tool subset: a guest may use only these (none when empty).
+    `password_ok`: the caller presented a valid machine-password session (set by the agent
+    after checking the token, never taken from what a caller claims; admission PasswordSession).
     `user` and `hostname` go to the audit record's fixed fields; the rest to its `caller`."""
 
     kind: CallerKind
@@ -52,6 +54,7 @@ class Caller:
     machine_id: str = ""
     share_id: str = ""
     tools: tuple[str, ...] = ()
+    password_ok: bool = False
 
     def audit_fields(self) -> dict[str, str]:
         """The principal as the audit line's extra `caller` object: only the fields that are set

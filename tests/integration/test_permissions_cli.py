@@ -140,6 +140,7 @@ def test_explain_shows_the_admission_checks_before_the_gate(cmdop_env: CmdopEnv)
     lines = r.stdout.splitlines()
     checks = [line for line in lines if line.startswith("admission ")]
     assert [c.split(":")[0] for c in checks] == ["admission known_tool", "admission guest_tools",
+                                                 "admission password_session",
                                                  "admission audit_writable", "admission sandbox_available"]
     assert all(": pass — " in c for c in checks)
     assert lines.index(checks[-1]) < next(i for i, line in enumerate(lines) if line.startswith("1. floor"))

@@ -1,8 +1,9 @@
 """Admission (cmdop.core.admission): the checks that refuse a call before the gate.
 
 A table over tool known/unknown × caller kind × audit writable × sandbox available/unprobed ×
-sandbox required × a guest's tool subset, against an oracle written from the rules; then the
-shapes a denial takes (Decision, caller result, explain lines) and the fail-closed corners.
+sandbox required × a guest's tool subset × the machine password (set, required for remote
+callers, a valid session presented), against an oracle written from the rules; then the shapes a
+denial takes (Decision, caller result, explain lines) and the fail-closed corners.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import itertools
 
 import pytest
 
-from cmdop.core.admission import (ADMISSION, AdmissionFacts, AllOf, CheckResult, KnownTool, admit,
-                                  needs_sandbox)
+from cmdop.core.admission import (ADMISSION, PASSWORD_REQUIRED_REASON, AdmissionFacts, AllOf,
+                                  CheckResult, KnownTool, admit, needs_sandbox)
 from cmdop.core.calls import Caller, CallerKind, ToolCall
 from cmdop.core.policy.decision import Decision
 from cmdop.core.policy.explain import explain
@@ -26,15 +27,24 @@ CALLS = {
 }
 GUEST_TOOLS: dict[str, tuple[str, ...]] = {"none": (), "read": ("read_file",),
                                            "both": ("read_file", "execute_command")}
+# (password set, remote_requires_password, the caller presented a valid session): every case
+# where a session can matter, and the ones where it cannot.
+PASSWORD = [(False, False, False), (True, False, False), (False, True, False), (True, True, False),
+            (True, True, True)]
+NAMES = ["known_tool", "guest_tools", "password_session", "audit_writable", "sandbox_available"]
 
 
 def expected(tool: str, kind: CallerKind, shared: tuple[str, ...], audit_ok: bool,
-             sandbox: bool | None, required: bool) -> str | None:
+             sandbox: bool | None, required: bool,
+             password: tuple[bool, bool, bool] = (False, False, False)) -> str | None:
     """The rule_id of the check that must refuse, or None: the rules, written out plainly."""
+    pw_set, pw_required, pw_ok = password
     if tool not in TOOLS:
         return "admission:unknown_tool"
     if kind is CallerKind.GUEST and tool not in shared:
         return "admission:guest_tool"
+    if pw_set and pw_required and kind is not CallerKind.LOCAL and not pw_ok:
+        return "admission:password_required"
     if not audit_ok and kind is not CallerKind.LOCAL:
         return "admission:audit_unwritable"
     if tool == "execute_command" and required and kind is not CallerKind.LOCAL and not sandbox:
@@ -42,29 +52,33 @@ def expected(tool: str, kind: CallerKind, shared: tuple[str, ...], audit_ok: boo
     return None
 
 
-CASES = [(tool, kind, shared, audit_ok, sandbox, required)
-         for tool, kind, audit_ok, sandbox, required in itertools.product(
-             CALLS, CallerKind, (True, False), (True, False, None), (True, False))
+CASES = [(tool, kind, shared, audit_ok, sandbox, required, password)
+         for tool, kind, audit_ok, sandbox, required, password in itertools.product(
+             CALLS, CallerKind, (True, False), (True, False, None), (True, False), PASSWORD)
          for shared in (GUEST_TOOLS.values() if kind is CallerKind.GUEST else [()])]
 
 
-@pytest.mark.parametrize("tool,kind,shared,audit_ok,sandbox,required", CASES)
+@pytest.mark.parametrize("tool,kind,shared,audit_ok,sandbox,required,password", CASES)
 def test_admission_table(tool: str, kind: CallerKind, shared: tuple[str, ...], audit_ok: bool,
-                         sandbox: bool | None, required: bool) -> None:
-    caller = Caller(kind, "u", tools=shared)
+                         sandbox: bool | None, required: bool, password: tuple[bool, bool, bool]) -> None:
+    pw_set, pw_required, pw_ok = password
+    caller = Caller(kind, "u", tools=shared, password_ok=pw_ok)
     facts = AdmissionFacts(TOOLS, audit_writable=audit_ok, sandbox_available=sandbox,
-                           sandbox_required=required, sandbox_reason="" if sandbox else "no seccomp here")
+                           sandbox_required=required, sandbox_reason="" if sandbox else "no seccomp here",
+                           password_set=pw_set, remote_requires_password=pw_required)
     got = admit(CALLS[tool], caller, facts)
-    want = expected(tool, kind, shared, audit_ok, sandbox, required)
-    assert [r.name for r in got.results] == ["known_tool", "guest_tools", "audit_writable", "sandbox_available"]
+    want = expected(tool, kind, shared, audit_ok, sandbox, required, password)
+    assert [r.name for r in got.results] == NAMES
     denial = got.denial("strict")
     assert (denial.rule_id if denial else None) == want
     assert got.admitted is (want is None)
     if denial is not None:
         assert (denial.decision, denial.source, denial.mode, denial.tool) == ("deny", "floor", "strict", tool)
         assert denial.reason == got.failure().reason  # type: ignore[union-attr]
+    if want == "admission:password_required":
+        assert denial is not None and denial.reason == PASSWORD_REQUIRED_REASON
     # Every check ran, whatever failed first: explain shows them all.
-    assert len(got.lines()) == 4
+    assert len(got.lines()) == len(NAMES)
     # The pipeline probes the sandbox only when the answer can refuse the call.
     assert needs_sandbox(CALLS[tool], caller, required) is (
         tool == "execute_command" and required and kind is not CallerKind.LOCAL)
@@ -72,9 +86,11 @@ def test_admission_table(tool: str, kind: CallerKind, shared: tuple[str, ...], a
 
 def test_table_covers_the_grid() -> None:
     # 3 tools × (3 non-guest kinds + 3 guest subsets) × audit 2 × sandbox 3 × required 2
-    assert len(CASES) == 3 * 6 * 2 * 3 * 2
+    # × password 5
+    assert len(CASES) == 3 * 6 * 2 * 3 * 2 * 5
     assert {expected(*c) for c in CASES} == {None, "admission:unknown_tool", "admission:guest_tool",
-                                             "admission:audit_unwritable", "admission:sandbox_unavailable"}
+                                             "admission:audit_unwritable", "admission:sandbox_unavailable",
+                                             "admission:password_required"}
 
 
 def facts(**kw: object) -> AdmissionFacts:
@@ -109,7 +125,7 @@ def test_guest_with_no_tools_may_use_none() -> None:
 def test_first_failure_is_reported_but_every_check_runs() -> None:
     guest = Caller(CallerKind.GUEST)
     got = admit(CALLS["format_disk"], guest, facts(audit_writable=False))
-    assert [r.passed for r in got.results] == [False, False, False, True]
+    assert [r.passed for r in got.results] == [False, False, True, False, True]
     assert got.denial().rule_id == "admission:unknown_tool"  # type: ignore[union-attr]
 
 
@@ -119,7 +135,7 @@ def test_local_caller_goes_on_with_warnings() -> None:
     assert got.denial() is None
     warnings = [r.warning for r in got.results if r.warning]
     assert len(warnings) == 2 and "audit log unwritable" in warnings[0] and "not Linux" in warnings[1]
-    assert "warning: the command runs WITHOUT the seccomp sandbox: not Linux" in got.lines()[3]
+    assert "warning: the command runs WITHOUT the seccomp sandbox: not Linux" in got.lines()[4]
 
 
 def test_denied_result_shapes() -> None:
@@ -161,12 +177,12 @@ def test_explain_shows_admission_before_the_gate() -> None:
     call = CALLS["read_file"]
     adm = admit(call, REMOTE, facts())
     d, lines = explain(call, REMOTE, Policy(mode="strict"), "/home/u", admission=adm)
-    assert lines[1:5] == adm.lines() and lines[5].startswith("1. floor")
+    assert lines[1:6] == adm.lines() and lines[6].startswith("1. floor")
     assert lines[1] == "admission known_tool: pass — read_file is a tool of this agent"
     assert d.source == "mode" and lines[-1].startswith("decision: deny (source mode)")
     # Without admission, explain is what it was.
     d2, plain = explain(call, REMOTE, Policy(mode="strict"), "/home/u")
-    assert d2 == d and plain == [lines[0], *lines[5:]]
+    assert d2 == d and plain == [lines[0], *lines[6:]]
 
 
 def test_explain_shows_an_admission_refusal_and_the_gate_for_reference() -> None:
@@ -179,3 +195,33 @@ def test_explain_shows_an_admission_refusal_and_the_gate_for_reference() -> None
     assert lines[-2].startswith("gate decision: allow (source mode)")   # what the gate alone says
     assert lines[-1] == ("decision: deny (source floor, rule admission:audit_unwritable) — "
                          "audit log unwritable")
+
+
+def test_password_session_is_for_callers_that_are_not_local() -> None:
+    required = facts(password_set=True, remote_requires_password=True)
+    for kind in (CallerKind.REMOTE, CallerKind.SELF, CallerKind.GUEST):
+        caller = Caller(kind, "u", tools=("read_file",))
+        d = admit(CALLS["read_file"], caller, required).denial()
+        assert d is not None and d.rule_id == "admission:password_required"
+        assert "cmdop password unlock HOST" in d.reason and d.source == "floor"
+        assert d.target == "/srv/x"
+        unlocked = Caller(kind, "u", tools=("read_file",), password_ok=True)
+        assert admit(CALLS["read_file"], unlocked, required).denial() is None
+    assert admit(CALLS["read_file"], LOCAL, required).denial() is None
+    # The caller gets the CONTRACT §6 permission_denied object, rule admission:password_required.
+    out = admit(CALLS["read_file"], REMOTE, required).denied_result("strict")
+    assert out is not None and out["error"] == "permission_denied"
+    assert out["rule_id"] == "admission:password_required"
+
+
+def test_password_session_explain_lines() -> None:
+    lines = admit(CALLS["read_file"], REMOTE, facts()).lines()
+    assert lines[2] == "admission password_session: pass — remote_requires_password is off"
+    lines = admit(CALLS["read_file"], REMOTE, facts(password_set=True, remote_requires_password=True)).lines()
+    assert lines[2].startswith("admission password_session: FAIL (admission:password_required)")
+
+
+def test_a_truthy_non_bool_password_ok_is_not_a_session() -> None:
+    odd = Caller(CallerKind.REMOTE, "u", password_ok="yes")  # type: ignore[arg-type]
+    d = admit(CALLS["read_file"], odd, facts(password_set=True, remote_requires_password=True)).denial()
+    assert d is not None and d.rule_id == "admission:password_required"
