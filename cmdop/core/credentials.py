@@ -11,7 +11,7 @@ The relay address: --relay flag → CMDOP_RELAY → the chosen workspace entry's
 from a flag or the environment: the named workspace's entry, else the active one's) → the OAuth
 token's relay → config.yaml's `relay`. A pinned fingerprint / CA file is taken from the workspace
 entry only when the relay address is that entry's own server: a pin for one relay never applies
-to another.
+to another. Likewise the OAuth token's pin / CA file apply only to the token's own relay.
 
 Also here: the API key format (`cmdop_` + 12 hex key id + `_` + 43 urlsafe characters), workspace
 names, relay addresses, certificate fingerprints, and `masked` — the only way a secret is shown.
@@ -20,7 +20,7 @@ names, relay addresses, certificate fingerprints, and `masked` — the only way 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from cmdop.core.errors import AuthError, UsageError
@@ -149,6 +149,10 @@ class OAuthToken:
     refresh_token: str = ""
     workspace: str = ""
     relay: str = ""
+    # The relay's certificate pin / CA file, from the login (the relay's own OAuth server serves
+    # its certificate): applied only when the relay used is this token's `relay`.
+    relay_fingerprint: str = ""
+    relay_ca: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,9 @@ def resolve_credential(*, flag_key: str | None, env_key: str | None, flag_worksp
     if oauth is not None and oauth.access_token:
         expired = oauth.expires_at is not None and oauth.expires_at <= now
         if not expired or oauth.refresh_token:
-            return made("oauth", oauth.access_token, None, oauth.workspace, oauth.relay,
+            cred = made("oauth", oauth.access_token, None, oauth.workspace, oauth.relay,
                         oauth.expires_at)
+            if oauth.relay and cred.relay == oauth.relay:
+                cred = replace(cred, relay_fingerprint=oauth.relay_fingerprint, relay_ca=oauth.relay_ca)
+            return cred
     return made("none", "", None, "")

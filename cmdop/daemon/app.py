@@ -44,6 +44,7 @@ from cmdop.daemon.components import Components, Gate, SandboxPort, build_compone
 from cmdop.daemon.local_server import LocalServer, bind_listener
 from cmdop.daemon.notify import Notifier
 from cmdop.daemon.relay_link import Link, LinkState
+from cmdop.daemon.token_task import TokenState, run_token_refresher
 from cmdop.daemon.service import AgentService
 from cmdop.daemon.supervisor import supervise
 
@@ -98,6 +99,7 @@ class Daemon:
         # root nursery after READY; see add_task.
         self._extra_tasks: list[tuple[str, Callable[["Daemon"], Awaitable[None]]]] = []
         self.relay_state = LinkState()
+        self.token_state = TokenState()
         self.current_link: Link | None = None    # while the relay link is up
         self._stop_event: trio.Event | None = None   # trio objects are created inside trio.run
         self._reload_lock: trio.Lock | None = None
@@ -167,7 +169,9 @@ class Daemon:
         policy_ok = bool(getattr(gk, "policy_ok", False)) and not self.policy_error
         audit_ok = os.access(self.settings.state_dir, os.W_OK)
         state = self.state
-        if state == "online" and not (policy_ok and audit_ok and not self.config_error):
+        login_ok = self.token_state.status != "DEGRADED"
+        if state == "online" and not (policy_ok and audit_ok and not self.config_error
+                                      and login_ok):
             state = "degraded"
         broker: AskBroker | None = getattr(self, "broker", None)
         service: AgentService | None = getattr(self, "service", None)
@@ -178,6 +182,7 @@ class Daemon:
             "policy_error": self.policy_error, "config_error": self.config_error,
             "audit_ok": audit_ok, "relay_connected": self.relay_state.state == "online",
             "relay": self.relay_state.as_dict(),
+            "login": self.token_state.as_dict(),
             "socket": self.settings.socket_path, "hostname": self.hostname,
             "approvers": broker.approvers if broker else 0,
             "pending_asks": len(broker.pending()) if broker else 0,
@@ -261,6 +266,8 @@ class Daemon:
                 self._spawn(root, "sandbox_warmup", self._warm_sandbox)
                 if self.options.relay_link:
                     self._spawn(root, "relay_link", self._relay_link)
+                    self._spawn(root, "token_refresher", functools.partial(
+                        run_token_refresher, self.settings, self.token_state, self._new_token))
                 for name, fn in self._extra_tasks:
                     self._spawn(root, name, functools.partial(fn, self))
                 await stop.wait()
@@ -336,6 +343,12 @@ class Daemon:
         # since, so no decision stalls behind a walk of the whole heap (bench/gate.py).
         gc.collect()
         gc.freeze()
+
+    def _new_token(self, access_token: str) -> None:
+        """A refreshed login: the open relay link (if it uses the login) reauthenticates."""
+        link = self.current_link
+        if link is not None and self.relay_state.source == "oauth":
+            link.reauth(access_token)
 
     async def _relay_link(self) -> None:
         """The outbound link to the relay (cmdop.daemon.relay_link); idle when unconfigured.

@@ -66,6 +66,7 @@ class LinkState:
     machine: str = ""
     workspace: str = ""
     key_id: str = ""                # the public id of the key the link authenticates with
+    source: str = ""                # where its credential came from (env, active, oauth, ...)
     last_error: str = ""
     since: float = field(default_factory=time.time)
     connects: int = 0
@@ -132,11 +133,14 @@ def resolve_link_config(daemon: "Daemon") -> LinkConfig | None:
     from cmdop.adapters.workspaces_file import load as load_workspaces
     from cmdop.core.credentials import resolve_credential
 
+    from cmdop.adapters import token_file
+
     s = daemon.settings
+    stored = token_file.load(s.token_file)
     resolved = resolve_credential(
         flag_key=None, env_key=s.api_key, flag_workspace=None, env_workspace=s.workspace,
         env_relay=s.relay, flag_relay=None, workspaces=load_workspaces(s.workspaces_file),
-        oauth=None, now=time.time())
+        oauth=stored.to_oauth() if stored is not None else None, now=time.time())
     if resolved.source == "none" or not resolved.secret or not resolved.relay:
         return None
     return LinkConfig(endpoint=RelayEndpoint(address=resolved.relay,
@@ -388,6 +392,13 @@ class Link:
         if call_id in self.outgoing:
             self.send(pb.AgentFrame(cancel=pb.Cancel(call_id=call_id, reason="cancelled")))
 
+    def reauth(self, access_token: str) -> None:
+        """Present a refreshed access token on the open stream (the relay moves the link's
+        expiry; nothing is dropped)."""
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        self.send(pb.AgentFrame(reauth=pb.Reauth(token=access_token)))
+
     def cancel_all(self) -> None:
         """The link is ending: running calls are cancelled, outgoing ones fail."""
         from cmdop.relay.proto import relay_pb2 as pb
@@ -529,25 +540,33 @@ async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,
 
 
 async def run_relay_link(daemon: "Daemon") -> None:
-    """The daemon task: keep one link to the relay up while a credential is configured."""
-    state: LinkState = daemon.relay_state
-    try:
-        config = await trio.to_thread.run_sync(resolve_link_config, daemon)
-    except CmdopError as exc:
-        state.set("off", f"{exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
-        log.error("relay link not started: %s", exc.message)
-        return
-    if config is None:
-        state.set("off", "no relay credential configured (cmdop connect key set)")
-        return
+    """The daemon task: keep one link to the relay up while a credential is configured. The
+    credential is resolved again before every connection (a refreshed login, a new key)."""
     from cmdop.core.credentials import parse_api_key
 
-    state.relay = config.endpoint.address
-    state.workspace = config.workspace
-    state.key_id = parse_api_key(config.secret) or ""
+    state: LinkState = daemon.relay_state
     seen: OrderedDict[str, None] = OrderedDict()
     delay = 0.0
     while True:
+        try:
+            config = await trio.to_thread.run_sync(resolve_link_config, daemon)
+        except CmdopError as exc:
+            config = None
+            state.set("off", f"{exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+            log.error("relay link not started: %s", exc.message)
+        if config is None:
+            if state.state != "off":
+                state.set("off", "no relay credential configured (cmdop connect key set, or "
+                          "cmdop login)")
+            elif not state.last_error:
+                state.last_error = "no relay credential configured (cmdop connect key set, " \
+                                   "or cmdop login)"
+            await trio.sleep(BACKOFF_MAX_S)
+            continue
+        state.relay = config.endpoint.address
+        state.workspace = config.workspace
+        state.key_id = parse_api_key(config.secret) or ""
+        state.source = config.source
         started = time.monotonic()
         state.connects += 1
         error = "the relay closed the link"

@@ -185,8 +185,25 @@ class AgentService:
         return {"mode": str(gate.mode), "policy_ok": bool(gate.policy_ok), "rules": rows}
 
     async def _op_token(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        raise RequestError("unavailable", "this agent has no credential store yet",
-                           "access tokens arrive with the relay link")
+        """The current OAuth access token (refreshed first when it is due), so local CLIs never
+        refresh on their own while the agent runs. The peer is this user or root (the socket's
+        own rule), and never a command the agent ran (its confinement check)."""
+        from cmdop.adapters import token_file
+        from cmdop.core.errors import CmdopError
+
+        settings = self.call_context.settings if self.call_context is not None else None
+        if settings is None:
+            raise RequestError("unavailable", "the agent's settings are not loaded")
+        try:
+            token = await trio.to_thread.run_sync(
+                lambda: token_file.ensure_fresh(settings, strict=False))
+        except CmdopError as exc:
+            raise RequestError("refresh_failed", exc.message, exc.hint) from None
+        if token is None:
+            raise RequestError("no_login", "there is no login on this machine",
+                               "run `cmdop login`")
+        log.info("access token handed to local client pid %d (%s)", peer.pid, peer.user)
+        return {"access_token": token.access_token, "expires_at": token.expires_at}
 
     async def _op_relay_call(self, req: dict[str, Any], peer: Peer) -> Any:
         """A call to another machine through this agent's relay link (see daemon.protocol)."""
