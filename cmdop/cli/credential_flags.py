@@ -40,6 +40,14 @@ def load_oauth_token(settings: Settings, now: float | None = None) -> OAuthToken
     from cmdop.core.errors import AuthError
 
     moment = time.time() if now is None else now
+    stored = token_file.load(settings.token_file)
+    if stored is None:
+        return None
+    if stored.due(moment):
+        # A running agent keeps the login fresh: it refreshes (and saves) when asked, so this
+        # command does not refresh on its own as well; without an agent, ensure_fresh does it
+        # under the file lock.
+        _token_from_agent(settings)
     token = token_file.ensure_fresh(settings, now=moment)
     if token is None:
         return None
@@ -48,6 +56,23 @@ def load_oauth_token(settings: Settings, now: float | None = None) -> OAuthToken
         raise AuthError(f"the login at {token.issuer} expired at {when}",
                         "run `cmdop login` to sign in again (or use a workspace API key)")
     return token.to_oauth()
+
+
+def _token_from_agent(settings: Settings) -> tuple[str, float | None] | None:
+    """(access token, expiry) from the running agent's `token` op (it refreshes first when the
+    token is due, and saves it to token.json); None when no agent answers or has no login."""
+    from cmdop.core.errors import DaemonError
+    from cmdop.daemon.client import DaemonClient
+
+    try:
+        with DaemonClient.connect(settings.socket_path) as client:
+            answer = client.request("token")
+    except DaemonError:
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
+        return None
+    expires = answer.get("expires_at")
+    return answer["access_token"], float(expires) if isinstance(expires, (int, float)) else None
 
 
 def resolve_from_args(args: argparse.Namespace, settings: Settings,
