@@ -238,7 +238,9 @@ class World:
             with open(out_path, "wb") as out, open(self.tmp / "relay.log", "ab") as log:
                 proc = subprocess.Popen(
                     [PY, "-m", "cmdop", "relay", "serve", "--listen", f"127.0.0.1:{port}",
-                     "--data-dir", data, "--json", "--log-level", "warning"],
+                     "--data-dir", data, "--json", "--log-level", "warning",
+                     # the idle-agent section enrols ~1,000 machines with one key
+                     "--new-machines-per-hour", "100000"],
                     env=env, cwd=env["HOME"], stdin=subprocess.DEVNULL, stdout=out, stderr=log)
             deadline = time.monotonic() + 30
             while proc.poll() is None and time.monotonic() < deadline:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from cmdop.relay.store import Account, DeviceRequest, KeyInfo, RelayStore, Workspace
 
 DEFAULT_LISTEN = "0.0.0.0:7443"
+MIN_ACCESS_TOKEN_TTL_S = 10
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -54,6 +55,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                        help="the audience its tokens must carry (required with --oidc-issuer)")
     serve.add_argument("--oidc-workspace-claim", default="workspace", metavar="C",
                        help="the claim that names the caller's workspace (default: workspace)")
+    # Short-lived tokens for tests of the refresh path (not for production: hidden from --help).
+    serve.add_argument("--new-machines-per-hour", type=int, default=20, metavar="N",
+                       help="new machines one key may enrol an hour (20; a fleet roll-out "
+                            "with one key needs more)")
+    serve.add_argument("--access-token-ttl", type=int, default=3600, metavar="SECONDS",
+                       help=argparse.SUPPRESS)
 
     workspace = add_group(relay, "workspace", "create and list workspaces")
     p = add_command(workspace, "create", "create a workspace", _workspace_create)
@@ -136,6 +143,8 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
         split_host_port(args.oauth_listen, listen=True)
     if args.oidc_issuer and not args.oidc_audience:
         raise UsageError("--oidc-issuer needs --oidc-audience A (the audience its tokens carry for this relay)")
+    if args.access_token_ttl < MIN_ACCESS_TOKEN_TTL_S:
+        raise UsageError(f"--access-token-ttl must be at least {MIN_ACCESS_TOKEN_TTL_S} seconds")
 
     def ready(info: Any) -> None:
         """The contract's start line: where it listens and the certificate's fingerprint."""
@@ -169,6 +178,8 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
         oidc_issuer=args.oidc_issuer,
         oidc_audience=args.oidc_audience,
         oidc_workspace_claim=args.oidc_workspace_claim,
+        access_token_ttl_s=args.access_token_ttl,
+        new_machines_per_hour=args.new_machines_per_hour,
     )
     return int(serve(options))
 

@@ -122,8 +122,10 @@ class Router:
     """Implements `relay_grpc.RelayHandlers` over a `RelayStore`."""
 
     def __init__(self, store: Any, *, ping_s: int = 30, clock: Callable[[], float] = time.monotonic,
-                 max_calls_per_key: int = MAX_CALLS_PER_KEY, verifier: Any = None) -> None:
+                 max_calls_per_key: int = MAX_CALLS_PER_KEY, verifier: Any = None,
+                 new_machines_per_hour: int = NEW_MACHINES_PER_HOUR) -> None:
         self.store = store
+        self.new_machines_per_hour = new_machines_per_hour
         # Who a bearer credential is (cmdop.relay.auth.BearerVerifier: API keys, the relay's
         # own access tokens, external OIDC tokens); API keys only when none is given.
         self.verifier = verifier if verifier is not None else _KeysOnly(store)
@@ -340,7 +342,7 @@ class Router:
             raise RelayRefusal("invalid_argument", "the first frame of a call must be start")
         self._still_valid(stream, key)
         principal = pb.Principal(kind="remote", workspace=key.workspace, name=key.name,
-                                 credential="api_key")
+                                 credential=_credential_kind(key))
 
         async def follow_caller(route_task: asyncio.Task[None]) -> None:
             # A Cancel frame from the caller cancels the call (the route tells the agent).
@@ -376,7 +378,7 @@ class Router:
                                                    "call id missing, malformed or in use")))
             return
         principal = pb.Principal(kind="remote", workspace=link.key.workspace,
-                                 name=link.key.name, credential="api_key",
+                                 name=link.key.name, credential=_credential_kind(link.key),
                                  hostname=link.machine.name,
                                  machine_id=link.machine.id)
 
@@ -504,12 +506,12 @@ class Router:
             raise RelayRefusal("unauthenticated", "unknown, expired or revoked credential")
 
     def _may_enrol(self, key: Any, machine_id: str) -> None:
-        """A key may enrol at most NEW_MACHINES_PER_HOUR new machines an hour."""
+        """A key may enrol at most `new_machines_per_hour` new machines an hour."""
         if any(m.machine_id == machine_id for m in self.store.list_machines(key.workspace)):
             return
         now = self.clock()
         recent = [t for t in self._enrolments.get(key.id, []) if t > now - 3600]
-        if len(recent) >= NEW_MACHINES_PER_HOUR:
+        if len(recent) >= self.new_machines_per_hour:
             self._count("enrolments_refused")
             raise RelayRefusal("resource_exhausted",
                                f"this key enrolled {len(recent)} new machines in the last hour")
@@ -580,6 +582,12 @@ class _KeysOnly:
 
     async def averify(self, token: str) -> Any:
         return self.verify(token)
+
+
+def _credential_kind(principal: Any) -> str:
+    """What kind of credential `principal` authenticated with: api_key, oauth (this relay's
+    login) or oidc (an external issuer's token), as the agent audits it."""
+    return str(getattr(principal, "credential", "") or "api_key")
 
 
 def _expires_in(principal: Any) -> float | None:

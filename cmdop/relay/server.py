@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import logging
 import os
 import signal
@@ -70,6 +69,8 @@ class ServeOptions:
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_workspace_claim: str = "workspace"
+    access_token_ttl_s: int = 3600      # the cabinet's access tokens (tokens.ACCESS_TOKEN_TTL_S)
+    new_machines_per_hour: int = 20     # enrolments of new machines one key may make an hour
 
 
 def oidc_config(options: ServeOptions) -> "OidcConfig | None":
@@ -149,16 +150,6 @@ def _public_host(listen_host: str) -> str:
     return host
 
 
-def _make_router(store: "RelayStore", verifier: Any) -> Any:
-    """The router, handed the bearer verifier when its constructor takes one (`verifier=`)."""
-    from cmdop.relay.router import Router
-
-    kwargs: dict[str, Any] = {}
-    if "verifier" in inspect.signature(Router).parameters:
-        kwargs["verifier"] = verifier
-    return Router(store, **kwargs)
-
-
 async def _main(store: "RelayStore", cert: "CertInfo", signing_key: "SigningKey",
                 oidc_cfg: "OidcConfig | None", options: ServeOptions) -> int:
     from urllib.parse import urlsplit
@@ -178,7 +169,10 @@ async def _main(store: "RelayStore", cert: "CertInfo", signing_key: "SigningKey"
     # after gRPC's port is known.
     verifier = BearerVerifier(store, signing_key=signing_key, issuer="https://pending.invalid",
                               audience=audience, oidc=oidc)
-    router = _make_router(store, verifier)
+    from cmdop.relay.router import Router
+
+    router = Router(store, verifier=verifier,
+                    new_machines_per_hour=options.new_machines_per_hour)
     server, port = await start_server(router, options.listen, cert.cert_pem, cert.key_pem)
     tasks: list[asyncio.Future[Any]] = []
     cabinet_run: cab.Running | None = None
@@ -198,7 +192,8 @@ async def _main(store: "RelayStore", cert: "CertInfo", signing_key: "SigningKey"
             public = urlsplit(issuer).hostname or _public_host(listen_host)
             config = cab.CabinetConfig(issuer=issuer, audience=audience,
                                        relay_address=f"{cab.url_host(public)}:{port}",
-                                       fingerprint=cert.fingerprint)
+                                       fingerprint=cert.fingerprint,
+                                       access_ttl_s=options.access_token_ttl_s)
             # The router's hook for revocations made in this process, if it has one.
             hook = getattr(router, "credentials_changed", None)
             cabinet_run = await cab.start(cab.Cabinet(store, signing_key, config,
