@@ -157,6 +157,9 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
 
 
 def _session(settings: "Settings", host: str) -> str:
+    # Most callers never unlocked a machine: no cache file, no import of the password store.
+    if not os.path.exists(os.path.join(settings.cmdop_home, "sessions.json")):
+        return ""
     from cmdop.adapters.password_store import cached_session
 
     return cached_session(settings, host)
