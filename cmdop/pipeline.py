@@ -14,11 +14,11 @@ the daemon.
   "admission:…", and the gate is not consulted. The sandbox refusal keeps its
   `sandbox_unavailable` result.
 - Then the gate (`Gatekeeper.evaluate`). "ask" goes to `ask(decision, call, caller)`; with no
-  `ask` the call is denied at once with reason "no approver attached" (CONTRACT §4 step 5).
+  `ask` the call is denied at once with reason "no approver attached".
 - The audit line is written BEFORE the tool runs. If it cannot be written after all, remote and
   self callers are denied (reason "audit log unwritable"); a local caller's call goes on with a
   warning.
-- Denied -> the CONTRACT §6 permission_denied object (with the final reason).
+- Denied -> the permission_denied object (with the final reason).
 - Allowed -> `cmdop.tools.registry.run_tool`; tool errors come back as {"error": kind, ...};
   a floor hit the tool finds on the path it actually opened is denied and audited as well.
 - `cancel` set while execute_command runs kills the child's process group (TERM, then KILL) and
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cmdop.pipeline")
 
-ToolResult = Any  # a dict for most tools, a list for list_dir and grep (CONTRACT §6)
+ToolResult = Any  # a dict for most tools, a list for list_dir and grep
 
 
 @dataclass(frozen=True)

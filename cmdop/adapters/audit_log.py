@@ -1,4 +1,4 @@
-"""The audit log writer: the one owner of `audit.log` in the state dir (CONTRACT §5).
+"""The audit log writer: the one owner of `audit.log` in the state dir.
 
 Rules:
 - One line per record, written with a single `write()` on an O_APPEND descriptor while holding

@@ -1,4 +1,4 @@
-"""config.yaml (config dir, CONTRACT §2): the agent's settings that are not the permission policy.
+"""config.yaml (in the config dir): the agent's settings that are not the permission policy.
 
 The file, every key optional:
     sandbox_required: true   # without seccomp, remote and self callers' commands are refused

@@ -1,6 +1,6 @@
 """permissions.yaml: load, validate (with line numbers), run its `tests:`, write atomically 0600.
 
-The file (CONTRACT §4):
+The file:
     version: 1
     mode: strict            # default | strict | bypass
     ask_timeout_s: 60
@@ -246,7 +246,7 @@ def render(doc: PolicyDoc) -> str:
                                      for r, a, why in doc.rules]}
     if doc.tests:
         out["tests"] = [dict(t) for t in doc.tests]
-    header = "# cmdop permission policy (CONTRACT §4). Edited by `cmdop permissions`; hot-reloaded.\n"
+    header = "# cmdop permission policy. Edited by `cmdop permissions`; hot-reloaded.\n"
     return header + str(yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=1000))
 
 

@@ -1,6 +1,6 @@
 """Opening files so that a symlink swapped in after the floor check cannot redirect the open.
 
-Rules (CONTRACT §4 "File tools"):
+Rules:
 - The caller's path is canonicalised first (`~` expanded, relative to cwd, `..` folded, symlinks
   resolved) and the floor is checked on that canonical path.
 - The canonical path is then opened by an fd-relative walk from `/`: every component is opened

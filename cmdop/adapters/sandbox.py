@@ -1,4 +1,4 @@
-"""The seccomp blacklist every `execute_command` child runs under (CONTRACT §6, issue 5).
+"""The seccomp blacklist every `execute_command` child runs under.
 
 Responsibility: build the filter ONCE per process with pyseccomp and export it as raw BPF bytes.
 Nothing here installs the filter in this process; `cmdop.adapters.launcher` hands the bytes to a

@@ -1,6 +1,6 @@
 """Secret-bearing files: atomic 0600 writes and refusal of files others could read.
 
-Rules (CONTRACT §2):
+Rules:
 - directories holding secrets are created 0700; files are created 0600;
 - a write goes to a temp file in the same directory, is fsynced, renamed over the target, and the
   directory is fsynced, so a crash leaves either the old or the new content, never a mix;

@@ -10,7 +10,7 @@ this step it would not find the system agent.
 The rule (one decision for the socket and the state dir together, so the CLI never mixes the
 system agent's socket with a per-user audit log):
 - Nothing changes when any of CMDOP_SOCKET_PATH, CMDOP_STATE_DIR, CMDOP_CONFIG_DIR is set: an
-  explicit environment always wins (CONTRACT §2; tests redirect this way).
+  explicit environment always wins.
 - Otherwise the system paths are used when
   (a) the system socket exists and the per-user socket does not, or
   (b) neither socket exists, the system state dir exists and the per-user state dir does not.

@@ -1,4 +1,4 @@
-"""`~/.cmdop/token.json` (Settings.token_file): the OAuth tokens of `cmdop login` (CONTRACT §2, §3).
+"""`~/.cmdop/token.json` (Settings.token_file): the OAuth tokens of `cmdop login`.
 
     {"issuer", "token_endpoint", "revocation_endpoint", "client_id", "access_token",
      "refresh_token", "expires_at" (epoch seconds or null), "scope", "workspace", "account",
@@ -75,7 +75,7 @@ class StoredToken:
         return self.expires_at is not None and self.expires_at <= now
 
     def due(self, now: float, margin: float = REFRESH_MARGIN_S) -> bool:
-        """Expires within `margin` seconds (CONTRACT §3: refresh first)."""
+        """Expires within `margin` seconds."""
         return self.expires_at is not None and self.expires_at - now < margin
 
 

@@ -1,4 +1,4 @@
-"""`~/.cmdop/ssh_workspaces.json` (Settings.workspaces_file): the workspace API keys (CONTRACT §2).
+"""`~/.cmdop/ssh_workspaces.json` (Settings.workspaces_file): the workspace API keys.
 
     {"active": NAME, "workspaces": [{"name", "api_key", "server",
                                      "relay_fingerprint"?, "relay_ca"?}]}

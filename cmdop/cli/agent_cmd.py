@@ -2,7 +2,7 @@
 
 `agent run` is the long-running daemon (cmdop.daemon.app); it logs to stderr for journald.
 `agent status` reads daemon.pid / daemon.status and says ONLINE, DEGRADED, STARTING or STOPPED
-(exit 0 whatever the state: exit 1 means the report itself failed, CONTRACT §1); a serving agent's
+(exit 0 whatever the state: exit 1 means the report itself failed); a serving agent's
 report ends with its sandbox's layers (`kernel floor: ...`, `cgroup per call: ...`,
 `capabilities: ...`, `seccomp: ...`, `landlock: ...`, see cmdop.core.enforcement).
 `service install` writes the systemd unit (text from cmdop.adapters.systemd_units), reloads

@@ -1,4 +1,4 @@
-"""`cmdop permissions audit`: read the audit log (CONTRACT §5).
+"""`cmdop permissions audit`: read the audit log.
 
 `--tail N` (default 20) the last N matching records · `--follow` then keep printing new ones,
 across rotation, until Ctrl-C · `--since 1h|2026-04-27T10:00Z` · `--tool T` · `--decision D` ·

@@ -1,4 +1,4 @@
-"""`cmdop connect key set|list|rm`, `cmdop connect use` and `cmdop auth status` (CONTRACT §2, §3, §7).
+"""`cmdop connect key set|list|rm`, `cmdop connect use` and `cmdop auth status`.
 
 The caller's stored credentials live in `ssh_workspaces.json` (cmdop.adapters.workspaces_file).
 `connect key set` reads the key from stdin — one line from a pipe, or typed without echo at a

@@ -1,4 +1,4 @@
-"""The credential flags of caller commands and the glue to the pure resolver (CONTRACT §3).
+"""The credential flags of caller commands and the glue to the pure resolver.
 
 A caller command (`cmdop auth status`, `hosts`, `exec`, `call`) adds the flags with
 `add_credential_flags(parser)` and gets its credential with `resolve_from_args(args, settings)`:
@@ -6,7 +6,7 @@ this loads `ssh_workspaces.json`, the OAuth token and (only when nothing else na
 config.yaml's `relay`, and hands them with the flags and CMDOP_* values (already in `Settings`)
 to `cmdop.core.credentials.resolve_credential`.
 
-`--api-key` is accepted because CONTRACT §3 puts it first, but a key on the command line is
+`--api-key` is accepted because the resolution order puts it first, but a key on the command line is
 visible to every user of the machine (ps, /proc): CMDOP_API_KEY or a stored workspace is better.
 """
 
@@ -16,6 +16,7 @@ import argparse
 import time
 
 from cmdop.core.credentials import OAuthToken, ResolvedCredential, resolve_credential, valid_name
+from cmdop.core.errors import AuthError
 from cmdop.core.settings import Settings
 
 
@@ -37,7 +38,6 @@ def load_oauth_token(settings: Settings, now: float | None = None) -> OAuthToken
     refresh at once). AuthError (exit 4, "run `cmdop login`") when the login has expired or was
     revoked; UnreachableError (exit 5) when an expired token could not be refreshed."""
     from cmdop.adapters import token_file
-    from cmdop.core.errors import AuthError
 
     moment = time.time() if now is None else now
     stored = token_file.load(settings.token_file)
@@ -103,9 +103,21 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
             config_relay=config_relay,
         )
 
-    cred = resolve(None)
+    try:
+        cred = resolve(None)
+    except AuthError:
+        # A named workspace with no stored key: the login is used when it is for that workspace
+        # (resolve_credential decides; it raises again when the login is for another one).
+        from cmdop.adapters import token_file
+
+        named = flag_workspace or env_workspace
+        stored = token_file.load(settings.token_file)
+        if stored is None or not named or stored.workspace != valid_name(named):
+            raise
+        oauth = load_oauth_token(settings, moment)
+        cred = resolve(None)
     if cred.source == "none":
-        # OAuth comes last (CONTRACT §3): token.json is read, and refreshed, only when it is the
+        # OAuth comes last: token.json is read, and refreshed, only when it is the
         # credential that will be used.
         oauth = load_oauth_token(settings, moment)
         if oauth is not None:

@@ -5,7 +5,7 @@ short process that hands the call to it over the local socket and streams the ou
 argparse tree, no grpc, no TLS. `run(argv)` returns None whenever this path does not apply
 (another option, no agent, no link, an answer it does not expect), and the full CLI
 (`cmdop.cli.remote_cmd`) then handles the invocation from the start — so the two paths cannot
-disagree on anything but speed. Exit status as CONTRACT §1: the remote status, 3 denied,
+disagree on anything but speed. Exit status as the full CLI's: the remote status, 3 denied,
 4 auth, 5 unreachable, 130 after Ctrl-C.
 """
 

@@ -1,11 +1,11 @@
-"""`cmdop login` and `cmdop logout`: an OAuth device-flow login instead of an API key (CONTRACT §7).
+"""`cmdop login` and `cmdop logout`: an OAuth device-flow login instead of an API key.
 
 `cmdop login [--issuer URL] [--workspace W] [--relay HOST:PORT] [--no-browser] [--ca-file FILE |
 --issuer-fingerprint HEX]` finds the issuer's endpoints (RFC 8414 / OpenID Connect discovery),
 runs the device flow (RFC 8628: the verification URL and user code on stderr, a countdown while
 it waits), and stores the tokens in token.json (cmdop.adapters.token_file: 0600, atomic) with
 their expiry, scope, workspace and account. Caller commands use them when no API key is given or
-stored (OAuth comes last, CONTRACT §3), refreshed when they expire within 5 minutes.
+stored (OAuth comes last), refreshed when they expire within 5 minutes.
 
 `cmdop logout` revokes the refresh and access tokens where the server has a revocation endpoint
 (RFC 7009), then deletes token.json — the file goes even when the server cannot be reached
@@ -242,7 +242,7 @@ def _login(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _warn_if_shadowed(ctx: CliContext) -> None:
-    """Say so when an API key would still win over this login (CONTRACT §3: OAuth comes last)."""
+    """Say so when an API key would still win over this login."""
     from cmdop.adapters import workspaces_file
 
     try:

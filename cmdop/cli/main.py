@@ -1,4 +1,4 @@
-"""The command line: parse, dispatch, and the one place errors are printed (CONTRACT §1).
+"""The command line: parse, dispatch, and the one place errors are printed.
 
 Exit status: 0 ok · 1 error · 2 usage · 3 denied · 4 auth · 5 unreachable. An error prints one
 line `cmdop: error: WHAT` on stderr and a hint line; a traceback only with `--log-level debug`.

@@ -1,4 +1,4 @@
-"""`cmdop permissions list|add|rm|mode|check|explain|test` (CONTRACT §4).
+"""`cmdop permissions list|add|rm|mode|check|explain|test`.
 
 - `check`/`explain` are dry runs: no daemon, no side effect, no audit line; exit 0 whatever the
   decision, exit 1 when the policy file is invalid. The policy comes from `--policy FILE` or the

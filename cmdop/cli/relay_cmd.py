@@ -1,4 +1,4 @@
-"""`cmdop relay serve|workspace|key` — the self-hosted relay and its administration (CONTRACT §7).
+"""`cmdop relay serve|workspace|key` — the self-hosted relay and its administration.
 
 `relay serve` runs the relay (cmdop.relay.server). The admin commands work on the relay's
 database (`relay.db` in `--data-dir`, cmdop.relay.store) directly, without the network, and may

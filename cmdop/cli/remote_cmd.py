@@ -3,7 +3,7 @@
 They reach the machines of the caller's workspace through the relay (credential from the flags,
 CMDOP_API_KEY, or a stored workspace: `cmdop.cli.credential_flags`).
 
-Exit status (CONTRACT §1): `exec` exits with the remote command's own status when it ran; 3 when
+Exit status: `exec` exits with the remote command's own status when it ran; 3 when
 a gate denied it (the structured reason on stderr, or the denial object on stdout with --json);
 4 for a refused credential; 5 when the relay or the host cannot be reached (unknown, ambiguous
 or offline host included); 130 after Ctrl-C (the remote command is cancelled first).
@@ -52,8 +52,9 @@ def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
     cred = resolve_from_args(args, ctx.settings)
     if cred.source == "none" or not cred.secret:
         raise AuthError("no credential to reach the relay with",
-                        "store a workspace key: `cmdop connect key set --relay HOST:PORT "
-                        "--relay-fingerprint HEX` (key on stdin), or set CMDOP_API_KEY")
+                        "sign in with `cmdop login --issuer URL`, or store a workspace key: "
+                        "`cmdop connect key set --relay HOST:PORT --relay-fingerprint HEX` "
+                        "(key on stdin), or set CMDOP_API_KEY")
     if not cred.relay:
         raise UsageError("no relay address",
                          "pass --relay HOST:PORT, set CMDOP_RELAY, or store it with the key")

@@ -1,4 +1,4 @@
-"""`cmdop run TOOL --input JSON [--cwd DIR]`: one tool call as a local caller (CONTRACT §6).
+"""`cmdop run TOOL --input JSON [--cwd DIR]`: one tool call as a local caller.
 
 Goes through the daemon when one is listening on the local socket, else runs in-process through
 `cmdop.pipeline.handle_call` (gate -> audit -> tool). Prints the result as ONE JSON document on

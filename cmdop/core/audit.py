@@ -1,4 +1,4 @@
-"""The audit record: its shape, the input digest, redaction and the hash chain (CONTRACT §5).
+"""The audit record: its shape, the input digest, redaction and the hash chain.
 
 Pure: every function takes facts (and `now` where time matters) and returns values; the writer
 (`cmdop.adapters.audit_log`) and the reader (`cmdop.adapters.audit_reader`) do the I/O.
@@ -74,7 +74,7 @@ def canonical_json(value: Any) -> bytes:
 
 
 def input_digest(tool_input: Mapping[str, Any]) -> str:
-    """`sha256:` + hex over the canonical JSON of the full tool input (CONTRACT §5)."""
+    """`sha256:` + hex over the canonical JSON of the full tool input."""
     return "sha256:" + hashlib.sha256(canonical_json(dict(tool_input))).hexdigest()
 
 
@@ -95,7 +95,7 @@ def build_record(*, decision: Decision, outcome: str, tool_input: Mapping[str, A
 
     `outcome` is one of OUTCOMES (for an ask the gate's decision is "ask" and the outcome says how
     it ended). Secrets in target and reason are redacted and `redacted: true` is added when that
-    happened. `extra` adds fields after the fixed ones (CONTRACT §5 allows extra fields), e.g.
+    happened. `extra` adds fields after the fixed ones, e.g.
     `as_caller` for a local client gated as a remote one; it can never replace a fixed field.
     Raises ValueError for an unknown outcome or an extra key that is a fixed field: both are bugs
     of the caller.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
-# Tool name -> which input field the gate matches and the floor checks (CONTRACT §4).
+# Tool name -> which input field the gate matches and the floor checks.
 TOOL_TARGET_FIELD: Mapping[str, str] = {
     "execute_command": "command",
     "read_file": "path",

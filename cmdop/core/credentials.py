@@ -1,11 +1,11 @@
-"""Which credential a caller command uses, and the text formats around it (CONTRACT §2, §3).
+"""Which credential a caller command uses, and the text formats around it.
 
 Pure: no file, no environment, no clock. The CLI loads `ssh_workspaces.json`
 (cmdop.adapters.workspaces_file) and the OAuth token, reads the flags and CMDOP_* variables, and
-hands everything to `resolve_credential`, which applies the order of CONTRACT §3:
+hands everything to `resolve_credential`, which applies this order:
 
-    --api-key flag → CMDOP_API_KEY → --workspace NAME / CMDOP_WORKSPACE stored key →
-    active workspace key → OAuth access token
+    --api-key flag → CMDOP_API_KEY → --workspace NAME / CMDOP_WORKSPACE stored key (else the
+    OAuth access token when the login is for NAME) → active workspace key → OAuth access token
 
 The relay address: --relay flag → CMDOP_RELAY → the chosen workspace entry's `server` (for a key
 from a flag or the environment: the named workspace's entry, else the active one's) → the OAuth
@@ -27,7 +27,7 @@ from cmdop.core.errors import AuthError, UsageError
 
 Source = Literal["flag", "env", "workspace", "active", "oauth", "none"]
 
-# An OAuth access token expiring within this many seconds is refreshed before use (CONTRACT §3).
+# An OAuth access token expiring within this many seconds is refreshed before use.
 REFRESH_MARGIN_S = 300.0
 
 KEY_PREFIX = "cmdop_"
@@ -181,11 +181,12 @@ def resolve_credential(*, flag_key: str | None, env_key: str | None, flag_worksp
                        env_workspace: str | None, env_relay: str | None, flag_relay: str | None,
                        workspaces: WorkspacesData, oauth: OAuthToken | None, now: float,
                        config_relay: str | None = None) -> ResolvedCredential:
-    """The first source of CONTRACT §3 that yields a credential (see the module docstring).
+    """The first source, in the order of the module docstring, that yields a credential.
 
     A workspace named by --workspace / CMDOP_WORKSPACE that is not stored is an AuthError (unless
-    a key from the flag or environment wins anyway): falling through to another workspace would
-    call machines the user did not mean. An expired OAuth token without a refresh token yields
+    a key from the flag or environment wins anyway, or the OAuth login is for that very
+    workspace: then the login is used): falling through to another workspace would call
+    machines the user did not mean. An expired OAuth token without a refresh token yields
     nothing.
     """
     named = flag_workspace or env_workspace or None
@@ -211,8 +212,12 @@ def resolve_credential(*, flag_key: str | None, env_key: str | None, flag_worksp
         return made("flag", flag_key, context, context_name)
     if env_key:
         return made("env", env_key, context, context_name)
+    oauth_usable = oauth is not None and bool(oauth.access_token) and (
+        oauth.expires_at is None or oauth.expires_at > now or bool(oauth.refresh_token))
     if named:
         if named_entry is None:
+            if oauth is not None and oauth_usable and oauth.workspace == named:
+                return _from_oauth(oauth, made)          # the login is for the named workspace
             stored = ", ".join(workspaces.names()) or "none"
             raise AuthError(
                 f"workspace {named!r} has no stored key (stored: {stored})",
@@ -221,12 +226,16 @@ def resolve_credential(*, flag_key: str | None, env_key: str | None, flag_worksp
         return made("workspace", named_entry.api_key, named_entry, named_entry.name)
     if context is not None:
         return made("active", context.api_key, context, context.name)
-    if oauth is not None and oauth.access_token:
-        expired = oauth.expires_at is not None and oauth.expires_at <= now
-        if not expired or oauth.refresh_token:
-            cred = made("oauth", oauth.access_token, None, oauth.workspace, oauth.relay,
-                        oauth.expires_at)
-            if oauth.relay and cred.relay == oauth.relay:
-                cred = replace(cred, relay_fingerprint=oauth.relay_fingerprint, relay_ca=oauth.relay_ca)
-            return cred
+    if oauth is not None and oauth_usable:
+        return _from_oauth(oauth, made)
     return made("none", "", None, "")
+
+
+def _from_oauth(oauth: OAuthToken, made: Any) -> ResolvedCredential:
+    """The login's access token, sent to its own relay with its pin (unless another relay is
+    named: then without it)."""
+    cred: ResolvedCredential = made("oauth", oauth.access_token, None, oauth.workspace, oauth.relay,
+                                    oauth.expires_at)
+    if oauth.relay and cred.relay == oauth.relay:
+        cred = replace(cred, relay_fingerprint=oauth.relay_fingerprint, relay_ca=oauth.relay_ca)
+    return cred

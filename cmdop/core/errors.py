@@ -2,7 +2,7 @@
 
 Every error a user can cause or meet carries a message (what went wrong) and a hint (what to do
 next). The CLI (`cmdop.cli.main`) is the one place that prints them: `cmdop: error: MESSAGE`, then
-the hint, and exits with the error's `exit_code` (CONTRACT §1). Nothing else prints errors.
+the hint, and exits with the error's `exit_code`. Nothing else prints errors.
 
 Exit codes: 1 error · 2 usage · 3 denied by a permission gate · 4 no usable credential /
 authentication failed · 5 relay or target machine unreachable.

@@ -1,4 +1,4 @@
-"""Where cmdop keeps things (CONTRACT §2), derived from the environment as one frozen value.
+"""Where cmdop keeps things, derived from the environment as one frozen value.
 
 Pure: `Settings.from_env` takes the environment mapping and the user's home directory and
 returns paths; it touches no file. Every other module receives a `Settings` and never reads
@@ -60,7 +60,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], home: str) -> "Settings":
-        """Derive every path from `env` (usually os.environ) and `home`, as CONTRACT §2 says."""
+        """Derive every path from `env` (usually os.environ) and `home`, as the README's file table says."""
 
         def get(name: str) -> str | None:
             value = env.get(name)

@@ -10,7 +10,7 @@
                  successful refresh (or refreshing was given up); `plan.reason` says why.
 
 Rules:
-- a refresh is due REFRESH_MARGIN_S (5 minutes, CONTRACT §3) before `expires_at`;
+- a refresh is due REFRESH_MARGIN_S (5 minutes) before `expires_at`;
 - a failed refresh is retried after an exponential backoff: BACKOFF_BASE_S × 2^(failures-1),
   capped at BACKOFF_CAP_S, stretched by the caller's `jitter` (a fraction, e.g. ±0.2, drawn by the
   caller: this module has no randomness and no clock);

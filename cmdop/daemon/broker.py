@@ -1,4 +1,4 @@
-"""The ask broker: a call whose decision is `ask` waits here for a person to answer (CONTRACT §4).
+"""The ask broker: a call whose decision is `ask` waits here for a person to answer.
 
 Rules:
 - Every attached approver (a `watch` connection) is sent each new ask; the first valid answer

@@ -16,7 +16,7 @@ from cmdop.core.settings import Settings
 from cmdop.daemon import protocol
 
 CONNECT_TIMEOUT_S = 2.0
-# A tool call may run up to 600 s (CONTRACT §6) plus an ask wait; leave room for both.
+# A tool call may run up to 600 s plus an ask wait; leave room for both.
 CALL_TIMEOUT_S = 600.0 + 3700.0
 REQUEST_TIMEOUT_S = 30.0
 
@@ -127,8 +127,7 @@ class DaemonClient:
                   as_caller: str | None = None, operation: str = "") -> Any:
         """Run `tool` as a local caller through the daemon's gate → tool → audit pipeline.
 
-        Returns the tool's result (CONTRACT §6: an object, a list for list_dir/grep; a
-        `permission_denied` object when denied). DaemonError if the daemon cannot serve it."""
+        Returns the tool's result. DaemonError if the daemon cannot serve it."""
         args: dict[str, Any] = {"tool": tool, "input": dict(input), "cwd": cwd}
         if operation:
             args["operation"] = operation

@@ -1,6 +1,6 @@
 """The local Unix socket server: binding safely, checking peers, framing, per-client isolation.
 
-Rules (CONTRACT §2, protocol in `cmdop.daemon.protocol`):
+Rules:
 - The socket's directory is 0700 (created so, or refused if it is open to others) and the socket
   0600. A socket file left behind is unlinked only after checking that no daemon answers on it,
   so a second daemon can never steal a live one's socket.

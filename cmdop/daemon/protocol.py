@@ -1,6 +1,6 @@
 """The local socket protocol between `cmdop` commands and the agent daemon (version 1).
 
-Transport: a Unix stream socket (CONTRACT §2: directory 0700, socket 0600). The daemon reads the
+Transport: a Unix stream socket. The daemon reads the
 peer's credentials with SO_PEERCRED; only the daemon's own uid, or root, is served. Anyone else
 gets one `forbidden` error frame and is disconnected; the attempt is logged. So does a peer more
 seccomp-confined than the daemon (more filters in /proc/<pid>/status: a command the agent ran,
@@ -24,8 +24,7 @@ A request whose `v` is not 1 gets error `bad_version`.
 Ops:
 - `ping` → `{"pid", "version"}`.
 - `status` → the daemon.status object (pid, version, started_at, state, mode, relay, counters).
-- `call` `{tool, input, cwd?, operation?, as_caller?}` → the tool's result (CONTRACT §6: an
-  object, or a list for list_dir/grep), a `permission_denied` object when the gate denied. The caller is **local** with the
+- `call` `{tool, input, cwd?, operation?, as_caller?}` → the tool's result, a `permission_denied` object when the gate denied. The caller is **local** with the
   identity of the peer (SO_PEERCRED uid → user name, this host's name). `as_caller` may be
   `"remote"` or `"self"` and may only *downgrade* privileges: the call is gated as that caller
   kind (used to try a policy, and by tests), while the audit identity still comes from the real
@@ -46,7 +45,7 @@ Ops:
 - `token` → `{"access_token", "expires_at"}` for the next issues; `unavailable` error until the
   credential store exists.
 - `add_session_rule` `{rule, action: "allow"|"ask"|"deny", reason?}` → `{"rule_id", "rule",
-  "action", "scope": "session"}`: an in-memory rule for this agent's lifetime (CONTRACT §4);
+  "action", "scope": "session"}`: an in-memory rule for this agent's lifetime;
   error `bad_rule` when the rule does not parse, `unavailable` when the gate is not loaded.
 - `list_rules` → `{"mode", "policy_ok", "rules": [{"rule_id", "rule", "action", "reason",
   "scope": "global"|"session"}...]}`: the rules the running gate decides with, file rules first.

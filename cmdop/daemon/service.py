@@ -43,7 +43,7 @@ class RequestError(Exception):
 
 
 def input_digest(tool_input: Any) -> str:
-    """`sha256:` + hex over the canonical JSON of the full tool input (CONTRACT §5)."""
+    """`sha256:` + hex over the canonical JSON of the full tool input."""
     try:
         from cmdop.core.audit import input_digest as audit_digest  # the audit record's own form
 
@@ -264,7 +264,7 @@ class AgentService:
                        cancel: threading.Event | None = None, on_chunk: Any = None,
                        _ctx: Any = None, _note: str = "",
                        _audit_extra: dict[str, str] | None = None) -> Any:
-        """Gate, audit and run one call in a worker thread; the result object (CONTRACT §6).
+        """Gate, audit and run one call in a worker thread; the result object.
 
         The one call path for every transport (the local socket, the relay link): it takes the
         call, the verified caller and, for a streamed call, `on_chunk(name, bytes)` (called in

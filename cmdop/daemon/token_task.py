@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import trio
 
 from cmdop.core import token_policy
+from cmdop.core.credentials import REFRESH_MARGIN_S
 from cmdop.core.errors import AuthError, CmdopError
 
 if TYPE_CHECKING:
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("cmdop.daemon.token")
 
 MAX_SLEEP_S = 60.0          # re-read token.json at least this often (a new `cmdop login`)
+LIFETIME_SHARE = 3.0        # a short-lived token is renewed with a third of its life left
+MIN_INTERVAL_S = 2.0        # never two refreshes closer than this (an issuer granting ever
+                            # shorter lifetimes, e.g. capped at a session's end, cannot spin us)
+
+
+def refresh_margin(lifetime_s: float | None) -> float:
+    """How long before expiry the refresher renews a token whose lifetime is `lifetime_s`:
+    token_policy's margin (5 minutes), or a third of the lifetime for short-lived tokens — with
+    the fixed margin a token living less than 5 minutes would be due again the moment it was
+    issued, and refreshed in a tight loop. An unknown lifetime (the login's first token) gets
+    the fixed margin: at most one early refresh, which tells the lifetime."""
+    if lifetime_s is None or lifetime_s <= 0:
+        return REFRESH_MARGIN_S
+    return min(REFRESH_MARGIN_S, lifetime_s / LIFETIME_SHARE)
 
 
 @dataclass
@@ -38,6 +53,8 @@ class TokenState:
     status: str = "OK"
     reason: str = ""
     refreshes: int = 0
+    lifetime_s: float | None = None     # of the tokens this agent's refreshes got (None: unknown)
+    refreshed_at: float | None = None   # the last refresh (the clock's time)
     policy: token_policy.RefreshState = field(default_factory=token_policy.RefreshState)
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,12 +80,19 @@ async def run_token_refresher(settings: "Settings", state: TokenState,
         state.expires_at = token.expires_at
         plan = token_policy.plan_refresh(now, expires_at=token.expires_at,
                                          has_refresh_token=bool(token.refresh_token),
-                                         state=state.policy)
+                                         state=state.policy, margin=refresh_margin(state.lifetime_s))
         state.status, state.reason = plan.status, plan.reason
         if plan.action == "refresh":
+            since = None if state.refreshed_at is None else now - state.refreshed_at
+            if state.policy.failures == 0 and since is not None and 0 <= since < MIN_INTERVAL_S:
+                await trio.sleep(MIN_INTERVAL_S - since)
+                continue
             await _refresh(settings, state, token, on_new_token, clock)
             continue
         wait = MAX_SLEEP_S if plan.at is None else min(MAX_SLEEP_S, max(0.5, plan.at - now))
+        if token.expires_at is not None and token.expires_at > now:
+            # Look again when it expires: the status turns DEGRADED then, not at the next retry.
+            wait = min(wait, max(0.5, token.expires_at - now))
         await trio.sleep(wait)
         fresh = await trio.to_thread.run_sync(token_file.load, settings.token_file)
         if fresh is not None and fresh.access_token != token.access_token:
@@ -82,9 +106,10 @@ async def _refresh(settings: "Settings", state: TokenState, token: Any,
     from cmdop.adapters import token_file
 
     now = clock()
+    margin = refresh_margin(state.lifetime_s)
     try:
         fresh = await trio.to_thread.run_sync(
-            lambda: token_file.ensure_fresh(settings, now=now, strict=True))
+            lambda: token_file.ensure_fresh(settings, now=now, margin=margin, strict=True))
     except CmdopError as exc:
         permanent = isinstance(exc, AuthError)
         state.policy = token_policy.after_failure(
@@ -94,8 +119,14 @@ async def _refresh(settings: "Settings", state: TokenState, token: Any,
         log.log(level, "refreshing the login failed: %s", exc.message)
         return
     state.policy = token_policy.after_success()
+    if fresh is None or fresh.access_token == token.access_token:
+        # Not due by the file's own check after all (the plan's moment and ensure_fresh's
+        # comparison can differ at the very boundary): look again in a moment, not at once.
+        await trio.sleep(0.5)
+        return
     state.refreshes += 1
-    if fresh is not None and fresh.access_token != token.access_token:
-        log.info("login refreshed (expires in %.0f s)",
-                 (fresh.expires_at or now) - now)
-        on_new_token(fresh.access_token)
+    state.refreshed_at = now
+    if fresh.expires_at is not None:
+        state.lifetime_s = fresh.expires_at - now     # what the issuer grants: the next margin
+    log.info("login refreshed (expires in %.0f s)", (fresh.expires_at or now) - now)
+    on_new_token(fresh.access_token)

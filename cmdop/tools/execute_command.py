@@ -1,4 +1,4 @@
-"""execute_command{command, cwd?, timeout_ms?} -> {stdout, stderr, exit_code, ...} (CONTRACT §6).
+"""execute_command{command, cwd?, timeout_ms?} -> {stdout, stderr, exit_code, ...}.
 
 Promises:
 - The command runs as `bash -c COMMAND` (`/bin/sh -c` where bash is absent) in its own session

@@ -1,4 +1,4 @@
-"""read_file, write_file and list_dir (CONTRACT §6), opened race-free through safe_open.
+"""read_file, write_file and list_dir, opened race-free through safe_open.
 
 Every tool canonicalises the caller's path, checks the floor on it, opens it by an fd-relative
 O_NOFOLLOW walk and re-checks the floor on the path actually opened.

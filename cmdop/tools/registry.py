@@ -6,7 +6,7 @@ Errors become result objects a remote caller can read:
   bad_input, not_found, is_a_directory, not_a_directory, os_permission, symlink_refused,
   agent_private, sandbox_unavailable, os_error, internal_error;
   a floor hit found while opening (the path actually opened is on the floor) gives the
-  CONTRACT §6 permission_denied object with source "floor".
+  permission_denied object with source "floor".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""grep and glob (CONTRACT §6). Neither descends into, reads or reports a floor path.
+"""grep and glob. Neither descends into, reads or reports a floor path.
 
 grep{pattern, path, glob?, max_results?} -> [{file, line, text}]
     `pattern` is a Python regular expression searched in each line (UTF-8, undecodable bytes
@@ -7,7 +7,7 @@ grep{pattern, path, glob?, max_results?} -> [{file, line, text}]
     files over 20 MB are skipped, as are floor directories (.git, .ssh, ...) and floor files.
     Caps: 1000 results (default), 10 s of wall time, lines cut to 2000 characters in results and
     to 10000 characters for matching. A cap that is hit ends the list early; the list stays a
-    list (CONTRACT shape), so callers who need to know compare its length with the cap.
+    list (the tool's result shape), so callers who need to know compare its length with the cap.
     The search runs in a child interpreter (under the sandbox where there is one) that stops
     itself at the time cap and is killed 2 s later if one regex search will not end: Python's
     `re` holds the GIL and cannot be interrupted, so searching in-process would let one
