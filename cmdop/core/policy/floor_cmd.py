@@ -42,11 +42,11 @@ import re
 import shlex
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 from cmdop.core.policy.commands import is_shell, unwrap
 from cmdop.core.policy.floor_paths import (_SAMPLES, FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
-                                           check_pattern, fold)
+                                           _prefix_strings, _prefixes, check_path, check_pattern, fold)
 from cmdop.core.policy.paths import components, expand_user, normalise
 from cmdop.core.policy.programs import (Remote, device_role, elsewhere, family, has_role, host_path, lookup,
                                         remote_url)
@@ -113,6 +113,8 @@ _FORKBOMB_TEXT = re.compile(r"([\w:.-]{1,64})\(\)\{\1\|\1&\}|fork\s*while\s*fork
 
 def _braces(text: str, limit: int = 64) -> list[str]:
     """Expand `{a,b}` and `{1..3}` statically (bounded), as bash would before running."""
+    if "{" not in text:
+        return [text]
     m = re.search(r"\{([^{}]*(?:,|\.\.)[^{}]*)\}", text)
     if not m or limit <= 0:
         return [text]
@@ -135,21 +137,60 @@ def _braces(text: str, limit: int = 64) -> list[str]:
     return out[:limit] or [text]
 
 
-def _argv(words: tuple[Word, ...] | list[Word], home: str, variables: dict[str, str]) -> list[str]:
+def _argv(words: Sequence[Word], home: str, variables: dict[str, str]) -> list[str]:
     """Best-effort argv: known variables substituted, `$IFS` splits, braces expanded,
     unknown expansions as UNKNOWN."""
     out: list[str] = []
     env = dict(variables, HOME=home, IFS=" ")
     for w in words:
-        text = w.text(env, UNKNOWN)
-        pieces = text.split() if any(k == VAR and t == "IFS" for k, t in w.segments) else [text]
-        if any(k == EVAL for k, _ in w.segments) and len(text.split()) > 1:
-            pieces = [text] + text.split()       # `$(echo / x)` unquoted splits; quoted does not
-        for p in pieces:
-            out.extend(_braces(p))
+        out.extend(_word_argv(w, env))
     return out
 
 
+def _argv_head(words: Sequence[Word], home: str, variables: dict[str, str], n: int) -> list[str]:
+    """`_argv(words, home, variables)[:n]`, expanding no more words than that takes."""
+    out: list[str] = []
+    env = dict(variables, HOME=home, IFS=" ")
+    for w in words:
+        if len(out) >= n:
+            break
+        out.extend(_word_argv(w, env))
+    return out[:n]
+
+
+def _word_argv(w: Word, env: dict[str, str]) -> list[str]:
+    """What one word adds to an `_argv` under `env` (the variables, HOME and IFS)."""
+    out: list[str] = []
+    text = w.text(env, UNKNOWN)
+    pieces = text.split() if any(k == VAR and t == "IFS" for k, t in w.segments) else [text]
+    if any(k == EVAL for k, _ in w.segments) and len(text.split()) > 1:
+        pieces = [text] + text.split()       # `$(echo / x)` unquoted splits; quoted does not
+    for p in pieces:
+        out.extend(_braces(p))
+    return out
+
+
+class _Argvs:
+    """`_argv` for one line, its variables final: each word is expanded once. The line's simple
+    commands are judged in every directory the line may be in (up to 8), and what a word
+    expands to does not depend on the directory."""
+
+    def __init__(self, home: str, variables: dict[str, str]) -> None:
+        self.env = dict(variables, HOME=home, IFS=" ")
+        self.done: dict[Word, tuple[str, ...]] = {}
+
+    def __call__(self, words: Sequence[Word]) -> list[str]:
+        """Exactly `_argv(words, home, variables)`."""
+        out: list[str] = []
+        for w in words:
+            pieces = self.done.get(w)
+            if pieces is None:
+                pieces = self.done[w] = tuple(_word_argv(w, self.env))
+            out.extend(pieces)
+        return out
+
+
+@lru_cache(maxsize=4096)
 def _program(arg0: str) -> str:
     return "?" if UNKNOWN in arg0 or re.search(r"[*?\[]", arg0) else posixpath.basename(arg0.rstrip("/")) or arg0
 
@@ -614,12 +655,9 @@ def _embedded_commands(argv: list[str], home: str, cwd: str | None, depth: int,
         if prog == "git" and (_is_git_text_opt(argv[i - 1]) or a.startswith(tuple(o + "=" for o in _GIT_TEXT_OPTS))):
             continue                                   # a commit message or a search string
         key, eq, _ = a.partition("=")
-        for text in dict.fromkeys((a, a.split("=", 1)[-1], a.rsplit("=", 1)[-1])):
-            marked = text.lstrip(" \t")[:1] in ("!", "|") or bool(eq and _COMMAND_KEY.search(key)) or \
+        for raw, text in _lines_in(a):
+            marked = raw.lstrip(" \t")[:1] in ("!", "|") or bool(eq and _COMMAND_KEY.search(key)) or \
                 bool(_COMMAND_KEY.search(argv[i - 1]) and argv[i - 1].startswith("-"))
-            text = _BLANK.sub(" ", text.lstrip("!| \t"))
-            if not text or " " not in text:
-                continue
             if _EMBEDDED_RM.search(text):
                 return "floor: recursive removal of / inside an argument"
             reason = _check(text, home, cwd, depth + 1, extra)
@@ -629,6 +667,17 @@ def _embedded_commands(argv: list[str], home: str, cwd: str | None, depth: int,
                 continue
             return f"{reason} (inside an argument)"
     return None
+
+
+def _lines_in(word: str) -> list[tuple[str, str]]:
+    """(as written, as read) for each part of `word` that reads as a command line: the word, its
+    value after the first and after the last `=`, without a leading `!` or `|`, blanks as spaces."""
+    out: list[tuple[str, str]] = []
+    for raw in dict.fromkeys((word, word.split("=", 1)[-1], word.rsplit("=", 1)[-1])):
+        text = _BLANK.sub(" ", raw.lstrip("!| \t"))
+        if text and " " in text:
+            out.append((raw, text))
+    return out
 
 
 _BLANK = re.compile(r"[ \t\n\r\v\f]+")
@@ -1051,10 +1100,10 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
         if "[" in name and value.static is not None:
             array_words.append(value.static)
     for c in analysis.commands:
-        words = _argv(tuple(c.words), home, variables)
-        if words[:2] == ["set", "--"]:              # set -- -rf /; rm "$@"
-            array_words += words[2:]
-        elif words[:1] in (["readarray"], ["mapfile"]):  # readarray -t c <<< $'rm\n-rf\n/'
+        head = _argv_head(c.words, home, variables, 2)
+        if head == ["set", "--"]:                   # set -- -rf /; rm "$@"
+            array_words += _argv(c.words, home, variables)[2:]
+        elif head[:1] in (["readarray"], ["mapfile"]):  # readarray -t c <<< $'rm\n-rf\n/'
             array_words += [x for op, w in c.redirects if op == "<<<" and w is not None
                             for x in (w.static or "").split("\n") if x]
         for w in c.words:                           # export CDPATH=/, declare X=/etc
@@ -1073,26 +1122,37 @@ def _check_source(command: str, home: str, cwd: str | None, depth: int, extra: t
     # there can repeat (`for d in a b; do rm -rf *; cd ..; done` climbs a level each round), so
     # after it the directory is unknown, and every repeating command is judged again in every
     # directory the line can reach.
+    # A command is judged only where its answer may differ from one it got already (`_Judged`,
+    # below: a long line would otherwise judge each command up to 8 times), and its words are
+    # expanded once for all directories.
+    argvs = _Argvs(home, variables)
     cwds: list[str | None] = [cwd]
-    repeating: list[tuple[Any, Any, str]] = []
+    repeating: list[tuple[Any, Any, str, _Judged]] = []
     for cmd in analysis.commands:
         un = unwrap(cmd)
         stdin = cmd.stdin or ("" if cmd.substituted else outer_stdin)
+        judged = _Judged(cmd, un, argvs, variables, home, depth, extra)
         for here in cwds:
-            reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted)
+            if judged.known_clean(here):
+                continue
+            reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted, argvs)
             if reason:
                 return reason
-        after = _after_cd(cmd, un, cwds, home, variables)
+            judged.judged_clean(here)
+        after = _after_cd(cmd, un, cwds, home, variables, argvs)
         if getattr(cmd, "repeats", False):
-            repeating.append((cmd, un, stdin))
+            repeating.append((cmd, un, stdin, judged))
             if after != cwds and None not in after:
                 after = [*after, None]
         cwds = after
-    for cmd, un, stdin in repeating:
+    for cmd, un, stdin, judged in repeating:
         for here in cwds:
-            reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted)
+            if judged.known_clean(here):
+                continue
+            reason = _check_simple(cmd, un, stdin, variables, home, here, depth, extra, tainted, argvs)
             if reason:
                 return reason
+            judged.judged_clean(here)
     return bomb
 
 
@@ -1298,17 +1358,18 @@ def elsewhere_notes(command: str, home: str, depth: int = 0) -> list[str]:
 
 def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, str], home: str,
                   cwd: str | None, depth: int, extra: tuple[str, ...],
-                  tainted: frozenset[str] = frozenset()) -> str | None:
+                  tainted: frozenset[str] = frozenset(), argvs: _Argvs | None = None) -> str | None:
     """The floor reason for one simple command run in `cwd`, or None. `tainted`: variables this
-    line fills at run time (`x=$(curl …)`, `read x`)."""
-    redirects = [(op, _argv((t,), home, variables)[0] if t is not None else "")
+    line fills at run time (`x=$(curl …)`, `read x`); `argvs`: `_argv` under `variables`, memoised."""
+    argv_of = argvs or (lambda words: _argv(words, home, variables))
+    redirects = [(op, argv_of((t,))[0] if t is not None else "")
                  for op, t in cmd.redirects]
     for _, value in cmd.assigns:
-        text = _argv((value,), home, variables)
+        text = argv_of((value,))
         reason = _named_paths(text, home, cwd, extra) or _embedded_commands(["", *text], home, cwd, depth, extra)
         if reason:
             return reason
-    head = _argv(un.layers[-1].words[:1], home, variables) if un.layers and un.layers[-1].words else []
+    head = argv_of(un.layers[-1].words[:1]) if un.layers and un.layers[-1].words else []
     prog0 = _program(head[0]) if head else ""
     if (is_shell(prog0) or _interpreter(prog0)) and any(
             k == SUB and t.startswith(("<(", ">(")) or (name in ("BASH_ENV", "ENV") and value.static is None)
@@ -1333,10 +1394,10 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
     # What the innermost command names on other machines (`ssh h CMD`, `scp h:/x .`): its outer
     # layers (`sudo ssh h CMD`) hold the same words at their end.
     env = {*variables, *(n for layer in un.layers for n, _ in layer.assigns)}
-    inner = _argv(un.layers[-1].words, home, variables) if len(un.layers) > 1 and not unknown_program else []
+    inner = argv_of(un.layers[-1].words) if len(un.layers) > 1 and not unknown_program else []
     inner_remote = _elsewhere(inner, _program(inner[0]), env) if inner else _HERE
     for layer in un.layers:
-        argv = _argv(layer.words, home, variables)
+        argv = argv_of(layer.words)
         if not argv:
             continue
         if unknown_program:
@@ -1351,7 +1412,7 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
                 return f"floor: xargs hands piped text to '{prog} -c' as its script"
             argv = argv + items
         producer = cmd.producer.words if cmd.stdin == "pipe" and cmd.producer is not None else []
-        pargv = _argv(tuple(producer), home, variables) if producer else []
+        pargv = argv_of(producer) if producer else []
         reads_names = has_role(prog, "names-consumer") and not any(    # `while read f; do cat "$f"` reads files
             k == VAR and t in tainted for w in layer.words[1:] for k, t in w.segments)
         if pargv and not reads_names and _lists_protected_tree(pargv, home, cwd, extra):
@@ -1424,13 +1485,14 @@ _CD_WORD = re.compile(r"(?:^|[\s;&|(`])(?:cd|pushd|popd)(?:$|[\s;&|)`])")
 
 
 def _after_cd(cmd: SimpleCommand, un: Any, cwds: list[str | None], home: str,
-              variables: dict[str, str]) -> list[str | None]:
+              variables: dict[str, str], argvs: _Argvs | None = None) -> list[str | None]:
     """`cwds` after `cmd`: unchanged unless it changes directory, then with the new place added
     (the old stays: the cd may fail, or run in a subshell). A target we cannot resolve (`cd -`,
-    `cd "$D"`, CDPATH, popd, a cd inside eval or `sh -c`) adds None, the unknown directory."""
+    `cd "$D"`, CDPATH, popd, a cd inside eval or `sh -c`) adds None, the unknown directory.
+    `argvs`: `_argv` under `variables`, memoised."""
     targets: list[str | None] = []
     for layer in un.layers:
-        words = _argv(layer.words, home, variables)
+        words = argvs(layer.words) if argvs else _argv(layer.words, home, variables)
         if not words or _program(words[0]) not in ("cd", "pushd", "popd"):
             continue
         rest = words[1:]
@@ -1461,3 +1523,203 @@ def _after_cd(cmd: SimpleCommand, un: Any, cwds: list[str | None], home: str,
         return cwds
     out = list(dict.fromkeys([*cwds, *targets]))
     return out if len(out) <= 8 else [*out[:7], None]     # bounded; past that, "unknown"
+
+
+# ---- one simple command in many directories ------------------------------------------------------
+# A line's simple commands are judged in every directory the line may be in (up to 8, the last
+# one often "unknown": each `cd` adds one, see `_check_source`), and a long line holds thousands
+# of them, most judged alike everywhere: their words are options, names and absolute paths.
+# Judging is pure, so a command is never judged twice in one directory; and a "blind" command is
+# judged once for all "neutral" directories, and for the unknown one too when it names nothing
+# `rm` could remove: `_check_simple` gives it the same answer in each. This follows from all that
+# the checks do with the directory: resolve words against it (`_resolve`, `_resolutions`), test
+# the paths (floor paths and patterns, devices, descriptors, `/` and the system directories for
+# rm, trees holding protected files, links), and judge nested command lines there. A neutral
+# directory is in no protected tree and above none; a blind command's words are absolute or stay
+# inside the directory (`_cwd_free`), so they resolve to paths every test answers alike in any
+# neutral directory, and its nested lines are `_invariant`. tests/unit/test_floor_cwd.py holds
+# the claim against `_check_simple` itself.
+#
+# How far a command (a word, a line) is blind: not at all; across the neutral directories; across
+# those and the unknown one.
+SEES_CWD, BLIND_NEUTRAL, BLIND_UNKNOWN = 0, 1, 2
+
+
+def _cwd_free(word: str, home: str) -> int:
+    """How far `word` names the same things in every directory (SEES_CWD, BLIND_NEUTRAL or
+    BLIND_UNKNOWN)? Each path the checks read in it — the word; its parts between `=`, `:`, `,`
+    or `@`; a short option's value (`-fFILE`); what follows its first `=` (`of=FILE`,
+    `--directory=DIR`) — must be absolute, the home directory (`~`, `~/…`), or relative, ASCII
+    and inside the directory it is read in (no `..`), read also without its unknown expansions
+    as `_covers_anchor` does; no `file:` URL (its path may be anything). In the unknown
+    directory, no path below an unknown expansion (`"$X"/a`), read from `/` and home there."""
+    if "file:" in word.lower():
+        return SEES_CWD
+    paths = {word, *(part for sep in "=:,@" if sep in word for part in word.split(sep))}
+    if word.startswith("-") and len(word) > 2 and not word.startswith("--"):
+        paths.add(word[2:])
+    if "=" in word:
+        paths.add(word.partition("=")[2])
+    level = BLIND_UNKNOWN
+    for path in paths:
+        for text in {path, path.replace(UNKNOWN, "")}:
+            if not text or text[0] == "/":
+                continue
+            if text[0] == "~":
+                if (text == "~" or text.startswith("~/")) and home.startswith("/"):
+                    continue                          # (expanded to an absolute path)
+                return SEES_CWD
+            if not text.isascii() or ".." in text.split("/"):
+                return SEES_CWD
+        if path[:1] == UNKNOWN and "/" in path:
+            level = BLIND_NEUTRAL
+    return level
+
+
+def _related(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Is one of two component paths at or under the other?"""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+@lru_cache(maxsize=256)
+def _neutral(cwd: str | None, home: str, extra: tuple[str, ...]) -> bool:
+    """Is `cwd` neutral: a known, folded, ASCII directory with no glob in it, neither `/` nor a
+    system directory at the top (`_is_root_target`), not in /dev or /proc, not protected
+    (`check_path`), and neither in nor above any protected tree (the anchors of `_covers_anchor`,
+    the floor's and the caller's prefixes as `check_path` and `check_pattern` read them)? Then
+    no path inside it is any of those, or in one."""
+    if cwd is None or not cwd.isascii() or re.search(r"[*?\[\x00]", cwd) or normalise(cwd) != cwd \
+            or cwd.startswith(("/dev", "/proc")) or check_path(cwd, home, extra):
+        return False
+    folded = fold(cwd)
+    comps = tuple(components(folded))
+    if len(comps) < 2 and (not comps or comps[0] in _SYSTEM_TOP):
+        return False
+    trees = [*_anchors(home, extra), *(tuple(c) for _, c in _prefixes(home)),
+             *(tuple(components(fold(p))) for p in extra)]
+    if any(_related(comps, tree) for tree in trees):
+        return False
+    strings = [fold(p.rstrip("/")) or "/" for p in extra] + [pref for _, pref in _prefix_strings(home)]
+    return not any(pref.startswith(folded + "/") for pref in strings)
+
+
+def _blind(cmd: SimpleCommand, un: Any, argvs: _Argvs, variables: dict[str, str], home: str, depth: int,
+           extra: tuple[str, ...]) -> int:
+    """How far `_check_simple` gives `cmd` the same answer in every directory (SEES_CWD,
+    BLIND_NEUTRAL or BLIND_UNKNOWN)? Every word (with what `xargs` appends), assignment value,
+    redirection target, word of a listing piped in and string of inline code must be
+    `_cwd_free`, and every command line it runs `_invariant`: so no shell (by name or as a word),
+    `alias`, `trap`, `-c`/`eval` script, array or function of the line; an argument with blanks
+    is such a line. In the unknown directory, nothing `_is_root_target` reads either: no
+    recursive rm (by any program name) nor find that deletes (an unknown directory may be `/`)."""
+    if un.nested or un.dynamic_nested or _ARRAYS in variables or _REDEFINED in variables:
+        return SEES_CWD
+    level = BLIND_UNKNOWN
+    words = [w for _, value in cmd.assigns for w in argvs((value,))]
+    words += [argvs((t,))[0] for _, t in cmd.redirects if t is not None]
+    if cmd.stdin == "pipe" and cmd.producer is not None and cmd.producer.words:
+        pargv = argvs(cmd.producer.words)     # (its words are read for the trees a listing walks)
+        if family(_program(pargv[0])) in ("find", "rg", "fd"):
+            words += pargv
+    items: list[str] | None = None            # (as `_check_simple` builds each layer's argv)
+    for layer in un.layers:
+        argv = argvs(layer.words)
+        if not argv:
+            continue
+        prog = _program(argv[0])
+        if items is not None:
+            argv = argv + items
+        if prog in ("xargs", "parallel") and items is None:
+            items = _xargs_items(cmd, argv, home, variables)
+            if prog == "parallel":
+                argv = argv + items
+        if prog in ("alias", "trap") or is_shell(prog):
+            return SEES_CWD
+        if family(prog) == "find" and any(a in ("-delete", "-exec", "-execdir") for a in argv):
+            level = BLIND_NEUTRAL
+        if (prog in ("rm", "?", "unlink", "rmdir") or any(_program(a) == "rm" for a in argv[1:])) and any(
+                a.startswith("-") and ("r" in a or "R" in a) for a in argv[1:]):
+            level = BLIND_NEUTRAL
+        if _interpreter(prog) or has_role(prog, "awk"):
+            for a in argv[1:]:               # (the strings of inline code are read as paths)
+                level = min([level, *(_cwd_free(m.group(2), home) for m in _CODE_STRING.finditer(a))])
+        words += argv
+    for w in words:
+        if is_shell(_program(w)):
+            return SEES_CWD
+        level = min(level, _cwd_free(w, home))
+        if _BLANK.search(w):
+            for _, text in _lines_in(w):
+                level = min(level, _invariant(text, home, depth + 1, extra))
+        if level == SEES_CWD:
+            break
+    return level
+
+
+@lru_cache(maxsize=1024)
+def _invariant(command: str, home: str, depth: int, extra: tuple[str, ...]) -> int:
+    """How far `_check(command, home, cwd, depth, extra)` gives the same answer in every
+    directory (SEES_CWD, BLIND_NEUTRAL or BLIND_UNKNOWN)? No reading of it may set a variable,
+    define a function, change directory, or hold code run later (`_stored_code`,
+    `_quoted_subscripts`, `_array_literals`), and all its commands must be `_blind`."""
+    if depth > 8:
+        return BLIND_UNKNOWN
+    if len(command) > 4096 or sum(command.count(ch) for ch in "()[]{}`$;&|<>\n") > 64:
+        # Only a line parsed well within the walker's depth: a deeper one may be parsed
+        # differently at another depth of the stack (see `shell.analyse`), and this reading
+        # must not be the first to parse it.
+        return SEES_CWD
+    level = BLIND_UNKNOWN
+    for source in interpretations(command):
+        analysis = analyse(source)
+        if analysis.opaque in (TOO_DEEP, TOO_MANY):
+            continue
+        if analysis.assignments or analysis.functions or _stored_code(analysis) or \
+                _quoted_subscripts(analysis) or _array_literals(analysis):
+            return SEES_CWD
+        argvs = _Argvs(home, {})
+        for cmd in analysis.commands:
+            words = argvs(cmd.words)
+            if cmd.assigns or words[:1] in (["set"], ["readarray"], ["mapfile"]) or any(
+                    len(w.segments) == 1 and w.segments[0][0] == SUB and "=" in w.segments[0][1] for w in cmd.words):
+                return SEES_CWD             # (what `_check_source` makes variables of: `declare X=…`)
+            un = unwrap(cmd)
+            if any(argv and _program(argv[0]) in ("cd", "pushd", "popd")
+                   for argv in (argvs(layer.words) for layer in un.layers)):
+                return SEES_CWD
+            level = min(level, _blind(cmd, un, argvs, {}, home, depth, extra))
+            if level == SEES_CWD:
+                return level
+    return level
+
+
+class _Judged:
+    """Where one simple command of a line was judged clean, and where it need not be judged."""
+
+    def __init__(self, cmd: SimpleCommand, un: Any, argvs: _Argvs, variables: dict[str, str], home: str,
+                 depth: int, extra: tuple[str, ...]) -> None:
+        self.cmd, self.un, self.argvs, self.variables = cmd, un, argvs, variables
+        self.home, self.depth, self.extra = home, depth, extra
+        self.clean: list[str | None] = []
+        self.alike: set[bool] = set()        # of the clean places neutral or unknown: is it unknown?
+        self._blind: int | None = None
+
+    def judged_clean(self, cwd: str | None) -> None:
+        """The command was judged clean in `cwd`."""
+        self.clean.append(cwd)
+        if cwd is None or _neutral(cwd, self.home, self.extra):
+            self.alike.add(cwd is None)
+
+    def known_clean(self, cwd: str | None) -> bool:
+        """Would judging the command in `cwd` surely find nothing? When it was judged clean there;
+        or when `cwd` and a directory it was judged clean in are both neutral or unknown, and it
+        is blind to the difference."""
+        if cwd in self.clean:
+            return True
+        if not self.alike or not (cwd is None or _neutral(cwd, self.home, self.extra)):
+            return False
+        if self._blind is None:
+            self._blind = _blind(self.cmd, self.un, self.argvs, self.variables, self.home, self.depth, self.extra)
+        need = BLIND_NEUTRAL if cwd is not None and False in self.alike else BLIND_UNKNOWN
+        return self._blind >= need

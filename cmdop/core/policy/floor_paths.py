@@ -95,6 +95,7 @@ def check_path(canonical_path: str, home: str, extra: tuple[str, ...] = ()) -> s
     return None
 
 
+@lru_cache(maxsize=1024)
 def _glob_regex(component: str) -> re.Pattern[str]:
     """A shell glob for one component, as bash expands it without dotglob: a leading `*`, `?`
     or `[...]` does not match a leading dot. `\\x00` stands for an unknown expansion."""

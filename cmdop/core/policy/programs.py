@@ -48,6 +48,7 @@ import posixpath
 import re
 import shlex
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 # --- the data -------------------------------------------------------------------------------------
@@ -588,6 +589,8 @@ _BY_NAME = _index()
 _BY_VERSION = [(re.compile(spec.versions), spec) for spec in PROGRAMS if spec.versions]
 
 
+# Cached (bounded): the floor asks about the same few names many times per command.
+@lru_cache(maxsize=4096)
 def lookup(name: str) -> ProgramSpec | None:
     """The spec for program `name` (any path; versioned names fold to their family by the family's
     `versions` regex: `python3.12`, `pypy3.10`, `perl5.36`, `php8.2`, `node18`, `mkfs.ext4`)."""

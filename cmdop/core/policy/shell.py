@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import tree_sitter as _ts
@@ -201,9 +201,10 @@ class Word:
 
     segments: tuple[tuple[str, str], ...]
 
-    @property
+    @cached_property
     def static(self) -> str | None:
-        """The word's value if it contains no expansion, glob or brace expansion; else None."""
+        """The word's value if it contains no expansion, glob or brace expansion; else None.
+        (Computed once per word: the floor and the rules ask for it many times.)"""
         out = []
         for kind, text in self.segments:
             if kind == LIT:
