@@ -1,5 +1,5 @@
 """The gate's answer for one call. Produced by `gate.decide`, consumed by the pipeline,
-the audit record, `permissions check --json` and the `permission_denied` result (CONTRACT §4, §6).
+the audit record, `permissions check --json` and the `permission_denied` result.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Decision:
         return {k: v for k, v in out.items() if v != ""}
 
     def denied_result(self) -> dict[str, Any]:
-        """The result a denied call returns to its caller (CONTRACT §6)."""
+        """The result a denied call returns to its caller."""
         out: dict[str, Any] = {
             "error": "permission_denied",
             "tool": self.tool,

@@ -1,4 +1,4 @@
-"""The floor (CONTRACT §4): the hard-coded deny list checked before anything else, for every
+"""The floor: the hard-coded deny list checked before anything else, for every
 caller in every mode. No rule, mode, flag or environment variable changes it.
 
 `check_path` covers files, directories and prefixes (floor_paths.py); `check_command` covers shell

@@ -1,6 +1,6 @@
-"""The floor for shell commands (CONTRACT §4): shapes no rule, mode or flag can allow.
+"""The floor for shell commands: shapes no rule, mode or flag can allow.
 
-Entries (source: CONTRACT §4 and spec/security-model.txt "Bash signatures"):
+Entries (the security model's bash signatures):
 1. removing `/` recursively, in any spelling: `rm` by any path or wrapper, short/long/split
    flags, `--no-preserve-root`, targets `/`, `//`, `/.`, `/*`, `$HOME/../..`, `../..` from cwd,
    and `find / -delete`. A program we cannot resolve with such arguments counts as `rm`.

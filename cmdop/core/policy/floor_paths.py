@@ -1,6 +1,6 @@
-"""The floor for paths (CONTRACT §4): files, directories and prefixes no rule can open up.
+"""The floor for paths: files, directories and prefixes no rule can open up.
 
-Source of every entry: CONTRACT §4 "The floor" (which cites spec/security-model.txt).
+Every entry is part of the floor the README's gate section lists.
 Checks are component- and prefix-wise on a canonical path, never substring: `/etcetera` and
 `my.env.example.txt` are not floor, `.env.local` is.
 
@@ -20,14 +20,14 @@ from cmdop.core.policy.pattern import class_body
 
 FLOOR_FILES = frozenset({".env", ".gitconfig", ".bashrc", ".zshrc", ".profile", ".ripgreprc",
                          ".mcp.json", ".claude.json",
-                         # beyond CONTRACT §4: the other files a shell runs at login or start,
+                         # beyond the basic list: the other files a shell runs at login or start,
                          # as much code execution on the next login as .bashrc is
                          ".bash_profile", ".bash_login", ".bash_logout", ".zshenv", ".zprofile",
                          ".zlogin", ".zlogout"})
 FLOOR_FILE_PREFIXES = (".env.",)
 FLOOR_DIRS = frozenset({".git", ".ssh", ".cmdop"})
 FLOOR_ABS_PREFIXES = ("/etc", "/System", "/private/etc")
-# `.config/systemd/user` (beyond CONTRACT §4): a unit written there runs code as the user,
+# `.config/systemd/user` (beyond the basic list): a unit written there runs code as the user,
 # this agent's own user unit included.
 FLOOR_HOME_PREFIXES = ("Library/Keychains", ".config/cmdop", ".config/systemd/user")
 

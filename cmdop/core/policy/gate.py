@@ -1,4 +1,4 @@
-"""The gate: (call, caller, policy) → Decision, in the order of CONTRACT §4. Never raises.
+"""The gate: (call, caller, policy) → Decision, in the gate's fixed order. Never raises.
 
 1. floor (every caller, every mode) → deny, source "floor";
 2. local callers, and self callers while `self_bypass` → allow, source "bypass";

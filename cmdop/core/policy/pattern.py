@@ -1,4 +1,4 @@
-"""Rule argument globs, compiled once per policy load to anchored regexes (CONTRACT §4).
+"""Rule argument globs, compiled once per policy load to anchored regexes.
 
 - path globs: anchored on the full canonical path; `*` and `?` stay within one segment, `**`
   spans any depth (`/a/**` also matches `/a`), `[abc]`/`[!abc]` classes, `\\x` escapes.

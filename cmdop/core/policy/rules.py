@@ -1,4 +1,4 @@
-"""Rules: the grammar `tool`, `tool(ARGGLOB)`, `tool(OP:ARGGLOB)` (CONTRACT §4), their ids, and
+"""Rules: the grammar `tool`, `tool(ARGGLOB)`, `tool(OP:ARGGLOB)`, their ids, and
 the compiled form the gate matches.
 
 - The argument matched per tool: execute_command → command; read_file, write_file, list_dir,
