@@ -1,7 +1,8 @@
 """Caller commands: `cmdop hosts`, `cmdop exec HOST -- CMD ARGS…`, `cmdop call HOST TOOL --input`.
 
 They reach the machines of the caller's workspace through the relay (credential from the flags,
-CMDOP_API_KEY, or a stored workspace: `cmdop.cli.credential_flags`).
+CMDOP_API_KEY, a stored workspace, or the `cmdop login` token: `cmdop.cli.credential_flags`). A
+login the relay refuses (expired, revoked, account disabled) exits 4 with a hint to log in again.
 
 Exit status: `exec` exits with the remote command's own status when it ran; 3 when
 a gate denied it (the structured reason on stderr, or the denial object on stdout with --json);
@@ -14,10 +15,11 @@ results); `call` prints the tool's result object as one JSON document.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.cli.credential_flags import add_credential_flags, resolve_from_args
@@ -58,8 +60,27 @@ def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
     if not cred.relay:
         raise UsageError("no relay address",
                          "pass --relay HOST:PORT, set CMDOP_RELAY, or store it with the key")
-    return RelayChannel(RelayEndpoint(address=cred.relay, fingerprint=cred.relay_fingerprint,
-                                      ca_file=cred.relay_ca), cred.secret)
+    channel = RelayChannel(RelayEndpoint(address=cred.relay, fingerprint=cred.relay_fingerprint,
+                                         ca_file=cred.relay_ca), cred.secret)
+    return _login_refused_hint(channel) if cred.source == "oauth" else channel
+
+
+@contextlib.contextmanager
+def _login_refused_hint(channel: Any) -> Iterator[Any]:
+    """`with channel` for a login's access token: the relay refusing it (the account disabled,
+    the token revoked or expired) says to sign in again, not to fix a key."""
+    with channel:
+        try:
+            yield channel
+        except AuthError as exc:
+            # The token refused at the start (UNAUTHENTICATED) or cut mid-call (`revoked`); any
+            # other refusal (a certificate pin mismatch, ...) keeps its own hint.
+            if not (exc.message.startswith("the relay refused the credential")
+                    or "key was revoked" in (exc.hint or "")):
+                raise
+            raise AuthError(exc.message.replace("the credential", "the login", 1),
+                            "run `cmdop login` to sign in again (the login expired, was revoked, "
+                            "or its account was disabled)") from None
 
 
 _NOT_THROUGH_AGENT = object()

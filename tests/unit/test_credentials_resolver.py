@@ -113,6 +113,39 @@ def test_named_workspace_missing_is_an_auth_error() -> None:
     assert resolve(flag_workspace="ghost", env_key=K_ENV).source == "env"
 
 
+def test_named_workspace_without_a_key_uses_the_login_for_it() -> None:
+    """--workspace W / CMDOP_WORKSPACE=W with no stored key for W: the OAuth login when it is
+    for W (with its relay and pin), before the active workspace's key; still an AuthError when
+    the login is for another workspace, or cannot be used."""
+    login = OAuthToken(access_token=TOKEN, expires_at=NOW + 3600, refresh_token="r", workspace="ghost",
+                       relay="oauth.relay:1", relay_fingerprint="33" * 32)
+    for kw in ({"flag_workspace": "ghost"}, {"env_workspace": "ghost"},
+               {"flag_workspace": "ghost", **inputs("active")}, {"env_workspace": "ghost", **inputs("active")}):
+        cred = resolve(oauth=login, **kw)
+        assert (cred.source, cred.secret, cred.workspace) == ("oauth", TOKEN, "ghost"), kw
+        assert (cred.relay, cred.relay_fingerprint) == ("oauth.relay:1", "33" * 32)
+    # the flag wins over the environment's workspace: the login is for the environment's
+    with pytest.raises(AuthError):
+        resolve(oauth=login, flag_workspace="other", env_workspace="ghost")
+    # a relay named by hand gets no pin from the login
+    assert resolve(oauth=login, flag_workspace="ghost", flag_relay="x:1").relay_fingerprint == ""
+    # a stored key for the named workspace still wins over the login
+    assert resolve(oauth=OAuthToken(TOKEN, NOW + 3600, workspace="named"),
+                   flag_workspace="named").source == "workspace"
+    # a key from the flag or the environment still wins over both
+    assert resolve(oauth=login, flag_workspace="ghost", env_key=K_ENV).source == "env"
+    # a login for another workspace, or one that cannot be used: the named workspace is refused
+    for oauth in (OAuthToken(TOKEN, NOW + 3600, workspace="other"), OAuthToken(TOKEN, NOW + 3600),
+                  OAuthToken(TOKEN, NOW - 1, workspace="ghost"), OAuthToken("", NOW + 3600, workspace="ghost")):
+        for kw in ({"flag_workspace": "ghost"}, {"env_workspace": "ghost", **inputs("active")}):
+            with pytest.raises(AuthError) as err:
+                resolve(oauth=oauth, **kw)
+            assert "ghost" in err.value.message and err.value.exit_code == 4
+    # an expired login that can be refreshed is used (the caller refreshes it first)
+    assert resolve(oauth=OAuthToken(TOKEN, NOW - 1, refresh_token="r", workspace="ghost"),
+                   flag_workspace="ghost").source == "oauth"
+
+
 def test_dangling_active_falls_through() -> None:
     data = WorkspacesData(active="gone", workspaces=STORE.workspaces)
     assert resolve(workspaces=data).source == "none"
