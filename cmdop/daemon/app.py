@@ -101,6 +101,8 @@ class Daemon:
         self.relay_state = LinkState()
         self.token_state = TokenState()
         self.current_link: Link | None = None    # while the relay link is up
+        self.latest_access_token = ""             # the login's newest access token
+        self.credentials_changed = trio.Event()   # set on a refresh; the relay link waits on it
         self._stop_event: trio.Event | None = None   # trio objects are created inside trio.run
         self._reload_lock: trio.Lock | None = None
 
@@ -346,6 +348,8 @@ class Daemon:
 
     def _new_token(self, access_token: str) -> None:
         """A refreshed login: the open relay link (if it uses the login) reauthenticates."""
+        self.latest_access_token = access_token
+        self.credentials_changed.set()      # a link waiting to reconnect tries again now
         link = self.current_link
         if link is not None and self.relay_state.source == "oauth":
             link.reauth(access_token)

@@ -189,7 +189,9 @@ class _Running:
 class Link:
     """One connected stream: the trio side of it (frame handling, forwarded calls)."""
 
-    def __init__(self, daemon: "Daemon", state: LinkState, seen: "OrderedDict[str, None]") -> None:
+    def __init__(self, daemon: "Daemon", state: LinkState, seen: "OrderedDict[str, None]",
+                 secret: str = "") -> None:
+        self.secret = secret            # the credential this link authenticated with
         self.daemon = daemon
         self.state = state
         self.seen = seen
@@ -219,6 +221,10 @@ class Link:
             self.state.workspace = frame.welcome.workspace
             self.state.set("online", "")
             self.daemon.current_link = self
+            newer = self.daemon.latest_access_token
+            if self.state.source == "oauth" and newer and newer != self.secret:
+                # refreshed while this link was connecting: present it now, not at expiry
+                self.reauth(newer)
             log.info("linked to relay %s as %s (workspace %s)", self.state.relay,
                      frame.welcome.machine, frame.welcome.workspace)
         elif kind == "call":
@@ -504,7 +510,7 @@ async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,
 
     state.set("connecting")
     channel = await trio.to_thread.run_sync(RelayChannel, config.endpoint, config.secret)
-    link = Link(daemon, state, seen)
+    link = Link(daemon, state, seen, config.secret)
     link.send(pb.AgentFrame(hello=pb.Hello(
         protocol_version=PROTOCOL_VERSION, capabilities=list(CAPABILITIES),
         hostname=socket.gethostname(), machine_id=machine_id(daemon.settings.state_dir),
@@ -581,4 +587,7 @@ async def run_relay_link(daemon: "Daemon") -> None:
         delay = next_backoff(delay)
         state.set("backoff", error)
         log.warning("relay link down (%s); retrying in %.1f s", error, delay)
-        await trio.sleep(delay)
+        # A refreshed login is worth a try at once (the link may have ended on the old one).
+        with trio.move_on_after(delay):
+            await daemon.credentials_changed.wait()
+        daemon.credentials_changed = trio.Event()
