@@ -25,23 +25,12 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
+from test_daemon_helpers import wait_for  # noqa: E402  (one poller for every daemon test)
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 START_TIMEOUT_S = 30.0
 _marker = itertools.count(1)
-
-
-def wait_for(pred: Callable[[], T | None], timeout: float = 20.0, what: str = "condition",
-             every: float = 0.05) -> T:
-    """Poll `pred()` until truthy; AssertionError naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def free_port() -> int:

@@ -32,8 +32,10 @@ def write_policy(env: Any, text: str) -> Path:
     return path
 
 
-def wait_for(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll `pred()` until truthy; AssertionError naming `what` after `timeout` s."""
+def wait_for(pred: Any, timeout: float = 20.0, what: str = "condition",
+             every: float = 0.05) -> Any:
+    """Poll `pred()` every `every` s until truthy; AssertionError naming `what` after
+    `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -41,7 +43,7 @@ def wait_for(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 class RunningDaemon:
