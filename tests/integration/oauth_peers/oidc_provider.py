@@ -8,6 +8,14 @@ and play the user's browser against it.
     peer.set_device_ttl(2)
     peer.stop()
 
+JWT access tokens for a resource server (RFC 8707; test_relay_external_oidc.py), optional:
+
+    peer = OidcPeer.start(workdir, resource="https://relay.test/api", token_claims={"workspace": "demo"},
+                          keys_file=path, port=port, relay_fingerprint=fp, access_token_alg="RS256")
+    peer.set_next_token_claims({"exp": 1, "aud": None})    # the next access token's payload edited
+
+A restart on the same `port` (and workdir: the same certificate) keeps the issuer URL.
+
 `.ci/setup` installs node and runs `npm ci` here; without them the tests that need the peer are
 skipped locally and fail under CI (CI=true).
 """
@@ -71,13 +79,24 @@ class OidcPeer:
         self._ctx = ssl.create_default_context(cafile=ca_file)
 
     @classmethod
-    def start(cls, workdir: Path, *, relay: str = "", interval: int = 1) -> "OidcPeer":
+    def start(cls, workdir: Path, *, relay: str = "", interval: int = 1, port: int = 0,
+              keys_file: str = "", relay_fingerprint: str = "", resource: str = "", audience: str = "",
+              access_token_alg: str = "", token_claims: dict[str, Any] | None = None) -> "OidcPeer":
         from cmdop.relay.tls import ensure_certificate
 
         info = ensure_certificate(str(workdir / "tls"), [])
         log = workdir / "oidc-provider.log"
         env = dict(os.environ, CMDOP_TEST_RELAY=relay, CMDOP_TEST_INTERVAL=str(interval))
-        with open(log, "w") as err:
+        for name, value in (("CMDOP_TEST_PORT", str(port) if port else ""), ("CMDOP_TEST_KEYS", keys_file),
+                            ("CMDOP_TEST_RELAY_FINGERPRINT", relay_fingerprint),
+                            ("CMDOP_TEST_RESOURCE", resource), ("CMDOP_TEST_AUDIENCE", audience),
+                            ("CMDOP_TEST_AT_ALG", access_token_alg),
+                            ("CMDOP_TEST_TOKEN_CLAIMS", json.dumps(token_claims) if token_claims else "")):
+            if value:
+                env[name] = value
+            else:
+                env.pop(name, None)
+        with open(log, "a") as err:
             proc = subprocess.Popen(["node", str(SERVER_JS), info.cert_path, str(workdir / "tls" / "relay.key")],
                                     stdout=subprocess.PIPE, stderr=err, text=True, cwd=HERE, env=env)
         line: list[str] = []
@@ -121,6 +140,14 @@ class OidcPeer:
 
     def set_device_ttl(self, seconds: int) -> None:
         self._open(self._plain(), f"{self.issuer}/__test__/device-ttl?seconds={seconds}", {})
+
+    def set_next_token_claims(self, claims: dict[str, Any]) -> None:
+        """The next JWT access token's payload gets these claims (None: the claim removed)."""
+        self._open(self._plain(), self.issuer + "/__test__/next-token-claims", {"claims": json.dumps(claims)})
+
+    @property
+    def port(self) -> int:
+        return int(urllib.parse.urlsplit(self.issuer).port or 443)
 
     # the user's browser ----------------------------------------------------------------
 

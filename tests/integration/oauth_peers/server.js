@@ -5,6 +5,17 @@
 //   node server.js CERT.pem KEY.pem        (env CMDOP_TEST_RELAY: advertised as `cmdop_relay`;
 //                                            CMDOP_TEST_INTERVAL: the polling interval, seconds)
 //
+// Optional, all off by default (tests/integration/test_relay_external_oidc.py uses them):
+//   CMDOP_TEST_PORT              listen on this port (default: any free one) — a restart keeps the issuer
+//   CMDOP_TEST_KEYS              a JSON file {"keys": [private JWKs with kid and alg]}: the signing keys,
+//                                the first of an algorithm signs (default: one fresh P-256 key, kid "test")
+//   CMDOP_TEST_RELAY_FINGERPRINT advertised as `cmdop_relay_fingerprint`
+//   CMDOP_TEST_RESOURCE          a resource indicator (RFC 8707, an absolute URI): every authorization
+//                                defaults to it and its access tokens are JWTs (`at+jwt`)
+//   CMDOP_TEST_AUDIENCE          their `aud` (default: the resource indicator)
+//   CMDOP_TEST_AT_ALG            their signing algorithm (default ES256)
+//   CMDOP_TEST_TOKEN_CLAIMS      a JSON object of extra claims they carry (extraTokenClaims)
+//
 // Prints one JSON line on stdout once it listens: {"issuer": "https://127.0.0.1:PORT"}.
 //
 // The user's side of the device flow is oidc-provider's own: GET /device?user_code=… (its
@@ -14,10 +25,13 @@
 // through provider.interactionFinished, the documented way. Test-only controls under /__test__/:
 //   GET  /__test__/last-user-code      the user code of the latest device authorization
 //   POST /__test__/device-ttl?seconds=N the lifetime of device codes issued from now on
+//   POST /__test__/next-token-claims    form field `claims`, a JSON object: set on (null: removed
+//                                        from) the payload of the next JWT access token, any claim
+//                                        (exp, aud, …) — still signed by the provider
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const [certFile, keyFile] = process.argv.slice(2);
 if (!certFile || !keyFile) {
@@ -29,9 +43,41 @@ let deviceTtl = 600;
 let lastUserCode = '';
 const interval = Number(process.env.CMDOP_TEST_INTERVAL || '1');
 const relay = process.env.CMDOP_TEST_RELAY || '';
+const relayFingerprint = process.env.CMDOP_TEST_RELAY_FINGERPRINT || '';
+const listenPort = Number(process.env.CMDOP_TEST_PORT || '0');
+const resource = process.env.CMDOP_TEST_RESOURCE || '';
+const audience = process.env.CMDOP_TEST_AUDIENCE || resource;
+const accessTokenAlg = process.env.CMDOP_TEST_AT_ALG || 'ES256';
+const tokenClaims = JSON.parse(process.env.CMDOP_TEST_TOKEN_CLAIMS || '{}');
+let nextTokenClaims = null;
 
-const signingKey = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' })
-  .privateKey.export({ format: 'jwk' });
+function signingKeys() {
+  if (process.env.CMDOP_TEST_KEYS) {
+    return JSON.parse(fs.readFileSync(process.env.CMDOP_TEST_KEYS, 'utf8')).keys;
+  }
+  const key = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+  return [{ ...key, kid: 'test', use: 'sig', alg: 'ES256' }];
+}
+
+// RFC 8707 resource indicators, only with CMDOP_TEST_RESOURCE: the client need not send
+// `resource` (defaultResource, useGrantedResource), so a plain device login gets a JWT for it.
+function resourceIndicators() {
+  return {
+    enabled: true,
+    defaultResource: async () => resource,
+    useGrantedResource: async () => true,
+    getResourceServerInfo: async (ctx, indicator) => {
+      if (indicator !== resource) throw new errors.InvalidTarget();
+      return {
+        scope: 'cmdop',
+        audience,
+        accessTokenTTL: 3600,
+        accessTokenFormat: 'jwt',
+        jwt: { sign: { alg: accessTokenAlg } },
+      };
+    },
+  };
+}
 
 function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -55,7 +101,7 @@ const server = https.createServer({
   key: fs.readFileSync(keyFile),
 });
 
-server.listen(0, '127.0.0.1', () => {
+server.listen(listenPort, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `https://127.0.0.1:${port}`;
   const provider = new Provider(issuer, {
@@ -68,12 +114,26 @@ server.listen(0, '127.0.0.1', () => {
       response_types: [],
       redirect_uris: [],
     }],
-    jwks: { keys: [{ ...signingKey, kid: 'test', use: 'sig', alg: 'ES256' }] },
+    jwks: { keys: signingKeys() },
     enabledJWA: { idTokenSigningAlgValues: ['ES256'] },
     features: {
       devInteractions: { enabled: false },
       deviceFlow: { enabled: true },
       revocation: { enabled: true },
+      ...(resource ? { resourceIndicators: resourceIndicators() } : {}),   // else oidc-provider's defaults
+    },
+    extraTokenClaims: async (ctx, token) => (token.resourceServer ? tokenClaims : undefined),
+    formats: {
+      customizers: {
+        jwt: async (ctx, token, jwt) => {
+          if (!nextTokenClaims) return;
+          for (const [name, value] of Object.entries(nextTokenClaims)) {
+            if (value === null) delete jwt.payload[name];
+            else jwt.payload[name] = value;
+          }
+          nextTokenClaims = null;
+        },
+      },
     },
     scopes: ['openid', 'offline_access'],
     rotateRefreshToken: true,
@@ -87,7 +147,10 @@ server.listen(0, '127.0.0.1', () => {
       Session: 86400,
     },
     cookies: { keys: ['cmdop-test-only-cookie-key'] },
-    discovery: relay ? { cmdop_relay: relay } : {},
+    discovery: {
+      ...(relay ? { cmdop_relay: relay } : {}),
+      ...(relayFingerprint ? { cmdop_relay_fingerprint: relayFingerprint } : {}),
+    },
     interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
     findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
     renderError: async (ctx, out) => {
@@ -97,6 +160,7 @@ server.listen(0, '127.0.0.1', () => {
   });
 
   provider.on('device_authorization.success', (ctx, body) => { lastUserCode = body.user_code; });
+  provider.on('server_error', (ctx, err) => { process.stderr.write(`server_error: ${err && err.stack}\n`); });
   // oidc-provider sends no `interval` (RFC 8628 then means 5 s); a test says how fast to poll.
   provider.use(async (ctx, next) => {
     await next();
@@ -118,6 +182,12 @@ server.listen(0, '127.0.0.1', () => {
       deviceTtl = Number(url.searchParams.get('seconds'));
       res.setHeader('Content-Type', 'application/json');
       res.end(JSON.stringify({ device_ttl: deviceTtl }));
+      return;
+    }
+    if (url.pathname === '/__test__/next-token-claims' && req.method === 'POST') {
+      nextTokenClaims = JSON.parse((await readForm(req)).get('claims') || 'null');
+      res.setHeader('Content-Type', 'application/json');
+      res.end(JSON.stringify({ next_token_claims: nextTokenClaims }));
       return;
     }
     const m = url.pathname.match(/^\/interaction\/([^/]+)(\/login)?$/);
