@@ -41,6 +41,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--relay", default=None, metavar="HOST:PORT",
                    help="the relay to call through with this login (default: the one the issuer "
                         "advertises)")
+    p.add_argument("--relay-fingerprint", default=None, metavar="HEX",
+                   help="pin the relay's certificate (with --relay, for an issuer that does not "
+                        "advertise the relay)")
+    p.add_argument("--relay-ca", default=None, metavar="FILE",
+                   help="trust the relay's certificate through this PEM CA file (with --relay)")
+    p.add_argument("--resource", default=None, metavar="URI",
+                   help="the resource (RFC 8707) to ask the issuer's tokens for: an external "
+                        "issuer may need the relay's audience here")
     p.add_argument("--no-browser", action="store_true",
                    help="only print the URL and code; do not try to open a browser")
     p.add_argument("--ca-file", default=None, metavar="FILE",
@@ -160,6 +168,9 @@ def _login(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.issuer_fingerprint and args.ca_file:
         raise UsageError("give --ca-file or --issuer-fingerprint, not both")
     fingerprint = normalize_fingerprint(args.issuer_fingerprint) if args.issuer_fingerprint else ""
+    # A relay named by hand is trusted only as the user says (a pin or a CA file of its own);
+    # checked now, before the user approves anything.
+    relay_pin = normalize_fingerprint(args.relay_fingerprint) if args.relay_fingerprint else ""
     ca_file = "" if fingerprint else (args.ca_file or os.environ.get("CMDOP_CA_FILE") or "")
     if not fingerprint and not ca_file and same_issuer and previous is not None:
         fingerprint, ca_file = previous.issuer_fingerprint, previous.ca_file   # as the last login
@@ -193,7 +204,10 @@ def _login(args: argparse.Namespace, ctx: CliContext) -> int:
 
     try:
         # A cmdop relay shows the workspace asked for to the administrator who approves.
-        extra = {"workspace": workspace} if meta.cmdop_relay and workspace else None
+        extra: dict[str, str] | None = (
+            {"workspace": workspace} if meta.cmdop_relay and workspace else None)
+        if args.resource:
+            extra = {**(extra or {}), "resource": args.resource}
         tokens = oauth_client.run_device_flow(meta, transport, client_id=client_id, scope=scope, show=show,
                                               wait=_waiter(progress), clock=CLOCK, extra=extra)
     finally:
@@ -219,8 +233,10 @@ def _login(args: argparse.Namespace, ctx: CliContext) -> int:
         # The relay the issuer advertises is trusted as the issuer is: the same pin (a relay's
         # OAuth server serves the relay's certificate), else the certificate its metadata names
         # (fetched over verified TLS), else the same CA file.
-        relay_fingerprint=(fingerprint or meta.cmdop_relay_fingerprint) if relay_from_issuer else "",
-        relay_ca=ca_file if relay_from_issuer and not (fingerprint or meta.cmdop_relay_fingerprint) else "",
+        relay_fingerprint=relay_pin or ((fingerprint or meta.cmdop_relay_fingerprint)
+                                        if relay_from_issuer else ""),
+        relay_ca=args.relay_ca or (ca_file if relay_from_issuer and not (
+            fingerprint or meta.cmdop_relay_fingerprint) else ""),
     )
     if previous is not None and same_issuer:
         stored = dataclasses.replace(stored, extra=dict(previous.extra))

@@ -56,6 +56,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     serve.add_argument("--oidc-workspace-claim", default="workspace", metavar="C",
                        help="the claim that names the caller's workspace (default: workspace)")
     # Short-lived tokens for tests of the refresh path (not for production: hidden from --help).
+    serve.add_argument("--oidc-ca-file", default=None, metavar="FILE",
+                       help="trust the external issuer's certificate through this PEM CA file "
+                            "(default: the system's CAs)")
     serve.add_argument("--new-machines-per-hour", type=int, default=20, metavar="N",
                        help="new machines one key may enrol an hour (20; a fleet roll-out "
                             "with one key needs more)")
@@ -180,6 +183,7 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
         oidc_workspace_claim=args.oidc_workspace_claim,
         access_token_ttl_s=args.access_token_ttl,
         new_machines_per_hour=args.new_machines_per_hour,
+        oidc_ca_file=args.oidc_ca_file,
     )
     return int(serve(options))
 

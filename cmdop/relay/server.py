@@ -71,6 +71,7 @@ class ServeOptions:
     oidc_workspace_claim: str = "workspace"
     access_token_ttl_s: int = 3600      # the cabinet's access tokens (tokens.ACCESS_TOKEN_TTL_S)
     new_machines_per_hour: int = 20     # enrolments of new machines one key may make an hour
+    oidc_ca_file: str | None = None     # trust the external issuer through this CA (else system)
 
 
 def oidc_config(options: ServeOptions) -> "OidcConfig | None":
@@ -162,7 +163,8 @@ async def _main(store: "RelayStore", cert: "CertInfo", signing_key: "SigningKey"
 
     oauth_on = (options.oauth_listen or "").strip().lower() not in OAUTH_OFF
     listen_host, _ = split_host_port(options.listen, listen=True)
-    oidc = OidcVerifier(oidc_cfg) if oidc_cfg is not None else None
+    oidc = (OidcVerifier(oidc_cfg, ca_file=options.oidc_ca_file or None)
+            if oidc_cfg is not None else None)
     audience = f"cmdop-relay:{store.relay_id()}"
     # The issuer must be known before the router verifies anything; with the default issuer it
     # names the cabinet's port, so the cabinet's socket is bound (not yet served) first — right
