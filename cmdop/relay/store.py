@@ -317,6 +317,18 @@ def _machine_base_name(hostname: str) -> str:
     return base[:63] or "machine"
 
 
+def prepare_data_dir(data_dir: str) -> str:
+    """The relay's data dir as an absolute path, created 0700 when missing; CmdopError with a
+    hint when it cannot be."""
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    try:
+        ensure_private_dir(data_dir)
+    except OSError as exc:
+        raise CmdopError(f"cannot create the relay data dir {data_dir}: {exc.strerror}",
+                         hint="choose another with --data-dir DIR") from None
+    return data_dir
+
+
 class MachineClaimedError(CmdopError):
     """An agent presented the machine id of a machine another (live) key enrolled."""
 
@@ -336,12 +348,7 @@ class RelayStore:
     @classmethod
     def open(cls, data_dir: str, *, clock: Callable[[], float] = time.time) -> RelayStore:
         """Open (creating when missing) `relay.db` in `data_dir`."""
-        data_dir = os.path.abspath(os.path.expanduser(data_dir))
-        try:
-            ensure_private_dir(data_dir)
-        except OSError as exc:
-            raise CmdopError(f"cannot create the relay data dir {data_dir}: {exc.strerror}",
-                             hint="choose another with --data-dir DIR") from None
+        data_dir = prepare_data_dir(data_dir)
         path = os.path.join(data_dir, DB_NAME)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cmdop.adapters.secure_file import atomic_write, check_private, ensure_private_dir
+from cmdop.adapters.secure_file import atomic_write, check_private
 from cmdop.core.credentials import normalize_fingerprint
 from cmdop.core.errors import CmdopError, ConfigError
 
@@ -153,12 +153,9 @@ def _make(hostnames: list[str]) -> tuple[bytes, bytes]:
 
 def ensure_certificate(data_dir: str, hostnames: list[str]) -> CertInfo:
     """The relay's self-signed certificate in `data_dir`, made on first use (module docstring)."""
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    try:
-        ensure_private_dir(data_dir)
-    except OSError as exc:
-        raise CmdopError(f"cannot create the relay data dir {data_dir}: {exc.strerror}",
-                         hint="choose another with --data-dir DIR") from None
+    from cmdop.relay.store import prepare_data_dir
+
+    data_dir = prepare_data_dir(data_dir)
     cert_path = os.path.join(data_dir, CERT_NAME)
     key_path = os.path.join(data_dir, KEY_NAME)
     have_cert, have_key = os.path.lexists(cert_path), os.path.lexists(key_path)
