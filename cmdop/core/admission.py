@@ -61,7 +61,7 @@ class AdmissionFacts:
 @dataclass(frozen=True)
 class CheckResult:
     """One check's answer. `error` is the result kind the caller gets when this check refuses
-    (CONTRACT §6: `permission_denied`, or `sandbox_unavailable` as before admission existed);
+    (`permission_denied`, or `sandbox_unavailable` as before admission existed);
     `warning` is a caveat of a check that passed (a local call going on without an audit line)."""
 
     name: str
@@ -237,7 +237,7 @@ class Admission:
                         rule_id=failed.rule_id)
 
     def denied_result(self, mode: str = "") -> dict[str, Any] | None:
-        """What the caller gets when admission refuses: the CONTRACT §6 permission_denied object,
+        """What the caller gets when admission refuses: the permission_denied object,
         or for the sandbox check the `sandbox_unavailable` error as execute_command gave it."""
         failed, denial = self.failure(), self.denial(mode)
         if failed is None or denial is None:

@@ -1,5 +1,4 @@
-"""Redaction of secrets in text that goes to the audit log (CONTRACT §5: "Secrets in `target` are
-redacted").
+"""Redaction of secrets in text that goes to the audit log.
 
 Pure: `redact(text)` returns the text with every secret substring replaced and whether anything
 was replaced. Only the secret part is replaced, never the words around it, so an audit line still
