@@ -258,7 +258,7 @@ def _login(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _warn_if_shadowed(ctx: CliContext) -> None:
-    """Say so when an API key would still win over this login."""
+    """Say so when an API key would still win over this login (OAuth comes last)."""
     from cmdop.adapters import workspaces_file
 
     try:

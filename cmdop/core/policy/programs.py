@@ -481,7 +481,7 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
                           ("dbus-run-session", ""), ("valgrind", ""), ("entr", ""))),
     ProgramSpec(("crontab",), short="u", code=(Code("runner", runs="", what="installs commands cron runs"),)),
     # --- programs known for the floor's sake: the roles of their arguments ---
-    # block devices written
+    # block devices written (`tee`, `dd of=`, `cp`/`mv` targets, `shred`, `mkfs*`)
     _floor("tee", device="writes", roles="names-consumer"),
     _floor("cp", device="writes", tree="rRa", roles="copier"),
     _floor("mv", device="writes", tree="", roles="copier"),

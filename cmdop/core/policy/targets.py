@@ -2,7 +2,8 @@
 and ask rules must match and the texts deny rules are tried on.
 
 - A path or host call is one part.
-- A shell command is one part per simple command. A part whose text holds something unknowable (a variable, a
+- A shell command is one part per simple command (a compound command is allowed only if
+  every part is allowed). A part whose text holds something unknowable (a variable, a
   substitution, a glob in program position, a syntax error) has `allow_text = None`: no allow or
   ask rule with an argument can match it. Deny rules are still tried on a best-effort spelling
   with the program reduced to its basename, so copying `curl` to /tmp does not dodge `curl *`.
