@@ -59,7 +59,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--client-id", default=None, metavar="ID", help="the OAuth client id (default cmdop-cli)")
     p.add_argument("--scope", default=None, metavar="SCOPES",
                    help="the scopes to ask for (default: openid offline_access where offered)")
-    add_command(sub, "logout", "revoke the login's tokens and delete token.json", _logout)
+    from cmdop.cli.password_cmd import add_password_flag
+
+    out = add_command(sub, "logout", "revoke the login's tokens and delete token.json", _logout)
+    add_password_flag(out)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -276,7 +279,10 @@ def _warn_if_shadowed(ctx: CliContext) -> None:
 
 def _logout(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters import oauth_client, token_file
+    from cmdop.cli.password_cmd import require_password
     from cmdop.core.errors import CmdopError
+
+    require_password(args, ctx, "logout")     # changes this machine's security state
 
     path = ctx.settings.token_file
     token = token_file.load(path)
