@@ -29,14 +29,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import zipfile
+
+if sys.version_info < (3, 11):  # before tomllib: an old python3 gets a sentence, not a trace
+    sys.exit("build_zipapp: error: Python %d.%d is too old to run the build; use CPython 3.11 "
+             "or newer (supported targets: 3.11, 3.12, 3.13), e.g. python3.11 build_zipapp.py"
+             % sys.version_info[:2])
+
+import tomllib  # noqa: E402
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_PLATFORM = "manylinux2014_x86_64"
 DEFAULT_PYTHON = "3.11"
 ENTRY_POINT = "cmdop.cli.main:entry"
+# CPython versions cmdop runs on (pyproject.toml requires-python); the builder needs tomllib.
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
+MIN_BUILDER = (3, 11)
+# Written into the pyz as cmdop/_build_info.py; cmdop.cli.preflight compares it with the running
+# interpreter so a wrong python3 gets one clear line instead of an ImportError from a .so.
+BUILD_INFO = "cmdop/_build_info.py"
 ZIP_EPOCH_MIN = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry
 
 # Transitive dependencies of the pinned direct ones (trio, cryptography, ...), pinned here so the
@@ -107,7 +119,8 @@ def fetch_wheels(cache: Path, platform: str, python_version: str, offline: bool)
         if recorded.get("key") == key and wheels and all(w.is_file() for w in wheels):
             return wheels
     if offline:
-        raise BuildError(f"wheel cache {cache} is cold or stale and --offline was given")
+        raise BuildError(f"wheel cache {cache} is cold or stale and --offline was given; "
+                         "run once with network access (without --offline) to fill it")
     abi = "cp" + python_version.replace(".", "")
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp, "requirements.txt")
@@ -122,6 +135,16 @@ def fetch_wheels(cache: Path, platform: str, python_version: str, offline: bool)
         env = dict(os.environ, PIP_CONSTRAINT=str(cons))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
+            cached = {wheel_name_version(w.name) for w in cache.glob("*.whl")}
+            uncached = sorted(n for n, v in pins.items() if (n, v) not in cached)
+            if _looks_offline(proc.stderr) or (uncached and _looks_unresolved(proc.stderr)):
+                raise BuildError(
+                    f"cannot download the wheels: the wheel cache {cache} is cold (missing "
+                    f"{', '.join(uncached[:5])}{', ...' if len(uncached) > 5 else ''}) and pip "
+                    "could not fetch them - is there no network (or no package index)? Run "
+                    "the build once with network access to fill the cache; after that it needs "
+                    "none (--offline enforces it). pip said: "
+                    + (proc.stderr.strip().splitlines() or ["nothing"])[-1][:300])
             raise BuildError("pip download failed:\n" + proc.stderr.strip()[-2000:])
         chosen: dict[str, Path] = {}
         for whl in sorted(dest.glob("*.whl")):
@@ -140,6 +163,26 @@ def fetch_wheels(cache: Path, platform: str, python_version: str, offline: bool)
     wheels = [chosen[n] for n in sorted(chosen)]
     manifest.write_text(json.dumps({"key": key, "wheels": [w.name for w in wheels]}, indent=1))
     return wheels
+
+
+_OFFLINE_SIGNS = ("Failed to establish a new connection", "Temporary failure in name resolution",
+                  "Name or service not known", "Network is unreachable", "No route to host",
+                  "ConnectionError", "NewConnectionError", "ProxyError", "Connection refused",
+                  "Could not fetch URL", "connection broken", "Max retries exceeded")
+
+
+def _looks_offline(stderr: str) -> bool:
+    """True if pip's failure is the network's (pip then often reports only "conflicting
+    dependencies" or "no matching distribution", after retry warnings naming the cause)."""
+    text = stderr.lower()
+    return any(sign.lower() in text for sign in _OFFLINE_SIGNS)
+
+
+def _looks_unresolved(stderr: str) -> bool:
+    """pip's words when it found no candidates at all (what an unreachable index looks like)."""
+    text = stderr.lower()
+    return any(sign in text for sign in ("conflicting dependencies", "resolutionimpossible",
+                                         "no matching distribution", "could not find a version"))
 
 
 def _wheel_fits(filename: str, platform: str, python_version: str) -> bool:
@@ -174,15 +217,21 @@ def install_wheels(wheels: list[Path], site: Path) -> None:
                     dest.chmod(0o755)
 
 
-def copy_project(site: Path) -> None:
-    """Copy the cmdop package (sources and data files, no caches) into `site`."""
+def copy_project(site: Path, python_version: str = DEFAULT_PYTHON) -> None:
+    """Copy the cmdop package (sources and data files, no caches) into `site`, plus
+    cmdop/_build_info.py naming the CPython X.Y the build's native wheels are for."""
     src = ROOT / "cmdop"
     for path in sorted(src.rglob("*")):
         if path.is_dir() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
             continue
+        if path.relative_to(ROOT).as_posix() == BUILD_INFO:
+            continue  # a stray one in the checkout: the build writes its own
         dest = site / path.relative_to(ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
+    (site / BUILD_INFO).write_text(
+        "# Written by build_zipapp.py: the CPython this build's native modules were built for.\n"
+        f"PYTHON_VERSION = {python_version!r}\n")
     version = _project_version()
     info = site / f"cmdop-{version}.dist-info"
     info.mkdir()
@@ -315,7 +364,7 @@ def build(platform: str, python_version: str, output: Path, cache: Path, offline
         site = Path(tmp, "site-packages")
         site.mkdir()
         install_wheels(wheels, site)
-        copy_project(site)
+        copy_project(site, python_version)
         for path in site.rglob("*"):  # shiv copies modes from disk: make them umask-proof
             if path.is_dir():
                 path.chmod(0o755)
@@ -356,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fetch-only", action="store_true",
                         help="only fill the wheel cache (for CI set-up), build nothing")
     args = parser.parse_args(argv)
+    if args.python_version not in SUPPORTED_PYTHONS:
+        print(f"build_zipapp: error: --python-version {args.python_version} is not supported; "
+              f"cmdop runs on CPython {', '.join(SUPPORTED_PYTHONS)}", file=sys.stderr)
+        return 2
     tag = f"{args.platform}-cp{args.python_version.replace('.', '')}"
     cache = args.wheel_cache or ROOT / ".ci" / ".cache" / "wheels" / tag
     if args.fetch_only:

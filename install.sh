@@ -7,8 +7,10 @@
 # Promises:
 # - The file is checked against its SHA256 (SHA256SUMS beside it, or --sha256 HEX) before
 #   anything is installed; a mismatch installs nothing and exits 1.
+# - A file that is not a zipapp (#! line + zip archive with __main__.py) is refused as such.
 # - The Python the zipapp names on its #! line (python3.X) must exist; if not, it says which
-#   package to install for this distribution and exits 1.
+#   package to install for this distribution (a PPA only where the release does not ship that
+#   Python) and exits 1.
 # - The zipapp is run once (--version, private cache) before it replaces anything.
 # - sudo is used only when the prefix is not writable by the current user.
 # - The binary is written beside its final name and renamed into place: never half-written.
@@ -118,21 +120,62 @@ if [ "$actual" != "$SHA256" ]; then
 fi
 say "verified $base (sha256 $actual)"
 
+# 2b. It must be a zipapp: a #! line, then a zip archive with __main__.py. Anything else (an
+#     HTML error page, a script, a truncated download) would be handed to Python as source.
+first="$(head -c 2 "$PYZ" 2>/dev/null | LC_ALL=C tr -d '\0' || true)"
+if [ "$first" != "#!" ] || ! LC_ALL=C grep -qa "$(printf 'PK\005\006')" "$PYZ" \
+   || ! LC_ALL=C grep -qa '__main__\.py' "$PYZ"; then
+  what="$(head -c 200 "$PYZ" | head -n 1 | tr -d '\n' | LC_ALL=C tr -c '[:print:]' '?' | cut -c1-60)"
+  die "$base is not a cmdop zipapp (no #! line and zip archive with __main__.py); it starts with: ${what:-(empty file)}" \
+      "--from must name the cmdop.pyz built by build_zipapp.py (dist/cmdop.pyz), not a page, script or partial download"
+fi
+
 # 3. The interpreter it needs: its #! line names python3.X (compiled dependencies are built for
 #    exactly that CPython minor version).
 shebang="$(head -c 128 "$PYZ" | head -n 1)"
 need="$(printf '%s' "$shebang" | grep -o 'python3\.[0-9][0-9]*' | head -n 1 || true)"
 [ -n "$need" ] || need=python3
 want="${need#python}"
+# CPython versions each release ships in its own archive (apt-get install python3.X, no PPA).
+distro_pythons() {  # distro_pythons ID VERSION_ID
+  case "$1:$2" in
+    ubuntu:20.04) echo "3.8 3.9" ;;
+    ubuntu:22.04) echo "3.10 3.11" ;;
+    ubuntu:24.04|ubuntu:24.10) echo "3.12" ;;
+    ubuntu:25.04|ubuntu:25.10) echo "3.13" ;;
+    debian:11) echo "3.9" ;;
+    debian:12) echo "3.11" ;;
+    debian:13) echo "3.13" ;;
+    *) echo "" ;;
+  esac
+}
 install_hint() {
-  local id="" like=""
-  if [ -r /etc/os-release ]; then id="$(. /etc/os-release; echo "${ID:-}")"; like="$(. /etc/os-release; echo "${ID_LIKE:-}")"; fi
+  local id="" like="" ver="" ships="" other=""
+  local osr="${CMDOP_INSTALL_OS_RELEASE:-/etc/os-release}"  # (tests point this elsewhere)
+  if [ -r "$osr" ]; then
+    id="$(. "$osr"; echo "${ID:-}")"; like="$(. "$osr"; echo "${ID_LIKE:-}")"
+    ver="$(. "$osr"; echo "${VERSION_ID:-}")"
+  fi
+  ships="$(distro_pythons "$id" "$ver")"
+  # The other way round: a build of cmdop for the python3 this machine has (3.11 or newer).
+  if [ -n "${sys3:-}" ] && [ "$sys3" != "$want" ] && printf '%s\n' "$sys3" | grep -qE '^3\.(1[1-9]|[2-9][0-9])$'; then
+    other="; or use the cmdop.pyz built for this machine's python3 $sys3 (build_zipapp.py --python-version $sys3)"
+  fi
   case " $id $like " in
-    *" debian "*|*" ubuntu "*) echo "sudo apt-get install -y $need   (Ubuntu 24.04 and later: from the deadsnakes PPA)" ;;
-    *" fedora "*|*" rhel "*|*" centos "*) echo "sudo dnf install -y $need" ;;
-    *" suse "*|*" opensuse "*) echo "sudo zypper install -y ${need//./}" ;;
-    *" arch "*) echo "install $need from the AUR, or use pyenv: pyenv install $want" ;;
-    *) echo "install CPython $want so that '$need' is on PATH (or: pyenv install $want)" ;;
+    *" debian "*|*" ubuntu "*)
+      if [ -n "$ships" ] && ! printf ' %s ' $ships | grep -q " $want "; then
+        if [ "$id" = ubuntu ]; then
+          echo "sudo add-apt-repository ppa:deadsnakes/ppa && sudo apt-get install -y $need   (Ubuntu $ver ships Python $ships, not $want)$other"
+        else
+          echo "${id^} $ver ships Python $ships, not $want: install it with pyenv (pyenv install $want)$other"
+        fi
+      else
+        echo "sudo apt-get install -y $need$other"
+      fi ;;
+    *" fedora "*|*" rhel "*|*" centos "*) echo "sudo dnf install -y $need$other" ;;
+    *" suse "*|*" opensuse "*) echo "sudo zypper install -y ${need//./}$other" ;;
+    *" arch "*) echo "install $need from the AUR, or use pyenv: pyenv install $want$other" ;;
+    *) echo "install CPython $want so that '$need' is on PATH (or: pyenv install $want)$other" ;;
   esac
 }
 PY="$(command -v "$need" 2>/dev/null || true)"
@@ -140,9 +183,10 @@ have=""
 [ -z "$PY" ] || have="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null || true)"
 if [ -z "$PY" ] || { [ "$need" != python3 ] && [ "$have" != "$want" ]; } \
    || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' </dev/null 2>/dev/null; then
-  found="none"
+  found="none"; sys3=""
   if p3="$(command -v python3 2>/dev/null)"; then
     found="python3 $("$p3" -c 'import sys; print(sys.version.split()[0])' </dev/null 2>/dev/null || echo '?') at $p3"
+    sys3="$("$p3" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null | cut -d. -f1,2 || true)"
   fi
   [ -z "$PY" ] || found="$need $have at $PY; $found"
   die "cmdop needs Python $want ('$need' on PATH); found: $found" "$(install_hint)"

@@ -2,6 +2,8 @@
 
 - `evaluate` is safe from many threads while `reload` runs: the compiled `Policy` is immutable and
   swapped by one reference assignment; writers serialise on a lock.
+- The agent's first run (`first_run=True`, no permissions.yaml yet) writes the starter file
+  (policy_store.STARTER: strict, no rules, 0600) and loads it; `created_starter` says so.
 - At start, a missing or invalid permissions.yaml means "no good policy": every remote or self
   call that the floor did not already deny is denied, with the reason; local callers still bypass
   (after the floor). A later failed reload keeps the last good policy.
@@ -63,7 +65,8 @@ def resolve_for_gate(call: ToolCall, home: str) -> tuple[str | None, str | None]
 class Gatekeeper:
     """Loads the policy, keeps session rules, and answers `evaluate` for every tool call."""
 
-    def __init__(self, settings: Settings, *, unsafe_test_only_static_floor_off: bool = False) -> None:
+    def __init__(self, settings: Settings, *, unsafe_test_only_static_floor_off: bool = False,
+                 first_run: bool = False) -> None:
         # The loud flag exists for one purpose: the kernel-floor effect tests show that the
         # kernel alone holds. Nothing in the product sets it; no file, flag or variable reaches it.
         self._static_floor = not unsafe_test_only_static_floor_off
@@ -74,6 +77,13 @@ class Gatekeeper:
         self._file: Policy | None = None
         self._problem = ""
         self._policy = Policy(ok=False, problem="not loaded yet")
+        self.created_starter = False
+        self.starter_error = ""
+        if first_run:
+            try:
+                self.created_starter = policy_store.write_starter(settings.permissions_file)
+            except OSError as exc:   # e.g. a read-only config dir: start without a policy
+                self.starter_error = f"cannot write {settings.permissions_file}: {exc.strerror or exc}"
         self.reload()
 
     # ---- reading ---------------------------------------------------------------------------
@@ -126,7 +136,7 @@ class Gatekeeper:
         if loaded is None:
             return self._failed(PolicyError(
                 f"no permissions file at {path}",
-                hint="create it with `cmdop permissions mode strict` or `cmdop permissions add`"))
+                hint="create it with `cmdop permissions init` (or `cmdop permissions add`)"))
         with self._lock:
             self._file = loaded[1]
             self._problem = ""

@@ -12,12 +12,15 @@ Rules of this module:
 - YAML is composed into nodes so every error names its line; unknown keys, bad actions, bad globs,
   duplicate rules and failing tests are errors (PolicyError), never warnings.
 - A missing file is "no file" (`load` returns None); what that means is the caller's choice.
+  `write_starter` creates the first-run file (STARTER: strict, no rules, examples in comments).
+- An empty file (nothing, or only comments) is an error, not "strict with no rules": a truncated
+  write must not silently replace the rules.
 - A file writable by group/others or owned by another user is refused: whoever can write it
   can open the gate.
 - Writes go through `secure_file.atomic_write` (temp file, fsync, rename, 0600).
 - A test runs as a remote caller under the test's `mode:` (else the file's). When no rule decides
   the call, `expect: ask` also passes: in a test, "ask" means "no rule lets this through by
-  itself" — so the contract's own example (strict file, `rm -rf ./build` expecting ask) loads.
+  itself" — so the README's example (strict file, `rm -rf ./build` expecting ask) loads.
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ def parse_text(text: str, home: str, run_tests_: bool = True) -> tuple[PolicyDoc
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyError(f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from None
     if root is None:
-        return PolicyDoc(), Policy(global_rules=RuleSet([]))
+        raise PolicyError("permissions.yaml is empty (no settings, at most comments); refusing it",
+                          hint="write at least `version: 1` and `mode: strict`; "
+                               "a running agent keeps its last good policy")
     top = _mapping(root, TOP_KEYS, "permissions.yaml")
     values: dict[str, Any] = {}
     for key in ("version", "mode", "ask_timeout_s", "self_bypass"):
@@ -223,7 +228,8 @@ def load(path: str, home: str, run_tests: bool = True) -> tuple[PolicyDoc, Polic
             raise PolicyError(f"{path} is owned by uid {st.st_uid}, not you; refusing it",
                               hint=f"run: chown {uid} {path}")
         if stat.S_IMODE(st.st_mode) & 0o022:
-            raise PolicyError(f"{path} is writable by other users; refusing it",
+            raise PolicyError(f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                              "refusing it",
                               hint=f"run: chmod 600 {path}")
         with os.fdopen(fd, "rb") as f:
             fd = -1
@@ -252,6 +258,49 @@ def render(doc: PolicyDoc) -> str:
 
 def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
+
+
+STARTER = """\
+# cmdop permission policy (permissions.yaml). Hot-reloaded by a running agent.
+#
+# mode: strict means every call from a remote caller that no rule below allows is DENIED.
+# (`default` asks an attached approver instead; `bypass` allows it.) A built-in floor denies the
+# dangerous calls whatever this file says. Local callers on this machine are not gated here.
+#
+# Add rules with the CLI (it validates them and writes this file), e.g.
+#   cmdop permissions add 'execute_command(uptime)' --action allow
+#   cmdop permissions add 'read_file(/var/log/**)' --action allow
+#   cmdop permissions add 'execute_command(systemctl restart *)' --action ask
+# or edit the list here; examples:
+#
+# rules:
+# - rule: execute_command(uptime)
+#   action: allow
+# - rule: read_file(/var/log/**)
+#   action: allow
+#   reason: logs are not secret here
+# - rule: execute_command(systemctl restart *)
+#   action: ask
+#
+# Check a call without running it: cmdop permissions check execute_command uptime
+version: 1
+mode: strict
+ask_timeout_s: 60
+self_bypass: true
+rules: []
+"""
+
+
+def write_starter(path: str) -> bool:
+    """First run: write STARTER to `path` (atomic, 0600) unless something is there already.
+    Returns True when it wrote the file."""
+    try:
+        os.lstat(path)
+        return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, STARTER, 0o600)
+    return True
 
 
 def save(path: str, doc: PolicyDoc, home: str) -> Policy:

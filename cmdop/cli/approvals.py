@@ -131,9 +131,13 @@ def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
             events.put(("line", line.strip()))
         events.put(("eof", None))
 
+    tty = sys.stdin.isatty() and not ctx.json
+    if tty:  # before any event: a person sees it is attached, and to which agent
+        pid = _peer_pid(client)
+        ctx.note(f"waiting for asks from the agent on {ctx.settings.socket_path}"
+                 f"{f' (pid {pid})' if pid else ''}; Ctrl-C to stop")
     threading.Thread(target=from_daemon, daemon=True, name="watch-daemon").start()
     threading.Thread(target=from_stdin, daemon=True, name="watch-stdin").start()
-    tty = sys.stdin.isatty() and not ctx.json
     order: list[str] = []
     asks: dict[str, dict[str, Any]] = {}
     shown = ""
@@ -176,6 +180,19 @@ def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
                       "[na] deny always, empty: skip > ", end="", file=ctx.stdout, flush=True)
     finally:
         client.close()
+
+
+def _peer_pid(client: Any) -> int | None:
+    """The agent's pid from the connected socket (SO_PEERCRED); None when it cannot be read."""
+    import socket
+    import struct
+
+    try:
+        creds = client._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+    except (AttributeError, OSError, struct.error):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
 
 
 def _handle_line(line: str, tty: bool, shown: str, asks: dict[str, dict[str, Any]],

@@ -53,9 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one cmdop command and return its exit status."""
     import traceback
 
-    from cmdop.cli import common
+    from cmdop.cli import common, preflight
     from cmdop.core.errors import CmdopError
 
+    try:  # a zipapp run by another CPython than it was built for: one line, before anything
+        preflight.check_interpreter()
+    except CmdopError as exc:
+        print(f"cmdop: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse prints usage and exits 2 on bad usage
     log_level = getattr(args, "log_level", None) or "warning"
@@ -68,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A daemon binds exactly what its environment says; every other command may find the
         # system service's agent (cmdop.adapters.service_paths).
         daemon = getattr(args, "command", None) == "agent" and getattr(args, "agent_command", None) == "run"
+        if daemon:  # never READY without a gate, an audit log and a sandbox that can load
+            preflight.check_agent_parts()
         ctx = common.CliContext(
             settings=common.current_settings(discover=not daemon),
             json=bool(getattr(args, "json", False)),
@@ -91,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: say so in one line, trace only on request
         if log_level == "debug":
             traceback.print_exc()
+        native = preflight.native_import_error(exc)
+        if native is not None:  # not a bug: a native module this Python cannot load
+            print(f"cmdop: error: {native.message}", file=sys.stderr)
+            if native.hint:
+                print(f"hint: {native.hint}", file=sys.stderr)
+            return native.exit_code
         print(f"cmdop: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: re-run with --log-level debug for a traceback, and report it", file=sys.stderr)
         return 1

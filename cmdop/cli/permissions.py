@@ -1,4 +1,10 @@
-"""`cmdop permissions list|add|rm|mode|check|explain|test`.
+"""`cmdop permissions list|add|rm|mode|check|explain|test|init|path`.
+
+- `init` writes the starter permissions.yaml (mode strict, no rules, example rules in comments;
+  atomic, 0600) and prints its path; the agent writes the same file on its first run. On an
+  existing file it refuses (exit 1) and says to edit it.
+- `path` says where cmdop's files are (policy, config.yaml, state dir, audit log, socket and why
+  there, credentials dir); `--json` for scripts.
 
 - `check`/`explain` are dry runs: no daemon, no side effect, no audit line; exit 0 whatever the
   decision, exit 1 when the policy file is invalid. The policy comes from `--policy FILE` or the
@@ -82,6 +88,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mode", choices=MODES, default=None, help="judge in this mode (default: as `check`)")
     p = add_command(sub, "test", "run the policy's tests and the adversarial suite", _test)
     p.add_argument("file", metavar="FILE", nargs="?", default=None)
+    add_command(sub, "init", "write a starter permissions.yaml (strict, no rules) if there is none", _init)
+    add_command(sub, "path", "show where the policy, config, state, audit log, socket and credentials are",
+                _path)
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -100,13 +109,16 @@ def _load(ctx: CliContext, path: str | None, run_tests: bool = True) -> tuple[An
     return loaded
 
 
-def _effective_mode(ctx: CliContext, flag: str | None, file_mode: str) -> tuple[str, str]:
+def _effective_mode(ctx: CliContext, flag: str | None, file_mode: str,
+                    file_exists: bool = True) -> tuple[str, str]:
     """(mode, where it came from)."""
     if flag:
         return flag, "--mode"
     env = ctx.settings.mode_override
     if env:
         return (env, "CMDOP_PERMISSIONS_MODE") if env in MODES else ("strict", "CMDOP_PERMISSIONS_MODE (invalid → strict)")
+    if not file_exists:
+        return "strict", "default (no permissions.yaml)"
     return file_mode, "permissions.yaml"
 
 
@@ -369,7 +381,7 @@ def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     rows += session or []
 
     def human(rows: list[dict[str, str]]) -> str:
-        mode, source = _effective_mode(ctx, None, doc.mode)
+        mode, source = _effective_mode(ctx, None, doc.mode, os.path.lexists(ctx.settings.permissions_file))
         n_global = len(rows) - len(session or [])
         head = f"mode: {mode} ({source}); {n_global} rule(s) in {ctx.settings.permissions_file}"
         head += (f"; {len(session)} session rule(s) in the running agent" if session is not None
@@ -443,8 +455,11 @@ def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
 
     doc, _ = _load(ctx, None)
     if args.mode is None:
-        mode, source = _effective_mode(ctx, None, doc.mode)
-        ctx.emit({"mode": mode, "source": source}, f"{mode} (from {source})")
+        exists = os.path.lexists(ctx.settings.permissions_file)
+        mode, source = _effective_mode(ctx, None, doc.mode, exists)
+        text = f"{mode} (from {source})" if exists or ctx.settings.mode_override else \
+            f"{mode} (the default: no {ctx.settings.permissions_file}; `cmdop permissions init` writes one)"
+        ctx.emit({"mode": mode, "source": source}, text)
         return 0
     require_password(args, ctx, "permissions mode")
     new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass, doc.rules,
@@ -499,3 +514,58 @@ def _test(args: argparse.Namespace, ctx: CliContext) -> int:
 
     ctx.emit(out, human)
     return 0 if ok else 1
+
+
+def _init(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.adapters import policy_store
+
+    path = ctx.settings.permissions_file
+    if not policy_store.write_starter(path):
+        raise CmdopError(f"a policy already exists at {path}; not overwriting it",
+                         hint=f"edit {path} (or use `cmdop permissions add|rm|mode`); "
+                              "a running agent reloads it")
+    _tell_agent(ctx)
+    ctx.emit({"created": path, "mode": "strict", "rules": 0},
+             f"wrote a starter policy to {path}\n"
+             "mode strict, no rules: every remote call the rules do not allow is denied.\n"
+             "add rules with e.g. `cmdop permissions add 'execute_command(uptime)' --action allow`, "
+             "or edit the file (examples are in its comments)")
+    return 0
+
+
+def _path(args: argparse.Namespace, ctx: CliContext) -> int:
+    from cmdop.cli.common import current_settings
+
+    s = ctx.settings
+    plain = current_settings(discover=False)
+    system = (s.socket_path, s.state_dir) != (plain.socket_path, plain.state_dir)
+    env = os.environ
+    fallback = False
+    if system:
+        socket_from = "the system service (found from this root shell)"
+    elif env.get("CMDOP_SOCKET_PATH"):
+        socket_from = "CMDOP_SOCKET_PATH"
+    elif env.get("XDG_RUNTIME_DIR"):
+        socket_from = "XDG_RUNTIME_DIR"
+    else:
+        fallback = True
+        socket_from = "fallback: XDG_RUNTIME_DIR is not set, so the socket is under the cmdop home"
+    out = {"policy": s.permissions_file, "policy_exists": os.path.lexists(s.permissions_file),
+           "config": s.config_file, "config_dir": s.config_dir, "state_dir": s.state_dir,
+           "audit_log": s.audit_file, "socket": s.socket_path, "socket_source": socket_from,
+           "socket_fallback": fallback, "credentials_dir": s.cmdop_home, "system_service": system}
+
+    def human(o: dict[str, Any]) -> str:
+        policy = o["policy"] + ("" if o["policy_exists"] else
+                                "  (missing: `cmdop permissions init` writes a starter)")
+        rows = [("policy", policy), ("config", o["config"]), ("state dir", o["state_dir"]),
+                ("audit log", o["audit_log"]), ("socket", f"{o['socket']}  ({o['socket_source']})"),
+                ("credentials", o["credentials_dir"])]
+        lines = [f"{name + ':':13}{value}" for name, value in rows]
+        if o["system_service"]:
+            lines.append("(socket and state dir are the system service's: no CMDOP_* path is set and "
+                         "only its agent is found)")
+        return "\n".join(lines)
+
+    ctx.emit(out, human)
+    return 0

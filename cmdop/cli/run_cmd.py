@@ -3,9 +3,14 @@
 Goes through the daemon when one is listening on the local socket, else runs in-process through
 `cmdop.pipeline.handle_call` (gate -> audit -> tool). Prints the result as ONE JSON document on
 stdout. Exit 0 when the tool ran (whatever a command's own exit code), 3 with the
-permission_denied object on stdout when denied, 2 for input that is not a JSON object, 1 (with
-the {"error": kind, "message": ...} object on stdout) when the tool itself failed, e.g. a
-missing file or bad input.
+permission_denied object on stdout when denied, 2 for input that is not a JSON object or an
+unknown TOOL (the usage error lists the tools), 1 (with the {"error": kind, "message": ...}
+object on stdout) when the tool itself failed, e.g. a missing file.
+
+Bad input is its own outcome, checked here before the gate sees the call: a missing required
+field or one of the wrong type gives {"error": "bad_input", "field": F, "message": ...,
+"tool": T} on stdout, `cmdop: error: bad input for T: ...` naming the field on stderr, exit 1
+(never a floor denial). `path` of list_dir and grep defaults to "." (the tools' own default).
 """
 
 from __future__ import annotations
@@ -17,6 +22,22 @@ from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.core.errors import UsageError
+
+# Each tool's input fields: name -> (type, required). Mirrors cmdop/tools (get_str/get_int).
+TOOL_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "execute_command": {"command": (str, True), "timeout_ms": (int, False), "cwd": (str, False)},
+    "read_file": {"path": (str, True), "start": (int, False), "end": (int, False)},
+    "write_file": {"path": (str, True), "content": (str, False), "encoding": (str, False)},
+    "list_dir": {"path": (str, False)},
+    "grep": {"pattern": (str, True), "glob": (str, False), "max_results": (int, False),
+             "path": (str, False)},
+    "glob": {"pattern": (str, True), "cwd": (str, False)},
+}
+# The field the gate judges (cmdop.core.calls.TOOL_TARGET_FIELD): it must not be blank.
+TARGET_FIELD = {"execute_command": "command", "read_file": "path", "write_file": "path",
+                "list_dir": "path", "grep": "path", "glob": "pattern"}
+# Optional target fields the gate needs spelled out: the tools' own default.
+DEFAULT_FIELDS = {"list_dir": {"path": "."}, "grep": {"path": "."}}
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -41,6 +62,48 @@ def _parse_input(text: str) -> dict[str, Any]:
     return value
 
 
+def _check_tool(tool: str) -> None:
+    if tool not in TOOL_FIELDS:
+        raise UsageError(f"unknown tool {tool!r} (tools: {', '.join(TOOL_FIELDS)})",
+                         hint="e.g. cmdop run execute_command --input '{\"command\": \"uptime\"}'")
+
+
+def bad_input(tool: str, tool_input: dict[str, Any]) -> dict[str, Any] | None:
+    """The bad_input result for the first missing or mistyped field, else None."""
+    for name, (kind, required) in TOOL_FIELDS[tool].items():
+        value = tool_input.get(name)
+        if value is None:
+            if required:
+                return _bad(tool, name, f"missing required field {name!r}")
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return _bad(tool, name, f"field {name!r} must be an integer")
+        if kind is str:
+            if not isinstance(value, str):
+                return _bad(tool, name, f"field {name!r} must be a string")
+            if "\x00" in value:
+                return _bad(tool, name, f"field {name!r} contains a NUL byte")
+            if name == TARGET_FIELD.get(tool) and not value.strip():
+                return _bad(tool, name, f"field {name!r} is empty")
+    return None
+
+
+def _bad(tool: str, field: str, message: str) -> dict[str, Any]:
+    return {"error": "bad_input", "field": field, "message": message, "tool": tool}
+
+
+def _with_field(result: Any) -> Any:
+    """A tool's own bad_input result (e.g. a number out of range) names its field too."""
+    import re
+
+    if isinstance(result, dict) and result.get("error") == "bad_input" and "field" not in result:
+        m = re.search(r"field '([^']+)'", str(result.get("message", "")))
+        if m:
+            result = {"error": "bad_input", "field": m.group(1),
+                      **{k: v for k, v in result.items() if k != "error"}}
+    return result
+
+
 def _local_user() -> str:
     import pwd
 
@@ -51,10 +114,16 @@ def _local_user() -> str:
 
 
 def handle(args: argparse.Namespace, ctx: CliContext) -> int:
+    _check_tool(args.tool)
     tool_input = _parse_input(args.input)
     cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
     if not os.path.isdir(cwd):
         raise UsageError(f"--cwd is not a directory: {cwd}")
+    problem = bad_input(args.tool, tool_input)
+    if problem is not None:
+        return _report_bad_input(problem, ctx)
+    for name, default in DEFAULT_FIELDS.get(args.tool, {}).items():
+        tool_input.setdefault(name, default)
 
     from cmdop.daemon.client import connect_if_running
 
@@ -64,11 +133,23 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
             result = client.call_tool(args.tool, tool_input, cwd)
     else:
         result = _in_process(args.tool, tool_input, cwd, ctx)
+    result = _with_field(result)
+    if isinstance(result, dict) and result.get("error") == "bad_input":
+        return _report_bad_input(result, ctx)
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
     if isinstance(result, dict) and "error" in result:
         # Denied -> 3; the tool could not do its job (bad input, missing file, no sandbox) -> 1.
         return 3 if result["error"] == "permission_denied" else 1
     return 0
+
+
+def _report_bad_input(result: dict[str, Any], ctx: CliContext) -> int:
+    print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
+    field = result.get("field")
+    where = f" (field {field!r})" if field and f"{field!r}" not in str(result.get("message")) else ""
+    print(f"cmdop: error: bad input for {result.get('tool')}: {result.get('message')}{where}",
+          file=ctx.stderr)
+    return 1
 
 
 def _in_process(tool: str, tool_input: dict[str, Any], cwd: str, ctx: CliContext) -> Any:

@@ -60,7 +60,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], home: str) -> "Settings":
-        """Derive every path from `env` (usually os.environ) and `home`, as the README's file table says."""
+        """Derive every path from `env` (usually os.environ) and `home`, as docs/paths.md lists."""
 
         def get(name: str) -> str | None:
             value = env.get(name)

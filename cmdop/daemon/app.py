@@ -383,12 +383,15 @@ class Daemon:
 
     # -- policy ------------------------------------------------------------------------------
 
-    def _policy_stamp(self) -> tuple[int, int, int] | None:
+    def _policy_stamp(self) -> tuple[int, ...] | None:
+        """What the watcher compares: content (mtime, size, inode) and also who may write the
+        file (mode, owner, ctime), so a chmod/chown is judged at once (policy_store.load refuses
+        a file others can write: the last good policy stays, DEGRADED, until it is safe again)."""
         try:
-            st = os.stat(self.settings.permissions_file)
+            st = os.lstat(self.settings.permissions_file)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid, st.st_ctime_ns)
 
     async def _policy_watcher(self) -> None:
         last = self._policy_stamp()

@@ -114,7 +114,12 @@ def _open_gate(settings: Settings, parts: Components) -> Gate | None:
         log.error("permission gate unavailable: %s", exc)
         parts.policy_error = f"permission gate unavailable: {exc}"
         return None
-    gk = Gatekeeper(settings)
+    gk = Gatekeeper(settings, first_run=True)   # no permissions.yaml yet: writes the starter
+    if gk.created_starter:
+        log.info("first run: wrote a starter policy (mode strict, no rules) to %s; add rules with "
+                 "`cmdop permissions add`", settings.permissions_file)
+    elif gk.starter_error:
+        log.error("first run: %s", gk.starter_error)
     if not gk.policy_ok:
         problem = str(getattr(gk.policy, "problem", "") or "no good policy")
         parts.policy_error = f"{problem} (no good policy at start: remote calls are denied)"

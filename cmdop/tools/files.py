@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
 import posixpath
 import secrets
@@ -41,6 +42,21 @@ def _encode(data: bytes) -> tuple[str, str]:
         return base64.b64encode(data).decode("ascii"), "base64"
 
 
+def _open_named(path: str, home: str, flags: int) -> int:
+    """safe_open.open_checked, with an OSError naming the whole path the caller asked for
+    (the adapter reports the component it opened, or an fd number)."""
+    try:
+        return safe_open.open_checked(path, home, flags)
+    except OSError as exc:
+        raise _named(exc, path) from None
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    if exc.filename == path:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), path)
+
+
 def read_file(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
     """Read lines start..end (1-based, inclusive) of a regular file, at most READ_CAP bytes."""
     path = safe_open.canonical(get_str(tool_input, "path"), env.cwd, env.home)
@@ -49,13 +65,20 @@ def read_file(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
     assert start is not None
     if end is not None and end < start:
         raise BadInput("'end' must not be smaller than 'start'")
-    fd = safe_open.open_checked(path, env.home, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    fd = _open_named(path, env.home, os.O_RDONLY)
+    try:
+        # Checked before fdopen: io.FileIO refuses a directory itself, naming the fd number
+        # ("11: Is a directory") instead of the path.
+        st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(21, "is a directory (use list_dir)", path)
+            raise IsADirectoryError(errno.EISDIR, "is a directory (use list_dir)", path)
         if not stat.S_ISREG(st.st_mode):
             raise BadInput(f"not a regular file: {path}")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         out = bytearray()
         truncated = False
         lineno = 0
@@ -112,7 +135,10 @@ def write_file(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
     parent = safe_open.canonical(posixpath.dirname(lexical), env.cwd, env.home)
     path = posixpath.join(parent, name)
     safe_open.check_floor(path, env.home)
-    dfd = safe_open.open_dir(parent)
+    try:
+        dfd = safe_open.open_dir(parent)
+    except OSError as exc:
+        raise _named(exc, parent) from None
     try:
         safe_open.check_floor(posixpath.join(safe_open.fd_path(dfd), name), env.home)
         return _replace_in(dfd, name, data, path)
@@ -181,7 +207,7 @@ def _kind(mode: int) -> str:
 def list_dir(tool_input: Mapping[str, Any], env: ToolEnv) -> list[dict[str, Any]]:
     """The entries of a directory as [{name, type, size}], sorted by name, symlinks not followed."""
     path = safe_open.canonical(get_str(tool_input, "path", required=False) or ".", env.cwd, env.home)
-    fd = safe_open.open_checked(path, env.home, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _open_named(path, env.home, os.O_RDONLY | os.O_DIRECTORY)
     try:
         entries: list[dict[str, Any]] = []
         with os.scandir(fd) as it:

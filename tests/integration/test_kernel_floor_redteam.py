@@ -688,9 +688,9 @@ ATTEMPTS: list[Attempt] = [
     # -- (e) leaving through someone else ----------------------------------------------------
     ("tmux-server-outside", "tmux -S @TMUX@ new-window -d 'cat @H@/.ssh/id_rsa > @T@/tmux-leak; sleep @TAG@' "
                             "&& sleep 1 && cat @T@/tmux-leak",
-     {MOUNT: "ACCEPTED LIMIT (README, sockets of unconfined services): a tmux server started "
+     {MOUNT: "ACCEPTED LIMIT (docs/security.md, sockets of unconfined services): a tmux server started "
              "outside the sandbox runs whatever a command asks on its pathname socket",
-      LANDLOCK: "ACCEPTED LIMIT (README): pathname unix sockets are not covered by Landlock"}, None),
+      LANDLOCK: "ACCEPTED LIMIT (docs/security.md): pathname unix sockets are not covered by Landlock"}, None),
     ("abstract-socket-outside", "@PY@ @P@/abstract_connect.py @ABS@",
      {}, _no_abstract_hit),
     ("setuid-helpers", "su -c 'cat @H@/.ssh/id_rsa' root 2>&1 </dev/null; mkdir @T@/m$$; mount --bind @H@ @T@/m$$ 2>&1; "
@@ -771,7 +771,7 @@ def _exec_points() -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("name,path,why", [pytest.param(
     n, p, w, id=n, marks=[pytest.mark.xfail(
-        strict=True, reason=f"ACCEPTED LIMIT (README): {p} is writable for a root agent and {w}")]
+        strict=True, reason=f"ACCEPTED LIMIT (docs/security.md): {p} is writable for a root agent and {w}")]
     if n in ACCEPTED_EXEC else []) for n, p, w in _exec_points()])
 def test_code_run_outside_later_is_read_only(agent_mount: Agent, name: str, path: str, why: str) -> None:
     if os.path.isdir(path):
@@ -1086,7 +1086,7 @@ def test_stopping_the_fork_server_does_not_hang_the_call(tmp_path: Path, outside
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "ACCEPTED LIMIT (README): signals are not scoped, since `kill -HUP` of a service's process is "
+    "ACCEPTED LIMIT (docs/security.md): signals are not scoped, since `kill -HUP` of a service's process is "
     "ordinary administration; a root command can kill the agent (its unit restarts it)"))
 def test_a_command_cannot_kill_the_agent(tmp_path: Path, outside: Outside) -> None:
     a = start_agent(MOUNT, tmp_path, outside)

@@ -308,7 +308,7 @@ CAP_PROBES = [
 ]
 
 
-LANDLOCK_META = ("ACCEPTED LIMIT (README, Landlock form): Landlock does not mediate chmod/chown/utimes or "
+LANDLOCK_META = ("ACCEPTED LIMIT (docs/security.md, Landlock form): Landlock does not mediate chmod/chown/utimes or "
                  "FS_IOC_SETFLAGS on regular files, so a 'ro' login file (~/.bashrc) can be "
                  "chmod 777'd, chown'd, re-dated or made immutable (chattr +i), and ~/.ssh chmod'ed "
                  "(its files' modes too: chmod 644 ~/.ssh/id_rsa exposes the key to local users)")

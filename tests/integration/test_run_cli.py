@@ -63,10 +63,13 @@ def test_bad_json_is_a_usage_error(cmdop_env, text: str) -> None:  # type: ignor
     assert "Traceback" not in r.stderr
 
 
-def test_unknown_tool_is_denied(cmdop_env) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_tool_is_a_usage_error_listing_the_tools(cmdop_env) -> None:  # type: ignore[no-untyped-def]
     r = cmdop_env.run("run", "format_disk", "--input", "{}")
-    assert r.returncode == 3
-    assert json.loads(r.stdout)["error"] == "permission_denied"
+    assert r.returncode == 2
+    assert r.stdout == "" and "permission_denied" not in r.stderr
+    assert r.stderr.startswith("cmdop: error: unknown tool 'format_disk'")
+    for tool in ("execute_command", "read_file", "write_file", "list_dir", "grep", "glob"):
+        assert tool in r.stderr
 
 
 def test_tool_error_is_reported_as_json(cmdop_env) -> None:  # type: ignore[no-untyped-def]

@@ -245,7 +245,7 @@ def test_a_call_through_another_keys_link_is_remote(store: Any) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "ACCEPTED LIMIT (README, 'who is self'): an API key is the principal; whoever holds it can "
+    "ACCEPTED LIMIT (docs/relay.md, 'who is self'): an API key is the principal; whoever holds it can "
     "link a machine of their own and is then `self` on the key's other machines (the relay "
     "verifies the link, not who runs it). `self_bypass: false` on a receiver, or one key per "
     "person/machine, is the control."))
