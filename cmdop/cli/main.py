@@ -14,6 +14,8 @@ from cmdop import __version__
 if TYPE_CHECKING:
     import argparse
 
+    from cmdop.core.errors import CmdopError
+
 # Module-level imports stay minimal: `cmdop --version` is timed against `python -c pass`
 # (bench/startup.py); everything else is imported by the functions that need it.
 
@@ -59,10 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # a zipapp run by another CPython than it was built for: one line, before anything
         preflight.check_interpreter()
     except CmdopError as exc:
-        print(f"cmdop: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
+        return _report(exc)
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse prints usage and exits 2 on bad usage
     log_level = getattr(args, "log_level", None) or "warning"
@@ -88,10 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CmdopError as exc:
         if log_level == "debug":
             traceback.print_exc()
-        print(f"cmdop: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
+        return _report(exc)
     except KeyboardInterrupt:
         print("cmdop: interrupted", file=sys.stderr)
         return 130
@@ -102,13 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         native = preflight.native_import_error(exc)
         if native is not None:  # not a bug: a native module this Python cannot load
-            print(f"cmdop: error: {native.message}", file=sys.stderr)
-            if native.hint:
-                print(f"hint: {native.hint}", file=sys.stderr)
-            return native.exit_code
+            return _report(native)
         print(f"cmdop: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: re-run with --log-level debug for a traceback, and report it", file=sys.stderr)
         return 1
+
+
+def _report(exc: "CmdopError") -> int:
+    """Print a CmdopError the one way the CLI prints errors; its exit status."""
+    print(f"cmdop: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+    return exc.exit_code
 
 
 def entry() -> None:
