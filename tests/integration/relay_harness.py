@@ -225,10 +225,17 @@ class Relay:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
+    def serve_args(self) -> list[str]:
+        """More `relay serve` arguments (a subclass's OAuth or OIDC settings)."""
+        return []
+
+    def started(self, info: dict[str, Any]) -> None:
+        """Check and keep more of the start line (subclasses)."""
+
     def start(self) -> "Relay":
         assert self.proc is None or not self.proc.alive()
         self.proc = self.cluster.spawn(
-            [PY, "-m", "cmdop", "relay", "serve", "--listen", self.address,
+            [PY, "-m", "cmdop", "relay", "serve", "--listen", self.address, *self.serve_args(),
              "--data-dir", str(self.data_dir), "--json"], self.home, "relay")
         proc = self.proc
 
@@ -244,6 +251,7 @@ class Relay:
         info = wait_for(ready, START_TIMEOUT_S, "the relay's start line")
         assert info["port"] == self.port, info
         self.fingerprint = info["fingerprint"]
+        self.started(info)
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -254,11 +262,14 @@ class Relay:
 class Agent:
     """`cmdop agent run` in its own home, linked to the relay with a stored key."""
 
-    def __init__(self, cluster: "Cluster", name: str, key: str, relay: Relay,
-                 workspace: str = "demo", policy: str = POLICY) -> None:
+    def __init__(self, cluster: "Cluster", name: str, key: str | None, relay: Relay | None,
+                 workspace: str = "demo", policy: str = POLICY, home: Home | None = None) -> None:
+        """`key` None: the home's only credential is a login (`cmdop login` ran in `home`)."""
         self.cluster = cluster
-        self.home = cluster.home(name)
-        self.home.store_key(key, workspace, relay.address, relay.fingerprint)
+        self.home = home or cluster.home(name)
+        if key is not None:
+            assert relay is not None
+            self.home.store_key(key, workspace, relay.address, relay.fingerprint)
         self.home.write_policy(policy)
         # The home is sealed read-only inside the sandbox; entries that exist when the agent
         # starts are re-exposed writable: commands write here.

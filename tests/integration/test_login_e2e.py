@@ -53,29 +53,14 @@ class OAuthRelay(Relay):
         self.ttl_s = ttl_s
         self.issuer = ""
 
-    def start(self) -> "OAuthRelay":
-        assert self.proc is None or not self.proc.alive()
-        self.proc = self.cluster.spawn(
-            [PY, "-m", "cmdop", "relay", "serve", "--listen", self.address,
-             "--oauth-listen", f"127.0.0.1:{self.oauth_port}", "--access-token-ttl", str(self.ttl_s),
-             "--data-dir", str(self.data_dir), "--json"], self.home, "relay")
-        proc = self.proc
+    def serve_args(self) -> list[str]:
+        return ["--oauth-listen", f"127.0.0.1:{self.oauth_port}",
+                "--access-token-ttl", str(self.ttl_s)]
 
-        def ready() -> dict[str, Any] | None:
-            if not proc.alive():
-                raise AssertionError(f"relay exited {proc.proc.returncode}:\n{proc.log()}")
-            for line in proc.log().splitlines():
-                if line.startswith("{"):
-                    start: dict[str, Any] = json.loads(line)     # port, fingerprint, issuer
-                    return start
-            return None
-
-        info = wait_for(ready, START_TIMEOUT_S, "the relay's start line")
-        assert (info["port"], info["oauth_port"]) == (self.port, self.oauth_port), info
-        self.fingerprint = info["fingerprint"]
+    def started(self, info: dict[str, Any]) -> None:
+        assert info["oauth_port"] == self.oauth_port, info
         self.issuer = info["issuer"]
         assert self.issuer == f"https://127.0.0.1:{self.oauth_port}", info
-        return self
 
 
 def token_path(home: Home) -> Path:
@@ -132,18 +117,10 @@ def login_all(relay: OAuthRelay, logins: dict[str, tuple[Home, str]]) -> dict[st
 
 
 class LoginAgent(Agent):
-    """`cmdop agent run` in a home whose only credential is its login (no key stored: Agent's
-    own __init__, which stores one, is not called)."""
+    """`cmdop agent run` in a home whose only credential is its login."""
 
     def __init__(self, cluster: Cluster, home: Home) -> None:
-        self.cluster = cluster
-        self.home = home
-        home.write_policy()
-        self.work = home.root / "work"
-        self.work.mkdir(mode=0o700)
-        self.proc = None
-        self.machine = ""
-        self.machine_id = ""
+        super().__init__(cluster, "", None, None, home=home)
 
     def cli_status(self) -> dict[str, Any]:
         out = self.home.run("agent", "status", "--json")

@@ -75,28 +75,13 @@ class OidcRelay(Relay):
         self.issuer = ""
         self.keys_fetched_at = 0.0      # monotonic, no earlier than the relay's first JWKS fetch
 
-    def start(self) -> "OidcRelay":
-        assert self.proc is None or not self.proc.alive()
-        self.proc = self.cluster.spawn(
-            [PY, "-m", "cmdop", "relay", "serve", "--listen", self.address, "--oauth-listen", "off",
-             "--oidc-issuer", self.issuer, "--oidc-audience", AUDIENCE, "--oidc-workspace-claim", CLAIM,
-             "--data-dir", str(self.data_dir), "--json"], self.home, "relay")
-        proc = self.proc
+    def serve_args(self) -> list[str]:
+        return ["--oauth-listen", "off", "--oidc-issuer", self.issuer, "--oidc-audience", AUDIENCE,
+                "--oidc-workspace-claim", CLAIM]
 
-        def ready() -> dict[str, Any] | None:
-            if not proc.alive():
-                raise AssertionError(f"relay exited {proc.proc.returncode}:\n{proc.log()}")
-            for line in proc.log().splitlines():
-                if line.startswith("{"):
-                    info: dict[str, Any] = json.loads(line)
-                    return info
-            return None
-
-        info = wait_for(ready, START_TIMEOUT_S, "the relay's start line")
-        assert info["port"] == self.port and info["oidc_issuer"] == self.issuer, info
+    def started(self, info: dict[str, Any]) -> None:
+        assert info["oidc_issuer"] == self.issuer, info
         assert info["issuer"] is None and info["oauth_port"] is None, info     # no cabinet
-        self.fingerprint = info["fingerprint"]
-        return self
 
     def log(self) -> str:
         assert self.proc is not None
@@ -104,18 +89,10 @@ class OidcRelay(Relay):
 
 
 class LoginAgent(Agent):
-    """`cmdop agent run` in a home whose only credential is its login (Agent's own __init__,
-    which stores an API key, is not called)."""
+    """`cmdop agent run` in a home whose only credential is its login."""
 
     def __init__(self, cluster: Cluster, home: Home) -> None:
-        self.cluster = cluster
-        self.home = home
-        home.write_policy()
-        self.work = home.root / "work"
-        self.work.mkdir(mode=0o700)
-        self.proc = None
-        self.machine = ""
-        self.machine_id = ""
+        super().__init__(cluster, "", None, None, home=home)
 
 
 def token_path(home: Home) -> Path:
