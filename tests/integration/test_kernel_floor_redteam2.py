@@ -248,6 +248,15 @@ def _server_pid(a: Agent) -> int:
     return int(out["stdout"].strip())
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie awaiting its parent's wait does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def test_a_changed_library_of_the_server_stops_the_next_start(outside: Outside, tmp_path: Path) -> None:
     """Round 2: the libraries a fork server maps before it confines itself (libpython, libc,
     libffi, the linker's cache) are writable by a root command — package upgrades need them so.
@@ -255,9 +264,15 @@ def test_a_changed_library_of_the_server_stops_the_next_start(outside: Outside, 
     start when any of them changed since the agent started (here: the linker's cache, touched)."""
     a = start_agent(MOUNT, tmp_path, outside)
     try:
-        libs = [p for p in _loaded_libraries(_server_pid(a)) if not p.startswith("/memfd")]
+        server = _server_pid(a)
+        libs = [p for p in _loaded_libraries(server) if not p.startswith("/memfd")]
         assert libs, "the server maps no library?"
         a.run("touch /etc/ld.so.cache; kill -9 $PPID")
+        # The next call must meet a *new* start: one sent while the killed server is still
+        # being reaped only hears that it "did not answer" (also a refusal, but not this one).
+        deadline = time.monotonic() + 30
+        while _alive(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
         out = a.run("cat ~/.ssh/id_rsa; echo next", wait=60)
         text = json.dumps(out)
         assert MARK not in text and "next" not in out.get("stdout", ""), text
