@@ -22,6 +22,7 @@ from cmdop.daemon import protocol
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # kept out of the import path of this lean module
+    from cmdop.core.errors import CmdopError
     from cmdop.core.settings import Settings
 
 _MAX_TIMEOUT_S = 600.0
@@ -72,9 +73,12 @@ def run(argv: list[str]) -> int | None:
     # The same settings the full CLI derives (cmdop.cli.common.current_settings), without
     # importing argparse and the command tree.
     settings = discover(Settings.from_env(os.environ, os.path.expanduser("~")), os.environ)
-    claim = _claim(settings)
-    if claim is False or claim is True:
-        return None
+    from cmdop.core.errors import CmdopError
+
+    try:
+        claim = _claim(settings)
+    except CmdopError:
+        return None               # the full CLI reports the credential problem
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(_CONNECT_TIMEOUT_S)
     try:
@@ -86,18 +90,14 @@ def run(argv: list[str]) -> int | None:
         return _call(sock, host, command, timeout, cwd, claim, _session(settings, host))
 
 
-def _claim(settings: "Settings") -> dict[str, str] | None | bool:
+def _claim(settings: "Settings") -> dict[str, str] | None:
     """The caller's own credential as its agent should compare it (see
-    credential_flags.credential_claim); False when it cannot be worked out here."""
+    credential_flags.credential_claim); CmdopError when it cannot be resolved."""
     import argparse
 
     from cmdop.cli.credential_flags import credential_claim, resolve_from_args
-    from cmdop.core.errors import CmdopError
 
-    try:
-        return credential_claim(resolve_from_args(argparse.Namespace(), settings))
-    except CmdopError:
-        return False
+    return credential_claim(resolve_from_args(argparse.Namespace(), settings))
 
 
 def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
@@ -198,13 +198,9 @@ def _finish(result: object, timeout: float) -> int:
         print("cmdop: error: the agent sent an unexpected result", file=sys.stderr)
         return 1
     if result.get("error") == "permission_denied":
-        where = f"source {result.get('source') or '?'}"
-        if result.get("rule_id"):
-            where += f", rule {result.get('rule_id')}"
-        print(f"cmdop: error: denied: {result.get('reason', '')} [{where}]", file=sys.stderr)
-        print("hint: ask the machine's owner for a rule (`cmdop permissions add` on it)",
-              file=sys.stderr)
-        return 3
+        from cmdop.relay.caller import denial_error
+
+        return _print(denial_error(result))
     if "exit_code" not in result:
         print(f"cmdop: error: the call failed: {result.get('message') or result.get('error')}",
               file=sys.stderr)
@@ -222,10 +218,13 @@ def _finish(result: object, timeout: float) -> int:
 def _failed(event: dict[str, object]) -> int:
     from cmdop.relay.caller import failure_error
 
-    exc = failure_error(str(event.get("code") or ""), str(event.get("message") or ""),
-                        str(event.get("hint") or ""))
-    print(f"cmdop: error: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(f"hint: {exc.hint}", file=sys.stderr)
-    return exc.exit_code
+    return _print(failure_error(str(event.get("code") or ""), str(event.get("message") or ""),
+                                str(event.get("hint") or "")))
+
+
+def _print(exc: "CmdopError") -> int:
+    """Report `exc` as the full CLI does (cmdop.cli.main._report); its exit status."""
+    from cmdop.cli.main import _report
+
+    return _report(exc)
 

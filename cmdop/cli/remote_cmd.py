@@ -201,14 +201,11 @@ def _locked(args: argparse.Namespace, ctx: CliContext, result: Any, session: str
 
 def _denied(result: Any, ctx: CliContext) -> None:
     """Raise PermissionDeniedError (exit 3) with the gate's structured reason."""
+    from cmdop.relay.caller import denial_error
+
     if ctx.json:
         print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
-    where = f"source {result.get('source') or '?'}"
-    if result.get("rule_id"):
-        where += f", rule {result.get('rule_id')}"
-    raise PermissionDeniedError(
-        f"denied: {result.get('reason', '')} [{where}]",
-        "ask the machine's owner for a rule (`cmdop permissions add` on it)")
+    raise denial_error(result)
 
 
 def _exec(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -34,6 +34,19 @@ _FAILURES: dict[str, tuple[type[CmdopError], str]] = {
 }
 
 
+def denial_error(result: dict[str, Any]) -> CmdopError:
+    """The error (exit 3) a caller command reports for a `permission_denied` result: the gate's
+    reason, source and rule."""
+    from cmdop.core.errors import PermissionDeniedError
+
+    where = f"source {result.get('source') or '?'}"
+    if result.get("rule_id"):
+        where += f", rule {result.get('rule_id')}"
+    return PermissionDeniedError(f"denied: {result.get('reason', '')} [{where}]",
+                                 "ask the machine's owner for a rule (`cmdop permissions add` "
+                                 "on it)")
+
+
 def failure_error(code: str, message: str, hint: str = "") -> CmdopError:
     """The error a caller command raises for a Failure frame."""
     cls, default_hint = _FAILURES.get(code, (CmdopError, ""))
