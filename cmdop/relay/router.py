@@ -84,7 +84,7 @@ class Route:
 class Link:
     """One agent's stream."""
 
-    key: Any                          # store.KeyInfo
+    key: Any                          # the principal (relay.auth.Principal / store.KeyInfo)
     machine: Any                      # store.Machine
     outq: asyncio.Queue[pb.RelayFrame | None] = field(default_factory=asyncio.Queue)
     routes: dict[str, Route] = field(default_factory=dict)          # calls to this machine
@@ -150,7 +150,8 @@ class Router:
     # -- authentication -------------------------------------------------------------------
 
     async def _authenticate(self, stream: ServerStream[Any, Any]) -> Any:
-        """The KeyInfo behind the RPC's bearer credential; RelayRefusal otherwise."""
+        """The principal behind the RPC's bearer credential (API key, relay or external
+        token); RelayRefusal otherwise."""
         verdict, wait = self.throttle.verdict(stream.peer, self.clock())
         if verdict == "refuse":
             self._count("auth_refused")
@@ -499,8 +500,8 @@ class Router:
         self._changed.set()
 
     def _still_valid(self, stream: ServerStream[Any, Any], key: Any) -> None:
-        """The stream's key, checked again now (it may have been revoked since the RPC was
-        authenticated: a hello or a call start can arrive seconds later)."""
+        """The stream's credential, checked again now (it may have been revoked since the RPC
+        was authenticated: a hello or a call start can arrive seconds later)."""
         again = self.verifier.verify(stream.credential)
         if again is None or again.id != key.id or self._revoked(again):
             raise RelayRefusal("unauthenticated", "unknown, expired or revoked credential")

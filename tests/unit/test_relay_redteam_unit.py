@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,97 +22,9 @@ from cmdop.relay.proto import relay_pb2 as pb
 from cmdop.relay.router import Router
 from cmdop.relay.store import RelayStore
 
-# -- fakes ---------------------------------------------------------------------------------------
-
-
-class FakeStream:
-    """A ServerStream: frames in through `incoming`, frames out collected in `out`.
-    `block_writes` makes every write hang (a caller or agent that never reads)."""
-
-    def __init__(self, credential: str, peer: str = "10.0.0.1", block_writes: bool = False,
-                 max_frame: int | None = None) -> None:
-        self.credential, self.peer = credential, peer
-        self.incoming: asyncio.Queue[Any] = asyncio.Queue()
-        self.out: asyncio.Queue[Any] = asyncio.Queue()
-        self.block_writes = block_writes
-        self.max_frame = max_frame
-        self.written = 0
-
-    async def read(self) -> Any:
-        return await self.incoming.get()
-
-    async def write(self, frame: Any) -> None:
-        if self.max_frame is not None and frame.ByteSize() > self.max_frame:
-            # what grpc does with a frame over grpc.max_send_message_length
-            raise RuntimeError(f"Sent message larger than max ({frame.ByteSize()} vs. {self.max_frame})")
-        if self.block_writes and self.written >= 1:
-            await asyncio.Event().wait()          # never returns: the peer does not read
-        self.written += 1
-        await self.out.put(frame)
-
-
-@dataclass(frozen=True)
-class Key:
-    id: str
-    workspace: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Machine:
-    id: str
-    workspace: str
-    name: str
-    hostname: str
-    machine_id: str
-    key_id: str
-    agent_version: str = "t"
-    last_seen: str = ""
-
-
-@dataclass
-class FakeStore:
-    """Workspace-aware like the real store; no SQLite (fast), for the flow-control attacks."""
-
-    keys: dict[str, Key] = field(default_factory=dict)
-    machines: dict[tuple[str, str], Machine] = field(default_factory=dict)
-    revoked: set[str] = field(default_factory=set)
-    version: int = 0
-    fail_next_revoked_read: int = 0
-
-    def verify_key(self, text: str) -> Key | None:
-        key = self.keys.get(text)
-        return None if key is None or key.id in self.revoked else key
-
-    def enroll_machine(self, workspace: str, key_id: str, hostname: str, machine_id: str,
-                       version: str) -> Machine:
-        m = self.machines.get((workspace, machine_id)) or Machine(
-            id=f"row-{workspace}-{machine_id}", workspace=workspace, name=hostname.lower(),
-            hostname=hostname, machine_id=machine_id, key_id=key_id)
-        self.machines[(workspace, machine_id)] = m
-        return m
-
-    def touch_machine(self, row: str) -> None:
-        pass
-
-    def list_machines(self, workspace: str) -> list[Machine]:
-        return [m for m in self.machines.values() if m.workspace == workspace]
-
-    def data_version(self) -> int:
-        return self.version
-
-    def revoked_key_ids(self) -> frozenset[str]:
-        if self.fail_next_revoked_read:
-            self.fail_next_revoked_read -= 1
-            from cmdop.core.errors import CmdopError
-            raise CmdopError("relay.db: database is locked")
-        return frozenset(self.revoked)
-
-
-def _fake_store() -> FakeStore:
-    return FakeStore(keys={"K1": Key("k1", "demo", "ops"), "K2": Key("k2", "demo", "dev"),
-                           "K3": Key("k3", "other", "ops")})
-
+from relay_fakes import (FakeStore, FakeStream, Key, Machine, call_start as _start,  # noqa: F401
+                         direct_call as _direct, fake_store as _fake_store,
+                         link_agent as _agent, next_frame as _next)
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
@@ -138,41 +49,12 @@ def _id(store: Any, which: str) -> str:
     return str(store.keys[which][0].id)
 
 
-async def _next(stream: FakeStream, kind: str, timeout: float = 5.0) -> Any:
-    while True:
-        frame = await asyncio.wait_for(stream.out.get(), timeout)
-        if frame.WhichOneof("kind") == kind:
-            return getattr(frame, kind)
-
-
 async def _next_event(stream: FakeStream, kinds: tuple[str, ...], timeout: float = 5.0) -> Any:
     """The next `event` frame (on an agent link) whose kind is one of `kinds`."""
     while True:
         frame = await asyncio.wait_for(stream.out.get(), timeout)
         if frame.WhichOneof("kind") == "event" and frame.event.WhichOneof("kind") in kinds:
             return frame.event
-
-
-async def _agent(router: Router, secret: str, host: str, mid: str,
-                 **kw: Any) -> tuple[FakeStream, asyncio.Task[None]]:
-    s = FakeStream(secret, **kw)
-    await s.incoming.put(pb.AgentFrame(hello=pb.Hello(protocol_version=1, hostname=host,
-                                                      machine_id=mid, agent_version="t")))
-    task = asyncio.ensure_future(router.agent_link(s))
-    await _next(s, "welcome")
-    return s, task
-
-
-def _start(cid: str, host: str, tool: str = "execute_command", **kw: Any) -> pb.CallStart:
-    kw.setdefault("input_json", b'{"command":"true"}')
-    return pb.CallStart(call_id=cid, host=host, tool=tool, **kw)
-
-
-async def _direct(router: Router, secret: str, start: pb.CallStart,
-                  **kw: Any) -> tuple[FakeStream, asyncio.Task[None]]:
-    caller = FakeStream(secret, **kw)
-    await caller.incoming.put(pb.CallerFrame(start=start))
-    return caller, asyncio.ensure_future(router.call(caller))
 
 
 async def _stop(*tasks: asyncio.Task[Any]) -> None:

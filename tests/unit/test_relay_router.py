@@ -5,7 +5,6 @@ call-id namespacing, limits, revocation, a link that ends mid-call."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -14,97 +13,13 @@ from cmdop.adapters.relay_grpc import RelayRefusal
 from cmdop.relay.proto import relay_pb2 as pb
 from cmdop.relay.router import Router
 
-
-@dataclass(frozen=True)
-class Key:
-    id: str
-    workspace: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Machine:
-    id: str
-    name: str
-    hostname: str
-    machine_id: str
-    agent_version: str = "t"
-    last_seen: str = ""
-
-
-@dataclass
-class FakeStore:
-    keys: dict[str, Key] = field(default_factory=dict)
-    machines: dict[str, Machine] = field(default_factory=dict)
-    revoked: set[str] = field(default_factory=set)
-    version: int = 0
-
-    def verify_key(self, text: str) -> Key | None:
-        key = self.keys.get(text)
-        return None if key is None or key.id in self.revoked else key
-
-    def enroll_machine(self, workspace: str, key_id: str, hostname: str, machine_id: str,
-                       version: str) -> Machine:
-        m = self.machines.get(machine_id) or Machine(id=f"row-{machine_id}", name=hostname,
-                                                     hostname=hostname, machine_id=machine_id)
-        self.machines[machine_id] = m
-        return m
-
-    def touch_machine(self, row: str) -> None:
-        pass
-
-    def list_machines(self, workspace: str) -> list[Machine]:
-        return list(self.machines.values())
-
-    def data_version(self) -> int:
-        return self.version
-
-    def revoked_key_ids(self) -> frozenset[str]:
-        return frozenset(self.revoked)
-
-
-class FakeStream:
-    """A ServerStream: frames in through `incoming`, frames out collected in `out`."""
-
-    def __init__(self, credential: str, peer: str = "10.0.0.1") -> None:
-        self.credential, self.peer = credential, peer
-        self.incoming: asyncio.Queue[Any] = asyncio.Queue()
-        self.out: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def read(self) -> Any:
-        return await self.incoming.get()
-
-    async def write(self, frame: Any) -> None:
-        await self.out.put(frame)
-
-
-async def _next(stream: FakeStream, kind: str, timeout: float = 5.0) -> Any:
-    while True:
-        frame = await asyncio.wait_for(stream.out.get(), timeout)
-        if frame.WhichOneof("kind") == kind:
-            return getattr(frame, kind)
-
-
-async def _agent(router: Router, secret: str, host: str, mid: str) -> tuple[FakeStream, Any]:
-    s = FakeStream(secret)
-    await s.incoming.put(pb.AgentFrame(hello=pb.Hello(protocol_version=1, hostname=host,
-                                                      machine_id=mid)))
-    task = asyncio.ensure_future(router.agent_link(s))
-    await _next(s, "welcome")
-    return s, task
-
-
-def _store() -> FakeStore:
-    return FakeStore(keys={"K1": Key("k1", "demo", "ops"), "K2": Key("k2", "demo", "dev")})
-
-
-def _start(cid: str, host: str, tool: str = "execute_command") -> pb.CallStart:
-    return pb.CallStart(call_id=cid, host=host, tool=tool, input_json=b'{"command":"true"}')
+from relay_fakes import (FakeStream, call_start as _start, fake_store,
+                         link_agent as _agent, next_frame as _next)
 
 
 def test_a_direct_call_is_remote_and_namespaced_and_its_result_comes_back():
     async def main() -> None:
-        router = Router(_store())
+        router = Router(fake_store())
         agent, _ = await _agent(router, "K1", "web01", "m1")
         caller = FakeStream("K2")
         await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web")))
@@ -123,14 +38,14 @@ def test_a_direct_call_is_remote_and_namespaced_and_its_result_comes_back():
 
 def test_a_call_through_an_own_agent_link_is_self_with_the_verified_machine():
     async def main() -> None:
-        router = Router(_store())
+        router = Router(fake_store())
         target, _ = await _agent(router, "K1", "web01", "m1")
         origin, _ = await _agent(router, "K1", "laptop", "m2")
         await origin.incoming.put(pb.AgentFrame(call=_start("o1", "web01")))
         forwarded = await _next(target, "call")
         # the relay's own name and row id for the calling machine, never its hello claims
         assert (forwarded.caller.kind, forwarded.caller.hostname,
-                forwarded.caller.machine_id) == ("self", "laptop", "row-m2")
+                forwarded.caller.machine_id) == ("self", "laptop", "row-demo-m2")
         other, _ = await _agent(router, "K2", "box", "m3")      # another key's machine
         await other.incoming.put(pb.AgentFrame(call=_start("o2", "web01")))
         forwarded = await _next(target, "call")
@@ -140,7 +55,7 @@ def test_a_call_through_an_own_agent_link_is_self_with_the_verified_machine():
 
 def test_wrong_key_is_refused_and_counted_per_address():
     async def main() -> None:
-        router = Router(_store())
+        router = Router(fake_store())
         for _ in range(3):
             with pytest.raises(RelayRefusal) as exc:
                 await router.list_hosts(FakeStream("nope", peer="6.6.6.6"), pb.ListHostsRequest())
@@ -151,7 +66,7 @@ def test_wrong_key_is_refused_and_counted_per_address():
 
 def test_revocation_ends_the_keys_links_and_cuts_its_calls():
     async def main() -> None:
-        store = _store()
+        store = fake_store()
         router = Router(store)
         agent, agent_task = await _agent(router, "K1", "web01", "m1")
         caller = FakeStream("K2")
@@ -174,7 +89,7 @@ def test_revocation_ends_the_keys_links_and_cuts_its_calls():
 
 def test_a_link_that_ends_mid_call_fails_the_call_at_once():
     async def main() -> None:
-        router = Router(_store())
+        router = Router(fake_store())
         agent, agent_task = await _agent(router, "K1", "web01", "m1")
         caller = FakeStream("K1")
         await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
@@ -189,7 +104,7 @@ def test_a_link_that_ends_mid_call_fails_the_call_at_once():
 
 def test_calls_per_key_are_limited():
     async def main() -> None:
-        router = Router(_store(), max_calls_per_key=2)
+        router = Router(fake_store(), max_calls_per_key=2)
         agent, _ = await _agent(router, "K1", "web01", "m1")
         tasks = []
         for i in range(2):
@@ -210,7 +125,7 @@ def test_calls_per_key_are_limited():
 @pytest.mark.parametrize("host, code", [("nope", "host_unknown"), ("web", "host_ambiguous")])
 def test_unknown_and_ambiguous_hosts_are_failures_with_a_hint(host, code):
     async def main() -> None:
-        router = Router(_store())
+        router = Router(fake_store())
         await _agent(router, "K1", "web01", "m1")
         await _agent(router, "K1", "web02", "m2")
         caller = FakeStream("K1")
@@ -223,7 +138,7 @@ def test_unknown_and_ambiguous_hosts_are_failures_with_a_hint(host, code):
 
 def test_a_second_link_from_the_same_machine_replaces_the_first():
     async def main() -> None:
-        router = Router(_store())
+        router = Router(fake_store())
         first, first_task = await _agent(router, "K1", "web01", "m1")
         second, _ = await _agent(router, "K1", "web01", "m1")
         assert (await _next(first, "failure")).code == "replaced"
