@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from cmdop.adapters.secure_file import atomic_write
+from cmdop.adapters.secure_file import atomic_create, atomic_write
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
 from cmdop.core.errors import PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
@@ -294,13 +294,7 @@ rules: []
 def write_starter(path: str) -> bool:
     """First run: write STARTER to `path` (atomic, 0600) unless something is there already.
     Returns True when it wrote the file."""
-    try:
-        os.lstat(path)
-        return False
-    except FileNotFoundError:
-        pass
-    atomic_write(path, STARTER, 0o600)
-    return True
+    return atomic_create(path, STARTER, 0o600)   # never over a file made meanwhile
 
 
 def save(path: str, doc: PolicyDoc, home: str) -> Policy:

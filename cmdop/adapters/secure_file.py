@@ -30,6 +30,20 @@ def atomic_write(path: str, data: bytes | str, mode: int = 0o600) -> None:
     Readers see either the old file or the new one. Follows no symlink at `path`: the rename
     replaces a link rather than writing through it.
     """
+    _publish(path, data, mode, replace=True)
+
+
+def atomic_create(path: str, data: bytes | str, mode: int = 0o600) -> bool:
+    """Create `path` with `data` (complete, `mode`, fsynced) only if nothing is there yet;
+    False, touching nothing, when something is — never replaces, so two processes creating
+    the same file at once end with exactly one of them (whoever linked first)."""
+    return _publish(path, data, mode, replace=False)
+
+
+def _publish(path: str, data: bytes | str, mode: int, *, replace: bool) -> bool:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`
+    (`replace`) or hard-link it to `path` when free; fsync the directory. False when `path`
+    existed and `replace` is off."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -44,13 +58,20 @@ def atomic_write(path: str, data: bytes | str, mode: int = 0o600) -> None:
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(tmp, path)
-        tmp = ""
+        if replace:
+            os.replace(tmp, path)
+            tmp = ""
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        return True
     finally:
         if fd >= 0:
             os.close(fd)

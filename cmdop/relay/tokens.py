@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cmdop.adapters.secure_file import check_private, ensure_private_dir
+from cmdop.adapters.secure_file import atomic_create, check_private, ensure_private_dir
 from cmdop.core.errors import CmdopError, ConfigError
 
 SIGNING_KEY_NAME = "oauth_signing.key"
@@ -115,27 +114,9 @@ def load_or_create_signing_key(data_dir: str) -> SigningKey:
         key = SigningKey.generate()
         pem = key.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=data_dir)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, pem)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            try:
-                os.link(tmp, path)          # never replaces: whoever linked first wins
-            except FileExistsError:
-                with open(path, "rb") as f:
-                    return _parse_key(f.read(), path)
-            dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            os.unlink(tmp)
+        if not atomic_create(path, pem, 0o600):   # another process made it first: use theirs
+            with open(path, "rb") as f:
+                return _parse_key(f.read(), path)
         return SigningKey.from_private(key.private, path)
     except OSError as exc:
         raise CmdopError(f"cannot read or create the token signing key {path}: {exc.strerror}",

@@ -141,3 +141,19 @@ def test_reload_refuses_a_file_owned_by_another_user(tmp_path: Path) -> None:
     assert gk.evaluate(cmd("uptime"), REMOTE).decision == "allow"      # last good kept
     os.chown(s.permissions_file, 0, 0)
     assert daemon._policy_stamp() != before and gk.reload() is None
+
+
+def test_atomic_create_never_replaces_and_leaves_no_temp_file(tmp_path):
+    """The starter policy and the relay's signing key are created this way: a second writer
+    (another process at the same moment) finds the first one's file and changes nothing."""
+    import os
+    import stat
+
+    from cmdop.adapters.secure_file import atomic_create
+
+    path = tmp_path / "d" / "f"
+    assert atomic_create(str(path), "first") is True
+    assert atomic_create(str(path), "second") is False
+    assert path.read_text() == "first"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert sorted(os.listdir(path.parent)) == ["f"]
