@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Build dist/cmdop.pyz: one file that runs cmdop on any glibc >= 2.17 Linux box with the same
-Python minor version, and write dist/SHA256SUMS beside it.
+"""Build dist/cmdop.pyz: one file that runs cmdop on any glibc >= 2.17 Linux box with any of
+CPython 3.10-3.13, and write dist/SHA256SUMS beside it.
 
 What this promises:
 - Dependencies are exactly the pins in pyproject.toml plus the transitive pins below, as
-  binary wheels for the target platform (default manylinux2014_x86_64, CPython 3.11). A wheel
-  that is not pinned makes the build fail rather than drift.
+  binary wheels for the target platform (default manylinux2014_x86_64) and each target CPython
+  (default all of SUPPORTED_PYTHONS). A wheel that is not pinned makes the build fail rather
+  than drift.
+- One file for every target CPython: the per-version native modules side by side (their names
+  carry the version, `*.cpython-310-x86_64-linux-gnu.so`), everything else once. A pure file
+  that differs between the versions' wheels fails the build; an abi3 module that differs is
+  taken from the oldest version's wheel (abi3 modules run on every later CPython). The #! line
+  is `/usr/bin/env python3`; a single-version build (--python-version 3.11) keeps
+  `/usr/bin/env python3.11`. cmdop/_build_info.py and the zip comment name the versions.
 - Wheels are downloaded once into a cache (default .ci/.cache/wheels/PLATFORM-cpVER); a warm
   cache needs no network at all.
 - Reproducible: the same sources, pins and SOURCE_DATE_EPOCH give the same bytes. Entries are
@@ -13,7 +20,9 @@ What this promises:
   defaults to the last git commit time (else 1980-01-01).
 - The output is written beside its final name and renamed into place: no half-written pyz.
 
-Usage: python build_zipapp.py [--platform manylinux2014_aarch64] [--python-version 3.11]
+Runs on CPython 3.10 and newer.
+
+Usage: python build_zipapp.py [--platform manylinux2014_aarch64] [--python-version 3.11,3.12]
                               [--output dist/cmdop.pyz] [--wheel-cache DIR] [--offline]
 """
 
@@ -31,21 +40,21 @@ import tempfile
 import time
 import zipfile
 
-if sys.version_info < (3, 11):  # before tomllib: an old python3 gets a sentence, not a trace
-    sys.exit("build_zipapp: error: Python %d.%d is too old to run the build; use CPython 3.11 "
-             "or newer (supported targets: 3.11, 3.12, 3.13), e.g. python3.11 build_zipapp.py"
-             % sys.version_info[:2])
+if sys.version_info < (3, 10):  # an old python3 gets a sentence, not a trace
+    sys.exit("build_zipapp: error: Python %d.%d is too old to run the build; use CPython 3.10 "
+             "or newer (supported targets: 3.10, 3.11, 3.12, 3.13), e.g. python3.11 "
+             "build_zipapp.py" % sys.version_info[:2])
 
-import tomllib  # noqa: E402
-from pathlib import Path
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_PLATFORM = "manylinux2014_x86_64"
-DEFAULT_PYTHON = "3.11"
 ENTRY_POINT = "cmdop.cli.main:entry"
-# CPython versions cmdop runs on (pyproject.toml requires-python); the builder needs tomllib.
-SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
-MIN_BUILDER = (3, 11)
+# CPython versions cmdop runs on (pyproject.toml requires-python); the default build carries all.
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+DEFAULT_PYTHON = SUPPORTED_PYTHONS[1]  # a single-version build when none is named (tests)
+MIN_BUILDER = (3, 10)
 # Written into the pyz as cmdop/_build_info.py; cmdop.cli.preflight compares it with the running
 # interpreter so a wrong python3 gets one clear line instead of an ImportError from a .so.
 BUILD_INFO = "cmdop/_build_info.py"
@@ -56,18 +65,28 @@ ZIP_EPOCH_MIN = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry
 TRANSITIVE_PINS = {
     "aiohappyeyeballs": "2.7.1",     # aiohttp's
     "aiosignal": "1.4.0",            # aiohttp's
+    "async-timeout": "5.0.1",        # aiohttp's, on CPython 3.10 only
     "attrs": "26.1.0",
     "cffi": "2.1.1",
+    "exceptiongroup": "1.3.2",       # trio's, on CPython 3.10 only
     "frozenlist": "1.8.0",           # aiohttp's
     "idna": "3.20",
-    "multidict": "7.2.1",            # aiohttp's
+    "multidict": "7.1.0",            # aiohttp's; 7.2 dropped CPython 3.10 (the venv may be newer)
     "outcome": "1.3.0.post0",
     "propcache": "0.5.4",            # aiohttp's
-    "pycparser": "3.12",
+    "pycparser": "3.11",             # 3.12 dropped CPython 3.10 (the venv may be newer)
     "sniffio": "1.3.1",
     "sortedcontainers": "2.4.0",
     "typing-extensions": "4.16.0",
     "yarl": "1.25.1",                # aiohttp's
+}
+
+
+# Backports a target needs only on older CPythons (their requirement carries a marker such as
+# `python_version < "3.11"`). pip download evaluates markers for the interpreter running it,
+# not for --python-version, so a 3.11 builder would leave them out of a 3.10 target: named here.
+BACKPORTS = {
+    "3.10": ("exceptiongroup", "async-timeout"),  # trio's and aiohttp's
 }
 
 
@@ -83,9 +102,26 @@ def normalise(name: str) -> str:
     return "-".join(filter(None, "".join(out).split("-")))
 
 
+def _project_dependencies(text: str) -> list[str]:
+    """`project.dependencies` of a pyproject.toml: tomllib where there is one (3.11+), else the
+    one array read by hand (a list of double-quoted strings, comments allowed)."""
+    try:
+        import tomllib
+    except ImportError:  # CPython 3.10
+        section = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+        array = section and re.search(r"^dependencies\s*=\s*\[(.*?)^\]", section.group(1),
+                                      re.M | re.S)
+        if not array:
+            raise BuildError("pyproject.toml has no [project] dependencies = [...] list")
+        body = "\n".join(line.split("#", 1)[0] for line in array.group(1).splitlines())
+        return re.findall(r'"([^"\\]*)"', body)
+    deps = tomllib.loads(text)["project"]["dependencies"]
+    return [str(d) for d in deps]
+
+
 def direct_pins(pyproject: Path = ROOT / "pyproject.toml") -> dict[str, str]:
     """`project.dependencies` from pyproject.toml; every entry must be `name==version`."""
-    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    deps = _project_dependencies(pyproject.read_text())
     pins: dict[str, str] = {}
     for dep in deps:
         name, sep, version = dep.partition("==")
@@ -112,7 +148,10 @@ def fetch_wheels(cache: Path, platform: str, python_version: str, offline: bool)
     direct = direct_pins()
     cache.mkdir(parents=True, exist_ok=True)
     manifest = cache / "manifest.json"
-    key = {"platform": platform, "python": python_version, "pins": pins}
+    wanted = dict(direct)
+    wanted.update({normalise(n): pins[normalise(n)] for n in BACKPORTS.get(python_version, ())})
+    key = {"platform": platform, "python": python_version, "pins": pins,
+           "requirements": sorted(wanted)}
     if manifest.exists():
         recorded = json.loads(manifest.read_text())
         wheels = [cache / w for w in recorded.get("wheels", [])]
@@ -124,7 +163,7 @@ def fetch_wheels(cache: Path, platform: str, python_version: str, offline: bool)
     abi = "cp" + python_version.replace(".", "")
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp, "requirements.txt")
-        reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(direct.items())))
+        reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(wanted.items())))
         cons = Path(tmp, "constraints.txt")
         cons.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
         dest = Path(tmp, "wheels")
@@ -157,7 +196,7 @@ def fetch_wheels(cache: Path, platform: str, python_version: str, offline: bool)
             if not (cache / whl.name).is_file():
                 shutil.copyfile(whl, cache / whl.name)
             chosen[name] = cache / whl.name
-    missing = sorted(set(direct) - set(chosen))
+    missing = sorted(set(wanted) - set(chosen))
     if missing:
         raise BuildError(f"no wheel found for {missing} on {platform}/cp{python_version}")
     wheels = [chosen[n] for n in sorted(chosen)]
@@ -217,9 +256,53 @@ def install_wheels(wheels: list[Path], site: Path) -> None:
                     dest.chmod(0o755)
 
 
-def copy_project(site: Path, python_version: str = DEFAULT_PYTHON) -> None:
+# Files that legitimately differ between one package's wheels for two CPythons: the list of
+# installed files and the wheel's tags. The merged copy lists the union of their lines.
+_MERGED_METADATA = ("RECORD", "WHEEL")
+
+
+def merge_sites(sites: dict[str, Path], site: Path) -> None:
+    """Lay the per-version installs `sites` ({"3.10": dir, ...}) into one `site`.
+
+    Version-tagged native modules coexist by name. A file in several installs must be the same
+    bytes, except an abi3 module (the oldest version's is kept: abi3 runs on every later CPython)
+    and dist-info metadata (the oldest version's, with the lines of RECORD and WHEEL merged). Anything else that differs raises
+    BuildError: one pyz cannot hold two versions of a pure module."""
+    origin: dict[str, str] = {}
+    for version in sorted(sites, key=_version_key):
+        src = sites[version]
+        for path in sorted(p for p in src.rglob("*") if not p.is_dir()):
+            rel = path.relative_to(src).as_posix()
+            dest = site / rel
+            if rel not in origin:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+                dest.chmod(path.stat().st_mode & 0o777)
+                origin[rel] = version
+                continue
+            new, old = path.read_bytes(), dest.read_bytes()
+            if new == old or rel.endswith(".abi3.so"):
+                continue
+            top = rel.split("/", 1)[0]
+            if top.endswith(".dist-info"):  # metadata, never imported: the oldest wheel's
+                if rel in (f"{top}/{leaf}" for leaf in _MERGED_METADATA):
+                    lines = old.decode().splitlines()
+                    lines += [line for line in new.decode().splitlines() if line not in lines]
+                    dest.write_text("".join(line + "\n" for line in lines))
+                continue
+            raise BuildError(f"{rel} differs between the CPython {origin[rel]} and {version} "
+                             "wheels; one pyz cannot carry both (pin a release whose pure files "
+                             "are the same for every version, or build one pyz per version with "
+                             "--python-version)")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def copy_project(site: Path, python_versions: tuple[str, ...] = (DEFAULT_PYTHON,)) -> None:
     """Copy the cmdop package (sources and data files, no caches) into `site`, plus
-    cmdop/_build_info.py naming the CPython X.Y the build's native wheels are for."""
+    cmdop/_build_info.py naming the CPython X.Y versions the build's native wheels are for."""
     src = ROOT / "cmdop"
     for path in sorted(src.rglob("*")):
         if path.is_dir() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
@@ -230,8 +313,8 @@ def copy_project(site: Path, python_version: str = DEFAULT_PYTHON) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
     (site / BUILD_INFO).write_text(
-        "# Written by build_zipapp.py: the CPython this build's native modules were built for.\n"
-        f"PYTHON_VERSION = {python_version!r}\n")
+        "# Written by build_zipapp.py: the CPythons this build carries native modules for.\n"
+        f"PYTHON_VERSIONS = {tuple(python_versions)!r}\n")
     version = _project_version()
     info = site / f"cmdop-{version}.dist-info"
     info.mkdir()
@@ -310,9 +393,16 @@ else:
 """
 
 
-def canonicalise(raw: Path, output: Path, epoch: int) -> None:
-    """Rewrite shiv's archive with sorted entries, one timestamp, normalised modes and the
-    fast-start __main__.py."""
+def zip_comment(python_versions: tuple[str, ...]) -> bytes:
+    """The archive comment: the CPythons the pyz runs on, for install.sh (which reads it with
+    `tail -c`, before any Python has been chosen)."""
+    return ("cmdop-pythons=" + ",".join(python_versions)).encode()
+
+
+def canonicalise(raw: Path, output: Path, epoch: int,
+                 python_versions: tuple[str, ...] = (DEFAULT_PYTHON,)) -> None:
+    """Rewrite shiv's archive with sorted entries, one timestamp, normalised modes, the
+    fast-start __main__.py and the versions' zip comment."""
     data = raw.read_bytes()
     if not data.startswith(b"#!"):
         raise BuildError("shiv output has no shebang line")
@@ -324,6 +414,7 @@ def canonicalise(raw: Path, output: Path, epoch: int) -> None:
         fast_main = FAST_MAIN.format(build_id=environment["build_id"], module=module, func=func)
         fd.write(shebang)
         with zipfile.ZipFile(fd, "w") as dst:
+            dst.comment = zip_comment(python_versions)
             for info in sorted(src.infolist(), key=lambda i: i.filename):
                 if info.filename.endswith("/"):
                     continue
@@ -354,27 +445,40 @@ def write_sums(output: Path) -> Path:
     return sums
 
 
-def build(platform: str, python_version: str, output: Path, cache: Path, offline: bool,
-          shebang: str | None = None) -> str:
-    """Build the zipapp at `output` and return its sha256."""
+def cache_dir(root: Path, platform: str, python_version: str) -> Path:
+    """The wheel cache of one target under the cache root: ROOT/PLATFORM-cpXY."""
+    return root / f"{platform}-cp{python_version.replace('.', '')}"
+
+
+def build(platform: str, python_versions: tuple[str, ...], output: Path, cache_root: Path,
+          offline: bool, shebang: str | None = None) -> str:
+    """Build the zipapp for every CPython in `python_versions` at `output`; return its sha256."""
     epoch = source_date_epoch()
-    wheels = fetch_wheels(cache, platform, python_version, offline)
+    wheels = {v: fetch_wheels(cache_dir(cache_root, platform, v), platform, v, offline)
+              for v in python_versions}
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cmdop-build-") as tmp:
         site = Path(tmp, "site-packages")
         site.mkdir()
-        install_wheels(wheels, site)
-        copy_project(site, python_version)
+        sites = {}
+        for version, found in wheels.items():
+            sites[version] = Path(tmp, f"cp{version.replace('.', '')}")
+            install_wheels(found, sites[version])
+        merge_sites(sites, site)
+        copy_project(site, python_versions)
         for path in site.rglob("*"):  # shiv copies modes from disk: make them umask-proof
             if path.is_dir():
                 path.chmod(0o755)
             else:
                 path.chmod(0o755 if path.stat().st_mode & stat.S_IXUSR else 0o644)
         raw = Path(tmp, "raw.pyz")
-        run_shiv(site, raw, shebang or f"/usr/bin/env python{python_version}", epoch)
+        if shebang is None:  # one version: its own name; several: whatever python3 the host has
+            shebang = ("/usr/bin/env python" + python_versions[0] if len(python_versions) == 1
+                       else "/usr/bin/env python3")
+        run_shiv(site, raw, shebang, epoch)
         staged = output.with_name(f".{output.name}.tmp")
         try:
-            canonicalise(raw, staged, epoch)
+            canonicalise(raw, staged, epoch, python_versions)
             os.replace(staged, output)
         finally:
             staged.unlink(missing_ok=True)
@@ -388,46 +492,62 @@ def default_output(platform: str) -> Path:
     return ROOT / "dist" / name
 
 
+def parse_versions(text: str) -> tuple[str, ...]:
+    """`all` or a comma-separated list of X.Y, sorted and de-duplicated; ValueError names an
+    unsupported one."""
+    if text.strip() == "all":
+        return SUPPORTED_PYTHONS
+    versions = {v.strip() for v in text.split(",") if v.strip()}
+    bad = sorted(versions - set(SUPPORTED_PYTHONS)) or ([] if versions else [text])
+    if bad:
+        raise ValueError(f"--python-version {', '.join(bad)} is not supported; cmdop runs on "
+                         f"CPython {', '.join(SUPPORTED_PYTHONS)}")
+    return tuple(sorted(versions, key=_version_key))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the cmdop zipapp with shiv.")
     parser.add_argument("--platform", default=DEFAULT_PLATFORM,
                         help=f"wheel platform tag (default {DEFAULT_PLATFORM}; "
                              "e.g. manylinux2014_aarch64)")
-    parser.add_argument("--python-version", default=DEFAULT_PYTHON,
-                        help=f"target CPython X.Y (default {DEFAULT_PYTHON})")
+    parser.add_argument("--python-version", default="all",
+                        help="target CPython X.Y, a comma-separated list, or all (default: all "
+                             f"of {', '.join(SUPPORTED_PYTHONS)} in one file)")
     parser.add_argument("--output", type=Path, help="output file (default dist/cmdop.pyz, "
                         "dist/cmdop-ARCH.pyz for other architectures)")
-    parser.add_argument("--wheel-cache", type=Path, help="wheel cache directory "
-                        "(default .ci/.cache/wheels/PLATFORM-cpXY)")
-    parser.add_argument("--python-shebang", help="interpreter for the #! line "
-                        "(default /usr/bin/env pythonX.Y)")
+    parser.add_argument("--wheel-cache", type=Path, help="wheel cache root, one PLATFORM-cpXY "
+                        "directory per target in it (default .ci/.cache/wheels)")
+    parser.add_argument("--python-shebang", help="interpreter for the #! line (default "
+                        "/usr/bin/env python3; /usr/bin/env pythonX.Y for a single version)")
     parser.add_argument("--offline", action="store_true", help="fail instead of downloading")
     parser.add_argument("--fetch-only", action="store_true",
                         help="only fill the wheel cache (for CI set-up), build nothing")
     args = parser.parse_args(argv)
-    if args.python_version not in SUPPORTED_PYTHONS:
-        print(f"build_zipapp: error: --python-version {args.python_version} is not supported; "
-              f"cmdop runs on CPython {', '.join(SUPPORTED_PYTHONS)}", file=sys.stderr)
+    try:
+        versions = parse_versions(args.python_version)
+    except ValueError as exc:
+        print(f"build_zipapp: error: {exc}", file=sys.stderr)
         return 2
-    tag = f"{args.platform}-cp{args.python_version.replace('.', '')}"
-    cache = args.wheel_cache or ROOT / ".ci" / ".cache" / "wheels" / tag
+    cache_root = args.wheel_cache or ROOT / ".ci" / ".cache" / "wheels"
     if args.fetch_only:
-        try:
-            wheels = fetch_wheels(cache, args.platform, args.python_version, args.offline)
-        except BuildError as exc:
-            print(f"build_zipapp: error: {exc}", file=sys.stderr)
-            return 1
-        print(f"build_zipapp: {len(wheels)} wheels for {tag} in {cache}")
+        for version in versions:
+            cache = cache_dir(cache_root, args.platform, version)
+            try:
+                wheels = fetch_wheels(cache, args.platform, version, args.offline)
+            except BuildError as exc:
+                print(f"build_zipapp: error: {exc}", file=sys.stderr)
+                return 1
+            print(f"build_zipapp: {len(wheels)} wheels for {cache.name} in {cache}")
         return 0
     output = (args.output or default_output(args.platform)).resolve()
     try:
-        digest = build(args.platform, args.python_version, output, cache, args.offline,
+        digest = build(args.platform, versions, output, cache_root, args.offline,
                        args.python_shebang)
     except BuildError as exc:
         print(f"build_zipapp: error: {exc}", file=sys.stderr)
         return 1
     size = output.stat().st_size
-    print(f"{output}  {size / 1e6:.1f} MB  sha256 {digest}")
+    print(f"{output}  {size / 1e6:.1f} MB  CPython {', '.join(versions)}  sha256 {digest}")
     return 0
 
 

@@ -40,6 +40,12 @@ i, so no two rounds send the same input):
     1, a hostname, a unique machine id) and nothing after; VmRSS of the relay before and after
     (welcome received by all), per agent = delta / agents, extrapolated to 10,000 (RSS before
     + 10,000 x per agent). Target <= 100 KB per idle agent.
+ 6. end-to-end encryption on vs off, same run, rows interleaved: the warm round trip (`true i`,
+    remote_call on one open channel: sealed to A's key, the key asked of the relay and checked
+    against the pin, vs `plaintext=True`), and 100 MiB streamed in-process (`head -c`, chunks
+    opened and counted in this process) sealed vs plaintext. Agent A runs with `e2e_required:
+    false` so it takes both. Target: E2E at most 10 % slower (round trip: median time ratio
+    <= 1.10; streaming: throughput ratio >= 1/1.10).
 
 Times are wall times (time.perf_counter) with this interpreter (sys.executable, an absolute path,
 never a pyenv shim). Prints median / p99 / max and ratios of medians against the baseline of the
@@ -86,6 +92,9 @@ TARGETS: dict[str, tuple[str, str, Callable[[float], bool]]] = {  # (what, targe
     "stream": ("4. streaming 100 MiB, cmdop exec direct / ssh (throughput)", ">= 1x",
                lambda v: v >= 1.0),
     "rss": ("5. relay RSS per idle agent (KB)", "<= 100 KB", lambda v: v <= 100.0),
+    "e2e_rt": ("6. warm round trip, E2E on / off (time)", "<= 1.10x", lambda v: v <= 1.10),
+    "e2e_stream": ("6. streaming 100 MiB in-process, E2E on / off (time)", "<= 1.10x",
+                   lambda v: v <= 1.10),
 }
 
 
@@ -264,6 +273,11 @@ class World:
         for rule in ("execute_command(true *)", "execute_command(echo *)",
                      "execute_command(head *)"):
             self.cli("a", "permissions", "add", rule, "--action", "allow")
+        # A takes plaintext calls too, so section 6 compares E2E on and off in one run.
+        cfg = Path(self.env("a")["CMDOP_CONFIG_DIR"])
+        cfg.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (cfg / "config.yaml").write_text("e2e_required: false\n")
+        (cfg / "config.yaml").chmod(0o600)
         self.hosts: dict[str, str] = {}
         for name in ("a", "b"):
             env = self.env(name)
@@ -474,6 +488,48 @@ def section_stream(w: World, n: int) -> dict[str, Any]:
     return out
 
 
+# -- section 6 --------------------------------------------------------------------------------
+
+def section_e2e(w: World, n_rt: int, n_stream: int) -> dict[str, Any]:
+    from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
+    from cmdop.relay.caller import remote_call
+
+    host = w.hosts["a"]
+    home = w.env("c")["CMDOP_HOME"]
+    channel = RelayChannel(RelayEndpoint(w.address, fingerprint=w.fingerprint), w.key)
+
+    def rt(plaintext: bool) -> Callable[[int], None]:
+        def op(i: int) -> None:
+            r = remote_call(channel, host, "execute_command", {"command": f"true {i}"},
+                            cmdop_home=home, plaintext=plaintext)
+            if not (isinstance(r, dict) and r.get("exit_code") == 0):
+                raise RuntimeError(f"remote_call true {i} (plaintext={plaintext}): {r}")
+        return op
+
+    def stream(plaintext: bool) -> Callable[[int], None]:
+        def op(i: int) -> None:
+            got = [0]
+
+            def sink(fd: int, data: bytes) -> None:
+                got[0] += len(data)
+            size = STREAM_BYTES + i
+            r = remote_call(channel, host, "execute_command",
+                            {"command": f"head -c {size} /dev/zero"}, on_chunk=sink,
+                            cmdop_home=home, plaintext=plaintext)
+            if got[0] != size or not (isinstance(r, dict) and r.get("exit_code") == 0):
+                raise RuntimeError(f"streamed {got[0]} of {size} (plaintext={plaintext}): {r}")
+        return op
+
+    try:
+        t_rt, cpu_rt = rounds({"e2e": rt(False), "plain": rt(True)}, n_rt, probes=cpu_probes(w))
+        t_st, cpu_st = rounds({"e2e": stream(False), "plain": stream(True)}, n_stream, warmup=1,
+                              probes=cpu_probes(w))
+    finally:
+        channel.close()
+    return {"rt": {k: summary(v) for k, v in t_rt.items()}, "rt_cpu_ms": cpu_rt,
+            "stream": {k: summary(v) for k, v in t_st.items()}, "stream_cpu_ms": cpu_st}
+
+
 # -- section 5 --------------------------------------------------------------------------------
 
 def section_rss(w: World, agents: int, per_process: int) -> dict[str, Any]:
@@ -668,6 +724,20 @@ def report(r: dict[str, Any]) -> None:
           f"relay sockets {m['sockets_before']} -> {m['sockets_after']}")
     print(f"  per idle agent {m['per_agent_kb']:.1f} KB; extrapolated to 10,000 agents: "
           f"{m['at_10000_mb']:.0f} MB")
+    e = r["e2e"]
+    print("\n6. end-to-end encryption on vs off (in-process, one open channel, interleaved)")
+    print(HEAD)
+    print(row("rt_e2e", e["rt"]["e2e"], e["rt"]["plain"],
+              "true i, sealed to the pinned key (HPKE) + signed, result opened (vs plaintext)"))
+    print(row("rt_plain", e["rt"]["plain"], None, "true i, plaintext (baseline)"))
+    print(row("st_e2e", e["stream"]["e2e"], e["stream"]["plain"],
+              "100 MiB streamed, sealed frames opened here (vs plaintext)"))
+    print(row("st_plain", e["stream"]["plain"], None, "100 MiB streamed, plaintext (baseline)"))
+    mib = STREAM_BYTES / MIB
+    print(f"  throughput (medians): E2E {mib / e['stream']['e2e']['median_ms'] * 1000:.0f} "
+          f"MiB/s, plaintext {mib / e['stream']['plain']['median_ms'] * 1000:.0f} MiB/s")
+    cpu_table(e["rt_cpu_ms"])
+    cpu_table(e["stream_cpu_ms"])
     print("\nsummary")
     for key, (what, target, _met) in TARGETS.items():
         fig = r["figures"].get(key)
@@ -688,6 +758,9 @@ def figures(r: dict[str, Any]) -> None:
         f["cold"] = p["exec_direct"]["median_ms"] / p["ssh_new"]["median_ms"]
         f["stream"] = s["direct"]["median_mibs"] / s["ssh"]["median_mibs"]
     f["rss"] = r["rss"]["per_agent_kb"]
+    e = r["e2e"]
+    f["e2e_rt"] = e["rt"]["e2e"]["median_ms"] / e["rt"]["plain"]["median_ms"]
+    f["e2e_stream"] = e["stream"]["e2e"]["median_ms"] / e["stream"]["plain"]["median_ms"]
     r["figures"] = f
     r["met"] = {k: (None if v is None else bool(TARGETS[k][2](v))) for k, v in f.items()}
 
@@ -737,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         r["warm"] = section_warm(world, n_warm)
         r["processes"] = section_processes(world, n_proc)
         r["stream"] = section_stream(world, n_stream)
+        r["e2e"] = section_e2e(world, n_warm, n_stream)
         r["rss"] = section_rss(world, n_agents, max(1, args.agents_per_process))
     finally:
         world.stop()

@@ -7,6 +7,9 @@ The file, every key optional:
     call_memory_max: "50%"   # memory one command may use: bytes, 512M, 2G, or a share of RAM
     remote_requires_password: false  # true: remote callers unlock first (`cmdop password unlock HOST`)
     password_session_ttl: "15m"      # how long an unlock lasts: seconds, or "90s", "15m", "2h" (1 s–24 h)
+    e2e_required: true       # relay calls must be end-to-end encrypted; plaintext ones are refused
+    authorized_callers: []   # caller keys (`cmdop connect key show-public`) a relay call must be
+                             # signed by; empty: any caller the relay authenticated
 
 Rules:
 - A missing file means the defaults (`AgentConfig()`); an empty file too.
@@ -29,7 +32,7 @@ import yaml
 from cmdop.core.errors import ConfigFileError
 
 KEYS = ("sandbox_required", "relay", "call_pids_max", "call_memory_max", "remote_requires_password",
-        "password_session_ttl")
+        "password_session_ttl", "e2e_required", "authorized_callers")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class AgentConfig:
     call_memory_max: str = "50%"
     remote_requires_password: bool = False
     password_session_ttl: int = 15 * 60      # seconds
+    e2e_required: bool = True
+    authorized_callers: tuple[str, ...] = ()  # "ed25519:BASE64" entries, validated
 
 
 def _line(node: yaml.Node) -> int:
@@ -69,9 +74,14 @@ def parse_text(text: str) -> AgentConfig:
                                   line=_line(knode))
         if key in values:
             raise ConfigFileError(f"duplicate key {key!r} in config.yaml", line=_line(knode))
+        if key == "authorized_callers":
+            values[key] = _authorized_callers(vnode)
+            continue
         if not isinstance(vnode, yaml.ScalarNode):
             raise ConfigFileError(f"{key} must be a single value", line=_line(vnode))
         value = yaml.safe_load(yaml.serialize(vnode))
+        if key == "e2e_required" and not isinstance(value, bool):
+            raise ConfigFileError("e2e_required must be true or false", line=_line(vnode))
         if key == "sandbox_required" and not isinstance(value, bool):
             raise ConfigFileError("sandbox_required must be true or false", line=_line(vnode))
         if key == "relay" and value is not None and not (isinstance(value, str) and value):
@@ -100,6 +110,25 @@ def parse_text(text: str) -> AgentConfig:
             value = seconds
         values[key] = value
     return AgentConfig(**values)
+
+
+def _authorized_callers(node: yaml.Node) -> tuple[str, ...]:
+    """A list of `ed25519:BASE64` caller keys; ConfigFileError naming the line otherwise."""
+    from cmdop.adapters.e2e_files import parse_caller_public
+    from cmdop.core.errors import E2EError
+
+    if not isinstance(node, yaml.SequenceNode):
+        raise ConfigFileError("authorized_callers must be a list of caller keys", line=_line(node))
+    out = []
+    for item in node.value:
+        value = yaml.safe_load(yaml.serialize(item)) if isinstance(item, yaml.ScalarNode) else None
+        try:
+            parse_caller_public(value if isinstance(value, str) else "")
+        except E2EError:
+            raise ConfigFileError("authorized_callers: each entry is a key from `cmdop connect "
+                                  "key show-public` (ed25519:BASE64)", line=_line(item)) from None
+        out.append(str(value).strip())
+    return tuple(out)
 
 
 _SIZE = re.compile(r"^(?:[1-9][0-9]*[KMGT]?|(?:100|[1-9][0-9]?)%)$")

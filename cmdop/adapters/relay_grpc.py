@@ -31,7 +31,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 
-from cmdop.core.errors import AuthError, CmdopError, UnreachableError
+from cmdop.core.errors import AuthError, CmdopError, NotFoundError, UnreachableError, UsageError
 from cmdop.relay.proto import relay_pb2 as pb
 
 log = logging.getLogger("cmdop.relay.grpc")
@@ -125,6 +125,18 @@ class RelayHandlers(Protocol):
 
     async def call(self, stream: ServerStream[pb.CallerFrame, pb.CallEvent]) -> None: ...
 
+    async def host_key(self, stream: ServerStream[pb.HostKeyRequest, pb.HostKeyReply],
+                       request: pb.HostKeyRequest) -> pb.HostKeyReply: ...
+
+    async def create_share(self, stream: ServerStream[Any, Any],
+                           request: pb.CreateShareRequest) -> pb.ShareInfo: ...
+
+    async def list_shares(self, stream: ServerStream[Any, Any],
+                          request: pb.ListSharesRequest) -> pb.ListSharesReply: ...
+
+    async def revoke_share(self, stream: ServerStream[Any, Any],
+                           request: pb.RevokeShareRequest) -> pb.ShareInfo: ...
+
 
 def _peer_address(peer: str) -> str:
     """`ipv4:1.2.3.4:5678` / `ipv6:[::1]:5678` → the address without the port."""
@@ -144,41 +156,69 @@ def _bearer(metadata: Any) -> str:
     return ""
 
 
+# A test's recorder of every message the relay receives ("in") and sends ("out"), as the bytes
+# on the wire inside TLS (start_server's `tap`); None in production.
+Tap = Callable[[str, bytes], None]
+
+
+def _codec(request: Any, response: Any, tap: Tap | None) -> tuple[Any, Any]:
+    """The (deserializer, serializer) of a method, recording through `tap` when given."""
+    if tap is None:
+        return request.FromString, response.SerializeToString
+
+    def parse(data: bytes) -> Any:
+        tap("in", data)
+        return request.FromString(data)
+
+    def serialize(msg: Any) -> bytes:
+        data: bytes = msg.SerializeToString()
+        tap("out", data)
+        return data
+
+    return parse, serialize
+
+
 def _stream_handler(fn: Callable[[ServerStream[Any, Any]], Awaitable[None]],
-                    request: Any, response: Any) -> grpc.RpcMethodHandler:
+                    request: Any, response: Any, tap: Tap | None = None) -> grpc.RpcMethodHandler:
     async def handler(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             await fn(ServerStream(context))
         except RelayRefusal as exc:
             await context.abort(_STATUS.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
 
+    parse, serialize = _codec(request, response, tap)
     return grpc.stream_stream_rpc_method_handler(
-        handler, request_deserializer=request.FromString,
-        response_serializer=response.SerializeToString)
+        handler, request_deserializer=parse, response_serializer=serialize)
 
 
 def _unary_handler(fn: Callable[[ServerStream[Any, Any], Any], Awaitable[Any]],
-                   request: Any, response: Any) -> grpc.RpcMethodHandler:
+                   request: Any, response: Any, tap: Tap | None = None) -> grpc.RpcMethodHandler:
     async def handler(req: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await fn(ServerStream(context), req)
         except RelayRefusal as exc:
             await context.abort(_STATUS.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
 
+    parse, serialize = _codec(request, response, tap)
     return grpc.unary_unary_rpc_method_handler(
-        handler, request_deserializer=request.FromString,
-        response_serializer=response.SerializeToString)
+        handler, request_deserializer=parse, response_serializer=serialize)
 
 
 async def start_server(handlers: RelayHandlers, listen: str, cert_pem: bytes,
-                       key_pem: bytes) -> tuple[grpc.aio.Server, int]:
+                       key_pem: bytes, tap: Tap | None = None) -> tuple[grpc.aio.Server, int]:
     """Serve `handlers` on `listen` (HOST:PORT; port 0 picks one) over TLS; (server, port).
-    UnreachableError when the address cannot be bound."""
+    UnreachableError when the address cannot be bound. `tap`: tests only (see Tap)."""
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        "AgentLink": _stream_handler(handlers.agent_link, pb.AgentFrame, pb.RelayFrame),
-        "ListHosts": _unary_handler(handlers.list_hosts, pb.ListHostsRequest, pb.ListHostsReply),
-        "Call": _stream_handler(handlers.call, pb.CallerFrame, pb.CallEvent),
+        "AgentLink": _stream_handler(handlers.agent_link, pb.AgentFrame, pb.RelayFrame, tap),
+        "ListHosts": _unary_handler(handlers.list_hosts, pb.ListHostsRequest, pb.ListHostsReply,
+                                    tap),
+        "Call": _stream_handler(handlers.call, pb.CallerFrame, pb.CallEvent, tap),
+        "HostKey": _unary_handler(handlers.host_key, pb.HostKeyRequest, pb.HostKeyReply, tap),
+        "CreateShare": _unary_handler(handlers.create_share, pb.CreateShareRequest, pb.ShareInfo),
+        "ListShares": _unary_handler(handlers.list_shares, pb.ListSharesRequest,
+                                     pb.ListSharesReply),
+        "RevokeShare": _unary_handler(handlers.revoke_share, pb.RevokeShareRequest, pb.ShareInfo),
     }),))
     creds = grpc.ssl_server_credentials([(key_pem, cert_pem)])
     try:
@@ -314,9 +354,18 @@ class RelayChannel:
         self._list = self._channel.unary_unary(
             f"/{SERVICE}/ListHosts", request_serializer=pb.ListHostsRequest.SerializeToString,
             response_deserializer=pb.ListHostsReply.FromString)
+        self._host_key = self._channel.unary_unary(
+            f"/{SERVICE}/HostKey", request_serializer=pb.HostKeyRequest.SerializeToString,
+            response_deserializer=pb.HostKeyReply.FromString)
         self._call = self._channel.stream_stream(
             f"/{SERVICE}/Call", request_serializer=pb.CallerFrame.SerializeToString,
             response_deserializer=pb.CallEvent.FromString)
+        self._shares = {name: self._channel.unary_unary(
+            f"/{SERVICE}/{name}", request_serializer=req.SerializeToString,
+            response_deserializer=reply.FromString)
+            for name, req, reply in (("CreateShare", pb.CreateShareRequest, pb.ShareInfo),
+                                     ("ListShares", pb.ListSharesRequest, pb.ListSharesReply),
+                                     ("RevokeShare", pb.RevokeShareRequest, pb.ShareInfo))}
         self._link = self._channel.stream_stream(
             f"/{SERVICE}/AgentLink", request_serializer=pb.AgentFrame.SerializeToString,
             response_deserializer=pb.RelayFrame.FromString)
@@ -335,6 +384,33 @@ class RelayChannel:
         try:
             reply: pb.ListHostsReply = self._list(pb.ListHostsRequest(), metadata=self._metadata,
                                                   timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise _error_from(exc, self.endpoint.address) from None
+        return reply
+
+    def share_rpc(self, name: str, request: Any, timeout: float = 10.0) -> Any:
+        """One of the share RPCs (CreateShare, ListShares, RevokeShare) with its request; the
+        reply. Errors as the other RPCs'; a refused request (bad value, unknown host or share)
+        is a UsageError / NotFoundError with the relay's reason."""
+        try:
+            return self._shares[name](request, metadata=self._metadata, timeout=timeout,
+                                      wait_for_ready=True)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise UsageError(f"the relay refused: {exc.details()}", None) from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotFoundError(f"the relay refused: {exc.details()}",
+                                    "list the machines with `cmdop hosts`, the shares with "
+                                    "`cmdop connect share list`") from None
+            raise _error_from(exc, self.endpoint.address) from None
+
+    def host_key(self, host: str, timeout: float = 10.0) -> pb.HostKeyReply:
+        """The end-to-end key the relay has for `host` (resolved as a call's host)."""
+        try:
+            reply: pb.HostKeyReply = self._host_key(pb.HostKeyRequest(host=host),
+                                                    metadata=self._metadata, timeout=timeout,
+                                                    wait_for_ready=True)
         except grpc.RpcError as exc:
             raise _error_from(exc, self.endpoint.address) from None
         return reply

@@ -92,6 +92,16 @@ def _relay_line(s: dict[str, Any]) -> str:
     return f"{state}{where}{error}"
 
 
+def _e2e_line(s: dict[str, Any]) -> str:
+    """This agent's end-to-end key fingerprint (callers compare it before `connect trust`)."""
+    r = s.get("relay")
+    if not isinstance(r, dict) or not r.get("e2e_key"):
+        return "none yet (created when the relay link starts)"
+    how = "plaintext relay calls refused" if r.get("e2e_required", True) else \
+        "plaintext relay calls accepted (e2e_required: false)"
+    return f"{r['e2e_key']} ({how})"
+
+
 def _human_status(s: dict[str, Any]) -> str:
     line = str(s["state"])
     if s.get("pid"):
@@ -105,6 +115,7 @@ def _human_status(s: dict[str, Any]) -> str:
             f"version:   {s.get('version', '?')}  started {s.get('started_at', '?')}",
             f"mode:      {s.get('mode') or '?'}  policy {'ok' if s.get('policy_ok') else 'BAD'}",
             f"relay:     {_relay_line(s)}",
+            f"e2e key:   {_e2e_line(s)}",
             f"socket:    {s.get('socket', '?')}",
             f"calls:     {c.get('calls', 0)} ({c.get('denied', 0)} denied), asks {c.get('asks', 0)}, "
             f"approvers attached {s.get('approvers', 0)}",

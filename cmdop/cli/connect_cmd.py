@@ -51,6 +51,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     add_password_flag(p)
     p = add_command(connect, "use", "make a stored workspace the active one", _use)
     p.add_argument("name", metavar="NAME")
+    from cmdop.cli import share_cmd
+
+    share_cmd.register(connect)
+    from cmdop.cli import trust_cmd
+
+    trust_cmd.register(connect, key)
 
     auth = add_group(sub, "auth", "which credential caller commands use")
     p = add_command(auth, "status", "name the credential in use (never showing it)", _auth_status)

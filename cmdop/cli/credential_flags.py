@@ -140,3 +140,36 @@ def credential_claim(cred: ResolvedCredential) -> dict[str, str] | None:
     if cred.source == "none" or not cred.secret:
         return None
     return {"key_id": parse_api_key(cred.secret) or "", "relay": cred.relay}
+
+
+def add_share_flags(parser: argparse.ArgumentParser) -> None:
+    """`--share TOKEN|-`, `--relay-fingerprint HEX`, `--relay-ca FILE`: a guest's access (a
+    share token from `cmdop connect share`; the guest has no stored workspace)."""
+    parser.add_argument("--share", default=None, metavar="TOKEN",
+                        help="call as a guest with this share token ('-': read it from stdin; "
+                             "better: CMDOP_SHARE_TOKEN, not visible in ps)")
+    parser.add_argument("--relay-fingerprint", default=None, metavar="HEX",
+                        help="pin the relay's certificate (a guest's command carries it)")
+    parser.add_argument("--relay-ca", default=None, metavar="FILE",
+                        help="trust the relay's certificate through this PEM CA file")
+
+
+def share_token(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The guest's share token: `--share TOKEN`, `--share -` (stdin's first line), else
+    CMDOP_SHARE_TOKEN; None when neither is given. UsageError (never echoing the text) when it
+    is not a share token."""
+    import sys
+
+    from cmdop.core.errors import UsageError
+    from cmdop.relay.shares import looks_like_token
+
+    text = getattr(args, "share", None)
+    if text == "-":
+        text = sys.stdin.readline() if sys.stdin is not None else ""
+    text = (text or settings.share_token or "").strip()
+    if not text:
+        return None
+    if not looks_like_token(text):
+        raise UsageError("that is not a cmdop share token (expected cmdop_share_ + 43 characters)",
+                         "copy the whole token `cmdop connect share` printed")
+    return text

@@ -19,7 +19,7 @@ import sys
 
 from cmdop.daemon import protocol
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # kept out of the import path of this lean module
     from cmdop.core.errors import CmdopError
@@ -27,6 +27,13 @@ if TYPE_CHECKING:  # kept out of the import path of this lean module
 
 _MAX_TIMEOUT_S = 600.0
 _CONNECT_TIMEOUT_S = 2.0
+_KEY_TIMEOUT_S = 15.0             # the agent waits 10 s for the relay's answer
+
+
+def _home() -> str:
+    """The caller's CMDOP_HOME (its pins and caller key), as Settings derives it."""
+    return os.environ.get("CMDOP_HOME") or os.path.join(
+        os.environ.get("HOME") or os.path.expanduser("~"), ".cmdop")
 
 
 def parse(argv: list[str]) -> tuple[str, list[str], float, str] | None:
@@ -64,8 +71,8 @@ def parse(argv: list[str]) -> tuple[str, list[str], float, str] | None:
 def run(argv: list[str]) -> int | None:
     """Run `cmdop exec ARGV` through the local agent; None when this path does not apply."""
     parsed = parse(argv)
-    if parsed is None:
-        return None
+    if parsed is None or os.environ.get("CMDOP_SHARE_TOKEN"):
+        return None               # a guest's call goes direct, never as this machine's agent
     host, command, timeout, cwd = parsed
     from cmdop.adapters.service_paths import discover
     from cmdop.core.settings import Settings
@@ -108,13 +115,29 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
         tool_input["cwd"] = cwd
     deadline_ms = int((timeout + 30) * 1000)
     frames = protocol.FrameBuffer()
-    req: dict[str, object] = {"v": protocol.VERSION, "id": 1, "op": "relay_call", "host": host,
-                              "tool": "execute_command", "input": tool_input, "stream": True,
+    # End to end: sealed here, opened here (the agent forwards opaque bytes): to the key pinned
+    # under this exact name, else to the key the relay offers, checked against the pin.
+    from cmdop.core.errors import CmdopError
+    from cmdop.relay.sealing import Pins, seal_pinned
+
+    sealed, name = None, host
+    if claim is not None and claim.get("relay"):
+        try:
+            sealed = seal_pinned(Pins(_home(), claim["relay"]), host, "execute_command",
+                                 tool_input, session=session)
+        except CmdopError as exc:
+            return _print(exc)
+    if sealed is None:
+        found = _asked(sock, frames, host, claim, tool_input, session)
+        if not isinstance(found, tuple):
+            return found          # None: the full CLI decides; an int: the error's exit
+        sealed, name = found
+    req: dict[str, object] = {"v": protocol.VERSION, "id": 2, "op": "relay_call", "host": name,
+                              "call_id": sealed.call_id, "stream": True,
+                              "sealed": base64.b64encode(sealed.sealed).decode("ascii"),
                               "deadline_ms": deadline_ms}
     if claim is not None:
         req["credential"] = claim
-    if session:                   # a machine-password session (`cmdop password unlock HOST`)
-        req["session"] = session
     sock.sendall(protocol.encode(req))
     sock.settimeout(deadline_ms / 1000 + 30)
     first = _receive(sock, frames)
@@ -130,22 +153,31 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
                 return 5
             kind = event.get("event")
             if kind == "chunk":
-                stream = err if event.get("fd") == 2 else out
+                fd, data = sealed.chunk(base64.b64decode(str(event.get("data") or "")))
+                stream = err if fd == 2 else out
                 try:
-                    stream.write(base64.b64decode(str(event.get("data") or "")))
+                    stream.write(data)
                     stream.flush()
                 except BrokenPipeError:     # `cmdop exec … | head`: stop, cancel the rest
                     sock.close()
                     return 141
             elif kind == "result":
-                if _needs_unlock(event.get("result")):
-                    return _locked(event.get("result"), host)
-                return _finish(event.get("result"), timeout)
+                result = sealed.result(base64.b64decode(str(event.get("sealed") or "")))
+                if _needs_unlock(result):
+                    return _locked(result, host)
+                return _finish(result, timeout)
             elif kind == "failure":
+                if event.get("code") == "e2e_refused" and sealed.from_pin:
+                    changed = _asked(sock, frames, host, claim, tool_input, session)
+                    if isinstance(changed, int):
+                        return changed            # the host's key changed: the warning
                 return _failed(event)
+    except CmdopError as exc:         # a response frame that does not open (E2EError)
+        sock.close()
+        return _print(exc)
     except KeyboardInterrupt:
         try:
-            sock.sendall(protocol.encode({"v": protocol.VERSION, "id": 2, "op": "cancel"}))
+            sock.sendall(protocol.encode({"v": protocol.VERSION, "id": 3, "op": "cancel"}))
             sock.settimeout(5.0)
             while (e := _receive(sock, frames)) is not None and e.get("event") not in (
                     "result", "failure"):
@@ -154,6 +186,32 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
             pass
         print("cmdop: interrupted; the remote command was cancelled", file=sys.stderr)
         return 130
+
+
+def _asked(sock: socket.socket, frames: protocol.FrameBuffer, host: str,
+           claim: dict[str, str] | None, tool_input: dict[str, object],
+           session: str) -> "tuple[Any, str] | int | None":
+    """(sealed call, host name) sealed to the key the relay offers for `host` through the
+    agent's link, once it passes the pin check; the exit status after printing the error (a
+    changed key: the warning); None when the agent cannot ask (the full CLI decides)."""
+    from cmdop.core.errors import CmdopError
+    from cmdop.relay.sealing import seal_from_answer
+
+    ask: dict[str, object] = {"v": protocol.VERSION, "id": 1, "op": "relay_host_key",
+                              "host": host}
+    if claim is not None:
+        ask["credential"] = claim
+    sock.sendall(protocol.encode(ask))
+    sock.settimeout(_KEY_TIMEOUT_S)
+    answer = _receive(sock, frames)
+    target = answer.get("result") if answer is not None and answer.get("ok") else None
+    if not isinstance(target, dict):
+        return None               # no link, an old agent, an unknown host: the full CLI decides
+    try:
+        return seal_from_answer(_home(), target, "execute_command", dict(tool_input),
+                                session=session)
+    except CmdopError as exc:
+        return _print(exc)
 
 
 def _session(settings: "Settings", host: str) -> str:

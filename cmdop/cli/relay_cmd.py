@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from cmdop.cli.common import CliContext, add_command, add_group
 from cmdop.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from cmdop.relay.store import Account, DeviceRequest, KeyInfo, RelayStore, Workspace
+    from cmdop.relay.store import Account, DeviceRequest, KeyInfo, Workspace
+    from cmdop.relay.store_api import RelayStoreApi
 
 DEFAULT_LISTEN = "0.0.0.0:7443"
 MIN_ACCESS_TOKEN_TTL_S = 10
@@ -112,6 +114,20 @@ def _data_dir_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="the relay's state (default $XDG_DATA_HOME/cmdop-relay, "
                         "i.e. ~/.local/share/cmdop-relay)")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="the relay's database: postgresql://USER@HOST:PORT/DB (password from "
+                        "PGPASSFILE; or give the URL in CMDOP_RELAY_STORE instead), or "
+                        "sqlite:/DIR (default: relay.db in the data dir)")
+
+
+def store_location(args: argparse.Namespace, ctx: CliContext) -> str | None:
+    """--store, else CMDOP_RELAY_STORE, else None (SQLite in the data dir). A password in
+    --store gets a note: the command line is visible to every user of the machine."""
+    given = getattr(args, "store", None)
+    if given and re.match(r"^postgres(ql)?://[^/@?]*:[^/@?]*@", given.strip(), re.IGNORECASE):
+        ctx.note("note: the password in --store is visible to other users (ps); "
+                 "put the URL in CMDOP_RELAY_STORE or the password in PGPASSFILE instead")
+    return given or ctx.settings.relay_store or None
 
 
 def data_dir(args: argparse.Namespace, ctx: CliContext) -> str:
@@ -121,10 +137,10 @@ def data_dir(args: argparse.Namespace, ctx: CliContext) -> str:
     return os.path.abspath(os.path.expanduser(chosen))
 
 
-def _open(args: argparse.Namespace, ctx: CliContext) -> RelayStore:
-    from cmdop.relay.store import RelayStore
+def _open(args: argparse.Namespace, ctx: CliContext) -> RelayStoreApi:
+    from cmdop.relay.store_api import open_store
 
-    return RelayStore.open(data_dir(args, ctx))
+    return open_store(store_location(args, ctx), data_dir(args, ctx))
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -156,8 +172,10 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
         obj = {"listen": info.address, "port": info.port, "fingerprint": info.fingerprint,
                "self_signed": info.self_signed, "cert": info.cert_path, "data_dir": info.data_dir,
                "oauth_listen": getattr(info, "oauth_address", None), "oauth_port": oauth_port,
-               "issuer": issuer, "oidc_issuer": getattr(info, "oidc_issuer", None)}
-        lines = [f"relay listening on {info.address} (port {info.port}), data dir {info.data_dir}",
+               "issuer": issuer, "oidc_issuer": getattr(info, "oidc_issuer", None),
+               "store": getattr(info, "store", None)}
+        lines = [f"relay listening on {info.address} (port {info.port}), data dir {info.data_dir}"
+                 + (f", store {obj['store']}" if str(obj["store"] or "").startswith("postgresql:") else ""),
                  f"certificate sha256 fingerprint: {info.fingerprint}"
                  + (" (self-signed)" if info.self_signed else "")]
         if info.self_signed:
@@ -184,6 +202,7 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
         access_token_ttl_s=args.access_token_ttl,
         new_machines_per_hour=args.new_machines_per_hour,
         oidc_ca_file=args.oidc_ca_file,
+        store=store_location(args, ctx),
     )
     return int(serve(options))
 

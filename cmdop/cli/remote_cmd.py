@@ -22,7 +22,8 @@ import sys
 from typing import Any, Iterator
 
 from cmdop.cli.common import CliContext, add_command
-from cmdop.cli.credential_flags import add_credential_flags, resolve_from_args
+from cmdop.cli.credential_flags import (add_credential_flags, add_share_flags, resolve_from_args,
+                                        share_token)
 from cmdop.core.errors import AuthError, PermissionDeniedError, UsageError
 
 
@@ -30,8 +31,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     """Add `hosts`, `exec` and `call`."""
     p = add_command(sub, "hosts", "list the machines of your workspace (online or not)", _hosts)
     add_credential_flags(p)
+    add_share_flags(p)
     p = add_command(sub, "exec", "run a shell command on a machine and stream its output", _exec)
     add_credential_flags(p)
+    add_share_flags(p)
     p.add_argument("--timeout", type=float, default=600.0, metavar="S",
                    help="the command's time limit in seconds (600 at most)")
     p.add_argument("--cwd", default="", metavar="DIR",
@@ -41,6 +44,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="the command and its arguments, after --")
     p = add_command(sub, "call", "run one tool on a machine; prints its result as JSON", _call)
     add_credential_flags(p)
+    add_share_flags(p)
     p.add_argument("host", metavar="HOST")
     p.add_argument("tool", metavar="TOOL",
                    help="execute_command, read_file, write_file, list_dir, grep or glob")
@@ -51,6 +55,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
     from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
 
+    guest = _guest_channel(args, ctx)
+    if guest is not None:
+        return guest
     cred = resolve_from_args(args, ctx.settings)
     if cred.source == "none" or not cred.secret:
         raise AuthError("no credential to reach the relay with",
@@ -60,9 +67,57 @@ def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
     if not cred.relay:
         raise UsageError("no relay address",
                          "pass --relay HOST:PORT, set CMDOP_RELAY, or store it with the key")
-    channel = RelayChannel(RelayEndpoint(address=cred.relay, fingerprint=cred.relay_fingerprint,
-                                         ca_file=cred.relay_ca), cred.secret)
+    fingerprint, ca = _tls_flags(args)
+    channel = RelayChannel(RelayEndpoint(address=cred.relay,
+                                         fingerprint=fingerprint or cred.relay_fingerprint,
+                                         ca_file=ca or cred.relay_ca), cred.secret)
     return _login_refused_hint(channel) if cred.source == "oauth" else channel
+
+
+def _tls_flags(args: argparse.Namespace) -> tuple[str, str]:
+    """(--relay-fingerprint normalised, --relay-ca) as given; empty when not."""
+    from cmdop.core.credentials import normalize_fingerprint
+
+    pin = getattr(args, "relay_fingerprint", None)
+    return (normalize_fingerprint(pin) if pin else "", getattr(args, "relay_ca", None) or "")
+
+
+def _guest_channel(args: argparse.Namespace, ctx: CliContext) -> Any:
+    """A guest's channel (`--share` or CMDOP_SHARE_TOKEN): the share token, the relay from
+    --relay / CMDOP_RELAY and its pin from the flags; no stored workspace or login is read.
+    None when no share token is given."""
+    from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
+    from cmdop.core.credentials import split_host_port
+
+    token = share_token(args, ctx.settings)
+    if token is None:
+        return None
+    if getattr(args, "api_key", None) or getattr(args, "workspace", None):
+        raise UsageError("a share token is a credential of its own",
+                         "drop --api-key / --workspace when calling with --share")
+    relay = getattr(args, "relay", None) or ctx.settings.relay
+    if not relay:
+        raise UsageError("no relay address for the share",
+                         "pass --relay HOST:PORT (the command the owner sent you has it)")
+    split_host_port(relay)
+    fingerprint, ca = _tls_flags(args)
+    return _share_refused_hint(RelayChannel(RelayEndpoint(address=relay, fingerprint=fingerprint,
+                                                          ca_file=ca), token))
+
+
+@contextlib.contextmanager
+def _share_refused_hint(channel: Any) -> Iterator[Any]:
+    """`with channel` for a guest: a token the relay does not know is a share problem, not a
+    key to fix."""
+    with channel:
+        try:
+            yield channel
+        except AuthError as exc:
+            if not exc.message.startswith("the relay refused the credential"):
+                raise
+            raise AuthError("the relay refused the share token (unknown, or mistyped)",
+                            "ask the machine's owner for the command again "
+                            "(`cmdop connect share HOST` prints it)") from None
 
 
 @contextlib.contextmanager
@@ -86,10 +141,13 @@ def _login_refused_hint(channel: Any) -> Iterator[Any]:
 _NOT_THROUGH_AGENT = object()
 
 
-def _uses_own_credential(args: argparse.Namespace) -> bool:
-    """Credential flags name a credential of their own: then the call goes direct."""
+def _uses_own_credential(args: argparse.Namespace, ctx: CliContext | None = None) -> bool:
+    """Credential flags (or a guest's CMDOP_SHARE_TOKEN) name a credential of their own: then
+    the call goes direct, never through this machine's agent and its identity."""
+    if ctx is not None and ctx.settings.share_token:
+        return True
     return bool(getattr(args, "api_key", None) or getattr(args, "workspace", None)
-                or getattr(args, "relay", None))
+                or getattr(args, "relay", None) or getattr(args, "share", None))
 
 
 def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: str,
@@ -110,11 +168,38 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
         client = DaemonClient.connect(ctx.settings.socket_path)
     except DaemonError:
         return _NOT_THROUGH_AGENT
-    with client:
+    from cmdop.core.errors import E2EError
+    from cmdop.relay.caller import failure_error
+    from cmdop.relay.sealing import Pins, seal_from_answer, seal_pinned
+
+    def asked() -> Any:
+        """Sealed to the key the relay offers for `host`, checked against the pin."""
         try:
-            events = client.relay_call(host, tool, tool_input, stream=on_chunk is not None,
+            answer = client.relay_host_key(host, credential=claim)
+        except DaemonError as exc:
+            code = getattr(exc, "code", "")
+            if code in ("no_link", "other_credential", "bad_request") or "unknown op" in exc.message:
+                return None
+            raise failure_error(code, exc.message, exc.hint or "") from None
+        return seal_from_answer(ctx.settings.cmdop_home, answer, tool, tool_input,
+                                session=session)
+
+    with client:
+        # End to end: this process seals the call and opens its output; the local agent (and
+        # the relay) forward opaque bytes. A host pinned under this exact name is sealed to
+        # without asking (the relay is the link's, when the claim names it).
+        pinned = None
+        if claim is not None and claim.get("relay"):
+            pinned = seal_pinned(Pins(ctx.settings.cmdop_home, claim["relay"]), host, tool,
+                                 tool_input, session=session)
+        found = (pinned, host) if pinned is not None else asked()
+        if found is None:
+            return _NOT_THROUGH_AGENT
+        sealed, name = found
+        try:
+            events = client.relay_call(name, tool, {}, stream=on_chunk is not None,
                                        deadline_ms=int(deadline_s * 1000), credential=claim,
-                                       session=session)
+                                       sealed=sealed.sealed, call_id=sealed.call_id)
             first = next(events)
         except DaemonError as exc:
             if (getattr(exc, "code", "") in ("no_link", "other_credential", "bad_request")
@@ -123,20 +208,26 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
             raise
         except StopIteration:
             return _NOT_THROUGH_AGENT
-        from cmdop.relay.caller import failure_error
 
         try:
             event = first
             while True:
                 kind = event.get("event")
-                if kind == "chunk" and on_chunk is not None:
-                    on_chunk(int(event.get("fd") or 1), base64.b64decode(event.get("data") or ""))
+                if kind == "chunk":
+                    fd, data = sealed.chunk(base64.b64decode(event.get("data") or ""))
+                    if on_chunk is not None:
+                        on_chunk(fd, data)
                 elif kind == "result":
-                    return event.get("result")
+                    return sealed.result(base64.b64decode(str(event.get("sealed") or "")))
                 elif kind == "failure":
                     raise failure_error(str(event.get("code") or ""), str(event.get("message") or ""),
                                         str(event.get("hint") or ""))
                 event = next(events)
+        except E2EError:
+            if sealed.from_pin:
+                events.close()
+                asked()                 # HostKeyChangedError when the host's key changed
+            raise
         finally:
             events.close()
 
@@ -231,13 +322,14 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         result = _NOT_THROUGH_AGENT
         session = _session(args, ctx)
-        if not _uses_own_credential(args):
+        if not _uses_own_credential(args, ctx):
             result = _through_agent(args, ctx, args.host, "execute_command", tool_input,
                                     on_chunk, timeout + 30, session)
         if result is _NOT_THROUGH_AGENT:
             with _channel(args, ctx) as channel:
                 result = remote_call(channel, args.host, "execute_command", tool_input,
-                                     on_chunk=on_chunk, deadline_s=timeout + 30, session=session)
+                                     on_chunk=on_chunk, deadline_s=timeout + 30, session=session,
+                                     cmdop_home=ctx.settings.cmdop_home)
     except KeyboardInterrupt:
         ctx.note("cmdop: interrupted; the remote command was cancelled")
         return 130
@@ -271,13 +363,14 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         result = _NOT_THROUGH_AGENT
         session = _session(args, ctx)
-        if not _uses_own_credential(args):
+        if not _uses_own_credential(args, ctx):
             result = _through_agent(args, ctx, args.host, args.tool, tool_input, None,
                                     timeout + 30, session)
         if result is _NOT_THROUGH_AGENT:
             with _channel(args, ctx) as channel:
                 result = remote_call(channel, args.host, args.tool, tool_input,
-                                     deadline_s=timeout + 30, session=session)
+                                     deadline_s=timeout + 30, session=session,
+                                     cmdop_home=ctx.settings.cmdop_home)
     except KeyboardInterrupt:
         ctx.note("cmdop: interrupted; the remote call was cancelled")
         return 130

@@ -161,7 +161,10 @@ def parse_ts(value: str) -> datetime:
 
     Raises ValueError when `value` is not such a time.
     """
-    dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat knows only numeric offsets
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.astimezone(timezone.utc)

@@ -41,7 +41,8 @@ class Caller:
     `user` the account or key name, `hostname`/`machine_id` the caller's machine only when the
     call came through that machine's own enrolled agent link (else empty). `credential` is how
     the caller proved who it is (`unix` for the local socket, `api_key`, `oauth`, `share`).
-    `tools` is a guest's tool subset: a guest may use only these (none when empty).
+    `tools` is a guest's tool subset: a guest may use only these (none when empty); `note` the
+    share's note, audited with `share_id` so the owner can tell whose guest call it was.
     `password_ok`: the caller presented a valid machine-password session (set by the agent
     after checking the token, never taken from what a caller claims; admission PasswordSession).
     `user` and `hostname` go to the audit record's fixed fields; the rest to its `caller`."""
@@ -55,12 +56,13 @@ class Caller:
     share_id: str = ""
     tools: tuple[str, ...] = ()
     password_ok: bool = False
+    note: str = ""
 
     def audit_fields(self) -> dict[str, str]:
         """The principal as the audit line's extra `caller` object: only the fields that are set
         (a local call has just its kind and credential)."""
         out = {"kind": self.kind.value, "workspace": self.workspace, "credential": self.credential,
-               "machine_id": self.machine_id, "share_id": self.share_id}
+               "machine_id": self.machine_id, "share_id": self.share_id, "note": self.note}
         if self.tools:
             out["tools"] = ",".join(self.tools)
         return {k: v for k, v in out.items() if v}

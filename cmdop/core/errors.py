@@ -122,3 +122,25 @@ class NotFoundError(CmdopError):
 
 class AlreadyExistsError(CmdopError):
     """A name that must be unique is already taken."""
+
+
+class StoreUnavailableError(UnreachableError):
+    """The relay's database (PostgreSQL) cannot be reached or refused the connection. The
+    message names the server (never its password); logins and key checks fail closed."""
+
+    default_hint = "check that the database server runs and accepts this relay's connections " \
+                   "(--store / CMDOP_RELAY_STORE)"
+
+
+class E2EError(CmdopError):
+    """End-to-end encryption failed: a sealed request or response frame did not open, or a
+    host's key is not the one pinned for it."""
+
+    default_hint = "the relay or the network may have altered the call; try again, and check " \
+                   "`cmdop connect trust HOST` if the host's key changed"
+
+
+class HostKeyChangedError(E2EError):
+    """The relay handed out a key for a host that differs from the one pinned on first use."""
+
+    default_hint = "if the host's owner rotated its key, accept it with `cmdop connect trust HOST`"

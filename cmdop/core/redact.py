@@ -23,7 +23,8 @@ Rules, applied in this order (each entry says where the shape comes from):
    case-insensitive. PWD/OLDPWD (the working directory), BYPASS_*, KEYBOARD-like names are not.
 6. Well-known token formats: AWS access key ids (AKIA/ASIA/…), GitHub (ghp_ gho_ ghu_ ghs_ ghr_,
    github_pat_), GitLab (glpat-), Slack (xox?-), Stripe (sk_live_/rk_live_/sk_test_), OpenAI and
-   Anthropic style `sk-…`, Google API keys (AIza…), npm (npm_), JSON Web Tokens (eyJ….eyJ….…).
+   Anthropic style `sk-…`, Google API keys (AIza…), npm (npm_), JSON Web Tokens (eyJ….eyJ….…),
+   cmdop's own share tokens (`cmdop_share_` kept whole, so a reader sees a guest token was passed).
 7. Long high-entropy strings: a run of ≥ 32 characters of the base64/base64url alphabet that mixes
    upper case, lower case and at least 2 digits, with Shannon entropy ≥ 4.0 bits per character.
    Pure hex (git SHAs, sha256 digests), UUIDs, paths and identifiers do not qualify: they are the
@@ -109,6 +110,7 @@ _RULES: list[tuple[str | None, re.Pattern[str], _Repl]] = [
     ("sk-", re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"), _keep_prefix(3)),
     ("aiza", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), _keep_prefix(4)),
     ("npm_", re.compile(r"\bnpm_[A-Za-z0-9]{36}"), _keep_prefix(4)),
+    ("cmdop_share_", re.compile(r"\bcmdop_share_[A-Za-z0-9_-]{8,}"), _keep_prefix(12)),
     ("eyj", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), _keep_prefix(3)),
 ]
 

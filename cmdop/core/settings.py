@@ -9,7 +9,7 @@ CMDOP_* variables.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 MODES = ("default", "strict", "bypass")
@@ -29,6 +29,9 @@ class Settings:
     workspace: str | None = None
     mode_override: str | None = None   # CMDOP_PERMISSIONS_MODE
     relay_data_dir: str = ""           # `cmdop relay` default data dir ($XDG_DATA_HOME/cmdop-relay)
+    share_token: str | None = field(default=None, repr=False)  # CMDOP_SHARE_TOKEN (a guest)
+    # CMDOP_RELAY_STORE: the relay's store URL (postgresql://…); may hold a password: not shown.
+    relay_store: str | None = field(default=None, repr=False)
 
     @property
     def permissions_file(self) -> str:
@@ -88,4 +91,6 @@ class Settings:
             workspace=get("CMDOP_WORKSPACE"),
             mode_override=get("CMDOP_PERMISSIONS_MODE"),
             relay_data_dir=posixpath.join(xdg_data, "cmdop-relay"),
+            share_token=get("CMDOP_SHARE_TOKEN"),
+            relay_store=get("CMDOP_RELAY_STORE"),
         )

@@ -19,6 +19,7 @@ CONNECT_TIMEOUT_S = 2.0
 # A tool call may run up to 600 s plus an ask wait; leave room for both.
 CALL_TIMEOUT_S = 600.0 + 3700.0
 REQUEST_TIMEOUT_S = 30.0
+KEY_QUERY_TIMEOUT_S = 15.0         # the agent waits 10 s for the relay's answer
 
 
 class DaemonClient:
@@ -158,21 +159,39 @@ class DaemonClient:
     def reload(self) -> dict[str, Any]:
         return self._request_obj("reload")
 
+    def relay_host_key(self, host: str,
+                       credential: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The end-to-end key the relay has for `host`, asked on the agent's link:
+        `{"name", "machine_id", "e2e_key": BASE64, "relay", "workspace"}`; DaemonError with the
+        relay's failure code (host_unknown, host_offline, ...) or `no_link`."""
+        args: dict[str, Any] = {"host": host}
+        if credential is not None:
+            args["credential"] = dict(credential)
+        return self._request_obj("relay_host_key", timeout=KEY_QUERY_TIMEOUT_S, **args)
+
     def relay_call(self, host: str, tool: str, tool_input: Mapping[str, Any], *, stream: bool,
                    deadline_ms: int, cwd: str = "", credential: Mapping[str, str] | None = None,
-                   session: str = "") -> Generator[dict[str, Any], None, None]:
+                   session: str = "", sealed: bytes | None = None,
+                   call_id: str = "") -> Generator[dict[str, Any], None, None]:
         """A call to another machine through the agent's relay link: yields the event frames
         (`accepted`, `chunk`, then `result` or `failure`). DaemonError with code `no_link` at
         once when the agent has no link up, `other_credential` when `credential` (key id,
         workspace, relay of the caller's own choice) is not the link's. Closing the generator early (Ctrl-C) sends
         `cancel` and waits briefly for the call to end. `session`: a machine-password session
-        token for the target (`cmdop password unlock HOST`), sent on as CallStart.session."""
+        token for the target (`cmdop password unlock HOST`), sent on as CallStart.session.
+        `sealed`/`call_id`: an end-to-end sealed call (cmdop.relay.sealing); tool, input, cwd
+        and session are then inside it, and the events carry sealed frames."""
         req: dict[str, Any] = {"v": protocol.VERSION, "id": next(self._ids), "op": "relay_call",
-                               "host": host, "tool": tool, "input": dict(tool_input),
-                               "stream": stream, "deadline_ms": deadline_ms, "cwd": cwd}
+                               "host": host, "stream": stream, "deadline_ms": deadline_ms}
+        if sealed is not None:
+            import base64
+
+            req.update(call_id=call_id, sealed=base64.b64encode(sealed).decode("ascii"))
+        else:
+            req.update(tool=tool, input=dict(tool_input), cwd=cwd)
         if credential is not None:
             req["credential"] = dict(credential)
-        if session:
+        if session and sealed is None:
             req["session"] = session
         self.send(req)
         resp = self.receive(REQUEST_TIMEOUT_S)

@@ -57,7 +57,14 @@ Ops:
   `{"v":1,"event":"chunk","fd":1|2,"data":BASE64}`, and ends the call with
   `{"v":1,"event":"result","result":{...}}` or `{"v":1,"event":"failure","code","message",
   "hint"}`; then the connection takes requests again. The client may send `{"op":"cancel"}`
-  meanwhile; closing the connection cancels the call too.
+  meanwhile; closing the connection cancels the call too. End to end: `{host, call_id, sealed,
+  deadline_ms?, stream?}` (no tool or input: `sealed` is the request the client sealed to the
+  target's key, base64, bound to `call_id`, 32 hex digits); the chunks' data are then sealed
+  response frames and the result is `{"v":1,"event":"result","sealed":BASE64}` — the client
+  opens them; this agent never sees the call's content.
+- `relay_host_key` `{host, credential?}` → `{"name", "machine_id", "e2e_key": BASE64, "relay",
+  "workspace"}`: the key the relay holds for that host (the client checks it against its own
+  pin); errors as a call's failures (`host_unknown`, `host_offline`, ...) or `no_link`.
 
 ASK = `{"ask_id", "tool", "operation", "target", "input_digest", "cwd", "caller": {"kind",
 "user", "hostname"}, "rule_id", "reason", "mode", "created_at", "expires_in_s"}`.
@@ -77,7 +84,7 @@ IDLE_TIMEOUT_S = 300.0
 HEADER = struct.Struct(">I")
 
 OPS = ("ping", "status", "call", "pending", "answer", "watch", "reload", "token",
-       "add_session_rule", "list_rules", "relay_call")
+       "add_session_rule", "list_rules", "relay_call", "relay_host_key")
 CALLER_DOWNGRADES = ("remote", "self")
 
 

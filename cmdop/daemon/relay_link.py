@@ -55,6 +55,8 @@ SEEN_IDS = 10_000
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
 STABLE_S = 30.0                     # a link up this long resets the backoff
+KEY_QUERY_TIMEOUT_S = 10.0
+CHUNK_OVERHEAD = 19                 # a sealed chunk's bytes beyond its data (cmdop.adapters.e2e)
 
 
 @dataclass
@@ -71,6 +73,8 @@ class LinkState:
     since: float = field(default_factory=time.time)
     connects: int = 0
     calls: int = 0
+    e2e_key: str = ""               # the fingerprint of this agent's end-to-end key
+    e2e_required: bool = True       # relay calls must be sealed end to end (config e2e_required)
 
     def set(self, state: str, error: str | None = None) -> None:
         if state != self.state:
@@ -91,6 +95,41 @@ class LinkConfig:
     source: str
 
 
+@dataclass(frozen=True)
+class E2EConfig:
+    """This agent's end-to-end settings for one link: its key (None: no key loaded), the
+    machine id sealed calls are bound to, whether plaintext calls are refused, and the caller
+    keys whose signature a call needs (empty: no signature required)."""
+
+    key: Any                        # cmdop.adapters.e2e.AgentKey | None
+    machine_id: str
+    required: bool
+    authorized: frozenset[bytes]
+
+
+def load_e2e_config(settings: Any) -> E2EConfig:
+    """The agent key and config.yaml's e2e settings; CmdopError when E2E is required and the key
+    cannot be used, or config.yaml is invalid (never a silent fallback to plaintext, nor to
+    "any caller" when authorized_callers could not be read)."""
+    from cmdop.adapters import e2e_files
+    from cmdop.adapters.config_file import load
+
+    try:
+        config = load(settings.config_file)
+    except CmdopError as exc:
+        raise CmdopError(f"relay link not started: {exc.message}", exc.hint) from None
+    authorized = frozenset(e2e_files.parse_caller_public(k) for k in config.authorized_callers)
+    try:
+        key = e2e_files.load_or_create_agent_key(settings.state_dir)
+    except CmdopError as exc:
+        if config.e2e_required:
+            raise
+        log.error("end-to-end key unusable, and e2e_required is off: plaintext calls only: %s",
+                  exc.message)
+        key = None
+    return E2EConfig(key, machine_id(settings.state_dir), config.e2e_required, authorized)
+
+
 def next_backoff(previous: float, rng: random.Random | None = None) -> float:
     """The wait before the next attempt: doubled, capped at BACKOFF_MAX_S, with ±20 % jitter
     so a fleet that lost its relay does not come back in one wave."""
@@ -104,7 +143,8 @@ def caller_from_principal(p: "pb.Principal") -> Caller:
     kinds = {"self": CallerKind.SELF, "guest": CallerKind.GUEST}
     return Caller(kind=kinds.get(p.kind, CallerKind.REMOTE), user=p.name or "unknown",
                   hostname=p.hostname, workspace=p.workspace, credential=p.credential or "relay",
-                  machine_id=p.machine_id, share_id=p.share_id, tools=tuple(p.tools))
+                  machine_id=p.machine_id, share_id=p.share_id, tools=tuple(p.tools),
+                  note=p.note[:200] if p.kind == "guest" else "")
 
 
 def machine_id(state_dir: str) -> str:
@@ -190,8 +230,11 @@ class Link:
     """One connected stream: the trio side of it (frame handling, forwarded calls)."""
 
     def __init__(self, daemon: "Daemon", state: LinkState, seen: "OrderedDict[str, None]",
-                 secret: str = "") -> None:
+                 secret: str = "", e2e: "E2EConfig | None" = None) -> None:
         self.secret = secret            # the credential this link authenticated with
+        self.e2e = e2e if e2e is not None else E2EConfig(None, "", True, frozenset())
+        # HostKey queries of this machine's own CLI, by query id: [event, answer]
+        self.key_queries: dict[str, list[Any]] = {}
         self.daemon = daemon
         self.state = state
         self.seen = seen
@@ -256,6 +299,11 @@ class Link:
                 if which in ("result", "failure"):
                     del self.outgoing[cid]
                     channel.close()
+        elif kind == "key_answer":
+            waiting = self.key_queries.get(frame.key_answer.query_id)
+            if waiting is not None:
+                waiting[1] = frame.key_answer
+                waiting[0].set()
         elif kind == "failure":
             self.state.last_error = f"{frame.failure.code}: {frame.failure.message}"
             log.warning("the relay ends this link: %s", self.state.last_error)
@@ -276,13 +324,19 @@ class Link:
             self.seen.popitem(last=False)
         self.send(pb.AgentFrame(accepted=pb.Accepted(call_id=cid, machine=self.state.machine)))
         self.state.calls += 1
+        sealer = None
+        if start.sealed or self.e2e.required:
+            opened = self._open_sealed(start)
+            if opened is None:
+                return
+            start, sealer = opened
         try:
             tool_input = json.loads(start.input_json.decode("utf-8")) if start.input_json else {}
         except (UnicodeDecodeError, ValueError):
             tool_input = None
         if not isinstance(tool_input, dict):
             self._result(cid, {"error": "bad_input", "field": "input",
-                               "message": "the tool input is not a JSON object"})
+                               "message": "the tool input is not a JSON object"}, sealer)
             return
         caller = caller_from_principal(start.caller)
         if start.tool == "unlock":
@@ -301,7 +355,7 @@ class Link:
             result = await trio.to_thread.run_sync(
                 handle_unlock, ctx.settings, ctx.audit, caller, tool_input,
                 mode if isinstance(mode, str) else "")
-            self._result(cid, result)
+            self._result(cid, result, sealer)
             return
         if start.session:
             # A machine-password session: valid, unexpired and issued to this very principal.
@@ -324,9 +378,15 @@ class Link:
         on_chunk = None
         if start.stream:
             def on_chunk(name: str, data: bytes) -> None:
-                if running.window.take(len(data)):
-                    self.send(pb.AgentFrame(chunk=pb.Chunk(
-                        call_id=cid, fd=2 if name == "stderr" else 1, data=data)))
+                fd = 2 if name == "stderr" else 1
+                if sealer is None:
+                    if running.window.take(len(data)):
+                        self.send(pb.AgentFrame(chunk=pb.Chunk(call_id=cid, fd=fd, data=data)))
+                elif running.window.take(len(data) + CHUNK_OVERHEAD):
+                    # sealed only once sent: a skipped chunk must not leave a gap in the
+                    # sequence (the caller would reject the rest); fd travels inside
+                    self.send(pb.AgentFrame(chunk=pb.Chunk(call_id=cid,
+                                                           data=sealer.chunk(fd, data))))
 
         deadline = (start.deadline_ms or 660_000) / 1000
 
@@ -352,11 +412,47 @@ class Link:
         if start.stream and isinstance(result, dict):
             # Streamed already, in full: the buffered (capped) copy would only repeat it.
             result = {k: v for k, v in result.items() if k not in ("stdout", "stderr")}
-        self._result(cid, result)
+        self._result(cid, result, sealer)
 
-    def _result(self, cid: str, result: Any) -> None:
-        """Send a call's result; one too large for a frame fails that call alone (a frame over
-        grpc's limit would end the whole link, and every other call on it)."""
+    def _open_sealed(self, start: "pb.CallStart") -> "tuple[pb.CallStart, Any] | None":
+        """The call as its sealed request says (tool, input, cwd, session) and the sealer of
+        its response; None after answering a Failure: a plaintext call while E2E is required,
+        a request that does not open for this call on this machine, or a caller that is not
+        in authorized_callers."""
+        from cmdop.adapters import e2e
+        from cmdop.core.errors import E2EError
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        cid = start.call_id
+        try:
+            if not start.sealed:
+                raise E2EError("this agent accepts only end-to-end encrypted relay calls",
+                               "upgrade cmdop on the calling machine")
+            if self.e2e.key is None:
+                raise E2EError("this agent has no usable end-to-end key",
+                               "see `cmdop agent status` on it")
+            # The relay names the call "<caller's principal>:<caller's call id>"; the caller
+            # sealed its own id, and the caller's id never contains ':'.
+            request = e2e.open_request(start.sealed, self.e2e.key, cid.rpartition(":")[2],
+                                       self.e2e.machine_id)
+            if self.e2e.authorized:
+                e2e.verify_caller(request, self.e2e.authorized)
+        except E2EError as exc:
+            log.warning("call %s refused: %s", cid, exc.message)
+            self.send(pb.AgentFrame(failure=pb.Failure(call_id=cid, code="e2e_refused",
+                                                       message=exc.message,
+                                                       hint=exc.hint or "")))
+            return None
+        opened = pb.CallStart()
+        opened.CopyFrom(start)
+        opened.tool, opened.input_json = request.tool, request.input_json
+        opened.cwd, opened.session, opened.sealed = request.cwd, request.session, b""
+        return opened, e2e.ResponseSealer(request)
+
+    def _result(self, cid: str, result: Any, sealer: Any = None) -> None:
+        """Send a call's result (sealed as the final frame of a sealed call); one too large
+        for a frame fails that call alone (a frame over grpc's limit would end the whole link,
+        and every other call on it)."""
         from cmdop.relay.proto import relay_pb2 as pb
 
         data = json.dumps(result, ensure_ascii=False, default=str).encode("utf-8")
@@ -367,6 +463,8 @@ class Link:
                 "message": f"the result is {len(data)} bytes, more than a frame carries "
                            f"({MAX_RESULT_BYTES}); stream it (`cmdop exec`) or read less"}
             ).encode("utf-8")
+        if sealer is not None:
+            data = sealer.final(data)
         self.send(pb.AgentFrame(result=pb.Result(call_id=cid, result_json=data)))
 
     def open_outgoing(self, start: "pb.CallStart") -> trio.MemoryReceiveChannel[Any]:
@@ -385,6 +483,26 @@ class Link:
         self.outgoing[start.call_id] = send
         self.send(frame)
         return recv
+
+    async def query_key(self, host: str) -> "pb.HostKeyReply":
+        """The relay's HostKey answer for `host`, asked on this link (for this machine's CLI)."""
+        from cmdop.relay.proto import relay_pb2 as pb
+
+        qid = uuid.uuid4().hex
+        waiting: list[Any] = [trio.Event(), None]
+        self.key_queries[qid] = waiting
+        try:
+            self.send(pb.AgentFrame(key_query=pb.HostKeyRequest(host=host, query_id=qid)))
+            with trio.move_on_after(KEY_QUERY_TIMEOUT_S):
+                await waiting[0].wait()
+        finally:
+            self.key_queries.pop(qid, None)
+        if waiting[1] is None:
+            return pb.HostKeyReply(failure=pb.Failure(
+                code="deadline_exceeded", message="the relay did not answer the host key query",
+                hint="is the relay older than this agent? upgrade it"))
+        answer: pb.HostKeyReply = waiting[1]
+        return answer
 
     def ack(self, call_id: str, n: int) -> None:
         """The local client has `n` more bytes of an outgoing call: the target may send more."""
@@ -425,8 +543,9 @@ class Link:
         self.outgoing.clear()
 
 
-def _event_json(event: "pb.CallEvent") -> dict[str, Any]:
-    """A relay CallEvent as the local protocol's event frame."""
+def _event_json(event: "pb.CallEvent", sealed: bool = False) -> dict[str, Any]:
+    """A relay CallEvent as the local protocol's event frame (a sealed call's result stays
+    sealed, base64: the local client opens it)."""
     import base64
 
     which = event.WhichOneof("kind")
@@ -435,6 +554,9 @@ def _event_json(event: "pb.CallEvent") -> dict[str, Any]:
                 "data": base64.b64encode(event.chunk.data).decode("ascii")}
     if which == "accepted":
         return {"event": "accepted", "machine": event.accepted.machine}
+    if which == "result" and sealed:
+        return {"event": "result",
+                "sealed": base64.b64encode(event.result.result_json).decode("ascii")}
     if which == "result":
         try:
             result = json.loads(event.result.result_json.decode("utf-8"))
@@ -450,18 +572,31 @@ async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any
     from cmdop.daemon import protocol
     from cmdop.relay.proto import relay_pb2 as pb
 
-    cid = uuid.uuid4().hex
     deadline_ms = int(req.get("deadline_ms") or 660_000)
-    start = pb.CallStart(call_id=cid, host=str(req["host"]), tool=str(req["tool"]),
-                         input_json=json.dumps(req.get("input") or {}).encode("utf-8"),
-                         deadline_ms=deadline_ms, stream=bool(req.get("stream")),
-                         cwd=str(req.get("cwd") or ""),
-                         session=session if isinstance(session := req.get("session"), str) else "")
+    sealed = req.get("sealed")
+    if isinstance(sealed, str):
+        # Sealed by the client itself (end to end): this agent only forwards opaque bytes,
+        # under the call id the client bound into them.
+        import base64
+
+        cid = str(req.get("call_id") or "")
+        start = pb.CallStart(call_id=cid, host=str(req["host"]),
+                             sealed=base64.b64decode(sealed), deadline_ms=deadline_ms,
+                             stream=bool(req.get("stream")))
+    else:
+        cid = uuid.uuid4().hex
+        start = pb.CallStart(call_id=cid, host=str(req["host"]), tool=str(req["tool"]),
+                             input_json=json.dumps(req.get("input") or {}).encode("utf-8"),
+                             deadline_ms=deadline_ms, stream=bool(req.get("stream")),
+                             cwd=str(req.get("cwd") or ""),
+                             session=session if isinstance(session := req.get("session"), str)
+                             else "")
     events = link.open_outgoing(start)
     ended = False
     try:
         await send(protocol.ok(req.get("id"), {"call_id": cid}))
-        ended = await _relay_events(link, cid, events, send, reader, deadline_ms)
+        ended = await _relay_events(link, cid, events, send, reader, deadline_ms,
+                                    isinstance(sealed, str))
     finally:
         if not ended:               # the client left or broke: cancel, stop delivering
             link.cancel_outgoing(cid)
@@ -469,7 +604,7 @@ async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any
 
 
 async def _relay_events(link: Link, cid: str, events: trio.MemoryReceiveChannel[Any], send: Any,
-                        reader: Any, deadline_ms: int) -> bool:
+                        reader: Any, deadline_ms: int, sealed: bool = False) -> bool:
     """Pass an outgoing call's events to its local client; True when the call ended."""
     from cmdop.daemon import protocol
 
@@ -491,7 +626,7 @@ async def _relay_events(link: Link, cid: str, events: trio.MemoryReceiveChannel[
         nursery.start_soon(follow_client)
         async with events:
             async for event in events:
-                obj = _event_json(event)
+                obj = _event_json(event, sealed)
                 await send({"v": protocol.VERSION, **obj})
                 if obj["event"] == "chunk":
                     link.ack(cid, len(event.chunk.data))
@@ -509,12 +644,15 @@ async def _link_once(daemon: "Daemon", config: LinkConfig, state: LinkState,
     from cmdop.relay.proto import relay_pb2 as pb
 
     state.set("connecting")
+    e2e = await trio.to_thread.run_sync(load_e2e_config, daemon.settings)
+    state.e2e_key = e2e.key.fingerprint if e2e.key is not None else ""
+    state.e2e_required = e2e.required
     channel = await trio.to_thread.run_sync(RelayChannel, config.endpoint, config.secret)
-    link = Link(daemon, state, seen, config.secret)
+    link = Link(daemon, state, seen, config.secret, e2e)
     link.send(pb.AgentFrame(hello=pb.Hello(
         protocol_version=PROTOCOL_VERSION, capabilities=list(CAPABILITIES),
-        hostname=socket.gethostname(), machine_id=machine_id(daemon.settings.state_dir),
-        agent_version=__version__)))
+        hostname=socket.gethostname(), machine_id=e2e.machine_id,
+        agent_version=__version__, e2e_key=e2e.key.public if e2e.key is not None else b"")))
     stream = channel.agent_link(link.frames(), timeout=LINK_DEADLINE_S)
     token = trio.lowlevel.current_trio_token()
     failure: list[CmdopError] = []

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ from cmdop.daemon.broker import AnswerError, AskBroker
 from cmdop.daemon.local_server import Peer, StreamRequested, WatchRequested
 
 log = logging.getLogger("cmdop.daemon.service")
+_SEALED_ID = re.compile(r"[0-9a-f]{32}")        # the call id a client binds into a sealed call
 
 
 class RequestError(Exception):
@@ -208,6 +210,14 @@ class AgentService:
     async def _op_relay_call(self, req: dict[str, Any], peer: Peer) -> Any:
         """A call to another machine through this agent's relay link (see daemon.protocol)."""
         host, tool, tool_input = req.get("host"), req.get("tool"), req.get("input", {})
+        sealed = req.get("sealed")
+        if sealed is not None:
+            # End to end: the client sealed the call to the target's key under its own call id;
+            # this agent forwards the bytes and never sees tool, input or output.
+            tool, tool_input = "sealed", {}
+            if not (isinstance(sealed, str) and _SEALED_ID.fullmatch(str(req.get("call_id")))):
+                raise RequestError("bad_request", "a sealed relay_call needs its call id (32 "
+                                   "hex digits) and the sealed request (base64)")
         if not (isinstance(host, str) and host and isinstance(tool, str) and tool
                 and isinstance(tool_input, dict)):
             raise RequestError("bad_request", "relay_call needs a host, a tool and an input object")
@@ -215,20 +225,47 @@ class AgentService:
         if link is None:
             raise RequestError("no_link", "this agent has no relay link up",
                                "see `cmdop agent status`; the CLI connects directly meanwhile")
-        want = req.get("credential")
-        if want is not None:
-            # The caller has a credential: the link may carry its call only when it is the
-            # link's own (same key, same relay); otherwise the CLI goes direct with its own.
-            state = link.state
-            mine = {"key_id": state.key_id, "relay": state.relay}
-            if not isinstance(want, dict) or any(want.get(k) != v for k, v in mine.items()):
-                raise RequestError("other_credential", "this agent's relay link uses another "
-                                   "credential", "the CLI connects directly with yours")
+        self._same_credential(link, req)
+        if sealed is not None and req["call_id"] in link.outgoing:
+            raise RequestError("bad_request", "this call id is already in use")
         from cmdop.daemon.relay_link import serve_outgoing
 
         log.info("local client pid %d (%s) calls %s on %s through the relay link", peer.pid,
                  peer.user, tool, host)
         raise StreamRequested(lambda send, reader: serve_outgoing(link, req, send, reader))
+
+    @staticmethod
+    def _same_credential(link: Any, req: dict[str, Any]) -> None:
+        """RequestError `other_credential` when the client has a credential of its own that is
+        not the link's (same key, same relay): the CLI then goes direct with its own."""
+        want = req.get("credential")
+        if want is not None:
+            state = link.state
+            mine = {"key_id": state.key_id, "relay": state.relay}
+            if not isinstance(want, dict) or any(want.get(k) != v for k, v in mine.items()):
+                raise RequestError("other_credential", "this agent's relay link uses another "
+                                   "credential", "the CLI connects directly with yours")
+
+    async def _op_relay_host_key(self, req: dict[str, Any], peer: Peer) -> Any:
+        """The end-to-end key of another machine, asked of the relay on this agent's link
+        (see daemon.protocol); the client checks it against its own pin."""
+        import base64
+
+        host = req.get("host")
+        if not (isinstance(host, str) and host):
+            raise RequestError("bad_request", "relay_host_key needs a host")
+        link = self.current_link() if self.current_link is not None else None
+        if link is None:
+            raise RequestError("no_link", "this agent has no relay link up",
+                               "see `cmdop agent status`; the CLI connects directly meanwhile")
+        self._same_credential(link, req)
+        reply = await link.query_key(host)
+        if reply.HasField("failure"):
+            raise RequestError(reply.failure.code or "failed", reply.failure.message,
+                               reply.failure.hint or None)
+        return {"name": reply.name, "machine_id": reply.machine_id,
+                "e2e_key": base64.b64encode(reply.e2e_key).decode("ascii"),
+                "relay": link.state.relay, "workspace": link.state.workspace}
 
     async def _op_call(self, req: dict[str, Any], peer: Peer) -> Any:
         tool, tool_input = req.get("tool"), req.get("input", {})

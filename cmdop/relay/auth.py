@@ -1,6 +1,6 @@
 """Who a bearer credential is: the one check the relay's router makes on every RPC.
 
-`BearerVerifier.verify(token)` accepts three kinds of credential and returns a `Principal`, or
+`BearerVerifier.verify(token)` accepts four kinds of credential and returns a `Principal`, or
 None for anything it does not accept (malformed, unknown, expired, revoked, disabled):
 - a workspace API key (`cmdop_<id>_<secret>`): the store's `verify_key`;
   Principal id = the key id, name = the key's name, credential "api_key", no expiry;
@@ -10,7 +10,10 @@ None for anything it does not accept (malformed, unknown, expired, revoked, disa
   expires_at = the token's exp;
 - when an external issuer is configured (cmdop.relay.oidc), its access tokens: alg allow-list,
   signature by a key of its JWKS, iss, aud, exp/nbf; the configured claim names the workspace,
-  which must exist on this relay; id = `oidc:<iss>#<sub>`, name = sub, credential "oidc".
+  which must exist on this relay; id = `oidc:<iss>#<sub>`, name = sub, credential "oidc";
+- a share token (`cmdop_share_…`, guest access): the store's `share_by_token`, in any state —
+  the router refuses a revoked, expired or used-up share with a reason of its own;
+  id = `share:<share id>`, name = the share id, credential "share", share_id set.
 
 `verify` is synchronous and never waits on the network (one or two indexed SQLite reads); for an
 external token signed with a key not yet cached it schedules a JWKS refetch and refuses —
@@ -27,16 +30,18 @@ from typing import TYPE_CHECKING, Callable
 
 from cmdop.core.credentials import KEY_PREFIX
 from cmdop.core.errors import NotFoundError
+from cmdop.relay.shares import TOKEN_PREFIX as SHARE_TOKEN_PREFIX
 from cmdop.relay.tokens import (MAX_TOKEN_LEN, SigningKey, TokenError, unverified_header,
                                 verify_access_token)
 
 if TYPE_CHECKING:
     from cmdop.relay.oidc import OidcIdentity, OidcVerifier
-    from cmdop.relay.store import RelayStore
+    from cmdop.relay.store_api import RelayStoreApi
 
 log = logging.getLogger("cmdop.relay")
 
 ACCOUNT_PREFIX = "acct:"
+SHARE_PREFIX = "share:"
 OIDC_PREFIX = "oidc:"
 
 
@@ -48,6 +53,7 @@ class Principal:
     credential: str             # "api_key" | "oauth" | "oidc"
     expires_at: float | None    # the token's exp (epoch seconds); None for API keys
     token_id: str | None = None  # a relay access token's jti (see store.denied_token_ids)
+    share_id: str | None = None  # a guest's share (cmdop.relay.shares); None for members
 
     @property
     def account_id(self) -> str | None:
@@ -56,7 +62,7 @@ class Principal:
 
 
 class BearerVerifier:
-    def __init__(self, store: RelayStore, *, signing_key: SigningKey | None = None,
+    def __init__(self, store: RelayStoreApi, *, signing_key: SigningKey | None = None,
                  issuer: str | None = None, audience: str | None = None,
                  oidc: OidcVerifier | None = None, clock: Callable[[], float] = time.time) -> None:
         if signing_key is not None and not (issuer and audience):
@@ -71,6 +77,8 @@ class BearerVerifier:
     def _kind(self, token: str) -> str:
         if not token or len(token) > MAX_TOKEN_LEN:
             return "none"
+        if token.startswith(SHARE_TOKEN_PREFIX):
+            return "share"
         if token.startswith(KEY_PREFIX) and token.count(".") == 0:
             return "api_key"
         header = unverified_header(token)
@@ -91,6 +99,12 @@ class BearerVerifier:
                              expires_at=None)
         if kind == "relay":
             return self._relay(token)
+        if kind == "share":
+            share = self.store.share_by_token(token)
+            if share is None:
+                return None
+            return Principal(id=SHARE_PREFIX + share.id, workspace=share.workspace, name=share.id,
+                             credential="share", expires_at=share.expires_at, share_id=share.id)
         if kind == "oidc" and self.oidc is not None:
             return self._external(self.oidc.verify(token))
         return None

@@ -57,7 +57,8 @@ from cmdop.relay.tokens import (ACCESS_TOKEN_TTL_S, SigningKey, TokenError, issu
                                 unverified_header, verify_access_token)
 
 if TYPE_CHECKING:
-    from cmdop.relay.store import Grant, GrantResult, RelayStore
+    from cmdop.relay.store import Grant, GrantResult
+    from cmdop.relay.store_api import RelayStoreApi
     from cmdop.relay.tls import CertInfo
 
 log = logging.getLogger("cmdop.relay")
@@ -162,7 +163,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Cabinet:
-    def __init__(self, store: RelayStore, signing_key: SigningKey, config: CabinetConfig, *,
+    def __init__(self, store: RelayStoreApi, signing_key: SigningKey, config: CabinetConfig, *,
                  clock: Callable[[], float] = time.time, limits: Limits | None = None,
                  on_revoke: Callable[[], None] | None = None) -> None:
         self.store = store

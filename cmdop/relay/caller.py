@@ -14,10 +14,12 @@ import queue
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from cmdop.core.errors import AuthError, CmdopError, UnreachableError
+from cmdop.core.errors import (AuthError, CmdopError, E2EError, PermissionDeniedError,
+                               UnreachableError)
 
 if TYPE_CHECKING:
     from cmdop.adapters.relay_grpc import RelayChannel
+    from cmdop.relay.sealing import SealedCall
     from cmdop.relay.proto import relay_pb2 as pb
 
 ChunkSink = Callable[[int, bytes], None]
@@ -31,6 +33,13 @@ _FAILURES: dict[str, tuple[type[CmdopError], str]] = {
     "revoked": (AuthError, "the key was revoked: ask for a new one"),
     "deadline_exceeded": (UnreachableError, "the call took longer than its deadline"),
     "shutting_down": (UnreachableError, "the agent is restarting: try again"),
+    # End to end: the agent could not open the sealed call (or it came in the clear).
+    "e2e_refused": (E2EError, "see `cmdop agent status` on the host"),
+    # A guest's share (cmdop exec --share): each refusal with its own line.
+    "share_revoked": (AuthError, "ask the machine's owner for a new share"),
+    "share_expired": (AuthError, "ask the machine's owner for a new share"),
+    "share_used_up": (AuthError, "ask the machine's owner for a new share"),
+    "share_wrong_host": (PermissionDeniedError, "a share is for one machine only"),
 }
 
 
@@ -73,23 +82,41 @@ class _Requests:
 
 def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, Any], *,
                 on_chunk: ChunkSink | None = None, deadline_s: float = 660.0,
-                cwd: str = "", session: str = "") -> Any:
+                cwd: str = "", session: str = "", cmdop_home: str | None = None,
+                plaintext: bool = False) -> Any:
     """Run `tool` on `host` through the relay; the tool's result object (a denial is a result:
     `{"error": "permission_denied", ...}`). Streamed output goes to `on_chunk`. `session`: a
-    machine-password session token for `host` (`cmdop password unlock HOST`), checked there."""
+    machine-password session token for `host` (`cmdop password unlock HOST`), checked there.
+    End to end: the call is sealed to the host's key, checked against the pins in `cmdop_home`
+    (default: CMDOP_HOME's), and its output opened here; the relay sees neither.
+    `plaintext=True` sends it in the clear (tests: agents refuse such calls by default)."""
     from cmdop.relay.proto import relay_pb2 as pb
 
-    call_id = uuid.uuid4().hex
-    start = pb.CallerFrame(start=pb.CallStart(
-        call_id=call_id, host=host, tool=tool,
-        input_json=json.dumps(tool_input, ensure_ascii=False).encode("utf-8"),
-        deadline_ms=int(deadline_s * 1000), stream=on_chunk is not None, cwd=cwd,
-        session=session))
+    sealed = None
+    if plaintext:
+        call_id = uuid.uuid4().hex
+        start = pb.CallerFrame(start=pb.CallStart(
+            call_id=call_id, host=host, tool=tool,
+            input_json=json.dumps(tool_input, ensure_ascii=False).encode("utf-8"),
+            deadline_ms=int(deadline_s * 1000), stream=on_chunk is not None, cwd=cwd,
+            session=session))
+    else:
+        sealed, target = _seal(channel, host, tool, tool_input, cwd, session, cmdop_home)
+        call_id = sealed.call_id
+        start = pb.CallerFrame(start=pb.CallStart(
+            call_id=call_id, host=target, sealed=sealed.sealed,
+            deadline_ms=int(deadline_s * 1000), stream=on_chunk is not None))
     requests = _Requests(start)
     stream = channel.call(iter(requests), timeout=deadline_s + 10)
     try:
         try:
-            return _events(stream, on_chunk)
+            return _events(stream, on_chunk, sealed)
+        except E2EError:
+            if sealed is not None and sealed.from_pin:
+                # Sealed to the pin without asking the relay: if the host's key changed, say
+                # so (HostKeyChangedError from the pin check), else this refusal stands.
+                _seal(channel, host, tool, tool_input, cwd, session, cmdop_home, lookup=True)
+            raise
         except KeyboardInterrupt:
             # The relay cancels the call on the agent (its process group is killed) and then
             # ends the RPC; wait for that briefly so the kill happens before we exit.
@@ -101,11 +128,43 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
         stream.cancel()
 
 
-def _events(stream: Any, on_chunk: ChunkSink | None) -> Any:
+def _seal(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, Any], cwd: str,
+          session: str, cmdop_home: str | None, lookup: bool = False) -> tuple["SealedCall", str]:
+    """The sealed call for `host` and the host's exact name to route it by: to the key pinned
+    under that name, or (none pinned, or `lookup`) to the key the relay offers, checked
+    against the pin."""
+    from cmdop.relay.sealing import Pins, Target, seal_call, seal_pinned
+
+    if cmdop_home is None:
+        import os
+
+        from cmdop.core.settings import Settings
+
+        cmdop_home = Settings.from_env(os.environ, os.path.expanduser("~")).cmdop_home
+    pins = Pins(cmdop_home, channel.endpoint.address)
+    if not lookup:
+        pinned = seal_pinned(pins, host, tool, tool_input, cwd=cwd, session=session)
+        if pinned is not None:
+            return pinned, host
+    reply = channel.host_key(host)
+    if reply.HasField("failure"):
+        f = reply.failure
+        raise failure_error(f.code, f.message, f.hint)
+    target = Target(reply.name, reply.machine_id, bytes(reply.e2e_key))
+    return seal_call(pins, target, tool, tool_input, cwd=cwd, session=session), reply.name
+
+
+def _events(stream: Any, on_chunk: ChunkSink | None, sealed: "SealedCall | None" = None) -> Any:
     for event in stream:
         kind = event.WhichOneof("kind")
-        if kind == "chunk" and on_chunk is not None:
+        if kind == "chunk" and sealed is not None:
+            fd, data = sealed.chunk(event.chunk.data)      # in order, each once, or E2EError
+            if on_chunk is not None:
+                on_chunk(fd, data)
+        elif kind == "chunk" and on_chunk is not None:
             on_chunk(event.chunk.fd, event.chunk.data)
+        elif kind == "result" and sealed is not None:
+            return sealed.result(event.result.result_json)
         elif kind == "result":
             try:
                 return json.loads(event.result.result_json.decode("utf-8"))

@@ -19,6 +19,10 @@ Runs on asyncio (grpc.aio's loop) in `cmdop relay serve`. What it promises:
   cancelled on the agent and the caller told so.
 - Revocation (`cmdop relay key revoke`, another process) is noticed within ~0.2 s through the
   store's data version: that key's links end and its calls are cut.
+- Guests (a share token, cmdop.relay.share_rpc): each call is admitted against the share as
+  stored at its start (revoked, expired, another machine, no uses left: a Failure code each)
+  before anything of the workspace is named, stamped "guest" (never self), cut when the share
+  is revoked or expires. A guest lists only its machine and cannot link an agent.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 from cmdop.adapters.relay_grpc import MAX_MESSAGE, RelayRefusal, ServerStream
-from cmdop.core.errors import CmdopError
-from cmdop.relay import routing
+from cmdop.core.errors import CmdopError, StoreUnavailableError
+from cmdop.relay import host_keys, routing, share_rpc
+from cmdop.relay.auth import SHARE_PREFIX
 from cmdop.relay.proto import relay_pb2 as pb
 
 log = logging.getLogger("cmdop.relay")
@@ -56,6 +61,9 @@ CLOSE_GRACE_S = 2.0                   # a closed link's last frame gets this lon
 _ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 Sink = Callable[[pb.CallEvent], Awaitable[None]]
+# A guest call's check once its host is resolved: (machine row id or None, online) -> a
+# refusal (code, message, hint) or None (cmdop.relay.share_rpc.GuestAdmission).
+Admit = Callable[[Optional[str], bool], Any]
 
 
 def _failure(call_id: str, code: str, message: str, hint: str = "") -> pb.CallEvent:
@@ -93,6 +101,7 @@ class Link:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     touched: float = 0.0
     queued: int = 0                   # bytes of frames in outq
+    e2e_key: bytes = b""              # the agent's end-to-end public key (its Hello)
 
     def send(self, frame: pb.RelayFrame) -> None:
         """Queue a frame for the agent. An agent that stops reading its stream is cut off
@@ -158,9 +167,17 @@ class Router:
             raise RelayRefusal("resource_exhausted",
                                f"too many failed logins from {stream.peer}; try again in "
                                f"{int(wait) + 1} s")
-        key = await self.verifier.averify(stream.credential) if stream.credential else None
-        if key is not None and self._revoked(key):
-            key = None
+        try:
+            key = await self.verifier.averify(stream.credential) if stream.credential else None
+        except StoreUnavailableError as exc:
+            # Fail closed with a reason the client can act on (retry); the database's address
+            # stays in the relay's log, not in the answer.
+            self._count("auth_store_unavailable")
+            log.warning("cannot check a credential from %s: %s", stream.peer, exc)
+            raise RelayRefusal("unavailable", "the relay cannot check credentials now (its "
+                                              "database is unreachable); try again shortly") from None
+        if key is not None and self._revoked(key) and not share_rpc.is_guest(key):
+            key = None                # (a revoked share is refused with its own reason, later)
         if key is None:
             self.throttle.failed(stream.peer, self.clock())
             self._count("auth_failed")
@@ -175,6 +192,7 @@ class Router:
 
     async def agent_link(self, stream: ServerStream[pb.AgentFrame, pb.RelayFrame]) -> None:
         key = await self._authenticate(stream)
+        share_rpc.refuse_guest(key, "link an agent")
         try:
             first = await asyncio.wait_for(stream.read(), HELLO_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -199,7 +217,9 @@ class Router:
             self._count("links_refused")
             log.warning("refused a link from %s (key %s): %s", stream.peer, key.id, exc.message)
             raise RelayRefusal("permission_denied", exc.message) from None
-        link = Link(key=key, machine=machine, touched=self.clock())
+        link = Link(key=key, machine=machine, touched=self.clock(),
+                    e2e_key=bytes(hello.e2e_key)
+                    if len(hello.e2e_key) <= host_keys.MAX_KEY_BYTES else b"")
         old = self.links.get(machine.id)
         if old is not None:
             old.close("replaced", "a new link from the same machine replaced this one")
@@ -306,6 +326,10 @@ class Router:
             self._start_outgoing(link, frame.call)
         elif kind == "reauth":
             asyncio.ensure_future(self._reauth(link, frame.reauth.token))
+        elif kind == "key_query":
+            # HostKey for the linked machine's own CLI (it seals its call end to end itself)
+            link.send(pb.RelayFrame(key_answer=host_keys.lookup(
+                self, link.key, frame.key_query.host, frame.key_query.query_id[:64])))
         elif kind == "cancel":
             task = link.outgoing.get(frame.cancel.call_id)
             if task is not None:
@@ -323,6 +347,8 @@ class Router:
     async def list_hosts(self, stream: ServerStream[pb.ListHostsRequest, pb.ListHostsReply],
                          request: pb.ListHostsRequest) -> pb.ListHostsReply:
         key = await self._authenticate(stream)
+        if share_rpc.is_guest(key):
+            return await share_rpc.list_hosts(self, key)
         machines = self.store.list_machines(key.workspace)
         machines.sort(key=lambda m: (m.id not in self.links, m.name))
         reply = pb.ListHostsReply(total=len(machines))
@@ -333,6 +359,24 @@ class Router:
                                            last_seen=m.last_seen))
         return reply
 
+    async def create_share(self, stream: ServerStream[Any, Any],
+                           request: pb.CreateShareRequest) -> pb.ShareInfo:
+        return await share_rpc.create(self, stream, request)
+
+    async def list_shares(self, stream: ServerStream[Any, Any],
+                          request: pb.ListSharesRequest) -> pb.ListSharesReply:
+        return await share_rpc.list_(self, stream, request)
+
+    async def revoke_share(self, stream: ServerStream[Any, Any],
+                           request: pb.RevokeShareRequest) -> pb.ShareInfo:
+        return await share_rpc.revoke(self, stream, request)
+
+    async def host_key(self, stream: ServerStream[pb.HostKeyRequest, pb.HostKeyReply],
+                       request: pb.HostKeyRequest) -> pb.HostKeyReply:
+        """The end-to-end key of the host a call to `request.host` would reach."""
+        key = await self._authenticate(stream)
+        return host_keys.lookup(self, key, request.host)
+
     async def call(self, stream: ServerStream[pb.CallerFrame, pb.CallEvent]) -> None:
         key = await self._authenticate(stream)
         try:
@@ -341,9 +385,19 @@ class Router:
             raise RelayRefusal("deadline_exceeded", "no call within 10 s") from None
         if first is None or first.WhichOneof("kind") != "start":
             raise RelayRefusal("invalid_argument", "the first frame of a call must be start")
-        self._still_valid(stream, key)
-        principal = pb.Principal(kind="remote", workspace=key.workspace, name=key.name,
-                                 credential=_credential_kind(key))
+        admit: Admit | None = None
+        if share_rpc.is_guest(key):
+            # A guest: checked against its share as stored now (revoked, expired, machine,
+            # uses) once the host is resolved, and stamped "guest" with the share's tools.
+            share = self.store.get_share(key.share_id)
+            if share is None:
+                raise RelayRefusal("unauthenticated", "unknown share")
+            principal = share_rpc.guest_principal(share)
+            admit = share_rpc.GuestAdmission(self.store, share.id)
+        else:
+            self._still_valid(stream, key)
+            principal = pb.Principal(kind="remote", workspace=key.workspace, name=key.name,
+                                     credential=_credential_kind(key))
 
         async def follow_caller(route_task: asyncio.Task[None]) -> None:
             # A Cancel frame from the caller cancels the call (the route tells the agent).
@@ -356,8 +410,12 @@ class Router:
                     return
 
         route_task = asyncio.ensure_future(
-            self._route(first.start, key, principal, None, stream.write))
+            self._route(first.start, key, principal, None, stream.write, admit))
         follower = asyncio.ensure_future(follow_caller(route_task))
+        expiry = _expires_in(key) if admit is not None else None
+        # A share's calls end at its expiry (a login's calls end with its link; API keys never).
+        timer = None if expiry is None else asyncio.get_running_loop().call_later(
+            max(0.0, expiry), self._cut, key.id, "share_expired", "the share expired")
         try:
             await route_task
         except asyncio.CancelledError:
@@ -366,6 +424,8 @@ class Router:
             # cancelled by the caller's Cancel frame: tell it so, if it still listens
             await stream.write(_failure(first.start.call_id, "cancelled", "cancelled by the caller"))
         finally:
+            if timer is not None:
+                timer.cancel()
             follower.cancel()
             route_task.cancel()
 
@@ -400,12 +460,13 @@ class Router:
         link.outgoing[start.call_id] = asyncio.ensure_future(run())
 
     async def _route(self, start: pb.CallStart, key: Any, principal: pb.Principal,
-                     via: Link | None, sink: Sink) -> None:
+                     via: Link | None, sink: Sink, admit: Admit | None = None) -> None:
         """Send one call to its target machine and pass its events to `sink` until it ends.
         RelayRefusal for a malformed call or one over the caller's limit; a host that is
         unknown, ambiguous or offline is a Failure event (the caller prints it, exit 5)."""
         cid = start.call_id
-        if not _valid_id(cid) or not start.tool or len(start.tool) > 64:
+        # A sealed call names no tool: the relay routes by call id, host and caller only.
+        if not _valid_id(cid) or not (start.tool or start.sealed) or len(start.tool) > 64:
             raise RelayRefusal("invalid_argument", "a call needs a call id (uuid) and a tool")
         live = self.calls_by_key.setdefault(key.id, set())
         if len(live) >= self.max_calls_per_key:
@@ -415,6 +476,16 @@ class Router:
                                f"{self.max_calls_per_key})")
         machines = self.store.list_machines(key.workspace)
         machine, matches = routing.resolve_host(start.host, machines)
+        if admit is not None:
+            # Before any failure that names the workspace's machines (a guest sees only its own).
+            link = self.links.get(machine.id) if machine is not None else None
+            refusal = admit(machine.id if machine is not None else None,
+                            link is not None and not link.ended.is_set())
+            if refusal is not None:
+                self._count("guest_calls_refused")
+                log.info("guest call refused (share %s): %s", principal.share_id, refusal.code)
+                await sink(_failure(cid, refusal.code, refusal.message, refusal.hint))
+                return
         if machine is None:
             if matches:
                 await sink(_failure(cid, "host_ambiguous",
@@ -432,7 +503,7 @@ class Router:
             return
         forwarded = pb.Principal()
         forwarded.CopyFrom(principal)
-        forwarded.kind = routing.caller_kind(
+        forwarded.kind = "guest" if principal.kind == "guest" else routing.caller_kind(
             caller_principal=key.id, via_machine_principal=via.key.id if via else None,
             target_principal=target.key.id)
         deadline_ms = min(start.deadline_ms or DEFAULT_DEADLINE_MS, MAX_DEADLINE_MS)
@@ -444,7 +515,7 @@ class Router:
         frame = pb.RelayFrame(call=pb.CallStart(
             call_id=route.call_id, tool=start.tool, input_json=start.input_json,
             deadline_ms=deadline_ms, stream=start.stream, caller=forwarded, cwd=start.cwd,
-            session=start.session))
+            session=start.session, sealed=start.sealed))
         if frame.ByteSize() > MAX_FORWARD_BYTES:
             await sink(_failure(cid, "too_large", "the call's input is too large to forward",
                                 f"at most {MAX_FORWARD_BYTES // 1024} KB"))
@@ -457,7 +528,9 @@ class Router:
         ended = False
         try:
             target.send(frame)
-            async with asyncio.timeout(deadline_ms / 1000 + 5):
+
+            async def forward_events() -> bool:
+                """Pass the call's events to `sink` until its end; True if it really ended."""
                 while True:
                     event = await route.events.get()
                     await sink(event)
@@ -467,9 +540,12 @@ class Router:
                         target.send(pb.RelayFrame(credit=pb.Credit(
                             call_id=route.call_id, bytes=len(event.chunk.data))))
                     elif kind in ("result", "failure"):
-                        ended = not route.aborted or route.aborted == "host_offline"
-                        return
-        except TimeoutError:
+                        return not route.aborted or route.aborted == "host_offline"
+
+            # wait_for, not asyncio.timeout(): the relay runs on Python 3.10 too.
+            ended = await asyncio.wait_for(forward_events(), deadline_ms / 1000 + 5)
+            return
+        except asyncio.TimeoutError:  # the builtin TimeoutError from 3.11 on; its own on 3.10
             await sink(_failure(cid, "deadline_exceeded",
                                 f"no result within {deadline_ms // 1000} s; cancelled"))
         finally:
@@ -502,7 +578,12 @@ class Router:
     def _still_valid(self, stream: ServerStream[Any, Any], key: Any) -> None:
         """The stream's credential, checked again now (it may have been revoked since the RPC
         was authenticated: a hello or a call start can arrive seconds later)."""
-        again = self.verifier.verify(stream.credential)
+        try:
+            again = self.verifier.verify(stream.credential)
+        except StoreUnavailableError as exc:
+            log.warning("cannot check a credential from %s again: %s", stream.peer, exc)
+            raise RelayRefusal("unavailable", "the relay cannot check credentials now (its "
+                                              "database is unreachable); try again shortly") from None
         if again is None or again.id != key.id or self._revoked(again):
             raise RelayRefusal("unauthenticated", "unknown, expired or revoked credential")
 
@@ -530,6 +611,7 @@ class Router:
         """Forever: when the store changed (an admin command in another process), end the
         links and calls of every revoked key."""
         version = -1
+        unreachable = False
         while True:
             try:
                 now = self.store.data_version()
@@ -537,6 +619,15 @@ class Router:
                     self._changed.clear()
                     self.revoke(self._revocations())
                     version = now
+                if unreachable:
+                    log.warning("the store is reachable again")
+                unreachable = False
+            except StoreUnavailableError as exc:
+                # The database is down: one line per outage, not a traceback every 0.2 s.
+                self._count("revocation_read_errors")
+                if not unreachable:
+                    log.warning("cannot read revocations: %s; retrying", exc)
+                unreachable = True
             except Exception:  # noqa: BLE001 - a busy database must not end the watching
                 self._count("revocation_read_errors")
                 log.exception("cannot read revocations from the store; retrying")
@@ -549,7 +640,8 @@ class Router:
         """Every principal id and token id that must not act any more: revoked keys, disabled
         accounts (as `acct:ID`), revoked access tokens (their jti)."""
         out = set(self.store.revoked_key_ids())
-        for name, prefix in (("disabled_account_ids", "acct:"), ("denied_token_ids", "")):
+        for name, prefix in (("disabled_account_ids", "acct:"), ("denied_token_ids", ""),
+                             ("revoked_share_ids", SHARE_PREFIX)):
             read = getattr(self.store, name, None)
             if read is not None:
                 out.update(prefix + i for i in read())
@@ -563,8 +655,15 @@ class Router:
                 log.info("key %s revoked: ending %s's link", link.key.id, link.machine.name)
                 link.close("revoked", "this machine's key was revoked")
         for key_id in revoked:
-            for route in list(self.calls_by_key.get(key_id, ())):
-                self._abort(route, "revoked", "the caller's key was revoked")
+            if key_id.startswith(SHARE_PREFIX):
+                self._cut(key_id, "share_revoked", "the share was revoked")
+            else:
+                self._cut(key_id, "revoked", "the caller's key was revoked")
+
+    def _cut(self, key_id: str, code: str, message: str) -> None:
+        """End every live call of the principal `key_id` now (its callers get `code`)."""
+        for route in list(self.calls_by_key.get(key_id, ())):
+            self._abort(route, code, message)
 
 
 def _valid_id(call_id: str) -> bool:

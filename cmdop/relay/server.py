@@ -22,14 +22,14 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from cmdop.core.errors import CmdopError, UsageError
 
 if TYPE_CHECKING:
     from cmdop.relay.oidc import OidcConfig
-    from cmdop.relay.store import RelayStore
+    from cmdop.relay.store_api import RelayStoreApi
     from cmdop.relay.tls import CertInfo
     from cmdop.relay.tokens import SigningKey
 
@@ -52,6 +52,7 @@ class ServeInfo:
     oauth_port: int | None = None
     issuer: str | None = None           # the cabinet's issuer URL
     oidc_issuer: str | None = None      # an external issuer whose tokens are accepted
+    store: str = ""                     # where the store is (a URL without its password)
 
 
 OAUTH_OFF = ("off", "none", "no")
@@ -72,6 +73,7 @@ class ServeOptions:
     access_token_ttl_s: int = 3600      # the cabinet's access tokens (tokens.ACCESS_TOKEN_TTL_S)
     new_machines_per_hour: int = 20     # enrolments of new machines one key may make an hour
     oidc_ca_file: str | None = None     # trust the external issuer through this CA (else system)
+    store: str | None = field(default=None, repr=False)  # --store: None = relay.db in data_dir
 
 
 def oidc_config(options: ServeOptions) -> "OidcConfig | None":
@@ -90,7 +92,7 @@ def oidc_config(options: ServeOptions) -> "OidcConfig | None":
 def serve(options: ServeOptions) -> int:
     """Run the relay until SIGTERM/SIGINT; 0 on a clean stop. Errors (unusable data dir,
     certificate, address) are raised as CmdopError before anything listens."""
-    from cmdop.relay.store import RelayStore
+    from cmdop.relay.store_api import open_store
     from cmdop.relay.tls import ensure_certificate, load_certificate
 
     if not options.data_dir:
@@ -107,7 +109,7 @@ def serve(options: ServeOptions) -> int:
     if options.issuer_url:
         normalize_issuer(options.issuer_url)
     oidc = oidc_config(options)
-    store = RelayStore.open(options.data_dir)
+    store = open_store(options.store, options.data_dir)
     try:
         if options.tls_cert and options.tls_key:
             cert = load_certificate(options.tls_cert, options.tls_key)
@@ -151,7 +153,7 @@ def _public_host(listen_host: str) -> str:
     return host
 
 
-async def _main(store: "RelayStore", cert: "CertInfo", signing_key: "SigningKey",
+async def _main(store: "RelayStoreApi", cert: "CertInfo", signing_key: "SigningKey",
                 oidc_cfg: "OidcConfig | None", options: ServeOptions) -> int:
     from urllib.parse import urlsplit
 
@@ -215,7 +217,7 @@ async def _main(store: "RelayStore", cert: "CertInfo", signing_key: "SigningKey"
                          self_signed=cert.self_signed, cert_path=cert.cert_path,
                          data_dir=os.path.abspath(options.data_dir), oauth_address=oauth_address,
                          oauth_port=oauth_port, issuer=issuer,
-                         oidc_issuer=oidc_cfg.issuer if oidc_cfg else None)
+                         oidc_issuer=oidc_cfg.issuer if oidc_cfg else None, store=store.path)
         log.info("relay listening on %s (port %d), certificate sha256 %s", options.listen, port,
                  info.fingerprint)
         if issuer:

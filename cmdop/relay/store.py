@@ -29,7 +29,8 @@ Schema version 2 adds the embedded OAuth cabinet's state (cmdop.relay.cabinet):
   token issued with it (jti, expiry). A rotated token presented again is reuse: the whole family
   is revoked and its live access tokens deny-listed.
 - `denied_tokens`: access-token ids (jti) revoked before their expiry, kept until it.
-A version-1 database is migrated in place when opened.
+Schema version 3 adds `shares` (guest access: cmdop.relay.share_store).
+An older database is migrated in place when opened.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from typing import Any, Callable, Iterator
 from cmdop.adapters.secure_file import check_private, ensure_private_dir
 from cmdop.core.credentials import KEY_DISPLAY_PREFIX_LEN, KEY_PREFIX, parse_api_key, valid_name
 from cmdop.core.errors import AlreadyExistsError, CmdopError, NotFoundError, UsageError
+from cmdop.relay.store_api import DbCursor
+from cmdop.relay.share_store import SCHEMA_V3, ShareStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "relay.db"
 LAST_USED_INTERVAL_S = 60.0     # verify_key writes last_used_at at most this often per key
 BUSY_TIMEOUT_MS = 5000
@@ -333,7 +336,7 @@ class MachineClaimedError(CmdopError):
     """An agent presented the machine id of a machine another (live) key enrolled."""
 
 
-class RelayStore:
+class RelayStore(ShareStore):
     """The relay's database. Open with `RelayStore.open(data_dir)`; `close()` when done."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, clock: Callable[[], float]) -> None:
@@ -383,6 +386,7 @@ class RelayStore:
                 if have is None:
                     _run_script(cur, _SCHEMA)
                     _run_script(cur, _SCHEMA_V2)
+                    _run_script(cur, SCHEMA_V3)
                     cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
                     cur.execute("INSERT INTO meta (key, value) VALUES ('relay_id', ?)",
                                 (secrets.token_hex(8),))
@@ -399,6 +403,10 @@ class RelayStore:
                         _run_script(cur, _SCHEMA_V2)
                         cur.execute("INSERT INTO meta (key, value) VALUES ('relay_id', ?)",
                                     (secrets.token_hex(8),))
+                    if version < 3:
+                        # 2 -> 3: guest shares; nothing existing changes.
+                        _run_script(cur, SCHEMA_V3)
+                    if version < SCHEMA_VERSION:
                         cur.execute("DELETE FROM schema_version")
                         cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         except sqlite3.DatabaseError as exc:
@@ -421,7 +429,7 @@ class RelayStore:
     # -- plumbing ---------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
+    def _write(self) -> Iterator[DbCursor]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), under the lock."""
         with self._lock:
             cur = self._conn.cursor()
@@ -681,7 +689,7 @@ class RelayStore:
 
     # -- accounts ---------------------------------------------------------------------------
 
-    def _account(self, cur: sqlite3.Cursor | None, where: str, params: tuple[Any, ...]) -> Account | None:
+    def _account(self, cur: DbCursor | None, where: str, params: tuple[Any, ...]) -> Account | None:
         sql = f"SELECT id, email, created_at, disabled_at FROM accounts WHERE {where}"
         rows = cur.execute(sql, params).fetchall() if cur is not None else self._read(sql, params)
         if not rows:
@@ -759,7 +767,7 @@ class RelayStore:
             cur.execute("INSERT OR IGNORE INTO denied_tokens (jti, expires) VALUES (?, ?)",
                         (jti, float(expires)))
 
-    def _deny_where(self, cur: sqlite3.Cursor, where: str, params: tuple[Any, ...], now: float) -> None:
+    def _deny_where(self, cur: DbCursor, where: str, params: tuple[Any, ...], now: float) -> None:
         """Deny-list the live access tokens issued with the refresh tokens matching `where`."""
         cur.execute("INSERT OR IGNORE INTO denied_tokens (jti, expires) "
                     f"SELECT access_jti, access_expires FROM refresh_tokens WHERE {where} "
@@ -808,7 +816,7 @@ class RelayStore:
                           "ORDER BY d.created_at, d.id", (self._clock(),))
         return [DeviceRequest(*r) for r in rows]
 
-    def _pending_by_user_code(self, cur: sqlite3.Cursor, user_code: str) -> DeviceRequest:
+    def _pending_by_user_code(self, cur: DbCursor, user_code: str) -> DeviceRequest:
         code = normalize_user_code(user_code)
         if code is None:
             raise UsageError(f"{user_code!r} is not a user code",
@@ -915,7 +923,7 @@ class RelayStore:
                                  access_expires)
         return GrantResult(None, grant=grant)
 
-    def _insert_refresh(self, cur: sqlite3.Cursor, grant: Grant, family_id: str, workspace_id: str,
+    def _insert_refresh(self, cur: DbCursor, grant: Grant, family_id: str, workspace_id: str,
                         stamp: str, access_jti: str, access_expires: float) -> None:
         cur.execute(
             "INSERT INTO refresh_tokens (id, token_sha256, family_id, account_id, workspace_id, client_id, "
@@ -963,7 +971,7 @@ class RelayStore:
             self._insert_refresh(cur, grant, family, workspace_id, stamp, access_jti, access_expires)
         return GrantResult(None, grant=grant)
 
-    def _revoke_family(self, cur: sqlite3.Cursor, family: str, now: float, stamp: str) -> None:
+    def _revoke_family(self, cur: DbCursor, family: str, now: float, stamp: str) -> None:
         self._deny_where(cur, "family_id = ?", (family,), now)
         cur.execute("UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
                     (stamp, family))
@@ -979,7 +987,7 @@ class RelayStore:
             self._revoke_family(cur, row[0], now, stamp)
         return True
 
-    def _purge(self, cur: sqlite3.Cursor, now: float) -> None:
+    def _purge(self, cur: DbCursor, now: float) -> None:
         """Forget what can no longer matter: device codes an hour past expiry, refresh tokens a
         day past it, deny-list entries past their token's expiry."""
         cur.execute("DELETE FROM device_codes WHERE expires < ?", (now - 3600,))
@@ -987,7 +995,7 @@ class RelayStore:
         cur.execute("DELETE FROM denied_tokens WHERE expires < ?", (now,))
 
 
-def _run_script(cur: sqlite3.Cursor, script: str) -> None:
+def _run_script(cur: DbCursor, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
             cur.execute(statement)

@@ -374,3 +374,25 @@ def channel(relay: Relay, key: str) -> Any:
     from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
 
     return RelayChannel(RelayEndpoint(address=relay.address, fingerprint=relay.fingerprint), key)
+
+
+def sealed_start(agent: Agent, tool: str, tool_input: dict[str, Any],
+                 **fields: Any) -> tuple[Any, Any]:
+    """A raw CallStart for `agent`, sealed end to end to its key as `cmdop exec` seals it (read
+    from its key file: a test may), and the ResponseOpener of its answer; `fields` are more
+    CallStart fields (e.g. a forged `caller`)."""
+    import uuid
+
+    from cmdop.adapters import e2e
+    from cmdop.adapters.e2e_files import agent_key_path
+    from cmdop.relay.proto import relay_pb2 as pb
+
+    state = Path(agent.home.env["CMDOP_STATE_DIR"])
+    key = e2e.load_private(Path(agent_key_path(str(state))).read_bytes())
+    cid = uuid.uuid4().hex
+    request = e2e.Request(call_id=cid, machine_id=(state / "machine_id").read_text().strip(),
+                          caller="", tool=tool, input_json=json.dumps(tool_input).encode(),
+                          response_key=e2e.new_response_key())
+    start = pb.CallStart(call_id=cid, host=agent.machine, deadline_ms=60_000,
+                         sealed=e2e.seal_request(request, key.public), **fields)
+    return start, e2e.ResponseOpener(request)

@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 
 from relay_harness import (
-    PY, Agent, Caller, Cluster, caller, channel, free_port, procs_with_argv, unique_seconds,
-    wait_for,
+    PY, Agent, Caller, Cluster, caller, channel, free_port, procs_with_argv, sealed_start,
+    unique_seconds, wait_for,
 )
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -224,12 +224,11 @@ def test_a_direct_caller_claiming_to_be_self_is_remote(net: Any) -> None:
     n = uniq()
     claim = pb.Principal(kind="self", workspace="demo", name="ops", credential="api_key",
                          hostname=net.a.status()["hostname"], machine_id=net.a.machine_id)
-    start = pb.CallStart(call_id=uuid.uuid4().hex, host=net.a.machine, tool="execute_command",
-                         input_json=json.dumps({"command": f"seq 1 {n}"}).encode(),
-                         deadline_ms=60_000, caller=claim)
+    start, opener = sealed_start(net.a, "execute_command", {"command": f"seq 1 {n}"},
+                                 caller=claim)
     with channel(net.relay, net.keys["ops"]["key"]) as ch:
         events = list(ch.call(iter([pb.CallerFrame(start=start)]), timeout=60))
-    result = json.loads(events[-1].result.result_json)
+    result = json.loads(opener.final(events[-1].result.result_json))
     assert result["exit_code"] == 0, result
     rec = net.a.home.audit_for(f"seq 1 {n}")
     assert rec["caller"]["kind"] == "remote", rec

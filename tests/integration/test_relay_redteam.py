@@ -30,7 +30,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from relay_harness import (  # noqa: E402
-    PY, POLICY, REPO, Agent, Cluster, caller, channel, wait_for,
+    PY, POLICY, REPO, Agent, Cluster, caller, channel, sealed_start, wait_for,
 )
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -98,10 +98,10 @@ def test_a_forged_caller_principal_is_audited_as_the_verified_remote_key(rt: Any
     target = f"echo forged-{uuid.uuid4().hex[:8]}"
     forged = pb.Principal(kind="self", workspace="demo", name="ops", credential="unix",
                           hostname=rt.web.machine, machine_id=rt.web.machine_id)
-    events = _raw_call(rt, rt.keys["dev"], pb.CallStart(
-        call_id=uuid.uuid4().hex, host=rt.web.machine, tool="execute_command",
-        input_json=json.dumps({"command": target}).encode(), caller=forged))
+    start, opener = sealed_start(rt.web, "execute_command", {"command": target}, caller=forged)
+    events = _raw_call(rt, rt.keys["dev"], start)
     assert events[-1].WhichOneof("kind") == "result", events
+    opener.final(events[-1].result.result_json)
     rec = rt.web.home.audit_for(target)
     assert (rec["user"], rec["hostname"], rec["caller"]["kind"]) == ("dev", "", "remote"), rec
     assert "machine_id" not in rec["caller"], rec
@@ -266,9 +266,9 @@ def test_a_caller_that_never_reads_does_not_grow_the_relay(rt: Any) -> None:
     assert rt.relay.proc is not None
     before = _rss_mb(rt.relay.proc.pid)
     ch = channel(rt.relay, rt.keys["dev"])
-    stream = ch.call(iter([pb.CallerFrame(start=pb.CallStart(
-        call_id=uuid.uuid4().hex, host=rt.web.machine, tool="execute_command", stream=True,
-        input_json=b'{"command":"head -c 200000000 /dev/zero"}'))]), timeout=60)
+    start, _ = sealed_start(rt.web, "execute_command",
+                            {"command": "head -c 200000000 /dev/zero"}, stream=True)
+    stream = ch.call(iter([pb.CallerFrame(start=start)]), timeout=60)
     try:
         events = iter(stream)
         next(events)                                  # accepted; then read nothing for 3 s

@@ -19,9 +19,14 @@ HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def fake_build(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+def fake_build(monkeypatch: pytest.MonkeyPatch, version: str | tuple[str, ...]) -> None:
+    """A build info as build_zipapp.py writes it: PYTHON_VERSIONS, or one PYTHON_VERSION (older
+    single-version builds)."""
     mod = types.ModuleType(preflight.BUILD_INFO_MODULE)
-    mod.PYTHON_VERSION = version  # type: ignore[attr-defined]
+    if isinstance(version, tuple):
+        mod.PYTHON_VERSIONS = version  # type: ignore[attr-defined]
+    else:
+        mod.PYTHON_VERSION = version  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, preflight.BUILD_INFO_MODULE, mod)
 
 
@@ -33,8 +38,36 @@ def test_outside_a_zipapp_nothing_is_checked() -> None:
 
 def test_same_minor_version_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_build(monkeypatch, HERE)
-    assert preflight.built_for() == HERE
+    assert preflight.built_for() == (HERE,)
     preflight.check_interpreter()
+
+
+@pytest.mark.parametrize("carried, runs", [
+    (("3.10", "3.11", "3.12", "3.13", HERE), True),
+    ((HERE, "3.99"), True),
+    (("3.98", "3.99"), False),
+    ((), False),                                  # names nothing: refused, not waved through
+])
+def test_a_multi_version_build_runs_on_each_python_it_carries(
+        monkeypatch: pytest.MonkeyPatch, carried: tuple[str, ...], runs: bool) -> None:
+    fake_build(monkeypatch, carried)
+    if runs:
+        preflight.check_interpreter()
+    else:
+        with pytest.raises(preflight.InterpreterMismatch):
+            preflight.check_interpreter()
+
+
+def test_a_multi_version_mismatch_names_every_version(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    fake_build(monkeypatch, ("3.99", "3.98"))
+    assert main(["agent", "status"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    v = sys.version_info
+    assert err[0] == (f"cmdop: error: this cmdop.pyz is built for CPython 3.98, 3.99; "
+                      f"this is {v.major}.{v.minor}.{v.micro}")
+    assert err[1].startswith("hint: run it with one of python3.98, python3.99 (e.g. `python3.99 ")
+    assert len(err) == 2
 
 
 def test_other_version_is_one_line_and_a_hint(monkeypatch: pytest.MonkeyPatch,

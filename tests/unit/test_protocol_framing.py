@@ -61,8 +61,8 @@ def test_responses_echo_the_request_id_and_version():
 @pytest.mark.parametrize("body, says", [
     (b"[" * 100_000, "nested too deeply"),
     (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
-    (b'{"v":1,"id":' + b"9" * 5000 + b',"op":"ping"}', "4300 digits"),
-    (b'{"v":1,"id":-' + b"9" * 4301 + b',"op":"ping"}', "4300 digits"),
+    (b'{"v":1,"id":' + b"9" * 5000 + b',"op":"ping"}', "limit (4300"),  # 3.10 words the rest otherwise
+    (b'{"v":1,"id":-' + b"9" * 4301 + b',"op":"ping"}', "limit (4300"),
 ])
 def test_hostile_nesting_and_huge_integers_are_bad_json_not_crashes(body, says):
     # RecursionError and the int-from-string digit limit (a ValueError) used to escape decode

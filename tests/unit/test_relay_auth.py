@@ -72,7 +72,8 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
         s.create_workspace("prod")
         _, key = s.create_key("prod", "alice")
     conn = sqlite3.connect(str(d / "relay.db"))
-    for table in ("meta", "accounts", "account_workspaces", "device_codes", "refresh_tokens", "denied_tokens"):
+    for table in ("shares", "meta", "accounts", "account_workspaces", "device_codes", "refresh_tokens",
+                  "denied_tokens"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("UPDATE schema_version SET version = 1")
     conn.commit()
@@ -83,7 +84,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
         assert s.list_accounts() == []
         relay_id = s.relay_id()
     conn = sqlite3.connect(str(d / "relay.db"))
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
     conn.close()
     with RelayStore.open(str(d)) as s:
         assert s.relay_id() == relay_id                      # made once

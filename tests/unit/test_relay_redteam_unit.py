@@ -240,10 +240,18 @@ def test_a_replayed_call_id_is_not_run_twice_by_the_agent() -> None:
         settings = type("S", (), {"home": "/"})()
         current_link = None
 
+    from cmdop.adapters import e2e
+    from cmdop.daemon.relay_link import E2EConfig
+
+    key = e2e.load_private(e2e.generate_private())
+
     async def main() -> None:
-        link = Link(Daemon(), LinkState(), OrderedDict())  # type: ignore[arg-type]
-        start = pb.CallStart(call_id="k2:c1", tool="execute_command",
-                             input_json=b'{"command":"true"}', caller=pb.Principal(kind="remote"))
+        link = Link(Daemon(), LinkState(), OrderedDict(),  # type: ignore[arg-type]
+                    e2e=E2EConfig(key, "m1", True, frozenset()))
+        sealed = e2e.seal_request(e2e.Request(
+            call_id="c1", machine_id="m1", caller="", tool="execute_command",
+            input_json=b'{"command":"true"}', response_key=e2e.new_response_key()), key.public)
+        start = pb.CallStart(call_id="k2:c1", sealed=sealed, caller=pb.Principal(kind="remote"))
         await link._forwarded(start)
         await link._forwarded(start)
         frames = []

@@ -56,7 +56,7 @@ def test_open_creates_private_dir_and_db_in_wal_mode(store: RelayStore, data_dir
     conn = sqlite3.connect(str(db))
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
     finally:
         conn.close()
 

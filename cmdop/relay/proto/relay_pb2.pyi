@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "capabilities", "hostname", "machine_id", "agent_version")
+    __slots__ = ("protocol_version", "capabilities", "hostname", "machine_id", "agent_version", "e2e_key")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    E2E_KEY_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     hostname: str
     machine_id: str
     agent_version: str
-    def __init__(self, protocol_version: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., machine_id: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    e2e_key: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., machine_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., e2e_key: _Optional[bytes] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_version", "machine", "workspace", "capabilities", "ping_s")
@@ -35,7 +37,7 @@ class Welcome(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., machine: _Optional[str] = ..., workspace: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., ping_s: _Optional[int] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("kind", "workspace", "name", "credential", "hostname", "machine_id", "share_id", "tools")
+    __slots__ = ("kind", "workspace", "name", "credential", "hostname", "machine_id", "share_id", "tools", "note")
     KIND_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +46,7 @@ class Principal(_message.Message):
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
     SHARE_ID_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     kind: str
     workspace: str
     name: str
@@ -52,10 +55,11 @@ class Principal(_message.Message):
     machine_id: str
     share_id: str
     tools: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, kind: _Optional[str] = ..., workspace: _Optional[str] = ..., name: _Optional[str] = ..., credential: _Optional[str] = ..., hostname: _Optional[str] = ..., machine_id: _Optional[str] = ..., share_id: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ...) -> None: ...
+    note: str
+    def __init__(self, kind: _Optional[str] = ..., workspace: _Optional[str] = ..., name: _Optional[str] = ..., credential: _Optional[str] = ..., hostname: _Optional[str] = ..., machine_id: _Optional[str] = ..., share_id: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class CallStart(_message.Message):
-    __slots__ = ("call_id", "host", "tool", "input_json", "deadline_ms", "stream", "caller", "cwd", "session")
+    __slots__ = ("call_id", "host", "tool", "input_json", "deadline_ms", "stream", "caller", "cwd", "session", "sealed")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +69,7 @@ class CallStart(_message.Message):
     CALLER_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     host: str
     tool: str
@@ -74,7 +79,8 @@ class CallStart(_message.Message):
     caller: Principal
     cwd: str
     session: str
-    def __init__(self, call_id: _Optional[str] = ..., host: _Optional[str] = ..., tool: _Optional[str] = ..., input_json: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., stream: _Optional[bool] = ..., caller: _Optional[_Union[Principal, _Mapping]] = ..., cwd: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
+    sealed: bytes
+    def __init__(self, call_id: _Optional[str] = ..., host: _Optional[str] = ..., tool: _Optional[str] = ..., input_json: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., stream: _Optional[bool] = ..., caller: _Optional[_Union[Principal, _Mapping]] = ..., cwd: _Optional[str] = ..., session: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("call_id", "fd", "data")
@@ -143,7 +149,7 @@ class Ping(_message.Message):
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "accepted", "chunk", "result", "failure", "pong", "call", "cancel", "credit", "reauth")
+    __slots__ = ("hello", "accepted", "chunk", "result", "failure", "pong", "call", "cancel", "credit", "reauth", "key_query")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +160,7 @@ class AgentFrame(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     REAUTH_FIELD_NUMBER: _ClassVar[int]
+    KEY_QUERY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     accepted: Accepted
     chunk: Chunk
@@ -164,10 +171,11 @@ class AgentFrame(_message.Message):
     cancel: Cancel
     credit: Credit
     reauth: Reauth
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., reauth: _Optional[_Union[Reauth, _Mapping]] = ...) -> None: ...
+    key_query: HostKeyRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., pong: _Optional[_Union[Ping, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., reauth: _Optional[_Union[Reauth, _Mapping]] = ..., key_query: _Optional[_Union[HostKeyRequest, _Mapping]] = ...) -> None: ...
 
 class RelayFrame(_message.Message):
-    __slots__ = ("welcome", "call", "cancel", "credit", "ping", "event", "failure")
+    __slots__ = ("welcome", "call", "cancel", "credit", "ping", "event", "failure", "key_answer")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CALL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +183,7 @@ class RelayFrame(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ANSWER_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     call: CallStart
     cancel: Cancel
@@ -182,7 +191,8 @@ class RelayFrame(_message.Message):
     ping: Ping
     event: CallEvent
     failure: Failure
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., event: _Optional[_Union[CallEvent, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+    key_answer: HostKeyReply
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., call: _Optional[_Union[CallStart, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., event: _Optional[_Union[CallEvent, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., key_answer: _Optional[_Union[HostKeyReply, _Mapping]] = ...) -> None: ...
 
 class CallerFrame(_message.Message):
     __slots__ = ("start", "cancel")
@@ -229,3 +239,81 @@ class ListHostsReply(_message.Message):
     hosts: _containers.RepeatedCompositeFieldContainer[HostInfo]
     total: int
     def __init__(self, hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ShareInfo(_message.Message):
+    __slots__ = ("id", "host", "note", "created", "expires", "uses", "max_uses", "tools", "state", "token")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    host: str
+    note: str
+    created: str
+    expires: str
+    uses: int
+    max_uses: int
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    state: str
+    token: str
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., note: _Optional[str] = ..., created: _Optional[str] = ..., expires: _Optional[str] = ..., uses: _Optional[int] = ..., max_uses: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class CreateShareRequest(_message.Message):
+    __slots__ = ("host", "ttl_s", "no_expiry", "tools", "max_uses", "note")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    NO_EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    ttl_s: int
+    no_expiry: bool
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    max_uses: int
+    note: str
+    def __init__(self, host: _Optional[str] = ..., ttl_s: _Optional[int] = ..., no_expiry: _Optional[bool] = ..., tools: _Optional[_Iterable[str]] = ..., max_uses: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ListSharesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSharesReply(_message.Message):
+    __slots__ = ("shares",)
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[ShareInfo]
+    def __init__(self, shares: _Optional[_Iterable[_Union[ShareInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeShareRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class HostKeyRequest(_message.Message):
+    __slots__ = ("host", "query_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    query_id: str
+    def __init__(self, host: _Optional[str] = ..., query_id: _Optional[str] = ...) -> None: ...
+
+class HostKeyReply(_message.Message):
+    __slots__ = ("query_id", "name", "machine_id", "e2e_key", "failure")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    E2E_KEY_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    name: str
+    machine_id: str
+    e2e_key: bytes
+    failure: Failure
+    def __init__(self, query_id: _Optional[str] = ..., name: _Optional[str] = ..., machine_id: _Optional[str] = ..., e2e_key: _Optional[bytes] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...

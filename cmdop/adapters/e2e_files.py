@@ -1,0 +1,198 @@
+"""The files of end-to-end encryption: the agent's key pair, the caller's known hosts and the
+caller's signing key. Every one is 0600 and written atomically (cmdop.adapters.secure_file).
+
+- `e2e_key` (agent state dir): the agent's long-term private key, created once. A file that is
+  there but unreadable, open to others or corrupt is an error — never silently replaced, since
+  a new key would make every caller that pinned the old one refuse this host.
+- `known_hosts.json` (caller's CMDOP_HOME): host keys pinned on first use, one per relay
+  address and machine id (the id the host's agent chose, bound into every sealed call). A different key for a pinned machine raises HostKeyChangedError
+  until `cmdop connect trust HOST` accepts it.
+- `caller_key` (caller's CMDOP_HOME): an Ed25519 key whose signature agents with
+  `authorized_callers` require; created on first use.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from typing import Any
+
+from cmdop.adapters import e2e
+from cmdop.core.errors import E2EError, HostKeyChangedError, SecretFileError
+
+AGENT_KEY_FILE = "e2e_key"
+KNOWN_HOSTS_FILE = "known_hosts.json"
+CALLER_KEY_FILE = "caller_key"
+
+
+def agent_key_path(state_dir: str) -> str:
+    return os.path.join(state_dir, AGENT_KEY_FILE)
+
+
+def load_or_create_agent_key(state_dir: str) -> e2e.AgentKey:
+    """This agent's key pair, created (0600, atomically, once) on first use. E2EError when the
+    file exists but cannot be used: it is never regenerated behind the operator's back."""
+    from cmdop.adapters.secure_file import atomic_create, ensure_private_dir, read_private
+
+    path = agent_key_path(state_dir)
+    if not os.path.exists(path):
+        ensure_private_dir(state_dir)
+        atomic_create(path, e2e.generate_private())   # a racing agent's key wins; read it
+    try:
+        blob = read_private(path)
+    except SecretFileError as exc:
+        raise E2EError(f"the end-to-end key {path} is not private: {exc.message}",
+                       exc.hint) from None
+    except OSError as exc:
+        raise E2EError(f"cannot read the end-to-end key {path}: {exc.strerror}",
+                       "check the state dir's permissions (CMDOP_STATE_DIR)") from None
+    try:
+        return e2e.load_private(blob)
+    except E2EError:
+        raise E2EError(f"the end-to-end key {path} is corrupt",
+                       "restore it from a backup, or move it away to create a new one (callers "
+                       "must then accept the new key: `cmdop connect trust HOST`)") from None
+
+
+# -- known hosts -----------------------------------------------------------------------------
+
+
+def _known_path(cmdop_home: str) -> str:
+    return os.path.join(cmdop_home, KNOWN_HOSTS_FILE)
+
+
+def _pin_id(relay: str, machine_id: str) -> str:
+    return f"{relay}|{machine_id}"
+
+
+def _load_known(cmdop_home: str) -> dict[str, Any]:
+    from cmdop.adapters.secure_file import read_private
+
+    path = _known_path(cmdop_home)
+    try:
+        data = json.loads(read_private(path).decode("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (UnicodeDecodeError, ValueError):
+        raise E2EError(f"{path} is not valid JSON",
+                       "fix it, or move it away (every host is then pinned anew)") from None
+    hosts = data.get("hosts") if isinstance(data, dict) else None
+    if not isinstance(hosts, dict):
+        raise E2EError(f"{path} has no hosts table", "move it away to start over")
+    return hosts
+
+
+def _save_known(cmdop_home: str, hosts: dict[str, Any]) -> None:
+    from cmdop.adapters.secure_file import atomic_write, ensure_private_dir
+
+    ensure_private_dir(cmdop_home)
+    atomic_write(_known_path(cmdop_home),
+                 json.dumps({"version": 1, "hosts": hosts}, indent=1, sort_keys=True) + "\n")
+
+
+def pinned_key(cmdop_home: str, relay: str, machine_id: str) -> bytes | None:
+    """The key pinned for a machine, or None when it was never seen."""
+    entry = _load_known(cmdop_home).get(_pin_id(relay, machine_id))
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return base64.b64decode(str(entry.get("key", "")), validate=True) or None
+    except ValueError:
+        return None
+
+
+def pinned_by_name(cmdop_home: str, relay: str, name: str) -> tuple[str, bytes] | None:
+    """(machine id, key) pinned under the host name `name` at `relay`; None unless exactly one
+    machine is pinned under that name."""
+    hits = [(pid.split("|", 1)[1], entry) for pid, entry in _load_known(cmdop_home).items()
+            if pid.startswith(relay + "|") and isinstance(entry, dict)
+            and entry.get("name") == name]
+    if len(hits) != 1:
+        return None
+    try:
+        key = base64.b64decode(str(hits[0][1].get("key", "")), validate=True)
+    except ValueError:
+        return None
+    return (hits[0][0], key) if key else None
+
+
+def check_pin(cmdop_home: str, relay: str, machine_id: str, name: str, offered: bytes) -> bytes:
+    """The key to seal to for this machine: `offered` when it matches the pin, or when the
+    machine is new (then it is pinned). HostKeyChangedError, naming both fingerprints, when the
+    relay offers another key than the pinned one — or says a pinned name is now another machine
+    (a relay must not dodge a pin by naming a new machine id)."""
+    pinned = pinned_key(cmdop_home, relay, machine_id)
+    if pinned is None:
+        same_name = pinned_by_name(cmdop_home, relay, name)
+        if same_name is not None:
+            raise HostKeyChangedError(
+                f"WARNING: {name} is now another machine for the relay (pinned "
+                f"{e2e.fingerprint(same_name[1])}, the relay now offers {e2e.fingerprint(offered)} "
+                f"for a new machine id); refusing the call: a relay could be impersonating the "
+                "host",
+                f"if {name} was reinstalled (check `cmdop agent status` on it), accept it with "
+                f"`cmdop connect trust {name}`")
+        pin(cmdop_home, relay, machine_id, name, offered)
+        return offered
+    if pinned != offered:
+        raise HostKeyChangedError(
+            f"WARNING: the end-to-end key of {name} has changed (pinned "
+            f"{e2e.fingerprint(pinned)}, the relay now offers {e2e.fingerprint(offered)}); "
+            "refusing the call: a relay could be impersonating the host",
+            f"if {name}'s owner rotated its key (check `cmdop agent status` on it), accept "
+            f"it with `cmdop connect trust {name}`")
+    return offered
+
+
+def pin(cmdop_home: str, relay: str, machine_id: str, name: str, key: bytes) -> None:
+    """Pin `key` for the machine, replacing any earlier pin of it and of its name."""
+    hosts = {pid: entry for pid, entry in _load_known(cmdop_home).items()
+             if not (pid.startswith(relay + "|") and isinstance(entry, dict)
+                     and entry.get("name") == name)}
+    hosts[_pin_id(relay, machine_id)] = {
+        "name": name, "fingerprint": e2e.fingerprint(key),
+        "key": base64.b64encode(key).decode("ascii"), "pinned_at": int(time.time())}
+    _save_known(cmdop_home, hosts)
+
+
+# -- the caller's signing key ------------------------------------------------------------------
+
+
+def load_or_create_caller_key(cmdop_home: str) -> Any:
+    """The caller's Ed25519 signing key (created 0600 on first use)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cmdop.adapters.secure_file import atomic_create, ensure_private_dir, read_private
+
+    path = os.path.join(cmdop_home, CALLER_KEY_FILE)
+    if not os.path.exists(path):
+        ensure_private_dir(cmdop_home)
+        atomic_create(path, ed25519.Ed25519PrivateKey.generate().private_bytes_raw())
+    try:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(read_private(path))
+    except SecretFileError:
+        raise
+    except (OSError, ValueError):
+        raise E2EError(f"the caller key {path} is unreadable or corrupt",
+                       "move it away to create a new one (update authorized_callers)") from None
+
+
+def caller_public_text(cmdop_home: str) -> str:
+    """The caller's public key as `authorized_callers` takes it: `ed25519:BASE64`."""
+    pub = load_or_create_caller_key(cmdop_home).public_key().public_bytes_raw()
+    return "ed25519:" + base64.b64encode(pub).decode("ascii")
+
+
+def parse_caller_public(text: str) -> bytes:
+    """The raw key of an `ed25519:BASE64` entry; E2EError for anything else."""
+    kind, _, b64 = text.strip().partition(":")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except ValueError:
+        raw = b""
+    if kind != "ed25519" or len(raw) != 32:
+        raise E2EError(f"{text!r} is not a caller public key",
+                       "use the output of `cmdop connect key show-public`: ed25519:BASE64")
+    return raw

@@ -1,0 +1,127 @@
+"""The caller's half of end-to-end encryption, shared by every way a call leaves this machine
+(direct to the relay, or through this machine's own agent link).
+
+`seal_call` checks the host key the relay offered against the caller's pin (pinning it on first
+use, HostKeyChangedError when it differs), then seals the call's tool, input, cwd and session,
+with a fresh response key and the caller's signature, to that key. The returned `SealedCall`
+opens the response: `chunk(frame) -> (fd, data)`, `result(frame) -> the result object`, and
+`finish()` rejects a stream that ended without its final frame.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cmdop.adapters import e2e
+from cmdop.core.errors import CmdopError, E2EError
+
+
+@dataclass(frozen=True)
+class Target:
+    """A host as the relay described it: its name, its agent's machine id and public key."""
+
+    name: str
+    machine_id: str
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Pins:
+    """Where the caller's pins live and which relay they are for."""
+
+    cmdop_home: str
+    relay: str
+
+
+def no_key_error(name: str) -> E2EError:
+    return E2EError(f"{name} has no end-to-end key registered at the relay, so the call cannot "
+                    "be sealed; refusing to send it in the clear",
+                    f"upgrade cmdop on {name} (and check `cmdop agent status` there)")
+
+
+class SealedCall:
+    """One sealed call: its id, the sealed request, and the opener of its response."""
+
+    def __init__(self, call_id: str, sealed: bytes, opener: e2e.ResponseOpener,
+                 from_pin: bool = False) -> None:
+        self.call_id, self.sealed, self._opener = call_id, sealed, opener
+        # Sealed to the pinned key without asking the relay: a refusal may mean the host's key
+        # changed, which only a HostKey answer (checked against the pin) can tell.
+        self.from_pin = from_pin
+
+    def chunk(self, frame: bytes) -> tuple[int, bytes]:
+        """(fd, data) of the next sealed output chunk; E2EError when it does not open."""
+        return self._opener.chunk(frame)
+
+    def result(self, frame: bytes) -> Any:
+        """The result object of the sealed final frame."""
+        data = self._opener.final(frame)
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise CmdopError("the agent sent a result that is not JSON",
+                             "upgrade cmdop on that machine") from None
+
+    def finish(self) -> None:
+        """The response ended: E2EError unless its final frame arrived."""
+        self._opener.finish()
+
+
+def seal_call(pins: Pins, target: Target, tool: str, tool_input: dict[str, Any], *,
+              cwd: str = "", session: str = "") -> SealedCall:
+    """The call sealed to `target`'s key, once that key passes the pin check."""
+    from cmdop.adapters import e2e_files
+
+    if not target.key:
+        raise no_key_error(target.name)
+    key = e2e_files.check_pin(pins.cmdop_home, pins.relay, target.machine_id, target.name,
+                              target.key)
+    return _seal_to(pins, target.machine_id, key, tool, tool_input, cwd, session)
+
+
+def seal_pinned(pins: Pins, host: str, tool: str, tool_input: dict[str, Any], *,
+                cwd: str = "", session: str = "") -> SealedCall | None:
+    """The call sealed to the key pinned under the exact name `host`, without asking the relay
+    (one round trip less); None when no single machine is pinned under that name."""
+    from cmdop.adapters import e2e_files
+
+    found = e2e_files.pinned_by_name(pins.cmdop_home, pins.relay, host)
+    if found is None:
+        return None
+    call = _seal_to(pins, found[0], found[1], tool, tool_input, cwd, session)
+    call.from_pin = True
+    return call
+
+
+def _seal_to(pins: Pins, machine_id: str, key: bytes, tool: str, tool_input: dict[str, Any],
+             cwd: str, session: str) -> SealedCall:
+    from cmdop.adapters import e2e_files
+
+    signing = e2e_files.load_or_create_caller_key(pins.cmdop_home)
+    call_id = uuid.uuid4().hex
+    request = e2e.sign_request(e2e.Request(
+        call_id=call_id, machine_id=machine_id,
+        caller=e2e.fingerprint(signing.public_key().public_bytes_raw()), tool=tool,
+        input_json=json.dumps(tool_input, ensure_ascii=False).encode("utf-8"), cwd=cwd,
+        session=session, response_key=e2e.new_response_key()), signing)
+    return SealedCall(call_id, e2e.seal_request(request, key), e2e.ResponseOpener(request))
+
+
+def seal_from_answer(cmdop_home: str, answer: dict[str, Any], tool: str,
+                     tool_input: dict[str, Any], *, cwd: str = "",
+                     session: str = "") -> tuple[SealedCall, str]:
+    """The sealed call for a local agent's `relay_host_key` answer (the agent only forwards
+    it), and the host's exact name to route it by."""
+    import base64
+
+    try:
+        key = base64.b64decode(str(answer.get("e2e_key") or ""), validate=True)
+    except ValueError:
+        key = b""
+    name = str(answer.get("name") or "")
+    target = Target(name, str(answer.get("machine_id") or ""), key)
+    return seal_call(Pins(cmdop_home, str(answer.get("relay") or "")), target, tool, tool_input,
+                     cwd=cwd, session=session), name
