@@ -8,9 +8,14 @@
 # - The file is checked against its SHA256 (SHA256SUMS beside it, or --sha256 HEX) before
 #   anything is installed; a mismatch installs nothing and exits 1.
 # - A file that is not a zipapp (#! line + zip archive with __main__.py) is refused as such.
-# - The Python the zipapp names on its #! line (python3.X) must exist; if not, it says which
-#   package to install for this distribution (a PPA only where the release does not ship that
-#   Python) and exits 1.
+# - A pyz for several CPythons (#! python3; its zip comment `cmdop-pythons=3.10,...` names
+#   them) runs on the host's python3 when that is one of them, else on the newest pythonX.Y on
+#   PATH that is (RHEL 9: python3 is 3.9, python3.11/3.12 come from AppStream); the installed
+#   copy's #! line then names that one. None there: it names the versions the file supports,
+#   what was found, and the package to install, and exits 1.
+# - A single-version pyz: the Python its #! line names (python3.X) must exist; if not, it says
+#   which package to install for this distribution (a PPA only where the release does not ship
+#   that Python) and exits 1.
 # - The zipapp is run once (--version, private cache) before it replaces anything.
 # - sudo is used only when the prefix is not writable by the current user.
 # - The binary is written beside its final name and renamed into place: never half-written.
@@ -130,12 +135,14 @@ if [ "$first" != "#!" ] || ! LC_ALL=C grep -qa "$(printf 'PK\005\006')" "$PYZ" \
       "--from must name the cmdop.pyz built by build_zipapp.py (dist/cmdop.pyz), not a page, script or partial download"
 fi
 
-# 3. The interpreter it needs: its #! line names python3.X (compiled dependencies are built for
-#    exactly that CPython minor version).
+# 3. The interpreter it needs. A multi-version build says which CPythons it carries in its zip
+#    comment (the last bytes of the file); a single-version one names python3.X on its #! line
+#    (compiled dependencies are built for exactly that CPython minor version).
 shebang="$(head -c 128 "$PYZ" | head -n 1)"
 need="$(printf '%s' "$shebang" | grep -o 'python3\.[0-9][0-9]*' | head -n 1 || true)"
 [ -n "$need" ] || need=python3
 want="${need#python}"
+carried="$(tail -c 200 "$PYZ" | LC_ALL=C grep -ao 'cmdop-pythons=[0-9.,]*' | tail -n 1 | cut -d= -f2 | tr ',' ' ' || true)"
 # CPython versions each release ships in its own archive (apt-get install python3.X, no PPA).
 distro_pythons() {  # distro_pythons ID VERSION_ID
   case "$1:$2" in
@@ -146,9 +153,58 @@ distro_pythons() {  # distro_pythons ID VERSION_ID
     debian:11) echo "3.9" ;;
     debian:12) echo "3.11" ;;
     debian:13) echo "3.13" ;;
+    rhel:9*|rocky:9*|almalinux:9*|centos:9*) echo "3.9 3.11 3.12" ;;  # 3.11/3.12: AppStream
     *) echo "" ;;
   esac
 }
+minor_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null || true; }
+# The install line for a multi-version pyz: the newest carried CPython this release ships.
+multi_hint() {
+  local id="" like="" ver="" ships="" v pick="" newest=""
+  local osr="${CMDOP_INSTALL_OS_RELEASE:-/etc/os-release}"
+  if [ -r "$osr" ]; then
+    id="$(. "$osr"; echo "${ID:-}")"; like="$(. "$osr"; echo "${ID_LIKE:-}")"
+    ver="$(. "$osr"; echo "${VERSION_ID:-}")"
+  fi
+  ships="$(distro_pythons "$id" "$ver")"
+  for v in $carried; do
+    newest="$v"
+    if printf ' %s ' $ships | grep -q " $v "; then pick="$v"; fi
+  done
+  case " $id $like " in
+    *" debian "*|*" ubuntu "*)
+      if [ -n "$pick" ]; then echo "sudo apt-get install -y python$pick"
+      elif [ "$id" = ubuntu ]; then echo "sudo add-apt-repository ppa:deadsnakes/ppa && sudo apt-get install -y python$newest   (Ubuntu $ver ships Python ${ships:-?})"
+      else echo "install CPython $newest (pyenv install $newest)"; fi ;;
+    *" fedora "*|*" rhel "*|*" centos "*) echo "sudo dnf install -y python${pick:-$newest}" ;;
+    *" suse "*|*" opensuse "*) echo "sudo zypper install -y python${newest//./}" ;;
+    *) echo "install one of CPython ${carried// /, } so that 'python3' or 'python3.X' is on PATH (or: pyenv install $newest)" ;;
+  esac
+}
+PY=""
+if [ "$need" = python3 ] && [ -n "$carried" ]; then
+  # The host's python3 first (the #! line finds it), then the newest carried pythonX.Y on PATH.
+  chosen=""; found=""
+  for cand in python3 $(printf '%s\n' $carried | sort -t. -k2,2nr | sed 's/^/python/'); do
+    p="$(command -v "$cand" 2>/dev/null || true)"
+    [ -n "$p" ] || continue
+    v="$(minor_of "$p")"
+    found="${found:+$found, }$cand ${v:-?} at $p"
+    if [ -n "$v" ] && printf ' %s ' $carried | grep -q " $v "; then PY="$p"; chosen="$cand"; break; fi
+  done
+  if [ -z "$PY" ]; then
+    die "$base runs on CPython ${carried// /, }; found: ${found:-no python3 on PATH}" "$(multi_hint)"
+  fi
+  if [ "$chosen" != python3 ]; then
+    # The host's python3 is not one it runs on: the installed copy's #! names the one that is.
+    # (A zipapp may carry any prefix before its archive: only the first line changes.)
+    { printf '#!/usr/bin/env %s\n' "$chosen"; tail -n +2 "$PYZ"; } > "$TMP/cmdop.rewritten"
+    mv -f "$TMP/cmdop.rewritten" "$PYZ"
+    actual="$(sha256_of "$PYZ")"
+    say "this machine's python3 is not one of CPython ${carried// /, }: the installed #! line names $chosen ($PY)"
+  fi
+  need="$chosen"; want="$(minor_of "$PY")"
+fi
 install_hint() {
   local id="" like="" ver="" ships="" other=""
   local osr="${CMDOP_INSTALL_OS_RELEASE:-/etc/os-release}"  # (tests point this elsewhere)
@@ -157,8 +213,8 @@ install_hint() {
     ver="$(. "$osr"; echo "${VERSION_ID:-}")"
   fi
   ships="$(distro_pythons "$id" "$ver")"
-  # The other way round: a build of cmdop for the python3 this machine has (3.11 or newer).
-  if [ -n "${sys3:-}" ] && [ "$sys3" != "$want" ] && printf '%s\n' "$sys3" | grep -qE '^3\.(1[1-9]|[2-9][0-9])$'; then
+  # The other way round: a build of cmdop for the python3 this machine has (3.10 or newer).
+  if [ -n "${sys3:-}" ] && [ "$sys3" != "$want" ] && printf '%s\n' "$sys3" | grep -qE '^3\.(1[0-9]|[2-9][0-9])$'; then
     other="; or use the cmdop.pyz built for this machine's python3 $sys3 (build_zipapp.py --python-version $sys3)"
   fi
   case " $id $like " in
@@ -178,11 +234,11 @@ install_hint() {
     *) echo "install CPython $want so that '$need' is on PATH (or: pyenv install $want)$other" ;;
   esac
 }
-PY="$(command -v "$need" 2>/dev/null || true)"
+[ -n "$PY" ] || PY="$(command -v "$need" 2>/dev/null || true)"
 have=""
 [ -z "$PY" ] || have="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null || true)"
 if [ -z "$PY" ] || { [ "$need" != python3 ] && [ "$have" != "$want" ]; } \
-   || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' </dev/null 2>/dev/null; then
+   || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' </dev/null 2>/dev/null; then
   found="none"; sys3=""
   if p3="$(command -v python3 2>/dev/null)"; then
     found="python3 $("$p3" -c 'import sys; print(sys.version.split()[0])' </dev/null 2>/dev/null || echo '?') at $p3"

@@ -342,7 +342,8 @@ def section_warm(w: World, n: int) -> dict[str, Any]:
     sock_b = w.env("b")["CMDOP_SOCKET_PATH"]
 
     def relay(i: int) -> None:
-        r = remote_call(channel, host, "execute_command", {"command": f"true {i}"})
+        r = remote_call(channel, host, "execute_command", {"command": f"true {i}"},
+                        cmdop_home=w.env("c")["CMDOP_HOME"])
         if not (isinstance(r, dict) and r.get("exit_code") == 0):
             raise RuntimeError(f"remote_call true {i}: {r}")
 
@@ -407,6 +408,7 @@ def section_processes(w: World, n: int) -> dict[str, Any]:
     def cold_inproc(i: int) -> None:
         with RelayChannel(RelayEndpoint(w.address, fingerprint=w.fingerprint), w.key) as ch:
             r = remote_call(ch, host, "execute_command", {"command": f"echo bench-{i}"},
+                            cmdop_home=w.env("c")["CMDOP_HOME"],
                             on_chunk=lambda fd, data: None)
         if not (isinstance(r, dict) and r.get("exit_code") == 0):
             raise RuntimeError(f"cold in-process call: {r}")

@@ -260,18 +260,27 @@ class ResponseSealer(_Stream):
         super().__init__(request.response_key, request.call_id, request.machine_id,
                          request.caller)
         self.done = False
+        self._buf = bytearray()        # fd + data of a chunk, reused: no fresh 1 MiB per chunk
 
-    def _seal(self, kind: int, plaintext: bytes) -> bytes:
+    def _seal(self, kind: int, plaintext: bytes | memoryview) -> bytes:
+        # The frame is the ciphertext alone: its kind is the message carrying it (Chunk or
+        # Result) and, with the version, bound in the associated data; no header to copy.
         if self.done:
             raise E2EError("the response stream was already finished")
-        frame = bytes([VERSION, kind]) + self._aead.encrypt(_nonce(self.seq), plaintext,
-                                                            self._aad(kind))
+        frame = self._aead.encrypt(_nonce(self.seq), plaintext, self._aad(kind))
         self.seq += 1
         return frame
 
     def chunk(self, fd: int, data: bytes) -> bytes:
-        """A sealed output chunk (its fd inside the ciphertext)."""
-        return self._seal(KIND_CHUNK, bytes([fd & 0xFF]) + data)
+        """A sealed output chunk (its fd inside the ciphertext). Not thread-safe: one call's
+        chunks are sealed one after the other."""
+        n = len(data) + 1
+        if len(self._buf) < n:
+            self._buf = bytearray(n)
+        view = memoryview(self._buf)[:n]
+        view[0] = fd & 0xFF
+        view[1:] = data
+        return self._seal(KIND_CHUNK, view)
 
     def final(self, result_json: bytes) -> bytes:
         """The sealed final frame carrying the result; nothing may follow it."""
@@ -291,11 +300,9 @@ class ResponseOpener(_Stream):
     def _open(self, frame: bytes, expect: int) -> bytes:
         if self.done:
             raise E2EError("the agent's response continued after its final frame")
-        if len(frame) < 2 or frame[0] != VERSION or frame[1] != expect:
-            raise E2EError("a response frame is malformed or out of place")
         try:
-            plain = self._aead.decrypt(_nonce(self.seq), frame[2:], self._aad(expect))
-        except InvalidTag:
+            plain = self._aead.decrypt(_nonce(self.seq), frame, self._aad(expect))
+        except (InvalidTag, ValueError):
             raise E2EError("a response frame failed authentication (tampered, replayed, "
                            "reordered or from another call)",
                            "the relay or the network altered the call's output") from None

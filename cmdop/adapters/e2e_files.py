@@ -5,7 +5,9 @@ caller's signing key. Every one is 0600 and written atomically (cmdop.adapters.s
   there but unreadable, open to others or corrupt is an error — never silently replaced, since
   a new key would make every caller that pinned the old one refuse this host.
 - `known_hosts.json` (caller's CMDOP_HOME): host keys pinned on first use, one per relay
-  address and machine id (the id the host's agent chose, bound into every sealed call). A different key for a pinned machine raises HostKeyChangedError
+  address, scope (the caller's workspace, or a guest's share) and machine id (the id the host's
+  agent chose, bound into every sealed call). Host names are unique within a scope, so a name
+  there that the relay says is now another machine is refused like a changed key. A different key for a pinned machine raises HostKeyChangedError
   until `cmdop connect trust HOST` accepts it.
 - `caller_key` (caller's CMDOP_HOME): an Ed25519 key whose signature agents with
   `authorized_callers` require; created on first use.
@@ -63,8 +65,13 @@ def _known_path(cmdop_home: str) -> str:
     return os.path.join(cmdop_home, KNOWN_HOSTS_FILE)
 
 
-def _pin_id(relay: str, machine_id: str) -> str:
-    return f"{relay}|{machine_id}"
+def _realm(relay: str, scope: str) -> str:
+    """Where names are unique: one relay, one workspace (or one share)."""
+    return f"{relay}|{scope.replace('|', '%7C')}"
+
+
+def _pin_id(relay: str, machine_id: str, scope: str = "") -> str:
+    return f"{_realm(relay, scope)}|{machine_id.replace('|', '%7C')}"
 
 
 def _load_known(cmdop_home: str) -> dict[str, Any]:
@@ -92,9 +99,7 @@ def _save_known(cmdop_home: str, hosts: dict[str, Any]) -> None:
                  json.dumps({"version": 1, "hosts": hosts}, indent=1, sort_keys=True) + "\n")
 
 
-def pinned_key(cmdop_home: str, relay: str, machine_id: str) -> bytes | None:
-    """The key pinned for a machine, or None when it was never seen."""
-    entry = _load_known(cmdop_home).get(_pin_id(relay, machine_id))
+def _entry_key(entry: Any) -> bytes | None:
     if not isinstance(entry, dict):
         return None
     try:
@@ -103,38 +108,51 @@ def pinned_key(cmdop_home: str, relay: str, machine_id: str) -> bytes | None:
         return None
 
 
-def pinned_by_name(cmdop_home: str, relay: str, name: str) -> tuple[str, bytes] | None:
-    """(machine id, key) pinned under the host name `name` at `relay`; None unless exactly one
-    machine is pinned under that name."""
-    hits = [(pid.split("|", 1)[1], entry) for pid, entry in _load_known(cmdop_home).items()
-            if pid.startswith(relay + "|") and isinstance(entry, dict)
-            and entry.get("name") == name]
-    if len(hits) != 1:
-        return None
-    try:
-        key = base64.b64decode(str(hits[0][1].get("key", "")), validate=True)
-    except ValueError:
-        return None
-    return (hits[0][0], key) if key else None
+def pinned_key(cmdop_home: str, relay: str, machine_id: str, scope: str = "") -> bytes | None:
+    """The key pinned for a machine, or None when it was never seen."""
+    return _entry_key(_load_known(cmdop_home).get(_pin_id(relay, machine_id, scope)))
 
 
-def check_pin(cmdop_home: str, relay: str, machine_id: str, name: str, offered: bytes) -> bytes:
+def _by_name(hosts: dict[str, Any], relay: str, scope: str,
+             name: str) -> list[tuple[str, bytes]]:
+    """(machine id, key) of every pin under the host name `name` in the realm."""
+    realm, out = _realm(relay, scope), []
+    for pid, entry in hosts.items():
+        where, _, machine_id = pid.rpartition("|")
+        key = _entry_key(entry)
+        if where == realm and key and entry.get("name") == name:
+            out.append((machine_id.replace("%7C", "|"), key))
+    return out
+
+
+def pinned_by_name(cmdop_home: str, relay: str, name: str,
+                   scope: str = "") -> tuple[str, bytes] | None:
+    """(machine id, key) pinned under the host name `name` at `relay` in `scope`; None unless
+    exactly one machine is pinned under that name."""
+    hits = _by_name(_load_known(cmdop_home), relay, scope, name)
+    return hits[0] if len(hits) == 1 else None
+
+
+def check_pin(cmdop_home: str, relay: str, machine_id: str, name: str, offered: bytes,
+              scope: str = "") -> bytes:
     """The key to seal to for this machine: `offered` when it matches the pin, or when the
     machine is new (then it is pinned). HostKeyChangedError, naming both fingerprints, when the
     relay offers another key than the pinned one — or says a pinned name is now another machine
     (a relay must not dodge a pin by naming a new machine id)."""
-    pinned = pinned_key(cmdop_home, relay, machine_id)
+    hosts = _load_known(cmdop_home)               # one snapshot for every check below
+    pinned = _entry_key(hosts.get(_pin_id(relay, machine_id, scope)))
     if pinned is None:
-        same_name = pinned_by_name(cmdop_home, relay, name)
-        if same_name is not None:
+        others = [(mid, key) for mid, key in _by_name(hosts, relay, scope, name)
+                  if mid != machine_id]
+        if others:
             raise HostKeyChangedError(
                 f"WARNING: {name} is now another machine for the relay (pinned "
-                f"{e2e.fingerprint(same_name[1])}, the relay now offers {e2e.fingerprint(offered)} "
-                f"for a new machine id); refusing the call: a relay could be impersonating the "
-                "host",
+                f"{e2e.fingerprint(others[0][1])}, the relay now offers "
+                f"{e2e.fingerprint(offered)} for a new machine id); refusing the call: a relay "
+                "could be impersonating the host",
                 f"if {name} was reinstalled (check `cmdop agent status` on it), accept it with "
                 f"`cmdop connect trust {name}`")
-        pin(cmdop_home, relay, machine_id, name, offered)
+        pin(cmdop_home, relay, machine_id, name, offered, scope)
         return offered
     if pinned != offered:
         raise HostKeyChangedError(
@@ -146,12 +164,15 @@ def check_pin(cmdop_home: str, relay: str, machine_id: str, name: str, offered: 
     return offered
 
 
-def pin(cmdop_home: str, relay: str, machine_id: str, name: str, key: bytes) -> None:
-    """Pin `key` for the machine, replacing any earlier pin of it and of its name."""
+def pin(cmdop_home: str, relay: str, machine_id: str, name: str, key: bytes,
+        scope: str = "") -> None:
+    """Pin `key` for the machine, replacing any earlier pin of it and of its name (in the
+    realm: relay and scope)."""
+    realm = _realm(relay, scope)
     hosts = {pid: entry for pid, entry in _load_known(cmdop_home).items()
-             if not (pid.startswith(relay + "|") and isinstance(entry, dict)
+             if not (pid.rpartition("|")[0] == realm and isinstance(entry, dict)
                      and entry.get("name") == name)}
-    hosts[_pin_id(relay, machine_id)] = {
+    hosts[_pin_id(relay, machine_id, scope)] = {
         "name": name, "fingerprint": e2e.fingerprint(key),
         "key": base64.b64encode(key).decode("ascii"), "pinned_at": int(time.time())}
     _save_known(cmdop_home, hosts)

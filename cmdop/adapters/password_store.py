@@ -384,6 +384,13 @@ def handle_unlock(settings: "Settings", audit: Any, caller: "Caller", tool_input
         return {"error": "permission_denied", "tool": "unlock", "target": "", "decision": "deny",
                 "source": "floor", "rule_id": rule, "reason": reason, **extra}
 
+    from cmdop.core.calls import CallerKind
+
+    if caller.kind is CallerKind.GUEST:
+        # A share's guest never tries the password: it is not one of a share's tools, and each
+        # wrong attempt would slow down every caller, the owner included, for the share's life.
+        return denied("password:guest", "unlock refused: a guest (share token) cannot unlock "
+                      "this machine")
     store = PasswordStore(settings)
     if not remote_password_required(settings):
         audited("deny", "password:not_required", "unlock: this machine does not ask remote "

@@ -163,12 +163,18 @@ def share_token(args: argparse.Namespace, settings: Settings) -> str | None:
     from cmdop.core.errors import UsageError
     from cmdop.relay.shares import looks_like_token
 
-    text = getattr(args, "share", None)
-    if text == "-":
-        text = sys.stdin.readline() if sys.stdin is not None else ""
-    text = (text or settings.share_token or "").strip()
-    if not text:
+    given: str | None = getattr(args, "share", None)
+    if given == "-":
+        given = sys.stdin.readline() if sys.stdin is not None else ""
+    raw = given if given is not None else settings.share_token
+    if raw is None:
         return None
+    text = raw.strip()
+    if not text:
+        # `--share "$EMPTY"` asked for a guest call: never fall back to the owner's credential
+        raise UsageError("the share token is empty",
+                         "give the whole token `cmdop connect share` printed (--share or "
+                         "CMDOP_SHARE_TOKEN)")
     if not looks_like_token(text):
         raise UsageError("that is not a cmdop share token (expected cmdop_share_ + 43 characters)",
                          "copy the whole token `cmdop connect share` printed")

@@ -30,12 +30,6 @@ _CONNECT_TIMEOUT_S = 2.0
 _KEY_TIMEOUT_S = 15.0             # the agent waits 10 s for the relay's answer
 
 
-def _home() -> str:
-    """The caller's CMDOP_HOME (its pins and caller key), as Settings derives it."""
-    return os.environ.get("CMDOP_HOME") or os.path.join(
-        os.environ.get("HOME") or os.path.expanduser("~"), ".cmdop")
-
-
 def parse(argv: list[str]) -> tuple[str, list[str], float, str] | None:
     """(host, command argv, timeout, cwd) for the shapes this path serves: `[--timeout S]
     [--cwd DIR] HOST [--] CMD…`; None for anything else (the full CLI decides)."""
@@ -61,6 +55,8 @@ def parse(argv: list[str]) -> tuple[str, list[str], float, str] | None:
     if i >= len(argv):
         return None
     host, rest = argv[i], argv[i + 1:]
+    if rest and rest[0] != "--" and rest[0].startswith("-"):
+        return None               # an option after HOST: the full CLI refuses it
     if rest and rest[0] == "--":
         rest = rest[1:]
     if not rest or host.startswith("-"):
@@ -83,7 +79,7 @@ def run(argv: list[str]) -> int | None:
     from cmdop.core.errors import CmdopError
 
     try:
-        claim = _claim(settings)
+        claim, workspace = _claim(settings)
     except CmdopError:
         return None               # the full CLI reports the credential problem
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -94,21 +90,25 @@ def run(argv: list[str]) -> int | None:
         sock.close()
         return None
     with sock:
-        return _call(sock, host, command, timeout, cwd, claim, _session(settings, host))
+        return _call(sock, host, command, timeout, cwd, claim, _session(settings, host),
+                     home=settings.cmdop_home, scope=workspace)
 
 
-def _claim(settings: "Settings") -> dict[str, str] | None:
+def _claim(settings: "Settings") -> tuple[dict[str, str] | None, str]:
     """The caller's own credential as its agent should compare it (see
-    credential_flags.credential_claim); CmdopError when it cannot be resolved."""
+    credential_flags.credential_claim), and its workspace (the scope of its end-to-end pins);
+    CmdopError when it cannot be resolved."""
     import argparse
 
     from cmdop.cli.credential_flags import credential_claim, resolve_from_args
 
-    return credential_claim(resolve_from_args(argparse.Namespace(), settings))
+    cred = resolve_from_args(argparse.Namespace(), settings)
+    return credential_claim(cred), cred.workspace or ""
 
 
 def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
-          cwd: str, claim: dict[str, str] | None, session: str = "") -> int | None:
+          cwd: str, claim: dict[str, str] | None, session: str = "", *, home: str,
+          scope: str = "") -> int | None:
     text = command[0] if len(command) == 1 else shlex.join(command)
     tool_input: dict[str, object] = {"command": text, "timeout_ms": int(timeout * 1000)}
     if cwd:
@@ -123,12 +123,12 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
     sealed, name = None, host
     if claim is not None and claim.get("relay"):
         try:
-            sealed = seal_pinned(Pins(_home(), claim["relay"]), host, "execute_command",
+            sealed = seal_pinned(Pins(home, claim["relay"], scope), host, "execute_command",
                                  tool_input, session=session)
         except CmdopError as exc:
             return _print(exc)
     if sealed is None:
-        found = _asked(sock, frames, host, claim, tool_input, session)
+        found = _asked(sock, frames, host, claim, tool_input, session, home, scope)
         if not isinstance(found, tuple):
             return found          # None: the full CLI decides; an int: the error's exit
         sealed, name = found
@@ -168,7 +168,8 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
                 return _finish(result, timeout)
             elif kind == "failure":
                 if event.get("code") == "e2e_refused" and sealed.from_pin:
-                    changed = _asked(sock, frames, host, claim, tool_input, session)
+                    changed = _asked(sock, frames, host, claim, tool_input, session, home,
+                                     scope)
                     if isinstance(changed, int):
                         return changed            # the host's key changed: the warning
                 return _failed(event)
@@ -189,8 +190,8 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
 
 
 def _asked(sock: socket.socket, frames: protocol.FrameBuffer, host: str,
-           claim: dict[str, str] | None, tool_input: dict[str, object],
-           session: str) -> "tuple[Any, str] | int | None":
+           claim: dict[str, str] | None, tool_input: dict[str, object], session: str,
+           home: str, scope: str) -> "tuple[Any, str] | int | None":
     """(sealed call, host name) sealed to the key the relay offers for `host` through the
     agent's link, once it passes the pin check; the exit status after printing the error (a
     changed key: the warning); None when the agent cannot ask (the full CLI decides)."""
@@ -208,8 +209,8 @@ def _asked(sock: socket.socket, frames: protocol.FrameBuffer, host: str,
     if not isinstance(target, dict):
         return None               # no link, an old agent, an unknown host: the full CLI decides
     try:
-        return seal_from_answer(_home(), target, "execute_command", dict(tool_input),
-                                session=session)
+        return seal_from_answer(home, target, "execute_command", dict(tool_input),
+                                session=session, scope=scope)
     except CmdopError as exc:
         return _print(exc)
 

@@ -7,12 +7,15 @@ line `cmdop: error: WHAT` on stderr and a hint line; a traceback only with `--lo
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Sequence
 
 from cmdop import __version__
 
+# Not `from typing import TYPE_CHECKING`: typing costs `cmdop --version` ~4 ms of its ~20 ms.
+# (Type checkers treat any name TYPE_CHECKING as true.)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
 
     from cmdop.core.errors import CmdopError
 
@@ -20,13 +23,58 @@ if TYPE_CHECKING:
 # (bench/startup.py); everything else is imported by the functions that need it.
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argparse tree. Command modules are imported here but load nothing heavy."""
-    import argparse
+# The command tree, as (top-level command, modules that register it) in `--help` order. A
+# command's modules are imported only when it runs (each costs imports and argparse work: the
+# whole tree is ~20 ms of a `permissions check`); `--help`, a bad command and no command get the
+# whole tree. A group (`permissions`) is built by add_group, its modules fill it.
+# tests/unit/test_cli_lazy.py checks this table against what the modules register.
+COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("version", ("version_cmd",)),
+    ("run", ("run_cmd",)),
+    ("permissions", ("permissions", "audit_cmd", "approvals")),
+    ("agent", ("agent_cmd",)),
+    ("service", ("agent_cmd",)),
+    ("doctor", ("doctor_cmd",)),
+    ("relay", ("relay_cmd",)),
+    ("connect", ("connect_cmd",)),
+    ("auth", ("connect_cmd",)),
+    ("login", ("login_cmd",)),
+    ("logout", ("login_cmd",)),
+    ("hosts", ("remote_cmd",)),
+    ("exec", ("remote_cmd",)),
+    ("call", ("remote_cmd",)),
+    ("password", ("password_cmd",)),
+)
+GROUPS = {"permissions": "inspect and change the permission gate"}
 
-    from cmdop.cli import (agent_cmd, approvals, audit_cmd, common, doctor_cmd, permissions, run_cmd,
-                           version_cmd)
-    from cmdop.cli import connect_cmd, login_cmd, password_cmd, relay_cmd, remote_cmd
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The top-level command `argv` names (skipping global flags and their values); None when
+    there is none or it is not one of COMMANDS (the whole tree then decides)."""
+    from cmdop.cli import common
+
+    takes_value = {opt for action in common.GLOBAL_FLAGS._actions if action.nargs != 0
+                   for opt in action.option_strings}
+    known = {name for name, _ in COMMANDS}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--" or arg in ("-h", "--help"):
+            return None
+        if arg.startswith("-"):
+            i += 2 if arg in takes_value else 1
+            continue
+        return arg if arg in known else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argparse tree: every command, or only the command `only` (and whatever else its
+    modules register). Command modules load nothing heavy at import."""
+    import argparse
+    import importlib
+
+    from cmdop.cli import common
 
     parser = argparse.ArgumentParser(
         prog="cmdop",
@@ -35,26 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cmdop {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    version_cmd.register(sub)
-    run_cmd.register(sub)
-    perms = common.add_group(sub, "permissions", "inspect and change the permission gate")
-    permissions.register(perms)
-    audit_cmd.register(perms)
-    approvals.register(perms)
-    agent_cmd.register(sub)
-    doctor_cmd.register(sub)
-    relay_cmd.register(sub)
-    connect_cmd.register(sub)
-    login_cmd.register(sub)
-    remote_cmd.register(sub)
-    password_cmd.register(sub)
+    done: set[str] = set()
+    for name, modules in COMMANDS:
+        if only is not None and name != only:
+            continue
+        target = common.add_group(sub, name, GROUPS[name]) if name in GROUPS else sub
+        for module in modules:
+            if module in done and name not in GROUPS:
+                continue  # registered with an earlier command of the same module
+            done.add(module)
+            importlib.import_module(f"cmdop.cli.{module}").register(target)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one cmdop command and return its exit status."""
-    import traceback
-
     from cmdop.cli import common, preflight
     from cmdop.core.errors import CmdopError
 
@@ -62,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_interpreter()
     except CmdopError as exc:
         return _report(exc)
-    parser = build_parser()
+    parser = build_parser(command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)  # argparse prints usage and exits 2 on bad usage
     log_level = getattr(args, "log_level", None) or "warning"
     func = getattr(args, "func", None)
@@ -86,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args, ctx))
     except CmdopError as exc:
         if log_level == "debug":
-            traceback.print_exc()
+            _print_traceback()
         return _report(exc)
     except KeyboardInterrupt:
         print("cmdop: interrupted", file=sys.stderr)
@@ -95,13 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:  # a bug of ours: say so in one line, trace only on request
         if log_level == "debug":
-            traceback.print_exc()
+            _print_traceback()
         native = preflight.native_import_error(exc)
         if native is not None:  # not a bug: a native module this Python cannot load
             return _report(native)
         print(f"cmdop: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: re-run with --log-level debug for a traceback, and report it", file=sys.stderr)
         return 1
+
+
+def _print_traceback() -> None:
+    import traceback  # only on request: ~2 ms of imports every start otherwise
+
+    traceback.print_exc()
 
 
 def _report(exc: "CmdopError") -> int:

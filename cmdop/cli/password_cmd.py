@@ -260,12 +260,14 @@ def _unlock(args: argparse.Namespace, ctx: CliContext) -> int:
     tool_input = {"password": password}
     try:
         result: Any = remote_cmd._NOT_THROUGH_AGENT
-        if not remote_cmd._uses_own_credential(args):
+        if not remote_cmd._uses_own_credential(args, ctx):    # (a guest's token: direct)
             result = remote_cmd._through_agent(args, ctx, host, "unlock", tool_input, None,
                                                args.timeout)
         if result is remote_cmd._NOT_THROUGH_AGENT:
             with remote_cmd._channel(args, ctx) as channel:
-                result = remote_call(channel, host, "unlock", tool_input, deadline_s=args.timeout)
+                result = remote_call(channel, host, "unlock", tool_input, deadline_s=args.timeout,
+                                     cmdop_home=ctx.settings.cmdop_home,
+                                     pin_scope=remote_cmd._pin_scope(args, ctx))
     except KeyboardInterrupt:
         ctx.note("cmdop: interrupted")
         return 130

@@ -23,6 +23,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from cmdop.cli import relay_status
 from cmdop.cli.common import CliContext, add_command, add_group
 from cmdop.core.errors import UsageError
 
@@ -66,6 +67,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                             "with one key needs more)")
     serve.add_argument("--access-token-ttl", type=int, default=3600, metavar="SECONDS",
                        help=argparse.SUPPRESS)
+    # Several nodes (cmdop.relay.cluster): a shared bus, a shared PostgreSQL store.
+    relay_status.bus_flag(serve)
+    serve.add_argument("--node-id", default=None, metavar="ID",
+                       help="this node's id on the bus (default HOSTNAME:PORT)")
+    relay_status.register(relay)
 
     workspace = add_group(relay, "workspace", "create and list workspaces")
     p = add_command(workspace, "create", "create a workspace", _workspace_create)
@@ -173,7 +179,8 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
                "self_signed": info.self_signed, "cert": info.cert_path, "data_dir": info.data_dir,
                "oauth_listen": getattr(info, "oauth_address", None), "oauth_port": oauth_port,
                "issuer": issuer, "oidc_issuer": getattr(info, "oidc_issuer", None),
-               "store": getattr(info, "store", None)}
+               "store": getattr(info, "store", None), "node": getattr(info, "node", "") or None,
+               "bus": getattr(info, "bus", "") or None}
         lines = [f"relay listening on {info.address} (port {info.port}), data dir {info.data_dir}"
                  + (f", store {obj['store']}" if str(obj["store"] or "").startswith("postgresql:") else ""),
                  f"certificate sha256 fingerprint: {info.fingerprint}"
@@ -185,6 +192,8 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
             lines.append(f"device login (OAuth) on port {oauth_port}: cmdop login --issuer {issuer}")
         if obj["oidc_issuer"]:
             lines.append(f"accepting access tokens of {obj['oidc_issuer']}")
+        if obj["node"]:
+            lines.append(f"relay node {obj['node']} on bus {obj['bus']}")
         ctx.emit(obj, "\n".join(lines))
         ctx.stdout.flush()
 
@@ -203,6 +212,8 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
         new_machines_per_hour=args.new_machines_per_hour,
         oidc_ca_file=args.oidc_ca_file,
         store=store_location(args, ctx),
+        bus=relay_status.bus_location(args, ctx),
+        node_id=args.node_id,
     )
     return int(serve(options))
 

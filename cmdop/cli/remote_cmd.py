@@ -92,6 +92,9 @@ def _guest_channel(args: argparse.Namespace, ctx: CliContext) -> Any:
     token = share_token(args, ctx.settings)
     if token is None:
         return None
+    from cmdop.relay.sealing import share_scope
+
+    args.pin_scope = share_scope(token)   # a guest's host pins are its share's (see _pin_scope)
     if getattr(args, "api_key", None) or getattr(args, "workspace", None):
         raise UsageError("a share token is a credential of its own",
                          "drop --api-key / --workspace when calling with --share")
@@ -147,7 +150,16 @@ def _uses_own_credential(args: argparse.Namespace, ctx: CliContext | None = None
     if ctx is not None and ctx.settings.share_token:
         return True
     return bool(getattr(args, "api_key", None) or getattr(args, "workspace", None)
-                or getattr(args, "relay", None) or getattr(args, "share", None))
+                or getattr(args, "relay", None)) or getattr(args, "share", None) is not None
+
+
+def _pin_scope(args: argparse.Namespace, ctx: CliContext) -> str:
+    """Where this caller's host names are unique, for its end-to-end pins: a guest's share
+    (set when its channel was opened), else the credential's workspace."""
+    scope = getattr(args, "pin_scope", None)
+    if isinstance(scope, str):
+        return scope
+    return resolve_from_args(args, ctx.settings).workspace or ""
 
 
 def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: str,
@@ -182,7 +194,7 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
                 return None
             raise failure_error(code, exc.message, exc.hint or "") from None
         return seal_from_answer(ctx.settings.cmdop_home, answer, tool, tool_input,
-                                session=session)
+                                session=session, scope=_pin_scope(args, ctx))
 
     with client:
         # End to end: this process seals the call and opens its output; the local agent (and
@@ -190,8 +202,9 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
         # without asking (the relay is the link's, when the claim names it).
         pinned = None
         if claim is not None and claim.get("relay"):
-            pinned = seal_pinned(Pins(ctx.settings.cmdop_home, claim["relay"]), host, tool,
-                                 tool_input, session=session)
+            pinned = seal_pinned(Pins(ctx.settings.cmdop_home, claim["relay"],
+                                      _pin_scope(args, ctx)), host, tool, tool_input,
+                                 session=session)
         found = (pinned, host) if pinned is not None else asked()
         if found is None:
             return _NOT_THROUGH_AGENT
@@ -265,9 +278,13 @@ def _deadline(timeout: float) -> float:
 
 
 def _session(args: argparse.Namespace, ctx: CliContext) -> str:
-    """The machine-password session cached for this host (`cmdop password unlock HOST`)."""
+    """The machine-password session cached for this host (`cmdop password unlock HOST`); none
+    for a guest's call (the cache holds the caller's own workspace's sessions: never sent to a
+    machine shared from another one)."""
     from cmdop.adapters.password_store import cached_session
 
+    if getattr(args, "share", None) is not None or ctx.settings.share_token:
+        return ""
     return cached_session(ctx.settings, args.host, getattr(args, "workspace", None))
 
 
@@ -303,6 +320,11 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.relay.caller import remote_call
 
     argv = list(args.argv)
+    if argv and argv[0] != "--" and argv[0].startswith("-"):
+        # an option after HOST (`web01 --share TOKEN`) would run as the command, with the
+        # caller's own credential; not echoed: it may hold a token
+        raise UsageError("options go before HOST", "cmdop exec [OPTIONS] HOST -- CMD ARGS… "
+                         "(a command starting with '-' goes after --)")
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -329,7 +351,8 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
             with _channel(args, ctx) as channel:
                 result = remote_call(channel, args.host, "execute_command", tool_input,
                                      on_chunk=on_chunk, deadline_s=timeout + 30, session=session,
-                                     cmdop_home=ctx.settings.cmdop_home)
+                                     cmdop_home=ctx.settings.cmdop_home,
+                                     pin_scope=_pin_scope(args, ctx))
     except KeyboardInterrupt:
         ctx.note("cmdop: interrupted; the remote command was cancelled")
         return 130
@@ -370,7 +393,8 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
             with _channel(args, ctx) as channel:
                 result = remote_call(channel, args.host, args.tool, tool_input,
                                      deadline_s=timeout + 30, session=session,
-                                     cmdop_home=ctx.settings.cmdop_home)
+                                     cmdop_home=ctx.settings.cmdop_home,
+                                     pin_scope=_pin_scope(args, ctx))
     except KeyboardInterrupt:
         ctx.note("cmdop: interrupted; the remote call was cancelled")
         return 130

@@ -88,11 +88,18 @@ def _trust(args: argparse.Namespace, ctx: CliContext) -> int:
     name, key = str(found["name"]), bytes(found["e2e_key"])
     if not key:
         raise no_key_error(name)
+    from cmdop.cli.remote_cmd import _pin_scope
+
     home, relay, machine_id = ctx.settings.cmdop_home, str(found["relay"]), str(found["machine_id"])
-    pinned = e2e_files.pinned_key(home, relay, machine_id)
+    scope = _pin_scope(args, ctx)
+    exact = e2e_files.pinned_key(home, relay, machine_id, scope)
+    pinned = exact
+    if pinned is None:                  # a reinstalled host (new machine id): its name's pin
+        same_name = e2e_files.pinned_by_name(home, relay, name, scope)
+        pinned = same_name[1] if same_name is not None else None
     row = {"host": name, "machine_id": machine_id, "old": fingerprint(pinned) if pinned else "",
-           "new": fingerprint(key), "changed": pinned is not None and pinned != key}
-    if pinned == key:
+           "new": fingerprint(key), "changed": pinned is not None and exact != key}
+    if exact == key:
         ctx.emit(dict(row, trusted=True), lambda r: f"{name}: already trusted ({r['new']})")
         return 0
     if not args.yes:
@@ -105,6 +112,6 @@ def _trust(args: argparse.Namespace, ctx: CliContext) -> int:
         if input("accept the offered key? [y/N] ").strip().lower() not in ("y", "yes"):
             ctx.note("nothing changed")
             return 1
-    e2e_files.pin(home, relay, machine_id, name, key)
+    e2e_files.pin(home, relay, machine_id, name, key, scope)
     ctx.emit(dict(row, trusted=True), lambda r: f"{name}: now trusting {r['new']}")
     return 0

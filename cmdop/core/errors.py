@@ -132,6 +132,14 @@ class StoreUnavailableError(UnreachableError):
                    "(--store / CMDOP_RELAY_STORE)"
 
 
+class BusUnavailableError(UnreachableError):
+    """The relay nodes' shared bus (Redis, `relay serve --bus`) cannot be reached. The message
+    names the server (never its password); calls that cross nodes fail until it is back."""
+
+    default_hint = "check that the Redis server runs and accepts this relay's connections " \
+                   "(--bus / CMDOP_RELAY_BUS)"
+
+
 class E2EError(CmdopError):
     """End-to-end encryption failed: a sealed request or response frame did not open, or a
     host's key is not the one pinned for it."""

@@ -32,6 +32,8 @@ class Settings:
     share_token: str | None = field(default=None, repr=False)  # CMDOP_SHARE_TOKEN (a guest)
     # CMDOP_RELAY_STORE: the relay's store URL (postgresql://…); may hold a password: not shown.
     relay_store: str | None = field(default=None, repr=False)
+    # CMDOP_RELAY_BUS: the relay nodes' bus (redis://…); may hold a password: not shown.
+    relay_bus: str | None = field(default=None, repr=False)
 
     @property
     def permissions_file(self) -> str:
@@ -93,4 +95,5 @@ class Settings:
             relay_data_dir=posixpath.join(xdg_data, "cmdop-relay"),
             share_token=get("CMDOP_SHARE_TOKEN"),
             relay_store=get("CMDOP_RELAY_STORE"),
+            relay_bus=get("CMDOP_RELAY_BUS"),
         )

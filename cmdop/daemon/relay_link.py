@@ -56,7 +56,7 @@ BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
 STABLE_S = 30.0                     # a link up this long resets the backoff
 KEY_QUERY_TIMEOUT_S = 10.0
-CHUNK_OVERHEAD = 19                 # a sealed chunk's bytes beyond its data (cmdop.adapters.e2e)
+CHUNK_OVERHEAD = 17                 # a sealed chunk's bytes beyond its data (cmdop.adapters.e2e)
 
 
 @dataclass

@@ -33,6 +33,9 @@ _FAILURES: dict[str, tuple[type[CmdopError], str]] = {
     "revoked": (AuthError, "the key was revoked: ask for a new one"),
     "deadline_exceeded": (UnreachableError, "the call took longer than its deadline"),
     "shutting_down": (UnreachableError, "the agent is restarting: try again"),
+    # Several relay nodes: the node holding the host's link (or their bus) went away mid-call;
+    # the call is never re-sent, the agent reconnects to another node.
+    "node_lost": (UnreachableError, "try again in a few seconds (its agent reconnects)"),
     # End to end: the agent could not open the sealed call (or it came in the clear).
     "e2e_refused": (E2EError, "see `cmdop agent status` on the host"),
     # A guest's share (cmdop exec --share): each refusal with its own line.
@@ -83,12 +86,13 @@ class _Requests:
 def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, Any], *,
                 on_chunk: ChunkSink | None = None, deadline_s: float = 660.0,
                 cwd: str = "", session: str = "", cmdop_home: str | None = None,
-                plaintext: bool = False) -> Any:
+                pin_scope: str = "", plaintext: bool = False) -> Any:
     """Run `tool` on `host` through the relay; the tool's result object (a denial is a result:
     `{"error": "permission_denied", ...}`). Streamed output goes to `on_chunk`. `session`: a
     machine-password session token for `host` (`cmdop password unlock HOST`), checked there.
     End to end: the call is sealed to the host's key, checked against the pins in `cmdop_home`
-    (default: CMDOP_HOME's), and its output opened here; the relay sees neither.
+    (default: CMDOP_HOME's) under `pin_scope` (where host names are unique: the caller's
+    workspace, or a guest's share), and its output opened here; the relay sees neither.
     `plaintext=True` sends it in the clear (tests: agents refuse such calls by default)."""
     from cmdop.relay.proto import relay_pb2 as pb
 
@@ -101,7 +105,8 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
             deadline_ms=int(deadline_s * 1000), stream=on_chunk is not None, cwd=cwd,
             session=session))
     else:
-        sealed, target = _seal(channel, host, tool, tool_input, cwd, session, cmdop_home)
+        sealed, target = _seal(channel, host, tool, tool_input, cwd, session, cmdop_home,
+                               pin_scope)
         call_id = sealed.call_id
         start = pb.CallerFrame(start=pb.CallStart(
             call_id=call_id, host=target, sealed=sealed.sealed,
@@ -115,7 +120,8 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
             if sealed is not None and sealed.from_pin:
                 # Sealed to the pin without asking the relay: if the host's key changed, say
                 # so (HostKeyChangedError from the pin check), else this refusal stands.
-                _seal(channel, host, tool, tool_input, cwd, session, cmdop_home, lookup=True)
+                _seal(channel, host, tool, tool_input, cwd, session, cmdop_home, pin_scope,
+                      lookup=True)
             raise
         except KeyboardInterrupt:
             # The relay cancels the call on the agent (its process group is killed) and then
@@ -129,7 +135,8 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
 
 
 def _seal(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, Any], cwd: str,
-          session: str, cmdop_home: str | None, lookup: bool = False) -> tuple["SealedCall", str]:
+          session: str, cmdop_home: str | None, scope: str = "",
+          lookup: bool = False) -> tuple["SealedCall", str]:
     """The sealed call for `host` and the host's exact name to route it by: to the key pinned
     under that name, or (none pinned, or `lookup`) to the key the relay offers, checked
     against the pin."""
@@ -141,7 +148,7 @@ def _seal(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, A
         from cmdop.core.settings import Settings
 
         cmdop_home = Settings.from_env(os.environ, os.path.expanduser("~")).cmdop_home
-    pins = Pins(cmdop_home, channel.endpoint.address)
+    pins = Pins(cmdop_home, channel.endpoint.address, scope)
     if not lookup:
         pinned = seal_pinned(pins, host, tool, tool_input, cwd=cwd, session=session)
         if pinned is not None:

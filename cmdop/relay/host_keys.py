@@ -47,7 +47,7 @@ def lookup(router: Any, key: Any, host: str, query_id: str = "") -> pb.HostKeyRe
         return _refused(query_id, "host_unknown",
                         f"no machine named {host!r} in workspace {key.workspace}",
                         "see `cmdop hosts`")
-    link = router.links.get(machine.id)
+    link = router.link_of(machine)    # this node's link, or (several nodes) the holder's
     if link is None or link.ended.is_set():
         return _refused(query_id, "host_offline", f"{machine.name} is not connected to the relay",
                         "is its agent running (`cmdop agent status` on it)?")

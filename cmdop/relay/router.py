@@ -19,6 +19,8 @@ Runs on asyncio (grpc.aio's loop) in `cmdop relay serve`. What it promises:
   cancelled on the agent and the caller told so.
 - Revocation (`cmdop relay key revoke`, another process) is noticed within ~0.2 s through the
   store's data version: that key's links end and its calls are cut.
+- Several nodes (`--bus`, cmdop.relay.cluster): a machine linked to another node is reached
+  through a stand-in Link whose frames cross the bus (`link_of`); with no bus, nothing changes.
 - Guests (a share token, cmdop.relay.share_rpc): each call is admitted against the share as
   stored at its start (revoked, expired, another machine, no uses left: a Failure code each)
   before anything of the workspace is named, stamped "guest" (never self), cut when the share
@@ -152,6 +154,9 @@ class Router:
         # points is never missed.
         self.revoked: set[str] = set()
         self._enrolments: dict[str, list[float]] = {}
+        # Several nodes sharing a bus (cmdop.relay.cluster.Cluster sets itself here): links
+        # held by other nodes are reached through it. None: a relay of one node.
+        self.cluster: Any = None
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -224,6 +229,8 @@ class Router:
         if old is not None:
             old.close("replaced", "a new link from the same machine replaced this one")
         self.links[machine.id] = link
+        if self.cluster is not None:
+            self.cluster.linked(link)
         self._count("links")
         log.info("agent %s (%s) linked from %s, workspace %s", machine.name, machine.machine_id,
                  stream.peer, key.workspace)
@@ -236,6 +243,8 @@ class Router:
         finally:
             if self.links.get(machine.id) is link:
                 del self.links[machine.id]
+            if self.cluster is not None:
+                self.cluster.unlinked(link)
             link.ended.set()
             for route in list(link.routes.values()):
                 self._abort(route, "host_offline",
@@ -350,11 +359,11 @@ class Router:
         if share_rpc.is_guest(key):
             return await share_rpc.list_hosts(self, key)
         machines = self.store.list_machines(key.workspace)
-        machines.sort(key=lambda m: (m.id not in self.links, m.name))
+        machines.sort(key=lambda m: (not self.online(m.id), m.name))
         reply = pb.ListHostsReply(total=len(machines))
         for m in machines[:MAX_HOSTS_LISTED]:
             reply.hosts.append(pb.HostInfo(name=m.name, hostname=m.hostname[:253],
-                                           online=m.id in self.links,
+                                           online=self.online(m.id),
                                            agent_version=m.agent_version[:64],
                                            last_seen=m.last_seen))
         return reply
@@ -478,9 +487,8 @@ class Router:
         machine, matches = routing.resolve_host(start.host, machines)
         if admit is not None:
             # Before any failure that names the workspace's machines (a guest sees only its own).
-            link = self.links.get(machine.id) if machine is not None else None
             refusal = admit(machine.id if machine is not None else None,
-                            link is not None and not link.ended.is_set())
+                            machine is not None and self.online(machine.id))
             if refusal is not None:
                 self._count("guest_calls_refused")
                 log.info("guest call refused (share %s): %s", principal.share_id, refusal.code)
@@ -496,7 +504,7 @@ class Router:
                                     f"no machine named {start.host!r} in workspace "
                                     f"{key.workspace}", "see `cmdop hosts`"))
             return
-        target = self.links.get(machine.id)
+        target = self.link_of(machine)
         if target is None or target.ended.is_set():
             await sink(_failure(cid, "host_offline", f"{machine.name} is not connected to the relay",
                                 "is its agent running (`cmdop agent status` on it)?"))
@@ -566,6 +574,20 @@ class Router:
             return
         link.key = principal
         self._count("reauths")
+
+    def link_of(self, machine: Any) -> Link | None:
+        """The live link that reaches `machine`: its own on this node, else (nodes sharing a
+        bus) the stand-in for the node holding it; None when it is offline everywhere."""
+        link = self.links.get(machine.id)
+        if link is not None and not link.ended.is_set():
+            return link
+        return self.cluster.remote_link(machine) if self.cluster is not None else None
+
+    def online(self, machine_id: str) -> bool:
+        """Whether `machine_id`'s agent is linked to this relay (to any of its nodes)."""
+        link = self.links.get(machine_id)
+        return (link is not None and not link.ended.is_set()) or (
+            self.cluster is not None and bool(self.cluster.online(machine_id)))
 
     def _revoked(self, principal: Any) -> bool:
         return principal.id in self.revoked or (

@@ -30,10 +30,19 @@ class Target:
 
 @dataclass(frozen=True)
 class Pins:
-    """Where the caller's pins live and which relay they are for."""
+    """Where the caller's pins live, which relay they are for, and the scope host names are
+    unique in there: the caller's workspace, or a guest's share (`share_scope`)."""
 
     cmdop_home: str
     relay: str
+    scope: str = ""
+
+
+def share_scope(token: str) -> str:
+    """A guest's pin scope: its share, named by a digest of the token (never the token)."""
+    import hashlib
+
+    return "share:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
 
 
 def no_key_error(name: str) -> E2EError:
@@ -78,7 +87,7 @@ def seal_call(pins: Pins, target: Target, tool: str, tool_input: dict[str, Any],
     if not target.key:
         raise no_key_error(target.name)
     key = e2e_files.check_pin(pins.cmdop_home, pins.relay, target.machine_id, target.name,
-                              target.key)
+                              target.key, pins.scope)
     return _seal_to(pins, target.machine_id, key, tool, tool_input, cwd, session)
 
 
@@ -88,7 +97,7 @@ def seal_pinned(pins: Pins, host: str, tool: str, tool_input: dict[str, Any], *,
     (one round trip less); None when no single machine is pinned under that name."""
     from cmdop.adapters import e2e_files
 
-    found = e2e_files.pinned_by_name(pins.cmdop_home, pins.relay, host)
+    found = e2e_files.pinned_by_name(pins.cmdop_home, pins.relay, host, pins.scope)
     if found is None:
         return None
     call = _seal_to(pins, found[0], found[1], tool, tool_input, cwd, session)
@@ -111,10 +120,10 @@ def _seal_to(pins: Pins, machine_id: str, key: bytes, tool: str, tool_input: dic
 
 
 def seal_from_answer(cmdop_home: str, answer: dict[str, Any], tool: str,
-                     tool_input: dict[str, Any], *, cwd: str = "",
-                     session: str = "") -> tuple[SealedCall, str]:
+                     tool_input: dict[str, Any], *, cwd: str = "", session: str = "",
+                     scope: str = "") -> tuple[SealedCall, str]:
     """The sealed call for a local agent's `relay_host_key` answer (the agent only forwards
-    it), and the host's exact name to route it by."""
+    it), and the host's exact name to route it by. `scope`: the caller's workspace."""
     import base64
 
     try:
@@ -123,5 +132,5 @@ def seal_from_answer(cmdop_home: str, answer: dict[str, Any], tool: str,
         key = b""
     name = str(answer.get("name") or "")
     target = Target(name, str(answer.get("machine_id") or ""), key)
-    return seal_call(Pins(cmdop_home, str(answer.get("relay") or "")), target, tool, tool_input,
-                     cwd=cwd, session=session), name
+    return seal_call(Pins(cmdop_home, str(answer.get("relay") or ""), scope), target, tool,
+                     tool_input, cwd=cwd, session=session), name

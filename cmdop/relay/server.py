@@ -53,6 +53,8 @@ class ServeInfo:
     issuer: str | None = None           # the cabinet's issuer URL
     oidc_issuer: str | None = None      # an external issuer whose tokens are accepted
     store: str = ""                     # where the store is (a URL without its password)
+    node: str = ""                      # several nodes (--bus): this node's id
+    bus: str = ""                       # the bus's URL without its password
 
 
 OAUTH_OFF = ("off", "none", "no")
@@ -74,6 +76,8 @@ class ServeOptions:
     new_machines_per_hour: int = 20     # enrolments of new machines one key may make an hour
     oidc_ca_file: str | None = None     # trust the external issuer through this CA (else system)
     store: str | None = field(default=None, repr=False)  # --store: None = relay.db in data_dir
+    bus: str | None = field(default=None, repr=False)    # --bus redis://…: several nodes
+    node_id: str | None = None          # --node-id (default: hostname:port)
 
 
 def oidc_config(options: ServeOptions) -> "OidcConfig | None":
@@ -109,6 +113,7 @@ def serve(options: ServeOptions) -> int:
     if options.issuer_url:
         normalize_issuer(options.issuer_url)
     oidc = oidc_config(options)
+    check_bus(options)
     store = open_store(options.store, options.data_dir)
     try:
         if options.tls_cert and options.tls_key:
@@ -119,6 +124,43 @@ def serve(options: ServeOptions) -> int:
         return asyncio.run(_main(store, cert, signing_key, oidc, options))
     finally:
         store.close()
+
+
+def check_bus(options: ServeOptions) -> None:
+    """UsageError unless --bus (several nodes) comes with a store they can share and a usable
+    node id: nodes route by the store's machine ids, so each needs the same PostgreSQL."""
+    if not options.bus:
+        if options.node_id:
+            raise UsageError("--node-id goes with --bus URL (several relay nodes)")
+        return
+    from cmdop.relay.bus_redis import check_url
+    from cmdop.relay.cluster import valid_node_id
+    from cmdop.relay.store_api import is_postgres
+
+    check_url(options.bus)
+    if not is_postgres(options.store):
+        raise UsageError("--bus needs a store every node shares: --store postgresql://…",
+                         hint="nodes with their own SQLite would not know each other's machines")
+    if options.node_id is not None and not valid_node_id(options.node_id):
+        raise UsageError(f"--node-id {options.node_id[:40]!r} must be 1-128 of letters, digits "
+                         "and - _ . : [ ]")
+
+
+async def _start_cluster(router: Any, options: ServeOptions, address: str, port: int) -> Any:
+    """This node's part of a relay of several nodes (--bus), connected; CmdopError when the
+    bus cannot be reached or a live node already has this node's id."""
+    from cmdop.relay.bus_redis import RedisBus
+    from cmdop.relay.cluster import Cluster, default_node_id
+
+    assert options.bus is not None
+    bus = RedisBus(options.bus)
+    cluster = Cluster(router, bus, options.node_id or default_node_id(port), address=address)
+    try:
+        await cluster.start()
+    except CmdopError:
+        await bus.close()
+        raise
+    return cluster
 
 
 def _bind_oauth(options: ServeOptions, grpc_port: int) -> socket.socket:
@@ -180,7 +222,12 @@ async def _main(store: "RelayStoreApi", cert: "CertInfo", signing_key: "SigningK
     server, port = await start_server(router, options.listen, cert.cert_pem, cert.key_pem)
     tasks: list[asyncio.Future[Any]] = []
     cabinet_run: cab.Running | None = None
+    cluster: Any = None
     try:
+        if options.bus:
+            cluster = await _start_cluster(router, options, f"{_public_host(listen_host)}:{port}",
+                                           port)
+            tasks.append(asyncio.ensure_future(cluster.run()))
         issuer: str | None = None
         oauth_address: str | None = None
         oauth_port: int | None = None
@@ -217,7 +264,9 @@ async def _main(store: "RelayStoreApi", cert: "CertInfo", signing_key: "SigningK
                          self_signed=cert.self_signed, cert_path=cert.cert_path,
                          data_dir=os.path.abspath(options.data_dir), oauth_address=oauth_address,
                          oauth_port=oauth_port, issuer=issuer,
-                         oidc_issuer=oidc_cfg.issuer if oidc_cfg else None, store=store.path)
+                         oidc_issuer=oidc_cfg.issuer if oidc_cfg else None, store=store.path,
+                         node=cluster.node if cluster is not None else "",
+                         bus=cluster.bus.where if cluster is not None else "")
         log.info("relay listening on %s (port %d), certificate sha256 %s", options.listen, port,
                  info.fingerprint)
         if issuer:
@@ -232,4 +281,6 @@ async def _main(store: "RelayStoreApi", cert: "CertInfo", signing_key: "SigningK
         if cabinet_run is not None:
             await cabinet_run.stop()
         await server.stop(STOP_GRACE_S)
+        if cluster is not None:
+            await cluster.stop()
     return 0

@@ -150,7 +150,7 @@ async def list_hosts(router: Any, key: Any) -> pb.ListHostsReply:
     reply = pb.ListHostsReply(total=1 if machine else 0)
     if machine is not None:
         reply.hosts.append(pb.HostInfo(name=machine.name, hostname=machine.hostname[:253],
-                                       online=machine.id in router.links,
+                                       online=router.online(machine.id),
                                        agent_version=machine.agent_version[:64],
                                        last_seen=machine.last_seen))
     return reply

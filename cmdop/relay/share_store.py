@@ -4,8 +4,10 @@ Table `shares` (schema version 3): the token is kept as its SHA-256 only (hex, u
 up by digest and compared in constant time; the public id `sh_…` names it everywhere else.
 Each row is bound to one machine of one workspace. `take_use` counts a call in one UPDATE whose
 WHERE clause re-checks revocation, expiry and the use limit, so two racing calls can never both
-take the last use. `revoked_share_ids` lets the running relay (another process than the admin
-command) notice a revocation through the store's data version, like a revoked key.
+take the last use. A share is revoked with the credential that created it (its API key revoked,
+its login's account disabled or out of the workspace). `revoked_share_ids` lets the running
+relay (another process than the admin command) notice a revocation through the store's data
+version, like a revoked key.
 """
 
 from __future__ import annotations
@@ -46,15 +48,18 @@ CREATE INDEX shares_revoked ON shares(revoked_at) WHERE revoked_at IS NOT NULL;
 # account (`acct:<id>`) disabled or no longer a member of the share's workspace. A share dies
 # with its creator, so rotating a leaked key (or disabling the account) ends its shares too. An
 # external (OIDC) identity cannot be checked here: such shares are revoked explicitly.
-_CREATOR_REVOKED = (
-    "(EXISTS (SELECT 1 FROM api_keys k WHERE k.id = s.created_by AND k.revoked_at IS NOT NULL)"
-    " OR EXISTS (SELECT 1 FROM accounts a WHERE substr(s.created_by, 1, 5) = 'acct:'"
-    " AND a.id = substr(s.created_by, 6) AND (a.disabled_at IS NOT NULL OR NOT EXISTS ("
-    "SELECT 1 FROM account_workspaces aw WHERE aw.account_id = a.id"
-    " AND aw.workspace_id = s.workspace_id))))")
+def _creator_revoked(t: str) -> str:
+    """SQL: whether the creator of the share row `t` (a table name or alias) is revoked."""
+    return (f"(EXISTS (SELECT 1 FROM api_keys k WHERE k.id = {t}.created_by "
+            "AND k.revoked_at IS NOT NULL)"
+            f" OR EXISTS (SELECT 1 FROM accounts a WHERE substr({t}.created_by, 1, 5) = 'acct:'"
+            f" AND a.id = substr({t}.created_by, 6) AND (a.disabled_at IS NOT NULL OR NOT EXISTS ("
+            "SELECT 1 FROM account_workspaces aw WHERE aw.account_id = a.id"
+            f" AND aw.workspace_id = {t}.workspace_id))))")
+
 
 _COLUMNS = ("s.id, w.name, s.machine_id, m.name, s.note, s.created_by, s.created_at, s.expires, "
-            f"s.max_uses, s.uses, s.tools, s.revoked_at, {_CREATOR_REVOKED} FROM shares s "
+            f"s.max_uses, s.uses, s.tools, s.revoked_at, {_creator_revoked('s')} FROM shares s "
             "JOIN workspaces w ON w.id = s.workspace_id JOIN machines m ON m.id = s.machine_id")
 
 
@@ -138,8 +143,12 @@ class ShareStore:
         the workspace has no such share."""
         ws = self.get_workspace(workspace)
         sid = share_id.strip().lower()
+        if not shares.valid_id(sid):
+            # not echoed: what is pasted here by mistake may be the share's token itself
+            raise NotFoundError("that is not a share id (sh_ + 12 hex digits)",
+                                "list them with `cmdop connect share list`")
         with self._write() as cur:
-            if not shares.valid_id(sid) or not cur.execute(
+            if not cur.execute(
                     "SELECT 1 FROM shares WHERE id = ? AND workspace_id = ?",
                     (sid, ws.id)).fetchone():
                 raise NotFoundError(f"no share {share_id!r} in workspace {ws.name}",
@@ -156,7 +165,7 @@ class ShareStore:
         with self._write() as cur:
             cur.execute("UPDATE shares SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL "
                         "AND (expires IS NULL OR expires > ?) AND (max_uses = 0 OR uses < max_uses) "
-                        f"AND NOT {_CREATOR_REVOKED.replace('s.', 'shares.')}",
+                        f"AND NOT {_creator_revoked('shares')}",
                         (share_id, now))
             return cur.rowcount == 1
 
@@ -164,4 +173,4 @@ class ShareStore:
         """The ids of revoked shares, and of shares whose creator's credential was revoked (the
         router cuts their live calls)."""
         return frozenset(r[0] for r in self._read(
-            f"SELECT s.id FROM shares s WHERE s.revoked_at IS NOT NULL OR {_CREATOR_REVOKED}"))
+            f"SELECT s.id FROM shares s WHERE s.revoked_at IS NOT NULL OR {_creator_revoked('s')}"))

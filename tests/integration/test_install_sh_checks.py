@@ -102,3 +102,81 @@ def test_fedora_gets_dnf(tmp_path: Path) -> None:
     hint = _hint(tmp_path, 'ID=fedora\nVERSION_ID="40"\n', "3.11",
                  "3.12.1")
     assert "dnf install -y python3." in hint
+
+
+# A multi-version pyz (#!/usr/bin/env python3, its versions in the zip comment): which Python
+# install.sh settles on, and what it says when there is none of them.
+CARRIED = "3.10,3.11,3.12,3.13"
+
+
+def _multi_pyz(where: Path) -> Path:
+    import zipfile
+
+    src = where / "src"
+    src.mkdir(parents=True)
+    (src / "__main__.py").write_text("import sys\nprint('cmdop 0 on %d.%d' % sys.version_info[:2])\n")
+    pyz = where / "cmdop.pyz"
+    zipapp.create_archive(src, pyz, interpreter="/usr/bin/env python3")
+    with zipfile.ZipFile(pyz, "a") as zf:
+        zf.comment = f"cmdop-pythons={CARRIED}".encode()
+    write_sums(pyz)
+    return pyz
+
+
+def _fakes(tmp_path: Path, versions: dict[str, str]) -> str:
+    """Stand-in interpreters on PATH that report `version` (and cannot run anything)."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    for name, version in versions.items():
+        (fake / name).write_text(f"#!/bin/sh\necho {version}\n")
+        (fake / name).chmod(0o755)
+    return str(fake)
+
+
+def test_multi_version_pyz_installs_as_is_for_a_carried_python3(tmp_path: Path) -> None:
+    from test_install_sh import PY_MINOR
+
+    pyz = _multi_pyz(tmp_path / "rel")
+    r = run_install("--from", str(pyz), "--prefix", str(tmp_path / "bin"), tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"cmdop 0 on {PY_MINOR}" in r.stdout
+    assert (tmp_path / "bin" / "cmdop").read_bytes() == pyz.read_bytes()
+
+
+def test_an_old_python3_falls_back_to_a_carried_python3x(tmp_path: Path) -> None:
+    """RHEL 9: python3 is 3.9, python3.11 comes from AppStream. The installed #! names it."""
+    import subprocess
+
+    pyz = _multi_pyz(tmp_path / "rel")
+    fake = _fakes(tmp_path, {"python3": "3.9"})
+    r = run_install_env(tmp_path, pyz, fake, str(tmp_path / "no-os-release"))
+    assert r.returncode == 0, r.stderr
+    assert "the installed #! line names python3.11" in r.stdout
+    installed = (tmp_path / "bin" / "cmdop").read_bytes()
+    assert installed.startswith(b"#!/usr/bin/env python3.11\n")
+    assert installed.split(b"\n", 1)[1] == pyz.read_bytes().split(b"\n", 1)[1]
+    out = subprocess.run([str(tmp_path / "bin" / "cmdop")], capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/root/.pyenv/versions/3.11.7/bin:/usr/bin:/bin"})
+    assert out.stdout.strip() == "cmdop 0 on 3.11", out.stderr
+
+
+@pytest.mark.parametrize("os_release, hint", [
+    ('ID="rhel"\nID_LIKE="fedora"\nVERSION_ID="9.4"\n', "hint: sudo dnf install -y python3.12"),
+    ('ID=debian\nVERSION_ID="12"\n', "hint: sudo apt-get install -y python3.11"),
+    ('ID=ubuntu\nID_LIKE=debian\nVERSION_ID="20.04"\n',
+     "hint: sudo add-apt-repository ppa:deadsnakes/ppa && sudo apt-get install -y python3.13"),
+    ("", "hint: install one of CPython 3.10, 3.11, 3.12, 3.13"),
+])
+def test_no_carried_python_names_the_versions_and_what_to_install(
+        tmp_path: Path, os_release: str, hint: str) -> None:
+    pyz = _multi_pyz(tmp_path / "rel")
+    fake = _fakes(tmp_path, {"python3": "3.9", "python3.11": "3.9"})  # shadows the real ones
+    osr = tmp_path / "os-release"
+    osr.write_text(os_release)
+    r = run_install_env(tmp_path, pyz, fake, str(osr))
+    assert r.returncode == 1, r.stdout + r.stderr
+    first, second = r.stderr.splitlines()[:2]
+    assert first.startswith("install.sh: error: cmdop.pyz runs on CPython 3.10, 3.11, 3.12, 3.13; "
+                            f"found: python3 3.9 at {fake}/python3")
+    assert second.startswith(hint)
+    assert not (tmp_path / "bin").exists()

@@ -174,7 +174,8 @@ def test_unlock_gives_a_cached_session_and_calls_then_meet_the_gate(net: Any) ->
 
     with channel(net.relay, net.keys["other"]) as ch:
         result = remote_call(ch, a.machine, "execute_command", {"command": "echo stolen"},
-                             deadline_s=30, session=cached["token"])
+                             deadline_s=30, session=cached["token"],
+                             cmdop_home=str(net.cluster.root / "pins"))
     assert result["rule_id"] == "admission:password_required", result
 
 
@@ -226,14 +227,16 @@ def test_an_expired_session_is_refused_again(net: Any) -> None:
         token = json.loads(sessions_file(c.home).read_text())["sessions"][f"demo/{a.machine}"]["token"]
         with channel(net.relay, net.keys["ops"]) as ch:
             result = remote_call(ch, a.machine, "execute_command", {"command": "echo fresh"},
-                                 deadline_s=30, session=token)
+                                 deadline_s=30, session=token,
+                                 cmdop_home=str(net.cluster.root / "pins"))
         assert result.get("exit_code") == 0, result                 # still valid, just issued
         time.sleep(2.5)
         # The cached copy expired by our clock too, so the CLI sends none; the token itself is
         # refused by A as well.
         with channel(net.relay, net.keys["ops"]) as ch:
             result = remote_call(ch, a.machine, "execute_command", {"command": "echo stale"},
-                                 deadline_s=30, session=token)
+                                 deadline_s=30, session=token,
+                                 cmdop_home=str(net.cluster.root / "pins"))
         assert result["rule_id"] == "admission:password_required", result
         out = c.run("exec", a.machine, "--", "echo", "after-expiry")
         assert out.returncode == 3 and f"cmdop password unlock {a.machine}" in out.stderr

@@ -370,7 +370,8 @@ def test_200_concurrent_calls_across_two_agents(net: Any) -> None:
             start.wait(60)
             on_chunk = (lambda fd, data: chunks.append(data)) if i % 4 < 2 else None
             res = remote_call(channels[names[i % 4]], target, "execute_command",
-                              {"command": f"echo tag-{i}"}, on_chunk=on_chunk, deadline_s=120)
+                              {"command": f"echo tag-{i}"}, on_chunk=on_chunk, deadline_s=120,
+                              cmdop_home=str(net.cluster.root / "pins"))
             results[i] = (res, b"".join(chunks).decode() if on_chunk else res.get("stdout"))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors[i] = exc

@@ -317,6 +317,26 @@ def test_share_uses_are_counted_once_under_concurrency(opener: Opener, store: Re
     assert share.id in store.revoked_share_ids()
 
 
+def test_a_share_is_revoked_with_the_key_that_minted_it(store: RelayStoreApi,
+                                                        clock: Clock) -> None:
+    from cmdop.relay.shares import state
+
+    store.create_workspace("w")
+    k, _ = store.create_key("w", "k")
+    minter, _ = store.create_key("w", "minter")
+    m = store.enroll_machine("w", k.id, "h", "mid", "1")
+    share, token = store.create_share("w", m.id, created_by=minter.id, ttl_s=3600,
+                                      tools=("read_file",), max_uses=0, note="")
+    other, _ = store.create_share("w", m.id, created_by=k.id, ttl_s=3600,
+                                  tools=("read_file",), max_uses=0, note="")
+    assert store.take_use(share.id, clock.t)
+    store.revoke_key(minter.id)                        # e.g. rotating a leaked key
+    assert state(store.share_by_token(token), clock.t) == "revoked"
+    assert not store.take_use(share.id, clock.t)
+    assert store.revoked_share_ids() == {share.id}
+    assert state(store.get_share(other.id), clock.t) == "active" and store.take_use(other.id, clock.t)
+
+
 # -- opening ----------------------------------------------------------------------------------------
 
 def test_reopening_keeps_data_and_the_relay_id(opener: Opener) -> None:

@@ -108,17 +108,21 @@ def test_unauthorized_callers_are_denied(case: str) -> None:
 # -- response streams --------------------------------------------------------------------------
 
 
-def _stream(req: e2e.Request, parts: list[tuple[int, bytes]], result: bytes) -> list[bytes]:
+Frame = tuple[int, bytes]          # (kind: the message carrying it, Chunk or Result; bytes)
+
+
+def _stream(req: e2e.Request, parts: list[tuple[int, bytes]], result: bytes) -> list[Frame]:
     sealer = e2e.ResponseSealer(req)
-    return [sealer.chunk(fd, d) for fd, d in parts] + [sealer.final(result)]
+    return ([(e2e.KIND_CHUNK, sealer.chunk(fd, d)) for fd, d in parts]
+            + [(e2e.KIND_FINAL, sealer.final(result))])
 
 
-def _read(req: e2e.Request, frames: list[bytes]) -> tuple[list[tuple[int, bytes]], bytes]:
+def _read(req: e2e.Request, frames: list[Frame]) -> tuple[list[tuple[int, bytes]], bytes]:
     """Open frames as the caller does: chunks, then the final frame, then the stream's end."""
     opener = e2e.ResponseOpener(req)
     out, result = [], b""
-    for frame in frames:
-        if len(frame) > 1 and frame[1] == e2e.KIND_FINAL:
+    for kind, frame in frames:
+        if kind == e2e.KIND_FINAL:
             result = opener.final(frame)
         else:
             out.append(opener.chunk(frame))
@@ -138,7 +142,7 @@ def test_honest_streams_give_back_exactly_what_was_sent(parts: list[tuple[int, b
 PARTS = [(1, b"out-1"), (2, b"err-1"), (1, b"out-2")]
 
 
-def _attacks(frames: list[bytes], other: list[bytes]) -> dict[str, list[bytes]]:
+def _attacks(frames: list[Frame], other: list[Frame]) -> dict[str, list[Frame]]:
     return {
         "replayed": frames[:1] + frames,
         "reordered": [frames[1], frames[0]] + frames[2:],
@@ -148,12 +152,12 @@ def _attacks(frames: list[bytes], other: list[bytes]) -> dict[str, list[bytes]]:
         "after_final": frames + [frames[0]],
         "spliced_chunk": [frames[0], other[1]] + frames[2:],
         "spliced_final": frames[:-1] + other[-1:],
-        "kind_swapped": frames[:-1] + [frames[-1][:1] + bytes([e2e.KIND_CHUNK])
-                                       + frames[-1][2:]],
+        "final_as_chunk": frames[:-1] + [(e2e.KIND_CHUNK, frames[-1][1])] + frames[-1:],
+        "chunk_as_final": [(e2e.KIND_FINAL, frames[0][1])],
     }
 
 
-@pytest.mark.parametrize("attack", list(_attacks([b""] * 4, [b""] * 4)))
+@pytest.mark.parametrize("attack", list(_attacks([(0, b"")] * 4, [(0, b"")] * 4)))
 def test_stream_attacks_are_rejected(attack: str) -> None:
     req = _request()
     frames = _stream(req, PARTS, b'{"exit_code": 0}')
@@ -178,10 +182,10 @@ def test_any_bit_flip_in_any_response_frame_is_rejected(data: st.DataObject) -> 
     req = _request()
     frames = _stream(req, PARTS, b'{"exit_code": 0}')
     i = data.draw(st.integers(0, len(frames) - 1))
-    frame = bytearray(frames[i])
+    frame = bytearray(frames[i][1])
     bit = data.draw(st.integers(0, len(frame) * 8 - 1))
     frame[bit // 8] ^= 1 << (bit % 8)
-    frames[i] = bytes(frame)
+    frames[i] = (frames[i][0], bytes(frame))
     with pytest.raises(E2EError):
         _read(req, frames)
 
@@ -202,7 +206,7 @@ def test_fd_is_inside_the_ciphertext() -> None:
     req = _request()
     a = e2e.ResponseSealer(req).chunk(1, b"x")
     b = e2e.ResponseSealer(req).chunk(2, b"x")
-    assert a[:2] == b[:2] and len(a) == len(b)
+    assert len(a) == len(b) == 1 + 1 + 16 and a != b
 
 
 # -- known answer: the HPKE framing is RFC 9180's, checked with pyhpke --------------------------

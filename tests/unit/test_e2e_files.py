@@ -70,6 +70,18 @@ def test_first_use_pins_then_a_changed_key_is_refused_naming_both(tmp_path: Path
     assert e2e_files.check_pin(home, "relay:2", "m1", "web1", KEY_A.public) == KEY_A.public
 
 
+def test_host_names_are_pinned_per_workspace_or_share(tmp_path: Path) -> None:
+    """The same name in two workspaces (or a guest's share) on one relay is two machines; in one
+    scope, a name the relay says is now another machine is refused."""
+    home = str(tmp_path / "cmdop")
+    for scope, key in (("acme", KEY_A.public), ("share:1234", KEY_B.public)):
+        assert e2e_files.check_pin(home, "relay:1", f"id-{scope}", "web01", key, scope) == key
+    with pytest.raises(HostKeyChangedError, match="now another machine"):
+        e2e_files.check_pin(home, "relay:1", "id-new", "web01", KEY_B.public, "acme")
+    assert e2e_files.pinned_by_name(home, "relay:1", "web01", "acme") == ("id-acme",
+                                                                        KEY_A.public)
+
+
 class _SwappingRelay:
     """A channel to a relay that answers HostKey with whatever key it is told to, and whose
     host refuses every sealed call (as a host whose key is not the one sealed to does)."""

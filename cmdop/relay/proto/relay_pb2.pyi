@@ -317,3 +317,41 @@ class HostKeyReply(_message.Message):
     e2e_key: bytes
     failure: Failure
     def __init__(self, query_id: _Optional[str] = ..., name: _Optional[str] = ..., machine_id: _Optional[str] = ..., e2e_key: _Optional[bytes] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+
+class BusEnvelope(_message.Message):
+    __slots__ = ("from_node", "machine_id", "caller_key", "sent_ms", "start", "credit", "cancel", "event", "taken", "echo")
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_KEY_FIELD_NUMBER: _ClassVar[int]
+    SENT_MS_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_FIELD_NUMBER: _ClassVar[int]
+    ECHO_FIELD_NUMBER: _ClassVar[int]
+    from_node: str
+    machine_id: str
+    caller_key: str
+    sent_ms: int
+    start: CallStart
+    credit: Credit
+    cancel: Cancel
+    event: CallEvent
+    taken: Accepted
+    echo: Ping
+    def __init__(self, from_node: _Optional[str] = ..., machine_id: _Optional[str] = ..., caller_key: _Optional[str] = ..., sent_ms: _Optional[int] = ..., start: _Optional[_Union[CallStart, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., event: _Optional[_Union[CallEvent, _Mapping]] = ..., taken: _Optional[_Union[Accepted, _Mapping]] = ..., echo: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+
+class BusPresence(_message.Message):
+    __slots__ = ("machine_id", "node", "key_id", "e2e_key", "link_id")
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    E2E_KEY_FIELD_NUMBER: _ClassVar[int]
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    machine_id: str
+    node: str
+    key_id: str
+    e2e_key: bytes
+    link_id: str
+    def __init__(self, machine_id: _Optional[str] = ..., node: _Optional[str] = ..., key_id: _Optional[str] = ..., e2e_key: _Optional[bytes] = ..., link_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,175 @@
+"""The relay nodes' bus on Redis (`relay serve --bus redis://…`): `cmdop.relay.bus.Bus` over
+Redis pub/sub and keys, with the redis-py asyncio client.
+
+Redis does the distribution; nothing here is a protocol of its own:
+- each node subscribes to `cmdop:relay:node:<id>` and to `cmdop:relay:all`;
+- a machine's presence is the key `cmdop:relay:presence:<machine id>` (PX = its TTL), removed
+  on unlink by a compare-and-delete script (only if it still holds this link's entry);
+- a node is alive while `cmdop:relay:alive:<id>` exists (PX, refreshed by its heartbeat), its
+  value the node's status record; the set `cmdop:relay:nodes` lists the ids to look up.
+Every command has a socket timeout, so a hung Redis is an error, never a hang. Errors become
+`BusUnavailableError` naming the server without its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+from cmdop.core.errors import BusUnavailableError, UsageError
+from cmdop.relay.bus import ALL, NODE
+
+PREFIX = "cmdop:relay:"
+TIMEOUT_S = 3.0                       # one command's socket timeout
+SCHEMES = ("redis", "rediss", "unix")
+_DROP_IF_SAME = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def shown(url: str) -> str:
+    """`url` without its user and password (for logs and messages)."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def check_url(url: str) -> str:
+    """`url` stripped, or UsageError when it is not redis://, rediss:// or unix://."""
+    url = url.strip()
+    if urlsplit(url).scheme.lower() not in SCHEMES:
+        raise UsageError(f"--bus must be a redis://, rediss:// or unix:// URL, not "
+                         f"{url.split('://', 1)[0][:16]!r}",
+                         hint="e.g. --bus redis://redis.internal:6379/0")
+    return url
+
+
+class RedisBus:
+    """`Bus` on one Redis server (module docstring)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            from cmdop.core.errors import CmdopError
+
+            raise CmdopError("relay nodes sharing a bus need the redis package, which this "
+                             "cmdop lacks",
+                             hint="install it beside cmdop: pip install 'cmdop[cluster]'") from None
+        self.url = check_url(url)
+        self.where = shown(self.url)
+        self.client: Any = aioredis.Redis.from_url(
+            self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+            health_check_interval=15)
+        self.pubsub: Any = None
+        self._drop: Any = self.client.register_script(_DROP_IF_SAME)
+
+    def _error(self, exc: BaseException) -> BusUnavailableError:
+        return BusUnavailableError(f"the bus {self.where} is unreachable: "
+                                   f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    async def _do(self, coro: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await coro
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise self._error(exc) from None
+
+    async def open(self, node: str) -> None:
+        if self.pubsub is not None:
+            await self._close_pubsub()
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        await self._do(self.pubsub.subscribe(PREFIX + "node:" + node, PREFIX + "all"))
+
+    async def receive(self) -> tuple[str, bytes]:
+        from redis.exceptions import RedisError
+
+        while True:
+            try:
+                # Blocks until a message (no timer per message: this is the hot path). A server
+                # that goes away ends the read; one that hangs is noticed by the heartbeat's
+                # commands, which have timeouts, and the node reopens the bus.
+                msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            except (RedisError, OSError) as exc:
+                raise self._error(exc) from None
+            if msg is None or msg.get("type") != "message":
+                continue
+            channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
+            return (ALL if channel == PREFIX + "all" else NODE), bytes(msg["data"])
+
+    async def publish(self, items: list[tuple[str, bytes]]) -> None:
+        if len(items) == 1:                  # the common case: no pipeline's bookkeeping
+            node, data = items[0]
+            await self._do(self.client.publish(PREFIX + ("node:" + node if node else "all"), data))
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for node, data in items:
+            pipe.publish(PREFIX + ("node:" + node if node else "all"), data)
+        await self._do(pipe.execute())
+
+    async def put_presence(self, entries: list[tuple[str, bytes]], ttl_s: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for machine_id, data in entries:
+            pipe.set(PREFIX + "presence:" + machine_id, data, px=int(ttl_s * 1000))
+        await self._do(pipe.execute())
+
+    async def drop_presence(self, machine_id: str, expected: bytes) -> None:
+        await self._do(self._drop(keys=[PREFIX + "presence:" + machine_id], args=[expected]))
+
+    async def presence(self) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        keys = await self._do(self._scan(PREFIX + "presence:*"))
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            values = await self._do(self.client.mget(batch))
+            for k, v in zip(batch, values):
+                if v is not None:
+                    name = k.decode() if isinstance(k, bytes) else k
+                    out[name[len(PREFIX + "presence:"):]] = bytes(v)
+        return out
+
+    async def _scan(self, pattern: str) -> list[Any]:
+        return [k async for k in self.client.scan_iter(match=pattern, count=1000)]
+
+    async def beat(self, node: str, record: bytes, ttl_s: float) -> bool:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(PREFIX + "alive:" + node, record, px=int(ttl_s * 1000), get=True)
+        pipe.sadd(PREFIX + "nodes", node)
+        previous, _ = await self._do(pipe.execute())
+        return previous is not None
+
+    async def nodes(self) -> dict[str, bytes]:
+        names = sorted(n.decode() if isinstance(n, bytes) else n
+                       for n in await self._do(self.client.smembers(PREFIX + "nodes")))
+        if not names:
+            return {}
+        values = await self._do(self.client.mget([PREFIX + "alive:" + n for n in names]))
+        gone = [n for n, v in zip(names, values) if v is None]
+        if gone:
+            await self._do(self.client.srem(PREFIX + "nodes", *gone))
+        return {n: bytes(v) for n, v in zip(names, values) if v is not None}
+
+    async def leave(self, node: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(PREFIX + "alive:" + node)
+        pipe.srem(PREFIX + "nodes", node)
+        await self._do(pipe.execute())
+
+    async def _close_pubsub(self) -> None:
+        try:
+            await self.pubsub.aclose()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone anyway
+            pass
+        self.pubsub = None
+
+    async def close(self) -> None:
+        if self.pubsub is not None:
+            await self._close_pubsub()
+        try:
+            await self.client.aclose()
+        except Exception:  # noqa: BLE001 - as above
+            pass

@@ -1,0 +1,281 @@
+"""Three relay nodes as one relay, as an operator runs them: `cmdop relay serve --store
+postgresql://… --bus redis://…` on three loopback ports, one real PostgreSQL (pg_server.py) and
+one real redis-server (started here). The agent links to node A through a TCP forwarder that
+stands for "one name in front of the nodes" (a load balancer: each connection to the first node
+that answers); callers talk to node C. What a user notices: `cmdop exec` across nodes streams
+and cancels; a revocation made through node B cuts a call that runs through A; node A killed
+mid-call fails the call clearly, the agent comes back through B and nothing runs twice; a Redis
+restart is survived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import pytest
+
+from pg_server import pg_or_skip, pg_server  # noqa: F401
+from relay_harness import (Agent, Cluster, Relay, caller, free_port, procs_with_argv,
+                           unique_seconds, wait_for)
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+GONE_TIMEOUT_S = 30.0        # generous waits for "it ended"; no timing is asserted
+
+
+def _redis_or_skip() -> str:
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server"
+                                             if os.access("/usr/bin/redis-server", os.X_OK) else None)
+    if found is None:
+        reason = "redis-server not found: install `redis-server` (.ci/setup)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        reason = "the redis package is not installed: pip install 'cmdop[cluster]' (.ci/setup)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+class RedisServer:
+    """A throw-away redis-server on a loopback port, no persistence (a restart forgets all)."""
+
+    def __init__(self, binary: str, root: Path) -> None:
+        self.binary, self.root = binary, root
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        log = open(self.root / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.root)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+        wait_for(answers, 20, "redis-server to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Front:
+    """One address in front of the nodes: each TCP connection goes to the first node that
+    accepts it, in order (what a TCP load balancer with health checks does)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            for port in self.ports:
+                try:
+                    up = socket.create_connection(("127.0.0.1", port), timeout=2)
+                    break
+                except OSError:
+                    continue
+            else:
+                return
+            with up:
+                up.settimeout(None)
+                back = threading.Thread(target=_pipe, args=(up, conn), daemon=True)
+                back.start()
+                _pipe(conn, up)
+                back.join()
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    """Copy src to dst until either end closes; then shut both down."""
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class Node(Relay):
+    """A relay node: the shared PostgreSQL store and Redis bus from its environment
+    (CMDOP_RELAY_STORE, CMDOP_RELAY_BUS: no secret on a command line), its own --node-id."""
+
+    def __init__(self, cluster: Cluster, data_dir: Path, dsn: str, bus: str, node_id: str) -> None:
+        super().__init__(cluster, data_dir)
+        self.node_id = node_id
+        self.home.env.update(CMDOP_RELAY_STORE=dsn, CMDOP_RELAY_BUS=bus)
+
+    def serve_args(self) -> list[str]:
+        return ["--node-id", self.node_id, "--oauth-listen", "off"]
+
+    def started(self, info: dict[str, Any]) -> None:
+        assert info["node"] == self.node_id and info["bus"].startswith("redis://"), info
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[Any]:
+    binary = _redis_or_skip()
+    root = tmp_path_factory.mktemp("relay-cluster")
+    redis = RedisServer(binary, root).start()
+    dsn = pg_server.create_database()
+    cluster = Cluster(root / "net")
+    front: Front | None = None
+    try:
+        from cmdop.relay.tls import CERT_NAME, KEY_NAME, ensure_certificate
+
+        nodes = [Node(cluster, root / f"data-{n}", dsn, redis.url, f"node-{n}") for n in "abc"]
+        # One certificate for every node: callers pin one fingerprint, whichever node answers.
+        for n in nodes:
+            n.data_dir.mkdir(mode=0o700)
+        ensure_certificate(str(nodes[0].data_dir), ["cmdop-relay"])
+        for n in nodes[1:]:
+            for name in (CERT_NAME, KEY_NAME):
+                shutil.copy2(nodes[0].data_dir / name, n.data_dir / name)
+        a, b, c = nodes
+        a.admin("workspace", "create", "demo")
+        keys = {name: a.admin("key", "create", "demo", "--name", name)
+                for name in ("agent", "ops", "doomed")}
+        for n in nodes:
+            n.start()
+        assert a.fingerprint == b.fingerprint == c.fingerprint
+        front = Front([a.port, b.port])
+        front_relay = SimpleNamespace(address=front.address, fingerprint=a.fingerprint)
+        agent = Agent(cluster, "agent", keys["agent"]["key"], front_relay).start()  # type: ignore[arg-type]
+        yield SimpleNamespace(cluster=cluster, redis=redis, a=a, b=b, c=c, agent=agent,
+                              keys=keys, ops=caller(cluster, "ops", keys["ops"]["key"], c))
+    finally:
+        if front is not None:
+            front.close()
+        cluster.close()
+        redis.stop()
+
+
+def _status(net: Any) -> dict[str, Any]:
+    out = net.c.home.run("relay", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def _agents_by_node(net: Any) -> dict[str, int]:
+    return {r["node"]: r["agents"] for r in _status(net)["nodes"]}
+
+
+def test_exec_on_node_c_runs_on_the_agent_of_node_a_streaming_and_cancelling(net: Any) -> None:
+    wait_for(lambda: _agents_by_node(net) == {"node-a": 1, "node-b": 0, "node-c": 0} or None,
+             20, "relay status to show the agent on node a", every=0.5)
+    out = net.ops.run("exec", net.agent.machine, "--", "seq", "1", "20000")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [str(i) for i in range(1, 20001)]
+    hosts = json.loads(net.ops.run("hosts", "--json").stdout)
+    assert [(h["name"], h["online"]) for h in hosts] == [(net.agent.machine, True)]
+
+    secs = unique_seconds()
+    remote = net.cluster.mark(["sleep", secs])
+    proc = net.ops.popen(net.cluster, "exec", net.agent.machine, "--", "sleep", secs)
+    wait_for(lambda: procs_with_argv(remote), 30, "the remote sleep to start")
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.proc.wait(timeout=GONE_TIMEOUT_S) == 130, proc.log()
+    wait_for(lambda: not procs_with_argv(remote), GONE_TIMEOUT_S, "the remote sleep to be killed")
+
+    status = _status(net)
+    assert [r["node"] for r in status["nodes"]] == ["node-a", "node-b", "node-c"]
+    assert all("bus_lag_ms" in r and "calls_per_s" in r for r in status["nodes"])
+    human = net.c.home.run("relay", "status")
+    assert human.returncode == 0 and "node-a" in human.stdout and "BUS LAG" in human.stdout
+
+
+def test_a_revocation_made_through_node_b_cuts_a_call_running_through_node_a(net: Any) -> None:
+    doomed = caller(net.cluster, "doomed", net.keys["doomed"]["key"], net.c)
+    secs = unique_seconds()
+    remote = net.cluster.mark(["sleep", secs])
+    live = doomed.popen(net.cluster, "exec", net.agent.machine, "--", "sleep", secs)
+    wait_for(lambda: procs_with_argv(remote), 30, "the remote sleep to start")
+    net.b.admin("key", "revoke", net.keys["doomed"]["id"])
+    assert live.proc.wait(timeout=GONE_TIMEOUT_S) == 4, live.log()
+    assert "revoked" in live.log()
+    wait_for(lambda: not procs_with_argv(remote), GONE_TIMEOUT_S, "the remote sleep to be killed")
+
+
+def test_node_a_killed_mid_call_fails_it_clearly_and_the_agent_returns_through_b(net: Any) -> None:
+    runs = net.agent.work / "runs.txt"
+    secs = unique_seconds()
+    remote = net.cluster.mark(["sleep", secs])
+    target = f"echo run | tee -a {runs}; sleep {secs}"
+    call = net.ops.popen(net.cluster, "exec", net.agent.machine, "--", target)
+    wait_for(lambda: procs_with_argv(remote), 30, "the remote sleep to start")
+    net.a.kill(signal.SIGKILL)
+    assert call.proc.wait(timeout=GONE_TIMEOUT_S) == 5, call.log()
+    assert "relay node holding" in call.log() and "Traceback" not in call.log(), call.log()
+    wait_for(lambda: not procs_with_argv(remote), GONE_TIMEOUT_S, "the orphaned call to be killed")
+    # the agent reconnects (with its backoff) through the front, which now reaches node b
+    wait_for(lambda: _agents_by_node(net) == {"node-b": 1, "node-c": 0} or None, 60,
+             "the agent to show on node b", every=0.5)
+    out = net.ops.run("exec", net.agent.machine, "--", "seq", "1", "3")
+    assert (out.returncode, out.stdout) == (0, "1\n2\n3\n"), out.stderr
+    assert runs.read_text() == "run\n"                   # the lost call never ran again
+    assert [r["decision"] for r in net.agent.home.audit() if r.get("target") == target] == ["allow"]
+
+
+def test_routing_recovers_after_a_redis_restart(net: Any) -> None:
+    net.redis.stop()
+    out = net.ops.run("exec", net.agent.machine, "--", "seq", "1", "2")
+    assert out.returncode == 5 and "Traceback" not in out.stderr, out.stderr
+    net.redis.start()                                    # same port, empty: nothing persisted
+
+    def works() -> Any:
+        again = net.ops.run("exec", net.agent.machine, "--", "seq", "1", "3")
+        return again if again.returncode == 0 else None
+    again = wait_for(works, 60, "calls across nodes to work again", every=0.5)
+    assert again.stdout == "1\n2\n3\n"
+    assert sorted(_agents_by_node(net)) == ["node-b", "node-c"]
+    for node in (net.b, net.c):
+        assert "Traceback" not in node.proc.log(), node.proc.log()
