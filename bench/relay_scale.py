@@ -13,17 +13,18 @@ free loopback ports with one certificate, `--node-id node-a|b|c`, the store and 
 CMDOP_RELAY_STORE / CMDOP_RELAY_BUS. One workspace, one key.
 
 Sections:
- 1. idle agents: --agents links spread round-robin over the three nodes by helper processes
+ 1. cross-node hop: a fake agent (a helper process: a raw AgentLink on node A answering every
+    call with an empty Result at once: no gate, no sandbox) and plaintext calls to it from a
+    RelayChannel on node A (same node) and one on node C (across the bus) in this process,
+    rounds interleaved; the extra latency of the hop = median(C) - median(A). Target <= 1 ms.
+ 2. saturation: caller helper processes (4 threads each, one channel per thread on node C)
+    calling the fake agent on A for --seconds per step, 1, 2, 4 and 8 processes; calls/s per
+    step; saturation = the best step.
+ 3. idle agents: --agents links spread round-robin over the three nodes by helper processes
     (bench/remote.py --idle-agents: one TLS connection and AgentLink per agent, a Hello, then
     nothing). Per node: VmRSS before and after (all welcomed), per idle agent = delta / its
     agents; the time to link them all; `cmdop relay status --json` after (agents per node).
- 2. cross-node hop: a fake agent in this process (a raw AgentLink on node A answering every
-    call with an empty Result at once: no gate, no sandbox) and plaintext calls to it from a
-    RelayChannel on node A (same node) and one on node C (across the bus), rounds interleaved;
-    the extra latency of the hop = median(C) - median(A). Target <= 1 ms. The idle agents of
-    section 1 stay linked meanwhile.
- 3. saturation: N threads, each with its own channel on node C, calling the fake agent on A
-    for --seconds each, N = 1, 2, 4, 8, 16, 32; calls/s per step; saturation = the best step.
+ 4. section 1 again with the idle agents linked (and enrolled in the store).
 
 No timing is asserted: the exit status is 0 unless the set-up fails.
 """
@@ -185,7 +186,7 @@ def _wait(pred: Any, timeout: float, what: str) -> None:
 class FakeAgent:
     """An agent link on `node` that answers every call with an empty Result at once."""
 
-    def __init__(self, w: World, node: str, name: str) -> None:
+    def __init__(self, w: Any, node: str, name: str) -> None:
         from cmdop.daemon.relay_link import CAPABILITIES, PROTOCOL_VERSION
         from cmdop.relay.proto import relay_pb2 as pb
 
@@ -226,6 +227,65 @@ class FakeAgent:
         self.channel.close()
 
 
+def fake_agent_main(address: str, fingerprint: str, key: str) -> int:
+    """Helper process: one FakeAgent until stdin closes; prints its machine name."""
+    from types import SimpleNamespace
+
+    from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
+
+    w = SimpleNamespace(channel=lambda node: RelayChannel(
+        RelayEndpoint(address, fingerprint=fingerprint), key))
+    agent = FakeAgent(w, "", f"fake-{uuid.uuid4().hex[:6]}")
+    print(agent.machine, flush=True)
+    sys.stdin.read()
+    agent.close()
+    return 0
+
+
+def callers_main(address: str, fingerprint: str, key: str, host: str, threads: int,
+                 seconds: float) -> int:
+    """Helper process: `threads` callers, each with its own channel, for `seconds`; prints
+    the number of calls done."""
+    from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
+    from cmdop.relay.caller import remote_call
+
+    channels = [RelayChannel(RelayEndpoint(address, fingerprint=fingerprint), key)
+                for _ in range(threads)]
+    for ch in channels:                       # connected before the clock starts
+        remote_call(ch, host, "execute_command", {"command": "true"}, plaintext=True,
+                    deadline_s=30)
+    counts = [0] * threads
+    print("ready", flush=True)
+    sys.stdin.readline()                      # go
+    end = time.monotonic() + seconds
+
+    def worker(k: int) -> None:
+        while time.monotonic() < end:
+            remote_call(channels[k], host, "execute_command", {"command": "true"},
+                        plaintext=True, deadline_s=30)
+            counts[k] += 1
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    print(sum(counts), flush=True)
+    for ch in channels:
+        ch.close()
+    return 0
+
+
+def start_fake_agent(w: World, node: str) -> tuple[subprocess.Popen[bytes], str]:
+    p = subprocess.Popen([PY, __file__, "--fake-agent", w.address(node), "--fingerprint",
+                          w.fingerprint], env=w.env(), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write((w.key + "\n").encode())
+    p.stdin.flush()
+    return p, p.stdout.readline().decode().strip()
+
+
 def section_idle(w: World, agents: int, per_process: int) -> dict[str, Any]:
     before = {n: _remote.rss_kb(w.pids[n]) for n in NODES}
     helpers: list[subprocess.Popen[bytes]] = []
@@ -264,7 +324,7 @@ def section_idle(w: World, agents: int, per_process: int) -> dict[str, Any]:
             "status_agents": {r["node"]: r["agents"] for r in status["nodes"]}}
 
 
-def section_hop(w: World, agent: FakeAgent, rounds: int) -> dict[str, Any]:
+def section_hop(w: World, machine: str, rounds: int) -> dict[str, Any]:
     from cmdop.relay.caller import remote_call
 
     channels = {"same_node": w.channel("a"), "cross_node": w.channel("c")}
@@ -274,7 +334,7 @@ def section_hop(w: World, agent: FakeAgent, rounds: int) -> dict[str, Any]:
             order = list(channels.items()) if i % 2 else list(reversed(channels.items()))
             for name, ch in order:
                 t = time.perf_counter()
-                remote_call(ch, agent.machine, "execute_command", {"command": f"true {i}"},
+                remote_call(ch, machine, "execute_command", {"command": f"true {i}"},
                             plaintext=True, deadline_s=30)
                 if i >= 20:                       # warm-up rounds are not counted
                     times[name].append(time.perf_counter() - t)
@@ -287,36 +347,33 @@ def section_hop(w: World, agent: FakeAgent, rounds: int) -> dict[str, Any]:
     return out
 
 
-def section_saturation(w: World, agent: FakeAgent, seconds: float) -> dict[str, Any]:
-    from cmdop.relay.caller import remote_call
-
+def section_saturation(w: World, machine: str, seconds: float) -> dict[str, Any]:
     steps = []
-    for n in (1, 2, 4, 8, 16, 32):
-        channels = [w.channel("c") for _ in range(n)]
-        counts = [0] * n
-        stop = threading.Event()
-
-        def worker(k: int) -> None:
-            while not stop.is_set():
-                remote_call(channels[k], agent.machine, "execute_command",
-                            {"command": "true"}, plaintext=True, deadline_s=30)
-                counts[k] += 1
-
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        time.sleep(seconds)
-        stop.set()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
-        for ch in channels:
-            ch.close()
-        steps.append({"concurrency": n, "calls_per_s": sum(counts) / elapsed})
+    for n in (1, 2, 4, 8):
+        procs = [subprocess.Popen([PY, __file__, "--callers", w.address("c"), "--fingerprint",
+                                   w.fingerprint, "--host", machine, "--seconds", str(seconds)],
+                                  env=w.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                 for _ in range(n)]
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write((w.key + "\n").encode())
+            p.stdin.flush()
+        for p in procs:                       # their channels connected, waiting for "go"
+            assert p.stdout is not None
+            if p.stdout.readline().decode().strip() != "ready":
+                raise SystemExit("relay_scale: a caller helper failed")
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+        total = 0
+        for p in procs:
+            out, _ = p.communicate(timeout=seconds + 120)
+            total += int(out.decode().strip().splitlines()[-1])
+        steps.append({"processes": n, "threads": 4 * n, "calls_per_s": total / seconds})
     best = max(steps, key=lambda s: s["calls_per_s"])
     return {"steps": steps, "saturation_calls_per_s": best["calls_per_s"],
-            "at_concurrency": best["concurrency"]}
+            "at_processes": best["processes"]}
 
 
 def main() -> int:
@@ -327,7 +384,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="hop latency rounds (500)")
     ap.add_argument("--seconds", type=float, default=None, help="per saturation step (5)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--fake-agent", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--callers", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--fingerprint", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--host", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.fake_agent:
+        return fake_agent_main(args.fake_agent, args.fingerprint, sys.stdin.readline().strip())
+    if args.callers:
+        return callers_main(args.callers, args.fingerprint, sys.stdin.readline().strip(),
+                            args.host, 4, args.seconds or 5.0)
     agents = args.agents or (300 if args.quick else 5000)
     rounds = args.rounds or (100 if args.quick else 500)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
@@ -335,17 +401,18 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cmdop-relay-scale-"))
     w = World(tmp)
     helpers: list[subprocess.Popen[bytes]] = []
-    agent: FakeAgent | None = None
+    agent: subprocess.Popen[bytes] | None = None
     try:
         w.start()
+        agent, machine = start_fake_agent(w, "a")
+        hop = section_hop(w, machine, rounds)
+        sat = section_saturation(w, machine, seconds)
         idle = section_idle(w, agents, args.per_process)
         helpers = idle.pop("helpers")
-        agent = FakeAgent(w, "a", "fake-target")
-        hop = section_hop(w, agent, rounds)
-        sat = section_saturation(w, agent, seconds)
+        hop_loaded = section_hop(w, machine, max(50, rounds // 5))
     finally:
         if agent is not None:
-            agent.close()
+            agent.communicate(timeout=30)
         for h in helpers:
             try:
                 assert h.stdin is not None
@@ -356,26 +423,29 @@ def main() -> int:
                 h.kill()
         w.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {"idle": idle, "hop": hop, "saturation": sat,
+    result = {"idle": idle, "hop": hop, "saturation": sat, "hop_with_idle_agents": hop_loaded,
               "cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"1. idle agents: {agents} over 3 nodes, linked in {idle['link_all_s']:.1f} s; "
+    for k in ("same_node", "cross_node"):
+        h = hop[k]
+        print(f"1. {k:10s}: median {h['median_ms']:.3f} ms, p99 {h['p99_ms']:.3f} ms "
+              f"({h['n']} calls)")
+    met = "met" if hop["extra_ms"] <= 1.0 else "NOT met"
+    print(f"   cross-node hop extra latency (median): {hop['extra_ms']:.3f} ms "
+          f"(target <= 1 ms: {met})")
+    steps = ", ".join(f"{st['threads']}: {st['calls_per_s']:.0f}" for st in sat["steps"])
+    print(f"2. calls/s across nodes by caller threads: {steps}; saturation "
+          f"{sat['saturation_calls_per_s']:.0f} calls/s")
+    print(f"3. idle agents: {agents} over 3 nodes, linked in {idle['link_all_s']:.1f} s; "
           f"relay status counts {idle['status_agents']}")
     for n, row in idle["per_node"].items():
         print(f"   node-{n}: {row['agents']} agents, RSS {row['rss_before_kb'] / 1024:.1f} -> "
               f"{row['rss_after_kb'] / 1024:.1f} MB, {row['per_agent_kb']:.1f} KB per idle agent")
-    for k in ("same_node", "cross_node"):
-        s = hop[k]
-        print(f"2. {k:10s}: median {s['median_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms "
-              f"({s['n']} calls)")
-    met = "met" if hop["extra_ms"] <= 1.0 else "NOT met"
-    print(f"   cross-node hop extra latency (median): {hop['extra_ms']:.3f} ms "
-          f"(target <= 1 ms: {met})")
-    steps = ", ".join(f"{s['concurrency']}: {s['calls_per_s']:.0f}" for s in sat["steps"])
-    print(f"3. calls/s across nodes by concurrency: {steps}; saturation "
-          f"{sat['saturation_calls_per_s']:.0f} calls/s at {sat['at_concurrency']}")
+    print(f"4. with them: same node {hop_loaded['same_node']['median_ms']:.3f} ms, cross node "
+          f"{hop_loaded['cross_node']['median_ms']:.3f} ms median; extra "
+          f"{hop_loaded['extra_ms']:.3f} ms")
     return 0
 
 

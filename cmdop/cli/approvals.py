@@ -83,7 +83,9 @@ def describe(ask: dict[str, Any]) -> str:
     return "\n".join([
         f"ask {visible(ask.get('ask_id'))}: {visible(ask.get('tool'))}{op}",
         f"  target: {visible(ask.get('target'))}",
-        f"  caller: {visible(c.get('kind'))} {visible(c.get('user'))}@{visible(c.get('hostname'))}",
+        f"  caller: {visible(c.get('kind'))} {visible(c.get('user'))}@{visible(c.get('hostname'))}"
+        + (f"  share {visible(c.get('share_id'))}" if c.get("share_id") else "")
+        + (f" ({visible(c.get('note'))})" if c.get("note") else ""),
         f"  rule:   {visible(rule)} — {visible(ask.get('reason'))}",
         f"  cwd:    {visible(ask.get('cwd') or '(agent cwd)')}",
         f"  input:  {visible(ask.get('input_digest'))}  (expires in {ask.get('expires_in_s', '?')}s)",

@@ -76,8 +76,10 @@ class PendingAsk:
         return {
             "ask_id": self.ask_id, "tool": self.call.tool, "operation": self.decision.operation,
             "target": self.decision.target, "input_digest": self.input_digest, "cwd": self.call.cwd,
-            "caller": {"kind": self.caller.kind.value, "user": self.caller.user,
-                       "hostname": self.caller.hostname},
+            # The principal as audited (a guest's share id and note included), so whoever
+            # answers sees whose call it is.
+            "caller": {"user": self.caller.user, "hostname": self.caller.hostname,
+                       **self.caller.audit_fields()},
             "rule_id": self.decision.rule_id, "reason": self.decision.reason,
             "mode": self.decision.mode, "created_at": self.created_at,
             "expires_in_s": round(left, 1),

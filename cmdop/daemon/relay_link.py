@@ -327,7 +327,10 @@ class Link:
         sealer = None
         if start.sealed or self.e2e.required:
             opened = self._open_sealed(start)
-            if opened is None:
+            if not isinstance(opened, tuple):
+                # refused: a denial like any other, so it is an audit line too
+                rule, tool, reason = opened
+                await trio.to_thread.run_sync(self._audit_refusal, start, rule, tool, reason)
                 return
             start, sealer = opened
         try:
@@ -414,20 +417,23 @@ class Link:
             result = {k: v for k, v in result.items() if k not in ("stdout", "stderr")}
         self._result(cid, result, sealer)
 
-    def _open_sealed(self, start: "pb.CallStart") -> "tuple[pb.CallStart, Any] | None":
+    def _open_sealed(self, start: "pb.CallStart") -> "tuple[pb.CallStart, Any] | list[str]":
         """The call as its sealed request says (tool, input, cwd, session) and the sealer of
-        its response; None after answering a Failure: a plaintext call while E2E is required,
-        a request that does not open for this call on this machine, or a caller that is not
-        in authorized_callers."""
+        its response; or, after answering a Failure, [rule id, tool, reason] of the refusal: a
+        plaintext call while E2E is required (`e2e:plaintext`), a request that does not open for
+        this call on this machine (`e2e:unopened`), or a caller that is not in
+        authorized_callers (`e2e:unauthorized_caller`)."""
         from cmdop.adapters import e2e
         from cmdop.core.errors import E2EError
         from cmdop.relay.proto import relay_pb2 as pb
 
         cid = start.call_id
+        rule, tool = "e2e:plaintext", start.tool
         try:
             if not start.sealed:
                 raise E2EError("this agent accepts only end-to-end encrypted relay calls",
                                "upgrade cmdop on the calling machine")
+            rule, tool = "e2e:unopened", ""
             if self.e2e.key is None:
                 raise E2EError("this agent has no usable end-to-end key",
                                "see `cmdop agent status` on it")
@@ -435,6 +441,7 @@ class Link:
             # sealed its own id, and the caller's id never contains ':'.
             request = e2e.open_request(start.sealed, self.e2e.key, cid.rpartition(":")[2],
                                        self.e2e.machine_id)
+            rule, tool = "e2e:unauthorized_caller", request.tool
             if self.e2e.authorized:
                 e2e.verify_caller(request, self.e2e.authorized)
         except E2EError as exc:
@@ -442,12 +449,36 @@ class Link:
             self.send(pb.AgentFrame(failure=pb.Failure(call_id=cid, code="e2e_refused",
                                                        message=exc.message,
                                                        hint=exc.hint or "")))
-            return None
+            return [rule, tool[:64], exc.message]
         opened = pb.CallStart()
         opened.CopyFrom(start)
         opened.tool, opened.input_json = request.tool, request.input_json
         opened.cwd, opened.session, opened.sealed = request.cwd, request.session, b""
         return opened, e2e.ResponseSealer(request)
+
+    def _audit_refusal(self, start: "pb.CallStart", rule: str, tool: str, reason: str) -> None:
+        """The audit line of a relay call refused before the gate (worker thread): decision
+        deny, source floor, the e2e rule; the input is never recorded (it did not open, or it
+        is a caller's the machine does not accept)."""
+        from datetime import datetime, timezone
+
+        from cmdop.core.audit import build_record
+        from cmdop.core.policy.decision import Decision
+
+        ctx = getattr(self.daemon.service, "call_context", None)
+        if ctx is None:
+            return
+        mode = getattr(ctx.gatekeeper, "mode", "")
+        decision = Decision(decision="deny", source="floor", reason=reason,
+                            mode=mode if isinstance(mode, str) else "", tool=tool or "?",
+                            rule_id=rule)
+        try:
+            ctx.audit.append(build_record(decision=decision, outcome="deny",
+                                          tool_input={"not_recorded": True},
+                                          caller=caller_from_principal(start.caller),
+                                          now=datetime.now(timezone.utc)))
+        except Exception:  # noqa: BLE001 - the refusal stands whether or not the line is written
+            log.exception("cannot audit the refused call %s", start.call_id)
 
     def _result(self, cid: str, result: Any, sealer: Any = None) -> None:
         """Send a call's result (sealed as the final frame of a sealed call); one too large

@@ -87,9 +87,15 @@ class MemoryBus:
     def __init__(self, hub: MemoryHub) -> None:
         self.hub = hub
         self.node = ""
+        self.down = False             # a test's outage of this node's connection only
+
+    def _check(self) -> None:
+        if self.down:
+            raise BusUnavailableError("this node's bus connection is down (test)")
+        self.hub.check()
 
     async def open(self, node: str) -> None:
-        self.hub.check()
+        self._check()
         self.node = node
         self.hub.queues[node] = asyncio.Queue()
 
@@ -97,7 +103,7 @@ class MemoryBus:
         return await self.hub.queues[self.node].get()
 
     async def publish(self, items: list[tuple[str, bytes]]) -> None:
-        self.hub.check()
+        self._check()
         for node, data in items:
             targets = list(self.hub.queues.items()) if not node else \
                 [(node, self.hub.queues[node])] if node in self.hub.queues else []
@@ -105,27 +111,27 @@ class MemoryBus:
                 queue.put_nowait((ALL if not node else NODE, data))
 
     async def put_presence(self, entries: list[tuple[str, bytes]], ttl_s: float) -> None:
-        self.hub.check()
+        self._check()
         for machine_id, data in entries:
             self.hub.entries[machine_id] = (data, self.hub.clock() + ttl_s)
 
     async def drop_presence(self, machine_id: str, expected: bytes) -> None:
-        self.hub.check()
+        self._check()
         if self.hub.entries.get(machine_id, (b"", 0.0))[0] == expected:
             del self.hub.entries[machine_id]
 
     async def presence(self) -> dict[str, bytes]:
-        self.hub.check()
+        self._check()
         return self.hub.live(self.hub.entries)
 
     async def beat(self, node: str, record: bytes, ttl_s: float) -> bool:
-        self.hub.check()
+        self._check()
         known = node in self.hub.live(self.hub.records)
         self.hub.records[node] = (record, self.hub.clock() + ttl_s)
         return known
 
     async def nodes(self) -> dict[str, bytes]:
-        self.hub.check()
+        self._check()
         return self.hub.live(self.hub.records)
 
     async def leave(self, node: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from relay_harness import POLICY, Agent, Cluster, caller, channel
+from relay_harness import POLICY, Agent, Cluster, caller, channel, wait_for
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -164,6 +164,12 @@ def test_a_plaintext_call_is_refused_by_the_agent(sealed: Any) -> None:
             remote_call(ch, sealed.a.machine, "execute_command", {"command": "echo clear"},
                         plaintext=True)
     assert not any(r.get("target") == "echo clear" for r in sealed.a.home.audit())
+
+    def refusal() -> Any:
+        found = [r for r in sealed.a.home.audit() if r.get("rule_id") == "e2e:plaintext"]
+        return found[-1] if found else None
+    rec = wait_for(refusal, 20, "the audit line of the refused plaintext call")
+    assert (rec["decision"], rec["tool"], rec["user"]) == ("deny", "execute_command", "ops"), rec
 
 
 def test_a_changed_host_key_is_refused_until_trusted(sealed: Any) -> None:

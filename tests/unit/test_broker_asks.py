@@ -158,3 +158,31 @@ def test_a_slow_approver_is_dropped_not_waited_for():
             b._broadcast({"event": "noise"})
         assert b.approvers == 0
     run(main)
+
+
+
+def test_an_approver_sees_a_guests_share_id_and_note():
+    from cmdop.cli.approvals import describe
+
+    guest = Caller(kind=CallerKind.GUEST, user="alice", workspace="acme", credential="share",
+                   share_id="sh_0123456789ab", note="db migration\x1b[2J", tools=("read_file",))
+
+    async def main():
+        b = AskBroker()
+        seen: dict[str, Any] = {}
+        recv = b.attach()
+        async with trio.open_nursery() as n:
+            n.start_soon(b.ask, DECISION, CALL, guest, DIGEST, 5.0)
+            async for ev in recv:
+                if ev["event"] == "ask":
+                    seen.update(ev["ask"])
+                    await b.answer(ev["ask"]["ask_id"], "deny")
+                    break
+        b.detach(recv)
+        return seen
+    ask = run(main)
+    assert ask["caller"]["kind"] == "guest"
+    assert ask["caller"]["share_id"] == "sh_0123456789ab"
+    text = describe(ask)
+    assert "guest alice@" in text and "share sh_0123456789ab" in text
+    assert "db migration" in text and "\x1b" not in text   # the note passes through visible()

@@ -199,6 +199,25 @@ def test_an_agent_relinking_to_another_node_ends_its_old_link_and_moves_its_pres
     asyncio.run(main())
 
 
+def test_a_node_back_on_the_bus_yields_a_machine_that_moved_while_it_was_away():
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        stale, stale_task = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        bus0 = nodes.clusters[0].bus
+        assert isinstance(bus0, MemoryBus)
+        bus0.down = True                                  # node 0 misses what happens next
+        await _until(lambda: not nodes.clusters[0].up)
+        live, live_task = await _agent(nodes.routers[1], "K1", "web01", "m1")
+        bus0.down = False
+        assert (await _next(stale, "failure")).code == "replaced"
+        await asyncio.wait_for(stale_task, 5)
+        await _until(lambda: nodes.clusters[0].up)
+        assert not live_task.done() and "row-demo-m1" in nodes.routers[1].links
+        await _until(lambda: nodes.routers[0].online("row-demo-m1"))   # through node 1
+    asyncio.run(main())
+
+
 def test_the_host_key_of_a_machine_on_another_node_is_its_agents_key():
     async def main() -> None:
         nodes = await Nodes(2).start()
