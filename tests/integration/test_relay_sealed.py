@@ -153,6 +153,13 @@ def test_agent_status_shows_the_key_fingerprint_and_files_are_private(sealed: An
     for path in (Path(key_file), pins):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     assert fingerprint in pins.read_text()
+    # the caller's public key, the line an agent's authorized_callers takes
+    from cmdop.adapters.e2e_files import parse_caller_public
+
+    out = sealed.c.run("connect", "key", "show-public")
+    assert out.returncode == 0 and len(parse_caller_public(out.stdout.strip())) == 32, out
+    key_path = Path(sealed.c.home.env["CMDOP_HOME"]) / "caller_key"
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
 
 
 def test_a_plaintext_call_is_refused_by_the_agent(sealed: Any) -> None:

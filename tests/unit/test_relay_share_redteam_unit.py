@@ -498,17 +498,22 @@ def test_a_guest_call_never_carries_the_callers_own_password_session(cli, monkey
     assert code == 0 and sent == [""], (sent, err)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG, open (end-to-end pins, another engineer's area: "
-                   "cmdop/adapters/e2e_files.py): pins are per relay and name, not per workspace")
 def test_a_guest_of_a_machine_named_like_one_of_its_own_can_call_it(tmp_path):
     # A guest who is also a member of a workspace on the same relay, with its own `web01`: the
-    # shared `web01` (another workspace, another machine) is refused as "now another machine",
-    # and the hint (`cmdop connect trust web01`) reaches the guest's own machine, not the shared.
+    # shared `web01` (another workspace, another machine) must not be refused as "now another
+    # machine" — pins are kept per workspace, and per share for a guest (as the CLI scopes them).
     from cmdop.adapters import e2e_files
+    from cmdop.relay.sealing import share_scope
 
     relay, own, shared = "relay.example:7443", b"o" * 1216, b"s" * 1216
-    assert e2e_files.check_pin(str(tmp_path), relay, "own-web01-id", "web01", own) == own
-    assert e2e_files.check_pin(str(tmp_path), relay, "shared-web01-id", "web01", shared) == shared
+    guest_scope = share_scope("cmdop_share_" + "x" * 43)
+    assert e2e_files.check_pin(str(tmp_path), relay, "own-web01-id", "web01", own,
+                               scope="acme") == own
+    assert e2e_files.check_pin(str(tmp_path), relay, "shared-web01-id", "web01", shared,
+                               scope=guest_scope) == shared
+    # ... and each pin still holds within its own scope.
+    with pytest.raises(Exception, match="has changed"):
+        e2e_files.check_pin(str(tmp_path), relay, "own-web01-id", "web01", shared, scope="acme")
 
 
 @pytest.mark.parametrize("tools", ["", " ", ",", " , "])
