@@ -22,7 +22,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -45,7 +46,8 @@ _SIGNED = b"cmdop-e2e/1 caller signature"
 KIND_CHUNK = 1
 KIND_FINAL = 2
 _FIELDS = ("call_id", "machine_id", "caller", "tool", "input_json", "cwd", "session",
-           "response_key", "signer", "signature")
+           "response_key", "issued_at", "stream", "signer", "signature")
+_BYTES = ("input_json", "response_key", "signer", "signature")
 
 
 def _lp(data: bytes) -> bytes:
@@ -130,7 +132,9 @@ def fingerprint(public: bytes) -> str:
 class Request:
     """What a caller seals for one call. `caller` is the caller's own label (bound into every
     response frame); `signer`/`signature`: an Ed25519 public key and its signature over the
-    rest, or empty."""
+    rest, or empty. `issued_at` (the caller's clock, Unix seconds) lets the agent refuse a
+    request replayed later; `stream` is sealed so a relay cannot flip it (an output streamed
+    to nobody, or buffered and never shown, would be a silent truncation)."""
 
     call_id: str
     machine_id: str
@@ -140,12 +144,22 @@ class Request:
     cwd: str = ""
     session: str = ""
     response_key: bytes = b""
+    issued_at: int = field(default_factory=lambda: int(time.time()))
+    stream: bool = False
     signer: bytes = b""
     signature: bytes = b""
 
     def _fields(self) -> list[bytes]:
-        return [v.encode("utf-8") if isinstance(v, str) else v
-                for v in (getattr(self, f) for f in _FIELDS)]
+        def raw(v: object) -> bytes:
+            if isinstance(v, bool):
+                return b"1" if v else b""
+            if isinstance(v, int):
+                return str(v).encode("ascii")
+            if isinstance(v, str):
+                return v.encode("utf-8")
+            assert isinstance(v, bytes)
+            return v
+        return [raw(getattr(self, f)) for f in _FIELDS]
 
     def signed_bytes(self) -> bytes:
         """The bytes a caller signature covers: every field but the signature itself."""
@@ -182,14 +196,19 @@ def request_body(request: Request) -> bytes:
 
 def parse_request_body(body: bytes, call_id: str, machine_id: str) -> Request:
     """The request of an opened body; E2EError when malformed or not for this call/machine."""
-    raw = _split(body, len(_FIELDS))
+    raw = dict(zip(_FIELDS, _split(body, len(_FIELDS))))
+    issued, stream = raw.pop("issued_at"), raw.pop("stream")
+    # canonical forms only: one encoding per value, so what was signed is what is read
+    if not (issued.isdigit() and issued.isascii() and len(issued) <= 12
+            and (issued == b"0" or not issued.startswith(b"0"))) or stream not in (b"", b"1"):
+        raise E2EError("a sealed request is malformed")
     try:
-        text = {f: raw[i].decode("utf-8") for i, f in enumerate(_FIELDS)
-                if f not in ("input_json", "response_key", "signer", "signature")}
+        text = {f: v.decode("utf-8") for f, v in raw.items() if f not in _BYTES}
     except UnicodeDecodeError:
         raise E2EError("a sealed request is malformed") from None
-    request = Request(input_json=raw[4], response_key=raw[7], signer=raw[8], signature=raw[9],
-                      **text)
+    request = Request(input_json=raw["input_json"], response_key=raw["response_key"],
+                      signer=raw["signer"], signature=raw["signature"],
+                      issued_at=int(issued), stream=stream == b"1", **text)
     if request.call_id != call_id or request.machine_id != machine_id:
         raise E2EError("the sealed request belongs to another call")
     if len(request.response_key) != RESPONSE_KEY_LEN:

@@ -125,6 +125,14 @@ def _by_name(hosts: dict[str, Any], relay: str, scope: str,
     return out
 
 
+def pinned_names(cmdop_home: str, relay: str, scope: str = "") -> list[str]:
+    """The host names pinned at `relay` in `scope`."""
+    realm = _realm(relay, scope)
+    return [str(entry.get("name")) for pid, entry in _load_known(cmdop_home).items()
+            if pid.rpartition("|")[0] == realm and isinstance(entry, dict)
+            and _entry_key(entry) and isinstance(entry.get("name"), str)]
+
+
 def pinned_by_name(cmdop_home: str, relay: str, name: str,
                    scope: str = "") -> tuple[str, bytes] | None:
     """(machine id, key) pinned under the host name `name` at `relay` in `scope`; None unless

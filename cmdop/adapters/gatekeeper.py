@@ -19,7 +19,7 @@ import threading
 
 from cmdop.adapters import policy_store
 from cmdop.adapters.canonical import canonical_path
-from cmdop.adapters.kernel_floor_fs import own_code
+from cmdop.adapters.own_code import own_code
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, ToolCall, command_dir
 from cmdop.core.errors import PolicyError
 from cmdop.core.policy.decision import Decision

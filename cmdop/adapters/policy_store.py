@@ -28,9 +28,12 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+# yaml is imported by the functions that read or write YAML: with no permissions.yaml (an empty
+# policy) `cmdop permissions check` never needs it, and it costs ~7 ms of a start.
+if TYPE_CHECKING:
+    import yaml
 
 from cmdop.adapters.secure_file import atomic_create, atomic_write
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
@@ -62,12 +65,16 @@ def _line(node: yaml.Node) -> int:
 
 
 def _scalar(node: yaml.Node, what: str) -> Any:
+    import yaml
+
     if not isinstance(node, yaml.ScalarNode):
         raise PolicyError(f"{what} must be a single value", line=_line(node))
     return yaml.safe_load(yaml.serialize(node))
 
 
 def _mapping(node: yaml.Node, keys: tuple[str, ...], what: str) -> dict[str, tuple[yaml.Node, Any]]:
+    import yaml
+
     if not isinstance(node, yaml.MappingNode):
         raise PolicyError(f"{what} must be a mapping", line=_line(node))
     out: dict[str, tuple[yaml.Node, Any]] = {}
@@ -84,6 +91,8 @@ def _mapping(node: yaml.Node, keys: tuple[str, ...], what: str) -> dict[str, tup
 def parse_text(text: str, home: str, run_tests_: bool = True) -> tuple[PolicyDoc, Policy]:
     """Validate the file's text into (doc, policy). Raises PolicyError naming the line.
     `run_tests_=False` skips the `tests:` (for `permissions test`, which reports each one)."""
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -123,6 +132,8 @@ def parse_text(text: str, home: str, run_tests_: bool = True) -> tuple[PolicyDoc
 
 
 def _rules(entry: tuple[yaml.Node, Any] | None, home: str) -> tuple[list[Any], list[tuple[str, str, str]]]:
+    import yaml
+
     if entry is None or isinstance(entry[0], yaml.ScalarNode) and entry[0].value in ("", "null", "~"):
         return [], []
     node = entry[0]
@@ -155,6 +166,8 @@ def _rules(entry: tuple[yaml.Node, Any] | None, home: str) -> tuple[list[Any], l
 
 
 def _tests(entry: tuple[yaml.Node, Any] | None) -> list[tuple[dict[str, Any], int]]:
+    import yaml
+
     if entry is None or isinstance(entry[0], yaml.ScalarNode) and entry[0].value in ("", "null", "~"):
         return []
     node = entry[0]
@@ -246,6 +259,8 @@ def load(path: str, home: str, run_tests: bool = True) -> tuple[PolicyDoc, Polic
 
 def render(doc: PolicyDoc) -> str:
     """The YAML text for `doc` (rules and tests in order)."""
+    import yaml
+
     out: dict[str, Any] = {"version": 1, "mode": doc.mode, "ask_timeout_s": _num(doc.ask_timeout_s),
                            "self_bypass": doc.self_bypass,
                            "rules": [dict({"rule": r, "action": a}, **({"reason": why} if why else {}))

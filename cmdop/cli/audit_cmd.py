@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.core.errors import UsageError
+
+if TYPE_CHECKING:  # datetime is imported where it is used: `permissions check` loads this module
+    from datetime import datetime
 
 
 def since_arg(text: str | None) -> datetime | None:
     """A `--since` value (`1h`, `30m`, an ISO timestamp) as a UTC time; None when not given.
     UsageError naming the problem when it cannot be read."""
+    from datetime import datetime, timezone
+
     from cmdop.core.audit import parse_since
 
     if text is None:

@@ -124,7 +124,7 @@ def _call(sock: socket.socket, host: str, command: list[str], timeout: float,
     if claim is not None and claim.get("relay"):
         try:
             sealed = seal_pinned(Pins(home, claim["relay"], scope), host, "execute_command",
-                                 tool_input, session=session)
+                                 tool_input, session=session, stream=True)
         except CmdopError as exc:
             return _print(exc)
     if sealed is None:
@@ -210,7 +210,7 @@ def _asked(sock: socket.socket, frames: protocol.FrameBuffer, host: str,
         return None               # no link, an old agent, an unknown host: the full CLI decides
     try:
         return seal_from_answer(home, target, "execute_command", dict(tool_input),
-                                session=session, scope=scope)
+                                session=session, scope=scope, stream=True, requested=host)
     except CmdopError as exc:
         return _print(exc)
 

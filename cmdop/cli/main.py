@@ -79,7 +79,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdop",
         description="Run tools on this machine for remote callers, through a permission gate.",
-        parents=[common.GLOBAL_FLAGS],
+        parents=[common.GLOBAL_FLAGS], formatter_class=common.Formatter,
     )
     parser.add_argument("--version", action="version", version=f"cmdop {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -194,7 +194,8 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
                 return None
             raise failure_error(code, exc.message, exc.hint or "") from None
         return seal_from_answer(ctx.settings.cmdop_home, answer, tool, tool_input,
-                                session=session, scope=_pin_scope(args, ctx))
+                                session=session, scope=_pin_scope(args, ctx),
+                                stream=on_chunk is not None, requested=host)
 
     with client:
         # End to end: this process seals the call and opens its output; the local agent (and
@@ -204,7 +205,7 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
         if claim is not None and claim.get("relay"):
             pinned = seal_pinned(Pins(ctx.settings.cmdop_home, claim["relay"],
                                       _pin_scope(args, ctx)), host, tool, tool_input,
-                                 session=session)
+                                 session=session, stream=on_chunk is not None)
         found = (pinned, host) if pinned is not None else asked()
         if found is None:
             return _NOT_THROUGH_AGENT

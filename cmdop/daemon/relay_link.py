@@ -105,6 +105,7 @@ class E2EConfig:
     machine_id: str
     required: bool
     authorized: frozenset[bytes]
+    seen: Any = None                # cmdop.adapters.e2e_seen.SeenRequests (None: in memory)
 
 
 def load_e2e_config(settings: Any) -> E2EConfig:
@@ -127,7 +128,12 @@ def load_e2e_config(settings: Any) -> E2EConfig:
         log.error("end-to-end key unusable, and e2e_required is off: plaintext calls only: %s",
                   exc.message)
         key = None
-    return E2EConfig(key, machine_id(settings.state_dir), config.e2e_required, authorized)
+    from cmdop.adapters.e2e_seen import SEEN_FILE, SeenRequests
+
+    # Sealed calls already run, kept across restarts: a replayed one is refused (fail closed
+    # when the record cannot be read).
+    seen = SeenRequests(os.path.join(settings.state_dir, SEEN_FILE), time.time())
+    return E2EConfig(key, machine_id(settings.state_dir), config.e2e_required, authorized, seen)
 
 
 def next_backoff(previous: float, rng: random.Random | None = None) -> float:
@@ -233,6 +239,9 @@ class Link:
                  secret: str = "", e2e: "E2EConfig | None" = None) -> None:
         self.secret = secret            # the credential this link authenticated with
         self.e2e = e2e if e2e is not None else E2EConfig(None, "", True, frozenset())
+        from cmdop.adapters.e2e_seen import SeenRequests
+
+        self.replay = self.e2e.seen if self.e2e.seen is not None else SeenRequests(None, 0)
         # HostKey queries of this machine's own CLI, by query id: [event, answer]
         self.key_queries: dict[str, list[Any]] = {}
         self.daemon = daemon
@@ -325,7 +334,9 @@ class Link:
         self.send(pb.AgentFrame(accepted=pb.Accepted(call_id=cid, machine=self.state.machine)))
         self.state.calls += 1
         sealer = None
-        if start.sealed or self.e2e.required:
+        # authorized_callers needs a signature, which only a sealed call carries: a plaintext
+        # call is refused then even with e2e_required off.
+        if start.sealed or self.e2e.required or self.e2e.authorized:
             opened = self._open_sealed(start)
             if not isinstance(opened, tuple):
                 # refused: a denial like any other, so it is an audit line too
@@ -342,6 +353,11 @@ class Link:
                                "message": "the tool input is not a JSON object"}, sealer)
             return
         caller = caller_from_principal(start.caller)
+        if self.e2e.authorized and caller.kind is CallerKind.SELF:
+            # "self" is the relay's word that the call came from one of this principal's own
+            # machines; with authorized_callers the relay is not trusted for who calls, so no
+            # self_bypass on its say-so.
+            caller = dataclasses.replace(caller, kind=CallerKind.REMOTE)
         if start.tool == "unlock":
             # The machine password, checked here and never by the relay: verified under the
             # slow-down, audited (without the password), answered with a session token
@@ -444,6 +460,10 @@ class Link:
             rule, tool = "e2e:unauthorized_caller", request.tool
             if self.e2e.authorized:
                 e2e.verify_caller(request, self.e2e.authorized)
+            # The relay picks the outer call id's prefix: only the sealed id and time say
+            # whether this request ran before (under any prefix, before a restart).
+            rule = "e2e:replayed"
+            self.replay.accept(request.call_id, request.issued_at, time.time())
         except E2EError as exc:
             log.warning("call %s refused: %s", cid, exc.message)
             self.send(pb.AgentFrame(failure=pb.Failure(call_id=cid, code="e2e_refused",
@@ -454,6 +474,7 @@ class Link:
         opened.CopyFrom(start)
         opened.tool, opened.input_json = request.tool, request.input_json
         opened.cwd, opened.session, opened.sealed = request.cwd, request.session, b""
+        opened.stream = request.stream      # the caller's choice, not the relay's
         return opened, e2e.ResponseSealer(request)
 
     def _audit_refusal(self, start: "pb.CallStart", rule: str, tool: str, reason: str) -> None:

@@ -17,7 +17,6 @@ What a reader reports (`classify`):
 
 from __future__ import annotations
 
-import calendar
 import errno
 import json
 import os
@@ -83,6 +82,8 @@ def remove_if_ours(path: str) -> None:
 
 def _age_s(stamp: Any) -> float | None:
     """Seconds since a `utc_now()` stamp, or None when it is not one."""
+    import calendar  # only with a status file to read: `agent status` with no agent skips it
+
     try:
         then = calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:

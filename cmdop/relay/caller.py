@@ -60,9 +60,15 @@ def denial_error(result: dict[str, Any]) -> CmdopError:
 
 
 def failure_error(code: str, message: str, hint: str = "") -> CmdopError:
-    """The error a caller command raises for a Failure frame."""
+    """The error a caller command raises for a Failure frame. Its text is the relay's (never
+    sealed, whoever wrote it): control characters are shown escaped, so it cannot drive the
+    terminal (escape sequences that rewrite earlier output, or the window title)."""
     cls, default_hint = _FAILURES.get(code, (CmdopError, ""))
-    return cls(message or code, hint or default_hint or None)
+    return cls(_printable(message or code), _printable(hint) or default_hint or None)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:2000])
 
 
 class _Requests:
@@ -106,7 +112,7 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
             session=session))
     else:
         sealed, target = _seal(channel, host, tool, tool_input, cwd, session, cmdop_home,
-                               pin_scope)
+                               pin_scope, stream=on_chunk is not None)
         call_id = sealed.call_id
         start = pb.CallerFrame(start=pb.CallStart(
             call_id=call_id, host=target, sealed=sealed.sealed,
@@ -121,7 +127,7 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
                 # Sealed to the pin without asking the relay: if the host's key changed, say
                 # so (HostKeyChangedError from the pin check), else this refusal stands.
                 _seal(channel, host, tool, tool_input, cwd, session, cmdop_home, pin_scope,
-                      lookup=True)
+                      lookup=True, stream=on_chunk is not None)
             raise
         except KeyboardInterrupt:
             # The relay cancels the call on the agent (its process group is killed) and then
@@ -136,7 +142,7 @@ def remote_call(channel: "RelayChannel", host: str, tool: str, tool_input: dict[
 
 def _seal(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, Any], cwd: str,
           session: str, cmdop_home: str | None, scope: str = "",
-          lookup: bool = False) -> tuple["SealedCall", str]:
+          lookup: bool = False, stream: bool = False) -> tuple["SealedCall", str]:
     """The sealed call for `host` and the host's exact name to route it by: to the key pinned
     under that name, or (none pinned, or `lookup`) to the key the relay offers, checked
     against the pin."""
@@ -150,7 +156,8 @@ def _seal(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, A
         cmdop_home = Settings.from_env(os.environ, os.path.expanduser("~")).cmdop_home
     pins = Pins(cmdop_home, channel.endpoint.address, scope)
     if not lookup:
-        pinned = seal_pinned(pins, host, tool, tool_input, cwd=cwd, session=session)
+        pinned = seal_pinned(pins, host, tool, tool_input, cwd=cwd, session=session,
+                             stream=stream)
         if pinned is not None:
             return pinned, host
     reply = channel.host_key(host)
@@ -158,7 +165,8 @@ def _seal(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, A
         f = reply.failure
         raise failure_error(f.code, f.message, f.hint)
     target = Target(reply.name, reply.machine_id, bytes(reply.e2e_key))
-    return seal_call(pins, target, tool, tool_input, cwd=cwd, session=session), reply.name
+    return seal_call(pins, target, tool, tool_input, cwd=cwd, session=session, stream=stream,
+                     requested=host), reply.name
 
 
 def _events(stream: Any, on_chunk: ChunkSink | None, sealed: "SealedCall | None" = None) -> Any:

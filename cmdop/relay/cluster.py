@@ -17,8 +17,10 @@ Every node serves any caller and any agent; the nodes share the store (PostgreSQ
 - Failure: a node that does not take a call within ACCEPT_TIMEOUT_S, or whose heartbeat
   stops, fails its calls on the caller's side with `node_lost` ("the relay node holding HOST
   stopped…; try again"); the bus lost (or restarted, losing messages) fails every call crossing
-  it the same way. A call is never sent twice: each goes out once, and an agent refuses an id
-  it has seen. A holder whose caller's node dies cancels that call on the agent.
+  it the same way (a holder whose own connection dropped tells the callers' nodes so once it
+  is back, as they may not have noticed). A call is never sent twice: each goes out once,
+  and an agent refuses an id it has seen. A holder whose caller's node dies cancels that call
+  on the agent.
 - Revocation: nodes share the store, so each notices a revocation through its own poll
   (Router.watch_revocations, ~0.2 s) and cuts the calls it holds either end of; no broadcast is
   needed for it.
@@ -170,6 +172,7 @@ class Cluster:
         self._bg: set[asyncio.Future[Any]] = set()
         self._last_refresh = 0.0
         self._last_resync = 0.0
+        self._cut_notices: list[tuple[str, str, str, str]] = []
 
     # -- what the router asks -------------------------------------------------------------
 
@@ -282,6 +285,7 @@ class Cluster:
                     self.where[mid] = pb.BusPresence.FromString(data)
                 self.up = True
                 self._announce()
+                self._tell_cut()
                 if failing:
                     log.warning("the bus is reachable again")
                 failing = False
@@ -328,9 +332,19 @@ class Cluster:
         for rl in list(self.remote.values()):
             rl.close(NODE_LOST, message)
         self.remote.clear()
-        for served in list(self.served.values()):
+        for (back, call_id), served in list(self.served.items()):
             if served.task is not None:
                 served.task.cancel()
+            # The caller's node may not have lost the bus (only this node's connection did):
+            # it is told once the bus is back, or its call would wait for its deadline.
+            self._cut_notices.append((back, served.route.target.machine.id, call_id, message))
+
+    def _tell_cut(self) -> None:
+        """Send the failures of served calls cut while the bus was away (see _lost_bus)."""
+        notices, self._cut_notices = self._cut_notices, []
+        for back, machine_id, call_id, message in notices:
+            self.post(back, pb.BusEnvelope(machine_id=machine_id, event=pb.CallEvent(
+                failure=pb.Failure(call_id=call_id, code=NODE_LOST, message=message))))
 
     async def _receiver(self) -> None:
         while True:
@@ -394,6 +408,7 @@ class Cluster:
                                         PRESENCE_TTL_S)
             self.up = True
             self._announce()
+            self._tell_cut()
         nodes = await self.bus.nodes()
         alive: dict[str, dict[str, Any]] = {}
         for name, raw in nodes.items():

@@ -80,19 +80,48 @@ class SealedCall:
 
 
 def seal_call(pins: Pins, target: Target, tool: str, tool_input: dict[str, Any], *,
-              cwd: str = "", session: str = "") -> SealedCall:
-    """The call sealed to `target`'s key, once that key passes the pin check."""
+              cwd: str = "", session: str = "", stream: bool = False,
+              requested: str = "") -> SealedCall:
+    """The call sealed to `target`'s key, once that key passes the pin check. `requested`: the
+    host name the user typed; the relay's answer must be a machine that name can mean."""
     from cmdop.adapters import e2e_files
 
     if not target.key:
         raise no_key_error(target.name)
+    if requested:
+        check_resolution(pins, requested, target.name)
     key = e2e_files.check_pin(pins.cmdop_home, pins.relay, target.machine_id, target.name,
                               target.key, pins.scope)
-    return _seal_to(pins, target.machine_id, key, tool, tool_input, cwd, session)
+    return _seal_to(pins, target.machine_id, key, tool, tool_input, cwd, session, stream)
+
+
+def check_resolution(pins: Pins, requested: str, answered: str) -> None:
+    """E2EError unless the relay's answer `answered` is a host `requested` can mean: the name
+    itself or one it is a (case-insensitive) prefix of, and — when `requested` is a prefix of
+    names pinned here — one of those. Else a relay could seal the call to a machine of its
+    choosing (one it can impersonate, pinned anew under a fresh name) for a name the user
+    always reached another machine by."""
+    from cmdop.adapters import e2e_files
+    from cmdop.core.errors import HostKeyChangedError
+
+    want, got = requested.strip().lower(), answered.lower()
+    if not want or not got.startswith(want):
+        raise E2EError(f"the relay answered {answered!r} for the host {requested!r}, a name "
+                       "that cannot mean it; refusing the call",
+                       "the relay may be misrouting calls: check `cmdop hosts`")
+    pinned = e2e_files.pinned_names(pins.cmdop_home, pins.relay, pins.scope)
+    known = [n for n in pinned if n.lower().startswith(want)]
+    if known and answered not in known:
+        raise HostKeyChangedError(
+            f"WARNING: {requested!r} meant {', '.join(sorted(known))} here (pinned), the relay "
+            f"now says it is {answered}, a machine never pinned; refusing the call: a relay "
+            "could be impersonating the host",
+            f"if {answered} is the machine you mean, call it by its exact name "
+            f"(`cmdop connect trust {answered}` first when it replaced another)")
 
 
 def seal_pinned(pins: Pins, host: str, tool: str, tool_input: dict[str, Any], *,
-                cwd: str = "", session: str = "") -> SealedCall | None:
+                cwd: str = "", session: str = "", stream: bool = False) -> SealedCall | None:
     """The call sealed to the key pinned under the exact name `host`, without asking the relay
     (one round trip less); None when no single machine is pinned under that name."""
     from cmdop.adapters import e2e_files
@@ -100,13 +129,13 @@ def seal_pinned(pins: Pins, host: str, tool: str, tool_input: dict[str, Any], *,
     found = e2e_files.pinned_by_name(pins.cmdop_home, pins.relay, host, pins.scope)
     if found is None:
         return None
-    call = _seal_to(pins, found[0], found[1], tool, tool_input, cwd, session)
+    call = _seal_to(pins, found[0], found[1], tool, tool_input, cwd, session, stream)
     call.from_pin = True
     return call
 
 
 def _seal_to(pins: Pins, machine_id: str, key: bytes, tool: str, tool_input: dict[str, Any],
-             cwd: str, session: str) -> SealedCall:
+             cwd: str, session: str, stream: bool = False) -> SealedCall:
     from cmdop.adapters import e2e_files
 
     signing = e2e_files.load_or_create_caller_key(pins.cmdop_home)
@@ -115,15 +144,17 @@ def _seal_to(pins: Pins, machine_id: str, key: bytes, tool: str, tool_input: dic
         call_id=call_id, machine_id=machine_id,
         caller=e2e.fingerprint(signing.public_key().public_bytes_raw()), tool=tool,
         input_json=json.dumps(tool_input, ensure_ascii=False).encode("utf-8"), cwd=cwd,
-        session=session, response_key=e2e.new_response_key()), signing)
+        session=session, response_key=e2e.new_response_key(), stream=stream), signing)
     return SealedCall(call_id, e2e.seal_request(request, key), e2e.ResponseOpener(request))
 
 
 def seal_from_answer(cmdop_home: str, answer: dict[str, Any], tool: str,
                      tool_input: dict[str, Any], *, cwd: str = "", session: str = "",
-                     scope: str = "") -> tuple[SealedCall, str]:
+                     scope: str = "", stream: bool = False,
+                     requested: str = "") -> tuple[SealedCall, str]:
     """The sealed call for a local agent's `relay_host_key` answer (the agent only forwards
-    it), and the host's exact name to route it by. `scope`: the caller's workspace."""
+    it), and the host's exact name to route it by. `scope`: the caller's workspace;
+    `requested`: the name the user typed (see `check_resolution`)."""
     import base64
 
     try:
@@ -133,4 +164,5 @@ def seal_from_answer(cmdop_home: str, answer: dict[str, Any], tool: str,
     name = str(answer.get("name") or "")
     target = Target(name, str(answer.get("machine_id") or ""), key)
     return seal_call(Pins(cmdop_home, str(answer.get("relay") or ""), scope), target, tool,
-                     tool_input, cwd=cwd, session=session), name
+                     tool_input, cwd=cwd, session=session, stream=stream,
+                     requested=requested), name

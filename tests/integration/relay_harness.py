@@ -392,7 +392,8 @@ def sealed_start(agent: Agent, tool: str, tool_input: dict[str, Any],
     cid = uuid.uuid4().hex
     request = e2e.Request(call_id=cid, machine_id=(state / "machine_id").read_text().strip(),
                           caller="", tool=tool, input_json=json.dumps(tool_input).encode(),
-                          response_key=e2e.new_response_key())
+                          response_key=e2e.new_response_key(),
+                          stream=bool(fields.get("stream")))   # sealed: the agent reads it there
     start = pb.CallStart(call_id=cid, host=agent.machine, deadline_ms=60_000,
                          sealed=e2e.seal_request(request, key.public), **fields)
     return start, e2e.ResponseOpener(request)

@@ -26,6 +26,7 @@ def fast_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clustermod, "BEAT_S", 0.02)
     monkeypatch.setattr(clustermod, "NODE_TTL_S", 0.3)
     monkeypatch.setattr(clustermod, "ACCEPT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(clustermod, "TAKEN_AFTER_S", 0.05)
 
 
 async def _until(check: Callable[[], Any], timeout: float = 5.0) -> None:
@@ -155,7 +156,7 @@ def test_a_node_that_dies_mid_call_fails_it_clearly_and_it_is_never_sent_twice()
         failure = await _next(caller, "failure")
         assert failure.code == "node_lost" and "web01" in failure.message
         await call_task
-        assert not nodes.routers[1].online("row-demo-m1")     # its agents show offline
+        await _until(lambda: not nodes.routers[1].online("row-demo-m1"))  # its agents: offline
         # the agent reconnects to the surviving node: reachable again, and only the new
         # call ever reaches it (the lost one is not re-sent)
         again, _ = await _agent(nodes.routers[1], "K1", "web01", "m1")
@@ -182,6 +183,23 @@ def test_a_node_that_never_takes_the_call_fails_it_after_the_accept_timeout():
         await nodes.routers[1].call(caller)
         failure = await _next(caller, "failure")
         assert failure.code == "node_lost" and "did not take the call" in failure.message
+    asyncio.run(main())
+
+
+def test_a_call_whose_agent_is_silent_past_the_accept_timeout_is_not_failed():
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        await _next(agent, "call")
+        await asyncio.sleep(0.6)            # twice the accept timeout: the holder said "taken"
+        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
+                                                                result_json=b"{}")))
+        assert (await _next(caller, "result")).call_id == "c1"
+        await call_task
     asyncio.run(main())
 
 
@@ -215,6 +233,29 @@ def test_a_node_back_on_the_bus_yields_a_machine_that_moved_while_it_was_away():
         await _until(lambda: nodes.clusters[0].up)
         assert not live_task.done() and "row-demo-m1" in nodes.routers[1].links
         await _until(lambda: nodes.routers[0].online("row-demo-m1"))   # through node 1
+    asyncio.run(main())
+
+
+def test_a_holder_whose_own_bus_connection_drops_fails_its_served_calls_once_back(
+        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(clustermod, "NODE_TTL_S", 5.0)   # the caller's node sees it alive
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        await _next(agent, "call")
+        await asyncio.sleep(0.2)                      # the holder said "taken"
+        bus0 = nodes.clusters[0].bus
+        assert isinstance(bus0, MemoryBus)
+        bus0.down = True
+        assert (await _next(agent, "cancel")).call_id == "k2:c1"
+        bus0.down = False
+        failure = await _next(caller, "failure")
+        assert failure.code == "node_lost" and "bus" in failure.message
+        await call_task
     asyncio.run(main())
 
 

@@ -43,7 +43,6 @@ statically); nothing imports from the rest of the policy package.
 
 from __future__ import annotations
 
-import ipaddress
 import posixpath
 import re
 import shlex
@@ -586,7 +585,12 @@ def _index() -> dict[str, ProgramSpec]:
 
 
 _BY_NAME = _index()
-_BY_VERSION = [(re.compile(spec.versions), spec) for spec in PROGRAMS if spec.versions]
+
+
+@lru_cache(maxsize=1)
+def _by_version() -> tuple[tuple[re.Pattern[str], ProgramSpec], ...]:
+    """(compiled `versions` regex, spec) in PROGRAMS order; compiled on first use, not at import."""
+    return tuple((re.compile(spec.versions), spec) for spec in PROGRAMS if spec.versions)
 
 
 # Cached (bounded): the floor asks about the same few names many times per command.
@@ -597,7 +601,7 @@ def lookup(name: str) -> ProgramSpec | None:
     base = posixpath.basename(name.rstrip("/")) or name
     spec = _BY_NAME.get(base)
     if spec is None:
-        spec = next((s for rx, s in _BY_VERSION if rx.fullmatch(base)), None)
+        spec = next((s for rx, s in _by_version() if rx.fullmatch(base)), None)
     return spec
 
 
@@ -1200,6 +1204,8 @@ def may_be_here(host: str) -> bool:
         return any(rx.fullmatch(sample) for sample in _HERE_SAMPLES)
     if h in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback") or h.endswith(".localhost"):
         return True
+    import ipaddress  # here: ~1 ms to import, and only host checks need it
+
     try:
         ip = ipaddress.ip_address(h)
     except ValueError:

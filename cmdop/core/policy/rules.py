@@ -17,7 +17,6 @@ the compiled form the gate matches.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -43,6 +42,8 @@ class RuleError(ValueError):
 
 def rule_id(rule: str, action: str) -> str:
     """"r-" + first 12 hex digits of sha256 over `rule` + "\\n" + `action`."""
+    import hashlib  # here: hashlib loads OpenSSL (~2 ms), and only rule ids need it
+
     return "r-" + hashlib.sha256((rule + "\n" + action).encode("utf-8")).hexdigest()[:12]
 
 

@@ -37,9 +37,33 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 import tree_sitter as _ts
-import tree_sitter_bash as _tsb
 
-_LANGUAGE = _ts.Language(_tsb.language())
+
+def _bash_grammar() -> Any:
+    """tree-sitter-bash's `language()` pointer. The package's own __init__ imports
+    importlib.resources (pathlib, tempfile, shutil: ~5 ms of every `permissions check`) only to
+    read query files the gate never uses, so its extension module is loaded on its own, found
+    the way `import tree_sitter_bash._binding` finds it (same sys.path); any surprise there
+    falls back to that import. The grammar is the same either way."""
+    from importlib.machinery import PathFinder
+    from importlib.util import module_from_spec
+
+    try:
+        package = PathFinder.find_spec("tree_sitter_bash")
+        spec = package and PathFinder.find_spec("tree_sitter_bash._binding",
+                                                package.submodule_search_locations)
+        if spec is not None and spec.loader is not None:
+            binding = module_from_spec(spec)
+            spec.loader.exec_module(binding)
+            return binding.language()
+    except (ImportError, AttributeError, OSError):
+        pass
+    import tree_sitter_bash
+
+    return tree_sitter_bash.language()
+
+
+_LANGUAGE = _ts.Language(_bash_grammar())
 # tree-sitter-bash's lexer crashes the whole process (SIGSEGV/SIGBUS) on some characters above
 # U+2C000 (`{` + U+2C744 is enough), so it never sees a non-ASCII byte: each one is parsed as the
 # letter `a`, offsets unchanged, and every text is read from the original bytes. Bash itself
