@@ -68,7 +68,7 @@ ZIP_EPOCH_MIN = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry
 TRANSITIVE_PINS = {
     "aiohappyeyeballs": "2.7.1",     # aiohttp's
     "aiosignal": "1.4.0",            # aiohttp's
-    "async-timeout": "5.0.1",        # aiohttp's, on CPython 3.10 only
+    "async-timeout": "5.0.1",        # aiohttp's on 3.10, redis's below 3.11.3
     "attrs": "26.1.0",
     "cffi": "2.1.1",
     "exceptiongroup": "1.3.2",       # trio's, on CPython 3.10 only
@@ -90,6 +90,7 @@ TRANSITIVE_PINS = {
 # not for --python-version, so a 3.11 builder would leave them out of a 3.10 target: named here.
 BACKPORTS = {
     "3.10": ("exceptiongroup", "async-timeout"),  # trio's and aiohttp's
+    "3.11": ("async-timeout",),   # redis's below 3.11.3 (Debian 12 ships 3.11.2)
 }
 
 

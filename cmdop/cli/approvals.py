@@ -55,8 +55,9 @@ def visible(text: Any) -> str:
     return "".join(out)
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add pending/approve/deny/watch under `cmdop permissions`."""
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", only: str | None = None) -> None:
+    """Add pending/approve/deny/watch under `cmdop permissions` (all four whatever `only`, the
+    one cmdop.cli.main runs: they are cheap to build)."""
     add_command(sub, "pending", "list asks waiting for an answer", _pending)
     for name, helptext, handler in (("approve", "allow one pending ask", _approve),
                                     ("deny", "deny one pending ask", _deny)):

@@ -43,8 +43,9 @@ DECISIONS = ("allow", "deny", "ask_allowed", "ask_denied", "ask_timeout")
 _COLUMNS = (("TIME", 20), ("DECISION", 11), ("TOOL", 15), ("SOURCE", 6), ("RULE", 15), ("CALLER", 20))
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add `audit` to the `cmdop permissions` subcommands."""
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", only: str | None = None) -> None:
+    """Add `audit` to the `cmdop permissions` subcommands (`only`, cmdop.cli.main's filter, can
+    only name it)."""
     p = add_command(sub, "audit", "show or verify the audit log of tool calls", _run)
     p.add_argument("--tail", type=int, default=None, metavar="N", help="show the last N records (default 20; with --since, all since then)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records (Ctrl-C stops)")

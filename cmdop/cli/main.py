@@ -46,31 +46,59 @@ COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("password", ("password_cmd",)),
 )
 GROUPS = {"permissions": "inspect and change the permission gate"}
+# A group's commands, as (command, module that registers it) in `--help` order. Only the invoked
+# one is built (`permissions check` would otherwise build 15 sub-parsers, ~3 ms); `--help`, no
+# command or an unknown one gets the whole group. A module's register(sub, only) builds `only`.
+GROUP_COMMANDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "permissions": tuple((name, "permissions") for name in (
+        "list", "add", "rm", "mode", "check", "explain", "replay", "test", "init", "path"))
+    + (("audit", "audit_cmd"),)
+    + tuple((name, "approvals") for name in ("pending", "approve", "deny", "watch")),
+}
 
 
-def command_of(argv: Sequence[str]) -> str | None:
-    """The top-level command `argv` names (skipping global flags and their values); None when
-    there is none or it is not one of COMMANDS (the whole tree then decides)."""
+def _leading_words(argv: Sequence[str], count: int) -> list[str] | None:
+    """Up to `count` first words of `argv` that are neither global flags nor their values; None
+    when `--`, -h or --help comes first (the whole tree then decides)."""
     from cmdop.cli import common
 
     takes_value = {opt for action in common.GLOBAL_FLAGS._actions if action.nargs != 0
                    for opt in action.option_strings}
-    known = {name for name, _ in COMMANDS}
+    words: list[str] = []
     i = 0
-    while i < len(argv):
+    while i < len(argv) and len(words) < count:
         arg = argv[i]
         if arg == "--" or arg in ("-h", "--help"):
             return None
         if arg.startswith("-"):
             i += 2 if arg in takes_value else 1
             continue
-        return arg if arg in known else None
-    return None
+        words.append(arg)
+        i += 1
+    return words
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The top-level command `argv` names (skipping global flags and their values); None when
+    there is none or it is not one of COMMANDS (the whole tree then decides)."""
+    words = _leading_words(argv, 1)
+    known = {name for name, _ in COMMANDS}
+    return words[0] if words and words[0] in known else None
+
+
+def subcommand_of(argv: Sequence[str]) -> str | None:
+    """The command of a group (`check` in `permissions check`) `argv` names, skipping global
+    flags and their values; None when there is none or it is not in GROUP_COMMANDS."""
+    words = _leading_words(argv, 2)
+    if not words or len(words) < 2 or words[0] not in GROUP_COMMANDS:
+        return None
+    return words[1] if words[1] in dict(GROUP_COMMANDS[words[0]]) else None
+
+
+def build_parser(only: str | None = None, sub_only: str | None = None) -> argparse.ArgumentParser:
     """The argparse tree: every command, or only the command `only` (and whatever else its
-    modules register). Command modules load nothing heavy at import."""
+    modules register); for a group, only its command `sub_only` when given. Command modules
+    load nothing heavy at import."""
     import argparse
     import importlib
 
@@ -88,6 +116,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             continue
         target = common.add_group(sub, name, GROUPS[name]) if name in GROUPS else sub
+        owners = dict(GROUP_COMMANDS.get(name, ()))
+        if sub_only in owners:
+            importlib.import_module(f"cmdop.cli.{owners[sub_only]}").register(target, only=sub_only)
+            continue
         for module in modules:
             if module in done and name not in GROUPS:
                 continue  # registered with an earlier command of the same module
@@ -105,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preflight.check_interpreter()
     except CmdopError as exc:
         return _report(exc)
-    parser = build_parser(command_of(sys.argv[1:] if argv is None else argv))
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_of(words), subcommand_of(words))
     args = parser.parse_args(argv)  # argparse prints usage and exits 2 on bad usage
     log_level = getattr(args, "log_level", None) or "warning"
     func = getattr(args, "func", None)

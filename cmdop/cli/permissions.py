@@ -37,7 +37,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.cli.password_cmd import add_password_flag, require_password
@@ -46,49 +47,80 @@ from cmdop.core.errors import CmdopError, PolicyError, UsageError
 MODES = ("default", "strict", "bypass")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this module's commands to `sub` (the `cmdop permissions` group)."""
-    p = add_command(sub, "list", "list the rules of permissions.yaml", _list)
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], only: str | None = None) -> None:
+    """Add this module's commands to `sub` (the `cmdop permissions` group), in `--help` order;
+    with `only`, that one alone (cmdop.cli.main builds only the command it runs)."""
+    for name, build in _BUILDERS:
+        if only is None or name == only:
+            build(sub)
+
+
+def _register_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    add_command(sub, "list", "list the rules of permissions.yaml", _list)
+
+
+def _register_add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "add", "add a rule", _add)
     p.add_argument("rule", metavar="RULE", help="tool, tool(GLOB) or tool(OP:GLOB)")
     p.add_argument("--action", required=True, choices=["allow", "ask", "deny"])
     p.add_argument("--reason", default="")
     p.add_argument("--scope", choices=["global", "session"], default="global")
     add_password_flag(p)
+
+
+def _register_rm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "rm", "remove a rule by its id", _rm)
     p.add_argument("rule_id", metavar="RULE_ID")
     add_password_flag(p)
+
+
+def _register_mode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "mode", "show or set the permission mode", _mode)
     p.add_argument("mode", nargs="?", choices=MODES)
     add_password_flag(p)
-    for name, handler, text in (("check", _check, "dry-run the gate for one call (or many: --batch)"),
-                                ("explain", _explain, "explain the gate's steps for one call")):
-        p = add_command(sub, name, text, handler)
-        tool = p.add_argument("tool", metavar="TOOL")
-        arg = p.add_argument("arg", metavar="ARG", nargs="+", help="the command, path or hostname")
-        if name == "check":
-            # `check --batch FILE` takes no TOOL/ARG, so they may be absent (`_check` says when
-            # they must be there). Not nargs "?"/"*": argparse would then match ARG empty at
-            # once and refuse `check connect --op exec HOST`.
-            tool.required = arg.required = False
-        p.add_argument("--op", default="", help="the operation (e.g. connect --op exec)")
-        p.add_argument("--caller", choices=["remote", "self", "local"], default="remote")
-        p.add_argument("--mode", choices=MODES, default=None)
-        p.add_argument("--policy", metavar="FILE", default=None)
-        p.add_argument("--cwd", metavar="DIR", default=None)
-        if name == "check":
-            p.add_argument("--batch", metavar="FILE", default=None,
-                           help="judge every JSON line of FILE (- for stdin): a call {tool, input, caller?, "
-                                "cwd?, op?} or an audit record; prints one JSON line per input line")
+
+
+def _register_dry_run(name: str, handler: Any, text: str,
+                      sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`check` and `explain`: the same call arguments."""
+    p = add_command(sub, name, text, handler)
+    tool = p.add_argument("tool", metavar="TOOL")
+    arg = p.add_argument("arg", metavar="ARG", nargs="+", help="the command, path or hostname")
+    if name == "check":
+        # `check --batch FILE` takes no TOOL/ARG, so they may be absent (`_check` says when
+        # they must be there). Not nargs "?"/"*": argparse would then match ARG empty at
+        # once and refuse `check connect --op exec HOST`.
+        tool.required = arg.required = False
+    p.add_argument("--op", default="", help="the operation (e.g. connect --op exec)")
+    p.add_argument("--caller", choices=["remote", "self", "local"], default="remote")
+    p.add_argument("--mode", choices=MODES, default=None)
+    p.add_argument("--policy", metavar="FILE", default=None)
+    p.add_argument("--cwd", metavar="DIR", default=None)
+    if name == "check":
+        p.add_argument("--batch", metavar="FILE", default=None,
+                       help="judge every JSON line of FILE (- for stdin): a call {tool, input, caller?, "
+                            "cwd?, op?} or an audit record; prints one JSON line per input line")
+
+
+def _register_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "replay", "re-judge the audit log's calls under a policy; show what would change",
                     _replay)
     p.add_argument("--policy", metavar="FILE", default=None, help="the proposed policy (default: permissions.yaml)")
     p.add_argument("--since", metavar="WHEN", default=None,
                    help="only records since an age (30s, 15m, 1h, 2d) or a time (2026-04-27T10:00Z)")
     p.add_argument("--mode", choices=MODES, default=None, help="judge in this mode (default: as `check`)")
+
+
+def _register_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "test", "run the policy's tests and the adversarial suite", _test)
     p.add_argument("file", metavar="FILE", nargs="?", default=None)
+
+
+def _register_init(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_command(sub, "init", "write a starter permissions.yaml (strict, no rules) if there is none", _init)
+
+
+def _register_path(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_command(sub, "path", "show where the policy, config, state, audit log, socket and credentials are",
                 _path)
 
@@ -569,3 +601,12 @@ def _path(args: argparse.Namespace, ctx: CliContext) -> int:
 
     ctx.emit(out, human)
     return 0
+
+
+# (command, builder) in `--help` order; cmdop.cli.main.GROUP_COMMANDS lists the same names.
+_BUILDERS: tuple[tuple[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]], ...] = (
+    ("list", _register_list), ("add", _register_add), ("rm", _register_rm), ("mode", _register_mode),
+    ("check", partial(_register_dry_run, "check", _check, "dry-run the gate for one call (or many: --batch)")),
+    ("explain", partial(_register_dry_run, "explain", _explain, "explain the gate's steps for one call")),
+    ("replay", _register_replay), ("test", _register_test), ("init", _register_init), ("path", _register_path),
+)

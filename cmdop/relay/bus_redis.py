@@ -51,14 +51,8 @@ class RedisBus:
     """`Bus` on one Redis server (module docstring)."""
 
     def __init__(self, url: str) -> None:
-        try:
-            import redis.asyncio as aioredis
-        except ImportError:
-            from cmdop.core.errors import CmdopError
+        import redis.asyncio as aioredis
 
-            raise CmdopError("relay nodes sharing a bus need the redis package, which this "
-                             "cmdop lacks",
-                             hint="install it beside cmdop: pip install 'cmdop[cluster]'") from None
         self.url = check_url(url)
         self.where = shown(self.url)
         self.client: Any = aioredis.Redis.from_url(

@@ -132,11 +132,13 @@ def open_store(location: str | None, data_dir: str, *,
         try:
             from cmdop.relay.store_pg import PgRelayStore
         except ImportError as exc:
-            if "psycopg" not in str(exc):
+            # psycopg is in every cmdop; what a machine can lack is libpq, which it loads.
+            if "libpq" not in str(exc) and "pq wrapper" not in str(exc):
                 raise
-            raise CmdopError("PostgreSQL stores need the psycopg package, which this cmdop lacks",
-                             hint="install it beside cmdop: pip install 'cmdop[postgres]' "
-                                  "(or psycopg[binary]); the pyz has SQLite only") from None
+            raise CmdopError("a PostgreSQL store needs the libpq client library, which this "
+                             "machine lacks",
+                             hint="install it: apt-get install libpq5 (Debian, Ubuntu) or "
+                                  "dnf install libpq (RHEL, Fedora)") from None
         return PgRelayStore.connect(location.strip(), clock=clock)
     directory = sqlite_dir(location, data_dir)
     if directory is None:

@@ -150,7 +150,7 @@ def pg_or_skip() -> Path:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        reason = "psycopg is not installed: pip install 'cmdop[postgres]' (.ci/setup does)"
+        reason = "psycopg is not installed (a cmdop dependency: bash .ci/setup)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(reason)
         pytest.skip(reason)

@@ -43,7 +43,7 @@ def _redis_or_skip() -> str:
     try:
         import redis  # noqa: F401
     except ImportError:
-        reason = "the redis package is not installed: pip install 'cmdop[cluster]' (.ci/setup)"
+        reason = "the redis package is not installed (a cmdop dependency: bash .ci/setup)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(reason)
         pytest.skip(reason)

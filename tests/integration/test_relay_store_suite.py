@@ -432,16 +432,26 @@ def test_password_login_over_tcp_and_pgpass_never_shows_the_password(
     assert "Wrong-pw-123" not in text and "S3cret-pw" not in text
 
 
-def test_without_psycopg_postgresql_is_one_line_with_the_fix(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pyz has no psycopg: asking it for PostgreSQL says what to install."""
+def test_without_libpq_postgresql_is_one_line_with_the_fix(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg ships in cmdop but loads the machine's libpq: on a machine without it, asking for
+    PostgreSQL says which package to install (psycopg's own ImportError, reproduced here)."""
     import sys
 
-    monkeypatch.setitem(sys.modules, "psycopg", None)         # import psycopg -> ImportError
+    class NoLibpq:
+        def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+            if name == "psycopg" or name.startswith("psycopg."):
+                raise ImportError("no pq wrapper available.\nAttempts made:\n- couldn't import "
+                                  "psycopg 'python' implementation: libpq library not found")
+            return None
+
+    for name in [m for m in sys.modules if m == "psycopg" or m.startswith("psycopg.")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.delitem(sys.modules, "cmdop.relay.store_pg", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [NoLibpq(), *sys.meta_path])
     with pytest.raises(CmdopError) as err:
         open_store("postgresql://cmdop@db/cmdop", str(tmp_path))
-    assert "psycopg" in str(err.value) and "cmdop[postgres]" in (err.value.hint or "")
+    assert "libpq" in str(err.value) and "apt-get install libpq5" in (err.value.hint or "")
 
 
 def test_malformed_url_does_not_echo_it(tmp_path: Path) -> None:

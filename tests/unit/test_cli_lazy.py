@@ -38,6 +38,38 @@ def test_the_table_names_every_command_its_modules_register() -> None:
     assert list(subs.choices) == [name for name, _ in main.COMMANDS]
 
 
+@pytest.mark.parametrize("group", sorted(main.GROUPS))
+def test_a_groups_table_names_its_commands_in_help_order_and_only_builds_one(group: str) -> None:
+    def choices(group_sub: argparse.ArgumentParser) -> list[str]:
+        action = next(a for a in group_sub._actions if isinstance(a, argparse._SubParsersAction))
+        return list(action.choices)
+
+    full = main.build_parser(group)
+    group_parser = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction)).choices[group]
+    assert choices(group_parser) == [name for name, _ in main.GROUP_COMMANDS[group]]
+    for name, _ in main.GROUP_COMMANDS[group]:
+        partial = main.build_parser(group, name)
+        one = next(a for a in partial._actions if isinstance(a, argparse._SubParsersAction)).choices[group]
+        assert name in choices(one)
+        assert "check" not in choices(one) or name == "check"   # the costly module builds only `only`
+
+
+@pytest.mark.parametrize("argv, sub", [
+    (["permissions", "check", "execute_command", "ls"], "check"),
+    (["--json", "permissions", "--log-level", "debug", "audit", "--tail", "3"], "audit"),
+    (["permissions", "pending"], "pending"),
+    (["permissions"], None),
+    (["permissions", "--help", "check"], None),
+    (["permissions", "-h"], None),
+    (["permissions", "no-such"], None),
+    (["permissions", "--", "check"], None),
+    (["agent", "status"], None),             # not a group
+    (["check", "permissions"], None),
+])
+def test_subcommand_of(argv: list[str], sub: str | None) -> None:
+    assert main.subcommand_of(argv) == sub
+
+
 @pytest.mark.parametrize("argv, command", [
     (["permissions", "check", "execute_command", "ls"], "permissions"),
     (["--json", "agent", "status"], "agent"),
@@ -57,6 +89,18 @@ def test_command_of(argv: list[str], command: str | None) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["permissions", "check", "--json", "execute_command", "ls"],
+    ["permissions", "check", "--batch", "-", "--caller", "local"],
+    ["permissions", "check", "--help"],
+    ["permissions", "check", "--bogus"],
+    ["permissions", "explain", "read_file", "/etc/hosts", "--mode", "bypass"],
+    ["permissions", "audit", "--tail", "3", "--verify"],
+    ["--json", "permissions", "pending"],
+    ["permissions", "approve", "a-1", "--scope", "session"],
+    ["permissions", "mode", "strict"],
+    ["permissions", "mode", "loose"],
+    ["permissions", "add", "execute_command(ls)", "--action", "allow"],
+    ["permissions", "--log-level", "debug", "replay", "--since", "1h"],
+    ["permissions", "nope"],
     ["--json", "agent", "status"],
     ["service", "install", "--help"],
     ["exec", "--timeout", "3", "h1", "--", "true"],
@@ -70,21 +114,22 @@ def test_the_partial_tree_parses_as_the_whole_one(argv: list[str]) -> None:
         ns["func"] = getattr(ns.get("func"), "__qualname__", ns.get("func"))
         return ns
 
-    assert parsed(main.build_parser(main.command_of(argv))) == parsed(main.build_parser())
+    assert parsed(main.build_parser(main.command_of(argv), main.subcommand_of(argv))) == \
+        parsed(main.build_parser())
 
 
 def test_permissions_check_imports_no_other_command_module() -> None:
     code = ("import sys\n"
             "from cmdop.cli import main\n"
-            "main.build_parser(main.command_of(['permissions', 'check', 'execute_command', 'ls']))\n"
+            "argv = ['permissions', 'check', 'execute_command', 'ls']\n"
+            "main.build_parser(main.command_of(argv), main.subcommand_of(argv))\n"
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('cmdop.cli.'))))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        cwd=REPO)
     assert r.returncode == 0, r.stderr
     loaded = set(r.stdout.split())
     others = {f"cmdop.cli.{m}" for _, modules in main.COMMANDS for m in modules} - {
-        "cmdop.cli.permissions", "cmdop.cli.audit_cmd", "cmdop.cli.approvals",
-        "cmdop.cli.password_cmd"}               # its --password flag helpers are shared
+        "cmdop.cli.permissions", "cmdop.cli.password_cmd"}  # its --password flag helpers are shared
     assert not loaded & others, loaded & others
 
 
@@ -94,3 +139,45 @@ def test_help_still_lists_every_command(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     for name, _ in main.COMMANDS:
         assert name in out
+
+
+# What a command must not import when it does not need it (whole process, as a user runs it):
+# each of these costs milliseconds of every start (bench/startup.py). The policy file case is
+# the control: yaml comes in when a permissions.yaml has to be read.
+_HEAVY = ("grpc", "google.protobuf", "yaml", "shutil", "importlib.resources", "tree_sitter_bash",
+          "cmdop.core.kernel_floor", "cmdop.cli.audit_cmd", "cmdop.cli.approvals")
+_RUN_AND_LIST = ("import sys\n"
+                 "from cmdop.cli import main\n"
+                 "code = main.main(sys.argv[1:])\n"
+                 "print('MODULES', ' '.join(sorted(sys.modules)))\n"
+                 "sys.exit(code)\n")
+
+
+@pytest.mark.parametrize("argv, policy, expected, needs", [
+    (["permissions", "check", "execute_command", "ls -la; rm -rf /"], None, "floor: recursive removal of /",
+     ("tree_sitter", "cmdop.core.policy.gate")),
+    (["permissions", "check", "execute_command", "ls"],
+     "version: 1\nmode: strict\nrules:\n  - rule: execute_command(ls)\n    action: allow\n",
+     "allow (source rule", ("yaml", "cmdop.core.policy.gate")),
+    (["agent", "status"], None, "STOPPED", ()),
+])
+def test_a_command_imports_only_what_it_needs(tmp_path: Path, argv: list[str], policy: str | None,
+                                              expected: str, needs: tuple[str, ...]) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CMDOP_", "XDG_"))}
+    env.update(HOME=str(tmp_path), CMDOP_CONFIG_DIR=str(tmp_path / "cfg"),
+               CMDOP_STATE_DIR=str(tmp_path / "state"), CMDOP_HOME=str(tmp_path / ".cmdop"),
+               CMDOP_SOCKET_PATH=str(tmp_path / "agent.sock"))
+    if policy is not None:
+        (tmp_path / "cfg").mkdir(mode=0o700)
+        (tmp_path / "cfg" / "permissions.yaml").write_text(policy)
+        (tmp_path / "cfg" / "permissions.yaml").chmod(0o600)
+    r = subprocess.run([sys.executable, "-c", _RUN_AND_LIST, *argv], capture_output=True, text=True,
+                       timeout=60, cwd=REPO, env=env)
+    out, _, listed = r.stdout.partition("MODULES ")
+    assert expected in out + r.stderr, (r.returncode, out, r.stderr)
+    loaded = set(listed.split())
+    assert set(needs) <= loaded                       # the control: the list is the real one
+    unneeded = {m for m in _HEAVY if m not in needs}
+    assert not {m for m in loaded if m in unneeded or m.split(".")[0] in unneeded}, sorted(loaded & unneeded)
