@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """Startup benchmark: whole-process wall time of cmdop.pyz commands (warm shiv cache) divided by
 the median of `python -c pass`, both run by the same absolute interpreter, interleaved, in one
-run. Commands: `--version`, `permissions check execute_command ls`, `agent status` (no agent
-running) and `exec HOST -- true` up to the point it connects (a pinned relay address that
-refuses the connection: every import and check happens, then exit 5).
+run. Commands: `--version`, `permissions check execute_command ls` with no permissions.yaml
+and again with one (three rules: the file must be read, so yaml is imported and parsed),
+`agent status` (no agent running) and `exec HOST -- true` up to the point it connects (a pinned
+relay address that refuses the connection: every import and check happens, then exit 5).
 
 For each command it prints the median, p99 and worst ratio. Target: <= 3 for `permissions
 check` and `exec`, <= 4 for `--version`. The run fails (exit 1) only when a median ratio
 exceeds --budget (default 20), to catch a regression without making timing noise a test failure.
 
-Usage: python bench/startup.py [--pyz dist/cmdop.pyz] [--python /abs/python3.11] [-n 30]
+With `--compare OTHER.pyz` (e.g. a build of an earlier commit) both builds run in the same
+interleaved rounds against the same `python -c pass`: a before/after that machine load cannot
+tilt.
+
+Usage: python bench/startup.py [--pyz dist/cmdop.pyz] [--compare OLD.pyz] [--python /abs/python3.11]
+                               [-n 30]
 """
 
 from __future__ import annotations
@@ -24,14 +30,28 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# (label, arguments, the exit statuses it may end with)
-COMMANDS: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = (
-    ("--version", ("--version",), (0,)),
-    ("permissions check", ("permissions", "check", "execute_command", "ls"), (0,)),
-    ("agent status", ("agent", "status"), (0,)),
+# (label, arguments, the exit statuses it may end with, with a permissions.yaml)
+COMMANDS: tuple[tuple[str, tuple[str, ...], tuple[int, ...], bool], ...] = (
+    ("--version", ("--version",), (0,), False),
+    ("permissions check", ("permissions", "check", "execute_command", "ls"), (0,), False),
+    ("check (policy file)", ("permissions", "check", "execute_command", "ls"), (0,), True),
+    ("agent status", ("agent", "status"), (0,), False),
     ("exec (to connect)", ("exec", "--relay", "127.0.0.1:9", "--relay-fingerprint", "ab" * 32,
-                           "bench-host", "--", "true"), (5,)),
+                           "bench-host", "--", "true"), (5,), False),
 )
+# A small real policy: strict, three rules (a first run writes strict with none).
+POLICY = """\
+version: 1
+mode: strict
+rules:
+  - rule: execute_command(ls *)
+    action: allow
+  - rule: execute_command(git status)
+    action: allow
+    reason: read-only
+  - rule: read_file(~/projects/**)
+    action: allow
+"""
 
 
 def base_interpreter() -> str:
@@ -59,32 +79,40 @@ def summary(times: list[float], bare: float) -> tuple[float, float, float]:
     return statistics.median(ordered) / bare, p99 / bare, ordered[-1] / bare
 
 
-def measure(python: str, pyz: Path, runs: int, env: dict[str, str]) -> dict[str, list[float]]:
-    """Seconds per run of each command and of `python -c pass` (key "pass"), interleaved."""
-    plan = [("pass", [python, "-c", "pass"], (0,))]
-    plan += [(label, [python, str(pyz), *args], ok) for label, args, ok in COMMANDS]
+def measure(python: str, builds: dict[str, Path], runs: int, env: dict[str, str],
+            policy_env: dict[str, str]) -> dict[str, list[float]]:
+    """Seconds per run of each command of each build (key "PREFIX LABEL") and of `python -c
+    pass` (key "pass"), interleaved; the commands marked so run with `policy_env` (its config
+    dir holds POLICY)."""
+    plan = [("pass", [python, "-c", "pass"], (0,), env)]
+    plan += [(f"{prefix}{label}", [python, str(pyz), *args], ok, policy_env if policy else env)
+             for label, args, ok, policy in COMMANDS for prefix, pyz in builds.items()]
     for _ in range(3):  # warm: shiv extraction, page cache, pyc files
-        for _, cmd, ok in plan:
-            wall(cmd, env, ok)
-    times: dict[str, list[float]] = {label: [] for label, _, _ in plan}
+        for _, cmd, ok, run_env in plan:
+            wall(cmd, run_env, ok)
+    times: dict[str, list[float]] = {label: [] for label, _, _, _ in plan}
     for _ in range(runs):
-        for label, cmd, ok in plan:
-            times[label].append(wall(cmd, env, ok))
+        for label, cmd, ok, run_env in plan:
+            times[label].append(wall(cmd, run_env, ok))
     return times
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--pyz", type=Path, default=ROOT / "dist" / "cmdop.pyz")
+    parser.add_argument("--compare", type=Path, default=None, metavar="OTHER_PYZ",
+                        help="also time this build in the same rounds (rows marked 'other')")
     parser.add_argument("--python", default=base_interpreter(),
                         help="absolute interpreter path (default: this venv's base interpreter)")
     parser.add_argument("-n", "--runs", type=int, default=30)
     parser.add_argument("--budget", type=float, default=20.0,
                         help="fail when a median ratio exceeds this (default 20; targets 3-4)")
     args = parser.parse_args(argv)
-    if not args.pyz.is_file():
-        print(f"startup: {args.pyz} not found; build it: python build_zipapp.py", file=sys.stderr)
-        return 1
+    builds = {"": args.pyz} if args.compare is None else {"this  ": args.pyz, "other ": args.compare}
+    for pyz in builds.values():
+        if not pyz.is_file():
+            print(f"startup: {pyz} not found; build it: python build_zipapp.py", file=sys.stderr)
+            return 1
     worst = 0.0
     with tempfile.TemporaryDirectory(prefix="cmdop-bench-") as tmp:
         home = Path(tmp, "home")
@@ -96,10 +124,19 @@ def main(argv: list[str] | None = None) -> int:
                    CMDOP_CONFIG_DIR=str(home / "cfg"), CMDOP_STATE_DIR=str(home / "state"),
                    CMDOP_HOME=str(home / ".cmdop"), CMDOP_SOCKET_PATH=str(home / "agent.sock"),
                    CMDOP_API_KEY="cmdop_k_" + "b" * 40)
-        print(f"startup: interpreter {args.python}, pyz {args.pyz} "
-              f"({args.pyz.stat().st_size / 1e6:.1f} MB), {args.runs} interleaved runs, warm cache")
+        policy_env = dict(env, CMDOP_CONFIG_DIR=str(home / "cfg-policy"))
+        os.mkdir(home / "cfg-policy", 0o700)
+        policy_file = home / "cfg-policy" / "permissions.yaml"
+        policy_file.write_text(POLICY)
+        policy_file.chmod(0o600)
+        version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
+                                 capture_output=True, text=True).stdout.strip()
+        for prefix, pyz in builds.items():
+            print(f"startup: {prefix or 'pyz '}{pyz} ({pyz.stat().st_size / 1e6:.1f} MB)")
+        print(f"startup: interpreter {args.python} (Python {version}), {args.runs} interleaved "
+              "runs, warm cache")
         try:
-            times = measure(args.python, args.pyz, args.runs, env)
+            times = measure(args.python, builds, args.runs, env, policy_env)
         except RuntimeError as exc:
             print(f"startup: {exc}", file=sys.stderr)
             return 1
@@ -107,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"startup: python -c pass {bare * 1000:.1f} ms (median)")
         for label, taken in times.items():
             med, p99, top = summary(taken, bare)
-            worst = max(worst, med)
-            print(f"startup: {label:18s} {statistics.median(taken) * 1000:6.1f} ms  "
+            if not label.startswith("other "):
+                worst = max(worst, med)
+            print(f"startup: {label:25s} {statistics.median(taken) * 1000:6.1f} ms  "
                   f"ratio median {med:.2f}  p99 {p99:.2f}  worst {top:.2f}")
     if worst > args.budget:
         print(f"startup: median ratio {worst:.2f} exceeds budget {args.budget}", file=sys.stderr)

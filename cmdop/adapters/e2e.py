@@ -1,7 +1,8 @@
 """End-to-end encryption between a caller and an agent, through a relay that sees only ciphertext.
 
 Sans-IO: bytes in, bytes out; no files, no sockets. What it promises:
-- A call's request (tool, input, cwd, session, a fresh response key) is sealed to the agent's
+- A call's request (tool, input, cwd, session, whether to stream, the caller's clock at issue
+  time, a fresh response key) is sealed to the agent's
   long-term public key with HPKE (RFC 9180, base mode) from `cryptography`, suite
   ML-KEM-768 + X25519 (hybrid post-quantum) / HKDF-SHA256 / ChaCha20-Poly1305. The HPKE `info`
   binds the protocol version, the call id and the target machine id, so a sealed request opens

@@ -125,12 +125,34 @@ def _by_name(hosts: dict[str, Any], relay: str, scope: str,
     return out
 
 
-def pinned_names(cmdop_home: str, relay: str, scope: str = "") -> list[str]:
-    """The host names pinned at `relay` in `scope`."""
-    realm = _realm(relay, scope)
-    return [str(entry.get("name")) for pid, entry in _load_known(cmdop_home).items()
-            if pid.rpartition("|")[0] == realm and isinstance(entry, dict)
-            and _entry_key(entry) and isinstance(entry.get("name"), str)]
+def pinned_names(cmdop_home: str, relay: str,
+                 scope: str = "") -> dict[str, list[str]]:
+    """The host names pinned at `relay` in `scope`, each with the prefixes (lower case) the
+    user reached it by (its `aliases`)."""
+    realm, out = _realm(relay, scope), {}
+    for pid, entry in _load_known(cmdop_home).items():
+        if (pid.rpartition("|")[0] == realm and isinstance(entry, dict) and _entry_key(entry)
+                and isinstance(entry.get("name"), str)):
+            aliases = entry.get("aliases")
+            out[entry["name"]] = ([a for a in aliases if isinstance(a, str)]
+                                  if isinstance(aliases, list) else [])
+    return out
+
+
+def add_alias(cmdop_home: str, relay: str, machine_id: str, alias: str,
+              scope: str = "") -> None:
+    """Remember that the prefix `alias` reached this pinned machine (checked on later calls:
+    the relay may not turn that prefix into another machine)."""
+    hosts = _load_known(cmdop_home)
+    entry = hosts.get(_pin_id(relay, machine_id, scope))
+    if not isinstance(entry, dict):
+        return
+    old = entry.get("aliases")
+    aliases = [a for a in old if isinstance(a, str)] if isinstance(old, list) else []
+    if alias.lower() in aliases:
+        return
+    entry["aliases"] = sorted({*aliases, alias.lower()})
+    _save_known(cmdop_home, hosts)
 
 
 def pinned_by_name(cmdop_home: str, relay: str, name: str,
@@ -173,16 +195,22 @@ def check_pin(cmdop_home: str, relay: str, machine_id: str, name: str, offered: 
 
 
 def pin(cmdop_home: str, relay: str, machine_id: str, name: str, key: bytes,
-        scope: str = "") -> None:
+        scope: str = "", alias: str = "") -> None:
     """Pin `key` for the machine, replacing any earlier pin of it and of its name (in the
-    realm: relay and scope)."""
-    realm = _realm(relay, scope)
+    realm: relay and scope). `alias`: the prefix the user typed for it (`connect trust web`),
+    which from now on means this machine and no other."""
+    realm, alias = _realm(relay, scope), alias.strip().lower()
     hosts = {pid: entry for pid, entry in _load_known(cmdop_home).items()
              if not (pid.rpartition("|")[0] == realm and isinstance(entry, dict)
                      and entry.get("name") == name)}
+    for pid, entry in hosts.items():
+        if pid.rpartition("|")[0] == realm and isinstance(entry, dict) \
+                and isinstance(entry.get("aliases"), list) and alias in entry["aliases"]:
+            entry["aliases"] = [a for a in entry["aliases"] if a != alias]
     hosts[_pin_id(relay, machine_id, scope)] = {
         "name": name, "fingerprint": e2e.fingerprint(key),
-        "key": base64.b64encode(key).decode("ascii"), "pinned_at": int(time.time())}
+        "key": base64.b64encode(key).decode("ascii"), "pinned_at": int(time.time()),
+        **({"aliases": [alias]} if alias and alias != name.lower() else {})}
     _save_known(cmdop_home, hosts)
 
 

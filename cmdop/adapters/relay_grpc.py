@@ -215,10 +215,12 @@ async def start_server(handlers: RelayHandlers, listen: str, cert_pem: bytes,
                                     tap),
         "Call": _stream_handler(handlers.call, pb.CallerFrame, pb.CallEvent, tap),
         "HostKey": _unary_handler(handlers.host_key, pb.HostKeyRequest, pb.HostKeyReply, tap),
-        "CreateShare": _unary_handler(handlers.create_share, pb.CreateShareRequest, pb.ShareInfo),
+        "CreateShare": _unary_handler(handlers.create_share, pb.CreateShareRequest, pb.ShareInfo,
+                                      tap),
         "ListShares": _unary_handler(handlers.list_shares, pb.ListSharesRequest,
-                                     pb.ListSharesReply),
-        "RevokeShare": _unary_handler(handlers.revoke_share, pb.RevokeShareRequest, pb.ShareInfo),
+                                     pb.ListSharesReply, tap),
+        "RevokeShare": _unary_handler(handlers.revoke_share, pb.RevokeShareRequest, pb.ShareInfo,
+                                      tap),
     }),))
     creds = grpc.ssl_server_credentials([(key_pem, cert_pem)])
     try:

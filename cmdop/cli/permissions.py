@@ -34,7 +34,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from functools import partial
@@ -214,6 +213,8 @@ def _json_line(obj: dict[str, Any]) -> str:
     """One output line: UTF-8 text kept, but escaped where a reader could see two lines (U+0085,
     U+2028, U+2029 — only ever inside JSON strings here) or could not decode it (a lone
     surrogate from the input, which JSON allows as "\\ud800", makes the line ASCII-escaped)."""
+    import json  # here: `check` without --json prints no JSON
+
     text = json.dumps(obj, ensure_ascii=False)
     try:
         text.encode("utf-8")

@@ -37,7 +37,8 @@ def bus_location(args: argparse.Namespace, ctx: CliContext) -> str | None:
     """--bus, else CMDOP_RELAY_BUS, else None. A password in --bus gets a note: the command
     line is visible to every user of the machine."""
     given = getattr(args, "bus", None)
-    if given and "@" in given.split("://", 1)[-1].split("/", 1)[0]:
+    if given and ("@" in given.split("://", 1)[-1].split("/", 1)[0]
+                  or "password=" in given.lower()):
         ctx.note("note: the password in --bus is visible to other users (ps); "
                  "put the URL in CMDOP_RELAY_BUS instead")
     return given or ctx.settings.relay_bus or None

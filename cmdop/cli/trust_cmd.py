@@ -86,6 +86,13 @@ def _trust(args: argparse.Namespace, ctx: CliContext) -> int:
 
     found = _lookup(args, ctx, args.host)
     name, key = str(found["name"]), bytes(found["e2e_key"])
+    from cmdop.core.errors import E2EError
+
+    if not name.isprintable() or not name.lower().startswith(args.host.strip().lower()):
+        # The relay's text, shown beside the fingerprints the user compares: no escape
+        # sequence or line break may forge or hide a line; nor may it answer another host.
+        raise E2EError(f"the relay answered {name!r} for the host {args.host!r}; refusing it",
+                       "the relay may be misrouting calls: check `cmdop hosts`")
     if not key:
         raise no_key_error(name)
     from cmdop.cli.remote_cmd import _pin_scope
@@ -100,6 +107,8 @@ def _trust(args: argparse.Namespace, ctx: CliContext) -> int:
     row = {"host": name, "machine_id": machine_id, "old": fingerprint(pinned) if pinned else "",
            "new": fingerprint(key), "changed": pinned is not None and exact != key}
     if exact == key:
+        if args.host.strip().lower() != name.lower():   # the typed prefix now means this one
+            e2e_files.pin(home, relay, machine_id, name, key, scope, alias=args.host)
         ctx.emit(dict(row, trusted=True), lambda r: f"{name}: already trusted ({r['new']})")
         return 0
     if not args.yes:
@@ -112,6 +121,6 @@ def _trust(args: argparse.Namespace, ctx: CliContext) -> int:
         if input("accept the offered key? [y/N] ").strip().lower() not in ("y", "yes"):
             ctx.note("nothing changed")
             return 1
-    e2e_files.pin(home, relay, machine_id, name, key, scope)
+    e2e_files.pin(home, relay, machine_id, name, key, scope, alias=args.host)
     ctx.emit(dict(row, trusted=True), lambda r: f"{name}: now trusting {r['new']}")
     return 0

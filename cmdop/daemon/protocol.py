@@ -57,8 +57,8 @@ Ops:
   `{"v":1,"event":"chunk","fd":1|2,"data":BASE64}`, and ends the call with
   `{"v":1,"event":"result","result":{...}}` or `{"v":1,"event":"failure","code","message",
   "hint"}`; then the connection takes requests again. The client may send `{"op":"cancel"}`
-  meanwhile; closing the connection cancels the call too. End to end: `{host, call_id, sealed,
-  deadline_ms?, stream?}` (no tool or input: `sealed` is the request the client sealed to the
+  meanwhile; closing the connection cancels the call too. It must be end to end (a call in
+  the clear is refused, `bad_request`): `{host, call_id, sealed, deadline_ms?, stream?}` (no tool or input: `sealed` is the request the client sealed to the
   target's key, base64, bound to `call_id`, 32 hex digits); the chunks' data are then sealed
   response frames and the result is `{"v":1,"event":"result","sealed":BASE64}` — the client
   opens them; this agent never sees the call's content.

@@ -8,7 +8,7 @@ How it runs (trio daemon, blocking grpc client):
 - The stream's responses are read in a worker thread that hands each frame to the trio side;
   frames to the relay go through a thread-safe queue the stream's request iterator drains.
 - A forwarded call: its id is checked against the ids already seen (a call id is never run
-  twice), it is acknowledged (`accepted`), the caller is the principal the relay stamped
+  twice; a sealed call's own id and issue time too, across restarts: cmdop.adapters.e2e_seen), it is acknowledged (`accepted`), the caller is the principal the relay stamped
   (never "local": an unknown kind is taken as remote), and its output streams back in chunks
   under a per-call credit window (blocking in `on_chunk` holds the command back). A Cancel
   frame, the call's deadline, or the link ending sets the call's cancel event: its process group
@@ -157,19 +157,35 @@ def machine_id(state_dir: str) -> str:
     """This agent's id on the relay: random, generated once into the state dir. Per agent, not
     /etc/machine-id: a root agent and a user's agent on one machine are two hosts, and cloned
     images share /etc/machine-id."""
+    from cmdop.adapters.secure_file import atomic_create, ensure_private_dir
+
     path = os.path.join(state_dir, "machine_id")
+    value = _read_machine_id(path)
+    if value is None:
+        ensure_private_dir(state_dir)
+        atomic_create(path, uuid.uuid4().hex + "\n")   # a racing agent's id wins: read it back
+        value = _read_machine_id(path)
+    if value is None:
+        raise CmdopError(f"cannot create this agent's machine id {path}",
+                         "is it a dangling symlink? move it away")
+    return value
+
+
+def _read_machine_id(path: str) -> str | None:
+    """The id in `path`; None when there is no file. Never replaced behind the operator's back
+    when it is there but unusable: sealed calls are bound to it, and a new one makes every
+    caller warn that the host is "now another machine"."""
+    hint = ("fix it, or move it away to get a new id (callers must then `cmdop connect trust` "
+            "this host)")
     try:
         with open(path, encoding="ascii") as f:
             value = f.read().strip()
-        if value:
-            return value
-    except (OSError, UnicodeDecodeError):
-        pass
-    from cmdop.adapters.secure_file import atomic_write, ensure_private_dir
-
-    value = uuid.uuid4().hex
-    ensure_private_dir(state_dir)
-    atomic_write(path, value + "\n")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CmdopError(f"cannot read this agent's machine id {path}: {exc}", hint) from None
+    if not (value.isascii() and value.isalnum() and len(value) <= 64):
+        raise CmdopError(f"this agent's machine id {path} is corrupt", hint)
     return value
 
 
@@ -324,7 +340,7 @@ class Link:
 
         cid = start.call_id
         if cid in self.seen:
-            log.warning("call id %s seen before: not run again", cid)
+            log.warning("call id %r seen before: not run again", cid)
             self.send(pb.AgentFrame(failure=pb.Failure(
                 call_id=cid, code="duplicate", message="this call id was already run here")))
             return
@@ -465,7 +481,7 @@ class Link:
             rule = "e2e:replayed"
             self.replay.accept(request.call_id, request.issued_at, time.time())
         except E2EError as exc:
-            log.warning("call %s refused: %s", cid, exc.message)
+            log.warning("call %r refused: %s", cid, exc.message)   # %r: relay text
             self.send(pb.AgentFrame(failure=pb.Failure(call_id=cid, code="e2e_refused",
                                                        message=exc.message,
                                                        hint=exc.hint or "")))

@@ -211,6 +211,10 @@ class AgentService:
         """A call to another machine through this agent's relay link (see daemon.protocol)."""
         host, tool, tool_input = req.get("host"), req.get("tool"), req.get("input", {})
         sealed = req.get("sealed")
+        if sealed is None:
+            # Never forwarded in the clear: the relay would see the tool, input and output.
+            raise RequestError("bad_request", "a relay_call through this agent must be sealed "
+                               "end to end", "upgrade the cmdop client that made it")
         if sealed is not None:
             # End to end: the client sealed the call to the target's key under its own call id;
             # this agent forwards the bytes and never sees tool, input or output.

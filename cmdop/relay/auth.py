@@ -15,7 +15,8 @@ None for anything it does not accept (malformed, unknown, expired, revoked, disa
   the router refuses a revoked, expired or used-up share with a reason of its own;
   id = `share:<share id>`, name = the share id, credential "share", share_id set.
 
-`verify` is synchronous and never waits on the network (one or two indexed SQLite reads); for an
+`verify` is synchronous: one or two indexed store reads (a round trip to PostgreSQL, which may
+wait), so the router calls `averify`, which runs it on a worker thread. For an
 external token signed with a key not yet cached it schedules a JWKS refetch and refuses —
 `averify` (async) awaits that refetch instead, so the first call after a provider's key rotation
 succeeds. A Principal exposes `.id`, `.workspace` and `.name` as store.KeyInfo does.
@@ -23,6 +24,7 @@ succeeds. A Principal exposes `.id`, `.workspace` and `.name` as store.KeyInfo d
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -110,11 +112,13 @@ class BearerVerifier:
         return None
 
     async def averify(self, token: str) -> Principal | None:
-        """`verify`, except that an external token signed with a key the relay has not fetched
-        yet waits (bounded, off the event loop) for the provider's key set to be refetched."""
+        """`verify`, off the event loop (its store reads wait on a PostgreSQL server), except
+        that an external token signed with a key the relay has not fetched yet waits (bounded)
+        for the provider's key set to be refetched."""
         if self._kind(token) == "oidc" and self.oidc is not None:
-            return self._external(await self.oidc.averify(token))
-        return self.verify(token)
+            ident = await self.oidc.averify(token)
+            return await asyncio.to_thread(self._external, ident)
+        return await asyncio.to_thread(self.verify, token)
 
     def _relay(self, token: str) -> Principal | None:
         assert self.signing_key is not None and self.issuer and self.audience

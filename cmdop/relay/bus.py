@@ -52,6 +52,10 @@ class Bus(Protocol):
         """Register `node` as alive for `ttl_s` with its status `record`; whether it was
         registered already (False: first beat, or the bus forgot it — restarted)."""
 
+    async def claim(self, node: str, record: bytes, ttl_s: float) -> bool:
+        """Register `node` as alive for `ttl_s` only if no live node has that id (atomic:
+        of two nodes claiming one id at once, one wins); whether this call registered it."""
+
     async def nodes(self) -> dict[str, bytes]:
         """The live nodes: node -> its last record."""
 
@@ -129,6 +133,13 @@ class MemoryBus:
         known = node in self.hub.live(self.hub.records)
         self.hub.records[node] = (record, self.hub.clock() + ttl_s)
         return known
+
+    async def claim(self, node: str, record: bytes, ttl_s: float) -> bool:
+        self._check()
+        if node in self.hub.live(self.hub.records):
+            return False
+        self.hub.records[node] = (record, self.hub.clock() + ttl_s)
+        return True
 
     async def nodes(self) -> dict[str, bytes]:
         self._check()

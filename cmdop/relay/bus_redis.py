@@ -38,12 +38,25 @@ def shown(url: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """`url` stripped, or UsageError when it is not redis://, rediss:// or unix://."""
+    """`url` stripped, or UsageError when it is not a redis://, rediss:// or unix:// URL the
+    Redis client can use (the message never repeats the URL: it may hold a password)."""
     url = url.strip()
-    if urlsplit(url).scheme.lower() not in SCHEMES:
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:                    # e.g. an unclosed [ in the host
+        scheme = ""
+    if scheme not in SCHEMES:
         raise UsageError(f"--bus must be a redis://, rediss:// or unix:// URL, not "
                          f"{url.split('://', 1)[0][:16]!r}",
                          hint="e.g. --bus redis://redis.internal:6379/0")
+    try:
+        from redis.connection import parse_url
+
+        urlsplit(url).port                # raises on a port that is not a number
+        parse_url(url)
+    except ValueError:
+        raise UsageError("--bus is not a usable Redis URL (its host, port or database number)",
+                         hint="e.g. --bus redis://:PASSWORD@redis.internal:6379/0") from None
     return url
 
 
@@ -135,6 +148,14 @@ class RedisBus:
         pipe.sadd(PREFIX + "nodes", node)
         previous, _ = await self._do(pipe.execute())
         return previous is not None
+
+    async def claim(self, node: str, record: bytes, ttl_s: float) -> bool:
+        # SET NX: Redis runs one command at a time, so of two nodes claiming one id one wins
+        claimed = await self._do(self.client.set(PREFIX + "alive:" + node, record,
+                                                 px=int(ttl_s * 1000), nx=True))
+        if claimed:
+            await self._do(self.client.sadd(PREFIX + "nodes", node))
+        return bool(claimed)
 
     async def nodes(self) -> dict[str, bytes]:
         names = sorted(n.decode() if isinstance(n, bytes) else n

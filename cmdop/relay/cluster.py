@@ -52,6 +52,10 @@ PRESENCE_REFRESH_S = 30.0
 NODE_TTL_S = 5.0
 BEAT_S = 1.0
 ACCEPT_TIMEOUT_S = 5.0
+# A holder refuses a call start older than this share of ACCEPT_TIMEOUT_S (by the wall clock
+# the caller's node stamped it with): by then the caller may have been told "not taken; try
+# again", and a late start would run the command anyway. The rest is the nodes' clock skew.
+START_MAX_AGE_SHARE = 0.8
 TAKEN_AFTER_S = 1.0                   # a served call with no event yet says "taken" after this
 RESYNC_S = 30.0
 REOPEN_MAX_S = 5.0
@@ -99,6 +103,7 @@ class RemoteLink(Link):
             route = self.routes.get(cid)
             env.caller_key = route.caller_key if route is not None else ""
             env.start.CopyFrom(frame.call)
+            env.sent_ms = int(time.time() * 1000)
             self.pending[cid] = asyncio.get_running_loop().call_later(
                 ACCEPT_TIMEOUT_S, self._not_taken, cid)
         elif kind == "credit":
@@ -173,6 +178,7 @@ class Cluster:
         self._last_refresh = 0.0
         self._last_resync = 0.0
         self._cut_notices: list[tuple[str, str, str, str]] = []
+        self._withdrawals: list[bytes] = []     # stale own entries the other nodes must drop
 
     # -- what the router asks -------------------------------------------------------------
 
@@ -185,6 +191,19 @@ class Cluster:
     def online(self, machine_id: str) -> bool:
         """Whether another live node holds `machine_id`'s link."""
         return self._holder(machine_id) is not None
+
+    def unreachable(self, call_id: str, machine: Any) -> pb.CallEvent | None:
+        """The failure for a call to `machine` when this node cannot reach it because the bus
+        is away although another node held its link when last heard of (rather than "its
+        agent is not running"); None otherwise."""
+        p = self.where.get(machine.id)
+        if self.up or p is None or p.node == self.node:
+            return None
+        return pb.CallEvent(failure=pb.Failure(
+            call_id=call_id, code=NODE_LOST,
+            message=f"{machine.name} is linked to relay node {p.node}, which this node cannot "
+                    "reach: the relay nodes' bus is unreachable",
+            hint="try again in a few seconds"))
 
     def remote_link(self, machine: Any) -> RemoteLink | None:
         """The stand-in for `machine`'s link on another live node; None when no node has it."""
@@ -222,6 +241,16 @@ class Cluster:
         self.post("", None, pb.BusPresence(machine_id=p.machine_id,
                                            link_id=p.link_id).SerializeToString())
 
+    def _adopt(self) -> None:
+        """Links the router holds that this node has not announced: those made before the
+        Cluster was attached (`relay serve` serves gRPC while it joins the bus) would be
+        invisible to every other node until they relinked."""
+        for mid, link in list(self.router.links.items()):
+            if not link.ended.is_set() and self.mine.get(mid, (None, b""))[0] is not link:
+                p = pb.BusPresence(machine_id=mid, node=self.node, key_id=link.key.id,
+                                   e2e_key=link.e2e_key, link_id=uuid.uuid4().hex)
+                self.mine[mid] = (link, p.SerializeToString())
+
     def _yield_moved(self) -> None:
         """After the bus was away: a machine this node still holds a link for, which another
         live node now announces, linked there meanwhile — this node's link is the stale one
@@ -236,6 +265,13 @@ class Cluster:
         """Broadcast every link this node holds (after the bus came back: the other nodes'
         mirrors may have missed them)."""
         for _, data in self.mine.values():
+            self.post("", None, data)
+
+    def _withdraw_stale(self) -> None:
+        """Broadcast the withdrawal of the stale entries _read_presence found (the other
+        nodes' mirrors still hold them)."""
+        stale, self._withdrawals = self._withdrawals, []
+        for data in stale:
             self.post("", None, data)
 
     def post(self, node: str, env: pb.BusEnvelope | None, raw: bytes = b"") -> None:
@@ -260,13 +296,19 @@ class Cluster:
     # -- running ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect for the first time: BusUnavailableError when the bus cannot be reached,
-        UsageError when a live node already has this node's id."""
+        """Connect for the first time and claim this node's id: BusUnavailableError when the
+        bus cannot be reached, UsageError when a live node has the id. The claim is atomic
+        (two nodes started at once with one id: one is refused), and waits out the
+        registration of a node that died with this id (a crashed node restarted at once)."""
         await self.bus.open(self.node)
-        if self.node in await self.bus.nodes():
-            raise UsageError(f"relay node id {self.node!r} is in use by a live node",
-                             hint=f"give each node its own --node-id (a node that died frees "
-                                  f"its id within {NODE_TTL_S:.0f} s)")
+        record = json.dumps({"node": self.node, "address": self.address,
+                             "pid": os.getpid()}).encode()
+        give_up = self.clock() + NODE_TTL_S + BEAT_S
+        while not await self.bus.claim(self.node, record, NODE_TTL_S):
+            if self.clock() >= give_up:     # still beaten after its TTL: a live node has it
+                raise UsageError(f"relay node id {self.node!r} is in use by a live node",
+                                 hint="give each node its own --node-id")
+            await asyncio.sleep(BEAT_S)
 
     async def run(self) -> None:
         """Forever: keep the bus open and serve it; reopen with backoff when it is lost."""
@@ -276,6 +318,7 @@ class Cluster:
             try:
                 await self.bus.open(self.node)
                 await self._beat()
+                self._adopt()
                 self.where = await self._read_presence()
                 self._last_resync = self._last_refresh = self.clock()
                 self._yield_moved()
@@ -286,6 +329,7 @@ class Cluster:
                 self.up = True
                 self._announce()
                 self._tell_cut()
+                self._withdraw_stale()
                 if failing:
                     log.warning("the bus is reachable again")
                 failing = False
@@ -380,6 +424,7 @@ class Cluster:
                 for mid, (_, data) in self.mine.items():
                     fresh[mid] = pb.BusPresence.FromString(data)
                 self.where = fresh
+                self._withdraw_stale()
             self.post(self.node, pb.BusEnvelope(sent_ms=int(self.clock() * 1000),
                                                 echo=pb.Ping(nonce=1)))
 
@@ -429,12 +474,23 @@ class Cluster:
                 served.task.cancel()
 
     async def _read_presence(self) -> dict[str, pb.BusPresence]:
+        """The presence entries in the bus, less this node's stale ones: an entry naming this
+        node for a link it does not hold is from an earlier run of a node with this id (a
+        crash and restart: the default id is hostname:port) or from a link that ended as it
+        was announced. Trusted, it would show a dead agent online on every node and route its
+        calls here; it is deleted (only if unchanged) instead."""
         out: dict[str, pb.BusPresence] = {}
         for mid, data in (await self.bus.presence()).items():
             try:
-                out[mid] = pb.BusPresence.FromString(data)
+                p = pb.BusPresence.FromString(data)
             except Exception:  # noqa: BLE001 - a garbled entry is skipped, not trusted
                 continue
+            if p.node == self.node and mid not in self.mine:
+                self._spawn(self.bus.drop_presence(mid, data))
+                self._withdrawals.append(pb.BusPresence(machine_id=mid,
+                                                        link_id=p.link_id).SerializeToString())
+                continue
+            out[mid] = p
         return out
 
     # -- messages --------------------------------------------------------------------------
@@ -495,6 +551,15 @@ class Cluster:
                 failure=pb.Failure(call_id=start.call_id, code=code, message=message,
                                    hint=hint))))
 
+        age_s = time.time() - env.sent_ms / 1000
+        if age_s > ACCEPT_TIMEOUT_S * START_MAX_AGE_SHARE:
+            # Its caller may already have been told it was not taken (RemoteLink._not_taken).
+            log.warning("refused call %s from node %s: it is %.1f s old (this node is behind "
+                        "on the bus, or the nodes' clocks differ)", start.call_id, back, age_s)
+            self.router._count("calls_refused_stale")
+            fail(NODE_LOST, "the relay node holding the machine was too slow to take the call",
+                 "try again")
+            return
         link = self.router.links.get(env.machine_id)
         if link is None or link.ended.is_set():
             fail("host_offline", "the machine's link moved or ended as the call arrived",

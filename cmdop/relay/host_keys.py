@@ -26,16 +26,17 @@ def _refused(query_id: str, code: str, message: str, hint: str = "") -> pb.HostK
                                                                  hint=hint))
 
 
-def lookup(router: Any, key: Any, host: str, query_id: str = "") -> pb.HostKeyReply:
+async def lookup(router: Any, key: Any, host: str, query_id: str = "") -> pb.HostKeyReply:
     """The key of `host` as the principal `key` may see it; a reply with `failure` set when the
-    host is unknown, ambiguous, offline, not the guest's, or has no key."""
-    machine, matches = routing.resolve_host(host, router.store.list_machines(key.workspace))
+    host is unknown, ambiguous, offline, not the guest's, or has no key. The store is read off
+    the event loop (RelayRefusal "unavailable" when it cannot be reached)."""
+    machine, matches = await router.resolve(key.workspace, host)
     share_id = getattr(key, "share_id", None)
     if share_id:
         # Before any answer that names the workspace's machines (a guest sees only its own).
         from cmdop.relay import shares
 
-        share = router.store.get_share(share_id)
+        share = await router._lookup(router.store.get_share, share_id)
         refusal = (shares.Refusal(shares.REVOKED, "unknown share") if share is None else
                    shares.check_call(share, time.time(), machine.id if machine else None))
         if refusal is not None and refusal.code != shares.USED_UP:
@@ -43,7 +44,8 @@ def lookup(router: Any, key: Any, host: str, query_id: str = "") -> pb.HostKeyRe
     if machine is None:
         if matches:
             return _refused(query_id, "host_ambiguous",
-                            f"{host!r} matches {', '.join(matches)}", "type more of the name")
+                            f"{host!r} matches {routing.shown_matches(matches)}",
+                            "type more of the name")
         return _refused(query_id, "host_unknown",
                         f"no machine named {host!r} in workspace {key.workspace}",
                         "see `cmdop hosts`")

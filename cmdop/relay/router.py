@@ -33,7 +33,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from cmdop.adapters.relay_grpc import MAX_MESSAGE, RelayRefusal, ServerStream
 from cmdop.core.errors import CmdopError, StoreUnavailableError
@@ -63,6 +63,10 @@ CLOSE_GRACE_S = 2.0                   # a closed link's last frame gets this lon
 _ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 Sink = Callable[[pb.CallEvent], Awaitable[None]]
+T = TypeVar("T")
+STORE_DOWN = ("the relay cannot check credentials now (its database is unreachable); "
+              "try again shortly")
+STORE_DOWN_LOOKUP = "the relay's database is unreachable now; try again shortly"
 # A guest call's check once its host is resolved: (machine row id or None, online) -> a
 # refusal (code, message, hint) or None (cmdop.relay.share_rpc.GuestAdmission).
 Admit = Callable[[Optional[str], bool], Any]
@@ -153,6 +157,7 @@ class Router:
         # call from a link), so a revocation landing between the RPC's authentication and those
         # points is never missed.
         self.revoked: set[str] = set()
+        self._starting: dict[str, int] = {}     # key id -> its calls resolving their host now
         self._enrolments: dict[str, list[float]] = {}
         # Several nodes sharing a bus (cmdop.relay.cluster.Cluster sets itself here): links
         # held by other nodes are reached through it. None: a relay of one node.
@@ -160,6 +165,29 @@ class Router:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    # -- the store, off the event loop -----------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (a store call) on a worker thread: a slow or unreachable database (a
+        PostgreSQL store waits seconds on one) must not stall every other stream of this node.
+        Both stores serialise their own connection under a lock."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def _lookup(self, fn: Callable[..., T], *args: Any) -> T:
+        """`_db`, where an unreachable database refuses the RPC (UNAVAILABLE, try again)."""
+        try:
+            return await self._db(fn, *args)
+        except StoreUnavailableError as exc:
+            self._count("store_unavailable")
+            log.warning("%s", exc)
+            raise RelayRefusal("unavailable", STORE_DOWN_LOOKUP) from None
+
+    async def resolve(self, workspace: str, host: str) -> tuple[Any, tuple[str, ...]]:
+        """The machine `host` means in `workspace` (routing.resolve_host), by the store's
+        indexed lookup; RelayRefusal (unavailable) when the database cannot be reached."""
+        return routing.resolve_host(host, await self._lookup(self.store.host_candidates,
+                                                             workspace, host))
 
     # -- authentication -------------------------------------------------------------------
 
@@ -179,8 +207,7 @@ class Router:
             # stays in the relay's log, not in the answer.
             self._count("auth_store_unavailable")
             log.warning("cannot check a credential from %s: %s", stream.peer, exc)
-            raise RelayRefusal("unavailable", "the relay cannot check credentials now (its "
-                                              "database is unreachable); try again shortly") from None
+            raise RelayRefusal("unavailable", STORE_DOWN) from None
         if key is not None and self._revoked(key) and not share_rpc.is_guest(key):
             key = None                # (a revoked share is refused with its own reason, later)
         if key is None:
@@ -213,15 +240,18 @@ class Router:
         machine_id = hello.machine_id.strip()[:128]
         if not hostname or not machine_id:
             raise RelayRefusal("invalid_argument", "hello needs a hostname and a machine id")
-        self._still_valid(stream, key)
-        self._may_enrol(key, machine_id)
+        await self._still_valid(stream, key)
+        await self._may_enrol(key, machine_id)
         try:
-            machine = self.store.enroll_machine(key.workspace, key.id, hostname, machine_id,
-                                                routing.printable(hello.agent_version)[:64])
+            machine = await self._lookup(self.store.enroll_machine, key.workspace, key.id,
+                                         hostname, machine_id,
+                                         routing.printable(hello.agent_version)[:64])
         except CmdopError as exc:     # e.g. the machine id is another key's (MachineClaimed)
             self._count("links_refused")
             log.warning("refused a link from %s (key %s): %s", stream.peer, key.id, exc.message)
             raise RelayRefusal("permission_denied", exc.message) from None
+        if self._revoked(key):        # revoked while the store was being read: never linked
+            raise RelayRefusal("unauthenticated", "unknown, expired or revoked credential")
         link = Link(key=key, machine=machine, touched=self.clock(),
                     e2e_key=bytes(hello.e2e_key)
                     if len(hello.e2e_key) <= host_keys.MAX_KEY_BYTES else b"")
@@ -252,7 +282,9 @@ class Router:
             for task in link.outgoing.values():
                 task.cancel()
             try:
-                self.store.touch_machine(machine.id)
+                await self._db(self.store.touch_machine, machine.id)
+            except StoreUnavailableError as exc:    # last_seen is informative only
+                log.warning("cannot record last_seen of %s: %s", machine.name, exc)
             except Exception:  # noqa: BLE001 - last_seen is informative only
                 log.exception("cannot record last_seen of %s", machine.name)
             log.info("agent %s unlinked", machine.name)
@@ -282,7 +314,10 @@ class Router:
                 link.send(pb.RelayFrame(ping=pb.Ping(nonce=nonce)))
                 if self.clock() - link.touched > TOUCH_EVERY_S:
                     link.touched = self.clock()
-                    self.store.touch_machine(link.machine.id)
+                    try:
+                        await self._db(self.store.touch_machine, link.machine.id)
+                    except Exception as exc:  # noqa: BLE001 - informative only; the link lives on
+                        log.warning("cannot record last_seen of %s: %s", link.machine.name, exc)
 
         async def expiry() -> None:
             # A link authenticated with an expiring token ends at its expiry unless the agent
@@ -337,8 +372,7 @@ class Router:
             asyncio.ensure_future(self._reauth(link, frame.reauth.token))
         elif kind == "key_query":
             # HostKey for the linked machine's own CLI (it seals its call end to end itself)
-            link.send(pb.RelayFrame(key_answer=host_keys.lookup(
-                self, link.key, frame.key_query.host, frame.key_query.query_id[:64])))
+            asyncio.ensure_future(self._key_answer(link, frame.key_query))
         elif kind == "cancel":
             task = link.outgoing.get(frame.cancel.call_id)
             if task is not None:
@@ -351,6 +385,15 @@ class Router:
                 out.target.send(pb.RelayFrame(credit=pb.Credit(call_id=out.call_id, bytes=n)))
         # pong and anything unknown: the link is alive, nothing else to do
 
+    async def _key_answer(self, link: Link, query: pb.HostKeyRequest) -> None:
+        qid = query.query_id[:64]
+        try:
+            answer = await host_keys.lookup(self, link.key, query.host, qid)
+        except RelayRefusal as exc:
+            answer = pb.HostKeyReply(query_id=qid, failure=pb.Failure(
+                code=exc.code, message=exc.message))
+        link.send(pb.RelayFrame(key_answer=answer))
+
     # -- callers -------------------------------------------------------------------------
 
     async def list_hosts(self, stream: ServerStream[pb.ListHostsRequest, pb.ListHostsReply],
@@ -358,7 +401,7 @@ class Router:
         key = await self._authenticate(stream)
         if share_rpc.is_guest(key):
             return await share_rpc.list_hosts(self, key)
-        machines = self.store.list_machines(key.workspace)
+        machines = await self._lookup(self.store.list_machines, key.workspace)
         machines.sort(key=lambda m: (not self.online(m.id), m.name))
         reply = pb.ListHostsReply(total=len(machines))
         for m in machines[:MAX_HOSTS_LISTED]:
@@ -384,7 +427,7 @@ class Router:
                        request: pb.HostKeyRequest) -> pb.HostKeyReply:
         """The end-to-end key of the host a call to `request.host` would reach."""
         key = await self._authenticate(stream)
-        return host_keys.lookup(self, key, request.host)
+        return await host_keys.lookup(self, key, request.host)
 
     async def call(self, stream: ServerStream[pb.CallerFrame, pb.CallEvent]) -> None:
         key = await self._authenticate(stream)
@@ -398,13 +441,13 @@ class Router:
         if share_rpc.is_guest(key):
             # A guest: checked against its share as stored now (revoked, expired, machine,
             # uses) once the host is resolved, and stamped "guest" with the share's tools.
-            share = self.store.get_share(key.share_id)
+            share = await self._lookup(self.store.get_share, key.share_id)
             if share is None:
                 raise RelayRefusal("unauthenticated", "unknown share")
             principal = share_rpc.guest_principal(share)
             admit = share_rpc.GuestAdmission(self.store, share.id)
         else:
-            self._still_valid(stream, key)
+            await self._still_valid(stream, key)
             principal = pb.Principal(kind="remote", workspace=key.workspace, name=key.name,
                                      credential=_credential_kind(key))
 
@@ -478,26 +521,43 @@ class Router:
         if not _valid_id(cid) or not (start.tool or start.sealed) or len(start.tool) > 64:
             raise RelayRefusal("invalid_argument", "a call needs a call id (uuid) and a tool")
         live = self.calls_by_key.setdefault(key.id, set())
-        if len(live) >= self.max_calls_per_key:
+        starting = self._starting.get(key.id, 0)
+        if len(live) + starting >= self.max_calls_per_key:
             self._count("calls_refused_busy")
             raise RelayRefusal("resource_exhausted",
-                               f"this key already has {len(live)} calls running (at most "
-                               f"{self.max_calls_per_key})")
-        machines = self.store.list_machines(key.workspace)
-        machine, matches = routing.resolve_host(start.host, machines)
-        if admit is not None:
-            # Before any failure that names the workspace's machines (a guest sees only its own).
-            refusal = admit(machine.id if machine is not None else None,
-                            machine is not None and self.online(machine.id))
-            if refusal is not None:
-                self._count("guest_calls_refused")
-                log.info("guest call refused (share %s): %s", principal.share_id, refusal.code)
-                await sink(_failure(cid, refusal.code, refusal.message, refusal.hint))
-                return
+                               f"this key already has {len(live) + starting} calls running (at "
+                               f"most {self.max_calls_per_key})")
+        # The store is read off the loop: the call holds its place in the key's count meanwhile.
+        self._starting[key.id] = starting + 1
+        try:
+            machine, matches = await self.resolve(key.workspace, start.host)
+            refusal = None
+            if admit is not None:
+                # Before any failure that names the workspace's machines (a guest sees only its
+                # own); counts a use (atomically, in the store) only for a call it admits.
+                refusal = await self._lookup(admit, machine.id if machine is not None else None,
+                                             machine is not None and self.online(machine.id))
+        finally:
+            left = self._starting.get(key.id, 1) - 1
+            if left > 0:
+                self._starting[key.id] = left
+            else:
+                self._starting.pop(key.id, None)
+        if refusal is not None:
+            self._count("guest_calls_refused")
+            log.info("guest call refused (share %s): %s", principal.share_id, refusal.code)
+            await sink(_failure(cid, refusal.code, refusal.message, refusal.hint))
+            return
+        if self._revoked(key) or (via is not None and via.ended.is_set()):
+            # Revoked (or its link ended) while the store was read: the cut has passed it by.
+            code = "share_revoked" if share_rpc.is_guest(key) else "revoked"
+            await sink(_failure(cid, code, "the caller's credential was revoked"
+                                if self._revoked(key) else "the caller's link ended"))
+            return
         if machine is None:
             if matches:
                 await sink(_failure(cid, "host_ambiguous",
-                                    f"{start.host!r} matches {', '.join(matches)}",
+                                    f"{start.host!r} matches {routing.shown_matches(matches)}",
                                     "type more of the name"))
             else:
                 await sink(_failure(cid, "host_unknown",
@@ -506,8 +566,11 @@ class Router:
             return
         target = self.link_of(machine)
         if target is None or target.ended.is_set():
-            await sink(_failure(cid, "host_offline", f"{machine.name} is not connected to the relay",
-                                "is its agent running (`cmdop agent status` on it)?"))
+            # (several nodes: "its node cannot be reached now" is not "its agent is not running")
+            lost = self.cluster.unreachable(cid, machine) if self.cluster is not None else None
+            await sink(lost or _failure(cid, "host_offline",
+                                        f"{machine.name} is not connected to the relay",
+                                        "is its agent running (`cmdop agent status` on it)?"))
             return
         forwarded = pb.Principal()
         forwarded.CopyFrom(principal)
@@ -568,7 +631,16 @@ class Router:
     async def _reauth(self, link: Link, token: str) -> None:
         """A fresh token on a live link: the same principal, later expiry; anything else ends
         the link (a link cannot change who it is)."""
-        principal = await self.verifier.averify(token)
+        try:
+            principal = await self.verifier.averify(token)
+        except StoreUnavailableError as exc:
+            # Fail closed for the new token, not for the link: it keeps the identity verified
+            # when it was made, until that token's own expiry (the link's expiry task). The
+            # agent's next refresh once the database is back extends it.
+            self._count("reauth_store_unavailable")
+            log.warning("cannot check %s's new token (%s); the link keeps its current one until "
+                        "it expires", link.machine.name, exc)
+            return
         if principal is None or principal.id != link.key.id or self._revoked(principal):
             link.close("unauthenticated", "the new token was refused")
             return
@@ -597,21 +669,20 @@ class Router:
         """Called by the OAuth server after a revocation it made itself: re-read now."""
         self._changed.set()
 
-    def _still_valid(self, stream: ServerStream[Any, Any], key: Any) -> None:
+    async def _still_valid(self, stream: ServerStream[Any, Any], key: Any) -> None:
         """The stream's credential, checked again now (it may have been revoked since the RPC
         was authenticated: a hello or a call start can arrive seconds later)."""
         try:
-            again = self.verifier.verify(stream.credential)
+            again = await self.verifier.averify(stream.credential)
         except StoreUnavailableError as exc:
             log.warning("cannot check a credential from %s again: %s", stream.peer, exc)
-            raise RelayRefusal("unavailable", "the relay cannot check credentials now (its "
-                                              "database is unreachable); try again shortly") from None
+            raise RelayRefusal("unavailable", STORE_DOWN) from None
         if again is None or again.id != key.id or self._revoked(again):
             raise RelayRefusal("unauthenticated", "unknown, expired or revoked credential")
 
-    def _may_enrol(self, key: Any, machine_id: str) -> None:
+    async def _may_enrol(self, key: Any, machine_id: str) -> None:
         """A key may enrol at most `new_machines_per_hour` new machines an hour."""
-        if any(m.machine_id == machine_id for m in self.store.list_machines(key.workspace)):
+        if await self._lookup(self.store.find_machine, key.workspace, machine_id) is not None:
             return
         now = self.clock()
         recent = [t for t in self._enrolments.get(key.id, []) if t > now - 3600]
@@ -636,10 +707,10 @@ class Router:
         unreachable = False
         while True:
             try:
-                now = self.store.data_version()
+                now = await self._db(self.store.data_version)
                 if now != version or self._changed.is_set():
                     self._changed.clear()
-                    self.revoke(self._revocations())
+                    self.revoke(await self._db(self._revocations))
                     version = now
                 if unreachable:
                     log.warning("the store is reachable again")
@@ -703,7 +774,7 @@ class _KeysOnly:
         return self.store.verify_key(token)
 
     async def averify(self, token: str) -> Any:
-        return self.verify(token)
+        return await asyncio.to_thread(self.verify, token)
 
 
 def _credential_kind(principal: Any) -> str:

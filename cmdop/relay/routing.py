@@ -44,6 +44,28 @@ def resolve_host(name: str, machines: Sequence[M]) -> tuple[M | None, tuple[str,
     return None, tuple(sorted(m.name for m in found))
 
 
+# What a machine's name is made of (cmdop.relay.store: the hostname lower-cased, anything else
+# replaced by `-`, then `-N` when taken).
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+# An ambiguous host name lists at most this many of the machines it matches.
+MAX_MATCHES_SHOWN = 20
+
+
+def host_prefix(name: str) -> str | None:
+    """`name` as `resolve_host` compares it (stripped, lower-cased), or None when no machine
+    name can start with it (empty, or a character names never hold): a store looks machines
+    up by this prefix, never by the raw input."""
+    want = name.strip().lower()
+    return want if want and set(want) <= NAME_CHARS else None
+
+
+def shown_matches(matches: Sequence[str]) -> str:
+    """The names an ambiguous host matches, as a failure message lists them (bounded)."""
+    if len(matches) <= MAX_MATCHES_SHOWN:
+        return ", ".join(matches)
+    return ", ".join(matches[:MAX_MATCHES_SHOWN]) + ", …"
+
+
 def _enrolled_after(other: Named, exact: Named) -> bool:
     """Whether `other` came after `exact`: a later first_seen, or the same second with the
     name the relay derives from it (`vm-2` beside `vm`: given because `vm` was taken)."""

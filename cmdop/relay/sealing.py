@@ -92,32 +92,39 @@ def seal_call(pins: Pins, target: Target, tool: str, tool_input: dict[str, Any],
         check_resolution(pins, requested, target.name)
     key = e2e_files.check_pin(pins.cmdop_home, pins.relay, target.machine_id, target.name,
                               target.key, pins.scope)
+    if requested and requested.strip().lower() != target.name.lower():
+        e2e_files.add_alias(pins.cmdop_home, pins.relay, target.machine_id, requested.strip(),
+                            pins.scope)
     return _seal_to(pins, target.machine_id, key, tool, tool_input, cwd, session, stream)
 
 
 def check_resolution(pins: Pins, requested: str, answered: str) -> None:
     """E2EError unless the relay's answer `answered` is a host `requested` can mean: the name
-    itself or one it is a (case-insensitive) prefix of, and — when `requested` is a prefix of
-    names pinned here — one of those. Else a relay could seal the call to a machine of its
-    choosing (one it can impersonate, pinned anew under a fresh name) for a name the user
-    always reached another machine by."""
+    itself or one it is a (case-insensitive) prefix of; and not another machine than the one
+    this prefix reached before (its pin's `aliases`), nor — for a prefix — a machine never
+    pinned when names pinned here start with it. Else a relay could seal the call to a machine
+    of its choosing (a fresh name, pinned on trust, whose key it holds) for a name the user
+    always reached another machine by. (An honest relay makes such a prefix ambiguous rather
+    than move it: cmdop.relay.routing.resolve_host.)"""
     from cmdop.adapters import e2e_files
     from cmdop.core.errors import HostKeyChangedError
 
     want, got = requested.strip().lower(), answered.lower()
-    if not want or not got.startswith(want):
+    if not want or not got.startswith(want) or not answered.isprintable():
         raise E2EError(f"the relay answered {answered!r} for the host {requested!r}, a name "
                        "that cannot mean it; refusing the call",
                        "the relay may be misrouting calls: check `cmdop hosts`")
     pinned = e2e_files.pinned_names(pins.cmdop_home, pins.relay, pins.scope)
-    known = [n for n in pinned if n.lower().startswith(want)]
+    known = [n for n, aliases in pinned.items() if want in aliases]
+    if got != want:
+        known += [n for n in pinned if n.lower().startswith(want)]
     if known and answered not in known:
         raise HostKeyChangedError(
-            f"WARNING: {requested!r} meant {', '.join(sorted(known))} here (pinned), the relay "
-            f"now says it is {answered}, a machine never pinned; refusing the call: a relay "
-            "could be impersonating the host",
-            f"if {answered} is the machine you mean, call it by its exact name "
-            f"(`cmdop connect trust {answered}` first when it replaced another)")
+            f"WARNING: {requested!r} reached {', '.join(sorted(set(known)))} here (pinned); the "
+            f"relay now says it means {answered}; refusing the call: a relay could be "
+            "redirecting it to a machine of its choosing",
+            f"call the machine you mean by its exact name; if {answered} replaced "
+            f"{sorted(known)[0]}, compare fingerprints and `cmdop connect trust {answered}`")
 
 
 def seal_pinned(pins: Pins, host: str, tool: str, tool_input: dict[str, Any], *,

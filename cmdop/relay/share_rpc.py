@@ -16,6 +16,7 @@ Runs inside the router (cmdop.relay.router), on asyncio. What it promises:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Callable
@@ -72,15 +73,16 @@ async def create(router: Any, stream: Any, request: pb.CreateShareRequest) -> pb
     key = await router._authenticate(stream)
     refuse_guest(key, "create shares")
     ttl_s, tools, max_uses, note = _input(request)
-    machine, matches = routing.resolve_host(request.host, router.store.list_machines(key.workspace))
+    machine, matches = await router.resolve(key.workspace, request.host)
     if machine is None:
-        raise RelayRefusal("not_found", f"{request.host!r} matches {', '.join(matches)}: type more "
+        raise RelayRefusal("not_found", f"{request.host!r} matches "
+                           f"{routing.shown_matches(matches)}: type more "
                            "of the name" if matches else
                            f"no machine named {request.host!r} in workspace {key.workspace}")
     try:
-        share, token = router.store.create_share(key.workspace, machine.id, created_by=key.id,
-                                                 ttl_s=ttl_s, tools=tools, max_uses=max_uses,
-                                                 note=note)
+        share, token = await router._lookup(functools.partial(
+            router.store.create_share, key.workspace, machine.id, created_by=key.id,
+            ttl_s=ttl_s, tools=tools, max_uses=max_uses, note=note))
     except CmdopError as exc:
         raise RelayRefusal("failed_precondition", exc.message) from None
     log.info("share %s of %s created by %s (workspace %s)", share.id, share.host, key.id,
@@ -95,7 +97,8 @@ async def list_(router: Any, stream: Any, request: pb.ListSharesRequest) -> pb.L
     key = await router._authenticate(stream)
     refuse_guest(key, "list shares")
     now = time.time()
-    return pb.ListSharesReply(shares=[info_of(s, now) for s in router.store.list_shares(key.workspace)])
+    found = await router._lookup(router.store.list_shares, key.workspace)
+    return pb.ListSharesReply(shares=[info_of(s, now) for s in found])
 
 
 async def revoke(router: Any, stream: Any, request: pb.RevokeShareRequest) -> pb.ShareInfo:
@@ -103,7 +106,7 @@ async def revoke(router: Any, stream: Any, request: pb.RevokeShareRequest) -> pb
     key = await router._authenticate(stream)
     refuse_guest(key, "revoke shares")
     try:
-        share = router.store.revoke_share(key.workspace, request.id)
+        share = await router._lookup(router.store.revoke_share, key.workspace, request.id)
     except CmdopError as exc:
         raise RelayRefusal("not_found", exc.message) from None
     router.revoke(frozenset({SHARE_PREFIX + share.id}))
@@ -140,13 +143,13 @@ class GuestAdmission:
 async def list_hosts(router: Any, key: Any) -> pb.ListHostsReply:
     """ListHosts for a guest: the share's one machine while the share is active, nothing else
     of the workspace."""
-    share = router.store.get_share(key.share_id)
+    share = await router._lookup(router.store.get_share, key.share_id)
     now = time.time()
     if share is None or shares.state(share, now) != "active":
         state = shares.state(share, now) if share is not None else "revoked"
         raise RelayRefusal("permission_denied", f"share {key.share_id} is {state.replace('_', ' ')}")
-    machine = next((m for m in router.store.list_machines(key.workspace) if m.id == share.machine),
-                   None)
+    machine = next((m for m in await router._lookup(router.store.list_machines, key.workspace)
+                    if m.id == share.machine), None)
     reply = pb.ListHostsReply(total=1 if machine else 0)
     if machine is not None:
         reply.hosts.append(pb.HostInfo(name=machine.name, hostname=machine.hostname[:253],

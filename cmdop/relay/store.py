@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterator
 from cmdop.adapters.secure_file import check_private, ensure_private_dir
 from cmdop.core.credentials import KEY_DISPLAY_PREFIX_LEN, KEY_PREFIX, parse_api_key, valid_name
 from cmdop.core.errors import AlreadyExistsError, CmdopError, NotFoundError, UsageError
+from cmdop.relay import routing
 from cmdop.relay.store_api import DbCursor
 from cmdop.relay.share_store import SCHEMA_V3, ShareStore
 
@@ -679,6 +680,38 @@ class RelayStore(ShareStore):
         ws = self.get_workspace(workspace)
         rows = self._read(f"SELECT {self._MACHINE_COLUMNS} WHERE m.workspace_id = ? ORDER BY m.name", (ws.id,))
         return [Machine(*r) for r in rows]
+
+    def host_candidates(self, workspace: str, host: str) -> list[Machine]:
+        """The machines of `workspace` from which `routing.resolve_host(host, …)` decides
+        exactly as over all of them, read by index (a call's host lookup must not read the
+        whole workspace): the first MAX_MATCHES_SHOWN + 1 whose name starts with `host` (by
+        name; the exact name sorts first), and, when one is named exactly `host`, every other
+        match enrolled no later than it (what can make that exact name ambiguous). An
+        ambiguous host then lists at most MAX_MATCHES_SHOWN names; an unknown workspace or a
+        host no name can start with has none."""
+        want = routing.host_prefix(host)
+        if want is None:
+            return []
+        # Names hold only routing.NAME_CHARS (all below DEL), and both backends compare text
+        # byte-wise: [want, want + DEL) is exactly the names starting with `want`, an index
+        # range on machines(workspace_id, name).
+        where = f"SELECT {self._MACHINE_COLUMNS} WHERE w.name = ? AND m.name >= ? AND m.name < ?"
+        span = (workspace.strip().lower(), want, want + "\x7f")
+        rows = self._read(f"{where} ORDER BY m.name LIMIT ?", (*span, routing.MAX_MATCHES_SHOWN + 1))
+        found = [Machine(*r) for r in rows]
+        if len(found) > 1 and found[0].name == want:
+            earlier = self._read(f"{where} AND m.first_seen <= ? AND m.id != ? ORDER BY m.name",
+                                 (*span, found[0].first_seen, found[0].id))
+            seen = {m.id for m in found}
+            found += [Machine(*r) for r in earlier if r[0] not in seen]
+        return [m for m in found if m.name.startswith(want)]
+
+    def find_machine(self, workspace: str, machine_id: str) -> Machine | None:
+        """The machine of `workspace` enrolled with the agent machine id `machine_id`; None
+        when there is none (one indexed read)."""
+        rows = self._read(f"SELECT {self._MACHINE_COLUMNS} WHERE w.name = ? AND m.machine_id = ?",
+                          (workspace.strip().lower(), machine_id.strip()))
+        return Machine(*rows[0]) if rows else None
 
     # -- the OAuth cabinet: relay id --------------------------------------------------------
 

@@ -225,18 +225,25 @@ class PgRelayStore(RelayStore):
         self._drop()
         if time.monotonic() < self._retry_at:
             raise self._unavailable(self._last_failure)
-        # Bounded waits unless the URL says otherwise: the router calls the store on its event
-        # loop, so a vanished server must cost seconds, not a TCP retransmission timeout.
+        # Bounded waits unless the URL says otherwise: the router's store calls run on worker
+        # threads, but a key check waits for them, so a vanished server must cost seconds, not
+        # a TCP retransmission timeout.
         extra = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in self._target.params}
         try:
             pg = psycopg.connect(self._target.url, autocommit=True, **extra)
             pg.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             pg.execute(f"SET search_path TO {PG_SCHEMA}")
         except psycopg.Error as exc:
-            self._last_failure = self._target.redact(_first_line(exc))
+            failure = self._target.redact(_first_line(exc))
+            if failure != self._last_failure:
+                # One line per outage (and per change of reason), not one per retry.
+                log.warning("relay database %s: %s", self._target.shown, failure)
+            self._last_failure = failure
             self._retry_at = time.monotonic() + RECONNECT_AFTER_S
-            log.warning("relay database %s: %s", self._target.shown, self._last_failure)
             raise self._unavailable(self._last_failure) from None
+        if self._last_failure:
+            log.warning("relay database %s: connected again", self._target.shown)
+            self._last_failure = ""
         self._pg = pg
         return pg
 

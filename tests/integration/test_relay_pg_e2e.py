@@ -99,3 +99,50 @@ def test_database_down_refuses_new_callers_clearly_then_recovers(tmp_path: Path)
     finally:
         cluster.close()
         server.remove()
+
+
+def test_database_down_keeps_linked_agents_and_calls_in_flight(tmp_path: Path) -> None:
+    """PostgreSQL stopped under a relay with an agent linked and a call running: the call
+    finishes, the agent stays linked as the identity verified when it linked, and every new
+    call is refused in one clear line (each Call RPC checks its caller's credential anew,
+    which needs the database). Started again: calls work, nothing restarted, the agent's link
+    is the same one; the relay logged the outage once, not once per retry."""
+    from relay_harness import procs_with_argv, unique_seconds
+
+    server = PgServer(pg_or_skip()).start()
+    cluster = Cluster(tmp_path / "net")
+    try:
+        relay = PgRelay(cluster, tmp_path / "relay-data", server.dsn())
+        relay.admin("workspace", "create", "demo")
+        agent_key = relay.admin("key", "create", "demo", "--name", "agent")
+        caller_key = relay.admin("key", "create", "demo", "--name", "caller")
+        relay.start()
+        agent = Agent(cluster, "a", agent_key["key"], relay).start()
+        c = caller(cluster, "c", caller_key["key"], relay)
+        assert c.run("exec", agent.machine, "--", "seq", "1", "2").returncode == 0
+
+        secs = unique_seconds(base=6)
+        remote = cluster.mark(["sleep", secs])
+        live = c.popen(cluster, "exec", agent.machine, "--", "sleep", secs)
+        wait_for(lambda: procs_with_argv(remote), 30, "the remote sleep to start")
+        server.stop()
+        out = c.run("exec", agent.machine, "--", "seq", "1", "2")
+        assert out.returncode == 5 and "database is unreachable" in out.stderr, out.stderr
+        assert "try again shortly" in out.stderr and "Traceback" not in out.stderr
+        assert live.proc.wait(timeout=60) == 0, live.log()          # the call in flight ended well
+        st = agent.status()
+        assert st is not None and st["relay"]["state"] == "online", st
+
+        server.start()
+        back = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(
+            c.run("exec", agent.machine, "--", "seq", "1", "3")), 30, "calls to work again")
+        assert back.stdout == "1\n2\n3\n"
+        assert relay.proc is not None
+        log = relay.proc.log()
+        assert log.count(" linked from ") == 1, log               # never re-linked
+        assert log.count("cannot read revocations") == 1, log      # once per outage
+        assert log.count("is reachable again") == 1 and log.count("connected again") == 1, log
+        assert "Traceback" not in log, log
+    finally:
+        cluster.close()
+        server.remove()

@@ -171,6 +171,57 @@ def test_a_machine_moves_only_to_its_keys_successor(store: RelayStoreApi) -> Non
     assert store.enroll_machine("w", successor.id, "h", "mid", "1").key_id == successor.id
 
 
+# Enrolled in this order, a clock second apart unless marked "same": (hostname, machine id).
+_FLEET = ([("web01-prod", "m-wp"), ("web01", "m-w"), ("db", "m-db"), ("db", "m-db2 same"),
+           ("dbx", "m-dbx")] + [(f"app-node-{i:02d}", f"m-app{i}") for i in range(1, 26)])
+
+
+@pytest.mark.parametrize("host, want", [
+    ("web01", "ambiguous"),          # enrolled after web01-prod: never silently takes its calls
+    ("web01-", "web01-prod"),
+    ("db", "db"),                    # db-2 got its name because db was taken (same second)
+    (" DB ", "db"),
+    ("db-", "db-2"),
+    ("d", "ambiguous"),
+    ("app", "ambiguous"),            # 25 matches: 20 are listed, then "…"
+    ("app-node-07", "app-node-07"),
+    ("x", None), ("", None), ("é", None), ("db%", None), ("db_", None), ("d\x00", None),
+])
+def test_host_lookup_by_index_decides_as_over_the_whole_workspace(
+        store: RelayStoreApi, clock: Clock, host: str, want: str | None) -> None:
+    """A call's host is looked up by index (`host_candidates`), never by reading the whole
+    workspace; the machine it picks, and the names an ambiguous host lists, are those of the
+    full rule (routing.resolve_host over every machine)."""
+    from cmdop.relay import routing
+
+    store.create_workspace("w")
+    k, _ = store.create_key("w", "k")
+    for hostname, mid in _FLEET:
+        clock.t += 0 if mid.endswith("same") else 1
+        store.enroll_machine("w", k.id, hostname, mid, "1")
+    everything = store.list_machines("w")
+    machine, matches = routing.resolve_host(host, store.host_candidates("w", host))
+    full_machine, full_matches = routing.resolve_host(host, everything)
+    assert machine == full_machine
+    assert routing.shown_matches(matches) == routing.shown_matches(full_matches)
+    assert len(store.host_candidates("w", host)) <= routing.MAX_MATCHES_SHOWN + 1 + 5
+    if want == "ambiguous":
+        assert machine is None and len(matches) >= 2
+    else:
+        assert (machine.name if machine else None) == want
+    assert store.host_candidates("other", host) == []          # another workspace: nothing
+
+
+def test_find_machine_by_agent_machine_id(store: RelayStoreApi) -> None:
+    store.create_workspace("w")
+    store.create_workspace("v")
+    k, _ = store.create_key("w", "k")
+    m = store.enroll_machine("w", k.id, "h", "mid-1", "1")
+    assert store.find_machine("w", "mid-1") == m
+    assert store.find_machine("W ", "mid-1") == m
+    assert store.find_machine("v", "mid-1") is None and store.find_machine("w", "mid-2") is None
+
+
 # -- accounts, device login, refresh tokens -----------------------------------------------------
 
 def _login(store: RelayStoreApi, clock: Clock, email: str = "alice@example.com", jti: str = "j1"):

@@ -84,6 +84,12 @@ class FakeStore:
     def list_machines(self, workspace: str) -> list[Machine]:
         return [m for m in self.machines.values() if m.workspace == workspace]
 
+    def host_candidates(self, workspace: str, host: str) -> list[Machine]:
+        return self.list_machines(workspace)        # resolve_host decides over all of them
+
+    def find_machine(self, workspace: str, machine_id: str) -> Machine | None:
+        return self.machines.get((workspace, machine_id))
+
     def data_version(self) -> int:
         return self.version
 

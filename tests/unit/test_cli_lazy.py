@@ -181,3 +181,18 @@ def test_a_command_imports_only_what_it_needs(tmp_path: Path, argv: list[str], p
     assert set(needs) <= loaded                       # the control: the list is the real one
     unneeded = {m for m in _HEAVY if m not in needs}
     assert not {m for m in loaded if m in unneeded or m.split(".")[0] in unneeded}, sorted(loaded & unneeded)
+
+
+@pytest.mark.parametrize("columns", [None, "50", "200", "0", "-3", "wide", ""])
+def test_help_is_as_wide_as_shutil_would_make_it(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    import shutil
+
+    from cmdop.cli import common
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    expected = shutil.get_terminal_size().columns   # what argparse's own sizing would use
+    assert common.terminal_columns() == expected
+    assert common.Formatter("cmdop")._width == expected - 2

@@ -358,3 +358,119 @@ def test_pins_and_seen_record_do_not_hold_secrets(tmp_path: Path) -> None:
     assert json.loads(text)["hosts"] and e2e.fingerprint(KEY.public) in text
     e2e_files.load_or_create_caller_key(home)
     assert stat.S_IMODE(os.stat(Path(home, e2e_files.CALLER_KEY_FILE)).st_mode) == 0o600
+
+
+def test_a_prefix_keeps_meaning_the_machine_it_reached(tmp_path: Path) -> None:
+    """Attack: the user reaches web1 by typing `web`; the relay later answers `web` with a
+    fresh machine named exactly `web` (its own key, pinned on trust). An honest relay makes
+    the prefix ambiguous instead. `connect trust web` is the way to move the prefix."""
+    from cmdop.relay.caller import remote_call
+
+    home = str(tmp_path / "cmdop")
+    e2e_files.pin(home, "relay:1", "m0", "other", OTHER.public)
+    with pytest.raises(Exception, match="gone"):
+        remote_call(_Relay("web1", "m1", KEY.public), "web", "execute_command",  # type: ignore[arg-type]
+                    {}, cmdop_home=home)
+    evil = _Relay("web", "m9", OTHER.public)
+    with pytest.raises(HostKeyChangedError, match="reached web1"):
+        remote_call(evil, "web", "execute_command", {}, cmdop_home=home)  # type: ignore[arg-type]
+    assert evil.sent == []
+    e2e_files.pin(home, "relay:1", "m9", "web", OTHER.public, alias="web")    # connect trust
+    with pytest.raises(Exception, match="gone"):
+        remote_call(evil, "web", "execute_command", {}, cmdop_home=home)  # type: ignore[arg-type]
+
+
+def test_the_capture_tap_records_every_rpc_the_relay_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sealed-capture test ("the relay sees no plaintext") is only as good as its tap: it
+    must be on every RPC of the service (share RPCs were not)."""
+    import asyncio
+    import re
+
+    from cmdop.adapters import relay_grpc
+    from cmdop.core.errors import CmdopError
+
+    taps: list[Any] = []
+    for name in ("_unary_handler", "_stream_handler"):
+        real = getattr(relay_grpc, name)
+        monkeypatch.setattr(relay_grpc, name,
+                            lambda *a, _real=real, **kw: taps.append(a[3] if len(a) > 3
+                                                                     else kw.get("tap"))
+                            or _real(*a, **kw))
+
+    def tap(direction: str, data: bytes) -> None:
+        pass
+
+    with pytest.raises(CmdopError):                      # handlers are built, then bind fails
+        asyncio.run(relay_grpc.start_server(type("H", (), {"__getattr__": lambda s, n: None})(),
+                                            "256.0.0.1:1", b"", b"", tap=tap))
+    proto = (Path(relay_grpc.__file__).parents[1] / "relay/proto/relay.proto").read_text()
+    assert len(taps) == len(re.findall(r"^\s*rpc \w+", proto, re.M)) and all(t is tap for t in taps)
+
+
+def test_the_local_agent_never_forwards_a_call_in_the_clear() -> None:
+    """Downgrade: an old or hostile local client asks this machine's agent for a plaintext
+    `relay_call`; forwarded, the relay would see its tool, input and output."""
+    from cmdop.daemon.service import AgentService, RequestError
+
+    svc = AgentService.__new__(AgentService)
+    svc.current_link = lambda: object()  # type: ignore[method-assign,assignment]
+    req = {"op": "relay_call", "host": "web1", "tool": "execute_command",
+           "input": {"command": "id"}}
+    with pytest.raises(RequestError) as info:
+        trio.run(svc._op_relay_call, req, None)
+    assert info.value.code == "bad_request" and "sealed" in info.value.message
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ACCEPTED LIMIT (docs/security.md, what the relay can still do): the first call to a host "
+    "pins the key the relay offers on trust, as ssh's known_hosts does; compare the fingerprint "
+    "with `cmdop agent status` on the host when it matters"))
+def test_a_key_swapped_at_first_contact_is_caught(tmp_path: Path) -> None:
+    from cmdop.relay.caller import remote_call
+
+    relay = _Relay("web1", "m1", OTHER.public)          # the relay's own key, not web1's
+    with pytest.raises(E2EError):
+        remote_call(relay, "web1", "execute_command", {}, cmdop_home=str(tmp_path))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("make", ["bytes", "spaces", "empty", "directory", "dangling"])
+def test_an_unusable_machine_id_is_an_error_not_silently_replaced(tmp_path: Path,
+                                                                  make: str) -> None:
+    """Sealed calls are bound to the agent's machine id: a new one, made silently, has every
+    caller warn "now another machine" and trains users to `connect trust` whatever comes."""
+    from cmdop.core.errors import CmdopError
+    from cmdop.daemon.relay_link import machine_id
+
+    path = tmp_path / "machine_id"
+    {"bytes": lambda: path.write_bytes(b"\xff\xfe"), "spaces": lambda: path.write_text("a b\n"),
+     "empty": lambda: path.write_text(""), "directory": lambda: path.mkdir(),
+     "dangling": lambda: path.symlink_to(tmp_path / "nowhere")}[make]()
+    before = os.lstat(path)
+    with pytest.raises(CmdopError):
+        machine_id(str(tmp_path))
+    assert os.lstat(path).st_ino == before.st_ino
+
+
+def test_a_missing_machine_id_is_created_once(tmp_path: Path) -> None:
+    from cmdop.daemon.relay_link import machine_id
+
+    first = machine_id(str(tmp_path))
+    assert first == machine_id(str(tmp_path)) and len(first) == 32
+
+
+@pytest.mark.parametrize("name", [
+    "web1: offered key SHA256:looks-right\n",           # a line break forging the compared line
+    "web1\x1b[8m",                                       # text hidden from here on
+    "db1",                                               # another host than the one typed
+])
+def test_connect_trust_refuses_relay_text_that_could_fake_the_fingerprint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        name: str) -> None:
+    from cmdop.cli import main, trust_cmd
+
+    monkeypatch.setenv("CMDOP_HOME", str(tmp_path / "cmdop"))
+    monkeypatch.setattr(trust_cmd, "_lookup", lambda *a: {
+        "name": name, "machine_id": "m9", "e2e_key": OTHER.public, "relay": "relay:1"})
+    assert main.main(["connect", "trust", "web1", "--yes"]) != 0
+    assert not (tmp_path / "cmdop" / e2e_files.KNOWN_HOSTS_FILE).exists()
+    assert "\x1b" not in capsys.readouterr().err

@@ -1,0 +1,221 @@
+"""Red team of several relay nodes, in one process (routers over a fake store and the in-memory
+bus, as in test_relay_cluster_routing.py). Each test is an attack a user or operator would
+notice: a second node taking a live node's id, a restarted node resurrecting its dead agents,
+agents linked while a node was still joining the bus, a call the caller was told was lost
+reaching the agent anyway, a Redis outage reported as "agent not running"."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cmdop.core.errors import UsageError
+from cmdop.relay import cluster as clustermod
+from cmdop.relay.bus import MemoryBus
+from cmdop.relay.cluster import Cluster
+from cmdop.relay.proto import relay_pb2 as pb
+from cmdop.relay.router import Router
+
+from relay_fakes import FakeStream, call_start as _start, link_agent as _agent, next_frame as _next
+from test_relay_cluster_routing import Nodes, _linked_everywhere, _until
+
+
+@pytest.fixture(autouse=True)
+def fast_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heartbeats and timeouts in tens of milliseconds (the logic, not the numbers)."""
+    monkeypatch.setattr(clustermod, "BEAT_S", 0.02)
+    monkeypatch.setattr(clustermod, "NODE_TTL_S", 0.3)
+    monkeypatch.setattr(clustermod, "ACCEPT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(clustermod, "TAKEN_AFTER_S", 0.05)
+
+
+def _drain(stream: FakeStream) -> list[str]:
+    kinds = []
+    while not stream.out.empty():
+        kinds.append(stream.out.get_nowait().WhichOneof("kind"))
+    return kinds
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-after-the-other", "at-once"])
+def test_two_nodes_started_with_the_same_node_id_never_both_join(together: bool):
+    # `relay serve` connects the bus (Cluster.start) and only then runs it: a second node with
+    # the same --node-id started in between shared the first one's channel (each would get
+    # the other's calls and heartbeats) instead of being refused.
+    async def main() -> None:
+        nodes = Nodes(1)
+        first = nodes.clusters[0]
+        twin = Cluster(Router(nodes.store), MemoryBus(nodes.hub), first.node)
+        runs: list[asyncio.Task[None]] = []
+
+        async def serve(node: Cluster) -> None:          # what `relay serve` does
+            await node.start()
+            runs.append(asyncio.ensure_future(node.run()))
+
+        if together:
+            outcomes = await asyncio.gather(serve(first), serve(twin), return_exceptions=True)
+        else:
+            outcomes = await asyncio.gather(serve(first), return_exceptions=True)
+            outcomes += await asyncio.gather(serve(twin), return_exceptions=True)
+        for run in runs:
+            run.cancel()
+        refused = [o for o in outcomes if isinstance(o, UsageError)]
+        assert len(refused) == 1 and "in use" in refused[0].message, outcomes
+    asyncio.run(main())
+
+
+def test_a_node_restarted_with_its_old_id_does_not_resurrect_its_dead_agents():
+    # The default node id is hostname:port, so a crashed node restarted by systemd comes back
+    # with the same id: its dead agents' presence entries (90 s TTL) named that id and became
+    # "live" again — every node showed them online and routed calls to a node without them.
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        nodes.kill(0)                                  # dies; its agent does not come back
+        await _until(lambda: not nodes.routers[1].online("row-demo-m1"))
+        await _until(lambda: "node-0" not in nodes.hub.live(nodes.hub.records))
+        reborn = Cluster(Router(nodes.store), MemoryBus(nodes.hub), "node-0")
+        await reborn.start()
+        task = asyncio.ensure_future(reborn.run())
+        try:
+            await _until(lambda: reborn.up and "node-0" in nodes.clusters[1].alive)
+            await asyncio.sleep(0.1)                   # a few heartbeats
+            assert not nodes.routers[1].online("row-demo-m1")
+            hosts = await nodes.routers[1].list_hosts(FakeStream("K2"), pb.ListHostsRequest())
+            assert [(h.name, h.online) for h in hosts.hosts] == [("web01", False)]
+        finally:
+            task.cancel()
+    asyncio.run(main())
+
+
+def test_an_agent_that_linked_while_its_node_was_joining_the_bus_is_reachable_from_others():
+    # `relay serve` starts its gRPC server, then joins the bus: an agent (e.g. one of a dead
+    # node's agents reconnecting through the load balancer) linked in between was never
+    # announced — invisible to every other node until it relinked.
+    async def main() -> None:
+        nodes = Nodes(2)
+        early = Router(nodes.store)
+        await _agent(early, "K1", "web01", "m1")          # linked before its node joined
+        nodes.routers[0] = early
+        nodes.clusters[0] = Cluster(early, MemoryBus(nodes.hub), "node-0")
+        await nodes.start()
+        await _until(lambda: nodes.routers[1].online("row-demo-m1"), timeout=2.0)
+    asyncio.run(main())
+
+
+def test_a_call_the_caller_was_told_was_not_taken_never_reaches_the_agent_later():
+    # The caller's node gives a holder ACCEPT_TIMEOUT_S to take a call, then tells the caller
+    # "did not take the call; try again". A holder that was only slow (a backlog on its
+    # channel) still delivered the start afterwards: the command ran although the caller was
+    # told to run it again — twice in all.
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        real = nodes.hub.queues["node-0"]
+        held: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        nodes.hub.queues["node-0"] = held              # node 0 falls behind on its channel
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        await nodes.routers[1].call(caller)
+        failure = await _next(caller, "failure")
+        assert failure.code == "node_lost" and "try again" in failure.message
+        while not held.empty():                        # ... and catches up
+            real.put_nowait(held.get_nowait())
+        nodes.hub.queues["node-0"] = real
+        await _until(lambda: real.empty())
+        await asyncio.sleep(0.1)
+        assert "call" not in _drain(agent)
+    asyncio.run(main())
+
+
+def test_a_call_to_another_nodes_machine_while_the_bus_is_down_says_so():
+    # docs/relay.md: with Redis down "calls that cross nodes fail with node_lost". They failed
+    # host_offline, "web01 is not connected to the relay — is its agent running?": the user
+    # went to check a healthy agent.
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        nodes.hub.down = True
+        await _until(lambda: not nodes.clusters[1].up)
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        await nodes.routers[1].call(caller)
+        failure = await _next(caller, "failure")
+        assert failure.code == "node_lost" and "bus" in failure.message, failure
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:s3cretpw@127.0.0.1:badport/0",       # a port that is not a number
+    "redis://:s3cretpw@[::1/0",                    # an unclosed IPv6 bracket
+    "redis://127.0.0.1:6379/0?password=s3cretpw&db=x",   # a database that is not a number
+    "redis://:s3cretpw@127.0.0.1:99999/0",         # a port out of range
+])
+def test_a_malformed_bus_url_is_a_usage_error_that_does_not_repeat_the_password(url: str):
+    # `relay status --bus …` / `relay serve --bus …` printed "internal error: ValueError"
+    from cmdop.relay.bus_redis import check_url
+
+    with pytest.raises(UsageError) as err:
+        check_url(url)
+    assert "s3cretpw" not in err.value.message + (err.value.hint or "")
+
+
+@pytest.mark.parametrize("url, noted", [
+    ("redis://:s3cret@redis.internal:6379/0", True),
+    ("redis://redis.internal:6379/0?password=s3cret", True),
+    ("redis://redis.internal:6379/0", False),
+])
+def test_a_password_given_on_the_command_line_gets_the_ps_note(url: str, noted: bool):
+    from types import SimpleNamespace
+
+    from cmdop.cli.relay_status import bus_location
+
+    notes: list[str] = []
+    ctx = SimpleNamespace(note=notes.append, settings=SimpleNamespace(relay_bus=None))
+    assert bus_location(SimpleNamespace(bus=url), ctx) == url  # type: ignore[arg-type]
+    assert bool(notes) is noted
+
+
+def test_a_guest_through_another_node_stays_a_guest_is_counted_once_and_the_holder_cuts_it(
+        tmp_path):
+    # A share for web01 (linked to node 0) used through node 1: stamped guest (never self or
+    # remote), one use each call whichever node admits it, and cut by a revocation that only
+    # the holder has noticed yet.
+    from cmdop.relay import shares
+    from cmdop.relay.auth import BearerVerifier
+    from cmdop.relay.bus import MemoryHub
+    from cmdop.relay.store import RelayStore
+
+    from test_relay_share_router import _guest_call, _keys, _share
+
+    async def main(store: RelayStore) -> None:
+        hub = MemoryHub()
+        routers = [Router(store, verifier=BearerVerifier(store)) for _ in range(2)]
+        clusters = [Cluster(r, MemoryBus(hub), f"node-{i}") for i, r in enumerate(routers)]
+        tasks = [asyncio.ensure_future(c.run()) for c in clusters]
+        keys = _keys(store)
+        agent, _ = await _agent(routers[0], keys["ops"], "web01", "m1")
+        [web01] = store.list_machines("demo")
+        await _until(lambda: routers[1].online(web01.id))
+        info = await _share(routers[1], keys["ops"], max_uses=1)
+        caller, task = await _guest_call(routers[1], info.token, "web01")
+        forwarded = await _next(agent, "call")
+        assert (forwarded.caller.kind, forwarded.caller.share_id) == ("guest", info.id)
+        again, again_task = await _guest_call(routers[0], info.token, "web01", cid="g2")
+        assert (await _next(again, "failure")).code == shares.USED_UP    # its one use is spent
+        await again_task
+        store.revoke_share("demo", info.id)
+        routers[0].revoke(routers[0]._revocations())           # node 1 has not looked yet
+        assert (await _next(caller, "failure")).code == "share_revoked"
+        assert (await _next(agent, "cancel")).call_id == forwarded.call_id
+        await task
+        for t in tasks:
+            t.cancel()
+
+    with RelayStore.open(str(tmp_path / "relay")) as s:
+        s.create_workspace("demo")
+        s.create_workspace("other")
+        asyncio.run(main(s))
