@@ -53,7 +53,7 @@ def check_url(url: str) -> str:
         from redis.connection import parse_url
 
         urlsplit(url).port                # raises on a port that is not a number
-        parse_url(url)
+        parse_url(url)                    # type: ignore[no-untyped-call]  # untyped in redis 8.1
     except ValueError:
         raise UsageError("--bus is not a usable Redis URL (its host, port or database number)",
                          hint="e.g. --bus redis://:PASSWORD@redis.internal:6379/0") from None

@@ -124,6 +124,13 @@ class RemoteLink(Link):
     def _not_taken(self, call_id: str) -> None:
         self.pending.pop(call_id, None)
         route = self.routes.get(call_id)
+        if route is not None and self.cluster.behind():
+            # This node, not the holder, may be late: the "taken" notice can be waiting unread
+            # on its own channel. Saying "not taken; try again" for a command that started
+            # invites running it twice, so wait until this node has caught up.
+            self.pending[call_id] = asyncio.get_running_loop().call_later(
+                ACCEPT_TIMEOUT_S, self._not_taken, call_id)
+            return
         if route is not None:
             log.warning("node %s did not take call %s for %s within %.0f s", self.node, call_id,
                         self.machine.name, ACCEPT_TIMEOUT_S)
@@ -179,6 +186,7 @@ class Cluster:
         self._last_resync = 0.0
         self._cut_notices: list[tuple[str, str, str, str]] = []
         self._withdrawals: list[bytes] = []     # stale own entries the other nodes must drop
+        self.heard = clock()                     # when this node last read its own echo
 
     # -- what the router asks -------------------------------------------------------------
 
@@ -187,6 +195,11 @@ class Cluster:
         if not self.up or p is None or p.node == self.node or p.node not in self.alive:
             return None
         return p.node
+
+    def behind(self) -> bool:
+        """Whether this node is behind on its own channel: its own echo, posted every BEAT_S,
+        has not come back for a while (replies it waits for may be queued unread)."""
+        return self.up and self.clock() - self.heard > max(2 * BEAT_S, ACCEPT_TIMEOUT_S / 2)
 
     def online(self, machine_id: str) -> bool:
         """Whether another live node holds `machine_id`'s link."""
@@ -327,6 +340,7 @@ class Cluster:
                 for mid, (_, data) in self.mine.items():
                     self.where[mid] = pb.BusPresence.FromString(data)
                 self.up = True
+                self.heard = self.clock()
                 self._announce()
                 self._tell_cut()
                 self._withdraw_stale()
@@ -539,6 +553,7 @@ class Cluster:
             self.router._from_agent(rl, frame)
         elif kind == "echo" and env.from_node == self.node:
             self.lag_ms = max(0.0, self.clock() * 1000 - env.sent_ms)
+            self.heard = self.clock()
 
     def _serve_start(self, env: pb.BusEnvelope) -> None:
         """Another node's caller's call for a machine linked here: run it on the link like a

@@ -19,6 +19,13 @@ Runs on asyncio (grpc.aio's loop) in `cmdop relay serve`. What it promises:
   cancelled on the agent and the caller told so.
 - Revocation (`cmdop relay key revoke`, another process) is noticed within ~0.2 s through the
   store's data version: that key's links end and its calls are cut.
+- The store is called on worker threads (`_db`), never on the event loop: a slow or unreachable
+  PostgreSQL delays only the RPCs that wait for it. What the router decides around those waits
+  still holds: a call holds its place in its key's count while its host is looked up, and a
+  key revoked meanwhile is checked again before anything is forwarded or linked.
+- Database down: new credentials and lookups fail closed (UNAVAILABLE, "try again shortly");
+  links keep the identity verified when they were made (a Reauth that cannot be checked is
+  ignored, not fatal: the old token's expiry still ends the link); running calls go on.
 - Several nodes (`--bus`, cmdop.relay.cluster): a machine linked to another node is reached
   through a stand-in Link whose frames cross the bus (`link_of`); with no bus, nothing changes.
 - Guests (a share token, cmdop.relay.share_rpc): each call is admitted against the share as

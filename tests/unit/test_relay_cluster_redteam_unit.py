@@ -219,3 +219,71 @@ def test_a_guest_through_another_node_stays_a_guest_is_counted_once_and_the_hold
         s.create_workspace("demo")
         s.create_workspace("other")
         asyncio.run(main(s))
+
+
+def test_a_caller_node_behind_on_its_channel_does_not_call_a_taken_call_lost():
+    # The holder took the call (the agent runs it) but the caller's node, behind on its own
+    # channel, had not read the "taken" notice within ACCEPT_TIMEOUT_S: it told the caller
+    # "did not take the call; try again" and cancelled a command that had started — a retry
+    # then ran it a second time.
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        real = nodes.hub.queues["node-1"]
+        held: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        nodes.hub.queues["node-1"] = held              # the caller's node falls behind
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        forwarded = await _next(agent, "call")           # the command starts
+        await asyncio.sleep(0.6)                         # twice the accept timeout
+        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id=forwarded.call_id,
+                                                                result_json=b"{}")))
+        await asyncio.sleep(0.05)
+        while not held.empty():                          # ... and catches up
+            real.put_nowait(held.get_nowait())
+        nodes.hub.queues["node-1"] = real
+        event = await asyncio.wait_for(caller.out.get(), 5)
+        assert event.WhichOneof("kind") == "result", event
+        await call_task
+        assert "cancel" not in _drain(agent)
+    asyncio.run(main())
+
+
+def test_two_callers_on_two_nodes_with_one_call_id_reach_the_agent_once():
+    async def main() -> None:
+        nodes = await Nodes(3).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        callers = [FakeStream("K2"), FakeStream("K2")]
+        tasks = []
+        for router, c in zip(nodes.routers[1:], callers):
+            await c.incoming.put(pb.CallerFrame(start=_start("same", "web01")))
+            tasks.append(asyncio.ensure_future(router.call(c)))
+        assert (await _next(agent, "call")).call_id == "k2:same"
+        refused = await asyncio.wait_for(asyncio.wait(
+            [asyncio.ensure_future(_next(c, "failure")) for c in callers],
+            return_when=asyncio.FIRST_COMPLETED), 5)
+        assert [t.result().code for t in refused[0]] == ["bad_call"]
+        await asyncio.sleep(0.1)
+        assert "call" not in _drain(agent)
+        for t in tasks:
+            t.cancel()
+    asyncio.run(main())
+
+
+def test_a_caller_node_that_dies_mid_call_gets_the_command_killed_on_the_holder():
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        forwarded = await _next(agent, "call")
+        nodes.kill(1)
+        call_task.cancel()                               # its process is gone with it
+        assert (await _next(agent, "cancel")).call_id == forwarded.call_id
+        await _until(lambda: not nodes.clusters[0].served)
+    asyncio.run(main())
