@@ -16,7 +16,8 @@ None for anything it does not accept (malformed, unknown, expired, revoked, disa
   id = `share:<share id>`, name = the share id, credential "share", share_id set.
 
 `verify` is synchronous: one or two indexed store reads (a round trip to PostgreSQL, which may
-wait), so the router calls `averify`, which runs it on a worker thread. For an
+wait), so the router calls `averify`, which runs it on a worker thread when the store may block
+(`blocking_io`; SQLite is read in place). For an
 external token signed with a key not yet cached it schedules a JWKS refetch and refuses —
 `averify` (async) awaits that refetch instead, so the first call after a provider's key rotation
 succeeds. A Principal exposes `.id`, `.workspace` and `.name` as store.KeyInfo does.
@@ -115,10 +116,11 @@ class BearerVerifier:
         """`verify`, off the event loop (its store reads wait on a PostgreSQL server), except
         that an external token signed with a key the relay has not fetched yet waits (bounded)
         for the provider's key set to be refetched."""
+        inline = not getattr(self.store, "blocking_io", True)     # SQLite: its reads never wait
         if self._kind(token) == "oidc" and self.oidc is not None:
             ident = await self.oidc.averify(token)
-            return await asyncio.to_thread(self._external, ident)
-        return await asyncio.to_thread(self.verify, token)
+            return self._external(ident) if inline else await asyncio.to_thread(self._external, ident)
+        return self.verify(token) if inline else await asyncio.to_thread(self.verify, token)
 
     def _relay(self, token: str) -> Principal | None:
         assert self.signing_key is not None and self.issuer and self.audience

@@ -7,6 +7,13 @@ Redis does the distribution; nothing here is a protocol of its own:
   on unlink by a compare-and-delete script (only if it still holds this link's entry);
 - a node is alive while `cmdop:relay:alive:<id>` exists (PX, refreshed by its heartbeat), its
   value the node's status record; the set `cmdop:relay:nodes` lists the ids to look up.
+- a message for one node larger than BLOB_BYTES (a call's input, a result: up to 4 MiB) is
+  not published itself: it is stored under `cmdop:relay:blob:<random>` (expiring after
+  BLOB_TTL_S) and a reference to it is published; the receiver takes it (GET and DEL). Redis
+  drops a subscriber whose unsent messages pass its pubsub output limit (32 MB by default)
+  and sends a subscriber at most 64 KB per turn of its loop, so a burst of large messages —
+  one caller's sixteen 3.5 MB calls — cut the receiving node off the bus, failing every call
+  crossing to it; a normal connection's replies have no such limit.
 Every command has a socket timeout, so a hung Redis is an error, never a hang. Errors become
 `BusUnavailableError` naming the server without its password.
 """
@@ -14,6 +21,7 @@ Every command has a socket timeout, so a hung Redis is an error, never a hang. E
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +31,11 @@ from cmdop.relay.bus import ALL, NODE
 PREFIX = "cmdop:relay:"
 TIMEOUT_S = 3.0                       # one command's socket timeout
 SCHEMES = ("redis", "rediss", "unix")
+BLOB_BYTES = 256 * 1024               # larger messages for one node travel as a key (docstring)
+BLOB_TTL_S = 120.0                    # a blob its receiver never takes (it died) goes away
+# A reference starts with a zero byte, which no serialized protobuf message starts with
+# (field number 0 does not exist), so it cannot be mistaken for a message.
+_BLOB_REF = b"\x00"
 _DROP_IF_SAME = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -106,15 +119,35 @@ class RedisBus:
             if msg is None or msg.get("type") != "message":
                 continue
             channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
-            return (ALL if channel == PREFIX + "all" else NODE), bytes(msg["data"])
+            data = bytes(msg["data"])
+            if data.startswith(_BLOB_REF):
+                found = await self._take_blob(data[len(_BLOB_REF):].decode("ascii", "replace"))
+                if found is None:
+                    continue              # expired (this node was away longer): a lost message
+                data = found
+            return (ALL if channel == PREFIX + "all" else NODE), data
+
+    async def _take_blob(self, key: str) -> bytes | None:
+        if not key.startswith(PREFIX + "blob:"):
+            return None                   # only this bus's own blob keys are ever read
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(key)
+        pipe.delete(key)
+        value, _ = await self._do(pipe.execute())
+        return None if value is None else bytes(value)
 
     async def publish(self, items: list[tuple[str, bytes]]) -> None:
-        if len(items) == 1:                  # the common case: no pipeline's bookkeeping
+        if len(items) == 1 and len(items[0][1]) <= BLOB_BYTES:   # the common case: no pipeline
             node, data = items[0]
             await self._do(self.client.publish(PREFIX + ("node:" + node if node else "all"), data))
             return
         pipe = self.client.pipeline(transaction=False)
         for node, data in items:
+            if node and len(data) > BLOB_BYTES:
+                # (the SET runs before the PUBLISH: one connection, in order)
+                key = PREFIX + "blob:" + uuid.uuid4().hex
+                pipe.set(key, data, px=int(BLOB_TTL_S * 1000))
+                data = _BLOB_REF + key.encode()
             pipe.publish(PREFIX + ("node:" + node if node else "all"), data)
         await self._do(pipe.execute())
 

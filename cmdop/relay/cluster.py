@@ -19,8 +19,15 @@ Every node serves any caller and any agent; the nodes share the store (PostgreSQ
   stopped…; try again"); the bus lost (or restarted, losing messages) fails every call crossing
   it the same way (a holder whose own connection dropped tells the callers' nodes so once it
   is back, as they may not have noticed). A call is never sent twice: each goes out once,
-  and an agent refuses an id it has seen. A holder whose caller's node dies cancels that call
-  on the agent.
+  and an agent refuses an id it has seen. Nor is one run after its caller was told it was not
+  taken: a holder refuses a start older than START_MAX_AGE_SHARE of ACCEPT_TIMEOUT_S (the
+  caller's node stamps it with its wall clock: the nodes' clocks must agree within ~1 s), and
+  a caller's node behind on its own channel (its echo late) waits for it rather than failing
+  a call whose "taken" notice may be queued unread. A holder whose caller's node dies cancels
+  that call on the agent.
+- Joining: the node id is claimed atomically (SET NX; a dead node's registration is waited
+  out), links made before the node joined are announced, and presence entries naming this
+  node for links it does not hold (a previous run's) are deleted and withdrawn.
 - Revocation: nodes share the store, so each notices a revocation through its own poll
   (Router.watch_revocations, ~0.2 s) and cuts the calls it holds either end of; no broadcast is
   needed for it.
@@ -43,7 +50,7 @@ from typing import Any, Awaitable
 from cmdop.core.errors import BusUnavailableError, UsageError
 from cmdop.relay.bus import ALL, Bus
 from cmdop.relay.proto import relay_pb2 as pb
-from cmdop.relay.router import Link, Route
+from cmdop.relay.router import Link, Route, busy_failure, has_room
 
 log = logging.getLogger("cmdop.relay")
 
@@ -466,6 +473,7 @@ class Cluster:
             await self.bus.put_presence([(m, d) for m, (_, d) in self.mine.items()],
                                         PRESENCE_TTL_S)
             self.up = True
+            self.heard = self.clock()
             self._announce()
             self._tell_cut()
         nodes = await self.bus.nodes()
@@ -587,6 +595,10 @@ class Cluster:
         if self.router._revoked(_RemoteKey(id=env.caller_key)):
             fail("revoked", "the caller's key was revoked")
             return
+        if not has_room(link, pb.RelayFrame(call=start)):
+            busy = busy_failure(start.call_id, link.machine.name, link).failure
+            fail(busy.code, busy.message, busy.hint)
+            return
         if start.caller.kind == "self" and link.key.id != env.caller_key:
             start.caller.kind = "remote"   # the caller's node judged by a stale presence entry
         route = Route(call_id=start.call_id, caller_id=start.call_id, caller_key=env.caller_key,
@@ -599,9 +611,11 @@ class Cluster:
         link.send(pb.RelayFrame(call=start))
         # Any event tells the caller's node the call was taken; only a call whose agent is
         # silent for TAKEN_AFTER_S costs a message of its own (one publish less per call).
+        # (a start that was long on its way gets its notice at once: the caller's node stops
+        # waiting ACCEPT_TIMEOUT_S after it sent the call)
         served.taken = asyncio.get_running_loop().call_later(
-            TAKEN_AFTER_S, self.post, back, pb.BusEnvelope(
-                machine_id=env.machine_id, taken=pb.Accepted(call_id=start.call_id)))
+            max(0.0, min(TAKEN_AFTER_S, ACCEPT_TIMEOUT_S / 2 - age_s)), self.post, back,
+            pb.BusEnvelope(machine_id=env.machine_id, taken=pb.Accepted(call_id=start.call_id)))
         served.task = asyncio.ensure_future(self._pump(served, env.machine_id, start.deadline_ms))
 
     async def _pump(self, served: _Served, machine_id: str, deadline_ms: int) -> None:

@@ -19,8 +19,8 @@ Runs on asyncio (grpc.aio's loop) in `cmdop relay serve`. What it promises:
   cancelled on the agent and the caller told so.
 - Revocation (`cmdop relay key revoke`, another process) is noticed within ~0.2 s through the
   store's data version: that key's links end and its calls are cut.
-- The store is called on worker threads (`_db`), never on the event loop: a slow or unreachable
-  PostgreSQL delays only the RPCs that wait for it. What the router decides around those waits
+- A store that can wait on a network (PostgreSQL) is called on worker threads (`_db`), never on
+  the event loop: a slow or unreachable database delays only the RPCs that wait for it. What the router decides around those waits
   still holds: a call holds its place in its key's count while its host is looked up, and a
   key revoked meanwhile is checked again before anything is forwarded or linked.
 - Database down: new credentials and lookups fail closed (UNAVAILABLE, "try again shortly");
@@ -176,9 +176,13 @@ class Router:
     # -- the store, off the event loop -----------------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` (a store call) on a worker thread: a slow or unreachable database (a
-        PostgreSQL store waits seconds on one) must not stall every other stream of this node.
+        """`fn(*args)` (a store call) on a worker thread when the store can wait on a network
+        (`blocking_io`: PostgreSQL, which may wait seconds): a slow or unreachable database
+        must not stall every other stream of this node. SQLite (a local file; in WAL mode its
+        reads never wait) is called in place: a thread hop would cost more than its read.
         Both stores serialise their own connection under a lock."""
+        if not getattr(self.store, "blocking_io", True):
+            return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
     async def _lookup(self, fn: Callable[..., T], *args: Any) -> T:
@@ -598,6 +602,9 @@ class Router:
             await sink(_failure(cid, "too_large", "the call's input is too large to forward",
                                 f"at most {MAX_FORWARD_BYTES // 1024} KB"))
             return
+        if not has_room(target, frame):
+            await sink(busy_failure(cid, machine.name, target))
+            return
         target.routes[route.call_id] = route
         if via is not None:
             via.outgoing_routes[cid] = route
@@ -766,6 +773,20 @@ class Router:
             self._abort(route, code, message)
 
 
+def has_room(link: Link, frame: pb.RelayFrame) -> bool:
+    """Whether a call's start may join what waits to be written to `link`'s agent. Past half
+    of MAX_QUEUED_BYTES a call fails alone ("host_busy"): a burst of large calls — one caller's
+    ten 3.5 MB inputs — must not reach the cap that ends the link as "not reading", failing
+    every user's calls to the machine."""
+    return bool(link.queued + frame.ByteSize() <= MAX_QUEUED_BYTES // 2)
+
+
+def busy_failure(call_id: str, name: str, link: Link) -> pb.CallEvent:
+    """The "host_busy" Failure for a call that `has_room` refused (its caller may retry)."""
+    return _failure(call_id, "host_busy", f"{name}'s link has {link.queued // 2**20} MiB of calls "
+                                          "waiting to be sent to it", "try again shortly")
+
+
 def _valid_id(call_id: str) -> bool:
     return 0 < len(call_id) <= 64 and all(c in _ID_OK for c in call_id)
 
@@ -781,6 +802,8 @@ class _KeysOnly:
         return self.store.verify_key(token)
 
     async def averify(self, token: str) -> Any:
+        if not getattr(self.store, "blocking_io", True):
+            return self.verify(token)
         return await asyncio.to_thread(self.verify, token)
 
 

@@ -340,6 +340,10 @@ class MachineClaimedError(CmdopError):
 class RelayStore(ShareStore):
     """The relay's database. Open with `RelayStore.open(data_dir)`; `close()` when done."""
 
+    # Whether a call may wait on a network (the router then makes it on a worker thread): a
+    # local SQLite file in WAL mode does not; PostgreSQL does.
+    blocking_io = False
+
     def __init__(self, conn: sqlite3.Connection, path: str, clock: Callable[[], float]) -> None:
         self._conn = conn
         self.path = path

@@ -51,6 +51,7 @@ class RelayStoreApi(Protocol):
     StoreUnavailableError, so a key check or a login fails closed."""
 
     path: str       # where the store is, for messages (a URL never shows its password)
+    blocking_io: bool   # calls may wait on a network: the router makes them off its event loop
 
     def close(self) -> None: ...
     def __enter__(self) -> RelayStoreApi: ...

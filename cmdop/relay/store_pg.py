@@ -25,7 +25,9 @@ Failures: a server that cannot be reached (or drops the connection) raises
 StoreUnavailableError naming HOST:PORT, never the password; after a failed attempt the store
 fails fast for RECONNECT_AFTER_S before trying again, so a relay whose database is down answers
 "unavailable" at once instead of stalling on every key check. A broken connection is replaced on
-next use; a read is retried once on a fresh connection.
+next use; a read is retried once on a fresh connection. A server that hangs without closing the
+connection holds up one query; the calls queued behind it give up after LOCK_WAIT_S with the
+same StoreUnavailableError (fail closed, not wait).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import logging
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from functools import lru_cache
@@ -60,6 +63,10 @@ CONNECT_DEFAULTS: dict[str, Any] = {
 }
 STATEMENT_TIMEOUT_MS = 10_000      # no query (or wait for the write lock) blocks a relay longer
 RECONNECT_AFTER_S = 2.0
+# How long a store call waits for the one connection while another call holds it. A server
+# that hangs (stopped, not gone: no TCP timeout fires) would otherwise queue every key check
+# behind one stuck query for as long as it hangs; past this they fail closed instead.
+LOCK_WAIT_S = 5.0
 # pg_advisory_xact_lock key: "cmdop" as a number, so other applications' locks do not collide.
 WRITE_LOCK_KEY = int.from_bytes(b"cmdop", "big")
 
@@ -165,6 +172,25 @@ class PgTarget:
         return text.replace(self.url, self.shown)
 
 
+class _BoundedLock:
+    """A re-entrant lock whose `with` waits at most `wait_s` (the module's LOCK_WAIT_S when
+    None), then raises what `busy()` makes: the store's lock, so that every method of the
+    SQLite store it inherits (`with self._lock:`) is bounded too."""
+
+    def __init__(self, busy: Callable[[], Exception], wait_s: float | None = None) -> None:
+        self._lock = threading.RLock()
+        self._busy = busy
+        self.wait_s = wait_s
+
+    def __enter__(self) -> _BoundedLock:
+        if not self._lock.acquire(timeout=LOCK_WAIT_S if self.wait_s is None else self.wait_s):
+            raise self._busy()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
@@ -173,6 +199,8 @@ def _first_line(exc: BaseException) -> str:
 class PgRelayStore(RelayStore):
     """The relay store on PostgreSQL. Open with `PgRelayStore.connect(url)`."""
 
+    blocking_io = True          # every call is a round trip to the server (router: off the loop)
+
     def __init__(self, target: PgTarget, clock: Callable[[], float]) -> None:
         # The SQLite connection is never used: every method that touches it is overridden.
         super().__init__(cast(sqlite3.Connection, None), target.shown, clock)
@@ -180,6 +208,8 @@ class PgRelayStore(RelayStore):
         self._pg: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._last_failure = ""
+        self._lock = _BoundedLock(lambda: self._unavailable(  # type: ignore[assignment]
+            f"no answer to an earlier query for {LOCK_WAIT_S:g} s"))
 
     @classmethod
     def connect(cls, url: str, *, clock: Callable[[], float] = time.time) -> PgRelayStore:
@@ -248,8 +278,11 @@ class PgRelayStore(RelayStore):
         return pg
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        try:
+            with self._lock:
+                self._drop()
+        except StoreUnavailableError:
+            pass        # a query hangs on the connection: the process's exit closes it
 
     def __enter__(self) -> PgRelayStore:
         return self

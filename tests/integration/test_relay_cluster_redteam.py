@@ -70,10 +70,11 @@ def test_a_call_crossing_nodes_puts_no_command_text_or_output_into_redis(net: An
 
 
 def test_one_callers_burst_of_large_calls_does_not_fail_other_users_calls(net: Any) -> None:
-    # Inputs of ~3.5 MB each, 16 at once, from one caller on node c to the agent on node a:
-    # Redis queues what node a has not read yet on its subscription and would drop the
-    # subscription past 32 MB (client-output-buffer-limit pubsub) — every call crossing to
-    # node a would fail, other users' included. (Held when written: a guard.)
+    # Inputs of ~3.5 MB each, 32 at once, from one caller on node c to the agent on node a.
+    # Redis queued them on node a's subscription and dropped it past 32 MB
+    # (client-output-buffer-limit pubsub: "scheduled to be closed ASAP for overcoming of
+    # output buffer limits"), so every call crossing to node a failed, other users' included;
+    # and node a ended the agent's link as "not reading" past 32 MiB queued for it.
     from concurrent.futures import ThreadPoolExecutor
 
     from relay_harness import caller, channel, procs_with_argv, sealed_start, unique_seconds
@@ -88,13 +89,15 @@ def test_one_callers_burst_of_large_calls_does_not_fail_other_users_calls(net: A
     def big_call(i: int) -> str:
         start, _ = sealed_start(net.agent, "read_file", {"path": f"/{i}" + "x" * 3_500_000})
         with channel(net.c, net.keys["ops"]["key"]) as ch:
-            kinds = [e.WhichOneof("kind") for e in ch.call(iter([pb.CallerFrame(start=start)]),
-                                                           timeout=60)]
-        return kinds[-1] if kinds else ""
+            events = list(ch.call(iter([pb.CallerFrame(start=start)]), timeout=60))
+        last = events[-1] if events else pb.CallEvent()
+        return last.failure.code if last.WhichOneof("kind") == "failure" else str(
+            last.WhichOneof("kind"))
 
-    with ThreadPoolExecutor(16) as pool:
-        ends = list(pool.map(big_call, range(16)))
-    assert ends == ["result"] * 16                 # the large calls themselves ran too
+    with ThreadPoolExecutor(32) as pool:
+        ends = list(pool.map(big_call, range(32)))
+    # each either ran or was refused alone, as "host_busy" (the agent's link stays up)
+    assert "result" in ends and set(ends) <= {"result", "host_busy"}, ends
     assert other.proc.wait(timeout=60) == 0, other.log()
 
 

@@ -554,6 +554,49 @@ def test_database_down_fails_closed_then_recovers() -> None:
         server.remove()
 
 
+def test_a_hung_server_fails_key_checks_closed_instead_of_queueing_them(
+        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's process for the relay's connection stops (SIGSTOP: the socket stays open,
+    no timeout of the client fires): the query in flight waits, and the key checks queued
+    behind it fail closed (StoreUnavailableError) instead of waiting with it; once the server
+    runs again, everything answers."""
+    import os
+    import signal
+
+    from cmdop.relay import store_pg
+
+    store = store_pg.PgRelayStore.connect(pg_dsn)
+    try:
+        store.create_workspace("w")
+        _, key = store.create_key("w", "k")
+        backend = int(store._read("SELECT pg_backend_pid()")[0][0])   # noqa: SLF001
+        monkeypatch.setattr(store_pg, "LOCK_WAIT_S", 0.3)
+        os.kill(backend, signal.SIGSTOP)
+        # Should the store wait after all, the server resumes on its own and the test fails
+        # (the key check answers instead of failing closed) rather than hanging.
+        resume = threading.Timer(20, os.kill, (backend, signal.SIGCONT))
+        resume.start()
+        try:
+            stuck: list[object] = []
+            first = threading.Thread(target=lambda: stuck.append(store.list_machines("w")))
+            first.start()
+            for _ in range(200):               # until the first query holds the connection
+                if not store._lock._lock.acquire(blocking=False):   # noqa: SLF001
+                    break
+                store._lock._lock.release()                           # noqa: SLF001
+                first.join(0.01)
+            with pytest.raises(StoreUnavailableError, match="no answer to an earlier query"):
+                store.verify_key(key)
+        finally:
+            os.kill(backend, signal.SIGCONT)
+            resume.cancel()
+        first.join(30)
+        assert stuck == [[]]
+        assert store.verify_key(key) is not None
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("sqlite, pg", [
     ("SELECT 1 FROM t WHERE a = ? AND b = ?", "SELECT 1 FROM t WHERE a = %s AND b = %s"),
     ("SELECT 1 FROM t WHERE a LIKE ?", "SELECT 1 FROM t WHERE a LIKE %s"),

@@ -1,10 +1,12 @@
 """The gate's start-up shortcuts give what the plain way gives: rule ids from CPython's built-in
 SHA-256 equal hashlib's, the bash grammar loaded without tree_sitter_bash's package parses as the
-package's, and versioned program names fold as before (their patterns compiled on first use)."""
+package's, versioned program names fold as before (their patterns compiled on first use), and
+the patterns compiled on first use match as re.compile's."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 import tree_sitter
@@ -12,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cmdop.core.policy import programs, rules, shell
+from cmdop.core.policy.pattern import LazyPattern
 
 
 @given(st.text(), st.sampled_from(rules.ACTIONS))
@@ -56,3 +59,30 @@ def test_the_grammar_falls_back_to_the_package(monkeypatch: pytest.MonkeyPatch) 
 ])
 def test_versioned_names_fold_to_their_family(name: str, family: str) -> None:
     assert programs.family(name) == family
+
+
+def _lazy_patterns() -> list[tuple[str, LazyPattern[str]]]:
+    from cmdop.core.policy import commands, floor_cmd, floor_paths, gate, paths
+
+    return [(f"{m.__name__}.{k}", v) for m in (commands, floor_cmd, floor_paths, gate, paths, programs, rules, shell)
+            for k, v in vars(m).items() if isinstance(v, LazyPattern) and isinstance(v._source, str)]
+
+
+def test_the_gates_patterns_are_compiled_on_first_use() -> None:
+    found = _lazy_patterns()
+    assert len(found) >= 30
+    for name, lazy in found:
+        assert lazy.compiled() is lazy.compiled(), name
+        assert lazy.compiled().pattern == lazy._source and lazy.compiled().flags == re.compile(
+            lazy._source, lazy._flags).flags, name
+
+
+@given(st.text(alphabet=st.sampled_from("ab /.-_$(){}=~*?[]!|&;<>'\"\\\n\t0123456789rmfx:")))
+def test_a_lazy_pattern_matches_as_re_does(text: str) -> None:
+    for name, lazy in _lazy_patterns():
+        rx = re.compile(lazy._source, lazy._flags)
+        for method in ("match", "search"):
+            got, want = getattr(lazy, method)(text), getattr(rx, method)(text)
+            assert (got and got.span()) == (want and want.span()), (name, method)
+        assert [m.span() for m in lazy.finditer(text)] == [m.span() for m in rx.finditer(text)], name
+        assert lazy.sub("_", text, count=1) == rx.sub("_", text, count=1), name

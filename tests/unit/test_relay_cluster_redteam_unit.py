@@ -287,3 +287,77 @@ def test_a_caller_node_that_dies_mid_call_gets_the_command_killed_on_the_holder(
         assert (await _next(agent, "cancel")).call_id == forwarded.call_id
         await _until(lambda: not nodes.clusters[0].served)
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("caller_node", [0, 1], ids=["same-node", "across-nodes"])
+def test_a_burst_of_large_calls_fails_calls_alone_and_never_ends_the_agents_link(
+        caller_node: int):
+    # Twelve 3.5 MB calls at once from one caller (found with real processes: the agent reads
+    # its stream slower than they arrive): past 32 MiB queued the holder ended the agent's
+    # link as "not reading" — every user's calls to the machine failed and it went offline.
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, link_task = await _agent(nodes.routers[0], "K1", "web01", "m1",
+                                        block_writes=True)     # its writer is stuck
+        await _linked_everywhere(nodes, "m1")
+        callers = []
+        for i in range(12):
+            c = FakeStream("K2")
+            await c.incoming.put(pb.CallerFrame(start=_start(
+                f"big{i}", "web01", input_json=b'{"command":"' + b"x" * 3_500_000 + b'"}')))
+            callers.append((c, asyncio.ensure_future(nodes.routers[caller_node].call(c))))
+        link = nodes.routers[0].links["row-demo-m1"]
+        await _until(lambda: link.ended.is_set() or
+                     len(link.routes) + sum(c.out.qsize() for c, _ in callers) == 12)
+        assert not link.ended.is_set() and not link_task.done()
+        refused = [c.out.get_nowait() for c, _ in callers if not c.out.empty()]
+        assert refused and {f.failure.code for f in refused} == {"host_busy"}, refused
+        for _, t in callers:
+            t.cancel()
+    asyncio.run(main())
+
+
+def test_garbage_on_a_nodes_channel_is_dropped_and_the_node_keeps_routing():
+    # A bug in one node (or a truncated message) must not stop another node's bus.
+    from cmdop.relay.bus import ALL, NODE
+
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        queue = nodes.hub.queues["node-0"]
+        forged = pb.BusEnvelope(from_node="node-1", machine_id="row-demo-m1", caller_key="k2",
+                                start=_start("k1:stolen", "web01"))   # another key's id space
+        for kind, data in [(NODE, b"\xff\xfe not a protobuf"), (ALL, b"\x0a\xff"),
+                           (NODE, b"\x00cmdop:relay:blob:nothing"),
+                           (NODE, forged.SerializeToString())]:
+            queue.put_nowait((kind, data))
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        forwarded = await _next(agent, "call")
+        assert forwarded.call_id == "k2:c1"                 # the forged start never ran
+        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
+                                                                result_json=b"{}")))
+        assert (await _next(caller, "result")).call_id == "c1"
+        await task
+        assert nodes.clusters[0].up
+    asyncio.run(main())
+
+
+def test_with_the_bus_down_a_call_whose_caller_and_agent_share_a_node_still_runs():
+    async def main() -> None:
+        nodes = await Nodes(2).start()
+        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
+        await _linked_everywhere(nodes, "m1")
+        nodes.hub.down = True
+        await _until(lambda: not nodes.clusters[0].up)
+        caller = FakeStream("K2")
+        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
+        task = asyncio.ensure_future(nodes.routers[0].call(caller))
+        await _next(agent, "call")
+        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
+                                                                result_json=b"{}")))
+        assert (await _next(caller, "result")).call_id == "c1"
+        await task
+    asyncio.run(main())

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from cmdop.core.policy import programs
+from cmdop.core.policy.pattern import LazyPattern
 from cmdop.core.policy.shell import LIT, RAW, SimpleCommand, Word
 
 STANDARD_DIRS = frozenset({"/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin"})
@@ -40,7 +41,7 @@ _PRIVILEGED_WITH_OPTIONS = frozenset({"time", "exec"})
 _POSITIONALS = {name: spec.positionals for name, spec in programs.wrappers().items() if spec.positionals}
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "csh", "tcsh", "ash", "fish", "yash",
                     "posh", "rbash", "rc", "es", "sash", "su"})
-_VERSIONED = re.compile(r"^([a-z]+?)[0-9][0-9.]*$")
+_VERSIONED = LazyPattern(r"^([a-z]+?)[0-9][0-9.]*$")
 
 
 def is_shell(name: str) -> bool:
@@ -52,7 +53,7 @@ def is_shell(name: str) -> bool:
 
 
 # Redirections that cannot write anywhere new: between stdout/stderr, closing, or into /dev/null.
-_HARMLESS_REDIRECT = re.compile(r"^(?:[12]?>&[12-]|[12]?>&?/dev/null|&>>?/dev/null|[12]?>>/dev/null)$")
+_HARMLESS_REDIRECT = LazyPattern(r"^(?:[12]?>&[12-]|[12]?>&?/dev/null|&>>?/dev/null|[12]?>>/dev/null)$")
 
 
 def program_name(value: str) -> str:

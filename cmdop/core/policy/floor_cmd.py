@@ -47,6 +47,7 @@ from typing import Any, Sequence
 from cmdop.core.policy.commands import is_shell, unwrap
 from cmdop.core.policy.floor_paths import (_SAMPLES, FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
                                            _prefix_strings, _prefixes, check_path, check_pattern, fold)
+from cmdop.core.policy.pattern import LazyPattern
 from cmdop.core.policy.paths import components, expand_user, normalise
 from cmdop.core.policy.programs import (Remote, device_role, elsewhere, family, has_role, host_path, lookup,
                                         remote_url)
@@ -68,7 +69,7 @@ MAX_COMMAND = 65536   # the floor bounds its own work; a longer command is refus
 # Non-ASCII characters (U+0085, U+2028, C1 controls, bidi marks) are ordinary bytes to bash and
 # to the grammar alike (see shell._PARSE_SAFE): they do not change what is read, so they pass;
 # showing them safely is the display's job.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = LazyPattern(r"[\x00-\x08\x0b-\x1f\x7f]")
 _CONTROL_NAMES = {"\x00": "NUL", "\x07": "bell", "\x08": "backspace", "\x0b": "vertical tab",
                   "\x0c": "form feed", "\x0d": "carriage return", "\x1b": "escape", "\x7f": "delete"}
 
@@ -92,7 +93,7 @@ def _interpreter(prog: str) -> bool:
 # A path under /dev is treated as a block device unless it is one of the character devices and
 # pseudo files ordinary tools write to: new disk kinds (zram, pmem, LVM's /dev/VG/LV, drbd, zvol,
 # cciss/…) then need no list, and a glob under /dev (`> /dev/[s]da`) counts as one.
-_BLOCK_DEV = re.compile(r"^/dev/(?!(?:null|zero|full|random|urandom|tty[0-9]*|stdout|stderr|stdin|ptmx|"
+_BLOCK_DEV = LazyPattern(r"^/dev/(?!(?:null|zero|full|random|urandom|tty[0-9]*|stdout|stderr|stdin|ptmx|"
                         r"(?:tcp|udp)/.*|"
                         r"console|kmsg|fd/[0-9]+|pts/[0-9]+|shm/.*|mqueue/.*|log|termination-log|"
                         r"net/tun|fuse|rtc[0-9]*|watchdog[0-9]*|cpu_dma_latency|hwrng|uinput|snd/.*|"
@@ -104,7 +105,7 @@ _WRITE_OPS = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&", "&>|"})
 # writes it as if=/of= (dd), only names it (disk administration: fdisk -l, parted, growpart,
 # resize2fs, lvextend, cryptsetup, smartctl, blkid…; listing; printing), or — the default, also
 # for a program the table does not know — reads it: a disk's raw bytes hold every file.
-_FORKBOMB_TEXT = re.compile(r"([\w:.-]{1,64})\(\)\{\1\|\1&\}|fork\s*while\s*fork|fork\(\)\s*while|"
+_FORKBOMB_TEXT = LazyPattern(r"([\w:.-]{1,64})\(\)\{\1\|\1&\}|fork\s*while\s*fork|fork\(\)\s*while|"
                             r"while\s*\(?\s*1?\s*\)?\s*;?\s*do\s*\$0\s*&|"
                             r"\bfork\s+while\s+1|while\s*(?:1|True|\(\s*1\s*\))\s*:?\s*(?:os\.)?fork\(|"
                             r"loop\s*\{\s*fork|for\s*\(\s*;\s*;\s*\)\s*\{?\s*fork\(|"
@@ -207,7 +208,7 @@ def _resolve(arg: str, home: str, cwd: str | None) -> str | None:
 
 _ARRAYS = "\x00arrays"     # key in `variables` holding the line's static array elements
 _REDEFINED = "\x00redefined"   # key in `variables` holding the names the line defines as functions or aliases
-_LEAD = re.compile(r"^(~[^/]*|\x00+)")
+_LEAD = LazyPattern(r"^(~[^/]*|\x00+)")
 
 
 def _resolutions(arg: str, home: str, cwd: str | None, unknown_cwd_as_root: bool = False) -> list[str]:
@@ -590,7 +591,7 @@ def _rm_anywhere(argv: list[str], home: str, cwd: str | None, extra: tuple[str, 
 
 _INLINE_FLAGS = frozenset({"-c", "-e", "-E", "--eval", "-r", "--command"})
 # `rm` removing / as it appears inside another language's string: os.system("rm -rf /").
-_EMBEDDED_RM = re.compile(r"""\brm\s+(?:-[^\s'"]*\s+)*?-[A-Za-z]*[rR][A-Za-z]*\s+(?:-\S+\s+)*['"]?/+[.*]?['"]?(?=[\s'");`]|$)""")
+_EMBEDDED_RM = LazyPattern(r"""\brm\s+(?:-[^\s'"]*\s+)*?-[A-Za-z]*[rR][A-Za-z]*\s+(?:-\S+\s+)*['"]?/+[.*]?['"]?(?=[\s'");`]|$)""")
 
 
 def _inline_code(prog: str, argv: list[str], home: str, cwd: str | None, depth: int,
@@ -680,11 +681,11 @@ def _lines_in(word: str) -> list[tuple[str, str]]:
     return out
 
 
-_BLANK = re.compile(r"[ \t\n\r\v\f]+")
+_BLANK = LazyPattern(r"[ \t\n\r\v\f]+")
 # Keys and options whose value is a command line (git's alias.x / core.sshCommand / core.pager /
 # core.fsmonitor / hooks, ssh's ProxyCommand / LocalCommand, tar's --to-command /
 # --checkpoint-action=exec, rsync -e/--rsh, GIT_EDITOR/PAGER-style variables, vim -c, gdb -ex).
-_COMMAND_KEY = re.compile(r"(?i)(alias\.|command|cmd|editor|pager|fsmonitor|hook|proxy|exec|shell|"
+_COMMAND_KEY = LazyPattern(r"(?i)(alias\.|command|cmd|editor|pager|fsmonitor|hook|proxy|exec|shell|"
                           r"rsh|askpass|lessopen|lessclose|^-c$|^-ex$|^-e$|^--eval$)")
 
 
@@ -696,10 +697,10 @@ def _is_git_text_opt(opt: str) -> bool:
 
 # Recursive-delete APIs of interpreters called on a literal `/`: shutil.rmtree('/'), rmtree("/"),
 # FileUtils.rm_rf('/'), fs.rmSync('/', ...), os.RemoveAll("/"), remove_tree('/').
-_TREE_API_ROOT = re.compile(r"""(?:rmtree|remove_tree|rm_rf|rm_r|rmSync|rmdirSync|RemoveAll|rimraf|"""
+_TREE_API_ROOT = LazyPattern(r"""(?:rmtree|remove_tree|rm_rf|rm_r|rmSync|rmdirSync|RemoveAll|rimraf|"""
                             r"""removeRecursively|deleteRecursively|delete_tree|rmdir)\s*\(\s*(?:Path\s*\(\s*)?"""
                             r"""(['"])/+\.?\1""")
-_CODE_STRING = re.compile(r"""(['"])((?:(?!\1)[^\\\n]|\\.){1,4096})\1""")
+_CODE_STRING = LazyPattern(r"""(['"])((?:(?!\1)[^\\\n]|\\.){1,4096})\1""")
 
 
 def _awk_program_index(argv: list[str]) -> int:
@@ -720,7 +721,7 @@ def _awk_program_index(argv: list[str]) -> int:
 
 
 # Where a program reads its code from its own stdin or an inherited descriptor.
-_STDIN_PATH = re.compile(r"^/(?:dev/(?:stdin|fd/[0-9]+|tty)|proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/fd/[0-9]+)$")
+_STDIN_PATH = LazyPattern(r"^/(?:dev/(?:stdin|fd/[0-9]+|tty)|proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/fd/[0-9]+)$")
 # Programs that run what they read on stdin as commands (beyond shells and interpreters), and
 # programs that run a command given later in their arguments with this stdin (`| ssh h sh`):
 # programs.ROLES "stdin-runner" and "command-runner".
@@ -857,7 +858,7 @@ def _device_paths(arg: str, home: str, cwd: str | None) -> list[str]:
 
 
 # A `file:` URL in a word: the scheme is case-insensitive; the path runs to a blank or a quote.
-_FILE_URL = re.compile(r"(?i)(?<![A-Za-z0-9+.-])file:([^\s'\"<>]*)")
+_FILE_URL = LazyPattern(r"(?i)(?<![A-Za-z0-9+.-])file:([^\s'\"<>]*)")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -1001,8 +1002,8 @@ def _code_text(analysis: Any, here_only: bool = False) -> str:
     return bytes(blank).decode("utf-8", "surrogateescape") if blank != raw else analysis.source
 
 
-_MODIFIED_WORD = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*|[%#/^,][^{}]*)\}")
-_DEFAULT_WORD = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?[-=+?]([^{}]*)\}")
+_MODIFIED_WORD = LazyPattern(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*|[%#/^,][^{}]*)\}")
+_DEFAULT_WORD = LazyPattern(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?[-=+?]([^{}]*)\}")
 
 
 @lru_cache(maxsize=2048)
@@ -1168,7 +1169,7 @@ def _tainted(analysis: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-_DECLARED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[[^=]*\])?\+?=(.*)$", re.DOTALL)
+_DECLARED = LazyPattern(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[[^=]*\])?\+?=(.*)$", re.DOTALL)
 _CODE_MARK = ("$(", "`", "${", "$[")
 
 
@@ -1481,7 +1482,7 @@ def _check_simple(cmd: SimpleCommand, un: Any, stdin: str, variables: dict[str, 
     return None
 
 
-_CD_WORD = re.compile(r"(?:^|[\s;&|(`])(?:cd|pushd|popd)(?:$|[\s;&|)`])")
+_CD_WORD = LazyPattern(r"(?:^|[\s;&|(`])(?:cd|pushd|popd)(?:$|[\s;&|)`])")
 
 
 def _after_cd(cmd: SimpleCommand, un: Any, cwds: list[str | None], home: str,

@@ -16,7 +16,7 @@ import unicodedata
 from functools import lru_cache
 
 from cmdop.core.policy.paths import components
-from cmdop.core.policy.pattern import class_body
+from cmdop.core.policy.pattern import LazyPattern, class_body
 
 FLOOR_FILES = frozenset({".env", ".gitconfig", ".bashrc", ".zshrc", ".profile", ".ripgreprc",
                          ".mcp.json", ".claude.json",
@@ -130,7 +130,7 @@ def _glob_regex(component: str) -> re.Pattern[str]:
         return re.compile(r"[^/]*\Z")
 
 
-_WILD = re.compile(r"[*?\[\x00]")
+_WILD = LazyPattern(r"[*?\[\x00]")
 
 
 def check_pattern(path: str, home: str, prefixes: bool = True, extra: tuple[str, ...] = (),

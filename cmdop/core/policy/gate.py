@@ -26,6 +26,7 @@ from cmdop.core.policy.floor import check_command, check_path, check_pattern
 from cmdop.core.policy.floor_cmd import control_character
 from cmdop.core.policy.index import RuleSet
 from cmdop.core.policy.paths import lexical_path
+from cmdop.core.policy.pattern import LazyPattern
 from cmdop.core.policy.rules import TOOL_KIND, Rule
 from cmdop.core.policy.targets import Part, parts_for_command
 
@@ -35,7 +36,7 @@ _MEMO_MAX = 1024
 # A hostname, a bracketed IPv6 address, or a bare IPv6 address: nothing a glob could be fooled by
 # (`evil.com#.example.com`, `evil.com:1.example.com`, `user@host`), nor an option
 # (`-oProxyCommand=...`). IDNs must come as punycode.
-_HOST = re.compile(r"^(?!-)(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+(?:%[a-z0-9]+)?\]|[0-9a-f:]*:[0-9a-f:.]+)$")
+_HOST = LazyPattern(r"^(?!-)(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+(?:%[a-z0-9]+)?\]|[0-9a-f:]*:[0-9a-f:.]+)$")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import posixpath
 import re
 
+from cmdop.core.policy.pattern import LazyPattern
+
 # /proc/self/root, /proc/thread-self/root, /proc/<pid>/root and /proc/<pid>/task/<tid>/root are
 # the process's root directory; for a process of ours (or one sharing our root) that is "/".
-_PROC_ROOT = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/root(?=/|$)")
+_PROC_ROOT = LazyPattern(r"^/proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/root(?=/|$)")
 
 
 def expand_user(path: str, home: str) -> str:

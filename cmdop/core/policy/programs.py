@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+from cmdop.core.policy.pattern import LazyPattern
+
 # --- the data -------------------------------------------------------------------------------------
 
 
@@ -1140,7 +1142,7 @@ class Remote(NamedTuple):
 
 
 _NOWHERE = Remote()
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_URL = LazyPattern(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def remote_url(word: str) -> bool:

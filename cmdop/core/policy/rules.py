@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from cmdop.core.policy import pattern, programs
 from cmdop.core.policy.commands import Layer, program_name, unwrap, wrapped_starts
+from cmdop.core.policy.pattern import LazyPattern
 from cmdop.core.policy.shell import LIT, SimpleCommand, Word
 from cmdop.core.policy.targets import Part, parts_for_command
 
@@ -34,8 +35,8 @@ TOOL_KIND: dict[str, str] = {
     "download_file": "path",
     "connect": "host", "ssh_session": "host", "ask_agent": "host",
 }
-_RULE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
-_OP = re.compile(r"^([a-z][a-z0-9_-]*):(?!//)")
+_RULE = LazyPattern(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+_OP = LazyPattern(r"^([a-z][a-z0-9_-]*):(?!//)")
 
 
 class RuleError(ValueError):
@@ -217,7 +218,7 @@ def _path_glob(glob: str, home: str, text: str) -> str:
     return glob.rstrip("/") if len(glob) > 1 else glob
 
 
-_REDIRECT_IN_RULE = re.compile(r" (\d*(?:>>|>\||>&|>|<<<|<<|<|&>>|&>)) ?")
+_REDIRECT_IN_RULE = LazyPattern(r" (\d*(?:>>|>\||>&|>|<<<|<<|<|&>>|&>)) ?")
 
 
 def _command_glob(glob: str) -> str:
@@ -231,7 +232,7 @@ def _command_glob(glob: str) -> str:
 
 _GLOB_MARK = "\ue000"      # where a glob spells a code token; compiled to an optional newline
 _PLACEHOLDER = "\ue001"    # a glob word with a wildcard, for reading the glob as a command
-_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_ASSIGN = LazyPattern(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def compile_code_glob(glob: str) -> re.Pattern[str]:

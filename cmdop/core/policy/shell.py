@@ -38,6 +38,8 @@ from typing import Any
 
 import tree_sitter as _ts
 
+from cmdop.core.policy.pattern import LazyPattern
+
 
 def _bash_grammar() -> Any:
     """tree-sitter-bash's `language()` pointer. The package's own __init__ imports
@@ -81,11 +83,11 @@ SUB = "C"   # command/process substitution or arithmetic: unknowable statically
 EVAL = "E"  # a command substitution whose output is statically known (`$(echo /)`, `$(printf curl)`):
             # text is that output. Dynamic for allow rules (like SUB); the floor and deny rules see it.
 
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
-_DIRSTACK = re.compile(r"~(?:[+-]?[0-9]+|[+-])(?=/|$)")     # `~+`, `~-1`: a directory on the stack
-_DIRSTACK_AFTER = re.compile(r"[=:]~(?:[+-]?[0-9]+|[+-])(?=[/:]|$)")
-_ASSIGNMENT_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_GLOB_CHARS = LazyPattern(r"[*?\[]")
+_BRACE = LazyPattern(r"\{[^{}]*(,|\.\.)[^{}]*\}")
+_DIRSTACK = LazyPattern(r"~(?:[+-]?[0-9]+|[+-])(?=/|$)")     # `~+`, `~-1`: a directory on the stack
+_DIRSTACK_AFTER = LazyPattern(r"[=:]~(?:[+-]?[0-9]+|[+-])(?=[/:]|$)")
+_ASSIGNMENT_LIKE = LazyPattern(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 # ---- every named node kind of tree-sitter-bash, and what the walker does with it ----------------
 # The walker is complete by construction: tests/unit/test_shell_nodes.py reads the grammar's named
@@ -143,7 +145,7 @@ _MAX_RESCAN_BYTES = 1 << 22         # … and at most this many bytes in all; pa
 _LITERAL_NODES = frozenset({"raw_string", "ansi_c_string", "comment", "heredoc_start", "heredoc_end"})
 _SUBSTITUTIONS = frozenset({"command_substitution", "process_substitution", "expansion",
                             "arithmetic_expansion"})
-_EXPANSION_START = re.compile(rb"\$[({\[]|`|[<>]\(")
+_EXPANSION_START = LazyPattern(rb"\$[({\[]|`|[<>]\(")
 _STATEMENT_KINDS = frozenset({"program", "list", "subshell", "compound_statement"})
 _CONSTRUCTS = frozenset({"if_statement", "elif_clause", "else_clause", "while_statement", "for_statement",
                          "c_style_for_statement", "do_group", "case_statement", "case_item",
