@@ -91,6 +91,14 @@ def _load_known(cmdop_home: str) -> dict[str, Any]:
     return hosts
 
 
+def _known_locked(cmdop_home: str) -> Any:
+    """The lock two callers pinning at once take, so neither's new pin is lost (each reads
+    the file again under it)."""
+    from cmdop.adapters.secure_file import exclusive_lock
+
+    return exclusive_lock(_known_path(cmdop_home) + ".lock")
+
+
 def _save_known(cmdop_home: str, hosts: dict[str, Any]) -> None:
     from cmdop.adapters.secure_file import atomic_write, ensure_private_dir
 
@@ -143,16 +151,17 @@ def add_alias(cmdop_home: str, relay: str, machine_id: str, alias: str,
               scope: str = "") -> None:
     """Remember that the prefix `alias` reached this pinned machine (checked on later calls:
     the relay may not turn that prefix into another machine)."""
-    hosts = _load_known(cmdop_home)
-    entry = hosts.get(_pin_id(relay, machine_id, scope))
-    if not isinstance(entry, dict):
-        return
-    old = entry.get("aliases")
-    aliases = [a for a in old if isinstance(a, str)] if isinstance(old, list) else []
-    if alias.lower() in aliases:
-        return
-    entry["aliases"] = sorted({*aliases, alias.lower()})
-    _save_known(cmdop_home, hosts)
+    with _known_locked(cmdop_home):
+        hosts = _load_known(cmdop_home)
+        entry = hosts.get(_pin_id(relay, machine_id, scope))
+        if not isinstance(entry, dict):
+            return
+        old = entry.get("aliases")
+        aliases = [a for a in old if isinstance(a, str)] if isinstance(old, list) else []
+        if alias.lower() in aliases:
+            return
+        entry["aliases"] = sorted({*aliases, alias.lower()})
+        _save_known(cmdop_home, hosts)
 
 
 def pinned_by_name(cmdop_home: str, relay: str, name: str,
@@ -200,18 +209,19 @@ def pin(cmdop_home: str, relay: str, machine_id: str, name: str, key: bytes,
     realm: relay and scope). `alias`: the prefix the user typed for it (`connect trust web`),
     which from now on means this machine and no other."""
     realm, alias = _realm(relay, scope), alias.strip().lower()
-    hosts = {pid: entry for pid, entry in _load_known(cmdop_home).items()
-             if not (pid.rpartition("|")[0] == realm and isinstance(entry, dict)
-                     and entry.get("name") == name)}
-    for pid, entry in hosts.items():
-        if pid.rpartition("|")[0] == realm and isinstance(entry, dict) \
-                and isinstance(entry.get("aliases"), list) and alias in entry["aliases"]:
-            entry["aliases"] = [a for a in entry["aliases"] if a != alias]
-    hosts[_pin_id(relay, machine_id, scope)] = {
-        "name": name, "fingerprint": e2e.fingerprint(key),
-        "key": base64.b64encode(key).decode("ascii"), "pinned_at": int(time.time()),
-        **({"aliases": [alias]} if alias and alias != name.lower() else {})}
-    _save_known(cmdop_home, hosts)
+    with _known_locked(cmdop_home):
+        hosts = {pid: entry for pid, entry in _load_known(cmdop_home).items()
+                 if not (pid.rpartition("|")[0] == realm and isinstance(entry, dict)
+                         and entry.get("name") == name)}
+        for pid, entry in hosts.items():
+            if pid.rpartition("|")[0] == realm and isinstance(entry, dict) \
+                    and isinstance(entry.get("aliases"), list) and alias in entry["aliases"]:
+                entry["aliases"] = [a for a in entry["aliases"] if a != alias]
+        hosts[_pin_id(relay, machine_id, scope)] = {
+            "name": name, "fingerprint": e2e.fingerprint(key),
+            "key": base64.b64encode(key).decode("ascii"), "pinned_at": int(time.time()),
+            **({"aliases": [alias]} if alias and alias != name.lower() else {})}
+        _save_known(cmdop_home, hosts)
 
 
 # -- the caller's signing key ------------------------------------------------------------------

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
@@ -49,7 +48,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from cmdop.adapters.secure_file import atomic_write, ensure_private_dir, read_private
+from cmdop.adapters.secure_file import (atomic_write, ensure_private_dir, exclusive_lock,
+                                         read_private)
 from cmdop.core import password_policy as policy
 from cmdop.core.errors import CmdopError
 
@@ -145,16 +145,8 @@ class PasswordStore:
 
     # -- locking and files --------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        ensure_private_dir(self.state_dir)
-        fd = os.open(os.path.join(self.state_dir, LOCK_NAME),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)     # releases the flock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(os.path.join(self.state_dir, LOCK_NAME))
 
     def is_set(self) -> bool:
         return os.path.lexists(self.path)
@@ -453,19 +445,13 @@ class SessionCache:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        ensure_private_dir(self.dir)
-        fd = os.open(os.path.join(self.dir, CACHE_LOCK_NAME),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(os.path.join(self.dir, CACHE_LOCK_NAME)):
             rows = self._read()
             yield rows
             now = time.time()
             keep = {k: v for k, v in rows.items()
                     if isinstance(v.get("expires_at"), (int, float)) and v["expires_at"] > now}
             atomic_write(self.path, json.dumps({"v": 1, "sessions": keep}, indent=1) + "\n")
-        finally:
-            os.close(fd)
 
     def get(self, workspace: str, host: str, now: float | None = None) -> str | None:
         """The cached token for (workspace, host) unless it expired by our clock."""

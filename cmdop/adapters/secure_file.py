@@ -10,8 +10,11 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
+from typing import Iterator
 
 from cmdop.core.errors import SecretFileError
 
@@ -21,6 +24,20 @@ def ensure_private_dir(path: str) -> None:
     if not os.path.isdir(path):
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_path` (created 0600 in a private directory, never
+    through a symlink) for the block: read-modify-write of a small file by several processes.
+    The lock goes with the descriptor, so a process that dies releases it."""
+    ensure_private_dir(os.path.dirname(os.path.abspath(lock_path)))
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str, data: bytes | str, mode: int = 0o600) -> None:

@@ -236,3 +236,27 @@ def test_config_keys_for_e2e() -> None:
         with pytest.raises(ConfigFileError) as info:
             parse_text(text)
         assert info.value.line == line, text
+
+
+def test_two_callers_pinning_at_once_keep_both_pins(tmp_path):
+    # Each first contact reads the pins, adds its own and writes the file back: without one
+    # lock around that, the slower writer drops the other's new pin (which is then pinned on
+    # trust again at the next call).
+    import threading
+
+    from cmdop.adapters import e2e_files
+
+    home, relay = str(tmp_path), "relay.example:7443"
+    start = threading.Barrier(8)
+
+    def first_contact(i: int) -> None:
+        start.wait()
+        e2e_files.check_pin(home, relay, f"id-{i}", f"web{i}", bytes([i]) * 1216, scope="acme")
+
+    threads = [threading.Thread(target=first_contact, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(e2e_files.pinned_key(home, relay, f"id-{i}", "acme") == bytes([i]) * 1216
+               for i in range(8))
