@@ -12,13 +12,17 @@ What this promises:
   that differs between the versions' wheels fails the build; an abi3 module that differs is
   taken from the oldest version's wheel (abi3 modules run on every later CPython). The #! line
   is `/usr/bin/env python3`; a single-version build (--python-version 3.11) keeps
-  `/usr/bin/env python3.11`. cmdop/_build_info.py and the zip comment name the versions.
+  `/usr/bin/env python3.11`. cmdop/_build_info.py and the second line (`# cmdop-pythons=`)
+  name the versions.
 - Wheels are downloaded once into a cache (default .ci/.cache/wheels/PLATFORM-cpVER); a warm
   cache needs no network at all.
 - Reproducible: the same sources, pins and SOURCE_DATE_EPOCH give the same bytes. Entries are
   written in sorted order with one timestamp and normalised permissions. SOURCE_DATE_EPOCH
   defaults to the last git commit time (else 1980-01-01).
 - The output is written beside its final name and renamed into place: no half-written pyz.
+- The pyz imports from its unpack cache ($SHIV_ROOT or ~/.shiv) only when the cache and every
+  directory above it belong to the user running it (or root) and no one else can write them
+  (FAST_MAIN); it unpacks with group/other write masked. CPython 2.7-3.7 get one line.
 
 Runs on CPython 3.10 and newer.
 
@@ -362,28 +366,117 @@ def run_shiv(site: Path, output: Path, shebang: str, epoch: int) -> None:
 # zipfile and more, and is compiled from source on every start (zipimport caches no bytecode):
 # about 40 ms. Once this build's site-packages are extracted, they are all a start needs, so the
 # fast path adds them to sys.path the way shiv would (site.addsitedir, ahead of other site dirs)
-# and calls the entry point. Anything unusual (first run, SHIV_* overrides) goes through shiv.
+# and calls the entry point. Anything unusual (SHIV_* overrides) goes through shiv.
+#
+# Whatever sits in the extraction directory is imported (and its *.pth files executed), so before
+# any import from it - and before extracting into it - the cache directory and every directory
+# above it must be owned by this user or root and writable by no one else (a sticky directory
+# such as /tmp may sit above it, never be it): otherwise another local user could plant code that
+# a root agent runs. Extraction runs under a umask that keeps group and others from writing.
+# The code below must parse on any Python (2.7 and 3.6 included) so an old one gets one line.
 FAST_MAIN = """\
-# Written by build_zipapp.py: fast start when shiv has already extracted this build.
+# Written by build_zipapp.py: refuses an unpack cache others can write, unpacks on the first
+# start, then starts cmdop without shiv's bootstrap (SHIV_* overrides still go through it).
 import os
 import sys
 
+_PYTHONS = {pythons!r}
+_VERSION = {version!r}
 
-def _extracted_site_packages():
-    if any(k.startswith("SHIV_") and k != "SHIV_ROOT" for k in os.environ):
-        return None
+
+def _fail(what, hint):
+    sys.stderr.write("cmdop: error: " + what + "\\nhint: " + hint + "\\n")
+    sys.exit(1)
+
+
+def _too_old():
+    # cmdop's own code cannot even be compiled by these: answer here, in the words of
+    # cmdop.cli.preflight, instead of a SyntaxError.
+    if sys.version_info[:2] >= (3, 8):
+        return
+    if sys.argv[1:] == ["--version"]:
+        sys.stdout.write("cmdop " + _VERSION + "\\n")
+        sys.exit(0)
+    newest = _PYTHONS[-1]
+    _fail("this cmdop.pyz is built for CPython " + ", ".join(_PYTHONS) + "; this is "
+          + ".".join(str(n) for n in sys.version_info[:3]),
+          "run it with one of " + ", ".join("python" + v for v in _PYTHONS)
+          + " (e.g. `python" + newest + " " + (sys.argv[0] or "cmdop.pyz") + "`)")
+
+
+def _unsafe_dir(path, last):
+    # Why another user could change what is imported from `path` (and the directories above
+    # it), or None. `last`: the directories from which the cache starts; none may be sticky.
+    # The path as written and as resolved: a symlink on the way must not be another user's
+    # either (they could point it elsewhere after the check).
+    import stat
+
+    me = os.geteuid()
+    for where in sorted(set((os.path.abspath(path), os.path.realpath(path)))):
+        parts = where.split(os.sep)
+        for i in range(1, len(parts) + 1):
+            d = os.sep.join(parts[:i]) or os.sep
+            try:
+                st = os.lstat(d)
+            except OSError:
+                if i > len(parts) - 2:  # this build's directories: created under our umask
+                    break
+                return d + " cannot be read (" + str(sys.exc_info()[1]) + ")"
+            if st.st_uid not in (0, me):
+                return d + " belongs to uid " + str(st.st_uid)
+            if stat.S_ISLNK(st.st_mode):
+                continue  # (a symlink's own mode is always 777)
+            open_to_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            if open_to_others and (i > len(parts) - last or not st.st_mode & stat.S_ISVTX):
+                return d + " is writable by other users (mode " + oct(st.st_mode & 0o7777) + ")"
+    return None
+
+
+def _cache_dirs():
     root = os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv")
     name = os.path.basename(os.path.realpath(sys.argv[0]))
-    path = os.path.join(root, name + "_" + {build_id!r}, "site-packages")
-    return path if os.path.isdir(path) else None
+    target = os.path.join(root, name + "_" + {build_id!r})
+    return root, target, os.path.join(target, "site-packages")
 
 
-_site_packages = _extracted_site_packages()
-if _site_packages is None:
-    import _bootstrap
+def _checked_cache():
+    root, target, site_packages = _cache_dirs()
+    old = os.umask(0o077)
+    try:
+        if not os.path.isdir(root):
+            os.makedirs(root)
+    except OSError:
+        pass  # the check below names what is wrong
+    finally:
+        os.umask(old)
+    why = _unsafe_dir(site_packages, 3)
+    if why:
+        _fail("refusing to run code from the unpack cache " + target + ": " + why,
+              "remove that directory, or set SHIV_ROOT to a directory only you (or root) can "
+              "write")
+    return site_packages
+
+
+_too_old()
+_site_packages = _checked_cache()
+_old_umask = os.umask(0o022)
+os.umask(_old_umask | 0o022)
+if any(k.startswith("SHIV_") and k != "SHIV_ROOT" for k in os.environ):
+    import _bootstrap  # overrides: shiv's own start (under the tightened umask)
 
     _bootstrap.bootstrap()
 else:
+    if not os.path.isdir(_site_packages):
+        from pathlib import Path
+
+        import _bootstrap
+        from _bootstrap.environment import Environment
+
+        with _bootstrap.current_zipfile() as _archive:
+            _env = Environment.from_json(_archive.read("environment.json").decode())
+            _bootstrap.extract_site_packages(_archive, Path(_site_packages).parent,
+                                             _env.compile_pyc, _env.compile_workers)
+    os.umask(_old_umask)
     import site
 
     _n = len(sys.path)
@@ -397,16 +490,23 @@ else:
 """
 
 
-def zip_comment(python_versions: tuple[str, ...]) -> bytes:
-    """The archive comment: the CPythons the pyz runs on, for install.sh (which reads it with
-    `tail -c`, before any Python has been chosen)."""
-    return ("cmdop-pythons=" + ",".join(python_versions)).encode()
+def versions_line(python_versions: tuple[str, ...], platform: str = DEFAULT_PLATFORM) -> bytes:
+    """The line after the #! line: the CPythons the pyz runs on, for install.sh (which reads it
+    with `head`, before any Python has been chosen). Not the zip comment: the zipimport of
+    CPython 2.7-3.7 cannot read an archive with a comment, and would run the file as a script
+    (a SyntaxError) instead of saying which Python it needs. `cmdop-arch=` names the machine
+    (`uname -m`) the native modules are for."""
+    # manylinux2014_x86_64, manylinux_2_17_aarch64, linux_x86_64: the machine is the tail
+    arch = next((a for a in ("x86_64", "aarch64", "ppc64le", "s390x", "armv7l", "i686")
+                 if platform.endswith(a)), platform.rsplit("_", 1)[-1])
+    return f"# cmdop-pythons={','.join(python_versions)} cmdop-arch={arch}\n".encode()
 
 
 def canonicalise(raw: Path, output: Path, epoch: int,
-                 python_versions: tuple[str, ...] = (DEFAULT_PYTHON,)) -> None:
+                 python_versions: tuple[str, ...] = (DEFAULT_PYTHON,),
+                 platform: str = DEFAULT_PLATFORM) -> None:
     """Rewrite shiv's archive with sorted entries, one timestamp, normalised modes, the
-    fast-start __main__.py and the versions' zip comment."""
+    fast-start __main__.py and the versions' line after the #! line."""
     data = raw.read_bytes()
     if not data.startswith(b"#!"):
         raise BuildError("shiv output has no shebang line")
@@ -415,10 +515,10 @@ def canonicalise(raw: Path, output: Path, epoch: int,
     with zipfile.ZipFile(raw) as src, output.open("wb") as fd:
         environment = json.loads(src.read("environment.json"))
         module, _, func = ENTRY_POINT.partition(":")
-        fast_main = FAST_MAIN.format(build_id=environment["build_id"], module=module, func=func)
-        fd.write(shebang)
+        fast_main = FAST_MAIN.format(build_id=environment["build_id"], module=module, func=func,
+                                     pythons=tuple(python_versions), version=_project_version())
+        fd.write(shebang + versions_line(python_versions, platform))
         with zipfile.ZipFile(fd, "w") as dst:
-            dst.comment = zip_comment(python_versions)
             for info in sorted(src.infolist(), key=lambda i: i.filename):
                 if info.filename.endswith("/"):
                     continue
@@ -482,7 +582,7 @@ def build(platform: str, python_versions: tuple[str, ...], output: Path, cache_r
         run_shiv(site, raw, shebang, epoch)
         staged = output.with_name(f".{output.name}.tmp")
         try:
-            canonicalise(raw, staged, epoch, python_versions)
+            canonicalise(raw, staged, epoch, python_versions, platform)
             os.replace(staged, output)
         finally:
             staged.unlink(missing_ok=True)

@@ -8,7 +8,15 @@
 # - The file is checked against its SHA256 (SHA256SUMS beside it, or --sha256 HEX) before
 #   anything is installed; a mismatch installs nothing and exits 1.
 # - A file that is not a zipapp (#! line + zip archive with __main__.py) is refused as such.
-# - A pyz for several CPythons (#! python3; its zip comment `cmdop-pythons=3.10,...` names
+# - A local pyz or SHA256SUMS owned by a third user (not root, not you, not whoever ran sudo),
+#   writable by everyone, or in a directory such a user could change, is refused (no --sha256).
+# - Over plain http:// (not from this machine) only --sha256 counts: a SHA256SUMS from the same
+#   host proves nothing against whoever can change the download.
+# - A pyz built for another architecture (`cmdop-arch=` on its second line) is refused.
+# - No interpreter found through a relative PATH entry, or in a file or directory that another
+#   user owns or everyone can write, is ever run (not even to ask its version); one that is not
+#   CPython is passed over.
+# - A pyz for several CPythons (#! python3; its second line `# cmdop-pythons=3.10,...` names
 #   them) runs on the host's python3 when that is one of them, else on the newest pythonX.Y on
 #   PATH that is (RHEL 9: python3 is 3.9, python3.11/3.12 come from AppStream); the installed
 #   copy's #! line then names that one. None there: it names the versions the file supports,
@@ -86,8 +94,34 @@ sha256_of() {
   else die "neither sha256sum nor shasum found" "install coreutils"; fi
 }
 
+# A local pyz or SHA256SUMS that a third user owns, or could replace, is not taken on trust: its
+# checksum would be theirs as well. Owners taken: root, this user and the user who ran sudo
+# (who copied the files over). A sticky directory such as /tmp may hold them.
+foreign_file() {  # foreign_file FILE: prints why, or nothing
+  local f="$1" x owner mode kind
+  for x in "$f" "$(dirname -- "$f")"; do
+    read -r owner mode kind < <(stat -L -c '%u %a %F' -- "$x" 2>/dev/null || echo "? ? ?")
+    if [ "$owner" = "?" ]; then echo "$x cannot be checked (stat failed)"; return; fi
+    case " 0 $(id -u) ${SUDO_UID:-} " in
+      *" $owner "*) ;;
+      *) echo "$x belongs to uid $owner"; return ;;
+    esac
+    if (( (8#$mode & 8#0002) != 0 )) && { [ "$x" = "$f" ] || (( (8#$mode & 8#1000) == 0 )); }; then
+      echo "$x is writable by every user"; return
+    fi
+  done
+}
+trusted_file() {  # trusted_file FILE: dies when another user could have chosen its bytes
+  local why
+  why="$(foreign_file "$1")"
+  [ -z "$why" ] || die "refusing to install from $1: $why" \
+    "copy the files into a directory only you (or root) can write, or pass --sha256 HEX from a source you trust"
+}
+
 fetch() {  # fetch URL DEST
-  if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 3 -o "$2" "$1" </dev/null
+  local redir=()  # an https download is not redirected to plain http
+  case "$1" in https://*) redir=(--proto-redir =https) ;; esac
+  if command -v curl >/dev/null 2>&1; then curl -fsSL ${redir[@]+"${redir[@]}"} --retry 3 -o "$2" "$1" </dev/null
   elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1" </dev/null
   else die "neither curl nor wget found" "install curl (apt-get install curl)"; fi
 }
@@ -96,6 +130,13 @@ fetch() {  # fetch URL DEST
 PYZ="$TMP/cmdop.pyz"
 case "$FROM" in
   http://*|https://*)
+    # SHA256SUMS from the same host proves nothing when anyone on the path can change both:
+    # plain http needs --sha256 (taken from somewhere trusted), except from this machine.
+    case "$FROM" in
+      http://127.0.0.1[:/]*|http://localhost[:/]*|http://\[::1\][:/]*|https://*) ;;
+      *) [ -n "$SHA256" ] || die "refusing to trust a SHA256SUMS fetched over plain http ($FROM): anyone on the path could change both files" \
+           "use an https:// URL, or pass --sha256 HEX taken from a page you trust" ;;
+    esac
     base="${FROM##*/}"
     fetch "$FROM" "$PYZ" || die "could not download $FROM"
     if [ -z "$SHA256" ]; then
@@ -105,10 +146,12 @@ case "$FROM" in
   *)
     [ -f "$FROM" ] || die "no such file: $FROM"
     base="$(basename "$FROM")"
+    [ -n "$SHA256" ] || trusted_file "$FROM"
     cp "$FROM" "$PYZ"
     if [ -z "$SHA256" ]; then
       sums="$(dirname "$FROM")/SHA256SUMS"
       [ -f "$sums" ] || die "no SHA256SUMS beside $FROM" "pass --sha256 HEX, or keep SHA256SUMS next to the file"
+      trusted_file "$sums"
       cp "$sums" "$TMP/SHA256SUMS"
     fi ;;
 esac
@@ -142,7 +185,19 @@ shebang="$(head -c 128 "$PYZ" | head -n 1)"
 need="$(printf '%s' "$shebang" | grep -o 'python3\.[0-9][0-9]*' | head -n 1 || true)"
 [ -n "$need" ] || need=python3
 want="${need#python}"
-carried="$(tail -c 200 "$PYZ" | LC_ALL=C grep -ao 'cmdop-pythons=[0-9.,]*' | tail -n 1 | cut -d= -f2 | tr ',' ' ' || true)"
+# (The second line, `# cmdop-pythons=3.10,...`; builds before it said so in the zip comment.)
+line2="$(head -c 256 "$PYZ" | sed -n '2{/^# cmdop-pythons=[0-9.,]*\( cmdop-arch=[a-z0-9_]*\)\{0,1\}$/p;}')"
+carried="$({ printf '%s\n' "$line2"; tail -c 200 "$PYZ"; } \
+  | LC_ALL=C grep -ao 'cmdop-pythons=[0-9.,]*' | head -n 1 | cut -d= -f2 | tr ',' ' ' || true)"
+# The architecture its native modules are for: another one would pass `--version` (which loads
+# none of them) and then fail at every command, the agent's start included.
+built_arch="$(printf '%s\n' "$line2" | LC_ALL=C grep -o 'cmdop-arch=[a-z0-9_]*' | cut -d= -f2 || true)"
+host_arch="$(uname -m 2>/dev/null || echo unknown)"
+if [ -n "$built_arch" ] && [ "$built_arch" != "$host_arch" ]; then
+  case "$host_arch" in x86_64) right=cmdop.pyz ;; *) right="cmdop-$host_arch.pyz" ;; esac
+  die "$base is built for $built_arch; this machine is $host_arch" \
+      "install $right (build_zipapp.py --platform manylinux2014_$host_arch) instead"
+fi
 # CPython versions each release ships in its own archive (apt-get install python3.X, no PPA).
 distro_pythons() {  # distro_pythons ID VERSION_ID
   case "$1:$2" in
@@ -157,7 +212,37 @@ distro_pythons() {  # distro_pythons ID VERSION_ID
     *) echo "" ;;
   esac
 }
-minor_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null || true; }
+# X.Y of a CPython; another implementation (PyPy, ...) prints its name: its X.Y cannot load
+# CPython's native modules, and `--version` (which loads none) would not notice.
+minor_of() {
+  "$1" -c 'import sys; i = getattr(sys, "implementation", None)
+print("%d.%d" % sys.version_info[:2] if i is None or i.name == "cpython" else i.name)' \
+    </dev/null 2>/dev/null || true
+}
+# An interpreter another user could have put on PATH (or could replace) is never run - install.sh
+# usually runs as root: not from a relative PATH entry (".", an empty one, "bin"), nor through a
+# file or directory that belongs to another user or that others can write.
+unsafe_python() {  # unsafe_python PATH: prints why, or nothing
+  local p="$1" real d owner mode kind me
+  case "$p" in /*) ;; *) echo "it comes from a relative PATH entry (the current directory)"; return ;; esac
+  real="$(readlink -f -- "$p" 2>/dev/null || printf '%s' "$p")"
+  me="$(id -u)"
+  for d in "$(dirname -- "$p")" "$p" "$(dirname -- "$real")" "$real"; do
+    # (stat -c does not follow a symlink: its own mode is always 777 and means nothing)
+    read -r owner mode kind < <(stat -c '%u %a %F' -- "$d" 2>/dev/null || echo "? ? ?")
+    if [ "$owner" = "?" ]; then echo "$d cannot be checked (stat failed)"; return; fi
+    if [ "$owner" != 0 ] && [ "$owner" != "$me" ]; then echo "$d belongs to uid $owner"; return; fi
+    if [ "$kind" != "symbolic link" ] && (( (8#$mode & 8#0002) != 0 )); then
+      echo "$d is writable by every user"; return
+    fi
+  done
+}
+check_python() {  # check_python PATH: dies when PATH is an interpreter install.sh must not run
+  local why
+  why="$(unsafe_python "$1")"
+  [ -z "$why" ] || die "refusing to run $1: $why" \
+    "take that directory out of PATH (or make it writable by its owner only) and run install.sh again"
+}
 # The install line for a multi-version pyz: the newest carried CPython this release ships.
 multi_hint() {
   local id="" like="" ver="" ships="" v pick="" newest=""
@@ -188,6 +273,7 @@ if [ "$need" = python3 ] && [ -n "$carried" ]; then
   for cand in python3 $(printf '%s\n' $carried | sort -t. -k2,2nr | sed 's/^/python/'); do
     p="$(command -v "$cand" 2>/dev/null || true)"
     [ -n "$p" ] || continue
+    check_python "$p"
     v="$(minor_of "$p")"
     found="${found:+$found, }$cand ${v:-?} at $p"
     if [ -n "$v" ] && printf ' %s ' $carried | grep -q " $v "; then PY="$p"; chosen="$cand"; break; fi
@@ -236,11 +322,11 @@ install_hint() {
 }
 [ -n "$PY" ] || PY="$(command -v "$need" 2>/dev/null || true)"
 have=""
-[ -z "$PY" ] || have="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null || true)"
+[ -z "$PY" ] || { check_python "$PY"; have="$(minor_of "$PY")"; }
 if [ -z "$PY" ] || { [ "$need" != python3 ] && [ "$have" != "$want" ]; } \
    || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' </dev/null 2>/dev/null; then
   found="none"; sys3=""
-  if p3="$(command -v python3 2>/dev/null)"; then
+  if p3="$(command -v python3 2>/dev/null)" && [ -z "$(unsafe_python "$p3")" ]; then
     found="python3 $("$p3" -c 'import sys; print(sys.version.split()[0])' </dev/null 2>/dev/null || echo '?') at $p3"
     sys3="$("$p3" -c 'import sys; print("%d.%d" % sys.version_info[:2])' </dev/null 2>/dev/null | cut -d. -f1,2 || true)"
   fi
