@@ -3,8 +3,10 @@ in the same run.
 
     .venv/bin/python bench/remote.py [--quick] [--rounds 500] [--proc-rounds 100]
                                      [--stream-rounds 5] [--agents 1000] [--json] [--keep]
+                                     [--only-e2e]
 
 --quick: 30 / 3 / 1 rounds and 200 idle agents (~30 s). The full run takes ~2-3 minutes.
+--only-e2e: section 6 alone (--rounds round trips and --stream-rounds streams each way; no sshd).
 
 Set-up (a throw-away directory; nothing outside it is touched but /run/sshd, which sshd needs):
 a real `cmdop relay serve` on a free localhost port with a workspace and a key; agent A (the
@@ -726,7 +728,25 @@ def report(r: dict[str, Any]) -> None:
           f"relay sockets {m['sockets_before']} -> {m['sockets_after']}")
     print(f"  per idle agent {m['per_agent_kb']:.1f} KB; extrapolated to 10,000 agents: "
           f"{m['at_10000_mb']:.0f} MB")
-    e = r["e2e"]
+    report_e2e(r["e2e"])
+    summary_rows(r)
+
+
+def summary_rows(r: dict[str, Any]) -> None:
+    print("\nsummary")
+    for key, (what, target, _met) in TARGETS.items():
+        if key not in r["figures"]:
+            continue          # a section not run (--only-e2e)
+        fig = r["figures"][key]
+        if fig is None:
+            shown, verdict = "-", "not measured (no ssh baseline)"
+        else:
+            shown = f"{fig:.1f} KB" if key == "rss" else f"{fig:.2f}x"
+            verdict = "met" if r["met"][key] else "NOT MET"
+        print(f"  {what:72} {shown:>9}  target {target:9} {verdict}")
+
+
+def report_e2e(e: dict[str, Any]) -> None:
     print("\n6. end-to-end encryption on vs off (in-process, one open channel, interleaved)")
     print(HEAD)
     print(row("rt_e2e", e["rt"]["e2e"], e["rt"]["plain"],
@@ -740,18 +760,13 @@ def report(r: dict[str, Any]) -> None:
           f"MiB/s, plaintext {mib / e['stream']['plain']['median_ms'] * 1000:.0f} MiB/s")
     cpu_table(e["rt_cpu_ms"])
     cpu_table(e["stream_cpu_ms"])
-    print("\nsummary")
-    for key, (what, target, _met) in TARGETS.items():
-        fig = r["figures"].get(key)
-        if fig is None:
-            shown, verdict = "-", "not measured (no ssh baseline)"
-        else:
-            shown = f"{fig:.1f} KB" if key == "rss" else f"{fig:.2f}x"
-            verdict = "met" if r["met"][key] else "NOT MET"
-        print(f"  {what:72} {shown:>9}  target {target:9} {verdict}")
 
 
 def figures(r: dict[str, Any]) -> None:
+    if "warm" not in r:       # --only-e2e
+        r["figures"] = e2e_figures(r["e2e"])
+        r["met"] = {k: bool(TARGETS[k][2](v)) for k, v in r["figures"].items()}
+        return
     w, p, s = r["warm"]["rows"], r["processes"]["rows"], r["stream"]
     f: dict[str, float | None] = {"warm": None, "exec_agent": None, "cold": None, "stream": None}
     if "ssh_cm" in w:
@@ -760,11 +775,15 @@ def figures(r: dict[str, Any]) -> None:
         f["cold"] = p["exec_direct"]["median_ms"] / p["ssh_new"]["median_ms"]
         f["stream"] = s["direct"]["median_mibs"] / s["ssh"]["median_mibs"]
     f["rss"] = r["rss"]["per_agent_kb"]
-    e = r["e2e"]
-    f["e2e_rt"] = e["rt"]["e2e"]["median_ms"] / e["rt"]["plain"]["median_ms"]
-    f["e2e_stream"] = e["stream"]["e2e"]["median_ms"] / e["stream"]["plain"]["median_ms"]
+    f.update(e2e_figures(r["e2e"]))
     r["figures"] = f
     r["met"] = {k: (None if v is None else bool(TARGETS[k][2](v))) for k, v in f.items()}
+
+
+def e2e_figures(e: dict[str, Any]) -> dict[str, float]:
+    """Section 6's ratios of medians, E2E on / off."""
+    return {"e2e_rt": e["rt"]["e2e"]["median_ms"] / e["rt"]["plain"]["median_ms"],
+            "e2e_stream": e["stream"]["e2e"]["median_ms"] / e["stream"]["plain"]["median_ms"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -778,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents-per-process", type=int, default=250)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    ap.add_argument("--only-e2e", action="store_true",
+                    help="run section 6 alone (E2E on vs off; no sshd)")
     ap.add_argument("--idle-agents", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--relay", default="", help=argparse.SUPPRESS)
     ap.add_argument("--fingerprint", default="", help=argparse.SUPPRESS)
@@ -805,15 +826,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         world.start_relay()
         world.start_agents()
-        world.start_sshd()
+        if not args.only_e2e:
+            world.start_sshd()
         r.update(relay=world.address, hosts=world.hosts, ssh_skip=world.ssh_skip)
         if world.ssh_skip:
             print(f"ssh baseline SKIPPED: {world.ssh_skip}", file=sys.stderr)
-        r["warm"] = section_warm(world, n_warm)
-        r["processes"] = section_processes(world, n_proc)
-        r["stream"] = section_stream(world, n_stream)
+        if not args.only_e2e:
+            r["warm"] = section_warm(world, n_warm)
+            r["processes"] = section_processes(world, n_proc)
+            r["stream"] = section_stream(world, n_stream)
         r["e2e"] = section_e2e(world, n_warm, n_stream)
-        r["rss"] = section_rss(world, n_agents, max(1, args.agents_per_process))
+        if not args.only_e2e:
+            r["rss"] = section_rss(world, n_agents, max(1, args.agents_per_process))
     finally:
         world.stop()
         if not args.keep:
@@ -823,6 +847,12 @@ def main(argv: list[str] | None = None) -> int:
     figures(r)
     if args.json:
         print(json.dumps(r, indent=2))
+    elif args.only_e2e:
+        print(f"python {r['python']} ({r['python_version']}), {r['cpus']} CPUs; load average "
+              f"at start {r['load_start']:.2f}, at the end {r['load_end']:.2f}")
+        report_e2e(r["e2e"])
+        summary_rows(r)
+        print(f"\n(run took {r['seconds']:.0f} s)")
     else:
         report(r)
         print(f"\n(run took {r['seconds']:.0f} s" + (f"; scratch dir {tmp})" if args.keep else ")"))

@@ -21,6 +21,7 @@ No primitive here is hand-made: HPKE, the AEAD and Ed25519 are `cryptography`'s.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 import time
@@ -108,7 +109,10 @@ def load_private(blob: bytes) -> AgentKey:
     return AgentKey(hpke.MLKEM768X25519PrivateKey(m, x), public)
 
 
+@functools.lru_cache(maxsize=64)
 def _public_key(public: bytes) -> hpke.MLKEM768X25519PublicKey:
+    # Cached: a caller seals call after call to the same few hosts, and parsing an ML-KEM key
+    # costs as much as a signature. Key objects are immutable; errors are never cached.
     if len(public) != PUBLIC_LEN:
         raise E2EError("the host's end-to-end key is malformed",
                        "the relay or the agent runs an incompatible version")
@@ -180,12 +184,11 @@ def new_response_key() -> bytes:
     return ChaCha20Poly1305.generate_key()
 
 
-def sign_request(request: Request, signing_key: ed25519.Ed25519PrivateKey) -> Request:
-    """`request` with its caller signature (and the signer's public key) filled in."""
-    from cryptography.hazmat.primitives import serialization
-
-    signer = signing_key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                   serialization.PublicFormat.Raw)
+def sign_request(request: Request, signing_key: ed25519.Ed25519PrivateKey,
+                 signer: bytes = b"") -> Request:
+    """`request` with its caller signature (and the signer's public key) filled in. `signer`:
+    `signing_key`'s raw public key when the caller has it already (derived when empty)."""
+    signer = signer or signing_key.public_key().public_bytes_raw()
     unsigned = replace(request, signer=signer, signature=b"")
     return replace(unsigned, signature=signing_key.sign(unsigned.signed_bytes()))
 

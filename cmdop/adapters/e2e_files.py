@@ -11,6 +11,10 @@ caller's signing key. Every one is 0600 and written atomically (cmdop.adapters.s
   until `cmdop connect trust HOST` accepts it.
 - `caller_key` (caller's CMDOP_HOME): an Ed25519 key whose signature agents with
   `authorized_callers` require; created on first use.
+
+A long-lived caller seals many calls: the pins and the caller key it reads for each are kept in
+memory while the file's identity and metadata are unchanged (`_cached`), so any edit, any
+replacement, a chmod or a chown makes the next call read — and check — the file again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import base64
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple, TypeVar
 
 from cmdop.adapters import e2e
 from cmdop.core.errors import E2EError, HostKeyChangedError, SecretFileError
@@ -27,6 +31,42 @@ from cmdop.core.errors import E2EError, HostKeyChangedError, SecretFileError
 AGENT_KEY_FILE = "e2e_key"
 KNOWN_HOSTS_FILE = "known_hosts.json"
 CALLER_KEY_FILE = "caller_key"
+
+_T = TypeVar("_T")
+# (what, path) -> (the file's signature when read, what was read from it)
+_READ_CACHE: dict[tuple[str, str], tuple[tuple[int, ...], Any]] = {}
+# A file modified this recently is read again every time, as git treats a "racily clean" file:
+# two writes within one tick of the file system's clock could leave the same mtime, and a
+# freed inode number can be reused, so a signature from that moment could match a newer file.
+_SETTLED_NS = 2_000_000_000
+
+
+def _signature(path: str) -> tuple[int, ...] | None:
+    """What changes whenever the file at `path` does: device and inode (atomic_write renames a
+    new inode in), size, mtime and ctime, mode and owner (a chmod or chown is seen at once)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+            st.st_uid)
+
+
+def _cached(what: str, path: str, read: Callable[[], _T]) -> _T:
+    """`read()`'s value for the file at `path`, read again only when the file changed since.
+    Its signature is taken before the read: a change during the read makes the next signature
+    differ, so it is read again then. Errors (a missing, non-private or corrupt file) are never
+    cached: `read` raises them each time. The value must not be mutated by callers."""
+    sig = _signature(path)
+    hit = _READ_CACHE.get((what, path))
+    if sig is not None and hit is not None and hit[0] == sig:
+        return hit[1]              # type: ignore[no-any-return]
+    value = read()
+    if sig is not None and time.time_ns() - max(sig[3], sig[4]) > _SETTLED_NS:
+        _READ_CACHE[(what, path)] = (sig, value)
+    else:
+        _READ_CACHE.pop((what, path), None)
+    return value
 
 
 def agent_key_path(state_dir: str) -> str:
@@ -133,12 +173,17 @@ def _by_name(hosts: dict[str, Any], relay: str, scope: str,
     return out
 
 
+def _known_snapshot(cmdop_home: str) -> dict[str, Any]:
+    """`_load_known` for readers only (never mutate it): re-read only when the file changed."""
+    return _cached("known", _known_path(cmdop_home), lambda: _load_known(cmdop_home))
+
+
 def pinned_names(cmdop_home: str, relay: str,
                  scope: str = "") -> dict[str, list[str]]:
     """The host names pinned at `relay` in `scope`, each with the prefixes (lower case) the
     user reached it by (its `aliases`)."""
     realm, out = _realm(relay, scope), {}
-    for pid, entry in _load_known(cmdop_home).items():
+    for pid, entry in _known_snapshot(cmdop_home).items():
         if (pid.rpartition("|")[0] == realm and isinstance(entry, dict) and _entry_key(entry)
                 and isinstance(entry.get("name"), str)):
             aliases = entry.get("aliases")
@@ -168,7 +213,7 @@ def pinned_by_name(cmdop_home: str, relay: str, name: str,
                    scope: str = "") -> tuple[str, bytes] | None:
     """(machine id, key) pinned under the host name `name` at `relay` in `scope`; None unless
     exactly one machine is pinned under that name."""
-    hits = _by_name(_load_known(cmdop_home), relay, scope, name)
+    hits = _by_name(_known_snapshot(cmdop_home), relay, scope, name)
     return hits[0] if len(hits) == 1 else None
 
 
@@ -227,18 +272,43 @@ def pin(cmdop_home: str, relay: str, machine_id: str, name: str, key: bytes,
 # -- the caller's signing key ------------------------------------------------------------------
 
 
+class CallerSigner(NamedTuple):
+    """The caller's signing key, its raw public key and that key's fingerprint."""
+
+    key: Any                       # ed25519.Ed25519PrivateKey
+    public: bytes
+    fingerprint: str
+
+
 def load_or_create_caller_key(cmdop_home: str) -> Any:
     """The caller's Ed25519 signing key (created 0600 on first use)."""
+    return load_caller_signer(cmdop_home).key
+
+
+def load_caller_signer(cmdop_home: str) -> CallerSigner:
+    """The caller's signing key with its public half (created 0600 on first use); read again
+    only when the file changed. SecretFileError when it is not private, E2EError when it is
+    unreadable or corrupt."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from cmdop.adapters.secure_file import atomic_create, ensure_private_dir, read_private
+    from cmdop.adapters.secure_file import atomic_create, ensure_private_dir
 
     path = os.path.join(cmdop_home, CALLER_KEY_FILE)
     if not os.path.exists(path):
         ensure_private_dir(cmdop_home)
         atomic_create(path, ed25519.Ed25519PrivateKey.generate().private_bytes_raw())
+    return _cached("caller_key", path, lambda: _read_caller_key(path))
+
+
+def _read_caller_key(path: str) -> CallerSigner:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cmdop.adapters.secure_file import read_private
+
     try:
-        return ed25519.Ed25519PrivateKey.from_private_bytes(read_private(path))
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(read_private(path))
+        public = key.public_key().public_bytes_raw()
+        return CallerSigner(key, public, e2e.fingerprint(public))
     except SecretFileError:
         raise
     except (OSError, ValueError):

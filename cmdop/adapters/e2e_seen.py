@@ -8,12 +8,20 @@ caller prefix, on another link, or after the agent restarted. What this promises
   each, appended), so a restart forgets none of those still inside the window; older lines are
   dropped when the file is compacted.
 - A file that is not private or not readable is an error (fail closed): never an empty memory.
+- An id is written to the file before its call runs (one `write` to a file kept open for
+  appending; reopened after each compaction). Once written it is in the kernel's page cache, so
+  a crash or kill of the agent, or any restart of it, loses none. It is not fsync'ed: a power
+  loss or kernel crash can lose the ids of the last seconds (those the kernel had not written
+  back yet), and a call of those seconds could then be replayed once after the reboot, within
+  WINDOW_S of its issue. An fsync per call would close that window at the price of a disk
+  flush (milliseconds on real disks) on every call.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 from cmdop.core.errors import E2EError
 
@@ -31,6 +39,8 @@ class SeenRequests:
         self._ids: dict[str, int] = {}
         self._lock = threading.Lock()
         self._appended = 0
+        self._fd = -1                 # the file, open for appending (-1: not yet, or reopen)
+        self._closer: weakref.finalize | None = None    # type: ignore[type-arg]
         if path is not None:
             self._load(path, now)
 
@@ -75,14 +85,25 @@ class SeenRequests:
                     self._compact(now)
 
     def _append(self, line: str) -> None:
+        # Called on the agent's event loop for every sealed call: one write(2), not
+        # open + write + close (opening a path costs several times a write, and each syscall
+        # hands the GIL to the link's threads and waits to get it back).
         assert self._path is not None
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, line.encode("ascii", "replace"))
-        finally:
-            os.close(fd)
+        if self._fd < 0:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                               | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._closer = weakref.finalize(self, os.close, self._fd)
+        data = line.encode("ascii", "replace")
+        if os.write(self._fd, data) != len(data):     # a full disk: fail closed, never half
+            raise OSError(f"short write to {self._path}")
         self._appended += 1
+
+    def close(self) -> None:
+        """Close the file kept open for appending (the next accept reopens it)."""
+        if self._closer is not None:
+            self._closer()            # closes the fd once, however often it is called
+            self._closer = None
+        self._fd = -1
 
     def _compact(self, now: float) -> None:
         """Forget expired ids, in memory and in the file (rewritten atomically)."""
@@ -91,4 +112,5 @@ class SeenRequests:
         self._ids = {c: t for c, t in self._ids.items() if t >= now - self._window}
         if self._path is not None:
             atomic_write(self._path, "".join(f"{t} {c}\n" for c, t in self._ids.items()))
+            self.close()              # the file was replaced: append to the new one
         self._appended = 0

@@ -145,13 +145,13 @@ def _seal_to(pins: Pins, machine_id: str, key: bytes, tool: str, tool_input: dic
              cwd: str, session: str, stream: bool = False) -> SealedCall:
     from cmdop.adapters import e2e_files
 
-    signing = e2e_files.load_or_create_caller_key(pins.cmdop_home)
+    signer = e2e_files.load_caller_signer(pins.cmdop_home)
     call_id = uuid.uuid4().hex
     request = e2e.sign_request(e2e.Request(
-        call_id=call_id, machine_id=machine_id,
-        caller=e2e.fingerprint(signing.public_key().public_bytes_raw()), tool=tool,
+        call_id=call_id, machine_id=machine_id, caller=signer.fingerprint, tool=tool,
         input_json=json.dumps(tool_input, ensure_ascii=False).encode("utf-8"), cwd=cwd,
-        session=session, response_key=e2e.new_response_key(), stream=stream), signing)
+        session=session, response_key=e2e.new_response_key(), stream=stream), signer.key,
+        signer.public)
     return SealedCall(call_id, e2e.seal_request(request, key), e2e.ResponseOpener(request))
 
 
