@@ -60,6 +60,7 @@ is 0 unless the set-up fails. Without a usable sshd the ssh baselines are skippe
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -349,14 +350,28 @@ def section_warm(w: World, n: int) -> dict[str, Any]:
         if not (isinstance(r, dict) and r.get("exit_code") == 0):
             raise RuntimeError(f"remote_call true {i}: {r}")
 
+    # Through agent B's link, sealed end to end by this process as `cmdop exec` does (agents
+    # refuse plaintext relay calls): the host's key asked once, as a pinned name is.
+    home_b = w.env("b")["CMDOP_HOME"]
+    with DaemonClient.connect(sock_b) as client:
+        key_answer = client.relay_host_key(host)
+
     def via_agent(i: int) -> None:
+        from cmdop.relay.sealing import seal_from_answer
+
+        sealed, name = seal_from_answer(home_b, key_answer, "execute_command",
+                                        {"command": f"true {i}"}, requested=host)
         with DaemonClient.connect(sock_b) as client:
             last: dict[str, Any] = {}
-            for event in client.relay_call(host, "execute_command", {"command": f"true {i}"},
-                                           stream=False, deadline_ms=60_000):
+            for event in client.relay_call(name, "execute_command", {}, stream=False,
+                                           deadline_ms=60_000, sealed=sealed.sealed,
+                                           call_id=sealed.call_id):
                 last = event
-        if (last.get("result") or {}).get("exit_code") != 0:
+        if last.get("event") != "result":
             raise RuntimeError(f"relay_call via agent B, true {i}: {last}")
+        result = sealed.result(base64.b64decode(str(last.get("sealed") or "")))
+        if not (isinstance(result, dict) and result.get("exit_code") == 0):
+            raise RuntimeError(f"relay_call via agent B, true {i}: {result}")
 
     sock_a, cwd_a = w.env("a")["CMDOP_SOCKET_PATH"], w.env("a")["HOME"]
     local_a = DaemonClient.connect(sock_a)
