@@ -57,7 +57,7 @@ def agent_env(tmp: Path) -> dict[str, str]:
 def run(pyz: Path, shiv_root: Path, *args: str, python: str | None = None,
         umask: str | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [python or base_python(), str(pyz), *args]
-    if umask is not None:  # no preexec_fn: the shell sets the umask and execs
+    if umask is not None:  # the shell sets the umask and execs (no hook in the child)
         cmd = ["sh", "-c", f'umask {umask}; exec "$@"', "sh", *cmd]
     env = dict(clean_env(shiv_root), **agent_env(shiv_root.parent))
     return subprocess.run(cmd, cwd=shiv_root.parent, env=env, capture_output=True, text=True,
