@@ -67,7 +67,7 @@ def parse(argv: list[str]) -> tuple[str, list[str], float, str] | None:
 def run(argv: list[str]) -> int | None:
     """Run `cmdop exec ARGV` through the local agent; None when this path does not apply."""
     parsed = parse(argv)
-    if parsed is None or os.environ.get("CMDOP_SHARE_TOKEN"):
+    if parsed is None or "CMDOP_SHARE_TOKEN" in os.environ:   # even empty: refused there
         return None               # a guest's call goes direct, never as this machine's agent
     host, command, timeout, cwd = parsed
     from cmdop.adapters.service_paths import discover

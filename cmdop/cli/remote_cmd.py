@@ -147,7 +147,7 @@ _NOT_THROUGH_AGENT = object()
 def _uses_own_credential(args: argparse.Namespace, ctx: CliContext | None = None) -> bool:
     """Credential flags (or a guest's CMDOP_SHARE_TOKEN) name a credential of their own: then
     the call goes direct, never through this machine's agent and its identity."""
-    if ctx is not None and ctx.settings.share_token:
+    if ctx is not None and ctx.settings.share_token is not None:   # even empty: refused later
         return True
     return bool(getattr(args, "api_key", None) or getattr(args, "workspace", None)
                 or getattr(args, "relay", None)) or getattr(args, "share", None) is not None

@@ -93,7 +93,9 @@ class Settings:
             workspace=get("CMDOP_WORKSPACE"),
             mode_override=get("CMDOP_PERMISSIONS_MODE"),
             relay_data_dir=posixpath.join(xdg_data, "cmdop-relay"),
-            share_token=get("CMDOP_SHARE_TOKEN"),
+            # kept as given, empty included: `CMDOP_SHARE_TOKEN="$UNSET"` asked for a guest
+            # call, and must be refused rather than become the owner's (credential_flags)
+            share_token=env.get("CMDOP_SHARE_TOKEN"),
             relay_store=get("CMDOP_RELAY_STORE"),
             relay_bus=get("CMDOP_RELAY_BUS"),
         )

@@ -365,6 +365,8 @@ TOKEN = "cmdop_share_" + "Q" * 43
     (["call", "--share", "", "web01", "read_file"], {}),
     (["hosts", "--share", ""], {}),
     (["exec", "web01", "--", "true"], {"CMDOP_SHARE_TOKEN": "   "}),
+    (["exec", "web01", "--", "true"], {"CMDOP_SHARE_TOKEN": ""}),         # ="$UNSET"
+    (["hosts"], {"CMDOP_SHARE_TOKEN": ""}),
 ])
 def test_a_blank_share_token_is_refused_not_replaced_by_the_owners_key(cli, argv, env,
                                                                       monkeypatch):
@@ -520,3 +522,15 @@ def test_a_guest_of_a_machine_named_like_one_of_its_own_can_call_it(tmp_path):
 def test_connect_share_with_an_empty_tools_value_is_refused_not_all_tools(cli, tools):
     code, err = cli("connect", "share", "web01", "--ttl", "1h", "--tools", tools)
     assert code == 2 and "names no tool" in err and "hint:" in err, err
+
+
+@pytest.mark.parametrize("value", ["", "   ", TOKEN])
+def test_the_lean_exec_path_stands_aside_for_any_share_token_even_an_empty_one(value,
+                                                                                monkeypatch):
+    # `cmdop exec` tries the lean path through this machine's agent first (as the owner):
+    # with CMDOP_SHARE_TOKEN set at all, even to "", it must leave the call to the full CLI,
+    # which refuses a blank token instead of running the command as the owner.
+    from cmdop.cli import fast_exec
+
+    monkeypatch.setenv("CMDOP_SHARE_TOKEN", value)
+    assert fast_exec.run(["web01", "--", "true"]) is None
