@@ -80,8 +80,13 @@ def load_or_create_agent_key(state_dir: str) -> e2e.AgentKey:
 
     path = agent_key_path(state_dir)
     if not os.path.exists(path):
-        ensure_private_dir(state_dir)
-        atomic_create(path, e2e.generate_private())   # a racing agent's key wins; read it
+        try:
+            ensure_private_dir(state_dir)
+            atomic_create(path, e2e.generate_private())   # a racing agent's key wins; read it
+        except OSError as exc:
+            raise E2EError(f"cannot create the end-to-end key {path}: {exc.strerror or exc}",
+                           "check the state dir's permissions and free space "
+                           "(CMDOP_STATE_DIR)") from None
     try:
         blob = read_private(path)
     except SecretFileError as exc:

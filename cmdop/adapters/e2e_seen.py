@@ -60,7 +60,11 @@ class SeenRequests:
             issued, _, call_id = line.partition(" ")
             if issued.isdigit() and call_id and int(issued) >= now - self._window:
                 self._ids[call_id] = int(issued)
-        self._compact(now)
+        try:
+            self._compact(now)
+        except OSError as exc:
+            raise E2EError(f"cannot rewrite {path}, the record of sealed calls already run: "
+                           f"{exc.strerror or exc}", "free disk space (or fix the file)") from None
 
     def accept(self, call_id: str, issued_at: int, now: float) -> None:
         """Record `call_id` as run; E2EError when it was run before, or `issued_at` is outside
@@ -80,9 +84,17 @@ class SeenRequests:
                                "the relay delivered a recorded call again")
             self._ids[call_id] = issued_at
             if self._path is not None:
-                self._append(f"{issued_at} {call_id}\n")
-                if self._appended > _COMPACT_AFTER:
-                    self._compact(now)
+                try:
+                    self._append(f"{issued_at} {call_id}\n")
+                    if self._appended > _COMPACT_AFTER:
+                        self._compact(now)
+                except OSError as exc:
+                    # Unrecorded, the call could be replayed after a restart: refuse this one
+                    # call (its id stays in memory), and never end the link over it.
+                    self.close()
+                    raise E2EError(f"cannot record the sealed call in {self._path}: "
+                                   f"{exc.strerror or exc}; refused",
+                                   "free disk space (or fix the file) on this machine") from None
 
     def _append(self, line: str) -> None:
         # Called on the agent's event loop for every sealed call: one write(2), not

@@ -474,3 +474,36 @@ def test_connect_trust_refuses_relay_text_that_could_fake_the_fingerprint(
     assert main.main(["connect", "trust", "web1", "--yes"]) != 0
     assert not (tmp_path / "cmdop" / e2e_files.KNOWN_HOSTS_FILE).exists()
     assert "\x1b" not in capsys.readouterr().err
+
+
+def test_an_unwritable_replay_record_refuses_the_call_instead_of_ending_the_link(tmp_path):
+    # A full disk (or the file replaced by a directory) while recording a sealed call: the
+    # one call is refused as an E2EError (answered, audited) — an OSError escaping here ended
+    # the agent's whole relay link, and every call after it did the same.
+    import os
+    import time
+
+    from cmdop.adapters.e2e_seen import SeenRequests
+    from cmdop.core.errors import E2EError
+
+    path = tmp_path / "e2e_seen"
+    seen = SeenRequests(str(path), time.time())
+    seen.accept("call-1", int(time.time()), time.time())
+    seen.close()
+    os.unlink(path)
+    os.mkdir(path)                                   # open(O_WRONLY) now fails: EISDIR
+    with pytest.raises(E2EError, match="cannot record"):
+        seen.accept("call-2", int(time.time()), time.time())
+    with pytest.raises(E2EError, match="already run"):   # still refused as a replay
+        seen.accept("call-2", int(time.time()), time.time())
+
+
+def test_an_agent_key_that_cannot_be_created_is_an_e2e_error(tmp_path):
+    # The state dir cannot be made (a file stands where a directory should): one E2EError
+    # with a hint, which the link turns into "no usable key" — not an OSError ending it.
+    from cmdop.adapters.e2e_files import load_or_create_agent_key
+    from cmdop.core.errors import E2EError
+
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(E2EError, match="cannot create"):
+        load_or_create_agent_key(str(tmp_path / "blocker" / "state"))
