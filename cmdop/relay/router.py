@@ -166,6 +166,9 @@ class Router:
         self.revoked: set[str] = set()
         self._starting: dict[str, int] = {}     # key id -> its calls resolving their host now
         self._enrolments: dict[str, list[float]] = {}
+        # Short tasks a link frame starts (reauth, host-key answers): kept referenced until
+        # done, so none is collected mid-flight.
+        self._background: set[asyncio.Task[None]] = set()
         # Several nodes sharing a bus (cmdop.relay.cluster.Cluster sets itself here): links
         # held by other nodes are reached through it. None: a relay of one node.
         self.cluster: Any = None
@@ -380,10 +383,10 @@ class Router:
         elif kind == "call":
             self._start_outgoing(link, frame.call)
         elif kind == "reauth":
-            asyncio.ensure_future(self._reauth(link, frame.reauth.token))
+            self._spawn(self._reauth(link, frame.reauth.token))
         elif kind == "key_query":
             # HostKey for the linked machine's own CLI (it seals its call end to end itself)
-            asyncio.ensure_future(self._key_answer(link, frame.key_query))
+            self._spawn(self._key_answer(link, frame.key_query))
         elif kind == "cancel":
             task = link.outgoing.get(frame.cancel.call_id)
             if task is not None:
@@ -396,13 +399,25 @@ class Router:
                 out.target.send(pb.RelayFrame(credit=pb.Credit(call_id=out.call_id, bytes=n)))
         # pong and anything unknown: the link is alive, nothing else to do
 
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _key_answer(self, link: Link, query: pb.HostKeyRequest) -> None:
+        """Answer a linked machine's HostKey query; always an answer, so its CLI never waits
+        out its timeout and blames the relay's version."""
         qid = query.query_id[:64]
         try:
             answer = await host_keys.lookup(self, link.key, query.host, qid)
         except RelayRefusal as exc:
             answer = pb.HostKeyReply(query_id=qid, failure=pb.Failure(
                 code=exc.code, message=exc.message))
+        except Exception:  # noqa: BLE001 - answered as a failure, logged here
+            log.exception("answering a host-key query from %s failed", link.machine.name)
+            answer = pb.HostKeyReply(query_id=qid, failure=pb.Failure(
+                code="unavailable", message="the relay could not look up the host now; "
+                "try again shortly"))
         link.send(pb.RelayFrame(key_answer=answer))
 
     # -- callers -------------------------------------------------------------------------

@@ -70,3 +70,23 @@ def test_a_sealed_call_is_forwarded_untouched_without_a_tool_name() -> None:
         assert result.result_json == b"\x01\x02opaque"
         await task
     asyncio.run(main())
+
+
+def test_a_host_key_query_on_a_link_is_always_answered(monkeypatch: Any) -> None:
+    # The linked machine's CLI waits for the answer: an unexpected error while looking up the
+    # host (a store error) must come back as a failure at once — it was lost with the task, and
+    # the CLI waited out its timeout and told the user to upgrade the relay.
+    from cmdop.relay import host_keys
+
+    async def broken(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("the store said something unexpected")
+
+    async def main() -> None:
+        router = Router(fake_store())
+        agent = await _link(router, "K1", "web1", "mid-1", KEY)
+        monkeypatch.setattr(host_keys, "lookup", broken)
+        await agent.incoming.put(pb.AgentFrame(key_query=pb.HostKeyRequest(query_id="q1",
+                                                                           host="web1")))
+        answer = await next_frame(agent, "key_answer")
+        assert answer.query_id == "q1" and answer.failure.code == "unavailable", answer
+    asyncio.run(main())
