@@ -20,7 +20,7 @@ from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.cli.credential_flags import add_credential_flags
-from cmdop.core.errors import UsageError
+from cmdop.core.errors import CmdopError, UsageError
 
 _ACTIONS = ("list", "revoke")
 
@@ -69,7 +69,7 @@ def _share(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _create(args: argparse.Namespace, ctx: CliContext) -> int:
-    from cmdop.cli.remote_cmd import _channel
+    from cmdop.cli.remote_cmd import _channel, _shown
     from cmdop.relay import shares
     from cmdop.relay.proto import relay_pb2 as pb
 
@@ -90,19 +90,23 @@ def _create(args: argparse.Namespace, ctx: CliContext) -> int:
     with _channel(args, ctx) as channel:
         info = channel.share_rpc("CreateShare", request)
         endpoint = channel.endpoint
-    command = guest_command(info.token, endpoint.address, endpoint.fingerprint, info.host,
-                            bool(endpoint.ca_file))
+    if not shares.looks_like_token(info.token):
+        raise CmdopError("the relay answered with something that is not a share token",
+                         hint="is the relay a cmdop relay of this version?")
+    # (the host as shown: a real host name has no control characters to lose)
+    command = guest_command(info.token, endpoint.address, endpoint.fingerprint,
+                            _shown(info.host), bool(endpoint.ca_file))
     obj = dict(_row(info), token=info.token, command=command)
 
     def human(_: object) -> str:
-        lines = [f"share {info.id} of {info.host}: {_describe(info)}",
+        lines = [_describe(info),
                  f"token (shown once; the relay keeps only its hash): {info.token}",
                  "the guest runs (the token travels in the environment, not on the command line):",
                  f"  {command}"]
         if endpoint.ca_file:
             lines.append("the guest also needs the relay's CA certificate: "
                          "add --relay-ca FILE to that command")
-        lines.append(f"revoke it with: cmdop connect share revoke {info.id}")
+        lines.append(f"revoke it with: cmdop connect share revoke {_shown(info.id)}")
         return "\n".join(lines)
 
     ctx.emit(obj, human)
@@ -120,9 +124,14 @@ def guest_command(token: str, relay: str, fingerprint: str, host: str, ca: bool 
 
 
 def _describe(info: Any) -> str:
-    expires = f"expires {info.expires}" if info.expires else "never expires"
+    """`share ID of HOST: expiry, uses, tools` — every value the relay sent made safe for a
+    terminal (a hostile relay must not write escape sequences here)."""
+    from cmdop.cli.remote_cmd import _shown
+
+    expires = f"expires {_shown(info.expires)}" if info.expires else "never expires"
     uses = f"{info.uses}/{info.max_uses} uses" if info.max_uses else f"{info.uses} uses"
-    return f"{expires}, {uses}, tools {','.join(info.tools)}"
+    return (f"share {_shown(info.id)} of {_shown(info.host)}: {expires}, {uses}, tools "
+            f"{_shown(','.join(info.tools))}")
 
 
 def _row(info: Any) -> dict[str, Any]:
@@ -145,8 +154,9 @@ def _list(args: argparse.Namespace, ctx: CliContext) -> int:
         table = [("ID", "HOST", "STATE", "EXPIRES", "USES", "TOOLS", "NOTE")]
         for r in rows:
             uses = f"{r['uses']}/{r['max_uses']}" if r["max_uses"] else str(r["uses"])
-            table.append((r["id"], _shown(r["host"]), r["state"], r["expires"] or "never", uses,
-                          ",".join(r["tools"]), _shown(r["note"])))
+            table.append((_shown(r["id"]), _shown(r["host"]), _shown(r["state"]),
+                          _shown(r["expires"] or "never"), uses, _shown(",".join(r["tools"])),
+                          _shown(r["note"])))
         widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(t, widths)) + "  " + t[-1]
                          for t in table)
@@ -161,6 +171,6 @@ def _revoke(args: argparse.Namespace, ctx: CliContext) -> int:
 
     with _channel(args, ctx) as channel:
         info = channel.share_rpc("RevokeShare", pb.RevokeShareRequest(id=args.id))
-    ctx.emit(_row(info), f"revoked share {info.id} of {info.host}: the guest's calls are cut "
-                         "and refused from now on")
+    ctx.emit(_row(info), f"revoked {_describe(info)}: the guest's calls are cut and refused "
+                         "from now on")
     return 0

@@ -534,3 +534,40 @@ def test_the_lean_exec_path_stands_aside_for_any_share_token_even_an_empty_one(v
 
     monkeypatch.setenv("CMDOP_SHARE_TOKEN", value)
     assert fast_exec.run(["web01", "--", "true"]) is None
+
+
+@pytest.mark.parametrize("command", [["connect", "share", "web01", "--ttl", "1h"],
+                                     ["connect", "share", "list"],
+                                     ["connect", "share", "revoke", "sh_0123456789ab"]])
+def test_what_a_hostile_relay_sends_about_shares_reaches_the_terminal_escaped(
+        command, tmp_path, monkeypatch, capsys):
+    # Every field of a share the relay answers with (id, host, expiry, tools, state, note) is
+    # shown with control characters escaped: a relay must not write escape sequences to the
+    # owner's terminal (docs/security.md).
+    from cmdop.cli import main as cli_main, remote_cmd
+    from cmdop.relay.proto import relay_pb2 as pb
+
+    esc = "\x1b[2J\x1b]0;owned\x07"
+    info = pb.ShareInfo(id="sh_1" + esc, host="web01" + esc, note="n" + esc, created="c" + esc,
+                        expires="e" + esc, uses=1, max_uses=2, tools=["read_file" + esc],
+                        state="active" + esc, token=TOKEN)
+
+    class Channel:
+        endpoint = type("E", (), {"address": "relay.example:7443", "fingerprint": "ab" * 32,
+                                  "ca_file": ""})()
+
+        def __enter__(self) -> "Channel":
+            return self
+
+        def __exit__(self, *a: Any) -> None:
+            return None
+
+        def share_rpc(self, method: str, request: Any) -> Any:
+            return pb.ListSharesReply(shares=[info]) if method == "ListShares" else info
+
+    monkeypatch.setattr(remote_cmd, "_channel", lambda args, ctx: Channel())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cli_main.main(command) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, out
+    assert "web01" in out
