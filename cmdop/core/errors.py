@@ -124,6 +124,13 @@ class AlreadyExistsError(CmdopError):
     """A name that must be unique is already taken."""
 
 
+class StoreStatementError(CmdopError):
+    """The relay's database refused a statement (not a connection failure): an internal fault
+    of the relay's, logged with its detail and answered to clients without it."""
+
+    default_hint = "check the database's logs; the relay's schema may have been altered"
+
+
 class StoreUnavailableError(UnreachableError):
     """The relay's database (PostgreSQL) cannot be reached or refused the connection. The
     message names the server (never its password); logins and key checks fail closed."""

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from cmdop.adapters.relay_grpc import MAX_MESSAGE, RelayRefusal, ServerStream
-from cmdop.core.errors import CmdopError, StoreUnavailableError
+from cmdop.core.errors import CmdopError, StoreStatementError, StoreUnavailableError
 from cmdop.relay import host_keys, routing, share_rpc
 from cmdop.relay.auth import SHARE_PREFIX
 from cmdop.relay.proto import relay_pb2 as pb
@@ -196,6 +196,13 @@ class Router:
             self._count("store_unavailable")
             log.warning("%s", exc)
             raise RelayRefusal("unavailable", STORE_DOWN_LOOKUP) from None
+        except StoreStatementError as exc:
+            # The database's own words (and address) stay in the log: the client learns only
+            # that the relay failed, not a refusal of its credential or request.
+            self._count("store_failed")
+            log.error("%s", exc)
+            raise RelayRefusal("unavailable", "the relay's database failed this request; "
+                               "its operator can see why in the relay's log") from None
 
     async def resolve(self, workspace: str, host: str) -> tuple[Any, tuple[str, ...]]:
         """The machine `host` means in `workspace` (routing.resolve_host), by the store's
@@ -216,7 +223,7 @@ class Router:
                                f"{int(wait) + 1} s")
         try:
             key = await self.verifier.averify(stream.credential) if stream.credential else None
-        except StoreUnavailableError as exc:
+        except (StoreUnavailableError, StoreStatementError) as exc:
             # Fail closed with a reason the client can act on (retry); the database's address
             # stays in the relay's log, not in the answer.
             self._count("auth_store_unavailable")

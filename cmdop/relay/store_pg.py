@@ -45,7 +45,8 @@ from typing import Any, Callable, Iterator, cast
 import psycopg
 from psycopg import conninfo as pg_conninfo
 
-from cmdop.core.errors import CmdopError, StoreUnavailableError, UsageError
+from cmdop.core.errors import (CmdopError, StoreStatementError, StoreUnavailableError,
+                               UsageError)
 from cmdop.relay import store as sqlite_store
 from cmdop.relay.share_store import SCHEMA_V3
 from cmdop.relay.store import SCHEMA_VERSION, RelayStore
@@ -237,8 +238,8 @@ class PgRelayStore(RelayStore):
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             self._drop()
             return self._unavailable(detail)
-        return CmdopError(f"the relay's database at {self._target.where} refused a statement: {detail}",
-                          hint="check the database's logs; the relay's schema may have been altered")
+        return StoreStatementError(
+            f"the relay's database at {self._target.where} refused a statement: {detail}")
 
     def _drop(self) -> None:
         pg, self._pg = self._pg, None

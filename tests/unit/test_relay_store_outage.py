@@ -205,3 +205,35 @@ def test_a_login_link_keeps_its_identity_through_an_outage_and_fails_closed_on_n
         assert link.key.token_id == "t4" and link.key.expires_at > first_expiry
         assert not link.ended.is_set() and not link_task.done()
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("fails", ["enroll", "credential"])
+def test_a_statement_the_database_refuses_is_the_relays_failure_not_the_clients(fails: str) -> None:
+    # A PostgreSQL statement error (not a lost connection) while linking an agent: it was
+    # answered as `permission_denied` with the database's address and words, so the agent
+    # backed off as if its key were refused. Now: unavailable, and the detail stays in the log.
+    from cmdop.core.errors import StoreStatementError
+
+    statement = StoreStatementError("the relay's database at db:5432 refused a statement: "
+                                    "relation \"cmdop.machines\" does not exist")
+
+    class Refusing(OutageStore):
+        def enroll_machine(self, *a: Any, **k: Any) -> Any:
+            raise statement
+
+        def verify_key(self, text: str) -> Any:
+            if fails == "credential":
+                raise statement
+            return super().verify_key(text)
+
+    async def main() -> None:
+        base = fake_store()
+        router = Router(Refusing(keys=base.keys))
+        stream = FakeStream("K1")
+        await stream.incoming.put(pb.AgentFrame(hello=pb.Hello(
+            protocol_version=1, hostname="h", machine_id="m9", agent_version="t")))
+        with pytest.raises(RelayRefusal) as refused:
+            await router.agent_link(stream)
+        assert refused.value.code == "unavailable", refused.value
+        assert "db:5432" not in refused.value.message and "relation" not in refused.value.message
+    asyncio.run(main())
