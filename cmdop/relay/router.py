@@ -178,20 +178,21 @@ class Router:
 
     # -- the store, off the event loop -----------------------------------------------------
 
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _db(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
         """`fn(*args)` (a store call) on a worker thread when the store can wait on a network
-        (`blocking_io`: PostgreSQL, which may wait seconds): a slow or unreachable database
-        must not stall every other stream of this node. SQLite (a local file; in WAL mode its
-        reads never wait) is called in place: a thread hop would cost more than its read.
-        Both stores serialise their own connection under a lock."""
-        if not getattr(self.store, "blocking_io", True):
+        (`blocking_io`: PostgreSQL, which may wait seconds), or when it writes: a slow or
+        unreachable database, or a SQLite write waiting up to its busy timeout behind an
+        admin command's transaction, must not stall every other stream of this node. SQLite
+        reads (WAL mode: they never wait) are called in place: a thread hop would cost more
+        than the read. Both stores serialise their own connection under a lock."""
+        if not write and not getattr(self.store, "blocking_io", True):
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
-    async def _lookup(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _lookup(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
         """`_db`, where an unreachable database refuses the RPC (UNAVAILABLE, try again)."""
         try:
-            return await self._db(fn, *args)
+            return await self._db(fn, *args, write=write)
         except StoreUnavailableError as exc:
             self._count("store_unavailable")
             log.warning("%s", exc)
@@ -266,7 +267,8 @@ class Router:
         try:
             machine = await self._lookup(self.store.enroll_machine, key.workspace, key.id,
                                          hostname, machine_id,
-                                         routing.printable(hello.agent_version)[:64])
+                                         routing.printable(hello.agent_version)[:64],
+                                         write=True)
         except CmdopError as exc:     # e.g. the machine id is another key's (MachineClaimed)
             self._count("links_refused")
             log.warning("refused a link from %s (key %s): %s", stream.peer, key.id, exc.message)
@@ -303,7 +305,7 @@ class Router:
             for task in link.outgoing.values():
                 task.cancel()
             try:
-                await self._db(self.store.touch_machine, machine.id)
+                await self._db(self.store.touch_machine, machine.id, write=True)
             except StoreUnavailableError as exc:    # last_seen is informative only
                 log.warning("cannot record last_seen of %s: %s", machine.name, exc)
             except Exception:  # noqa: BLE001 - last_seen is informative only
@@ -336,7 +338,7 @@ class Router:
                 if self.clock() - link.touched > TOUCH_EVERY_S:
                     link.touched = self.clock()
                     try:
-                        await self._db(self.store.touch_machine, link.machine.id)
+                        await self._db(self.store.touch_machine, link.machine.id, write=True)
                     except Exception as exc:  # noqa: BLE001 - informative only; the link lives on
                         log.warning("cannot record last_seen of %s: %s", link.machine.name, exc)
 
@@ -569,7 +571,8 @@ class Router:
                 # Before any failure that names the workspace's machines (a guest sees only its
                 # own); counts a use (atomically, in the store) only for a call it admits.
                 refusal = await self._lookup(admit, machine.id if machine is not None else None,
-                                             machine is not None and self.online(machine.id))
+                                             machine is not None and self.online(machine.id),
+                                             write=True)   # counts a use
         finally:
             left = self._starting.get(key.id, 1) - 1
             if left > 0:

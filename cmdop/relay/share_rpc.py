@@ -82,7 +82,7 @@ async def create(router: Any, stream: Any, request: pb.CreateShareRequest) -> pb
     try:
         share, token = await router._lookup(functools.partial(
             router.store.create_share, key.workspace, machine.id, created_by=key.id,
-            ttl_s=ttl_s, tools=tools, max_uses=max_uses, note=note))
+            ttl_s=ttl_s, tools=tools, max_uses=max_uses, note=note), write=True)
     except CmdopError as exc:
         raise RelayRefusal("failed_precondition", exc.message) from None
     log.info("share %s of %s created by %s (workspace %s)", share.id, share.host, key.id,
@@ -106,7 +106,8 @@ async def revoke(router: Any, stream: Any, request: pb.RevokeShareRequest) -> pb
     key = await router._authenticate(stream)
     refuse_guest(key, "revoke shares")
     try:
-        share = await router._lookup(router.store.revoke_share, key.workspace, request.id)
+        share = await router._lookup(router.store.revoke_share, key.workspace, request.id,
+                                     write=True)
     except CmdopError as exc:
         raise RelayRefusal("not_found", exc.message) from None
     router.revoke(frozenset({SHARE_PREFIX + share.id}))

@@ -237,3 +237,40 @@ def test_a_statement_the_database_refuses_is_the_relays_failure_not_the_clients(
         assert refused.value.code == "unavailable", refused.value
         assert "db:5432" not in refused.value.message and "relation" not in refused.value.message
     asyncio.run(main())
+
+
+def test_a_sqlite_write_waiting_on_its_lock_does_not_stall_other_streams() -> None:
+    # SQLite's reads never wait (WAL), but a write waits up to its busy timeout behind an
+    # admin command's transaction: an agent enrolling then must not stop every other stream.
+    class LockedWrites(OutageStore):
+        blocking_io = False                     # as RelayStore (SQLite)
+
+        write_lock: threading.Event | None = None
+
+        def enroll_machine(self, *a: Any, **k: Any) -> Any:
+            if self.write_lock is not None:
+                self.waiting += 1
+                self.write_lock.wait(30)
+            return super().enroll_machine(*a, **k)
+
+    async def main() -> None:
+        base = fake_store()
+        store = LockedWrites(keys=base.keys)
+        router = Router(store)
+        agent, _ = await link_agent(router, "K1", "web01", "m1")
+        store.write_lock = threading.Event()    # another process holds the write lock
+        late = FakeStream("K1")
+        await late.incoming.put(pb.AgentFrame(hello=pb.Hello(
+            protocol_version=1, hostname="db01", machine_id="m2", agent_version="t")))
+        late_task = asyncio.ensure_future(router.agent_link(late))
+        await until(lambda: store.waiting == 1, "the new agent to wait on the write lock")
+        first, first_task = await direct_call(router, "K2", call_start("c1", "web01"))
+        call = await next_frame(agent, "call")            # the loop still routes calls
+        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id=call.call_id,
+                                                                result_json=b"{}")))
+        assert (await next_frame(first, "result")).call_id == "c1"
+        await first_task
+        store.write_lock.set()
+        await next_frame(late, "welcome")
+        late_task.cancel()
+    asyncio.run(main())
