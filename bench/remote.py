@@ -363,9 +363,8 @@ def section_warm(w: World, n: int) -> dict[str, Any]:
                                         {"command": f"true {i}"}, requested=host)
         with DaemonClient.connect(sock_b) as client:
             last: dict[str, Any] = {}
-            for event in client.relay_call(name, "execute_command", {}, stream=False,
-                                           deadline_ms=60_000, sealed=sealed.sealed,
-                                           call_id=sealed.call_id):
+            for event in client.relay_call(name, sealed.sealed, sealed.call_id, stream=False,
+                                           deadline_ms=60_000):
                 last = event
         if last.get("event") != "result":
             raise RuntimeError(f"relay_call via agent B, true {i}: {last}")

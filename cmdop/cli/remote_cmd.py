@@ -211,9 +211,9 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
             return _NOT_THROUGH_AGENT
         sealed, name = found
         try:
-            events = client.relay_call(name, tool, {}, stream=on_chunk is not None,
-                                       deadline_ms=int(deadline_s * 1000), credential=claim,
-                                       sealed=sealed.sealed, call_id=sealed.call_id)
+            events = client.relay_call(name, sealed.sealed, sealed.call_id,
+                                       stream=on_chunk is not None,
+                                       deadline_ms=int(deadline_s * 1000), credential=claim)
             first = next(events)
         except DaemonError as exc:
             if (getattr(exc, "code", "") in ("no_link", "other_credential", "bad_request")

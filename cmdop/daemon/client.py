@@ -169,30 +169,24 @@ class DaemonClient:
             args["credential"] = dict(credential)
         return self._request_obj("relay_host_key", timeout=KEY_QUERY_TIMEOUT_S, **args)
 
-    def relay_call(self, host: str, tool: str, tool_input: Mapping[str, Any], *, stream: bool,
-                   deadline_ms: int, cwd: str = "", credential: Mapping[str, str] | None = None,
-                   session: str = "", sealed: bytes | None = None,
-                   call_id: str = "") -> Generator[dict[str, Any], None, None]:
-        """A call to another machine through the agent's relay link: yields the event frames
-        (`accepted`, `chunk`, then `result` or `failure`). DaemonError with code `no_link` at
-        once when the agent has no link up, `other_credential` when `credential` (key id,
-        workspace, relay of the caller's own choice) is not the link's. Closing the generator early (Ctrl-C) sends
-        `cancel` and waits briefly for the call to end. `session`: a machine-password session
-        token for the target (`cmdop password unlock HOST`), sent on as CallStart.session.
-        `sealed`/`call_id`: an end-to-end sealed call (cmdop.relay.sealing); tool, input, cwd
-        and session are then inside it, and the events carry sealed frames."""
-        req: dict[str, Any] = {"v": protocol.VERSION, "id": next(self._ids), "op": "relay_call",
-                               "host": host, "stream": stream, "deadline_ms": deadline_ms}
-        if sealed is not None:
-            import base64
+    def relay_call(self, host: str, sealed: bytes, call_id: str, *, stream: bool,
+                   deadline_ms: int, credential: Mapping[str, str] | None = None
+                   ) -> Generator[dict[str, Any], None, None]:
+        """A call to another machine through the agent's relay link, sealed end to end by the
+        caller (cmdop.relay.sealing: tool, input, cwd and session are inside `sealed`, bound to
+        `call_id`): yields the event frames (`accepted`, `chunk`, then `result` or `failure`;
+        chunks and the result stay sealed). DaemonError with code `no_link` at once when the
+        agent has no link up, `other_credential` when `credential` (key id, workspace, relay
+        of the caller's own choice) is not the link's. Closing the generator early (Ctrl-C)
+        sends `cancel` and waits briefly for the call to end."""
+        import base64
 
-            req.update(call_id=call_id, sealed=base64.b64encode(sealed).decode("ascii"))
-        else:
-            req.update(tool=tool, input=dict(tool_input), cwd=cwd)
+        req: dict[str, Any] = {"v": protocol.VERSION, "id": next(self._ids), "op": "relay_call",
+                               "host": host, "stream": stream, "deadline_ms": deadline_ms,
+                               "call_id": call_id,
+                               "sealed": base64.b64encode(sealed).decode("ascii")}
         if credential is not None:
             req["credential"] = dict(credential)
-        if session and sealed is None:
-            req["session"] = session
         self.send(req)
         resp = self.receive(REQUEST_TIMEOUT_S)
         if not resp.get("ok"):

@@ -50,18 +50,18 @@ Ops:
 - `list_rules` → `{"mode", "policy_ok", "rules": [{"rule_id", "rule", "action", "reason",
   "scope": "global"|"session"}...]}`: the rules the running gate decides with, file rules first.
 
-- `relay_call` `{host, tool, input, deadline_ms?, stream?, cwd?}` → a call to ANOTHER machine
-  through this agent's open relay link (so the relay knows which machine it comes from). Error
-  `no_link` at once when the agent has no link up (the CLI then connects directly). Otherwise
-  the connection streams event frames `{"v":1,"event":"accepted","machine"}`,
-  `{"v":1,"event":"chunk","fd":1|2,"data":BASE64}`, and ends the call with
-  `{"v":1,"event":"result","result":{...}}` or `{"v":1,"event":"failure","code","message",
-  "hint"}`; then the connection takes requests again. The client may send `{"op":"cancel"}`
-  meanwhile; closing the connection cancels the call too. It must be end to end (a call in
-  the clear is refused, `bad_request`): `{host, call_id, sealed, deadline_ms?, stream?}` (no tool or input: `sealed` is the request the client sealed to the
-  target's key, base64, bound to `call_id`, 32 hex digits); the chunks' data are then sealed
-  response frames and the result is `{"v":1,"event":"result","sealed":BASE64}` — the client
-  opens them; this agent never sees the call's content.
+- `relay_call` `{host, call_id, sealed, deadline_ms?, stream?, credential?}` → a call to
+  ANOTHER machine through this agent's open relay link (so the relay knows which machine it
+  comes from), sealed end to end by the client: `sealed` is the request it sealed to the
+  target's key (base64), bound to `call_id` (32 hex digits); no tool or input travels here,
+  and a call in the clear is refused (`bad_request`). Error `no_link` at once when the agent
+  has no link up (the CLI then connects directly). Otherwise the connection streams event
+  frames `{"v":1,"event":"accepted","machine"}`, `{"v":1,"event":"chunk","fd":1|2,
+  "data":BASE64}` (a sealed response frame), and ends the call with
+  `{"v":1,"event":"result","sealed":BASE64}` or `{"v":1,"event":"failure","code","message",
+  "hint"}`; then the connection takes requests again. The client opens the frames; this agent
+  never sees the call's content. The client may send `{"op":"cancel"}` meanwhile; closing the
+  connection cancels the call too.
 - `relay_host_key` `{host, credential?}` → `{"name", "machine_id", "e2e_key": BASE64, "relay",
   "workspace"}`: the key the relay holds for that host (the client checks it against its own
   pin); errors as a call's failures (`host_unknown`, `host_offline`, ...) or `no_link`.

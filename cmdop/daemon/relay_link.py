@@ -611,7 +611,7 @@ class Link:
         self.outgoing.clear()
 
 
-def _event_json(event: "pb.CallEvent", sealed: bool = False) -> dict[str, Any]:
+def _event_json(event: "pb.CallEvent") -> dict[str, Any]:
     """A relay CallEvent as the local protocol's event frame (a sealed call's result stays
     sealed, base64: the local client opens it)."""
     import base64
@@ -622,15 +622,9 @@ def _event_json(event: "pb.CallEvent", sealed: bool = False) -> dict[str, Any]:
                 "data": base64.b64encode(event.chunk.data).decode("ascii")}
     if which == "accepted":
         return {"event": "accepted", "machine": event.accepted.machine}
-    if which == "result" and sealed:
+    if which == "result":
         return {"event": "result",
                 "sealed": base64.b64encode(event.result.result_json).decode("ascii")}
-    if which == "result":
-        try:
-            result = json.loads(event.result.result_json.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            result = {"error": "bad_result", "message": "the agent's result is not JSON"}
-        return {"event": "result", "result": result}
     f = event.failure
     return {"event": "failure", "code": f.code or "failed", "message": f.message, "hint": f.hint}
 
@@ -640,31 +634,20 @@ async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any
     from cmdop.daemon import protocol
     from cmdop.relay.proto import relay_pb2 as pb
 
-    deadline_ms = int(req.get("deadline_ms") or 660_000)
-    sealed = req.get("sealed")
-    if isinstance(sealed, str):
-        # Sealed by the client itself (end to end): this agent only forwards opaque bytes,
-        # under the call id the client bound into them.
-        import base64
+    import base64
 
-        cid = str(req.get("call_id") or "")
-        start = pb.CallStart(call_id=cid, host=str(req["host"]),
-                             sealed=base64.b64decode(sealed), deadline_ms=deadline_ms,
-                             stream=bool(req.get("stream")))
-    else:
-        cid = uuid.uuid4().hex
-        start = pb.CallStart(call_id=cid, host=str(req["host"]), tool=str(req["tool"]),
-                             input_json=json.dumps(req.get("input") or {}).encode("utf-8"),
-                             deadline_ms=deadline_ms, stream=bool(req.get("stream")),
-                             cwd=str(req.get("cwd") or ""),
-                             session=session if isinstance(session := req.get("session"), str)
-                             else "")
+    deadline_ms = int(req.get("deadline_ms") or 660_000)
+    # Sealed by the client itself (end to end; the service refuses anything else): this agent
+    # only forwards opaque bytes, under the call id the client bound into them.
+    cid = str(req.get("call_id") or "")
+    start = pb.CallStart(call_id=cid, host=str(req["host"]),
+                         sealed=base64.b64decode(str(req["sealed"])), deadline_ms=deadline_ms,
+                         stream=bool(req.get("stream")))
     events = link.open_outgoing(start)
     ended = False
     try:
         await send(protocol.ok(req.get("id"), {"call_id": cid}))
-        ended = await _relay_events(link, cid, events, send, reader, deadline_ms,
-                                    isinstance(sealed, str))
+        ended = await _relay_events(link, cid, events, send, reader, deadline_ms)
     finally:
         if not ended:               # the client left or broke: cancel, stop delivering
             link.cancel_outgoing(cid)
@@ -672,7 +655,7 @@ async def serve_outgoing(link: Link, req: dict[str, Any], send: Any, reader: Any
 
 
 async def _relay_events(link: Link, cid: str, events: trio.MemoryReceiveChannel[Any], send: Any,
-                        reader: Any, deadline_ms: int, sealed: bool = False) -> bool:
+                        reader: Any, deadline_ms: int) -> bool:
     """Pass an outgoing call's events to its local client; True when the call ended."""
     from cmdop.daemon import protocol
 
@@ -694,7 +677,7 @@ async def _relay_events(link: Link, cid: str, events: trio.MemoryReceiveChannel[
         nursery.start_soon(follow_client)
         async with events:
             async for event in events:
-                obj = _event_json(event, sealed)
+                obj = _event_json(event)
                 await send({"v": protocol.VERSION, **obj})
                 if obj["event"] == "chunk":
                     link.ack(cid, len(event.chunk.data))

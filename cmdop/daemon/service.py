@@ -209,33 +209,29 @@ class AgentService:
 
     async def _op_relay_call(self, req: dict[str, Any], peer: Peer) -> Any:
         """A call to another machine through this agent's relay link (see daemon.protocol)."""
-        host, tool, tool_input = req.get("host"), req.get("tool"), req.get("input", {})
-        sealed = req.get("sealed")
+        host, sealed = req.get("host"), req.get("sealed")
         if sealed is None:
             # Never forwarded in the clear: the relay would see the tool, input and output.
             raise RequestError("bad_request", "a relay_call through this agent must be sealed "
                                "end to end", "upgrade the cmdop client that made it")
-        if sealed is not None:
-            # End to end: the client sealed the call to the target's key under its own call id;
-            # this agent forwards the bytes and never sees tool, input or output.
-            tool, tool_input = "sealed", {}
-            if not (isinstance(sealed, str) and _SEALED_ID.fullmatch(str(req.get("call_id")))):
-                raise RequestError("bad_request", "a sealed relay_call needs its call id (32 "
-                                   "hex digits) and the sealed request (base64)")
-        if not (isinstance(host, str) and host and isinstance(tool, str) and tool
-                and isinstance(tool_input, dict)):
-            raise RequestError("bad_request", "relay_call needs a host, a tool and an input object")
+        # End to end: the client sealed the call to the target's key under its own call id;
+        # this agent forwards the bytes and never sees tool, input or output.
+        if not (isinstance(sealed, str) and _SEALED_ID.fullmatch(str(req.get("call_id")))):
+            raise RequestError("bad_request", "a sealed relay_call needs its call id (32 "
+                               "hex digits) and the sealed request (base64)")
+        if not (isinstance(host, str) and host):
+            raise RequestError("bad_request", "relay_call needs a host")
         link = self.current_link() if self.current_link is not None else None
         if link is None:
             raise RequestError("no_link", "this agent has no relay link up",
                                "see `cmdop agent status`; the CLI connects directly meanwhile")
         self._same_credential(link, req)
-        if sealed is not None and req["call_id"] in link.outgoing:
+        if req["call_id"] in link.outgoing:
             raise RequestError("bad_request", "this call id is already in use")
         from cmdop.daemon.relay_link import serve_outgoing
 
-        log.info("local client pid %d (%s) calls %s on %s through the relay link", peer.pid,
-                 peer.user, tool, host)
+        log.info("local client pid %d (%s) calls %s through the relay link (sealed)", peer.pid,
+                 peer.user, host)
         raise StreamRequested(lambda send, reader: serve_outgoing(link, req, send, reader))
 
     @staticmethod
