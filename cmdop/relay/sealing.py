@@ -4,8 +4,9 @@
 `seal_call` checks the host key the relay offered against the caller's pin (pinning it on first
 use, HostKeyChangedError when it differs), then seals the call's tool, input, cwd and session,
 with a fresh response key and the caller's signature, to that key. The returned `SealedCall`
-opens the response: `chunk(frame) -> (fd, data)`, `result(frame) -> the result object`, and
-`finish()` rejects a stream that ended without its final frame.
+opens the response: `chunk(frame) -> (fd, data)` and `result(frame) -> the result object`.
+A call succeeds only through `result`, which opens the final frame: a stream cut before it
+(truncation) never yields a result, and the caller reports the call as failed.
 """
 
 from __future__ import annotations
@@ -73,10 +74,6 @@ class SealedCall:
         except (UnicodeDecodeError, ValueError):
             raise CmdopError("the agent sent a result that is not JSON",
                              "upgrade cmdop on that machine") from None
-
-    def finish(self) -> None:
-        """The response ended: E2EError unless its final frame arrived."""
-        self._opener.finish()
 
 
 def seal_call(pins: Pins, target: Target, tool: str, tool_input: dict[str, Any], *,
