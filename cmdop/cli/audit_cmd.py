@@ -19,6 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from cmdop.cli.common import CliContext, add_command
+from cmdop.core.display import escaped
 from cmdop.core.errors import UsageError
 
 if TYPE_CHECKING:  # datetime is imported where it is used: `permissions check` loads this module
@@ -56,13 +57,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", only: s
     p.add_argument("--verify", action="store_true", help="check the hash chain, the seals of rotated files and the chain head")
 
 
-def _printable(value: Any) -> str:
-    """A field as safe terminal text: a remote caller chooses the target, so control characters
-    (escape sequences, newlines) are shown escaped instead of reaching the terminal."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+# A remote caller chooses the target: its fields are shown escaped (cmdop.core.display).
+_printable = escaped
 
 
 def _row(rec: dict[str, Any]) -> str:

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.cli.password_cmd import add_password_flag, require_password
+from cmdop.core.display import escaped
 from cmdop.core.errors import CmdopError, PolicyError, UsageError
 
 MODES = ("default", "strict", "bypass")
@@ -276,10 +277,8 @@ def _check_batch(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def _printable(value: Any) -> str:
-    """A field as safe terminal text: control characters (a caller chose the target) escaped."""
-    text = str(value)
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+# A caller chose the target: its fields are shown escaped (cmdop.core.display).
+_printable = escaped
 
 
 def _replay(args: argparse.Namespace, ctx: CliContext) -> int:

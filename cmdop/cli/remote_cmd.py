@@ -24,6 +24,7 @@ from typing import Any, Iterator
 from cmdop.cli.common import CliContext, add_command
 from cmdop.cli.credential_flags import (add_credential_flags, add_share_flags, resolve_from_args,
                                         share_token)
+from cmdop.core.display import escaped
 from cmdop.core.errors import AuthError, PermissionDeniedError, UsageError
 
 
@@ -267,9 +268,8 @@ def _hosts(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def _shown(text: str) -> str:
-    """A relay-supplied value made safe for a terminal (no escape sequences)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+# A relay-supplied value made safe for a terminal (cmdop.core.display).
+_shown = escaped
 
 
 def _deadline(timeout: float) -> float:

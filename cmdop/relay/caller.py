@@ -14,6 +14,7 @@ import queue
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from cmdop.core.display import escaped
 from cmdop.core.errors import (AuthError, CmdopError, E2EError, PermissionDeniedError,
                                UnreachableError)
 
@@ -64,11 +65,7 @@ def failure_error(code: str, message: str, hint: str = "") -> CmdopError:
     sealed, whoever wrote it): control characters are shown escaped, so it cannot drive the
     terminal (escape sequences that rewrite earlier output, or the window title)."""
     cls, default_hint = _FAILURES.get(code, (CmdopError, ""))
-    return cls(_printable(message or code), _printable(hint) or default_hint or None)
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:2000])
+    return cls(escaped(message or code, 2000), escaped(hint, 2000) or default_hint or None)
 
 
 class _Requests:
