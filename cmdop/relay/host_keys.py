@@ -13,10 +13,13 @@ What it promises:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmdop.relay import routing
 from cmdop.relay.proto import relay_pb2 as pb
+
+if TYPE_CHECKING:
+    from cmdop.relay.router import Router
 
 MAX_KEY_BYTES = 4096          # a Hello's key larger than this is dropped (ours is 1216 bytes)
 
@@ -26,7 +29,7 @@ def _refused(query_id: str, code: str, message: str, hint: str = "") -> pb.HostK
                                                                  hint=hint))
 
 
-async def lookup(router: Any, key: Any, host: str, query_id: str = "") -> pb.HostKeyReply:
+async def lookup(router: "Router", key: Any, host: str, query_id: str = "") -> pb.HostKeyReply:
     """The key of `host` as the principal `key` may see it; a reply with `failure` set when the
     host is unknown, ambiguous, offline, not the guest's, or has no key. The store is read off
     the event loop (RelayRefusal "unavailable" when it cannot be reached)."""

@@ -40,13 +40,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar
 
 from cmdop.adapters.relay_grpc import MAX_MESSAGE, RelayRefusal, ServerStream
 from cmdop.core.errors import CmdopError, StoreStatementError, StoreUnavailableError
 from cmdop.relay import host_keys, routing, share_rpc
 from cmdop.relay.auth import SHARE_PREFIX
 from cmdop.relay.proto import relay_pb2 as pb
+
+if TYPE_CHECKING:
+    from cmdop.relay.store_api import RelayStoreApi
 
 log = logging.getLogger("cmdop.relay")
 
@@ -143,7 +146,7 @@ class Link:
 class Router:
     """Implements `relay_grpc.RelayHandlers` over a `RelayStore`."""
 
-    def __init__(self, store: Any, *, ping_s: int = 30, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, store: "RelayStoreApi", *, ping_s: int = 30, clock: Callable[[], float] = time.monotonic,
                  max_calls_per_key: int = MAX_CALLS_PER_KEY, verifier: Any = None,
                  new_machines_per_hour: int = NEW_MACHINES_PER_HOUR) -> None:
         self.store = store
@@ -185,7 +188,7 @@ class Router:
         admin command's transaction, must not stall every other stream of this node. SQLite
         reads (WAL mode: they never wait) are called in place: a thread hop would cost more
         than the read. Both stores serialise their own connection under a lock."""
-        if not write and not getattr(self.store, "blocking_io", True):
+        if not write and not self.store.blocking_io:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 

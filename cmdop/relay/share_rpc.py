@@ -19,13 +19,17 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cmdop.adapters.relay_grpc import RelayRefusal
 from cmdop.core.errors import CmdopError
 from cmdop.relay import routing, shares
 from cmdop.relay.auth import SHARE_PREFIX
 from cmdop.relay.proto import relay_pb2 as pb
+
+if TYPE_CHECKING:
+    from cmdop.relay.router import Router
+    from cmdop.relay.store_api import RelayStoreApi
 
 log = logging.getLogger("cmdop.relay")
 
@@ -68,7 +72,7 @@ def _input(request: pb.CreateShareRequest) -> tuple[int | None, tuple[str, ...],
         raise RelayRefusal("invalid_argument", f"{exc}: {exc.hint}") from None
 
 
-async def create(router: Any, stream: Any, request: pb.CreateShareRequest) -> pb.ShareInfo:
+async def create(router: "Router", stream: Any, request: pb.CreateShareRequest) -> pb.ShareInfo:
     """CreateShare: mint a share of one machine of the caller's workspace."""
     key = await router._authenticate(stream)
     refuse_guest(key, "create shares")
@@ -92,7 +96,7 @@ async def create(router: Any, stream: Any, request: pb.CreateShareRequest) -> pb
     return info
 
 
-async def list_(router: Any, stream: Any, request: pb.ListSharesRequest) -> pb.ListSharesReply:
+async def list_(router: "Router", stream: Any, request: pb.ListSharesRequest) -> pb.ListSharesReply:
     """ListShares: every share of the caller's workspace, in any state."""
     key = await router._authenticate(stream)
     refuse_guest(key, "list shares")
@@ -101,7 +105,7 @@ async def list_(router: Any, stream: Any, request: pb.ListSharesRequest) -> pb.L
     return pb.ListSharesReply(shares=[info_of(s, now) for s in found])
 
 
-async def revoke(router: Any, stream: Any, request: pb.RevokeShareRequest) -> pb.ShareInfo:
+async def revoke(router: "Router", stream: Any, request: pb.RevokeShareRequest) -> pb.ShareInfo:
     """RevokeShare: the share is refused from now on and its live calls are cut."""
     key = await router._authenticate(stream)
     refuse_guest(key, "revoke shares")
@@ -120,7 +124,7 @@ class GuestAdmission:
     resolved): `(machine row id or None, online) -> shares.Refusal | None`. A use is counted only
     for a call that will be forwarded (its host online)."""
 
-    def __init__(self, store: Any, share_id: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: "RelayStoreApi", share_id: str, clock: Callable[[], float] = time.time) -> None:
         self.store, self.share_id, self.clock = store, share_id, clock
 
     def __call__(self, machine: str | None, online: bool) -> shares.Refusal | None:
@@ -141,7 +145,7 @@ class GuestAdmission:
             "ask the machine's owner for a new share")
 
 
-async def list_hosts(router: Any, key: Any) -> pb.ListHostsReply:
+async def list_hosts(router: "Router", key: Any) -> pb.ListHostsReply:
     """ListHosts for a guest: the share's one machine while the share is active, nothing else
     of the workspace."""
     share = await router._lookup(router.store.get_share, key.share_id)

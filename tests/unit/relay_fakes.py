@@ -60,6 +60,7 @@ class Machine:
 class FakeStore:
     """Workspace-aware like the real store; no SQLite (fast), for the flow-control attacks."""
 
+    blocking_io = True      # the router calls it off its loop, as it does PostgreSQL
     keys: dict[str, Key] = field(default_factory=dict)
     machines: dict[tuple[str, str], Machine] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
