@@ -15,7 +15,8 @@ Rules (as ssh_workspaces.json): written 0600 in a 0700 directory, atomically; a 
 read or owned by someone else is refused with the chmod/chown to run; a file that does not parse
 is an error naming it, never silently replaced except by a new `cmdop login`.
 
-Refreshing: `ensure_fresh(settings)` refreshes the token when it expires within 5 minutes,
+Refreshing: `ensure_fresh(settings)` refreshes the token when it expires within 5 minutes (a
+third of its lifetime for a token living less than 15, the lifetime recorded as `lifetime_s`),
 under an exclusive lock (`token.json.lock`, fcntl) so two CLIs — or a CLI and the agent — never
 refresh at once: the second one waits, re-reads the file and finds it fresh.
 """
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from cmdop.adapters.secure_file import atomic_write, check_private, ensure_private_dir, read_private
-from cmdop.core.credentials import REFRESH_MARGIN_S, OAuthToken
+from cmdop.core.credentials import OAuthToken, refresh_margin
 from cmdop.core.errors import CmdopError, ConfigError, UnreachableError
 from cmdop.core.settings import Settings
 
@@ -41,7 +42,7 @@ LOCK_TIMEOUT_S = 90.0
 _STRING_KEYS = ("issuer", "token_endpoint", "revocation_endpoint", "client_id", "access_token",
                 "refresh_token", "scope", "workspace", "account", "relay", "issuer_fingerprint",
                 "ca_file", "relay_fingerprint", "relay_ca")
-_KNOWN = (*_STRING_KEYS, "expires_at")
+_KNOWN = (*_STRING_KEYS, "expires_at", "lifetime_s")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class StoredToken:
     refresh_token: str = field(default="", repr=False)
     expires_at: float | None = None
     revocation_endpoint: str = ""
+    lifetime_s: float | None = None     # what the issuer granted (expires_in): sets the margin
     client_id: str = "cmdop-cli"
     scope: str = ""
     workspace: str = ""
@@ -74,8 +76,11 @@ class StoredToken:
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def due(self, now: float, margin: float = REFRESH_MARGIN_S) -> bool:
-        """Expires within `margin` seconds."""
+    def due(self, now: float, margin: float | None = None) -> bool:
+        """Expires within `margin` seconds (by default credentials.refresh_margin of its
+        lifetime: 5 minutes, or a third of a shorter-lived token's life)."""
+        if margin is None:
+            margin = refresh_margin(self.lifetime_s)
         return self.expires_at is not None and self.expires_at - now < margin
 
 
@@ -99,11 +104,16 @@ def parse(text: str, path: str = "token.json") -> StoredToken:
     expires_at = doc.get("expires_at")
     if expires_at is not None and (isinstance(expires_at, bool) or not isinstance(expires_at, (int, float))):
         raise _corrupt(path, "`expires_at` must be epoch seconds or null")
+    lifetime = doc.get("lifetime_s")
+    if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))
+                                 or lifetime <= 0):
+        raise _corrupt(path, "`lifetime_s` must be a positive number of seconds or null")
     for key in ("issuer", "token_endpoint", "access_token"):
         if not doc.get(key):
             raise _corrupt(path, f"`{key}` is missing")
     values = {k: doc.get(k) or "" for k in _STRING_KEYS}
     return StoredToken(**values, expires_at=float(expires_at) if expires_at is not None else None,
+                       lifetime_s=float(lifetime) if lifetime is not None else None,
                        extra={k: v for k, v in doc.items() if k not in _KNOWN})
 
 
@@ -116,6 +126,8 @@ def dump(token: StoredToken) -> str:
         "expires_at": int(token.expires_at) if token.expires_at is not None else None,
         "scope": token.scope, "workspace": token.workspace, "account": token.account,
     }
+    if token.lifetime_s is not None:
+        doc["lifetime_s"] = int(token.lifetime_s)
     for key in ("relay", "issuer_fingerprint", "ca_file", "relay_fingerprint", "relay_ca"):
         value = getattr(token, key)
         if value:
@@ -206,11 +218,12 @@ def refresh_stored(token: StoredToken, *, now: float | None = None,
     return dataclasses.replace(
         token, access_token=fresh.access_token, refresh_token=fresh.refresh_token,
         expires_at=moment + fresh.expires_in if fresh.expires_in is not None else None,
+        lifetime_s=fresh.expires_in if fresh.expires_in else None,
         scope=fresh.scope or token.scope, workspace=fresh.workspace or token.workspace,
         account=fresh.account or token.account)
 
 
-def ensure_fresh(settings: Settings, *, now: float | None = None, margin: float = REFRESH_MARGIN_S,
+def ensure_fresh(settings: Settings, *, now: float | None = None, margin: float | None = None,
                  strict: bool = False, refresher: Refresher | None = None) -> StoredToken | None:
     """The stored token, refreshed first (and saved, refresh token rotated) when it expires
     within `margin` seconds; None when there is no token.json.

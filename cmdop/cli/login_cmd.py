@@ -231,6 +231,7 @@ def _login(args: argparse.Namespace, ctx: CliContext) -> int:
         revocation_endpoint=meta.revocation_endpoint, client_id=client_id,
         access_token=tokens.access_token, refresh_token=tokens.refresh_token,
         expires_at=now + tokens.expires_in if tokens.expires_in is not None else None,
+        lifetime_s=tokens.expires_in if tokens.expires_in else None,
         scope=tokens.scope, workspace=tokens.workspace or workspace, account=account, relay=relay,
         issuer_fingerprint=fingerprint, ca_file=ca_file,
         # The relay the issuer advertises is trusted as the issuer is: the same pin (a relay's

@@ -29,6 +29,7 @@ Source = Literal["flag", "env", "workspace", "active", "oauth", "none"]
 
 # An OAuth access token expiring within this many seconds is refreshed before use.
 REFRESH_MARGIN_S = 300.0
+LIFETIME_SHARE = 3.0        # a short-lived token is renewed with a third of its life left
 
 KEY_PREFIX = "cmdop_"
 KEY_ID_LEN = 12
@@ -38,6 +39,17 @@ _KEY_RE = re.compile(r"^cmdop_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 NAME_HINT = "a name is 1-64 characters: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def refresh_margin(lifetime_s: float | None) -> float:
+    """How long before expiry a token whose lifetime is `lifetime_s` is renewed: REFRESH_MARGIN_S,
+    or a third of the lifetime for short-lived tokens — with the fixed margin a token living
+    less than 5 minutes (Keycloak's default is 5) would be due the moment it was issued, and
+    every command, every call in it, would refresh again. An unknown lifetime gets the fixed
+    margin: at most one early refresh, which tells the lifetime."""
+    if lifetime_s is None or lifetime_s <= 0:
+        return REFRESH_MARGIN_S
+    return min(REFRESH_MARGIN_S, lifetime_s / LIFETIME_SHARE)
 
 
 # -- formats ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@
                  successful refresh (or refreshing was given up); `plan.reason` says why.
 
 Rules:
-- a refresh is due REFRESH_MARGIN_S (5 minutes) before `expires_at`;
+- a refresh is due REFRESH_MARGIN_S (5 minutes) before `expires_at`, or with a third of its
+  lifetime left for a token living less than 15 minutes (`credentials.refresh_margin`);
 - a failed refresh is retried after an exponential backoff: BACKOFF_BASE_S × 2^(failures-1),
   capped at BACKOFF_CAP_S, stretched by the caller's `jitter` (a fraction, e.g. ±0.2, drawn by the
   caller: this module has no randomness and no clock);
@@ -102,6 +103,10 @@ def plan_refresh(now: float, *, expires_at: float | None, has_refresh_token: boo
         return RefreshPlan("wait", state.retry_at, status, reason)
     reason = "the access token expires within the refresh margin" if not expired else \
         f"the access token expired at {_when(expires_at)}"
+    if state.failures:
+        # Retrying: the status still says why the earlier tries failed, not only "expired".
+        reason += (f"; refreshing failed {state.failures} time{'s' if state.failures != 1 else ''} "
+                   f"(last: {state.last_error}); trying again now")
     return RefreshPlan("refresh", now, status, reason)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import trio
 
 from cmdop.core import token_policy
-from cmdop.core.credentials import REFRESH_MARGIN_S
+from cmdop.core.credentials import refresh_margin
 from cmdop.core.errors import AuthError, CmdopError
 
 if TYPE_CHECKING:
@@ -28,20 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cmdop.daemon.token")
 
 MAX_SLEEP_S = 60.0          # re-read token.json at least this often (a new `cmdop login`)
-LIFETIME_SHARE = 3.0        # a short-lived token is renewed with a third of its life left
 MIN_INTERVAL_S = 2.0        # never two refreshes closer than this (an issuer granting ever
                             # shorter lifetimes, e.g. capped at a session's end, cannot spin us)
-
-
-def refresh_margin(lifetime_s: float | None) -> float:
-    """How long before expiry the refresher renews a token whose lifetime is `lifetime_s`:
-    token_policy's margin (5 minutes), or a third of the lifetime for short-lived tokens — with
-    the fixed margin a token living less than 5 minutes would be due again the moment it was
-    issued, and refreshed in a tight loop. An unknown lifetime (the login's first token) gets
-    the fixed margin: at most one early refresh, which tells the lifetime."""
-    if lifetime_s is None or lifetime_s <= 0:
-        return REFRESH_MARGIN_S
-    return min(REFRESH_MARGIN_S, lifetime_s / LIFETIME_SHARE)
 
 
 @dataclass
@@ -80,7 +68,7 @@ async def run_token_refresher(settings: "Settings", state: TokenState,
         state.expires_at = token.expires_at
         plan = token_policy.plan_refresh(now, expires_at=token.expires_at,
                                          has_refresh_token=bool(token.refresh_token),
-                                         state=state.policy, margin=refresh_margin(state.lifetime_s))
+                                         state=state.policy, margin=_margin(state, token))
         state.status, state.reason = plan.status, plan.reason
         if plan.action == "refresh":
             since = None if state.refreshed_at is None else now - state.refreshed_at
@@ -101,12 +89,18 @@ async def run_token_refresher(settings: "Settings", state: TokenState,
             on_new_token(fresh.access_token)
 
 
+def _margin(state: TokenState, token: Any) -> float:
+    """The refresh margin for `token`: by the lifetime this agent's refreshes saw, else the one
+    token.json recorded when the token was got (a login, a CLI's refresh)."""
+    return refresh_margin(state.lifetime_s or token.lifetime_s)
+
+
 async def _refresh(settings: "Settings", state: TokenState, token: Any,
                    on_new_token: Callable[[str], None], clock: Callable[[], float]) -> None:
     from cmdop.adapters import token_file
 
     now = clock()
-    margin = refresh_margin(state.lifetime_s)
+    margin = _margin(state, token)
     try:
         fresh = await trio.to_thread.run_sync(
             lambda: token_file.ensure_fresh(settings, now=now, margin=margin, strict=True))

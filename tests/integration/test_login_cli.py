@@ -385,6 +385,36 @@ def test_a_refresh_without_rotation_keeps_the_refresh_token(cli: Cli, server: Sc
     assert doc["workspace"] == "acme" and doc["account"] == "alice" and doc["scope"] == "cmdop"
 
 
+def test_a_short_lived_token_is_refreshed_once_with_a_third_of_its_life_left(
+        cli: Cli, server: ScriptedServer, certs: Any, fake_time: FakeTime) -> None:
+    """An issuer granting 2-minute tokens (Keycloak's default is 5): with the fixed 5-minute
+    margin every command — every call inside one — refreshed again; the lifetime recorded in
+    token.json sets the margin to a third of it."""
+    server.device_ok()
+    server.script("/token", [Reply(200, dict(TOKENS, expires_in=120))])
+    assert login(cli, server.url, "--ca-file", certs["cert"]).code == 0
+    doc = json.loads(token_json(cli).read_text())
+    assert doc["lifetime_s"] == 120
+    granted = len(server.form_requests("/token"))
+    for _ in range(3):                                   # fresh: no command refreshes it
+        assert cli("auth", "status").code == 0
+    assert len(server.form_requests("/token")) == granted
+    # with less than a third of its life left, one command refreshes it once
+    token_file.save(str(token_json(cli)), token_file.parse(json.dumps(dict(doc, expires_at=int(time.time()) + 30))))
+    server.script("/token", [Reply(200, dict(TOKENS, access_token="ACCESS-SECRET-0002", expires_in=120))])
+    for _ in range(3):
+        assert cli("auth", "status").code == 0
+    assert len(server.form_requests("/token")) == granted + 1
+    assert json.loads(token_json(cli).read_text())["access_token"] == "ACCESS-SECRET-0002"
+
+
+@pytest.mark.parametrize("lifetime", ["12", True, 0, -5])
+def test_a_bad_lifetime_in_the_token_file_is_named(lifetime: Any) -> None:
+    doc = {"issuer": "https://i", "token_endpoint": "https://i/t", "access_token": "A", "lifetime_s": lifetime}
+    with pytest.raises(ConfigError, match="lifetime_s"):
+        token_file.parse(json.dumps(doc))
+
+
 def test_a_revoked_login_exits_4_with_the_login_hint(cli: Cli, server: ScriptedServer, certs: Any,
                                                      fake_time: FakeTime) -> None:
     logged_in(cli, server, certs, expires_at=time.time() + 60)

@@ -45,6 +45,10 @@ def test_reasons_name_what_to_do() -> None:
     state = after_failure(FRESH, NOW, "cannot reach x: timed out", permanent=False, expires_at=NOW + 60)
     plan = plan_refresh(NOW + 1, expires_at=NOW + 60, has_refresh_token=True, state=state)
     assert plan.action == "wait" and "timed out" in plan.reason and "1 time " in plan.reason
+    # the retry itself, the token expired meanwhile: still says why the earlier tries failed
+    plan = plan_refresh(NOW + 61, expires_at=NOW + 60, has_refresh_token=True, state=state)
+    assert plan.action == "refresh" and plan.status == "DEGRADED"
+    assert "expired" in plan.reason and "timed out" in plan.reason and "1 time " in plan.reason
 
 
 def test_backoff() -> None:

@@ -19,7 +19,8 @@ import trio.testing
 from cmdop.adapters import token_file
 from cmdop.core.credentials import REFRESH_MARGIN_S
 from cmdop.daemon import token_task
-from cmdop.daemon.token_task import TokenState, refresh_margin, run_token_refresher
+from cmdop.core.credentials import refresh_margin
+from cmdop.daemon.token_task import TokenState, run_token_refresher
 
 T0 = 1_800_000_000.0
 
