@@ -49,6 +49,7 @@ from cmdop.daemon.service import AgentService
 from cmdop.daemon.supervisor import supervise
 
 log = logging.getLogger("cmdop.daemon")
+STATUS_POLL_S = 0.5     # how soon daemon.status follows a change `agent status` would show
 
 
 @dataclass(frozen=True)
@@ -323,12 +324,32 @@ class Daemon:
             self.notifier.watchdog()
             await trio.sleep(interval)
 
+    def _status_key(self) -> tuple[object, ...]:
+        """What `agent status` readers notice change: the agent's, the link's and the login's
+        state (the counters may wait for the next periodic write)."""
+        link, login = self.relay_state, self.token_state
+        return (self.state, link.state, link.connects, link.machine, link.last_error, login.status,
+                login.reason, self.policy_error, self.config_error)
+
     async def _status_writer(self) -> None:
+        """daemon.status every status_interval_s, and within STATUS_POLL_S of a change in
+        `_status_key`: `agent status` reads the file, and must not say "connecting" for ten
+        seconds after the link came up."""
+        last_key = self._status_key()
+        last_full = trio.current_time()
         while True:
-            await trio.sleep(self.options.status_interval_s)
-            await self._read_enforcement()
+            await trio.sleep(min(STATUS_POLL_S, self.options.status_interval_s))
+            full = trio.current_time() - last_full >= self.options.status_interval_s
+            key = self._status_key()
+            if key == last_key and not full:
+                continue
+            if full:
+                last_full = trio.current_time()
+                await self._read_enforcement()
+            last_key = key
             await self._write_status_async()
-            self.notifier.status(self._status_line())
+            if full:
+                self.notifier.status(self._status_line())
 
     async def _warm_sandbox(self) -> None:
         """Start the sandbox server now (so the first command does not pay for it) and put its

@@ -238,9 +238,14 @@ def test_the_login_stores_an_idp_jwt_for_the_relay(world: Any) -> None:
 
 
 def test_an_agent_links_with_its_external_token(world: Any) -> None:
-    st = json_out(world.agent.home.run("agent", "status", "--json"))
-    assert st["relay"]["state"] == "online" and st["relay"]["source"] == "oauth", st["relay"]
-    assert st["relay"]["connects"] == 1, st["relay"]
+    """`cmdop agent status` (it reads daemon.status) says online soon after the link is up —
+    well before the file's 10-second periodic refresh."""
+    def online() -> dict[str, Any] | None:
+        st: dict[str, Any] = json_out(world.agent.home.run("agent", "status", "--json"))
+        return st if st["relay"]["state"] == "online" else None
+
+    st = wait_for(online, 5, "`cmdop agent status` to say the link is online")
+    assert st["relay"]["source"] == "oauth" and st["relay"]["connects"] == 1, st["relay"]
     assert world.agent.machine
 
 
