@@ -40,7 +40,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, TypeVar
 
 from cmdop.adapters.relay_grpc import MAX_MESSAGE, RelayRefusal, ServerStream
 from cmdop.core.errors import CmdopError, StoreStatementError, StoreUnavailableError
@@ -77,9 +77,17 @@ T = TypeVar("T")
 STORE_DOWN = ("the relay cannot check credentials now (its database is unreachable); "
               "try again shortly")
 STORE_DOWN_LOOKUP = "the relay's database is unreachable now; try again shortly"
-# A guest call's check once its host is resolved: (machine row id or None, online) -> a
-# refusal (code, message, hint) or None (cmdop.relay.share_rpc.GuestAdmission).
-Admit = Callable[[Optional[str], bool], Any]
+
+
+class Admit(Protocol):
+    """A guest call's check once its host is resolved (cmdop.relay.share_rpc.GuestAdmission)."""
+
+    def __call__(self, machine: Optional[str], online: bool) -> Any:
+        """(machine row id or None, online) -> a refusal (code, message, hint), or None when
+        admitted (its use counted)."""
+
+    def give_back(self) -> None:
+        """Return the use counted for a call that was not forwarded after all."""
 
 
 def _failure(call_id: str, code: str, message: str, hint: str = "") -> pb.CallEvent:
@@ -191,6 +199,14 @@ class Router:
         if not write and not self.store.blocking_io:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
+
+    async def _give_back_use(self, admit: Admit) -> None:
+        """Return a guest's counted use for a call that was not forwarded after all; a store
+        that fails now costs the guest that one use (logged), never the call's answer."""
+        try:
+            await self._db(admit.give_back, write=True)
+        except (StoreUnavailableError, StoreStatementError) as exc:
+            log.warning("a guest's use could not be given back: %s", exc)
 
     async def _lookup(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
         """`_db`, where an unreachable database refuses the RPC (UNAVAILABLE, try again)."""
@@ -587,19 +603,27 @@ class Router:
             log.info("guest call refused (share %s): %s", principal.share_id, refusal.code)
             await sink(_failure(cid, refusal.code, refusal.message, refusal.hint))
             return
+
+        async def not_forwarded(event: pb.CallEvent) -> None:
+            # A guest's use is counted at admission; a call that ends here was never forwarded,
+            # so its use is given back (the docs promise uses count forwarded calls only).
+            if admit is not None:
+                await self._give_back_use(admit)
+            await sink(event)
+
         if self._revoked(key) or (via is not None and via.ended.is_set()):
             # Revoked (or its link ended) while the store was read: the cut has passed it by.
             code = "share_revoked" if share_rpc.is_guest(key) else "revoked"
-            await sink(_failure(cid, code, "the caller's credential was revoked"
+            await not_forwarded(_failure(cid, code, "the caller's credential was revoked"
                                 if self._revoked(key) else "the caller's link ended"))
             return
         if machine is None:
             if matches:
-                await sink(_failure(cid, "host_ambiguous",
+                await not_forwarded(_failure(cid, "host_ambiguous",
                                     f"{start.host!r} matches {routing.shown_matches(matches)}",
                                     "type more of the name"))
             else:
-                await sink(_failure(cid, "host_unknown",
+                await not_forwarded(_failure(cid, "host_unknown",
                                     f"no machine named {start.host!r} in workspace "
                                     f"{key.workspace}", "see `cmdop hosts`"))
             return
@@ -607,7 +631,7 @@ class Router:
         if target is None or target.ended.is_set():
             # (several nodes: "its node cannot be reached now" is not "its agent is not running")
             lost = self.cluster.unreachable(cid, machine) if self.cluster is not None else None
-            await sink(lost or _failure(cid, "host_offline",
+            await not_forwarded(lost or _failure(cid, "host_offline",
                                         f"{machine.name} is not connected to the relay",
                                         "is its agent running (`cmdop agent status` on it)?"))
             return
@@ -620,18 +644,18 @@ class Router:
         route = Route(call_id=f"{key.id}:{cid}", caller_id=cid, caller_key=key.id, target=target,
                       credit_on_write=via is None)
         if route.call_id in target.routes:
-            await sink(_failure(cid, "bad_call", "this call id is already in flight"))
+            await not_forwarded(_failure(cid, "bad_call", "this call id is already in flight"))
             return
         frame = pb.RelayFrame(call=pb.CallStart(
             call_id=route.call_id, tool=start.tool, input_json=start.input_json,
             deadline_ms=deadline_ms, stream=start.stream, caller=forwarded, cwd=start.cwd,
             session=start.session, sealed=start.sealed))
         if frame.ByteSize() > MAX_FORWARD_BYTES:
-            await sink(_failure(cid, "too_large", "the call's input is too large to forward",
+            await not_forwarded(_failure(cid, "too_large", "the call's input is too large to forward",
                                 f"at most {MAX_FORWARD_BYTES // 1024} KB"))
             return
         if not has_room(target, frame):
-            await sink(busy_failure(cid, machine.name, target))
+            await not_forwarded(busy_failure(cid, machine.name, target))
             return
         target.routes[route.call_id] = route
         if via is not None:

@@ -144,6 +144,11 @@ class GuestAdmission:
             shares.USED_UP, f"share {share.id} has no uses left",
             "ask the machine's owner for a new share")
 
+    def give_back(self) -> None:
+        """The use counted for a call that was not forwarded after all (its host went offline,
+        its link ended, it was too large) is returned."""
+        self.store.give_back_use(self.share_id)
+
 
 async def list_hosts(router: "Router", key: Any) -> pb.ListHostsReply:
     """ListHosts for a guest: the share's one machine while the share is active, nothing else

@@ -169,6 +169,11 @@ class ShareStore:
                         (share_id, now))
             return cur.rowcount == 1
 
+    def give_back_use(self, share_id: str) -> None:
+        """Undo one `take_use` for a call that was admitted but never forwarded."""
+        with self._write() as cur:
+            cur.execute("UPDATE shares SET uses = uses - 1 WHERE id = ? AND uses > 0", (share_id,))
+
     def revoked_share_ids(self) -> frozenset[str]:
         """The ids of revoked shares, and of shares whose creator's credential was revoked (the
         router cuts their live calls)."""

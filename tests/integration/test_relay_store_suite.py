@@ -386,6 +386,11 @@ def test_a_share_is_revoked_with_the_key_that_minted_it(store: RelayStoreApi,
     assert not store.take_use(share.id, clock.t)
     assert store.revoked_share_ids() == {share.id}
     assert state(store.get_share(other.id), clock.t) == "active" and store.take_use(other.id, clock.t)
+    # a use given back (the call was not forwarded) is returned once, never below zero
+    assert store.get_share(other.id).uses == 1
+    store.give_back_use(other.id)
+    store.give_back_use(other.id)
+    assert store.get_share(other.id).uses == 0
 
 
 # -- opening ----------------------------------------------------------------------------------------

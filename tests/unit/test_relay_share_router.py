@@ -118,6 +118,30 @@ def test_each_refusal_has_its_own_code_and_names_nothing_else_of_the_workspace(s
     asyncio.run(main())
 
 
+def test_a_use_counts_only_for_a_call_that_is_forwarded(store):
+    """Admitted (its use counted), then refused before reaching the agent — here too large to
+    forward: the use is given back, and a one-use share still has its one call."""
+    from cmdop.relay.router import MAX_FORWARD_BYTES
+
+    async def main() -> None:
+        router, keys, a, _ = await _setup(store)
+        info = await _share(router, keys["ops"], max_uses=1)
+        caller = FakeStream(info.token)
+        big = b'{"command":"' + b"x" * MAX_FORWARD_BYTES + b'"}'
+        await caller.incoming.put(pb.CallerFrame(start=call_start("g1", "web01", input_json=big)))
+        task = asyncio.ensure_future(router.call(caller))
+        assert (await next_frame(caller, "failure")).code == "too_large"
+        await task
+        assert store.get_share(info.id).uses == 0
+        caller, task = await _guest_call(router, info.token, "web01", cid="g2")
+        forwarded = await next_frame(a, "call")
+        await a.incoming.put(pb.AgentFrame(result=pb.Result(call_id=forwarded.call_id, result_json=b"{}")))
+        await task
+        assert store.get_share(info.id).uses == 1
+        assert (await _refused(router, info.token, "web01")).code == "share_used_up"
+    asyncio.run(main())
+
+
 def test_revoking_a_share_cuts_its_live_call_and_the_agent_is_told_to_cancel(store):
     async def main() -> None:
         router, keys, a, _ = await _setup(store)
