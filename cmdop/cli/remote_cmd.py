@@ -25,7 +25,7 @@ from cmdop.cli.common import CliContext, add_command
 from cmdop.cli.credential_flags import (add_credential_flags, add_share_flags, resolve_from_args,
                                         share_token)
 from cmdop.core.display import escaped
-from cmdop.core.errors import AuthError, PermissionDeniedError, UsageError
+from cmdop.core.errors import AuthError, DaemonError, PermissionDeniedError, UsageError
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -163,6 +163,14 @@ def _pin_scope(args: argparse.Namespace, ctx: CliContext) -> str:
     return resolve_from_args(args, ctx.settings).workspace or ""
 
 
+def agent_cannot_ask(exc: DaemonError) -> bool:
+    """The local agent could not take the request (no relay link, another credential than its
+    own, an agent too old for the op): the caller goes to the relay directly instead. Any
+    other refusal is the answer."""
+    return (getattr(exc, "code", "") in ("no_link", "other_credential", "bad_request")
+            or "unknown op" in exc.message)
+
+
 def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: str,
                    tool_input: dict[str, Any], on_chunk: Any, deadline_s: float,
                    session: str = "") -> Any:
@@ -171,7 +179,6 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
     `_NOT_THROUGH_AGENT` when no agent runs here or it has no link up."""
     import base64
 
-    from cmdop.core.errors import DaemonError
     from cmdop.daemon.client import DaemonClient
 
     from cmdop.cli.credential_flags import credential_claim
@@ -190,10 +197,9 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
         try:
             answer = client.relay_host_key(host, credential=claim)
         except DaemonError as exc:
-            code = getattr(exc, "code", "")
-            if code in ("no_link", "other_credential", "bad_request") or "unknown op" in exc.message:
+            if agent_cannot_ask(exc):
                 return None
-            raise failure_error(code, exc.message, exc.hint or "") from None
+            raise failure_error(getattr(exc, "code", ""), exc.message, exc.hint or "") from None
         return seal_from_answer(ctx.settings.cmdop_home, answer, tool, tool_input,
                                 session=session, scope=_pin_scope(args, ctx),
                                 stream=on_chunk is not None, requested=host)
@@ -217,8 +223,7 @@ def _through_agent(args: argparse.Namespace, ctx: CliContext, host: str, tool: s
                                        deadline_ms=int(deadline_s * 1000), credential=claim)
             first = next(events)
         except DaemonError as exc:
-            if (getattr(exc, "code", "") in ("no_link", "other_credential", "bad_request")
-                    or "unknown op" in exc.message):
+            if agent_cannot_ask(exc):
                 return _NOT_THROUGH_AGENT
             raise
         except StopIteration:

@@ -64,10 +64,8 @@ def _lookup(args: argparse.Namespace, ctx: CliContext, host: str) -> dict[str, A
                     answer = client.relay_host_key(host, claim)
                 return dict(answer, e2e_key=base64.b64decode(str(answer.get("e2e_key") or "")))
             except DaemonError as exc:
-                code = getattr(exc, "code", "")
-                if not (code in ("no_link", "other_credential", "bad_request", "error")
-                        or "unknown op" in exc.message):
-                    raise failure_error(code, exc.message, exc.hint or "") from None
+                if not remote_cmd.agent_cannot_ask(exc):
+                    raise failure_error(getattr(exc, "code", ""), exc.message, exc.hint or "") from None
     with remote_cmd._channel(args, ctx) as channel:
         reply = channel.host_key(host)
         relay = channel.endpoint.address
