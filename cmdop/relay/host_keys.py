@@ -45,16 +45,9 @@ async def lookup(router: "Router", key: Any, host: str, query_id: str = "") -> p
         if refusal is not None and refusal.code != shares.USED_UP:
             return _refused(query_id, refusal.code, refusal.message, refusal.hint)
     if machine is None:
-        if matches:
-            return _refused(query_id, "host_ambiguous",
-                            f"{host!r} matches {routing.shown_matches(matches)}",
-                            "type more of the name")
-        return _refused(query_id, "host_unknown",
-                        f"no machine named {host!r} in workspace {key.workspace}",
-                        "see `cmdop hosts`")
+        return _refused(query_id, *routing.unresolved(host, key.workspace, matches))
     link = router.link_of(machine)    # this node's link, or (several nodes) the holder's
     if link is None or link.ended.is_set():
-        return _refused(query_id, "host_offline", f"{machine.name} is not connected to the relay",
-                        "is its agent running (`cmdop agent status` on it)?")
+        return _refused(query_id, *routing.offline(machine.name))
     return pb.HostKeyReply(query_id=query_id, name=machine.name, machine_id=machine.machine_id,
                            e2e_key=link.e2e_key)

@@ -618,22 +618,13 @@ class Router:
                                 if self._revoked(key) else "the caller's link ended"))
             return
         if machine is None:
-            if matches:
-                await not_forwarded(_failure(cid, "host_ambiguous",
-                                    f"{start.host!r} matches {routing.shown_matches(matches)}",
-                                    "type more of the name"))
-            else:
-                await not_forwarded(_failure(cid, "host_unknown",
-                                    f"no machine named {start.host!r} in workspace "
-                                    f"{key.workspace}", "see `cmdop hosts`"))
+            await not_forwarded(_failure(cid, *routing.unresolved(start.host, key.workspace, matches)))
             return
         target = self.link_of(machine)
         if target is None or target.ended.is_set():
             # (several nodes: "its node cannot be reached now" is not "its agent is not running")
             lost = self.cluster.unreachable(cid, machine) if self.cluster is not None else None
-            await not_forwarded(lost or _failure(cid, "host_offline",
-                                        f"{machine.name} is not connected to the relay",
-                                        "is its agent running (`cmdop agent status` on it)?"))
+            await not_forwarded(lost or _failure(cid, *routing.offline(machine.name)))
             return
         forwarded = pb.Principal()
         forwarded.CopyFrom(principal)

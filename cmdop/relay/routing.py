@@ -66,6 +66,20 @@ def shown_matches(matches: Sequence[str]) -> str:
     return ", ".join(matches[:MAX_MATCHES_SHOWN]) + ", …"
 
 
+def unresolved(host: str, workspace: str, matches: Sequence[str]) -> tuple[str, str, str]:
+    """(code, message, hint) for a host name that names no one machine of `workspace`: the
+    same words for a call, a host-key query and a new share."""
+    if matches:
+        return "host_ambiguous", f"{host!r} matches {shown_matches(matches)}", "type more of the name"
+    return "host_unknown", f"no machine named {host!r} in workspace {workspace}", "see `cmdop hosts`"
+
+
+def offline(name: str) -> tuple[str, str, str]:
+    """(code, message, hint) for a machine whose agent is not linked."""
+    return ("host_offline", f"{name} is not connected to the relay",
+            "is its agent running (`cmdop agent status` on it)?")
+
+
 def _enrolled_after(other: Named, exact: Named) -> bool:
     """Whether `other` came after `exact`: a later first_seen, or the same second with the
     name the relay derives from it (`vm-2` beside `vm`: given because `vm` was taken)."""

@@ -79,10 +79,8 @@ async def create(router: "Router", stream: Any, request: pb.CreateShareRequest) 
     ttl_s, tools, max_uses, note = _input(request)
     machine, matches = await router.resolve(key.workspace, request.host)
     if machine is None:
-        raise RelayRefusal("not_found", f"{request.host!r} matches "
-                           f"{routing.shown_matches(matches)}: type more "
-                           "of the name" if matches else
-                           f"no machine named {request.host!r} in workspace {key.workspace}")
+        _, message, hint = routing.unresolved(request.host, key.workspace, matches)
+        raise RelayRefusal("not_found", f"{message} ({hint})")
     try:
         share, token = await router._lookup(functools.partial(
             router.store.create_share, key.workspace, machine.id, created_by=key.id,
