@@ -126,7 +126,7 @@ def dump(token: StoredToken) -> str:
         "expires_at": int(token.expires_at) if token.expires_at is not None else None,
         "scope": token.scope, "workspace": token.workspace, "account": token.account,
     }
-    if token.lifetime_s is not None:
+    if token.lifetime_s is not None and token.lifetime_s >= 1:     # (whole seconds; 0 is invalid)
         doc["lifetime_s"] = int(token.lifetime_s)
     for key in ("relay", "issuer_fingerprint", "ca_file", "relay_fingerprint", "relay_ca"):
         value = getattr(token, key)

@@ -408,6 +408,16 @@ def test_a_short_lived_token_is_refreshed_once_with_a_third_of_its_life_left(
     assert json.loads(token_json(cli).read_text())["access_token"] == "ACCESS-SECRET-0002"
 
 
+@pytest.mark.parametrize("lifetime", [0.4, 12.0, 3600.0])
+def test_the_lifetime_round_trips_through_the_file(lifetime: float) -> None:
+    """What an issuer granted is kept in whole seconds; less than one is left out (no margin
+    rule then), never written as an invalid 0."""
+    token = token_file.StoredToken(issuer="https://i", token_endpoint="https://i/t", access_token="A",
+                                   expires_at=time.time() + lifetime, lifetime_s=lifetime)
+    again = token_file.parse(token_file.dump(token))
+    assert again.lifetime_s == (int(lifetime) if lifetime >= 1 else None)
+
+
 @pytest.mark.parametrize("lifetime", ["12", True, 0, -5])
 def test_a_bad_lifetime_in_the_token_file_is_named(lifetime: Any) -> None:
     doc = {"issuer": "https://i", "token_endpoint": "https://i/t", "access_token": "A", "lifetime_s": lifetime}
