@@ -106,7 +106,7 @@ def parse(text: str, path: str = "token.json") -> StoredToken:
         raise _corrupt(path, "`expires_at` must be epoch seconds or null")
     lifetime = doc.get("lifetime_s")
     if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))
-                                 or lifetime <= 0):
+                                 or not 0 < lifetime < float("inf")):
         raise _corrupt(path, "`lifetime_s` must be a positive number of seconds or null")
     for key in ("issuer", "token_endpoint", "access_token"):
         if not doc.get(key):

@@ -167,7 +167,8 @@ def _number(value: object) -> float | None:
         return None
     if isinstance(value, (int, float)):
         number = float(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        # (isascii: str.isdigit() is true for "²", which float() refuses)
         number = float(value.strip())
     else:
         return None

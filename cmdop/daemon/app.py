@@ -326,10 +326,15 @@ class Daemon:
 
     def _status_key(self) -> tuple[object, ...]:
         """What `agent status` readers notice change: the agent's, the link's and the login's
-        state (the counters may wait for the next periodic write)."""
-        link, login = self.relay_state, self.token_state
+        state, the policy's health and mode, the audit dir's writability, pending asks (the
+        counters may wait for the next periodic write)."""
+        link, login, gk = self.relay_state, self.token_state, self.gatekeeper
+        broker: AskBroker | None = getattr(self, "broker", None)
         return (self.state, link.state, link.connects, link.machine, link.last_error, login.status,
-                login.reason, self.policy_error, self.config_error)
+                login.reason, self.policy_error, self.config_error,
+                bool(getattr(gk, "policy_ok", False)), str(getattr(gk, "mode", "") or ""),
+                os.access(self.settings.state_dir, os.W_OK),
+                len(broker.pending()) if broker else 0)
 
     async def _status_writer(self) -> None:
         """daemon.status every status_interval_s, and within STATUS_POLL_S of a change in

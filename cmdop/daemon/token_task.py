@@ -90,9 +90,10 @@ async def run_token_refresher(settings: "Settings", state: TokenState,
 
 
 def _margin(state: TokenState, token: Any) -> float:
-    """The refresh margin for `token`: by the lifetime this agent's refreshes saw, else the one
-    token.json recorded when the token was got (a login, a CLI's refresh)."""
-    return refresh_margin(state.lifetime_s or token.lifetime_s)
+    """The refresh margin for `token`: by the lifetime token.json recorded when the token was got
+    (a login — perhaps a new one granting longer tokens — or a refresh), else the one this
+    agent's refreshes saw."""
+    return refresh_margin(token.lifetime_s or state.lifetime_s)
 
 
 async def _refresh(settings: "Settings", state: TokenState, token: Any,

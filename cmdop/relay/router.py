@@ -87,7 +87,8 @@ class Admit(Protocol):
         admitted (its use counted)."""
 
     def give_back(self) -> None:
-        """Return the use counted for a call that was not forwarded after all."""
+        """Return the use this call counted, if it counted one, for a call that was not
+        forwarded after all."""
 
 
 def _failure(call_id: str, code: str, message: str, hint: str = "") -> pb.CallEvent:

@@ -124,6 +124,7 @@ class GuestAdmission:
 
     def __init__(self, store: "RelayStoreApi", share_id: str, clock: Callable[[], float] = time.time) -> None:
         self.store, self.share_id, self.clock = store, share_id, clock
+        self.counted = False        # this call's use was taken (and not given back)
 
     def __call__(self, machine: str | None, online: bool) -> shares.Refusal | None:
         now = self.clock()
@@ -135,6 +136,7 @@ class GuestAdmission:
         if refusal is not None or not online:
             return refusal
         if self.store.take_use(self.share_id, now):
+            self.counted = True
             return None
         # Lost a race (the last use, a revocation, the expiry): say which, as stored now.
         share = self.store.get_share(self.share_id) or share
@@ -144,8 +146,11 @@ class GuestAdmission:
 
     def give_back(self) -> None:
         """The use counted for a call that was not forwarded after all (its host went offline,
-        its link ended, it was too large) is returned."""
-        self.store.give_back_use(self.share_id)
+        its link ended, it was too large) is returned — only one this call took: a call to an
+        offline host is let through uncounted, and must not erase a use another call spent."""
+        if self.counted:
+            self.counted = False
+            self.store.give_back_use(self.share_id)
 
 
 async def list_hosts(router: "Router", key: Any) -> pb.ListHostsReply:

@@ -232,6 +232,8 @@ def test_secrets_stay_out_of_reprs() -> None:
     ({"access_token": "a", "expires_in": -5}, None, "", "asked"),
     ({"access_token": "a", "expires_in": True}, None, "", "asked"),
     ({"access_token": "a", "expires_in": 1e400}, None, "", "asked"),
+    ({"access_token": "a", "expires_in": "²"}, None, "", "asked"),       # isdigit(), yet not a number
+    ({"access_token": "a", "expires_in": "١٢٠"}, None, "", "asked"),
     ({"access_token": "a", "refresh_token": 7, "scope": None}, None, "", "asked"),
 ])
 def test_parse_token_response(body: dict[str, Any], expires_in: float | None, refresh: str, scope: str) -> None:
