@@ -26,6 +26,8 @@ from typing import Iterator
 
 import pytest
 
+from test_daemon_helpers import peer_missing
+
 START_TIMEOUT_S = 60
 
 
@@ -143,17 +145,11 @@ def pg_or_skip() -> Path:
     """The server binaries' directory; skips (fails under CI=true) when they are missing."""
     bindir = find_bindir()
     if bindir is None:
-        reason = "PostgreSQL server binaries (initdb, pg_ctl) not found: install `postgresql` (.ci/setup)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        peer_missing("PostgreSQL server binaries (initdb, pg_ctl) not found: install `postgresql` (.ci/setup)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        reason = "psycopg is not installed (a cmdop dependency: bash .ci/setup)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        peer_missing("psycopg is not installed (a cmdop dependency: bash .ci/setup)")
     return bindir
 
 

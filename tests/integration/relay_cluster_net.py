@@ -18,23 +18,18 @@ from typing import Any, Iterator
 import pytest
 
 from relay_harness import Agent, Cluster, Relay, caller, free_port, wait_for
+from test_daemon_helpers import peer_missing
 
 
 def redis_or_skip() -> str:
     found = shutil.which("redis-server") or ("/usr/bin/redis-server"
                                              if os.access("/usr/bin/redis-server", os.X_OK) else None)
     if found is None:
-        reason = "redis-server not found: install `redis-server` (.ci/setup)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        peer_missing("redis-server not found: install `redis-server` (.ci/setup)")
     try:
         import redis  # noqa: F401
     except ImportError:
-        reason = "the redis package is not installed (a cmdop dependency: bash .ci/setup)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        peer_missing("the redis package is not installed (a cmdop dependency: bash .ci/setup)")
     return found
 
 

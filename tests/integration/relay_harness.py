@@ -369,6 +369,35 @@ def caller(cluster: Cluster, name: str, key: str, relay: Relay, workspace: str =
     return Caller(h)
 
 
+def token_path(home: Home) -> Path:
+    """Where `cmdop login` keeps the login of `home`."""
+    return Path(home.env["CMDOP_HOME"]) / "token.json"
+
+
+def device_login(home: Home, args: list[str], approve: Callable[[str], None], timeout: float,
+                 env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`cmdop login ARGS` in `home` (with `env`, by default the home's), `approve(user_code)`
+    called with the code it prints; its exit code, stdout and all its stderr. Killed and reaped
+    whatever happens (a failed `approve`, a timeout)."""
+    proc = subprocess.Popen([PY, "-m", "cmdop", "login", *args], env=env or home.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=home.root)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "enter the code:" in line:
+                approve(line.split()[-1])
+                break
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, "".join(seen) + err
+
+
 def channel(relay: Relay, key: str) -> Any:
     """An in-process RelayChannel (pinned) with `key`."""
     from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint

@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 
 from relay_harness import (
-    PY, START_TIMEOUT_S, Agent, Caller, Cluster, Home, Relay, free_port, procs_with_argv,
-    unique_seconds, wait_for,
+    START_TIMEOUT_S, Agent, Caller, Cluster, Home, Relay, free_port, procs_with_argv,
+    device_login, token_path, unique_seconds, wait_for,
 )
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -63,32 +63,16 @@ class OAuthRelay(Relay):
         assert self.issuer == f"https://127.0.0.1:{self.oauth_port}", info
 
 
-def token_path(home: Home) -> Path:
-    return Path(home.env["CMDOP_HOME"]) / "token.json"
-
-
 def login(relay: OAuthRelay, home: Home, account: str) -> dict[str, Any]:
     """`cmdop login` in `home`, answered by `cmdop relay approve` with the user code it prints."""
-    proc = subprocess.Popen(
-        [PY, "-m", "cmdop", "login", "--issuer", relay.issuer, "--issuer-fingerprint", relay.fingerprint,
-         "--workspace", WORKSPACE, "--no-browser", "--json"],
-        env=home.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home.root)
-    seen: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-            if "enter the code:" in line:
-                approved = relay.admin("approve", line.split()[-1], "--account", account,
-                                       "--workspace", WORKSPACE)
-                assert approved["account"]["email"] == account, approved
-                break
-        out, err = proc.communicate(timeout=LOGIN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, "".join(seen) + err
+    def approve(code: str) -> None:
+        approved = relay.admin("approve", code, "--account", account, "--workspace", WORKSPACE)
+        assert approved["account"]["email"] == account, approved
+
+    code, out, err = device_login(
+        home, ["--issuer", relay.issuer, "--issuer-fingerprint", relay.fingerprint,
+               "--workspace", WORKSPACE, "--no-browser", "--json"], approve, LOGIN_TIMEOUT_S)
+    assert code == 0, err
     status: dict[str, Any] = json.loads(out)
     assert (status["account"], status["workspace"]) == (account, WORKSPACE), status
     return status

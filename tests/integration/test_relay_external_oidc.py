@@ -38,7 +38,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from relay_harness import PY, START_TIMEOUT_S, Agent, Cluster, Home, Relay, wait_for
+from relay_harness import (START_TIMEOUT_S, Agent, Cluster, Home, Relay, device_login,
+                           token_path, wait_for)
+from test_daemon_helpers import peer_missing
 from tests.integration.oauth_peers.oidc_provider import OidcPeer, missing_reason
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -95,31 +97,14 @@ class LoginAgent(Agent):
         super().__init__(cluster, "", None, None, home=home)
 
 
-def token_path(home: Home) -> Path:
-    return Path(home.env["CMDOP_HOME"]) / "token.json"
-
-
 def login(peer: OidcPeer, home: Home, account: str, *extra: str) -> dict[str, Any]:
     """`cmdop login --issuer IDP` in `home` (the IdP's CA from CMDOP_CA_FILE), approved in the
     IdP's own device pages with the user code it prints."""
-    proc = subprocess.Popen(
-        [PY, "-m", "cmdop", "login", "--issuer", peer.issuer, "--no-browser", "--json", *extra],
-        env=dict(home.env, CMDOP_CA_FILE=peer.ca_file), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=home.root)
-    seen: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-            if "enter the code:" in line:
-                peer.approve(line.split()[-1], account)
-                break
-        out, err = proc.communicate(timeout=LOGIN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, "".join(seen) + err + peer.log.read_text()[-2000:]
+    code, out, err = device_login(
+        home, ["--issuer", peer.issuer, "--no-browser", "--json", *extra],
+        lambda user_code: peer.approve(user_code, account), LOGIN_TIMEOUT_S,
+        env=dict(home.env, CMDOP_CA_FILE=peer.ca_file))
+    assert code == 0, err + peer.log.read_text()[-2000:]
     status: dict[str, Any] = json.loads(out)
     assert status["account"] == account, status
     return status
@@ -168,9 +153,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     minting odd tokens)."""
     reason = missing_reason()
     if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        peer_missing(reason)
     root = tmp_path_factory.mktemp("ext-oidc")
     cluster = Cluster(root / "w")
     idp_dir = root / "idp"

@@ -11,23 +11,15 @@ import asyncio
 import pytest
 
 from cmdop.core.errors import UsageError
-from cmdop.relay import cluster as clustermod
 from cmdop.relay.bus import MemoryBus
 from cmdop.relay.cluster import Cluster
 from cmdop.relay.proto import relay_pb2 as pb
 from cmdop.relay.router import Router
 
 from relay_fakes import FakeStream, call_start as _start, link_agent as _agent, next_frame as _next
-from test_relay_cluster_routing import Nodes, _linked_everywhere, _until
-
-
-@pytest.fixture(autouse=True)
-def fast_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Heartbeats and timeouts in tens of milliseconds (the logic, not the numbers)."""
-    monkeypatch.setattr(clustermod, "BEAT_S", 0.02)
-    monkeypatch.setattr(clustermod, "NODE_TTL_S", 0.3)
-    monkeypatch.setattr(clustermod, "ACCEPT_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(clustermod, "TAKEN_AFTER_S", 0.05)
+# fast_cluster: autouse, imported by name so that pytest applies it here too
+from test_relay_cluster_routing import (Nodes, _answer, _cross_call, _until, _web01_on_node0,
+                                        fast_cluster)  # noqa: F401
 
 
 def _drain(stream: FakeStream) -> list[str]:
@@ -69,9 +61,7 @@ def test_a_node_restarted_with_its_old_id_does_not_resurrect_its_dead_agents():
     # with the same id: its dead agents' presence entries (90 s TTL) named that id and became
     # "live" again — every node showed them online and routed calls to a node without them.
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, _, _ = await _web01_on_node0()
         nodes.kill(0)                                  # dies; its agent does not come back
         await _until(lambda: not nodes.routers[1].online("row-demo-m1"))
         await _until(lambda: "node-0" not in nodes.hub.live(nodes.hub.records))
@@ -110,15 +100,12 @@ def test_a_call_the_caller_was_told_was_not_taken_never_reaches_the_agent_later(
     # channel) still delivered the start afterwards: the command ran although the caller was
     # told to run it again — twice in all.
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, agent, _ = await _web01_on_node0()
         real = nodes.hub.queues["node-0"]
         held: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         nodes.hub.queues["node-0"] = held              # node 0 falls behind on its channel
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        await nodes.routers[1].call(caller)
+        caller, call_task = await _cross_call(nodes)
+        await call_task
         failure = await _next(caller, "failure")
         assert failure.code == "node_lost" and "try again" in failure.message
         while not held.empty():                        # ... and catches up
@@ -135,14 +122,11 @@ def test_a_call_to_another_nodes_machine_while_the_bus_is_down_says_so():
     # host_offline, "web01 is not connected to the relay — is its agent running?": the user
     # went to check a healthy agent.
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, _, _ = await _web01_on_node0()
         nodes.hub.down = True
         await _until(lambda: not nodes.clusters[1].up)
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        await nodes.routers[1].call(caller)
+        caller, call_task = await _cross_call(nodes)
+        await call_task
         failure = await _next(caller, "failure")
         assert failure.code == "node_lost" and "bus" in failure.message, failure
     asyncio.run(main())
@@ -227,19 +211,14 @@ def test_a_caller_node_behind_on_its_channel_does_not_call_a_taken_call_lost():
     # "did not take the call; try again" and cancelled a command that had started — a retry
     # then ran it a second time.
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, agent, _ = await _web01_on_node0()
         real = nodes.hub.queues["node-1"]
         held: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         nodes.hub.queues["node-1"] = held              # the caller's node falls behind
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        caller, call_task = await _cross_call(nodes)
         forwarded = await _next(agent, "call")           # the command starts
         await asyncio.sleep(0.6)                         # twice the accept timeout
-        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id=forwarded.call_id,
-                                                                result_json=b"{}")))
+        await _answer(agent, forwarded.call_id)
         await asyncio.sleep(0.05)
         while not held.empty():                          # ... and catches up
             real.put_nowait(held.get_nowait())
@@ -253,14 +232,9 @@ def test_a_caller_node_behind_on_its_channel_does_not_call_a_taken_call_lost():
 
 def test_two_callers_on_two_nodes_with_one_call_id_reach_the_agent_once():
     async def main() -> None:
-        nodes = await Nodes(3).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        callers = [FakeStream("K2"), FakeStream("K2")]
-        tasks = []
-        for router, c in zip(nodes.routers[1:], callers):
-            await c.incoming.put(pb.CallerFrame(start=_start("same", "web01")))
-            tasks.append(asyncio.ensure_future(router.call(c)))
+        nodes, agent, _ = await _web01_on_node0(3)
+        started = [await _cross_call(nodes, "same", node) for node in (1, 2)]
+        callers, tasks = [c for c, _ in started], [t for _, t in started]
         assert (await _next(agent, "call")).call_id == "k2:same"
         refused = await asyncio.wait_for(asyncio.wait(
             [asyncio.ensure_future(_next(c, "failure")) for c in callers],
@@ -275,12 +249,8 @@ def test_two_callers_on_two_nodes_with_one_call_id_reach_the_agent_once():
 
 def test_a_caller_node_that_dies_mid_call_gets_the_command_killed_on_the_holder():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        nodes, agent, _ = await _web01_on_node0()
+        caller, call_task = await _cross_call(nodes)
         forwarded = await _next(agent, "call")
         nodes.kill(1)
         call_task.cancel()                               # its process is gone with it
@@ -296,16 +266,10 @@ def test_a_burst_of_large_calls_fails_calls_alone_and_never_ends_the_agents_link
     # its stream slower than they arrive): past 32 MiB queued the holder ended the agent's
     # link as "not reading" — every user's calls to the machine failed and it went offline.
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, link_task = await _agent(nodes.routers[0], "K1", "web01", "m1",
-                                        block_writes=True)     # its writer is stuck
-        await _linked_everywhere(nodes, "m1")
-        callers = []
-        for i in range(12):
-            c = FakeStream("K2")
-            await c.incoming.put(pb.CallerFrame(start=_start(
-                f"big{i}", "web01", input_json=b'{"command":"' + b"x" * 3_500_000 + b'"}')))
-            callers.append((c, asyncio.ensure_future(nodes.routers[caller_node].call(c))))
+        nodes, agent, link_task = await _web01_on_node0(block_writes=True)  # writer stuck
+        big = b'{"command":"' + b"x" * 3_500_000 + b'"}'
+        callers = [await _cross_call(nodes, f"big{i}", caller_node, input_json=big)
+                   for i in range(12)]
         link = nodes.routers[0].links["row-demo-m1"]
         # 42 MB cross the (in-memory) bus: generous on a loaded machine, where it took > 5 s
         await _until(lambda: link.ended.is_set() or
@@ -323,9 +287,7 @@ def test_garbage_on_a_nodes_channel_is_dropped_and_the_node_keeps_routing():
     from cmdop.relay.bus import ALL, NODE
 
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, agent, _ = await _web01_on_node0()
         queue = nodes.hub.queues["node-0"]
         forged = pb.BusEnvelope(from_node="node-1", machine_id="row-demo-m1", caller_key="k2",
                                 start=_start("k1:stolen", "web01"))   # another key's id space
@@ -333,13 +295,10 @@ def test_garbage_on_a_nodes_channel_is_dropped_and_the_node_keeps_routing():
                            (NODE, b"\x00cmdop:relay:blob:nothing"),
                            (NODE, forged.SerializeToString())]:
             queue.put_nowait((kind, data))
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        caller, task = await _cross_call(nodes)
         forwarded = await _next(agent, "call")
         assert forwarded.call_id == "k2:c1"                 # the forged start never ran
-        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
-                                                                result_json=b"{}")))
+        await _answer(agent, "k2:c1")
         assert (await _next(caller, "result")).call_id == "c1"
         await task
         assert nodes.clusters[0].up
@@ -348,17 +307,12 @@ def test_garbage_on_a_nodes_channel_is_dropped_and_the_node_keeps_routing():
 
 def test_with_the_bus_down_a_call_whose_caller_and_agent_share_a_node_still_runs():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, agent, _ = await _web01_on_node0()
         nodes.hub.down = True
         await _until(lambda: not nodes.clusters[0].up)
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        task = asyncio.ensure_future(nodes.routers[0].call(caller))
+        caller, task = await _cross_call(nodes, node=0)     # the agent's own node
         await _next(agent, "call")
-        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
-                                                                result_json=b"{}")))
+        await _answer(agent, "k2:c1")
         assert (await _next(caller, "result")).call_id == "c1"
         await task
     asyncio.run(main())

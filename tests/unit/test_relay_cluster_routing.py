@@ -16,7 +16,7 @@ from cmdop.relay.cluster import Cluster
 from cmdop.relay.proto import relay_pb2 as pb
 from cmdop.relay.router import Router
 
-from relay_fakes import (FakeStream, call_start as _start, fake_store,
+from relay_fakes import (FakeStream, call_start as _start, direct_call, fake_store,
                          link_agent as _agent, next_frame as _next)
 
 
@@ -65,17 +65,34 @@ async def _linked_everywhere(nodes: Nodes, mid: str) -> None:
     await _until(lambda: all(r.online(f"row-demo-{mid}") for r in nodes.routers))
 
 
+async def _web01_on_node0(n: int = 2, **kw: Any) -> tuple[Nodes, FakeStream, asyncio.Task[None]]:
+    """n started nodes; K1's web01 (machine m1) linked to node 0 and online on every node.
+    `kw` goes to the agent's stream (e.g. block_writes)."""
+    nodes = await Nodes(n).start()
+    agent, link_task = await _agent(nodes.routers[0], "K1", "web01", "m1", **kw)
+    await _linked_everywhere(nodes, "m1")
+    return nodes, agent, link_task
+
+
+async def _cross_call(nodes: Nodes, cid: str = "c1", node: int = 1, key: str = "K2",
+                      **kw: Any) -> tuple[FakeStream, asyncio.Task[None]]:
+    """`key` starts call `cid` to web01 through node `node`; `kw` goes to the call's start."""
+    return await direct_call(nodes.routers[node], key, _start(cid, "web01", **kw))
+
+
+async def _answer(agent: FakeStream, call_id: str, result_json: bytes = b"{}") -> None:
+    """The agent ends call `call_id` (the id it was forwarded with) with `result_json`."""
+    await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id=call_id,
+                                                            result_json=result_json)))
+
+
 def test_a_call_on_one_node_runs_on_an_agent_linked_to_another_with_streamed_output():
     async def main() -> None:
-        nodes = await Nodes(3).start()
-        a, _, c = nodes.routers
-        agent, _ = await _agent(a, "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        hosts = await c.list_hosts(FakeStream("K2"), pb.ListHostsRequest())
+        nodes, agent, _ = await _web01_on_node0(3)
+        hosts = await nodes.routers[2].list_hosts(FakeStream("K2"), pb.ListHostsRequest())
         assert [(h.name, h.online) for h in hosts.hosts] == [("web01", True)]
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web", stream=True)))
-        call_task = asyncio.ensure_future(c.call(caller))
+        caller, call_task = await direct_call(nodes.routers[2], "K2",
+                                              _start("c1", "web", stream=True))
         forwarded = await _next(agent, "call")
         assert forwarded.call_id == "k2:c1" and forwarded.caller.kind == "remote"
         await agent.incoming.put(pb.AgentFrame(chunk=pb.Chunk(call_id="k2:c1", fd=1, data=b"hi")))
@@ -83,8 +100,7 @@ def test_a_call_on_one_node_runs_on_an_agent_linked_to_another_with_streamed_out
         assert (chunk.call_id, chunk.data) == ("c1", b"hi")
         credit = await _next(agent, "credit")                   # flow control crossed back
         assert (credit.call_id, credit.bytes) == ("k2:c1", 2)
-        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
-                                                                result_json=b'{"exit_code":0}')))
+        await _answer(agent, "k2:c1", b'{"exit_code":0}')
         assert (await _next(caller, "result")).result_json == b'{"exit_code":0}'
         await call_task
         await _until(lambda: not nodes.clusters[0].served)     # the holder forgot the call
@@ -93,9 +109,7 @@ def test_a_call_on_one_node_runs_on_an_agent_linked_to_another_with_streamed_out
 
 def test_a_call_from_an_own_agent_link_on_another_node_is_self_and_anothers_is_remote():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        target, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, target, _ = await _web01_on_node0()
         origin, _ = await _agent(nodes.routers[1], "K1", "laptop", "m2")
         await origin.incoming.put(pb.AgentFrame(call=_start("o1", "web01")))
         forwarded = await _next(target, "call")
@@ -103,20 +117,15 @@ def test_a_call_from_an_own_agent_link_on_another_node_is_self_and_anothers_is_r
         other, _ = await _agent(nodes.routers[1], "K2", "box", "m3")   # another key's machine
         await other.incoming.put(pb.AgentFrame(call=_start("o2", "web01")))
         assert (await _next(target, "call")).caller.kind == "remote"
-        await target.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:o2",
-                                                                 result_json=b"{}")))
+        await _answer(target, "k2:o2")
         assert (await _next(other, "event")).result.call_id == "o2"
     asyncio.run(main())
 
 
 def test_a_caller_that_cancels_on_its_node_cancels_the_command_on_the_agents_node():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        caller = FakeStream("K1")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        nodes, agent, _ = await _web01_on_node0()
+        caller, call_task = await _cross_call(nodes, key="K1")
         await _next(agent, "call")
         await caller.incoming.put(pb.CallerFrame(cancel=pb.Cancel(call_id="c1")))
         assert (await _next(agent, "cancel")).call_id == "k1:c1"
@@ -128,12 +137,8 @@ def test_a_caller_that_cancels_on_its_node_cancels_the_command_on_the_agents_nod
 @pytest.mark.parametrize("revoking_node", [0, 1])
 def test_revocation_seen_by_either_node_cuts_a_call_that_crosses_them(revoking_node: int):
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        nodes, agent, _ = await _web01_on_node0()
+        caller, call_task = await _cross_call(nodes)
         await _next(agent, "call")
         nodes.store.revoked.add("k2")
         nodes.routers[revoking_node].revoke(nodes.store.revoked_key_ids())
@@ -145,12 +150,8 @@ def test_revocation_seen_by_either_node_cuts_a_call_that_crosses_them(revoking_n
 
 def test_a_node_that_dies_mid_call_fails_it_clearly_and_it_is_never_sent_twice():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        nodes, agent, _ = await _web01_on_node0()
+        caller, call_task = await _cross_call(nodes)
         await _next(agent, "call")
         nodes.kill(0)
         failure = await _next(caller, "failure")
@@ -160,12 +161,9 @@ def test_a_node_that_dies_mid_call_fails_it_clearly_and_it_is_never_sent_twice()
         # the agent reconnects to the surviving node: reachable again, and only the new
         # call ever reaches it (the lost one is not re-sent)
         again, _ = await _agent(nodes.routers[1], "K1", "web01", "m1")
-        caller2 = FakeStream("K2")
-        await caller2.incoming.put(pb.CallerFrame(start=_start("c2", "web01")))
-        task2 = asyncio.ensure_future(nodes.routers[1].call(caller2))
+        caller2, task2 = await _cross_call(nodes, "c2")
         assert (await _next(again, "call")).call_id == "k2:c2"
-        await again.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c2",
-                                                                result_json=b"{}")))
+        await _answer(again, "k2:c2")
         await _next(caller2, "result")
         await task2
         assert again.out.empty()
@@ -174,13 +172,10 @@ def test_a_node_that_dies_mid_call_fails_it_clearly_and_it_is_never_sent_twice()
 
 def test_a_node_that_never_takes_the_call_fails_it_after_the_accept_timeout():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, _, _ = await _web01_on_node0()
         nodes.hub.queues.pop("node-0")              # node 0's messages now go nowhere
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        await nodes.routers[1].call(caller)
+        caller, call_task = await _cross_call(nodes)
+        await call_task
         failure = await _next(caller, "failure")
         assert failure.code == "node_lost" and "did not take the call" in failure.message
     asyncio.run(main())
@@ -188,16 +183,11 @@ def test_a_node_that_never_takes_the_call_fails_it_after_the_accept_timeout():
 
 def test_a_call_whose_agent_is_silent_past_the_accept_timeout_is_not_failed():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        nodes, agent, _ = await _web01_on_node0()
+        caller, call_task = await _cross_call(nodes)
         await _next(agent, "call")
         await asyncio.sleep(0.6)            # twice the accept timeout: the holder said "taken"
-        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c1",
-                                                                result_json=b"{}")))
+        await _answer(agent, "k2:c1")
         assert (await _next(caller, "result")).call_id == "c1"
         await call_task
     asyncio.run(main())
@@ -205,9 +195,7 @@ def test_a_call_whose_agent_is_silent_past_the_accept_timeout_is_not_failed():
 
 def test_an_agent_relinking_to_another_node_ends_its_old_link_and_moves_its_presence():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        old, old_task = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, old, old_task = await _web01_on_node0()
         await _agent(nodes.routers[1], "K1", "web01", "m1")
         assert (await _next(old, "failure")).code == "replaced"
         await asyncio.wait_for(old_task, 5)
@@ -219,9 +207,7 @@ def test_an_agent_relinking_to_another_node_ends_its_old_link_and_moves_its_pres
 
 def test_a_node_back_on_the_bus_yields_a_machine_that_moved_while_it_was_away():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        stale, stale_task = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
+        nodes, stale, stale_task = await _web01_on_node0()
         bus0 = nodes.clusters[0].bus
         assert isinstance(bus0, MemoryBus)
         bus0.down = True                                  # node 0 misses what happens next
@@ -240,12 +226,8 @@ def test_a_holder_whose_own_bus_connection_drops_fails_its_served_calls_once_bac
         monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(clustermod, "NODE_TTL_S", 5.0)   # the caller's node sees it alive
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        nodes, agent, _ = await _web01_on_node0()
+        caller, call_task = await _cross_call(nodes)
         await _next(agent, "call")
         await asyncio.sleep(0.2)                      # the holder said "taken"
         bus0 = nodes.clusters[0].bus
@@ -275,12 +257,8 @@ def test_the_host_key_of_a_machine_on_another_node_is_its_agents_key():
 
 def test_a_lost_bus_fails_crossing_calls_and_routing_recovers_when_it_is_back():
     async def main() -> None:
-        nodes = await Nodes(2).start()
-        agent, _ = await _agent(nodes.routers[0], "K1", "web01", "m1")
-        await _linked_everywhere(nodes, "m1")
-        caller = FakeStream("K2")
-        await caller.incoming.put(pb.CallerFrame(start=_start("c1", "web01")))
-        call_task = asyncio.ensure_future(nodes.routers[1].call(caller))
+        nodes, agent, _ = await _web01_on_node0()
+        caller, call_task = await _cross_call(nodes)
         await _next(agent, "call")
         nodes.hub.down = True
         assert (await _next(caller, "failure")).code == "node_lost"
@@ -288,12 +266,9 @@ def test_a_lost_bus_fails_crossing_calls_and_routing_recovers_when_it_is_back():
         await call_task
         nodes.hub.down = False
         await _linked_everywhere(nodes, "m1")
-        caller2 = FakeStream("K2")
-        await caller2.incoming.put(pb.CallerFrame(start=_start("c2", "web01")))
-        task2 = asyncio.ensure_future(nodes.routers[1].call(caller2))
+        caller2, task2 = await _cross_call(nodes, "c2")
         assert (await _next(agent, "call")).call_id == "k2:c2"
-        await agent.incoming.put(pb.AgentFrame(result=pb.Result(call_id="k2:c2",
-                                                                result_json=b"{}")))
+        await _answer(agent, "k2:c2")
         await _next(caller2, "result")
         await task2
     asyncio.run(main())

@@ -41,49 +41,11 @@ from cmdop.adapters.relay_grpc import RelayRefusal
 from cmdop.relay import shares
 from cmdop.relay.auth import BearerVerifier
 from cmdop.relay.proto import relay_pb2 as pb
-from cmdop.relay.router import Router
-from cmdop.relay.store import RelayStore
 
-from relay_fakes import FakeStream, call_start, link_agent, next_frame
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    with RelayStore.open(str(tmp_path / "relay")) as s:
-        s.create_workspace("demo")
-        s.create_workspace("other")
-        yield s
-
-
-async def _setup(store: Any) -> tuple[Router, dict[str, str], FakeStream, FakeStream]:
-    """web01 and db01 linked with the key `ops`; `dev` is another member's key."""
-    router = Router(store, verifier=BearerVerifier(store))
-    keys = {name: store.create_key(ws, name)[1]
-            for ws, name in (("demo", "ops"), ("demo", "dev"), ("other", "x"))}
-    a, _ = await link_agent(router, keys["ops"], "web01", "m1")
-    b, _ = await link_agent(router, keys["ops"], "db01", "m2")
-    return router, keys, a, b
-
-
-async def _share(router: Router, key: str, **kw: Any) -> pb.ShareInfo:
-    kw.setdefault("host", "web01")
-    kw.setdefault("ttl_s", 3600)
-    info: pb.ShareInfo = await router.create_share(FakeStream(key), pb.CreateShareRequest(**kw))
-    return info
-
-
-async def _guest_call(router: Router, token: str, host: str, cid: str = "g1") -> tuple[
-        FakeStream, "asyncio.Task[None]"]:
-    caller = FakeStream(token)
-    await caller.incoming.put(pb.CallerFrame(start=call_start(cid, host)))
-    return caller, asyncio.ensure_future(router.call(caller))
-
-
-async def _refusal(router: Router, token: str, host: str) -> pb.Failure:
-    caller, task = await _guest_call(router, token, host)
-    failure: pb.Failure = await next_frame(caller, "failure")
-    await task
-    return failure
+from relay_fakes import FakeStream, link_agent, next_frame
+# `store` is a fixture: imported by name, pytest serves it here as in its own module.
+from test_relay_share_router import (_guest_call, _refused as _refusal, _setup, _share,
+                                     store)  # noqa: F401
 
 
 # -- a share dies with the credential that minted it ------------------------------------------

@@ -44,6 +44,7 @@ def _keys(store: Any) -> dict[str, str]:
 
 
 async def _setup(store: Any) -> tuple[Router, dict[str, str], FakeStream, FakeStream]:
+    """web01 and db01 linked with the key `ops`; `dev` is another member's key."""
     router = Router(store, verifier=BearerVerifier(store))
     keys = _keys(store)
     a, _ = await link_agent(router, keys["ops"], "web01", "m1")
