@@ -52,6 +52,7 @@ from cmdop.adapters.secure_file import (atomic_write, ensure_private_dir, exclus
                                          read_private)
 from cmdop.core import password_policy as policy
 from cmdop.core.errors import CmdopError
+from cmdop.core.settings import SESSIONS_FILE_NAME
 
 if TYPE_CHECKING:
     from cmdop.core.calls import Caller
@@ -63,7 +64,7 @@ PASSWORD_NAME = "password"
 FAILURES_NAME = "password_failures.json"
 SESSIONS_NAME = "password_sessions.json"
 LOCK_NAME = "password.lock"
-CACHE_NAME = "sessions.json"
+CACHE_NAME = SESSIONS_FILE_NAME
 CACHE_LOCK_NAME = "sessions.lock"
 TOKEN_PREFIX = "cmdop-session-"
 MAX_TOKEN_CHARS = 200

@@ -217,7 +217,7 @@ def _asked(sock: socket.socket, frames: protocol.FrameBuffer, host: str,
 
 def _session(settings: "Settings", host: str) -> str:
     # Most callers never unlocked a machine: no cache file, no import of the password store.
-    if not os.path.exists(os.path.join(settings.cmdop_home, "sessions.json")):
+    if not os.path.exists(settings.sessions_file):
         return ""
     from cmdop.adapters.password_store import cached_session
 

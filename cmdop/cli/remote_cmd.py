@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 from typing import Any, Iterator
@@ -287,10 +288,12 @@ def _session(args: argparse.Namespace, ctx: CliContext) -> str:
     """The machine-password session cached for this host (`cmdop password unlock HOST`); none
     for a guest's call (the cache holds the caller's own workspace's sessions: never sent to a
     machine shared from another one)."""
-    from cmdop.adapters.password_store import cached_session
-
     if getattr(args, "share", None) is not None or ctx.settings.share_token:
         return ""
+    if not os.path.exists(ctx.settings.sessions_file):
+        return ""       # most callers never unlocked a machine: no import of the password store
+    from cmdop.adapters.password_store import cached_session
+
     return cached_session(ctx.settings, args.host, getattr(args, "workspace", None))
 
 

@@ -14,6 +14,8 @@ from typing import Mapping
 
 MODES = ("default", "strict", "bypass")
 
+SESSIONS_FILE_NAME = "sessions.json"   # in cmdop_home: the caller's machine-password sessions
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -62,6 +64,11 @@ class Settings:
     @property
     def token_file(self) -> str:
         return posixpath.join(self.cmdop_home, "token.json")
+
+    @property
+    def sessions_file(self) -> str:
+        """The caller's cached machine-password sessions (cmdop.adapters.password_store)."""
+        return posixpath.join(self.cmdop_home, SESSIONS_FILE_NAME)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], home: str) -> "Settings":

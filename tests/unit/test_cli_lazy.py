@@ -145,7 +145,8 @@ def test_help_still_lists_every_command(capsys: pytest.CaptureFixture[str]) -> N
 # each of these costs milliseconds of every start (bench/startup.py). The policy file case is
 # the control: yaml comes in when a permissions.yaml has to be read.
 _HEAVY = ("grpc", "google.protobuf", "yaml", "shutil", "importlib.resources", "tree_sitter_bash",
-          "cmdop.core.kernel_floor", "cmdop.cli.audit_cmd", "cmdop.cli.approvals")
+          "cmdop.core.kernel_floor", "cmdop.cli.audit_cmd", "cmdop.cli.approvals",
+          "cmdop.adapters.password_store")
 _RUN_AND_LIST = ("import sys\n"
                  "from cmdop.cli import main\n"
                  "code = main.main(sys.argv[1:])\n"
@@ -160,6 +161,11 @@ _RUN_AND_LIST = ("import sys\n"
      "version: 1\nmode: strict\nrules:\n  - rule: execute_command(ls)\n    action: allow\n",
      "allow (source rule", ("yaml", "cmdop.core.policy.gate")),
     (["agent", "status"], None, "STOPPED", ()),
+    # direct to a relay that refuses the connection (exit 5): grpc, but no password store when
+    # this caller never unlocked a machine (no sessions.json)
+    (["exec", "--relay", "127.0.0.1:9", "--relay-fingerprint", "ab" * 32, "--api-key",
+      "cmdop_0123456789ab_" + "A" * 43, "web01", "--", "true"], None, "127.0.0.1:9",
+     ("grpc", "google.protobuf")),
 ])
 def test_a_command_imports_only_what_it_needs(tmp_path: Path, argv: list[str], policy: str | None,
                                               expected: str, needs: tuple[str, ...]) -> None:
