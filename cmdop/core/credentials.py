@@ -183,11 +183,6 @@ class ResolvedCredential:
     def masked_secret(self) -> str:
         return masked(self.secret)
 
-    def needs_refresh(self, now: float) -> bool:
-        """An OAuth token that expires within REFRESH_MARGIN_S must be refreshed before use."""
-        return (self.source == "oauth" and self.expires_at is not None
-                and self.expires_at - now < REFRESH_MARGIN_S)
-
 
 def resolve_credential(*, flag_key: str | None, env_key: str | None, flag_workspace: str | None,
                        env_workspace: str | None, env_relay: str | None, flag_relay: str | None,

@@ -154,15 +154,14 @@ def test_dangling_active_falls_through() -> None:
 
 def test_oauth_expiry() -> None:
     live = resolve(oauth=OAuthToken("tok", NOW + 3600))
-    assert (live.source, live.expires_at, live.needs_refresh(NOW)) == ("oauth", NOW + 3600, False)
+    assert (live.source, live.expires_at) == ("oauth", NOW + 3600)
     soon = resolve(oauth=OAuthToken("tok", NOW + 200, refresh_token="r"))
-    assert soon.source == "oauth" and soon.needs_refresh(NOW)
+    assert soon.source == "oauth"
     expired_refreshable = resolve(oauth=OAuthToken("tok", NOW - 1, refresh_token="r"))
-    assert expired_refreshable.source == "oauth" and expired_refreshable.needs_refresh(NOW)
+    assert expired_refreshable.source == "oauth"   # (token_file refreshes it before use)
     assert resolve(oauth=OAuthToken("tok", NOW - 1)).source == "none"
     assert resolve(oauth=OAuthToken("", NOW + 3600)).source == "none"
     assert resolve(oauth=OAuthToken("tok", None)).expires_at is None
-    assert resolve(**inputs("active")).needs_refresh(NOW) is False
 
 
 @pytest.mark.parametrize("secret,shown", [
