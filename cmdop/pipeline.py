@@ -3,7 +3,10 @@ the daemon.
 
 `handle_call(call, caller, ctx, ask=None, cancel=None)` promises:
 - It never raises for anything a caller sends; every outcome is a result object.
-- Admission first (`cmdop.core.admission.admit`, on facts learnt cheaply here: the registry's
+- A malformed call first (`cmdop.core.tool_input.problem`): an unknown tool name or input with
+  a missing, mistyped or blank field gets the `unknown_tool` / `bad_input` result naming the
+  field — a mistake, not a denial: not judged, not audited, not run.
+- Then admission (`cmdop.core.admission.admit`, on facts learnt cheaply here: the registry's
   tools, whether the audit log looks writable, whether the sandbox is up where a command needs
   it): an unknown tool ("unknown tool: X"), a guest's tool outside its share, an audit log that
   is not writable for a remote/self/guest caller ("audit log unwritable"), a caller that is not
@@ -39,6 +42,7 @@ from cmdop.core.admission import AdmissionFacts, admit, needs_sandbox
 from cmdop.core.calls import Caller, CallerKind, ToolCall
 from cmdop.core.policy.decision import Decision
 from cmdop.core.settings import Settings
+from cmdop.core.tool_input import problem
 from cmdop.tools.base import ChunkFn, ToolEnv
 from cmdop.tools.registry import TOOLS, run_tool
 
@@ -236,6 +240,11 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
                 audit_extra: Mapping[str, Any] | None = None) -> ToolResult:
     """Admit, gate, audit and run one tool call, as the module docstring promises. `audit_extra`
     fields go into every audit line of this call (e.g. `as_caller`; see core.audit)."""
+    malformed = problem(call.tool, call.input)
+    if malformed is not None:
+        log.info("%s call from %r not judged: %s", caller.kind.value, caller.user or "?",
+                 malformed["message"][:300])
+        return malformed
     if not call.cwd:
         # One base directory for the gate and the tool: relative paths and an execute_command
         # `cwd` are judged where they will be used.

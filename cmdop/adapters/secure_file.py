@@ -110,10 +110,12 @@ def check_private(path: str) -> None:
     except FileNotFoundError:
         return
     uid = os.geteuid()
-    if st.st_uid != uid and uid != 0:
+    # Root too: root can read any file, but a secret another user owns is that user's to
+    # change (they could swap in a key or a relay of their choosing), so it is never trusted.
+    if st.st_uid != uid:
         raise SecretFileError(
             f"{path} is owned by uid {st.st_uid}, not by you (uid {uid}); refusing to use it",
-            hint=f"run: chown {uid} {path}",
+            hint=f"run: chown {uid} {path} (or run cmdop as uid {st.st_uid}, its owner)",
         )
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise SecretFileError(

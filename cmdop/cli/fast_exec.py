@@ -61,6 +61,8 @@ def parse(argv: list[str]) -> tuple[str, list[str], float, str] | None:
         rest = rest[1:]
     if not rest or host.startswith("-"):
         return None
+    if not host.strip() or (len(rest) == 1 and not rest[0].strip()):
+        return None               # an empty HOST or command: the full CLI's usage error
     return host, rest, timeout, cwd
 
 

@@ -329,6 +329,8 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.relay.caller import remote_call
 
     argv = list(args.argv)
+    if not args.host.strip():     # `cmdop exec "$HOST"` with HOST unset: not a machine to look up
+        raise UsageError("HOST is empty", "cmdop exec HOST -- CMD ARGS… (`cmdop hosts` lists them)")
     if argv and argv[0] != "--" and argv[0].startswith("-"):
         # an option after HOST (`web01 --share TOKEN`) would run as the command, with the
         # caller's own credential; not echoed: it may hold a token
@@ -340,6 +342,8 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
         raise UsageError("no command given", "cmdop exec HOST -- CMD ARGS…")
     timeout = _deadline(args.timeout)
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
+    if not command.strip():       # nothing to run: refused here, not sent for the floor to deny
+        raise UsageError("the command is empty", "cmdop exec HOST -- CMD ARGS…")
     tool_input: dict[str, Any] = {"command": command, "timeout_ms": int(timeout * 1000)}
     if args.cwd:
         tool_input["cwd"] = args.cwd
@@ -381,6 +385,8 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
 def _call(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.relay.caller import remote_call
 
+    if not args.host.strip():
+        raise UsageError("HOST is empty", "cmdop call HOST TOOL --input JSON (see `cmdop hosts`)")
     try:
         tool_input = json.loads(args.input)
     except ValueError as exc:
@@ -418,5 +424,13 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
                 forget_session(ctx.settings, args.host, getattr(args, "workspace", None))
             ctx.note(f"hint: {unlock_hint(args.host)}")
         return 3
+    if isinstance(result, dict) and result.get("error") == "bad_input":
+        from cmdop.cli.run_cmd import report_bad_input
+
+        return report_bad_input(result, ctx)           # a mistake in the input: exit 1
+    if isinstance(result, dict) and result.get("error") == "unknown_tool":
+        print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
+        raise UsageError(escaped(str(result.get("message") or f"unknown tool {args.tool!r}")),
+                         f"e.g. cmdop call {args.host} read_file --input '{{\"path\": \"/etc/hostname\"}}'")
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
     return 1 if isinstance(result, dict) and result.get("error") else 0

@@ -7,10 +7,10 @@ permission_denied object on stdout when denied, 2 for input that is not a JSON o
 unknown TOOL (the usage error lists the tools), 1 (with the {"error": kind, "message": ...}
 object on stdout) when the tool itself failed, e.g. a missing file.
 
-Bad input is its own outcome, checked here before the gate sees the call: a missing required
-field or one of the wrong type gives {"error": "bad_input", "field": F, "message": ...,
-"tool": T} on stdout, `cmdop: error: bad input for T: ...` naming the field on stderr, exit 1
-(never a floor denial). `path` of list_dir and grep defaults to "." (the tools' own default).
+Bad input is its own outcome (cmdop.core.tool_input, checked here and again by the pipeline
+for every caller), before the gate sees the call: a missing required field or one of the wrong
+type gives {"error": "bad_input", "field": F, "message": ..., "tool": T} on stdout,
+`cmdop: error: bad input for T: ...` naming the field on stderr, exit 1 (never a floor denial).
 """
 
 from __future__ import annotations
@@ -22,23 +22,7 @@ from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.core.errors import UsageError
-
-# Each tool's input fields: name -> (type, required). Mirrors cmdop/tools (get_str/get_int).
-TOOL_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
-    "execute_command": {"command": (str, True), "timeout_ms": (int, False), "cwd": (str, False)},
-    "read_file": {"path": (str, True), "start": (int, False), "end": (int, False)},
-    "write_file": {"path": (str, True), "content": (str, False), "encoding": (str, False)},
-    "list_dir": {"path": (str, False)},
-    "grep": {"pattern": (str, True), "glob": (str, False), "max_results": (int, False),
-             "path": (str, False)},
-    "glob": {"pattern": (str, True), "cwd": (str, False)},
-}
-# The field the gate judges (cmdop.core.calls.TOOL_TARGET_FIELD): it must not be blank.
-TARGET_FIELD = {"execute_command": "command", "read_file": "path", "write_file": "path",
-                "list_dir": "path", "grep": "path", "glob": "pattern"}
-# Optional target fields the gate needs spelled out: the tools' own default.
-DEFAULT_FIELDS = {"list_dir": {"path": "."}, "grep": {"path": "."}}
-
+from cmdop.core.tool_input import TOOLS, problem
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add `cmdop run`."""
@@ -63,33 +47,9 @@ def _parse_input(text: str) -> dict[str, Any]:
 
 
 def _check_tool(tool: str) -> None:
-    if tool not in TOOL_FIELDS:
-        raise UsageError(f"unknown tool {tool!r} (tools: {', '.join(TOOL_FIELDS)})",
+    if tool not in TOOLS:
+        raise UsageError(f"unknown tool {tool!r} (tools: {', '.join(TOOLS)})",
                          hint="e.g. cmdop run execute_command --input '{\"command\": \"uptime\"}'")
-
-
-def bad_input(tool: str, tool_input: dict[str, Any]) -> dict[str, Any] | None:
-    """The bad_input result for the first missing or mistyped field, else None."""
-    for name, (kind, required) in TOOL_FIELDS[tool].items():
-        value = tool_input.get(name)
-        if value is None:
-            if required:
-                return _bad(tool, name, f"missing required field {name!r}")
-            continue
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            return _bad(tool, name, f"field {name!r} must be an integer")
-        if kind is str:
-            if not isinstance(value, str):
-                return _bad(tool, name, f"field {name!r} must be a string")
-            if "\x00" in value:
-                return _bad(tool, name, f"field {name!r} contains a NUL byte")
-            if name == TARGET_FIELD.get(tool) and not value.strip():
-                return _bad(tool, name, f"field {name!r} is empty")
-    return None
-
-
-def _bad(tool: str, field: str, message: str) -> dict[str, Any]:
-    return {"error": "bad_input", "field": field, "message": message, "tool": tool}
 
 
 def _with_field(result: Any) -> Any:
@@ -119,11 +79,9 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     cwd = os.path.abspath(args.cwd) if args.cwd else os.getcwd()
     if not os.path.isdir(cwd):
         raise UsageError(f"--cwd is not a directory: {cwd}")
-    problem = bad_input(args.tool, tool_input)
-    if problem is not None:
-        return _report_bad_input(problem, ctx)
-    for name, default in DEFAULT_FIELDS.get(args.tool, {}).items():
-        tool_input.setdefault(name, default)
+    malformed = problem(args.tool, tool_input)
+    if malformed is not None:
+        return report_bad_input(malformed, ctx)
 
     from cmdop.daemon.client import connect_if_running
 
@@ -135,7 +93,7 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         result = _in_process(args.tool, tool_input, cwd, ctx)
     result = _with_field(result)
     if isinstance(result, dict) and result.get("error") == "bad_input":
-        return _report_bad_input(result, ctx)
+        return report_bad_input(result, ctx)
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
     if isinstance(result, dict) and "error" in result:
         # Denied -> 3; the tool could not do its job (bad input, missing file, no sandbox) -> 1.
@@ -143,12 +101,16 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def _report_bad_input(result: dict[str, Any], ctx: CliContext) -> int:
+def report_bad_input(result: dict[str, Any], ctx: CliContext) -> int:
+    """Print a bad_input result (stdout) and its error line naming the field (stderr); exit 1.
+    The result may come from another machine's agent: its text is escaped for the terminal."""
+    from cmdop.core.display import escaped
+
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
-    field = result.get("field")
-    where = f" (field {field!r})" if field and f"{field!r}" not in str(result.get("message")) else ""
-    print(f"cmdop: error: bad input for {result.get('tool')}: {result.get('message')}{where}",
-          file=ctx.stderr)
+    field, message = result.get("field"), str(result.get("message"))
+    where = f" (field {field!r})" if field and f"{field!r}" not in message else ""
+    print(f"cmdop: error: bad input for {escaped(result.get('tool'), 64)}: "
+          f"{escaped(message, 500)}{escaped(where, 100)}", file=ctx.stderr)
     return 1
 
 

@@ -38,8 +38,8 @@ def register(connect: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("--no-expiry", action="store_true", help="a share that never expires (revoke it)")
     p.add_argument("--tools", action="append", default=[], metavar="T,…",
                    help="the tools the guest may use (default: all; the machine's rules still apply)")
-    p.add_argument("--max-uses", type=int, default=0, metavar="N",
-                   help="how many calls the share allows (default: no limit)")
+    p.add_argument("--max-uses", type=int, default=None, metavar="N",
+                   help="how many calls the share allows, 1 or more (default: no limit)")
     p.add_argument("--note", default="", metavar="TEXT",
                    help="who it is for: shown in lists and in the machine's audit log")
 
@@ -51,7 +51,8 @@ def _input_error(exc: Any) -> UsageError:
 def _share(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.what in _ACTIONS:
         given = [f for f, v in (("--ttl", args.ttl), ("--no-expiry", args.no_expiry),
-                                ("--tools", args.tools), ("--max-uses", args.max_uses),
+                                ("--tools", args.tools),
+                                ("--max-uses", args.max_uses is not None),
                                 ("--note", args.note)) if v]
         if given:
             raise UsageError(f"{given[0]} is for creating a share, not `share {args.what}`")
@@ -62,10 +63,27 @@ def _share(args: argparse.Namespace, ctx: CliContext) -> int:
         if not args.id:
             raise UsageError("which share?", "cmdop connect share revoke ID (see `cmdop connect share list`)")
         return _revoke(args, ctx)
+    if not args.what.strip():     # `share "$HOST"` with HOST unset: not a machine to look up
+        raise UsageError("HOST is empty", "cmdop connect share HOST --ttl 24h "
+                         "(`cmdop hosts` lists them)")
     if args.id:
         raise UsageError(f"unexpected argument {args.id!r}",
                          "cmdop connect share HOST --ttl 24h [--tools …] [--max-uses N] [--note TEXT]")
     return _create(args, ctx)
+
+
+def _max_uses(given: int | None) -> int:
+    """The request's max_uses: 0 (the proto's "no limit") only when --max-uses is left out.
+    An explicit 0 is refused like -1: the proto cannot tell it from "not given", so the relay
+    would read it as unlimited."""
+    from cmdop.relay import shares
+
+    if given is None:
+        return 0
+    if given < 1:
+        raise shares.ShareInputError(f"--max-uses {given} is out of range",
+                                     f"give 1 to {shares.MAX_USES}, or leave it out for no limit")
+    return shares.check_max_uses(given)
 
 
 def _create(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -81,7 +99,7 @@ def _create(args: argparse.Namespace, ctx: CliContext) -> int:
     try:
         ttl_s = shares.parse_ttl(args.ttl) if args.ttl else 0
         tools = shares.parse_tools(args.tools)
-        max_uses = shares.check_max_uses(args.max_uses)
+        max_uses = _max_uses(args.max_uses)
         note = shares.check_note(args.note)
     except shares.ShareInputError as exc:
         raise _input_error(exc) from None

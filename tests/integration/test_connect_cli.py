@@ -75,6 +75,12 @@ def test_key_set_without_workspace_uses_the_active_one(cli: Cli) -> None:
     (("--relay", "a:1", "--relay-fingerprint", "abc"), KEY_A, 2, "fingerprint"),
     (("--relay", "a:1", "--relay-ca", "/nonexistent/ca.pem"), KEY_A, 2, "cannot read"),
     (("--relay", "a:1", "--workspace", "bad name"), KEY_A, 2, "invalid name"),
+    # an empty flag is a mistake, never "the default workspace / relay / no pin"
+    (("--relay", "a:1", "--workspace", ""), KEY_A, 2, "--workspace is empty"),
+    (("--relay", "a:1", "--workspace", "  "), KEY_A, 2, "--workspace is empty"),
+    (("--relay", ""), KEY_A, 2, "--relay is empty"),
+    (("--relay", "a:1", "--relay-fingerprint", ""), KEY_A, 2, "--relay-fingerprint is empty"),
+    (("--relay", "a:1", "--relay-ca", ""), KEY_A, 2, "--relay-ca is empty"),
 ])
 def test_key_set_errors(cli: Cli, args: tuple[str, ...], stdin: str, code: int, needle: str) -> None:
     r = cli("connect", "key", "set", *args, stdin=stdin)
@@ -121,6 +127,22 @@ def test_key_set_refuses_a_readable_file(cli: Cli) -> None:
     assert json.loads(ws_file(cli).read_text())["workspaces"][0]["api_key"] == KEY_A
     r = cli("connect", "key", "list")
     assert r.code == 1 and "readable by other users" in r.err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another user needs root to make")
+def test_a_secret_file_of_another_user_is_refused_even_for_root(cli: Cli) -> None:
+    """Root reads any file, but a secret owned by someone else is theirs to swap: refused,
+    with the chown to run (CONTRACT: secret files)."""
+    cli("connect", "key", "set", "--relay", "a:1", stdin=KEY_A)
+    path = ws_file(cli)
+    os.chown(path, 1234, -1)
+    for args in (("auth", "status"), ("connect", "key", "list")):
+        r = cli(*args)
+        assert r.code == 1, (args, r.out)
+        assert "owned by uid 1234" in r.err and f"chown 0 {path}" in r.err
+        assert "Traceback" not in r.err and KEY_A not in r.out + r.err
+    os.chown(path, 0, -1)
+    assert cli("auth", "status").code == 0
 
 
 def test_corrupt_file_is_not_overwritten(cli: Cli) -> None:

@@ -53,7 +53,7 @@ def test_a_local_call_runs_through_the_socket_and_is_audited(cmdop_env, ask_daem
 
 
 @pytest.mark.parametrize("command", ["{\U0002c744", "echo {\U000a2854$", "echo \ud800 && rm -rf /",
-                                     "\x00rm -rf /", "$(" * 3000 + "x" + ")" * 3000])
+                                     "$(" * 3000 + "x" + ")" * 3000])
 def test_hostile_command_text_is_denied_and_the_agent_lives_on(cmdop_env, ask_daemon, command):
     """Text that once crashed the bash grammar, lone surrogates, NUL bytes and absurd nesting:
     a remote caller gets a denial with a reason, and the agent keeps serving."""
@@ -63,6 +63,17 @@ def test_hostile_command_text_is_denied_and_the_agent_lives_on(cmdop_env, ask_da
     line = audit_lines(cmdop_env)[-1]      # audited like any call, as one valid JSON line
     assert line["tool"] == "execute_command" and line["decision"] == "deny"
     assert line["input_digest"].startswith("sha256:")
+    assert ask_daemon.call("execute_command", {"command": "echo alive"})["stdout"] == "alive\n"
+
+
+def test_a_nul_byte_is_bad_input_and_the_agent_lives_on(cmdop_env, ask_daemon):
+    """A NUL byte cannot be in a command line: a mistake in the input (bad_input naming the
+    field), not a denial; nothing is run or judged."""
+    before = len(audit_lines(cmdop_env)) if (cmdop_env.state_dir / "audit.log").exists() else 0
+    out = ask_daemon.call("execute_command", {"command": "\x00rm -rf /"}, as_caller="remote")
+    assert (out["error"], out["field"]) == ("bad_input", "command"), out
+    assert ask_daemon.proc.poll() is None
+    assert (len(audit_lines(cmdop_env)) if (cmdop_env.state_dir / "audit.log").exists() else 0) == before
     assert ask_daemon.call("execute_command", {"command": "echo alive"})["stdout"] == "alive\n"
 
 

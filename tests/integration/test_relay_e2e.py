@@ -117,6 +117,27 @@ def test_call_returns_the_tool_result_as_json(net: Any) -> None:
     assert "hello from A" in json.dumps(result), result
 
 
+@pytest.mark.parametrize("tool, tool_input, code, field", [
+    ("read_file", {}, 1, "path"),
+    ("read_file", {"path": 5}, 1, "path"),
+    ("read_file", {"path": "/etc/hostname", "start": "a"}, 1, "start"),
+    ("execute_command", {"command": 5}, 1, "command"),
+    ("format_disk", {}, 2, None),
+])
+def test_a_remote_input_mistake_is_not_a_denial(net: Any, tool: str, tool_input: dict[str, Any],
+                                                code: int, field: str | None) -> None:
+    """The remote agent answers a malformed call with bad_input naming the field (exit 1) or
+    unknown_tool (a usage error, exit 2, its tools listed) — never a floor denial (exit 3)."""
+    out = net.c.run("call", net.a.machine, tool, "--input", json.dumps(tool_input))
+    assert out.returncode == code, (out.stdout, out.stderr)
+    result = json.loads(out.stdout)
+    assert "source" not in result and result["error"] in ("bad_input", "unknown_tool"), result
+    assert result.get("field") == field, result
+    assert "cmdop: error:" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    if code == 2:
+        assert "read_file" in out.stderr, out.stderr
+
+
 def test_floor_denies_reading_shadow_and_the_agent_audits_it(net: Any) -> None:
     out = net.c.run("exec", net.a.machine, "--", "cat", "/etc/shadow")
     assert out.returncode == 3, (out.stdout, out.stderr)

@@ -62,13 +62,17 @@ def test_unknown_tool_is_a_usage_error(cmdop_env) -> None:  # type: ignore[no-un
     assert audit_lines(cmdop_env) == []          # nothing reached the gate
 
 
-def test_list_dir_and_grep_default_to_the_cwd(cmdop_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_list_dir_and_grep_need_a_path(cmdop_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`path` is a required field of both (`.` is spelled out); relative to --cwd."""
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "f.txt").write_text("needle\n")
-    r = cmdop_env.run("run", "list_dir", "--cwd", str(tmp_path / "w"))
+    for argv in (("list_dir",), ("grep", "--input", '{"pattern": "needle"}')):
+        r = cmdop_env.run("run", *argv, "--cwd", str(tmp_path / "w"))
+        assert r.returncode == 1 and json.loads(r.stdout)["field"] == "path", r.stdout + r.stderr
+    r = cmdop_env.run("run", "list_dir", "--input", '{"path": "."}', "--cwd", str(tmp_path / "w"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert [e["name"] for e in json.loads(r.stdout)] == ["f.txt"]
-    r = cmdop_env.run("run", "grep", "--input", '{"pattern": "needle"}', "--cwd", str(tmp_path / "w"))
+    r = cmdop_env.run("run", "grep", "--input", '{"pattern": "needle", "path": "."}', "--cwd", str(tmp_path / "w"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "needle" in r.stdout
 

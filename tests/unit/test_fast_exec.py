@@ -27,6 +27,8 @@ def test_shapes_it_serves(argv, expected):
     ["--workspace", "w", "web01", "--", "true"], ["--help"],
     ["--timeout", "0", "web01", "--", "true"], ["--timeout", "601", "web01", "--", "true"],
     ["--timeout", "x", "web01", "--", "true"], ["--timeout"],
+    ["", "--", "true"], ["  ", "--", "true"],            # an empty HOST: the full CLI's usage error
+    ["web01", "--", ""], ["web01", "--", " \t"], ["web01", ""],   # an empty command: likewise
 ])
 def test_everything_else_goes_to_the_full_cli(argv):
     assert parse(argv) is None

@@ -1,0 +1,62 @@
+"""What each tool's input must hold, checked before admission and the gate. Pure.
+
+`problem(tool, tool_input)` is None for a well-formed call, else the result the caller gets:
+- an unknown tool name: {"error": "unknown_tool", "message", "tool", "tools": [...]};
+- a missing required field, a field of the wrong type, a NUL byte in a string, or a blank target
+  (the field the gate judges): {"error": "bad_input", "field", "message", "tool"}.
+A mistake in the input is not a denial: such a call is never judged by the floor (which would
+report it as `source: floor`), never audited as a decision, never run. The pipeline checks every
+call (local, self, remote, guest); `cmdop run` checks first to exit 1/2 without starting anything.
+
+FIELDS mirrors what the tools read (cmdop.tools, get_str/get_int); tests/unit/test_tool_input.py
+checks the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from cmdop.core.calls import TOOL_TARGET_FIELD
+
+# tool -> field -> (type, required)
+FIELDS: Mapping[str, Mapping[str, tuple[type, bool]]] = {
+    "execute_command": {"command": (str, True), "timeout_ms": (int, False), "cwd": (str, False)},
+    "read_file": {"path": (str, True), "start": (int, False), "end": (int, False)},
+    "write_file": {"path": (str, True), "content": (str, True), "encoding": (str, False)},
+    "list_dir": {"path": (str, True)},
+    "grep": {"pattern": (str, True), "path": (str, True), "glob": (str, False),
+             "max_results": (int, False)},
+    "glob": {"pattern": (str, True), "cwd": (str, False)},
+}
+TOOLS: tuple[str, ...] = tuple(FIELDS)
+
+
+def problem(tool: str, tool_input: object) -> dict[str, Any] | None:
+    """The unknown_tool or bad_input result for this call, or None when it is well formed (see
+    the module docstring). Fields the table does not name are left to the tool."""
+    fields = FIELDS.get(tool)
+    if fields is None:
+        return {"error": "unknown_tool", "tool": tool, "tools": list(TOOLS),
+                "message": f"unknown tool {tool!r} (tools: {', '.join(TOOLS)})"}
+    if not isinstance(tool_input, Mapping):
+        return _bad(tool, "input", "the tool input must be a JSON object")
+    for name, (kind, required) in fields.items():
+        value = tool_input.get(name)
+        if value is None:
+            if required:
+                return _bad(tool, name, f"missing required field {name!r}")
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return _bad(tool, name, f"field {name!r} must be an integer")
+        if kind is str:
+            if not isinstance(value, str):
+                return _bad(tool, name, f"field {name!r} must be a string")
+            if "\x00" in value:
+                return _bad(tool, name, f"field {name!r} contains a NUL byte")
+            if name == TOOL_TARGET_FIELD.get(tool) and not value.strip():
+                return _bad(tool, name, f"field {name!r} is empty")
+    return None
+
+
+def _bad(tool: str, field: str, message: str) -> dict[str, Any]:
+    return {"error": "bad_input", "field": field, "message": message, "tool": tool}
