@@ -87,6 +87,16 @@ def _json_out(out: subprocess.CompletedProcess[str]) -> Any:
 # -- the gate, remotely ---------------------------------------------------------------------
 
 
+def test_a_self_signed_relay_without_a_pin_says_how_to_trust_it(net: Any) -> None:
+    """Only CMDOP_API_KEY and CMDOP_RELAY, no pin: the system CAs refuse the relay's own
+    certificate; the error says so and how to pin it — not "is relay serve running?"."""
+    home = net.cluster.home("nopin")
+    out = home.run("hosts", CMDOP_API_KEY=net.keys["ops"]["key"], CMDOP_RELAY=net.relay.address)
+    assert out.returncode == 5, (out.stdout, out.stderr)
+    assert "does not trust" in out.stderr and "--relay-fingerprint" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_hosts_lists_both_agents_online(net: Any) -> None:
     hosts = _json_out(net.c.run("hosts", "--json"))
     by_name = {h["name"]: h for h in hosts}
