@@ -16,7 +16,7 @@ import argparse
 import time
 
 from cmdop.core.credentials import OAuthToken, ResolvedCredential, resolve_credential, valid_name
-from cmdop.core.errors import AuthError
+from cmdop.core.errors import AuthError, UsageError
 from cmdop.core.settings import Settings
 
 
@@ -84,6 +84,11 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
     flag_workspace = getattr(args, "workspace", None)
     env_workspace = settings.workspace
     flag_relay = getattr(args, "relay", None)
+    for flag, value in (("--workspace", flag_workspace), ("--relay", flag_relay),
+                        ("--api-key", getattr(args, "api_key", None))):
+        if value is not None and not value.strip():
+            # Given, but empty ("$UNSET"): never quietly the active workspace, relay or key.
+            raise UsageError(f"{flag} is empty", f"give a value, or leave {flag} out")
     if flag_relay:
         from cmdop.core.credentials import split_host_port
 

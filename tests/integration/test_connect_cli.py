@@ -90,6 +90,17 @@ def test_key_set_errors(cli: Cli, args: tuple[str, ...], stdin: str, code: int, 
     assert not ws_file(cli).exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ("auth", "status", "--workspace", ""), ("hosts", "--workspace", " "), ("hosts", "--relay", ""),
+    ("exec", "--api-key", "", "web01", "--", "true"), ("call", "--workspace", "", "web01", "read_file"),
+])
+def test_an_empty_credential_flag_is_a_usage_error(cli: Cli, argv: tuple[str, ...]) -> None:
+    """`--workspace "$UNSET"` never quietly means the active workspace (or relay, or key)."""
+    cli("connect", "key", "set", "--relay", "a:1", stdin=KEY_A)
+    r = cli(*argv)
+    assert r.code == 2 and "is empty" in r.err and "hint:" in r.err and "Traceback" not in r.err, r.err
+
+
 def test_key_is_never_taken_from_argv(cli: Cli) -> None:
     with pytest.raises(SystemExit) as exc:
         cli("connect", "key", "set", "--relay", "a:1", "--api-key", KEY_A)
