@@ -266,8 +266,11 @@ def _hosts(args: argparse.Namespace, ctx: CliContext) -> int:
             return "no machines yet: run `cmdop agent run` with this workspace's key on one"
         rows = [{k: (_shown(v) if isinstance(v, str) else v) for k, v in r.items()} for r in rows]
         width = max(len(r["name"]) for r in rows)
+        # The relay records last_seen every few minutes, not per ping: shown for offline
+        # machines only (`--json` has it for all), where it says when the link ended.
         return "\n".join(f"{r['name']:<{width}}  {'online ' if r['online'] else 'offline'}  "
-                         f"{r['agent_version'] or '-':<8}  last seen {r['last_seen'] or '-'}"
+                         f"{r['agent_version'] or '-':<8}"
+                         + ("" if r["online"] else f"  last seen {r['last_seen'] or '-'}")
                          for r in rows)
 
     ctx.emit(rows, human)

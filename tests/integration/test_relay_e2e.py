@@ -103,6 +103,10 @@ def test_hosts_lists_both_agents_online(net: Any) -> None:
     assert {net.a.machine, net.b.machine} <= set(by_name), hosts
     assert net.a.machine != net.b.machine
     assert by_name[net.a.machine]["online"] and by_name[net.b.machine]["online"]
+    assert by_name[net.a.machine]["last_seen"]
+    human = net.c.run("hosts").stdout.splitlines()
+    line = next(x for x in human if x.split()[0] == net.a.machine)
+    assert line.split()[1] == "online" and "last seen" not in line, human
 
 
 def test_exec_allowed_by_a_rule_streams_output_and_propagates_exit_status(net: Any) -> None:
