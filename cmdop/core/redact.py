@@ -16,8 +16,8 @@ Rules, applied in this order (each entry says where the shape comes from):
    password, passwd, passphrase, token, secret, api-key, access-key, private-key, credential
    (but not `…-file`, `…-path`, `…-id`: those name where a secret is, not the secret);
    `mysql`/`mariadb` family `-pX` (attached form only: `-p` alone makes them prompt);
-   `sshpass -p X`; `redis-cli -a X`; `curl -u user:X`.
-5. `NAME=value` and JSON `"name": "value"` where NAME has a part containing TOKEN, SECRET,
+   `sshpass -p X`; `redis-cli -a X`; `curl -u user:X`; Samba's `-U user%X`.
+5. `NAME=value`, `NAME: value`, `NAME = value` and JSON `"name": "value"` where NAME has a part containing TOKEN, SECRET,
    PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL, or a part that is or ends with KEY/KEYS
    (API_KEY, APIKEY, AWS_SECRET_ACCESS_KEY), or a part that is PWD or PASS (MYSQL_PWD, DB_PASS),
    case-insensitive. PWD/OLDPWD (the working directory), BYPASS_*, KEYBOARD-like names are not.
@@ -95,9 +95,16 @@ _RULES: list[tuple[str | None, re.Pattern[str], _Repl]] = [
     ("sudo", re.compile(r"(\b(?:echo|printf)\s+(?:-\w+\s+)*)(" + _VALUE + r")(?=\s*\|\s*sudo\b[^;&|\n]*\s-\w*S)"),
      _keep_group(1)),
     ("curl", re.compile(r"(\bcurl\b[^;&|\n]{0,1000}?\s(?:-u\s*|--user[=\s]+)['\"]?[^\s:'\"]+:)([^\s'\"@]+)"), _keep_group(1)),
+    # Samba's user%password (smbclient, rpcclient, smbmap, smbget, net, smbcacls).
+    ("%", re.compile(r"(\b(?:smbclient|rpcclient|smbmap|smbget|smbcacls|net)\b[^;&|\n]{0,500}?\s"
+                     r"(?:-U\s*|--user(?:name)?[=\s]+)['\"]?[^\s%'\"]+%)([^\s'\"]+)"), _keep_group(1)),
     # 5. NAME=value and "name": "value" with a secret-looking name.
     ("=", re.compile(r"(?i)(\b[A-Za-z0-9_]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|key|keys|pwd|pass|auth)"
                 r"(?:_[A-Za-z0-9_]{0,64})?=)(" + _VALUE + r")"), lambda m: _name_value(m)),
+    # ... and `NAME: value`, `NAME = value` (YAML, INI, a line echoed into a file).
+    (None, re.compile(r"(?i)(\b[A-Za-z0-9_-]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|key|keys|pwd|"
+                      r"pass|auth)(?:[_-][A-Za-z0-9_-]{0,64})?(?:[ \t]*:[ \t]*|[ \t]+=[ \t]*|=[ \t]+)(?![=:]))"
+                      r"(" + _VALUE + r")"), lambda m: _name_value(m)),
     ('":', re.compile(r"(?i)(\"[\w-]{0,64}?(?:token|secret|passw(?:or)?d|passphrase|credential|api[-_]?key|private[-_]?key)"
                 r"[\w-]{0,64}\"\s*:\s*\")((?:[^\"\\]|\\.)*)(?=\")"), _keep_group(1)),
     # 6. Well-known token formats (vendor documentation of each prefix).
@@ -125,10 +132,10 @@ _PEM_ARMOUR = re.compile(r"(-----(?:BEGIN|END) [A-Z0-9 ]{0,40}-----)")
 
 
 def _name_value(m: "re.Match[str]") -> str:
-    name = m.group(1)[:-1]
+    name = m.group(1).rstrip(" \t:=")
     if name.upper() in _NOT_SECRET_NAMES:
         return m.group(0)
-    if any(_SECRET_PART.search(part) for part in name.split("_") if part):
+    if any(_SECRET_PART.search(part) for part in re.split(r"[_-]", name) if part):
         return m.group(1) + MARK
     return m.group(0)
 

@@ -55,6 +55,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from cmdop.core.audit import MAX_TARGET_CHARS, OUTCOMES
 from cmdop.core.calls import TOOL_TARGET_FIELD, CallerKind, ToolCall
+from cmdop.core.tool_input import problem
 from cmdop.core.policy.decision import Decision
 from cmdop.core.redact import MARK
 
@@ -217,6 +218,9 @@ def parse_line(raw: bytes, *, caller: CallerKind, cwd: str, workdir: str, op: st
         return _bad("'cwd' and 'op' must be strings")
     # As `check --cwd` takes it (os.path.abspath): from the process's directory, normalised.
     line_cwd = posixpath.normpath(posixpath.join(workdir, line_cwd)) if line_cwd else cwd
+    malformed = problem(tool, tool_input, target_only=True)
+    if malformed is not None:     # a mistake, not a floor denial (as for a real call)
+        return _bad(str(malformed["message"]))
     return LineCall(ToolCall(tool, tool_input, line_op, line_cwd), _KINDS[kind])
 
 

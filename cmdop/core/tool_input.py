@@ -31,16 +31,23 @@ FIELDS: Mapping[str, Mapping[str, tuple[type, bool]]] = {
 TOOLS: tuple[str, ...] = tuple(FIELDS)
 
 
-def problem(tool: str, tool_input: object) -> dict[str, Any] | None:
+def problem(tool: str, tool_input: object, *, target_only: bool = False) -> dict[str, Any] | None:
     """The unknown_tool or bad_input result for this call, or None when it is well formed (see
-    the module docstring). Fields the table does not name are left to the tool."""
+    the module docstring). Fields the table does not name are left to the tool. `target_only`:
+    only the field the gate judges (a dry run — `permissions check --batch` — gives the target
+    alone, e.g. a write_file path without content), and a tool the gate knows but this agent
+    does not serve is the gate's to judge (rules may name it)."""
     fields = FIELDS.get(tool)
+    if fields is None and target_only:
+        return None
     if fields is None:
         return {"error": "unknown_tool", "tool": tool, "tools": list(TOOLS),
                 "message": f"unknown tool {tool!r} (tools: {', '.join(TOOLS)})"}
     if not isinstance(tool_input, Mapping):
         return _bad(tool, "input", "the tool input must be a JSON object")
     for name, (kind, required) in fields.items():
+        if target_only and name != TOOL_TARGET_FIELD.get(tool):
+            continue
         value = tool_input.get(name)
         if value is None:
             if required:

@@ -22,6 +22,13 @@ SECRETS = [
     ("sshpass -p Hunter22 ssh host", "Hunter22", "ssh host"),
     ("redis-cli -h r -a Hunter22 ping", "Hunter22", "ping"),
     ("curl -u admin:Hunter22 https://x", "Hunter22", "admin:"),
+    # found by a black-box pass: the colon and spaced forms, Samba's user%password
+    ("echo password: Hunter2pw", "Hunter2pw", "echo password:"),
+    ("echo api_key: Hunter2pw >> cfg.yaml", "Hunter2pw", ">> cfg.yaml"),
+    ("echo PASSWORD = Hunter2pw", "Hunter2pw", "PASSWORD ="),
+    ("printf 'db-password:\tHunter2pw'", "Hunter2pw", "db-password:"),
+    ("smbclient -U bob%Hunter2pw //h/s", "Hunter2pw", "-U bob%"),
+    ("smbclient //h/s --user=bob%Hunter2pw -c ls", "Hunter2pw", "--user=bob%"),
     ("psql --password=Hunter22 -h db", "Hunter22", "-h db"),
     ("tool --password Hunter22 --verbose", "Hunter22", "--verbose"),
     ("tool --db-password='two words' --x", "two words", "--x"),
@@ -105,6 +112,9 @@ NOT_SECRETS = [
     "tar czf backup-2026-04-27.tar.gz /srv/data",
     "curl https://example.com/path?page=2&sort=asc",
     "vps-audi",
+    "[ \"$x\" == y ] && echo token",
+    "printf '%s: %d\\n' name 3",
+    "smbclient -L //h -N",
     "",
 ]
 

@@ -78,7 +78,15 @@ def test_parse_line_defaults_and_strictness() -> None:
     got = parse_line(line({"tool": "read_file", "input": {"path": "x"}, "cwd": "a/../b", "op": "",
                            "caller": "local"}), **kw)
     assert got == LineCall(ToolCall("read_file", {"path": "x"}, "", "/proc-cwd/b"), CallerKind.LOCAL)
-    assert parse_line(line({"tool": "t", "input": {}, "cwd": ""}), **kw).call.cwd == "/default"  # type: ignore[union-attr]
+    assert parse_line(line({"tool": "read_file", "input": {"path": "x"}, "cwd": ""}),
+                      **kw).call.cwd == "/default"  # type: ignore[union-attr]
+    # a mistake in the call is bad input, never a floor denial (only the judged field is needed)
+    for obj, words in [({"tool": "read_file", "input": {}}, "'path'"),
+                       ({"tool": "read_file", "input": {"path": 5}}, "'path'"),
+                       ({"tool": "execute_command", "input": {"command": " "}}, "'command'")]:
+        got = parse_line(line(obj), **kw)
+        assert isinstance(got, NotJudged) and got.error == "bad_input" and words in got.message, obj
+    assert isinstance(parse_line(line({"tool": "write_file", "input": {"path": "/x"}}), **kw), LineCall)
     for obj, words in [({"tool": "t", "input": {}, "extra": 1}, "unknown key 'extra'"),
                        ({"tool": "", "input": {}}, "'tool'"),
                        ({"tool": "t", "input": "x"}, "'input'"),
