@@ -105,7 +105,8 @@ def _answer(args: argparse.Namespace, ctx: CliContext, verdict: str) -> int:
         result = client.answer(args.ask_id, verdict, args.scope, args.digest)
     ctx.emit(result, lambda r: f"{visible(r['ask_id'])}: {r['outcome']}"
              + "".join(f"\n  kept rule {visible(rule)}" for rule in r.get("rules") or [])
-             + (f"\n  rule not kept: {visible(r['rule_error'])}" if r.get("rule_error") else ""))
+             + (f"\n  {'but' if r.get('rules') else 'rule not kept'}: {visible(r['rule_error'])}"
+                if r.get("rule_error") else ""))
     return 0
 
 

@@ -36,7 +36,9 @@ import trio
 
 from cmdop import __version__
 from cmdop.adapters.secure_file import ensure_private_dir
+from cmdop.core.calls import Caller, ToolCall
 from cmdop.core.errors import DaemonError
+from cmdop.core.policy.decision import Decision
 from cmdop.core.settings import Settings
 from cmdop.daemon import status as status_mod
 from cmdop.daemon.broker import AskBroker
@@ -220,7 +222,7 @@ class Daemon:
         parts = self.parts = build_components(self.settings, self.hostname)
         self.policy_error, self.config_error = parts.policy_error, parts.config_error
         try:
-            self.broker = AskBroker(keep_rule=self._keep_rule)
+            self.broker = AskBroker(keep_rule=self._keep_rule, judge=self._judge)
             self.service = AgentService(
                 broker=self.broker, gatekeeper=parts.gate, call_context=parts.call_context,
                 handle_call=parts.handle_call, hostname=self.hostname, status=self.snapshot,
@@ -447,6 +449,13 @@ class Daemon:
             self.counters["policy_reloads"] = self.counters.get("policy_reloads", 0) + 1
         await self._write_status_async()
         return error
+
+    def _judge(self, call: ToolCall, caller: Caller) -> Decision:
+        """The gate's decision for `call` now (after an answer kept its rule)."""
+        gate = self.gatekeeper
+        if gate is None:
+            return Decision("deny", "floor", "no gate", "", call.tool)
+        return gate.evaluate(call, caller)
 
     async def _keep_rule(self, verdict: str, scope: str, rule: str) -> None:
         reason = f"kept from an ask answer ({scope})"

@@ -38,6 +38,8 @@ WATCH_BUFFER = 256
 NO_APPROVER = "no approver attached"
 # (verdict, scope, rule) -> None: keeps the session or global rule an answer asked for.
 RuleKeeper = Callable[[str, str, str], Awaitable[None]]
+# (call, caller) -> the gate's decision now: whether a kept answer decides the call next time.
+Judge = Callable[[ToolCall, Caller], Decision]
 
 
 class AnswerError(Exception):
@@ -89,10 +91,11 @@ class PendingAsk:
 class AskBroker:
     """Pending asks, attached approvers, and the rules an answer may keep."""
 
-    def __init__(self, keep_rule: RuleKeeper | None = None) -> None:
+    def __init__(self, keep_rule: RuleKeeper | None = None, judge: Judge | None = None) -> None:
         self._pending: dict[str, PendingAsk] = {}
         self._watchers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
         self._keep_rule = keep_rule
+        self._judge = judge
         self._closed_reason = ""
         self.counters = {"asks": 0, "ask_allowed": 0, "ask_denied": 0, "ask_timeout": 0}
 
@@ -195,10 +198,27 @@ class AskBroker:
                     await self._keep_rule(verdict, scope, rule)
                 if rules:
                     result["rules"] = rules
+                    ineffective = self._still_undecided(pending, verdict)
+                    if ineffective:
+                        result["rule_error"] = ineffective
             except Exception as exc:  # the answer stands even if the rule cannot be kept
                 log.error("could not keep %s rule for ask %s: %s", scope, ask_id, exc)
                 result["rule_error"] = str(exc)
         return result
+
+    def _still_undecided(self, pending: PendingAsk, verdict: str) -> str | None:
+        """Why the rule just kept does not decide the same call next time (an `ask` rule in the
+        same scope wins over an allow), or None. The approver is told rather than shown a rule
+        that changes nothing."""
+        if self._judge is None:
+            return None
+        now = self._judge(pending.call, pending.caller)
+        wanted = "allow" if verdict == "allow" else "deny"
+        if now.decision == wanted:
+            return None
+        return (f"the next identical call is still '{now.decision}' by {now.reason} "
+                "(an ask rule wins over an allow rule of its scope): narrow or remove that rule "
+                "(`cmdop permissions rm`), or answer for the session (session rules decide first)")
 
     def close(self, reason: str) -> None:
         """Deny every pending ask and every later one with `reason`; detach all approvers."""

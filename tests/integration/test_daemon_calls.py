@@ -170,7 +170,7 @@ def test_session_and_always_answers_keep_exact_rules(cmdop_env, ask_daemon):
         approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
                                 "--scope", "session", "--json")
         assert approve.returncode == 0, approve.stderr
-        assert json.loads(approve.stdout)["rules"]
+        assert json.loads(approve.stdout)["rules"] and "rule_error" not in json.loads(approve.stdout)
         assert call.join()["stdout"] == "kept\n"
         # same call again: allowed by the session rule, no ask
         out = ask_daemon.call("execute_command", {"command": "echo kept"}, as_caller="remote")
@@ -190,6 +190,33 @@ def test_session_and_always_answers_keep_exact_rules(cmdop_env, ask_daemon):
         assert other.join()["error"] == "permission_denied"
     finally:
         approver.close()
+
+
+def test_an_always_answer_an_ask_rule_would_overrule_says_so(cmdop_env):
+    """A global `ask` rule asked; "always" keeps an allow rule in the same scope, where ask wins
+    over allow: the approver is told the kept rule changes nothing (and what would), rather
+    than being shown a rule that does not stop the next ask."""
+    write_policy(cmdop_env, ASK_POLICY.format(timeout=20).replace(
+        "rules: []", "rules:\n  - rule: execute_command(echo restart *)\n    action: ask"))
+    d = start_daemon(cmdop_env)
+    approver = Approver(d.socket_path)
+    try:
+        call = CallInThread(d, "execute_command", {"command": "echo restart web2"}, as_caller="remote")
+        approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
+                                "--scope", "always", "--json")
+        assert approve.returncode == 0, approve.stderr
+        answer = json.loads(approve.stdout)
+        assert "still 'ask'" in answer.get("rule_error", ""), answer
+        assert "session" in answer["rule_error"], answer
+        assert call.join()["stdout"] == "restart web2\n"          # the answer itself stands
+        call = CallInThread(d, "execute_command", {"command": "echo restart web3"}, as_caller="remote")
+        human = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"], "--scope", "always")
+        assert human.returncode == 0 and "still 'ask'" in human.stdout + human.stderr, (human.stdout, human.stderr)
+        call.join()
+    finally:
+        approver.close()
+        if d.proc.poll() is None:
+            assert d.stop() == 0
 
 
 def test_an_approved_compound_command_is_not_asked_again(cmdop_env, ask_daemon):
