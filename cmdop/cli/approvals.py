@@ -100,9 +100,25 @@ def _pending(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+# What to do when the agent refuses an answer (its code -> hint).
+_ANSWER_HINTS = {
+    "not_pending": "list the asks waiting now: `cmdop permissions pending`",
+    "digest_mismatch": "the ask is for another input than the digest you gave: look again with "
+                       "`cmdop permissions pending`",
+    "bad_request": "answer with an id from `cmdop permissions pending` (--scope once|session|always)",
+}
+
+
 def _answer(args: argparse.Namespace, ctx: CliContext, verdict: str) -> int:
+    from cmdop.core.errors import DaemonError
+
     with _client(ctx) as client:
-        result = client.answer(args.ask_id, verdict, args.scope, args.digest)
+        try:
+            result = client.answer(args.ask_id, verdict, args.scope, args.digest)
+        except DaemonError as exc:
+            if exc.hint is None:
+                exc.hint = _ANSWER_HINTS.get(getattr(exc, "code", ""))
+            raise
     ctx.emit(result, lambda r: f"{visible(r['ask_id'])}: {r['outcome']}"
              + "".join(f"\n  kept rule {visible(rule)}" for rule in r.get("rules") or [])
              + (f"\n  {'but' if r.get('rules') else 'rule not kept'}: {visible(r['rule_error'])}"

@@ -111,6 +111,12 @@ def report_bad_input(result: dict[str, Any], ctx: CliContext) -> int:
     where = f" (field {field!r})" if field and f"{field!r}" not in message else ""
     print(f"cmdop: error: bad input for {escaped(result.get('tool'), 64)}: "
           f"{escaped(message, 500)}{escaped(where, 100)}", file=ctx.stderr)
+    from cmdop.core.tool_input import FIELDS
+
+    fields = FIELDS.get(str(result.get("tool")))
+    if fields:
+        takes = ", ".join(name + ("" if required else "?") for name, (_, required) in fields.items())
+        print(f"hint: {result.get('tool')} takes {{{takes}}} (? = optional)", file=ctx.stderr)
     return 1
 
 

@@ -219,6 +219,13 @@ def test_an_always_answer_an_ask_rule_would_overrule_says_so(cmdop_env):
             assert d.stop() == 0
 
 
+def test_answering_an_ask_that_is_not_pending_says_what_to_do(cmdop_env, ask_daemon):
+    for argv in (("approve", "ask-nope"), ("deny", "ask-nope", "--scope", "session")):
+        out = cmdop_env.run("permissions", *argv)
+        assert out.returncode != 0 and "cmdop: error:" in out.stderr, out.stderr
+        assert "hint: list the asks waiting now: `cmdop permissions pending`" in out.stderr, out.stderr
+
+
 def test_an_approved_compound_command_is_not_asked_again(cmdop_env, ask_daemon):
     approver = Approver(ask_daemon.socket_path)
     try:

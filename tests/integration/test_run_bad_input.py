@@ -33,8 +33,9 @@ def test_execute_command_bad_input(cmdop_env, args: list[str], field: str) -> No
     out = json.loads(r.stdout)
     assert out["error"] == "bad_input" and out["field"] == field and out["message"]
     assert "source" not in out and "floor" not in r.stdout
-    [line] = r.stderr.strip().splitlines()
+    line, hint = r.stderr.strip().splitlines()
     assert line.startswith("cmdop: error: bad input for execute_command:") and repr(field) in line
+    assert hint.startswith("hint: execute_command takes {command, ")
     assert "Traceback" not in r.stderr
 
 
@@ -60,6 +61,11 @@ def test_unknown_tool_is_a_usage_error(cmdop_env) -> None:  # type: ignore[no-un
     assert r.stdout == ""
     assert "unknown tool 'no_such_tool'" in r.stderr and "execute_command" in r.stderr
     assert audit_lines(cmdop_env) == []          # nothing reached the gate
+
+
+def test_bad_input_says_what_the_tool_takes(cmdop_env) -> None:  # type: ignore[no-untyped-def]
+    r = cmdop_env.run("run", "read_file", "--input", "{}")
+    assert r.returncode == 1 and "hint: read_file takes {path, start?, end?}" in r.stderr, r.stderr
 
 
 def test_list_dir_and_grep_need_a_path(cmdop_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
