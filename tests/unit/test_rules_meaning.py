@@ -186,6 +186,15 @@ def test_a_value_from_the_environment_is_never_known() -> None:
     assert not allows("git --config-env=core.pager=MYPAGER log", "git --config-env=core.pager=MYPAGER *", "*")
 
 
+@pytest.mark.parametrize("command", ["git\\ status", "'git status'", '"git status" -s', "'git push' origin",
+                                     "sudo 'systemctl restart' x"])
+def test_a_program_name_with_a_space_is_named_by_no_rule(command: str) -> None:
+    """One word `git\\ status` is a program named "git status" to bash (found by a black-box
+    pass): the text "git status" must not let `git *` or `git status` allow it."""
+    assert not allows(command, "git *", "git status", "git push *", "sudo *", "sudo systemctl *")
+    assert allows("git status", "git *") and allows('"git" status', "git *")
+
+
 # Arguments that look like code but are not: the broad rule still covers them.
 NOT_CODE = [
     ("git -c color.ui=always status", "git *"),

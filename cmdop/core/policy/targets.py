@@ -121,6 +121,12 @@ def _command_parts(cmd: SimpleCommand, depth: int) -> list[Part]:
     why = "" if text is not None else "it contains an expansion, substitution or glob whose value is unknown"
     if un.nested and first_priv is None:
         text, why, code_at = None, "a nested script", ()
+    for at in (0, *wrapped):          # the program, and any program a wrapper runs
+        program = allow_layer.words[at].static if at < len(allow_layer.words) else None
+        if text is not None and program is not None and any(c.isspace() for c in program):
+            # `git\ status` is ONE word: bash looks for a program named "git status", which
+            # the text "git status" would let `git *` allow. No rule names such a program.
+            text, why, code_at = None, f"the program name {program!r} contains a space", ()
     parts.append(Part(text, tuple(dict.fromkeys(deny_texts)), _display(allow_layer), why, code=code_at))
     parts.extend(Part(None, p.deny_texts, p.display, deny_only=True) for p in nested_parts)
     for p in inner:
