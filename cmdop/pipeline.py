@@ -8,7 +8,7 @@ the daemon.
   field — a mistake, not a denial: not judged, not audited, not run.
 - Then admission (`cmdop.core.admission.admit`, on facts learnt cheaply here: the registry's
   tools, whether the audit log looks writable, whether the sandbox is up where a command needs
-  it): an unknown tool ("unknown tool: X"), a guest's tool outside its share, an audit log that
+  it): a guest's tool outside its share, an audit log that
   is not writable for a remote/self/guest caller ("audit log unwritable"), a caller that is not
   local without a password session while the machine asks for one (config.yaml
   `remote_requires_password` and a password set: admission:password_required; read at each
