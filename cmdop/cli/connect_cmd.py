@@ -117,13 +117,11 @@ def _key_set(args: argparse.Namespace, ctx: CliContext) -> int:
 
     path = ctx.settings.workspaces_file
     # Validate every flag, and read the file, before reading the key: a mistake costs no retyping.
-    # A flag given empty (`--workspace ''`, an unset shell variable) is a mistake, never "the
-    # default": the key would land in another workspace, or keep the old relay or pin.
-    for flag, value in (("--workspace", args.workspace), ("--relay", args.relay),
-                        ("--relay-fingerprint", args.relay_fingerprint),
-                        ("--relay-ca", args.relay_ca)):
-        if value is not None and not value.strip():
-            raise UsageError(f"{flag} is empty", f"give {flag} a value, or leave it out")
+    # An empty flag would store the key in another workspace, or keep the old relay or pin.
+    from cmdop.cli.credential_flags import refuse_empty
+
+    refuse_empty((("--workspace", args.workspace), ("--relay", args.relay),
+                  ("--relay-fingerprint", args.relay_fingerprint), ("--relay-ca", args.relay_ca)))
     fingerprint = normalize_fingerprint(args.relay_fingerprint) if args.relay_fingerprint else None
     ca = _check_ca(args.relay_ca) if args.relay_ca else None
     if args.relay:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Iterable
 
 from cmdop.core.credentials import OAuthToken, ResolvedCredential, resolve_credential, valid_name
 from cmdop.core.errors import AuthError, UsageError
@@ -75,6 +76,14 @@ def _token_from_agent(settings: Settings) -> tuple[str, float | None] | None:
     return answer["access_token"], float(expires) if isinstance(expires, (int, float)) else None
 
 
+def refuse_empty(flags: Iterable[tuple[str, str | None]]) -> None:
+    """UsageError for the first (flag, value) given but empty or blank (`--workspace "$UNSET"`):
+    never quietly the default workspace, relay, key or pin."""
+    for flag, value in flags:
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty", f"give {flag} a value, or leave it out")
+
+
 def resolve_from_args(args: argparse.Namespace, settings: Settings,
                       now: float | None = None) -> ResolvedCredential:
     """The credential for this command: flags in `args` (absent ones count as not given),
@@ -84,11 +93,8 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
     flag_workspace = getattr(args, "workspace", None)
     env_workspace = settings.workspace
     flag_relay = getattr(args, "relay", None)
-    for flag, value in (("--workspace", flag_workspace), ("--relay", flag_relay),
-                        ("--api-key", getattr(args, "api_key", None))):
-        if value is not None and not value.strip():
-            # Given, but empty ("$UNSET"): never quietly the active workspace, relay or key.
-            raise UsageError(f"{flag} is empty", f"give a value, or leave {flag} out")
+    refuse_empty((("--workspace", flag_workspace), ("--relay", flag_relay),
+                  ("--api-key", getattr(args, "api_key", None))))
     if flag_relay:
         from cmdop.core.credentials import split_host_port
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.core.errors import UsageError
-from cmdop.core.tool_input import TOOLS, problem
+from cmdop.core.tool_input import FIELDS, TOOLS, problem
+
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add `cmdop run`."""
@@ -111,8 +112,6 @@ def report_bad_input(result: dict[str, Any], ctx: CliContext) -> int:
     where = f" (field {field!r})" if field and f"{field!r}" not in message else ""
     print(f"cmdop: error: bad input for {escaped(result.get('tool'), 64)}: "
           f"{escaped(message, 500)}{escaped(where, 100)}", file=ctx.stderr)
-    from cmdop.core.tool_input import FIELDS
-
     fields = FIELDS.get(str(result.get("tool")))
     if fields:
         takes = ", ".join(name + ("" if required else "?") for name, (_, required) in fields.items())
