@@ -15,6 +15,7 @@ ones) nor write (read-only ones).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import sys
 import pwd
@@ -84,7 +85,10 @@ def homes_for(spec: FloorSpec) -> list[str]:
     return out
 
 
-Identity = tuple[int, int, int, int, int] | None
+Identity = tuple[int, int, int, int, int] | str | None
+# The dynamic linker reads these before any code of ours: a new server must find them as before.
+LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.preload")
+_DIGEST_MAX = 16 << 20
 
 
 def file_identity(path: str) -> Identity:
@@ -97,19 +101,36 @@ def file_identity(path: str) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def content_identity(path: str) -> Identity:
+    """The SHA-256 of `path`'s bytes (following links), None when absent: a file rewritten with
+    the same bytes keeps it, as `ldconfig` does to the linker's cache on every package install.
+    A file over 16 MiB falls back to `file_identity`."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > _DIGEST_MAX:
+                return file_identity(path)
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None if not os.path.lexists(path) else file_identity(path)
+
+
 def server_start_files(mapped: tuple[str, ...] = ()) -> dict[str, Identity]:
     """Every file whose change would change what a new sandbox server runs before it confines
     itself, with its identity: the `pyvenv.cfg` files Python would read beside the interpreter
     (one could point it at another standard library), the zip archives first on its `sys.path`
     (missing ones must stay missing: Python imports `encodings` from one before any code of
-    ours), the dynamic linker's cache and preload list, and `mapped` — the files the first
-    server had mapped (the interpreter's libpython, libc, libffi, extension modules). The
-    launcher compares this before each later server start and refuses to start on a change."""
+    ours), the dynamic linker's cache and preload list — these by their bytes, so a rewrite
+    with the same content is no change — and `mapped` — the files the first server had mapped
+    (the interpreter's libpython, libc, libffi, extension modules), by their inode and times,
+    so a reinstalled library counts as changed. The launcher compares this before each later
+    server start and refuses to start on a change."""
     exe = agent_interpreter()
-    paths = [os.path.join(d, "pyvenv.cfg") for d in (os.path.dirname(exe), os.path.dirname(os.path.dirname(exe)))]
-    paths += [p for p in sys.path if p.endswith(".zip")]
-    paths += ["/etc/ld.so.cache", "/etc/ld.so.preload", *mapped]
-    return {p: file_identity(p) for p in dict.fromkeys(paths)}
+    settings = [os.path.join(d, "pyvenv.cfg") for d in (os.path.dirname(exe), os.path.dirname(os.path.dirname(exe)))]
+    settings += [p for p in sys.path if p.endswith(".zip")]
+    settings += LINKER_FILES
+    out = {p: content_identity(p) for p in dict.fromkeys(settings)}
+    out.update({p: file_identity(p) for p in mapped if p not in out})
+    return out
 
 
 def mapped_files(pid: int) -> tuple[str, ...]:

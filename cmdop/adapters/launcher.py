@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from cmdop.adapters import kernel_floor_fs
 from cmdop.adapters.sandbox import SandboxFilter, build_filter
@@ -65,6 +65,8 @@ class SandboxedChild:
     pid: int
     _reply: socket.socket
     returncode: int | None = None
+    # Told when the server is found dead, so the sandbox reaps it before the next spawn.
+    _server_lost: Callable[[], None] | None = None
 
     def wait(self, timeout: float | None) -> int | None:
         """The child's return code (negative: killed by that signal), or None on timeout."""
@@ -79,6 +81,8 @@ class SandboxedChild:
             data = b""
         if not data:  # the fork server died: the child's status is lost; report it as killed
             self.returncode = -signal.SIGKILL
+            if self._server_lost is not None:
+                self._server_lost()
         else:
             self.returncode = int(json.loads(data)["returncode"])
         self._reply.close()
@@ -331,29 +335,54 @@ class Sandbox:
                         raise SandboxUnavailableError(f"the command sandbox is unavailable: {self._reason}")
                     try:
                         socket.send_fds(ctl, [request], [theirs.fileno(), stdin, stdout, stderr, *cg_fds])
+                        server = self._proc      # the one that will report on this child
                         break
                     except OSError:
                         if attempt == 2:
                             raise
                         self._drop_server()  # the server died: start a fresh one and retry once
+        except BaseException:
+            mine.close()
+            raise
         finally:
             theirs.close()
         mine.settimeout(ANSWER_TIMEOUT_S)
         try:
             raw = mine.recv(_MAX_MSG)
         except OSError:
-            raw = b""
+            raw = b'{"error": "sandbox server did not answer", "errno": 0}'
             # Stopped or wedged (a command can SIGSTOP its parent): replace it.
             self.server_unresponsive()
+        if not raw:
+            # The server ended without answering: killed, perhaps by a command it had just
+            # started (which then ran). Reap it so the next spawn gets a fresh one.
+            raw = (b'{"error": "the sandbox server ended before it reported on the command '
+                   b'(a command may have killed it); the next call starts a fresh one", "errno": 0}')
+            self.server_lost(server)
         mine.settimeout(None)
-        answer: dict[str, Any] = json.loads(raw or b'{"error": "sandbox server did not answer", "errno": 0}')
+        answer: dict[str, Any] = json.loads(raw)
         if "pid" not in answer:
             mine.close()
             err = int(answer.get("errno") or 0)
             if err:
                 raise OSError(err, str(answer.get("error")))
             raise OSError(str(answer.get("error")))
-        return SandboxedChild(pid=int(answer["pid"]), _reply=mine)
+        return SandboxedChild(pid=int(answer["pid"]), _reply=mine,
+                              _server_lost=lambda: self.server_lost(server))
+
+    def server_lost(self, server: "subprocess.Popen[bytes] | None") -> None:
+        """A child's report ended without a status: its server died (a command can kill it).
+        Reap that server now. A dying process closes its sockets one by one, so the child's
+        report can end while the control socket still takes a request; a spawn sent then would
+        be dropped unanswered. Once reaped, the next spawn starts a fresh server."""
+        with self._lock:
+            if server is None or server is not self._proc:
+                return          # a retired server, or one already replaced
+            try:
+                server.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                return          # alive after all: only this report was cut; keep it
+            self._drop_server()
 
     def server_unresponsive(self) -> None:
         """The server stopped answering (a command stopped it, or it wedged): kill it (SIGKILL
@@ -366,8 +395,12 @@ class Sandbox:
 
     def _refresh(self) -> None:
         """Retire the server when a listing its mount plan depends on has changed (caller holds
-        the lock); the next `_ensure` starts a fresh one on a fresh plan."""
+        the lock); the next `_ensure` starts a fresh one on a fresh plan. A server that has
+        exited is dropped, so the next `_ensure` replaces it."""
         self._retired = [p for p in self._retired if p.poll() is None]
+        if self._proc is not None and self._proc.poll() is not None:
+            self._drop_server()
+            return
         if self._ctl is None or self._floor is None:
             return
         if kernel_floor_fs.fingerprint(self._watched) == self._fingerprint:

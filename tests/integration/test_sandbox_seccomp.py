@@ -345,3 +345,51 @@ def test_a_dead_server_is_replaced(tmp_path: Path) -> None:
     out = execute_command({"command": "echo b"}, env)
     sb.close()
     assert out["stdout"] == "b\n" and out["sandboxed"] is True
+
+
+def test_a_command_that_kills_its_server_does_not_cost_the_next_one(tmp_path: Path) -> None:
+    """Found in CI: a command ran `kill -9 $PPID`; its report ended while the dying server's
+    control socket still took a request, so the next command got "sandbox server did not
+    answer". The next command now runs on a fresh server, every time. (Under load the command
+    can even kill its server before the server reports its pid: that call says so.)"""
+    sb = Sandbox()
+    if not sb.available:
+        pytest.skip(f"seccomp unavailable: {sb.reason}")
+    env = ToolEnv(home=str(tmp_path), cwd=str(tmp_path), sandbox=sb)
+    failed: list[object] = []
+    servers: set[int] = set()
+    for i in range(25):
+        assert sb._proc is not None or i == 0
+        if sb._proc is not None:
+            servers.add(sb._proc.pid)
+        try:
+            execute_command({"command": "kill -9 $PPID"}, env)
+        except OSError as exc:   # it may kill the server before the server reports its pid
+            assert "ended before it reported" in str(exc)
+        out = execute_command({"command": f"echo {i}"}, env)
+        if out.get("stdout") != f"{i}\n" or out.get("sandboxed") is not True:
+            failed.append(out)
+    sb.close()
+    assert failed == []
+    assert len(servers) >= 24          # each kill really took a server down
+
+
+def test_a_report_cut_by_a_dying_server_waits_for_it_before_the_next_spawn() -> None:
+    """The CI race, made deterministic: a dying server has closed a child's report socket but
+    not yet its control socket. The child's wait must reap that server and drop its control
+    socket, so the next spawn cannot be sent into it."""
+    import socket as socketlib
+
+    from cmdop.adapters.launcher import SandboxedChild
+
+    sb = Sandbox(SandboxFilter(None, "not needed"))
+    dying = subprocess.Popen(["sleep", "0.3"])           # still exiting when the report ends
+    ctl, server_end = socketlib.socketpair(socketlib.AF_UNIX, socketlib.SOCK_SEQPACKET)
+    sb._proc, sb._ctl = dying, ctl
+    mine, theirs = socketlib.socketpair(socketlib.AF_UNIX, socketlib.SOCK_SEQPACKET)
+    theirs.close()
+    child = SandboxedChild(pid=1, _reply=mine, _server_lost=lambda: sb.server_lost(dying))
+    assert child.wait(5) == -signal.SIGKILL
+    assert dying.poll() is not None                       # reaped before wait() returned
+    assert sb._ctl is None and sb._proc is None           # the next spawn starts a fresh one
+    server_end.close()
