@@ -254,7 +254,10 @@ def load(path: str, home: str, run_tests: bool = True) -> tuple[PolicyDoc, Polic
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError(f"{path} is not UTF-8 text") from None
-    return parse_text(text, home, run_tests)
+    try:
+        return parse_text(text, home, run_tests)
+    except PolicyError as exc:
+        raise exc.at(path) from None
 
 
 def render(doc: PolicyDoc) -> str:

@@ -65,6 +65,13 @@ class PolicyError(ConfigError):
         super().__init__(message, hint or "fix permissions.yaml; a running agent keeps its last good policy")
         self.line = line
 
+    def at(self, path: str) -> "PolicyError":
+        """The same error, naming the file it was found in (message and default hint)."""
+        out = PolicyError(f"{path}: {self.message.replace('permissions.yaml ', 'the file ')}",
+                          (self.hint or "").replace("permissions.yaml", path) or None)
+        out.line = self.line
+        return out
+
 
 class SecretFileError(CmdopError):
     """A secret-bearing file is readable by others or owned by another user."""

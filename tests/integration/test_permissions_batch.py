@@ -239,7 +239,7 @@ def test_batch_usage_and_policy_errors(cmdop_env: CmdopEnv) -> None:
     assert batch(cmdop_env, [], stdin=True)[:2] == (0, [])                     # nothing in, nothing out
     write_policy(cmdop_env, "version: 1\nrules:\n  - rule: 'execute_command(x)'\n    action: alow\n")
     r = cmdop_env.run("permissions", "check", "--batch", "-", input="{}\n")
-    assert r.returncode == 1 and r.stdout == "" and r.stderr.startswith("cmdop: error: line 4:")
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.startswith("cmdop: error: ") and "permissions.yaml: line 4:" in r.stderr
 
 
 # ---- replay on a real audit log -----------------------------------------------------------
@@ -376,7 +376,8 @@ def test_replay_with_a_broken_policy_is_one_error_line(cmdop_env: CmdopEnv) -> N
     r = cmdop_env.run("permissions", "replay", "--policy", str(bad))
     assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
     assert [x for x in r.stderr.splitlines() if x.startswith("cmdop: error:")] == [
-        "cmdop: error: line 4: action 'alow' is not one of allow, ask, deny"]
+        f"cmdop: error: {bad}: line 4: action 'alow' is not one of allow, ask, deny"]
+    assert f"hint: fix {bad};" in r.stderr          # the file given, not "permissions.yaml"
     r = cmdop_env.run("permissions", "replay", "--since", "yesterday")
     assert r.returncode == 2 and "bad --since value" in r.stderr
     r = cmdop_env.run("permissions", "replay", "--policy", str(cmdop_env.home / "none.yaml"))
