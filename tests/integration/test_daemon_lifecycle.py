@@ -173,7 +173,9 @@ def test_a_client_under_another_uid_is_refused_and_logged(daemon):
     # 0600 socket do not stop it first: this exercises the SO_PEERCRED check itself.
     user = "cmdoptest"
     if subprocess.run(["id", user], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", user], check=True)
+        # The other xdist worker may create it at the same moment: "already exists" (9) is fine.
+        made = subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", user], capture_output=True, text=True)
+        assert made.returncode in (0, 9), made.stderr
     client = (
         "import json,socket,struct,sys\n"
         "s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"

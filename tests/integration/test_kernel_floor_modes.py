@@ -125,7 +125,9 @@ def second_user() -> str:
         pytest.skip("needs root, setpriv and useradd to run an agent as another uid")
     user = "cmdoptest"
     if subprocess.run(["id", user], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", user], check=True)
+        # The other xdist worker may create it at the same moment: "already exists" (9) is fine.
+        made = subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", user], capture_output=True, text=True)
+        assert made.returncode in (0, 9), made.stderr
     return user
 
 

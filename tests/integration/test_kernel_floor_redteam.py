@@ -791,19 +791,29 @@ def test_code_run_outside_later_is_read_only(agent_mount: Agent, name: str, path
 def test_a_pyvenv_cfg_beside_the_interpreter_stops_the_server(tmp_path: Path, outside: Outside) -> None:
     """The interpreter's directory may be writable (a pyenv tree in a home); a pyvenv.cfg placed
     there would point the next server start at another standard library: the launcher refuses
-    to start from it (no command runs), and says why."""
-    a = start_agent(MOUNT, tmp_path, outside)
-    cfg = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "pyvenv.cfg")
-    if os.path.exists(cfg):
-        pytest.skip(f"{cfg} exists already")
+    to start from it (no command runs), and says why.
+    The agent runs from a private copy of the interpreter (a `--copies` venv in tmp_path): a
+    pyvenv.cfg beside the machine's real interpreter would, while it lasted, stop every other
+    agent's next server start and every python started from that interpreter (another xdist
+    worker's tests)."""
+    venv = tmp_path / "venv"
+    subprocess.run([os.path.realpath(sys.executable), "-m", "venv", "--copies", "--without-pip", str(venv)],
+                   check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    deps = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
+    (site / "redteam.pth").write_text("\n".join([*deps, str(REPO)]) + "\n")
+    assert os.path.realpath(venv / "bin" / "python") == str(venv / "bin" / "python"), "not a copy"
+    a = start_agent(MOUNT, tmp_path / "box", outside, python=str(venv / "bin" / "python"))
+    cfg = str(venv / "bin" / "pyvenv.cfg")
     try:
         a.run(f"test -w {os.path.dirname(cfg)} && printf 'home = /tmp\\n' > {cfg}; kill -9 $PPID")
         out = a.run("cat ~/.ssh/id_rsa; echo ran")
         text = json.dumps(out)
         assert MARK not in text and "ran" not in out.get("stdout", ""), text
+        assert "pyvenv.cfg" in text, f"refused, but not for the pyvenv.cfg: {text}"
     finally:
         try:
-            os.unlink(cfg)         # never leave it: it would redirect every later python here
+            os.unlink(cfg)
         except FileNotFoundError:
             pass
         a.driver.close()

@@ -241,7 +241,7 @@ def test_python_zip_on_the_interpreter_path(tmp_path: Path, outside: Outside, py
 # --------------------------------------------------------------------------------------------
 # (4) /dev and devices.
 DEV_PROBES = [
-    ("dev-tun", "head -c1 /dev/net/tun; ip tuntap add dev rt2tun mode tun && echo MADE; ip link del rt2tun 2>/dev/null; true"),
+    ("dev-tun", "head -c1 /dev/net/tun; ip tuntap add dev rt@TOKEN@ mode tun && echo MADE; ip link del rt@TOKEN@ 2>/dev/null; true"),
     ("dev-loop-control", "@PY@ -c \"import os,fcntl; fd=os.open('/dev/loop-control',os.O_RDWR); "
                          "print('MADE', fcntl.ioctl(fd, 0x4C82))\"; true"),
     ("dev-pts-outside", "for n in /dev/pts/[0-9]*; do (exec 3>>$n) 2>/dev/null && echo MADE $n; done; true"),

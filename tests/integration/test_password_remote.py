@@ -219,18 +219,19 @@ def test_an_expired_session_is_refused_again(net: Any) -> None:
     from cmdop.relay.caller import remote_call
 
     a, c = net.a, net.c
-    write_config(a, "remote_requires_password: true\npassword_session_ttl: 2s\n")
+    # 5 s: the first call below must land while the token is fresh, on a loaded machine too.
+    write_config(a, "remote_requires_password: true\npassword_session_ttl: 5s\n")
     try:
         out = c.home.run("password", "unlock", a.machine, "--password-stdin", "--json", input=PW + "\n")
         assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["ttl_s"] == 2
+        assert json.loads(out.stdout)["ttl_s"] == 5
         token = json.loads(sessions_file(c.home).read_text())["sessions"][f"demo/{a.machine}"]["token"]
         with channel(net.relay, net.keys["ops"]) as ch:
             result = remote_call(ch, a.machine, "execute_command", {"command": "echo fresh"},
                                  deadline_s=30, session=token,
                                  cmdop_home=str(net.cluster.root / "pins"))
         assert result.get("exit_code") == 0, result                 # still valid, just issued
-        time.sleep(2.5)
+        time.sleep(5.5)
         # The cached copy expired by our clock too, so the CLI sends none; the token itself is
         # refused by A as well.
         with channel(net.relay, net.keys["ops"]) as ch:

@@ -585,7 +585,7 @@ def test_a_hung_server_fails_key_checks_closed_instead_of_queueing_them(
             stuck: list[object] = []
             first = threading.Thread(target=lambda: stuck.append(store.list_machines("w")))
             first.start()
-            for _ in range(200):               # until the first query holds the connection
+            for _ in range(1000):              # until the first query holds the connection (<= 10 s)
                 if not store._lock._lock.acquire(blocking=False):   # noqa: SLF001
                     break
                 store._lock._lock.release()                           # noqa: SLF001

@@ -67,7 +67,7 @@ def test_timeout_kills_grandchildren(env: ToolEnv, tmp_path: Path) -> None:
     marker = tmp_path / "grandchild.pid"
     # The grandchild holds no pipe and ignores nothing special; the leader waits on it.
     command = f"(sleep 300 & echo $! > {marker}; wait) & sleep 300"
-    out = run(env, command=command, timeout_ms=500)
+    out = run(env, command=command, timeout_ms=1500)   # room to write the marker on a loaded machine
     assert out["timed_out"] is True
     assert out["signal"] in ("SIGTERM", "SIGKILL")
     pid = int(marker.read_text())
@@ -80,7 +80,7 @@ def test_timeout_kills_grandchildren(env: ToolEnv, tmp_path: Path) -> None:
 
 
 def test_timeout_escalates_to_sigkill(env: ToolEnv) -> None:
-    out = run(env, command="trap '' TERM; sleep 30", timeout_ms=300)
+    out = run(env, command="trap '' TERM; sleep 30", timeout_ms=1000)   # the trap is set before the TERM
     assert out["timed_out"] is True and out["signal"] == "SIGKILL"
 
 
@@ -133,7 +133,7 @@ def test_escaped_session_holding_the_pipes_does_not_hang_the_call(any_env: ToolE
     started = time.monotonic()
     out = run(any_env, command="setsid sleep 77 & echo started $!", timeout_ms=1000)
     strays.append(_pid_after("started", out["stdout"]))
-    assert time.monotonic() - started < 1 + 2
+    assert time.monotonic() - started < 1 + 15     # not the 77 s the escaped child holds the pipes
     assert out["stdout"].startswith("started ") and out["exit_code"] == 0
     assert out["output_left_open"] is True and out["timed_out"] is False
 
@@ -144,7 +144,7 @@ def test_escaped_session_survives_the_timeout_but_the_call_returns(env: ToolEnv,
     out = run(env, command="setsid sleep 77 & echo started $!; sleep 30", timeout_ms=1000)
     pid = _pid_after("started", out["stdout"])
     strays.append(pid)
-    assert time.monotonic() - started < 1 + 2
+    assert time.monotonic() - started < 1 + 15     # not the 77 s the escaped child holds the pipes
     assert out["timed_out"] is True and out["output_left_open"] is True
     assert _running(pid)    # documented: a new session escapes the group kill (no cgroup yet)
 
@@ -154,7 +154,7 @@ def test_normal_exit_leaving_a_setsid_child_on_stdout_returns_promptly(any_env: 
     started = time.monotonic()
     out = run(any_env, command="echo before; setsid sleep 30 & echo after $!; echo err >&2")
     strays.append(_pid_after("after", out["stdout"]))
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 15         # not the 30 s the child holds stdout
     assert out["stdout"].startswith("before\nafter ") and out["stderr"] == "err\n"
     assert out["exit_code"] == 0 and out["timed_out"] is False and out["output_left_open"] is True
 
@@ -165,16 +165,16 @@ def test_background_job_outlives_a_normal_exit_without_holding_the_call(env: Too
     out = run(env, command="sleep 30 & echo job $!")
     pid = _pid_after("job", out["stdout"])
     strays.append(pid)
-    assert time.monotonic() - started < 2.5 and out["exit_code"] == 0
+    assert time.monotonic() - started < 15 and out["exit_code"] == 0   # not the job's 30 s
     assert _running(pid)    # same group, but a normal exit kills nothing (unchanged behaviour)
 
 
 def test_term_ignoring_group_member_is_still_killed_after_the_call_returns(env: ToolEnv,
                                                                           strays: list[int]) -> None:
-    out = run(env, command="(trap '' TERM; exec sleep 30) & echo member $!; sleep 30", timeout_ms=300)
+    out = run(env, command="(trap '' TERM; exec sleep 30) & echo member $!; sleep 30", timeout_ms=1000)
     pid = _pid_after("member", out["stdout"])
     strays.append(pid)
-    assert out["timed_out"] is True and out["duration_ms"] < 300 + 2000
+    assert out["timed_out"] is True and out["duration_ms"] < 1000 + 15_000   # not the member's 30 s
     for _ in range(100):    # its SIGKILL is due one second after the TERM
         if not _running(pid):
             break

@@ -183,7 +183,7 @@ def test_glob_time_cap_cuts_a_walk_that_matches_nothing(env: ToolEnv,
     monkeypatch.setattr(search_mod, "GLOB_TIME_S", 0.3)
     started = time.monotonic()
     out = call(env, "glob", pattern="*/" * 20 + "zzz")
-    assert time.monotonic() - started < 0.3 + 2
+    assert time.monotonic() - started < 0.3 + 15   # not the 3**20 directories it would walk
     assert out == {"matches": [], "truncated": True}
 
 

@@ -90,7 +90,7 @@ def test_an_agent_that_linked_while_its_node_was_joining_the_bus_is_reachable_fr
         nodes.routers[0] = early
         nodes.clusters[0] = Cluster(early, MemoryBus(nodes.hub), "node-0")
         await nodes.start()
-        await _until(lambda: nodes.routers[1].online("row-demo-m1"), timeout=2.0)
+        await _until(lambda: nodes.routers[1].online("row-demo-m1"))
     asyncio.run(main())
 
 
