@@ -89,6 +89,7 @@ Identity = tuple[int, int, int, int, int] | str | None
 # The dynamic linker reads these before any code of ours: a new server must find them as before.
 LINKER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.preload")
 _DIGEST_MAX = 16 << 20
+_EMPTY = hashlib.sha256(b"").hexdigest()
 
 
 def file_identity(path: str) -> Identity:
@@ -129,6 +130,12 @@ def server_start_files(mapped: tuple[str, ...] = ()) -> dict[str, Identity]:
     settings += [p for p in sys.path if p.endswith(".zip")]
     settings += LINKER_FILES
     out = {p: content_identity(p) for p in dict.fromkeys(settings)}
+    for p in LINKER_FILES:
+        if out.get(p) == _EMPTY:
+            # An empty preload list preloads nothing, as a missing one does: a root agent
+            # creating the empty placeholder (ensure_preload_placeholder) changes nothing for
+            # another agent on this machine.
+            out[p] = None
     out.update({p: file_identity(p) for p in mapped if p not in out})
     return out
 

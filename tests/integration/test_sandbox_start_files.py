@@ -91,3 +91,24 @@ def test_content_identity_table(tmp_path: Path) -> None:
     path.unlink()
     path.mkdir()
     assert kernel_floor_fs.content_identity(str(path)) not in (None, first)   # not a file now
+
+
+def test_an_empty_preload_list_is_the_same_as_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root agent creates an empty /etc/ld.so.preload (so its namespace can hold it read-only);
+    another agent on the machine, started before, must not lose its sandbox over that. A
+    preload list that names something is a change."""
+    preload = tmp_path / "ld.so.preload"
+    monkeypatch.setattr(kernel_floor_fs, "LINKER_FILES", (str(preload),))
+    sb = Sandbox()
+    env = ToolEnv(home=str(tmp_path), cwd=str(tmp_path), sandbox=sb)
+    try:
+        _started(sb, env)
+        preload.write_bytes(b"")
+        _kill_server(sb)
+        assert execute_command({"command": "echo empty"}, env)["stdout"] == "empty\n"
+        preload.write_bytes(b"/tmp/evil.so\n")
+        _kill_server(sb)
+        with pytest.raises(SandboxUnavailableError, match="ld.so.preload"):
+            execute_command({"command": "echo named"}, env)
+    finally:
+        sb.close()
