@@ -51,6 +51,9 @@ _SERVER_OPTIONS: list[tuple[str, Any]] = _COMMON_OPTIONS + [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.server_handshake_timeout_ms", 10_000),
+    # grpc turns SO_REUSEPORT on by default: a second relay on a busy port would start and take
+    # a share of the connections. One address, one relay: the second one is refused.
+    ("grpc.so_reuseport", 0),
     # Idle links dominate a relay's memory: small initial read buffers per connection.
     ("grpc.experimental.tcp_read_chunk_size", 4096),
     ("grpc.experimental.tcp_min_read_chunk_size", 1024),

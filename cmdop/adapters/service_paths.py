@@ -32,6 +32,17 @@ SYSTEM_STATE_DIR = "/var/lib/cmdop"        # %S/cmdop
 OVERRIDES = ("CMDOP_SOCKET_PATH", "CMDOP_STATE_DIR", "CMDOP_CONFIG_DIR")
 
 
+def account_home() -> str:
+    """This account's home from the password database, for when HOME is unset, empty or
+    relative ("/" when the account has no entry)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir or "/"
+    except KeyError:
+        return "/"
+
+
 def with_system_service(settings: Settings, env: Mapping[str, str], exists: Callable[[str], bool],
                         root: str = "/") -> Settings:
     """`settings` pointed at the system service's socket and state dir when the rule in the

@@ -119,7 +119,9 @@ def _group_help(parser: argparse.ArgumentParser) -> Handler:
 def current_settings(discover: bool = True) -> Settings:
     """Settings for this process, from its environment. With `discover`, a root shell with no
     CMDOP_* path override finds the system service's agent (cmdop.adapters.service_paths)."""
-    settings = Settings.from_env(os.environ, os.path.expanduser("~"))
+    from cmdop.adapters.service_paths import account_home
+
+    settings = Settings.from_env(os.environ, account_home())
     if discover:
         from cmdop.adapters.service_paths import discover as discover_service
 

@@ -72,15 +72,15 @@ def run(argv: list[str]) -> int | None:
     if parsed is None or "CMDOP_SHARE_TOKEN" in os.environ:   # even empty: refused there
         return None               # a guest's call goes direct, never as this machine's agent
     host, command, timeout, cwd = parsed
-    from cmdop.adapters.service_paths import discover
+    from cmdop.adapters.service_paths import account_home, discover
     from cmdop.core.settings import Settings
 
     # The same settings the full CLI derives (cmdop.cli.common.current_settings), without
     # importing argparse and the command tree.
-    settings = discover(Settings.from_env(os.environ, os.path.expanduser("~")), os.environ)
     from cmdop.core.errors import CmdopError
 
     try:
+        settings = discover(Settings.from_env(os.environ, account_home()), os.environ)
         claim, workspace = _claim(settings)
     except CmdopError:
         return None               # the full CLI reports the credential problem

@@ -6,6 +6,8 @@ line `cmdop: error: WHAT` on stderr and a hint line; a traceback only with `--lo
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 from cmdop import __version__
@@ -169,15 +171,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # a bug of ours: say so in one line, trace only on request
+    except Exception as exc:  # noqa: BLE001 - one line for the user, trace only on request
         if log_level == "debug":
             _print_traceback()
+        if isinstance(exc, OSError) and isinstance(exc.filename, (str, bytes)):
+            # The machine refused a path the user controls (a file where a directory should
+            # be, a directory they cannot write): not a bug; name the path and what to do.
+            return _report(os_error(exc))
         native = preflight.native_import_error(exc)
         if native is not None:  # not a bug: a native module this Python cannot load
             return _report(native)
         print(f"cmdop: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: re-run with --log-level debug for a traceback, and report it", file=sys.stderr)
         return 1
+
+
+# What to do about a path the system refused, by errno (the rest: "check PATH").
+_OS_HINTS = {
+    errno.EISDIR: "{path} is a directory where a file is expected: move it away, or point cmdop "
+                  "at the file (see `cmdop permissions path`)",
+    errno.ENOTDIR: "a part of {path} is a file where a directory is expected: move it away, or "
+                   "set the CMDOP_* path variable (see `cmdop permissions path`)",
+    errno.EEXIST: "{path} is in the way (a file where a directory is expected?): move it away",
+    errno.EACCES: "check the owner and mode of {path} and its directories (ls -ld), or run as "
+                  "the user they belong to",
+    errno.EPERM: "check the owner and mode of {path} and its directories (ls -ld), or run as "
+                 "the user they belong to",
+    errno.EROFS: "{path} is on a read-only file system: point the CMDOP_* path variables "
+                 "elsewhere (see `cmdop permissions path`)",
+    errno.ENOSPC: "free some space on the file system holding {path}",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def os_error(exc: OSError) -> "CmdopError":
+    """A refused file operation as a user error: what, on which path, and what to do."""
+    from cmdop.core.errors import CmdopError
+
+    path = os.fsdecode(exc.filename)
+    what = exc.strerror or type(exc).__name__
+    hint = _OS_HINTS.get(exc.errno or 0, "check {path}").format(path=path)
+    return CmdopError(f"{path}: {what}", hint)
 
 
 def _print_traceback() -> None:

@@ -12,6 +12,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from cmdop.core.errors import ConfigError
+
 MODES = ("default", "strict", "bypass")
 
 SESSIONS_FILE_NAME = "sessions.json"   # in cmdop_home: the caller's machine-password sessions
@@ -72,18 +74,37 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], home: str) -> "Settings":
-        """Derive every path from `env` (usually os.environ) and `home`, as docs/paths.md lists."""
+        """Derive every path from `env` (usually os.environ) and `home` (the account's home, used
+        when HOME is unset, empty or relative), as docs/paths.md lists. Every path is absolute
+        and normalised; ConfigError for a relative CMDOP_* path."""
 
         def get(name: str) -> str | None:
             value = env.get(name)
             return value if value else None
 
-        home = posixpath.normpath(get("HOME") or home)
-        xdg_config = get("XDG_CONFIG_HOME") or posixpath.join(home, ".config")
-        xdg_state = get("XDG_STATE_HOME") or posixpath.join(home, ".local", "state")
-        xdg_data = get("XDG_DATA_HOME") or posixpath.join(home, ".local", "share")
-        cmdop_home = get("CMDOP_HOME") or posixpath.join(home, ".cmdop")
-        runtime = get("XDG_RUNTIME_DIR")
+        def base(name: str) -> str | None:
+            # The XDG base directory spec: a relative value is invalid and ignored. So is a
+            # relative HOME: paths must not depend on where a command happened to start.
+            value = get(name)
+            return posixpath.normpath(value) if value and posixpath.isabs(value) else None
+
+        def path(name: str) -> str | None:
+            # A relative CMDOP_* path would mean one directory to the CLI and another to a
+            # daemon started elsewhere, and would not match the floor's absolute rules: refused.
+            value = get(name)
+            if value is None:
+                return None
+            if not posixpath.isabs(value):
+                raise ConfigError(f"{name}={value} is not an absolute path",
+                                  f"set {name} to an absolute path, e.g. {name}=\"$PWD/{value}\"")
+            return posixpath.normpath(value)
+
+        home = base("HOME") or posixpath.normpath(home)
+        xdg_config = base("XDG_CONFIG_HOME") or posixpath.join(home, ".config")
+        xdg_state = base("XDG_STATE_HOME") or posixpath.join(home, ".local", "state")
+        xdg_data = base("XDG_DATA_HOME") or posixpath.join(home, ".local", "share")
+        cmdop_home = path("CMDOP_HOME") or posixpath.join(home, ".cmdop")
+        runtime = base("XDG_RUNTIME_DIR")
         default_socket = (
             posixpath.join(runtime, "cmdop", "agent.sock")
             if runtime
@@ -91,10 +112,10 @@ class Settings:
         )
         return cls(
             home=home,
-            config_dir=get("CMDOP_CONFIG_DIR") or posixpath.join(xdg_config, "cmdop"),
+            config_dir=path("CMDOP_CONFIG_DIR") or posixpath.join(xdg_config, "cmdop"),
             cmdop_home=cmdop_home,
-            state_dir=get("CMDOP_STATE_DIR") or posixpath.join(xdg_state, "cmdop"),
-            socket_path=get("CMDOP_SOCKET_PATH") or default_socket,
+            state_dir=path("CMDOP_STATE_DIR") or posixpath.join(xdg_state, "cmdop"),
+            socket_path=path("CMDOP_SOCKET_PATH") or default_socket,
             relay=get("CMDOP_RELAY"),
             api_key=get("CMDOP_API_KEY"),
             workspace=get("CMDOP_WORKSPACE"),

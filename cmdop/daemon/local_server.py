@@ -124,6 +124,9 @@ def _socket_answers(path: str) -> int | None:
         return None
 
 
+_SUN_PATH_MAX = 108     # sizeof(sockaddr_un.sun_path) on Linux, the final NUL included
+
+
 def prepare_socket_dir(path: str) -> None:
     """Create the socket's directory 0700, or refuse one that others can enter."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -143,7 +146,16 @@ def bind_listener(path: str) -> stdsocket.socket:
     """A listening socket at `path` (dir 0700, socket 0600). DaemonError when another daemon
     answers there ("already running (pid N)"). Blocking; call it before trio starts."""
     prepare_socket_dir(path)
+    if len(os.fsencode(path)) >= _SUN_PATH_MAX:
+        raise DaemonError(f"socket path {path} is too long for a unix socket "
+                          f"({len(os.fsencode(path))} bytes, at most {_SUN_PATH_MAX - 1})",
+                          "set CMDOP_SOCKET_PATH (or XDG_RUNTIME_DIR) to a shorter path")
     if os.path.lexists(path):
+        # Only a socket is ours to replace: never delete a file or a directory someone
+        # pointed CMDOP_SOCKET_PATH at by mistake.
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise DaemonError(f"{path} exists and is not a socket; refusing to replace it",
+                              "set CMDOP_SOCKET_PATH to a path where nothing is, or move that away")
         pid = _socket_answers(path)
         if pid is not None:
             raise DaemonError(f"already running (pid {pid})",

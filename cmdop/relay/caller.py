@@ -148,9 +148,10 @@ def _seal(channel: "RelayChannel", host: str, tool: str, tool_input: dict[str, A
     if cmdop_home is None:
         import os
 
+        from cmdop.adapters.service_paths import account_home
         from cmdop.core.settings import Settings
 
-        cmdop_home = Settings.from_env(os.environ, os.path.expanduser("~")).cmdop_home
+        cmdop_home = Settings.from_env(os.environ, account_home()).cmdop_home
     pins = Pins(cmdop_home, channel.endpoint.address, scope)
     if not lookup:
         pinned = seal_pinned(pins, host, tool, tool_input, cwd=cwd, session=session,

@@ -275,7 +275,10 @@ CAP_PROBES = [
     ("xattr-on-hidden", "setfattr -n user.x -v 1 ~/.ssh 2>&1; setfattr -n user.x -v 1 ~/.bashrc 2>&1; true"),
     ("utime-on-readonly", "touch -d 2001-01-01 ~/.bashrc ~/.profile 2>&1; true"),
     ("chown-chmod", "chmod 777 ~/.bashrc ~/.ssh 2>&1; chown 1234 ~/.bashrc 2>&1; true"),
-    ("sysv-shm-of-agent", "ipcs -m 2>&1 | head; for id in $(ipcs -m | awk 'NR>3{print $2}'); do "
+    # Only segments the agent created (the fork server's parent): other services' on this
+    # machine (a PostgreSQL another test started) are not this test's to remove.
+    ("sysv-shm-of-agent", "agent=$(ps -o ppid= -p $PPID | tr -d ' '); ipcs -mp 2>&1 | head; "
+                          "for id in $(ipcs -mp | awk -v p=\"$agent\" '$3==p{print $1}'); do "
                           "ipcrm -m $id 2>&1; done; true"),
 ]
 

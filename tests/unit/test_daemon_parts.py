@@ -207,3 +207,48 @@ def test_a_live_daemon_whose_status_is_not_refreshed_is_degraded(tmp_path):
          "refresh_s": 10, "updated_at": "2020-01-01T00:00:00Z"}))
     out = status.classify(pid_file, status_file)
     assert out["state"] == "DEGRADED" and "not refreshed" in out["detail"]
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda p: p.write_text("precious"), "not a socket"),
+    (lambda p: p.mkdir(), "not a socket"),
+])
+def test_the_socket_path_never_replaces_what_is_not_a_socket(tmp_path, make, why) -> None:
+    """CMDOP_SOCKET_PATH pointed at a file by mistake: the agent refused to start would be
+    fine; deleting the file ("removing stale socket") was not."""
+    from cmdop.core.errors import DaemonError
+    from cmdop.daemon.local_server import bind_listener
+
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    target = d / "agent.sock"
+    make(target)
+    with pytest.raises(DaemonError, match=why):
+        bind_listener(str(target))
+    assert target.exists() and (target.is_dir() or target.read_text() == "precious")
+
+
+def test_a_socket_path_too_long_is_one_clear_error(tmp_path) -> None:
+    from cmdop.core.errors import DaemonError
+    from cmdop.daemon.local_server import bind_listener
+
+    d = tmp_path / ("x" * 100)
+    d.mkdir(mode=0o700)
+    with pytest.raises(DaemonError, match="too long") as err:
+        bind_listener(str(d / "agent.sock"))
+    assert "CMDOP_SOCKET_PATH" in (err.value.hint or "")
+
+
+def test_a_stale_socket_is_still_replaced(tmp_path) -> None:
+    import socket as socketlib
+
+    from cmdop.daemon.local_server import bind_listener
+
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    path = str(d / "agent.sock")
+    old = socketlib.socket(socketlib.AF_UNIX)
+    old.bind(path)
+    old.close()                      # nobody answers there now
+    sock = bind_listener(path)
+    sock.close()

@@ -135,3 +135,30 @@ def test_normalize_fingerprint_rejects(text: str) -> None:
     with pytest.raises(UsageError) as err:
         normalize_fingerprint(text)
     assert err.value.exit_code == 2 and err.value.hint
+
+
+def test_a_second_relay_on_a_busy_port_is_refused(tmp_path: Path) -> None:
+    """grpc would share the port (SO_REUSEPORT) and split callers between two relays."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from cmdop.adapters.relay_grpc import start_server
+    from cmdop.core.errors import CmdopError
+
+    info = ensure_certificate(str(tmp_path / "r"), ["127.0.0.1"])
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    handlers = SimpleNamespace(**{name: nothing for name in (
+        "agent_link", "list_hosts", "call", "host_key", "create_share", "list_shares", "revoke_share")})
+
+    async def scenario() -> None:
+        first, port = await start_server(handlers, "127.0.0.1:0", info.cert_pem, info.key_pem)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(CmdopError, match="cannot listen"):
+                await start_server(handlers, f"127.0.0.1:{port}", info.cert_pem, info.key_pem)  # type: ignore[arg-type]
+        finally:
+            await first.stop(None)
+
+    asyncio.run(scenario())
