@@ -472,10 +472,15 @@ else:
         import _bootstrap
         from _bootstrap.environment import Environment
 
-        with _bootstrap.current_zipfile() as _archive:
-            _env = Environment.from_json(_archive.read("environment.json").decode())
-            _bootstrap.extract_site_packages(_archive, Path(_site_packages).parent,
-                                             _env.compile_pyc, _env.compile_workers)
+        try:
+            with _bootstrap.current_zipfile() as _archive:
+                _env = Environment.from_json(_archive.read("environment.json").decode())
+                _bootstrap.extract_site_packages(_archive, Path(_site_packages).parent,
+                                                 _env.compile_pyc, _env.compile_workers)
+        except OSError as _exc:  # SHIV_ROOT a file, a full disk, a directory we cannot write
+            _fail("cannot unpack into " + os.path.dirname(_site_packages) + ": "
+                  + (_exc.strerror or str(_exc)) + (" (" + str(_exc.filename) + ")" if _exc.filename else ""),
+                  "set SHIV_ROOT to a directory you can write (default ~/.shiv), with room for ~160 MB")
     os.umask(_old_umask)
     import site
 

@@ -29,9 +29,9 @@ import subprocess
 import sys
 from typing import Any
 
-from cmdop.adapters.secure_file import atomic_write, check_private
+from cmdop.adapters.secure_file import atomic_write, check_not_writable, check_private
 from cmdop.core.audit import canonical_json
-from cmdop.core.errors import AuditIntegrityError
+from cmdop.core.errors import AuditIntegrityError, SecretFileError
 
 KEY_NAME = "audit.key"
 PUB_NAME = "audit.pub"
@@ -66,12 +66,29 @@ def read_seed(state_dir: str) -> bytes | None:
     """The 32 bytes of `audit.key` for checking the chain head, None when there is no such file.
     Raises AuditIntegrityError when it exists but cannot be read or is not a key."""
     path = os.path.join(state_dir, KEY_NAME)
+    _trusted(path)
     try:
         return _read_seed(path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise AuditIntegrityError(f"cannot read {path} to check the chain head: {exc}") from None
+
+
+def _trusted(path: str, public: bool = False) -> None:
+    """A key that others could read or replace proves nothing: whoever could have forged the
+    chain head or the seals with it. AuditIntegrityError (never "chain ok") when so. A public
+    key (`public`) may be readable by all, but not writable by others or theirs."""
+    try:
+        if public:
+            check_not_writable(path)
+        else:
+            check_private(path)
+    except SecretFileError as exc:
+        raise AuditIntegrityError(
+            f"{exc.message}: a log checked with it proves nothing (whoever could read or replace "
+            "the key could have rewritten the log undetected)",
+            hint=f"{exc.hint}, then treat the log up to now as unverified") from None
 
 
 def _message(meta: dict[str, Any]) -> bytes:
@@ -134,11 +151,13 @@ def load_public_key(state_dir: str) -> Any:
     Raises AuditIntegrityError when neither exists."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+    _trusted(os.path.join(state_dir, KEY_NAME))
     try:
         with open(os.path.join(state_dir, KEY_NAME), "rb") as f:
             return Ed25519PrivateKey.from_private_bytes(f.read()).public_key()
     except FileNotFoundError:
         pass
+    _trusted(os.path.join(state_dir, PUB_NAME), public=True)
     try:
         with open(os.path.join(state_dir, PUB_NAME), "rb") as f:
             return Ed25519PublicKey.from_public_bytes(f.read())

@@ -137,11 +137,15 @@ _SIZE = re.compile(r"^(?:[1-9][0-9]*[KMGT]?|(?:100|[1-9][0-9]?)%)$")
 def load(path: str) -> AgentConfig:
     """config.yaml at `path`: the defaults when it does not exist. Raises ConfigFileError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang us
     except FileNotFoundError:
         return AgentConfig()
     except OSError as exc:
         raise ConfigFileError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigFileError(f"{path} is not a regular file; refusing it",
+                              hint=f"move {path} away: the agent's settings are a YAML file there")
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         uid = os.geteuid()

@@ -187,16 +187,17 @@ class Gatekeeper:
 def add_rule_to_file(settings: Settings, rule: str, action: str, reason: str = "") -> str:
     """Append (rule, action, reason) to permissions.yaml, creating it if missing. Returns the id."""
     path = settings.permissions_file
-    loaded = policy_store.load(path, settings.home)
-    doc = loaded[0] if loaded else policy_store.PolicyDoc()
     rid = rule_id(rule, action)
-    if any(rule_id(r, a) == rid for r, a, _ in doc.rules):
-        return rid
     try:
         parse_rule(rule, action, reason, home=settings.home)
     except RuleError as exc:
         raise PolicyError(str(exc), hint="rule syntax: tool, tool(GLOB) or tool(OP:GLOB)") from None
-    new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass,
-                                 doc.rules + ((rule, action, reason),), doc.tests, doc.mode_set)
-    policy_store.save(path, new, settings.home)
+    with policy_store.locked(path):
+        loaded = policy_store.load(path, settings.home)
+        doc = loaded[0] if loaded else policy_store.PolicyDoc()
+        if any(rule_id(r, a) == rid for r, a, _ in doc.rules):
+            return rid
+        new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass,
+                                     doc.rules + ((rule, action, reason),), doc.tests, doc.mode_set)
+        policy_store.save(path, new, settings.home)
     return rid

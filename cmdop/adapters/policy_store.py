@@ -25,17 +25,18 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 # yaml is imported by the functions that read or write YAML: with no permissions.yaml (an empty
 # policy) `cmdop permissions check` never needs it, and it costs ~7 ms of a start.
 if TYPE_CHECKING:
     import yaml
 
-from cmdop.adapters.secure_file import atomic_create, atomic_write
+from cmdop.adapters.secure_file import atomic_create, atomic_write, exclusive_lock
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
 from cmdop.core.errors import PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
@@ -229,13 +230,16 @@ def run_tests(policy: Policy, tests: list[tuple[dict[str, Any], int]], home: str
 def load(path: str, home: str, run_tests: bool = True) -> tuple[PolicyDoc, Policy] | None:
     """Load and validate `path`; None when it does not exist. Raises PolicyError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang us
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyError(f"{path} is not a regular file; refusing it",
+                              hint=f"move {path} away: the policy is a YAML file there")
         uid = os.geteuid()
         if st.st_uid != uid and st.st_uid != 0:
             raise PolicyError(f"{path} is owned by uid {st.st_uid}, not you; refusing it",
@@ -313,6 +317,15 @@ def write_starter(path: str) -> bool:
     """First run: write STARTER to `path` (atomic, 0600) unless something is there already.
     Returns True when it wrote the file."""
     return atomic_create(path, STARTER, 0o600)   # never over a file made meanwhile
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold the policy file's writer lock for a read-modify-write (`permissions add|rm|mode`,
+    an "always" answer): two at once would each write back what they read, and one change
+    would be lost while both said it was made."""
+    with exclusive_lock(path + ".lock"):
+        yield
 
 
 def save(path: str, doc: PolicyDoc, home: str) -> Policy:

@@ -281,18 +281,22 @@ def _pinned_credentials(endpoint: RelayEndpoint,
     return grpc.ssl_channel_credentials(root_certificates=pem.encode()), name
 
 
-def _untrusted(address: str, timeout: float = 3.0) -> str | None:
-    """Why this machine's certificate authorities refuse the relay's certificate (a relay's own
-    self-signed one, typically), or None: trusted, or nothing answers TLS there at all. Only
-    asked after a connection failed, to say what to do instead of "unreachable"."""
+def _untrusted(address: str, ca_file: str = "", timeout: float = 3.0) -> str | None:
+    """Why the certificate authorities a channel trusts (this machine's, or `ca_file`) refuse
+    the relay's certificate (a relay's own self-signed one, typically), or None: trusted, or
+    nothing answers TLS there at all. Only asked after a connection failed, to say what to do
+    instead of "unreachable"."""
     import socket
 
     from cmdop.core.credentials import split_host_port
 
     try:
         host, port = split_host_port(address)
+        context = ssl.create_default_context(cafile=ca_file or None)
+        if ca_file:
+            context.check_hostname = False      # grpc checks the name; here: the chain alone
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            with ssl.create_default_context().wrap_socket(sock, server_hostname=host):
+            with context.wrap_socket(sock, server_hostname=host):
                 return None
     except ssl.SSLCertVerificationError as exc:
         return str(exc.verify_message or exc.reason or "certificate verify failed")
@@ -300,20 +304,22 @@ def _untrusted(address: str, timeout: float = 3.0) -> str | None:
         return None
 
 
-def _error_from(exc: grpc.RpcError, address: str, system_roots: bool = False) -> CmdopError:
+def _error_from(exc: grpc.RpcError, address: str, roots: str | None = None) -> CmdopError:
     """A grpc failure as the project's error (exit 4 for auth, 5 for unreachable).
-    `system_roots`: the channel trusts this machine's CAs (no pin, no CA file) — a connection
-    that failed is then checked for a certificate they refuse, which is the usual reason."""
+    `roots`: what the channel trusts — "" this machine's CAs, a path a CA file, None a pinned
+    certificate (checked before connecting). With CAs, a connection that failed is checked for
+    a certificate they refuse, which is the usual reason."""
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else "") or str(code)
-    if system_roots and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        why = _untrusted(address)
+    if roots is not None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        why = _untrusted(address, roots)
         if why is not None:
+            trusted = f"the CA in {roots}" if roots else "this machine"
             return UnreachableError(
-                f"the relay at {address} presented a certificate this machine does not trust "
+                f"the relay at {address} presented a certificate {trusted} does not trust "
                 f"({why})", "pin the relay's certificate: --relay-fingerprint HEX (`cmdop relay "
                 "serve` prints it; `cmdop connect key set --relay-fingerprint` stores it), or "
-                "give its CA with --relay-ca FILE")
+                "give the CA that signed it with --relay-ca FILE")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthError(f"the relay refused the credential: {details}",
                          "check the key (`cmdop auth status`); a revoked key needs a new one "
@@ -335,8 +341,8 @@ def _error_from(exc: grpc.RpcError, address: str, system_roots: bool = False) ->
 class Stream(Generic[Out]):
     """A client stream's responses, iterated blocking; `cancel()` ends it from any thread."""
 
-    def __init__(self, call: Any, address: str, system_roots: bool = False) -> None:
-        self._call, self._address, self._system_roots = call, address, system_roots
+    def __init__(self, call: Any, address: str, roots: str | None = None) -> None:
+        self._call, self._address, self._roots = call, address, roots
 
     def __iter__(self) -> Iterator[Out]:
         try:
@@ -345,7 +351,7 @@ class Stream(Generic[Out]):
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED and self.cancelled:
                 return
-            raise _error_from(exc, self._address, self._system_roots) from None
+            raise _error_from(exc, self._address, self._roots) from None
 
     cancelled = False
 
@@ -369,7 +375,7 @@ class RelayChannel:
 
     def __init__(self, endpoint: RelayEndpoint, secret: str, connect_timeout: float = 10.0) -> None:
         self.endpoint = endpoint
-        self._system_roots = not (endpoint.fingerprint or endpoint.ca_file)
+        self._roots: str | None = None if endpoint.fingerprint else endpoint.ca_file
         self._metadata = (("authorization", f"Bearer {secret}"),)
         options = list(_CLIENT_OPTIONS)
         if endpoint.fingerprint:
@@ -420,7 +426,7 @@ class RelayChannel:
             reply: pb.ListHostsReply = self._list(pb.ListHostsRequest(), metadata=self._metadata,
                                                   timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
-            raise _error_from(exc, self.endpoint.address, self._system_roots) from None
+            raise _error_from(exc, self.endpoint.address, self._roots) from None
         return reply
 
     def share_rpc(self, name: str, request: Any, timeout: float = 10.0) -> Any:
@@ -438,7 +444,7 @@ class RelayChannel:
                 raise NotFoundError(f"the relay refused: {exc.details()}",
                                     "list the machines with `cmdop hosts`, the shares with "
                                     "`cmdop connect share list`") from None
-            raise _error_from(exc, self.endpoint.address, self._system_roots) from None
+            raise _error_from(exc, self.endpoint.address, self._roots) from None
 
     def host_key(self, host: str, timeout: float = 10.0) -> pb.HostKeyReply:
         """The end-to-end key the relay has for `host` (resolved as a call's host)."""
@@ -447,18 +453,18 @@ class RelayChannel:
                                                     metadata=self._metadata, timeout=timeout,
                                                     wait_for_ready=True)
         except grpc.RpcError as exc:
-            raise _error_from(exc, self.endpoint.address, self._system_roots) from None
+            raise _error_from(exc, self.endpoint.address, self._roots) from None
         return reply
 
     def call(self, frames: Iterator[pb.CallerFrame], timeout: float) -> Stream[pb.CallEvent]:
         """One tool call: `frames` yields CallStart first (then Cancel, if any)."""
         return Stream(self._call(frames, metadata=self._metadata, timeout=timeout,
-                                 wait_for_ready=True), self.endpoint.address, self._system_roots)
+                                 wait_for_ready=True), self.endpoint.address, self._roots)
 
     def agent_link(self, frames: Iterator[pb.AgentFrame], timeout: float) -> Stream[pb.RelayFrame]:
         """The agent's long-lived stream (`frames` yields Hello first)."""
         return Stream(self._link(frames, metadata=self._metadata, timeout=timeout,
-                                 wait_for_ready=False), self.endpoint.address, self._system_roots)
+                                 wait_for_ready=False), self.endpoint.address, self._roots)
 
     def close(self) -> None:
         self._channel.close()

@@ -101,13 +101,13 @@ def _publish(path: str, data: bytes | str, mode: int, *, replace: bool) -> bool:
 
 
 def check_private(path: str) -> None:
-    """Raise SecretFileError unless `path` is owned by us and not accessible to group/others.
+    """Raise SecretFileError unless `path` is a regular file owned by us, not accessible to
+    group/others, in a directory no one else can write (they could swap the file).
 
     A missing file is not an error here; callers decide what missing means.
     """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+    st = _checked_stat(path)
+    if st is None:
         return
     uid = os.geteuid()
     # Root too: root can read any file, but a secret another user owns is that user's to
@@ -117,11 +117,48 @@ def check_private(path: str) -> None:
             f"{path} is owned by uid {st.st_uid}, not by you (uid {uid}); refusing to use it",
             hint=f"run: chown {uid} {path} (or run cmdop as uid {st.st_uid}, its owner)",
         )
-    if stat.S_IMODE(st.st_mode) & 0o077:
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        how = "readable" if mode & 0o044 else "writable" if mode & 0o022 else "open"
         raise SecretFileError(
-            f"{path} is readable by other users (mode {stat.S_IMODE(st.st_mode):04o}); refusing to use it",
+            f"{path} is {how} by other users (mode {mode:04o}); refusing to use it",
             hint=f"run: chmod 600 {path}",
         )
+
+
+def check_not_writable(path: str) -> None:
+    """Raise SecretFileError unless `path` (readable by all, e.g. a public key) is a regular file
+    owned by us or root that no one else can write, in a directory no one else can write."""
+    st = _checked_stat(path)
+    if st is None:
+        return
+    if st.st_uid not in (os.geteuid(), 0):
+        raise SecretFileError(f"{path} is owned by uid {st.st_uid}, not by you; refusing to use it",
+                              hint=f"run: chown {os.geteuid()} {path}")
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        raise SecretFileError(f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                              "refusing to use it", hint=f"run: chmod 644 {path}")
+
+
+def _checked_stat(path: str) -> os.stat_result | None:
+    """stat(path), None when missing; SecretFileError when it is not a regular file or its
+    directory can be written by others or belongs to another user (root excepted)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise SecretFileError(f"{path} is not a regular file; refusing to use it",
+                              hint=f"move {path} away (cmdop keeps a file there)")
+    directory = os.path.dirname(os.path.abspath(path))
+    dst = os.stat(directory)
+    if dst.st_uid not in (os.geteuid(), 0) or stat.S_IMODE(dst.st_mode) & 0o022:
+        raise SecretFileError(
+            f"{directory} (holding {os.path.basename(path)}) can be written by other users "
+            f"(owner uid {dst.st_uid}, mode {stat.S_IMODE(dst.st_mode):04o}); refusing to use it",
+            hint=f"run: chmod 700 {directory}" + (f" && chown {os.geteuid()} {directory}"
+                                                   if dst.st_uid not in (os.geteuid(), 0) else ""))
+    return st
 
 
 def read_private(path: str) -> bytes:

@@ -14,10 +14,11 @@ A missing file reads as no workspaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from typing import Any, Iterator
 
-from cmdop.adapters.secure_file import atomic_write, check_private, read_private
+from cmdop.adapters.secure_file import atomic_write, check_private, exclusive_lock, read_private
 from cmdop.core.credentials import WorkspaceEntry, WorkspacesData
 from cmdop.core.errors import ConfigError
 
@@ -105,6 +106,14 @@ def load(path: str) -> WorkspacesData:
     except UnicodeDecodeError:
         raise _corrupt(path, "not UTF-8 text") from None
     return parse(text, path)
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold the workspaces file's writer lock for a read-modify-write (`connect key set|rm`,
+    `connect use`): two at once would each write back what they read, losing a key."""
+    with exclusive_lock(path + ".lock"):
+        yield
 
 
 def save(path: str, data: WorkspacesData) -> None:

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, NoReturn, TextIO
 
 from cmdop.core.settings import Settings
 
@@ -71,6 +71,17 @@ class Formatter(argparse.HelpFormatter):
                  width: int | None = None) -> None:
         super().__init__(prog, indent_increment, max_help_position,
                          terminal_columns() - 2 if width is None else width)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error never repeats a secret: a key typed where a command or a
+    `-` was expected is echoed by argparse ("invalid choice: 'cmdop_…'") into terminals, logs
+    and CI output. Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        from cmdop.core.redact import redact
+
+        super().error(redact(message)[0])
 
 
 def global_flags_parser() -> argparse.ArgumentParser:

@@ -18,10 +18,10 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from cmdop.cli.common import CliContext, add_command, add_group
-from cmdop.cli.credential_flags import add_credential_flags
+from cmdop.cli.credential_flags import add_credential_flags, check_ca
 from cmdop.cli.password_cmd import add_password_flag, require_password
 from cmdop.core.errors import AuthError, NotFoundError, UsageError
 
@@ -87,19 +87,6 @@ def _read_key() -> str:
     return check_api_key(text)
 
 
-def _check_ca(path: str) -> str:
-    full = os.path.abspath(os.path.expanduser(path))
-    try:
-        with open(full, "rb") as f:
-            head = f.read(1 << 20)
-    except OSError as exc:
-        raise UsageError(f"cannot read --relay-ca {full}: {exc.strerror}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in head:
-        raise UsageError(f"--relay-ca {full} holds no PEM certificate",
-                         hint="give a PEM file starting with -----BEGIN CERTIFICATE-----")
-    return full
-
-
 def _entry_obj(entry: Any, active: str | None) -> dict[str, Any]:
     from cmdop.core.credentials import masked
 
@@ -110,10 +97,23 @@ def _entry_obj(entry: Any, active: str | None) -> dict[str, Any]:
 
 # -- connect key ------------------------------------------------------------------------------
 
+Handler = Callable[[argparse.Namespace, CliContext], int]
+
+
+def _one_writer(handler: Handler) -> Handler:
+    """Run a handler that reads, changes and writes the workspaces file under its lock."""
+    def run(args: argparse.Namespace, ctx: CliContext) -> int:
+        from cmdop.adapters import workspaces_file
+
+        with workspaces_file.locked(ctx.settings.workspaces_file):
+            return handler(args, ctx)
+    return run
+
+
 def _key_set(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters import workspaces_file
-    from cmdop.core.credentials import (WorkspaceEntry, masked, normalize_fingerprint, split_host_port,
-                                        valid_name)
+    from cmdop.core.credentials import (WorkspaceEntry, WorkspacesData, masked, normalize_fingerprint,
+                                        split_host_port, valid_name)
 
     path = ctx.settings.workspaces_file
     # Validate every flag, and read the file, before reading the key: a mistake costs no retyping.
@@ -123,30 +123,40 @@ def _key_set(args: argparse.Namespace, ctx: CliContext) -> int:
     refuse_empty((("--workspace", args.workspace), ("--relay", args.relay),
                   ("--relay-fingerprint", args.relay_fingerprint), ("--relay-ca", args.relay_ca)))
     fingerprint = normalize_fingerprint(args.relay_fingerprint) if args.relay_fingerprint else None
-    ca = _check_ca(args.relay_ca) if args.relay_ca else None
+    ca = check_ca(args.relay_ca) if args.relay_ca else None
     if args.relay:
         split_host_port(args.relay)
-    data = workspaces_file.load(path)
-    name = valid_name(args.workspace or ctx.settings.workspace or data.active or DEFAULT_WORKSPACE)
-    old = data.get(name)
-    server = args.relay or (old.server if old else "") or ctx.settings.relay or ""
-    if not server:
-        raise UsageError(f"workspace {name!r} is new: which relay does the key belong to?",
-                         hint="give --relay HOST:PORT (or set CMDOP_RELAY)")
-    split_host_port(server)
-    same_server = old is not None and old.server == server
+
+    def target(data: WorkspacesData) -> tuple[str, WorkspaceEntry | None, str]:
+        name = valid_name(args.workspace or ctx.settings.workspace or data.active or DEFAULT_WORKSPACE)
+        old = data.get(name)
+        server = args.relay or (old.server if old else "") or ctx.settings.relay or ""
+        if not server:
+            raise UsageError(f"workspace {name!r} is new: which relay does the key belong to?",
+                             hint="give --relay HOST:PORT (or set CMDOP_RELAY)")
+        split_host_port(server)
+        return name, old, server
+
+    target(workspaces_file.load(path))      # a usage mistake is told before the key is asked for
     require_password(args, ctx, "connect key set")
-    entry = WorkspaceEntry(
-        name=name, api_key=_read_key(), server=server,
-        relay_fingerprint=fingerprint if fingerprint is not None else (old.relay_fingerprint if same_server and old else ""),
-        relay_ca=ca if ca is not None else (old.relay_ca if same_server and old else ""),
-        extra=dict(old.extra) if old else {},
-    )
-    entries = [entry if e.name == name else e for e in data.workspaces]
-    if old is None:
-        entries.append(entry)
-    active = data.active if data.active_entry is not None else name
-    workspaces_file.save(path, dataclasses.replace(data, active=active, workspaces=tuple(entries)))
+    api_key = _read_key()
+    # Read, merge and write under the lock (not while a prompt waits): a parallel `key set`
+    # of another workspace is kept, not written over.
+    with workspaces_file.locked(path):
+        data = workspaces_file.load(path)
+        name, old, server = target(data)
+        same_server = old is not None and old.server == server
+        entry = WorkspaceEntry(
+            name=name, api_key=api_key, server=server,
+            relay_fingerprint=fingerprint if fingerprint is not None else (old.relay_fingerprint if same_server and old else ""),
+            relay_ca=ca if ca is not None else (old.relay_ca if same_server and old else ""),
+            extra=dict(old.extra) if old else {},
+        )
+        entries = [entry if e.name == name else e for e in data.workspaces]
+        if old is None:
+            entries.append(entry)
+        active = data.active if data.active_entry is not None else name
+        workspaces_file.save(path, dataclasses.replace(data, active=active, workspaces=tuple(entries)))
     dropped = old is not None and not same_server and bool(old.relay_fingerprint or old.relay_ca) \
         and fingerprint is None and ca is None
     lines = [f"{'updated' if old else 'stored'} the key of workspace {name} ({masked(entry.api_key)}), "
@@ -188,6 +198,7 @@ def _unknown(name: str, names: list[str]) -> NotFoundError:
                          hint="list them with `cmdop connect key list`")
 
 
+@_one_writer
 def _key_rm(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters import workspaces_file
 
@@ -210,6 +221,7 @@ def _key_rm(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+@_one_writer
 def _use(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters import workspaces_file
 

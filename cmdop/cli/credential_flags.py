@@ -84,6 +84,25 @@ def refuse_empty(flags: Iterable[tuple[str, str | None]]) -> None:
             raise UsageError(f"{flag} is empty", f"give {flag} a value, or leave it out")
 
 
+def check_ca(path: str) -> str:
+    """`--relay-ca PATH` as an absolute path to a readable PEM certificate file; UsageError
+    otherwise (not ten seconds of "unreachable" from a TLS handshake that cannot succeed)."""
+    import os
+
+    from cmdop.core.errors import UsageError
+
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        with open(full, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as exc:
+        raise UsageError(f"cannot read --relay-ca {full}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise UsageError(f"--relay-ca {full} holds no PEM certificate",
+                         hint="give a PEM file starting with -----BEGIN CERTIFICATE-----")
+    return full
+
+
 def resolve_from_args(args: argparse.Namespace, settings: Settings,
                       now: float | None = None) -> ResolvedCredential:
     """The credential for this command: flags in `args` (absent ones count as not given),
@@ -99,6 +118,14 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
         from cmdop.core.credentials import split_host_port
 
         split_host_port(flag_relay)
+    if settings.relay and not flag_relay:
+        from cmdop.core.credentials import split_host_port
+        from cmdop.core.errors import UsageError
+
+        try:
+            split_host_port(settings.relay)
+        except UsageError as exc:     # not 10 s of "unreachable" for a typo in the environment
+            raise UsageError(f"CMDOP_RELAY: {exc.message}", exc.hint) from None
     data = workspaces_file.load(settings.workspaces_file)
     moment = time.time() if now is None else now
     oauth: OAuthToken | None = None

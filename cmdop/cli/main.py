@@ -106,7 +106,7 @@ def build_parser(only: str | None = None, sub_only: str | None = None) -> argpar
 
     from cmdop.cli import common
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = common.Parser(
         prog="cmdop",
         description="Run tools on this machine for remote callers, through a permission gate.",
         parents=[common.GLOBAL_FLAGS], formatter_class=common.Formatter,

@@ -466,16 +466,20 @@ def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.adapters import policy_store
     from cmdop.core.policy.rules import rule_id
 
-    doc, _ = _load(ctx, None)
-    keep = tuple(r for r in doc.rules if rule_id(r[0], r[1]) != args.rule_id)
-    if len(keep) == len(doc.rules):
-        raise CmdopError(f"no rule with id {args.rule_id} in {ctx.settings.permissions_file}",
-                         hint="see the ids with `cmdop permissions list`")
-    gone = next(r for r in doc.rules if rule_id(r[0], r[1]) == args.rule_id)
+    def without(doc: "policy_store.PolicyDoc") -> tuple["policy_store.PolicyDoc", tuple[str, str, str]]:
+        keep = tuple(r for r in doc.rules if rule_id(r[0], r[1]) != args.rule_id)
+        if len(keep) == len(doc.rules):
+            raise CmdopError(f"no rule with id {args.rule_id} in {ctx.settings.permissions_file}",
+                             hint="see the ids with `cmdop permissions list`")
+        gone = next(r for r in doc.rules if rule_id(r[0], r[1]) == args.rule_id)
+        return policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass, keep,
+                                      doc.tests, doc.mode_set), gone
+
+    without(_load(ctx, None)[0])            # an unknown id is told before the password is asked
     require_password(args, ctx, "permissions rm")
-    new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass, keep, doc.tests,
-                                 doc.mode_set)
-    policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
+    with policy_store.locked(ctx.settings.permissions_file):
+        new, gone = without(_load(ctx, None)[0])     # again, under the lock
+        policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
     _tell_agent(ctx)
     ctx.emit({"removed": args.rule_id, "rule": gone[0], "action": gone[1]},
              f"removed {args.rule_id}: {gone[1]} {gone[0]}")
@@ -494,9 +498,11 @@ def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.emit({"mode": mode, "source": source}, text)
         return 0
     require_password(args, ctx, "permissions mode")
-    new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass, doc.rules,
-                                 doc.tests, True)
-    policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
+    with policy_store.locked(ctx.settings.permissions_file):
+        doc, _ = _load(ctx, None)         # again, under the lock: what others wrote meanwhile
+        new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass,
+                                     doc.rules, doc.tests, True)
+        policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
     _tell_agent(ctx)
     if args.mode == "bypass":
         ctx.note("WARNING: mode bypass allows every remote call the floor does not deny; "

@@ -23,8 +23,8 @@ import sys
 from typing import Any, Iterator
 
 from cmdop.cli.common import CliContext, add_command
-from cmdop.cli.credential_flags import (add_credential_flags, add_share_flags, resolve_from_args,
-                                        share_token)
+from cmdop.cli.credential_flags import (add_credential_flags, add_share_flags, check_ca,
+                                        resolve_from_args, share_token)
 from cmdop.core.display import escaped
 from cmdop.core.errors import AuthError, DaemonError, PermissionDeniedError, UsageError
 
@@ -70,9 +70,10 @@ def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
         raise UsageError("no relay address",
                          "pass --relay HOST:PORT, set CMDOP_RELAY, or store it with the key")
     fingerprint, ca = _tls_flags(args)
-    channel = RelayChannel(RelayEndpoint(address=cred.relay,
-                                         fingerprint=fingerprint or cred.relay_fingerprint,
-                                         ca_file=ca or cred.relay_ca), cred.secret)
+    if not (fingerprint or ca):     # a flag replaces the stored trust; it is never ignored
+        fingerprint, ca = cred.relay_fingerprint, cred.relay_ca
+    channel = RelayChannel(RelayEndpoint(address=cred.relay, fingerprint=fingerprint, ca_file=ca),
+                           cred.secret)
     return _login_refused_hint(channel) if cred.source == "oauth" else channel
 
 
@@ -81,7 +82,8 @@ def _tls_flags(args: argparse.Namespace) -> tuple[str, str]:
     from cmdop.core.credentials import normalize_fingerprint
 
     pin = getattr(args, "relay_fingerprint", None)
-    return (normalize_fingerprint(pin) if pin else "", getattr(args, "relay_ca", None) or "")
+    ca = getattr(args, "relay_ca", None)
+    return (normalize_fingerprint(pin) if pin else "", check_ca(ca) if ca else "")
 
 
 def _guest_channel(args: argparse.Namespace, ctx: CliContext) -> Any:

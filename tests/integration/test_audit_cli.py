@@ -269,3 +269,22 @@ def test_verify_warns_about_a_log_from_before_chain_heads(cmdop_env):
     r = cmdop_env.run("permissions", "audit", "--verify", "--json")
     assert r.returncode == 0 and r.stderr == ""
     assert "written before chain heads" in json.loads(r.stdout)["warnings"][0]
+
+
+def test_verify_refuses_a_key_others_could_read_or_replace(cmdop_env):
+    """Found by a black-box pass: with audit.key at 0644 (anyone could have read it and forged
+    the chain head) --verify said "audit chain ok"."""
+    _fill(cmdop_env.state_dir, 5)
+    key = cmdop_env.state_dir / "audit.key"
+    assert cmdop_env.run("permissions", "audit", "--verify").returncode == 0
+    key.chmod(0o644)
+    r = cmdop_env.run("permissions", "audit", "--verify")
+    assert r.returncode == 1 and "chain ok" not in r.stdout, r.stdout
+    assert "audit.key" in r.stderr and "proves nothing" in r.stderr and "chmod 600" in r.stderr
+    key.chmod(0o600)
+    cmdop_env.state_dir.chmod(0o777)          # a directory others could swap the key in
+    try:
+        r = cmdop_env.run("permissions", "audit", "--verify")
+        assert r.returncode == 1 and "chain ok" not in r.stdout and "chmod 700" in r.stderr, r.stderr
+    finally:
+        cmdop_env.state_dir.chmod(0o700)

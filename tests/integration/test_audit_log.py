@@ -299,6 +299,9 @@ def test_unusable_key_rotates_unsealed_and_verify_says_so(tmp_path, caplog):
         for i in range(10, 30):
             log.append(rec(i))  # keeps logging: no AuditWriteError
     assert "cannot seal" in caplog.text
+    with pytest.raises(AuditIntegrityError, match=r"audit\.key is readable by other users .*proves nothing"):
+        audit_reader.verify(str(tmp_path))
+    (tmp_path / "audit.key").chmod(0o600)
     with pytest.raises(AuditIntegrityError, match=r"audit\.log\.\d\.sig is missing"):
         audit_reader.verify(str(tmp_path))
 

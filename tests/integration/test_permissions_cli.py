@@ -78,7 +78,8 @@ def test_invalid_policy_exits_1_with_the_line(cmdop_env: CmdopEnv) -> None:
     write_policy(cmdop_env, "version: 1\nrules:\n  - rule: 'execute_command(x)'\n    action: alow\n")
     r = cmdop_env.run("permissions", "check", "--json", "execute_command", "ls")
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.startswith("cmdop: error: line 4:") and "Traceback" not in r.stderr
+    policy = cmdop_env.config_dir / "permissions.yaml"
+    assert r.stderr.startswith(f"cmdop: error: {policy}: line 4:") and "Traceback" not in r.stderr
 
 
 def test_add_list_rm_mode(cmdop_env: CmdopEnv) -> None:

@@ -97,6 +97,21 @@ def test_a_self_signed_relay_without_a_pin_says_how_to_trust_it(net: Any) -> Non
     assert "Traceback" not in out.stderr
 
 
+def test_a_wrong_or_bad_relay_ca_is_named(net: Any, tmp_path: Path) -> None:
+    """Found by a black-box pass: --relay-ca /etc/passwd, or the CA of another relay, waited
+    10 s and said "unreachable … is relay serve running"; with a stored pin, --relay-ca was
+    ignored altogether."""
+    from cmdop.relay.tls import ensure_certificate
+
+    other = ensure_certificate(str(tmp_path / "other"), ["127.0.0.1"])   # a CA that did not sign it
+    out = net.c.run("hosts", "--relay-ca", "/etc/passwd")
+    assert out.returncode == 2 and "holds no PEM certificate" in out.stderr, out.stderr
+    out = net.c.run("hosts", "--relay-ca", other.cert_path)      # the stored pin is not used then
+    assert out.returncode == 5, (out.stdout, out.stderr)
+    assert f"the CA in {other.cert_path} does not trust" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_hosts_lists_both_agents_online(net: Any) -> None:
     hosts = _json_out(net.c.run("hosts", "--json"))
     by_name = {h["name"]: h for h in hosts}

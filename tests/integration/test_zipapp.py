@@ -94,6 +94,14 @@ def test_pyz_runs_from_another_directory_without_virtualenv(pyz, shiv_root, tmp_
 
 
 @pytest.mark.slow
+def test_an_unpack_cache_that_cannot_be_made_is_one_line(pyz, tmp_path):
+    """Found by a black-box pass: SHIV_ROOT naming a file gave a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("")
+    r = run_pyz(pyz, tmp_path / "afile", "version", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("cmdop: error: cannot unpack into ") and "hint: set SHIV_ROOT" in r.stderr
+
+
 def test_pyz_runs_under_the_distribution_python_too(pyz, shiv_root, tmp_path):
     """Debian's own python3.11 (not the one that built it) runs the same file."""
     other = "/usr/bin/python3.11"

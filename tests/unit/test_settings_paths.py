@@ -51,3 +51,70 @@ def test_every_path_is_absolute_and_normal(env: dict[str, str]) -> None:
     for path in (s.home, s.config_dir, s.cmdop_home, s.state_dir, s.socket_path, s.relay_data_dir,
                  s.permissions_file, s.audit_file):
         assert posixpath.isabs(path) and posixpath.normpath(path) == path, (env, path)
+
+
+@pytest.mark.parametrize("args,setup,named", [
+    (["permissions", "init"], "config-dir-is-a-file", "cfg"),
+    (["permissions", "list"], "policy-is-a-directory", "permissions.yaml"),
+])
+def test_a_path_the_system_refuses_is_one_line_naming_it(tmp_path, monkeypatch, capsys,
+                                                         args: list[str], setup: str, named: str) -> None:
+    from cmdop.cli.main import main
+
+    cfg = tmp_path / "cfg"
+    if setup == "config-dir-is-a-file":
+        cfg.write_text("")
+    else:
+        (cfg / "permissions.yaml").mkdir(parents=True)
+    for var in ("CMDOP_SOCKET_PATH", "CMDOP_STATE_DIR", "CMDOP_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CMDOP_CONFIG_DIR", str(cfg))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0].startswith("cmdop: error: ") and named in lines[0], err
+    assert "internal error" not in err and "Traceback" not in err
+    assert lines[1].startswith("hint: ") and len(lines) == 2, err
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo"])
+def test_a_policy_or_config_that_is_not_a_file_is_refused_not_read(tmp_path, kind: str) -> None:
+    import os
+
+    from cmdop.adapters import config_file, policy_store
+    from cmdop.core.errors import ConfigFileError, PolicyError
+
+    for name, load, error in (("permissions.yaml", lambda p: policy_store.load(p, str(tmp_path)), PolicyError),
+                              ("config.yaml", config_file.load, ConfigFileError)):
+        path = tmp_path / name
+        path.mkdir() if kind == "dir" else os.mkfifo(path, 0o600)
+        with pytest.raises(error, match="not a regular file"):
+            load(str(path))
+
+
+def test_a_usage_error_never_echoes_a_key(capsys) -> None:
+    """Found by a black-box pass: `connect key set --workspace w KEY` (the key where `-` goes)
+    made argparse print the whole key."""
+    from cmdop.cli.main import main
+
+    key = "cmdop_k_abcd1234_V6cxp8rcQyxJShVFiYS94jfp2-TsNP0FpoIkm5deixY"
+    for argv in (["connect", "key", "set", "--workspace", "w", key], [key]):
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        assert ended.value.code == 2
+        err = capsys.readouterr().err
+        assert key not in err and "V6cxp8rc" not in err and "invalid choice" in err, err
+
+
+def test_a_bad_cmdop_relay_is_a_usage_error_at_once(tmp_path, monkeypatch, capsys) -> None:
+    """Found by a black-box pass: CMDOP_RELAY=garbage waited 10 s, then said "unreachable"."""
+    from cmdop.cli.main import main
+
+    for var in ("CMDOP_SOCKET_PATH", "CMDOP_STATE_DIR", "CMDOP_HOME", "CMDOP_CONFIG_DIR", "CMDOP_WORKSPACE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CMDOP_RELAY", "garbage")
+    monkeypatch.setenv("CMDOP_API_KEY", "cmdop_0123456789ab_V6cxp8rcQyxJShVFiYS94jfp2-TsNP0FpoIkm5deixY")
+    assert main(["hosts"]) == 2
+    assert capsys.readouterr().err.startswith("cmdop: error: CMDOP_RELAY: invalid address 'garbage'")
