@@ -19,8 +19,8 @@ import json
 from typing import Any, Iterator
 
 from cmdop.adapters.secure_file import atomic_write, check_private, exclusive_lock, read_private
-from cmdop.core.credentials import WorkspaceEntry, WorkspacesData
-from cmdop.core.errors import ConfigError
+from cmdop.core.credentials import WorkspaceEntry, WorkspacesData, normalize_fingerprint
+from cmdop.core.errors import ConfigError, UsageError
 
 _ENTRY_KEYS = ("name", "api_key", "server", "relay_fingerprint", "relay_ca")
 
@@ -65,9 +65,16 @@ def parse(text: str, path: str = "ssh_workspaces.json") -> WorkspacesData:
         seen.add(name)
         if not item.get("api_key"):
             raise _corrupt(path, f"workspace {name!r} has no api_key")
+        pin = item.get("relay_fingerprint") or ""
+        if pin:
+            try:
+                pin = normalize_fingerprint(pin)
+            except UsageError:   # not "the relay presented another certificate" later
+                raise _corrupt(path, f"workspace {name!r}: relay_fingerprint is not 64 hex "
+                                     "digits (a SHA-256)") from None
         entries.append(WorkspaceEntry(
             name=name, api_key=item["api_key"], server=item.get("server") or "",
-            relay_fingerprint=item.get("relay_fingerprint") or "", relay_ca=item.get("relay_ca") or "",
+            relay_fingerprint=pin, relay_ca=item.get("relay_ca") or "",
             extra={k: v for k, v in item.items() if k not in _ENTRY_KEYS},
         ))
     extra = {k: v for k, v in doc.items() if k not in ("active", "workspaces")}

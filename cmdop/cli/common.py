@@ -81,7 +81,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from cmdop.core.redact import redact
 
-        super().error(redact(message)[0])
+        # The usage of the (sub)command, then the one error line every cmdop error has
+        # (`cmdop: error: …`, whichever subcommand found it), exit 2.
+        self.print_usage(sys.stderr)
+        self.exit(2, f"cmdop: error: {redact(message)[0]}\n")
 
 
 def global_flags_parser() -> argparse.ArgumentParser:
@@ -122,7 +125,7 @@ def add_group(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
 def _group_help(parser: argparse.ArgumentParser) -> Handler:
     def handler(args: argparse.Namespace, ctx: CliContext) -> int:
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: a command is required (see --help)", file=sys.stderr)
+        print(f"cmdop: error: {parser.prog} needs a command (see {parser.prog} --help)", file=sys.stderr)
         return 2
     return handler
 

@@ -160,6 +160,12 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
         oauth = load_oauth_token(settings, moment)
         if oauth is not None:
             cred = resolve(None)
+    if cred.source == "none" and data.active and data.active_entry is None:
+        # The file names an active workspace it does not hold (hand-edited, or another tool):
+        # say that, rather than "no credential" while keys are stored.
+        raise AuthError(f"the active workspace {data.active!r} in {settings.workspaces_file} is not "
+                        f"one of the stored ones ({', '.join(data.names()) or 'none'})",
+                        "choose one: cmdop connect use NAME (or store its key: cmdop connect key set)")
     if not cred.relay:
         from cmdop.adapters.config_file import load as load_config
 

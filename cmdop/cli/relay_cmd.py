@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from cmdop.cli import relay_status
 from cmdop.cli.common import CliContext, add_command, add_group
-from cmdop.core.errors import UsageError
+from cmdop.core.errors import CmdopError, UsageError
 
 if TYPE_CHECKING:
     from cmdop.relay.store import Account, DeviceRequest, KeyInfo, Workspace
@@ -143,10 +143,20 @@ def data_dir(args: argparse.Namespace, ctx: CliContext) -> str:
     return os.path.abspath(os.path.expanduser(chosen))
 
 
-def _open(args: argparse.Namespace, ctx: CliContext) -> RelayStoreApi:
-    from cmdop.relay.store_api import open_store
+def _open(args: argparse.Namespace, ctx: CliContext, create: bool = False) -> RelayStoreApi:
+    """The relay's store. Only `create` (making a workspace, the first step on a new relay)
+    may start an SQLite store where there is none: anywhere else a missing one is a mistyped
+    --data-dir, and listing it would answer "nothing" from a database made up on the spot."""
+    from cmdop.relay.store import DB_NAME
+    from cmdop.relay.store_api import open_store, sqlite_dir
 
-    return open_store(store_location(args, ctx), data_dir(args, ctx))
+    location, directory = store_location(args, ctx), data_dir(args, ctx)
+    sqlite = sqlite_dir(location, directory)
+    if not create and sqlite is not None and not os.path.exists(os.path.join(sqlite, DB_NAME)):
+        raise CmdopError(f"no relay data in {sqlite} (no {DB_NAME} there)",
+                         hint="check --data-dir (the relay's own, e.g. /var/lib/cmdop-relay); a new "
+                              "relay starts with `cmdop relay workspace create NAME`")
+    return open_store(location, directory)
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -225,7 +235,7 @@ def _ws_obj(ws: Workspace) -> dict[str, Any]:
 
 
 def _workspace_create(args: argparse.Namespace, ctx: CliContext) -> int:
-    with _open(args, ctx) as store:
+    with _open(args, ctx, create=True) as store:
         ws = store.create_workspace(args.name)
     ctx.emit(_ws_obj(ws), f"created workspace {ws.name}\n"
                           f"next: cmdop relay key create {ws.name} --name NAME")

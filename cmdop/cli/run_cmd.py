@@ -5,7 +5,8 @@ Goes through the daemon when one is listening on the local socket, else runs in-
 stdout. Exit 0 when the tool ran (whatever a command's own exit code), 3 with the
 permission_denied object on stdout when denied, 2 for input that is not a JSON object or an
 unknown TOOL (the usage error lists the tools), 1 (with the {"error": kind, "message": ...}
-object on stdout) when the tool itself failed, e.g. a missing file.
+object on stdout and `cmdop: error: TOOL: MESSAGE` on stderr) when the tool itself failed,
+e.g. a missing file.
 
 Bad input is its own outcome (cmdop.core.tool_input, checked here and again by the pipeline
 for every caller), before the gate sees the call: a missing required field or one of the wrong
@@ -97,7 +98,14 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         return report_bad_input(result, ctx)
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
     if isinstance(result, dict) and "error" in result:
-        # Denied -> 3; the tool could not do its job (bad input, missing file, no sandbox) -> 1.
+        # The result document stays on stdout for scripts; stderr gets the one error line
+        # every failing cmdop command gives (a denial already speaks for itself on stdout).
+        if result["error"] != "permission_denied":
+            from cmdop.core.display import escaped
+
+            print(f"cmdop: error: {escaped(result.get('tool'), 64)}: "
+                  f"{escaped(str(result.get('message') or result['error']), 500)}", file=ctx.stderr)
+        # Denied -> 3; the tool could not do its job (missing file, no sandbox) -> 1.
         return 3 if result["error"] == "permission_denied" else 1
     return 0
 

@@ -857,7 +857,8 @@ class RelayStore(ShareStore):
         code = normalize_user_code(user_code)
         if code is None:
             raise UsageError(f"{user_code!r} is not a user code",
-                             hint="a user code is 8 letters, shown as XXXX-XXXX by `cmdop login`")
+                             hint=f"a user code is {USER_CODE_LEN} letters from {USER_CODE_ALPHABET} "
+                                  "(no vowels), shown as XXXX-XXXX by `cmdop login`")
         row = cur.execute(f"SELECT {self._DEVICE_COLUMNS} WHERE d.user_sha256 = ?",
                           (_user_digest(code),)).fetchone()
         if row is None:

@@ -79,9 +79,12 @@ def test_key_create_json(cli: Any, tmp_path: Path) -> None:
 
 def test_key_create_errors(cli: Any, tmp_path: Path) -> None:
     d = data(tmp_path)
+    r = cli("relay", "key", "create", "nope", "--name", "x", "--data-dir", d)   # no relay there yet
+    assert r.code == 1 and "no relay data in" in r.err and "cmdop relay workspace create" in r.err
+    assert not os.path.exists(os.path.join(d, "relay.db"))          # a typo makes no database
+    cli("relay", "workspace", "create", "prod", "--data-dir", d)
     r = cli("relay", "key", "create", "nope", "--name", "x", "--data-dir", d)
     assert r.code == 1 and "hint: create it with: cmdop relay workspace create nope" in r.err
-    cli("relay", "workspace", "create", "prod", "--data-dir", d)
     cli("relay", "key", "create", "prod", "--name", "x", "--data-dir", d)
     r = cli("relay", "key", "create", "prod", "--name", "x", "--data-dir", d)
     assert r.code == 1 and "already has a key named 'x'" in r.err

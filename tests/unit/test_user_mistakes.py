@@ -1,8 +1,10 @@
-"""Settings.from_env: every path absolute and normalised, whatever the environment says.
+"""What a user gets for a mistake in the environment, a file or a flag (each found by a
+black-box pass against the contract): a clear line with a hint, never a traceback, a secret
+echoed, a wrong diagnosis, or a path other than the one the floor protects.
 
-Found by a black-box pass: CMDOP_CONFIG_DIR=relcfg was used as given, so the agent's own
-policy file (relcfg/permissions.yaml) was not the absolute path the floor protects and a remote
-write_file replaced the live policy."""
+Settings.from_env first: every path absolute and normalised, whatever the environment says.
+CMDOP_CONFIG_DIR=relcfg was used as given, so the agent's own policy file (relcfg/permissions.yaml)
+was not the absolute path the floor protects and a remote write_file replaced the live policy."""
 
 from __future__ import annotations
 
@@ -118,3 +120,49 @@ def test_a_bad_cmdop_relay_is_a_usage_error_at_once(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("CMDOP_API_KEY", "cmdop_0123456789ab_V6cxp8rcQyxJShVFiYS94jfp2-TsNP0FpoIkm5deixY")
     assert main(["hosts"]) == 2
     assert capsys.readouterr().err.startswith("cmdop: error: CMDOP_RELAY: invalid address 'garbage'")
+
+
+def test_an_active_workspace_that_is_not_stored_is_named(tmp_path, monkeypatch, capsys) -> None:
+    import json
+    import os
+
+    from cmdop.cli.main import main
+
+    for var in ("CMDOP_SOCKET_PATH", "CMDOP_STATE_DIR", "CMDOP_HOME", "CMDOP_CONFIG_DIR",
+                "CMDOP_WORKSPACE", "CMDOP_RELAY", "CMDOP_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = tmp_path / ".cmdop"
+    home.mkdir(mode=0o700)
+    f = home / "ssh_workspaces.json"
+    f.write_text(json.dumps({"active": "ghost", "workspaces": [{
+        "name": "real", "api_key": "cmdop_0123456789ab_V6cxp8rcQyxJShVFiYS94jfp2-TsNP0FpoIkm5deixY",
+        "server": "127.0.0.1:9"}]}))
+    os.chmod(f, 0o600)
+    assert main(["hosts"]) == 4
+    err = capsys.readouterr().err
+    assert "the active workspace 'ghost'" in err and "(real)" in err and "cmdop connect use" in err
+
+
+def test_a_stored_pin_that_is_not_a_fingerprint_is_a_bad_file() -> None:
+    """Found by a black-box pass: relay_fingerprint "nothex" was reported as a pin mismatch
+    ("someone may be intercepting the connection")."""
+    import json
+
+    from cmdop.adapters import workspaces_file
+
+    doc = {"workspaces": [{"name": "w", "api_key": "k", "server": "r:1", "relay_fingerprint": "nothex"}]}
+    with pytest.raises(ConfigError, match="relay_fingerprint is not 64 hex digits"):
+        workspaces_file.parse(json.dumps(doc), "/x/ssh_workspaces.json")
+    doc["workspaces"][0]["relay_fingerprint"] = "AB:" * 31 + "AB"        # written by hand, colons
+    assert workspaces_file.parse(json.dumps(doc)).workspaces[0].relay_fingerprint == "ab" * 32
+
+
+def test_a_user_code_hint_names_the_letters(tmp_path) -> None:
+    from cmdop.core.errors import UsageError
+    from cmdop.relay.store import RelayStore
+
+    with RelayStore.open(str(tmp_path / "relay")) as store:
+        with pytest.raises(UsageError) as err:
+            store.approve_device("ABCD-EFGH", "a@example.com", "w")
+    assert "BCDFGHJKMNPQRSTVWXZ" in (err.value.hint or "")
