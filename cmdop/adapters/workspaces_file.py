@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from typing import Any, Iterator
 
 from cmdop.adapters.secure_file import atomic_write, check_private, exclusive_lock, read_private
@@ -107,7 +108,9 @@ def load(path: str) -> WorkspacesData:
     except IsADirectoryError:
         raise _corrupt(path, "it is a directory") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}",
+                          hint=f"check {path} and the directories above it (ls -ld); "
+                               "`cmdop permissions path` shows where cmdop looks") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -132,4 +135,6 @@ def save(path: str, data: WorkspacesData) -> None:
     try:
         atomic_write(path, dump(data), mode=0o600)
     except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot write {path}: {exc.strerror}",
+                          hint=f"check that you can write {os.path.dirname(path)} (ls -ld); "
+                               "CMDOP_HOME moves it") from None

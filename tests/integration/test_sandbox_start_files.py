@@ -54,25 +54,41 @@ def test_a_changed_mapped_file_stops_the_next_server_start(tmp_path: Path) -> No
         assert mapped[0] == 0
 
 
-def test_the_linker_cache_is_compared_by_its_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`ldconfig` rewrites /etc/ld.so.cache on every package install, mostly with the same bytes:
-    that must not cost the agent its sandbox (it did: the next server start was refused until a
-    restart). Different bytes still stop the start."""
-    cache = tmp_path / "ld.so.cache"
-    cache.write_bytes(b"glibc-ld.so.cache1.1 entries")
-    monkeypatch.setattr(kernel_floor_fs, "LINKER_FILES", (str(cache),))
+# (linker file, its bytes when the agent starts (None: absent), a harmless change, named bytes)
+LINKER_CASES = [
+    # `ldconfig` rewrites /etc/ld.so.cache on every package install, mostly with the same bytes:
+    # that must not cost the agent its sandbox (it did: the next server start was refused until
+    # a restart).
+    pytest.param("ld.so.cache", b"glibc-ld.so.cache1.1 entries", b"glibc-ld.so.cache1.1 entries",
+                 b"glibc-ld.so.cache1.1 entries, one pointing elsewhere", id="cache-rewritten-same"),
+    # A root agent creates an empty /etc/ld.so.preload (so its namespace can hold it read-only);
+    # another agent on the machine, started before, must not lose its sandbox over that.
+    pytest.param("ld.so.preload", None, b"", b"/tmp/evil.so\n", id="preload-created-empty"),
+]
+
+
+@pytest.mark.parametrize("name,before,harmless,named", LINKER_CASES)
+def test_linker_files_are_compared_by_what_they_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    name: str, before: bytes | None, harmless: bytes,
+                                                    named: bytes) -> None:
+    """The linker's files by their bytes (an empty preload list as none): a harmless rewrite
+    keeps the sandbox; different bytes stop the next server start, naming the file."""
+    path = tmp_path / name
+    if before is not None:
+        path.write_bytes(before)
+    monkeypatch.setattr(kernel_floor_fs, "LINKER_FILES", (str(path),))
     sb = Sandbox()
     env = ToolEnv(home=str(tmp_path), cwd=str(tmp_path), sandbox=sb)
     try:
         _started(sb, env)
-        fresh = tmp_path / "ld.so.cache~"
-        fresh.write_bytes(cache.read_bytes())
-        os.replace(fresh, cache)                 # as ldconfig does: a new file, same bytes
+        fresh = tmp_path / (name + "~")
+        fresh.write_bytes(harmless)
+        os.replace(fresh, path)                  # as ldconfig does: a new file
         _kill_server(sb)
         assert execute_command({"command": "echo same"}, env)["stdout"] == "same\n"
-        cache.write_bytes(b"glibc-ld.so.cache1.1 entries, one pointing elsewhere")
+        path.write_bytes(named)
         _kill_server(sb)
-        with pytest.raises(SandboxUnavailableError, match="ld.so.cache.*restart the agent"):
+        with pytest.raises(SandboxUnavailableError, match=f"{name}.*restart the agent"):
             execute_command({"command": "echo changed"}, env)
     finally:
         sb.close()
@@ -91,24 +107,3 @@ def test_content_identity_table(tmp_path: Path) -> None:
     path.unlink()
     path.mkdir()
     assert kernel_floor_fs.content_identity(str(path)) not in (None, first)   # not a file now
-
-
-def test_an_empty_preload_list_is_the_same_as_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A root agent creates an empty /etc/ld.so.preload (so its namespace can hold it read-only);
-    another agent on the machine, started before, must not lose its sandbox over that. A
-    preload list that names something is a change."""
-    preload = tmp_path / "ld.so.preload"
-    monkeypatch.setattr(kernel_floor_fs, "LINKER_FILES", (str(preload),))
-    sb = Sandbox()
-    env = ToolEnv(home=str(tmp_path), cwd=str(tmp_path), sandbox=sb)
-    try:
-        _started(sb, env)
-        preload.write_bytes(b"")
-        _kill_server(sb)
-        assert execute_command({"command": "echo empty"}, env)["stdout"] == "empty\n"
-        preload.write_bytes(b"/tmp/evil.so\n")
-        _kill_server(sb)
-        with pytest.raises(SandboxUnavailableError, match="ld.so.preload"):
-            execute_command({"command": "echo named"}, env)
-    finally:
-        sb.close()
