@@ -172,7 +172,7 @@ class Daemon:
         gk = self.gatekeeper
         # A rejected reload keeps the last good policy serving, but the file needs fixing.
         policy_ok = bool(getattr(gk, "policy_ok", False)) and not self.policy_error
-        audit_ok = os.access(self.settings.state_dir, os.W_OK)
+        audit_ok = self._audit_writable()
         state = self.state
         login_ok = self.token_state.status != "DEGRADED"
         if state == "online" and not (policy_ok and audit_ok and not self.config_error
@@ -328,15 +328,22 @@ class Daemon:
 
     def _status_key(self) -> tuple[object, ...]:
         """What `agent status` readers notice change: the agent's, the link's and the login's
-        state, the policy's health and mode, the audit dir's writability, pending asks (the
-        counters may wait for the next periodic write)."""
+        state, the policy's health and mode, the audit log's writability, pending asks and
+        attached approvers (the counters may wait for the next periodic write)."""
         link, login, gk = self.relay_state, self.token_state, self.gatekeeper
         broker: AskBroker | None = getattr(self, "broker", None)
         return (self.state, link.state, link.connects, link.machine, link.last_error, login.status,
                 login.reason, self.policy_error, self.config_error,
                 bool(getattr(gk, "policy_ok", False)), str(getattr(gk, "mode", "") or ""),
-                os.access(self.settings.state_dir, os.W_OK),
-                len(broker.pending()) if broker else 0)
+                self._audit_writable(),
+                len(broker.pending()) if broker else 0, broker.approvers if broker else 0)
+
+    def _audit_writable(self) -> bool:
+        """The audit log itself can be appended to (an immutable or read-only audit.log in a
+        writable dir is not), by the probe the pipeline uses to admit remote calls."""
+        from cmdop.pipeline import writable_path
+
+        return writable_path(self.settings.audit_file)
 
     async def _status_writer(self) -> None:
         """daemon.status every status_interval_s, and within STATUS_POLL_S of a change in

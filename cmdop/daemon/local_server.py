@@ -127,6 +127,20 @@ def _socket_answers(path: str) -> int | None:
 _SUN_PATH_MAX = 108     # sizeof(sockaddr_un.sun_path) on Linux, the final NUL included
 
 
+def _listening(path: str) -> bool:
+    """Whether a process accepts connections on the unix socket `path` (a stale socket file
+    refuses them)."""
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM | stdsocket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def prepare_socket_dir(path: str) -> None:
     """Create the socket's directory 0700, or refuse one that others can enter."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -160,6 +174,12 @@ def bind_listener(path: str) -> stdsocket.socket:
         if pid is not None:
             raise DaemonError(f"already running (pid {pid})",
                               "stop it first (`systemctl stop cmdop`, or kill that pid)")
+        if _listening(path):
+            # Alive but silent: a hung or stopped agent, or another program. Its socket is not
+            # ours to take; a stale one refuses connections.
+            raise DaemonError(f"a process listens on {path} but does not answer as a cmdop agent",
+                              "stop it (`fuser -v` or `ss -xlp` shows which), or set "
+                              "CMDOP_SOCKET_PATH to another path")
         log.info("removing stale socket %s", path)
         os.unlink(path)
     sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM | stdsocket.SOCK_CLOEXEC)

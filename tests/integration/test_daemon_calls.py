@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -394,3 +396,28 @@ def test_watch_cli_on_a_terminal_shows_hostile_text_escaped_and_takes_y(cmdop_en
         watch.terminate()
         watch.wait(timeout=15)
         os.close(master)
+
+
+def test_an_audit_log_that_cannot_be_appended_makes_the_agent_degraded(cmdop_env):
+    """Found by a black-box pass: with audit.log immutable (chattr +i) remote calls were refused
+    "audit log unwritable" while `agent status` said ONLINE, audit_ok true: it probed the
+    directory, not the log."""
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr here")
+    d = start_daemon(cmdop_env)
+    log_file = cmdop_env.state_dir / "audit.log"
+    try:
+        d.call("execute_command", {"command": "true"})             # the log exists now
+        made = subprocess.run(["chattr", "+i", str(log_file)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"chattr +i refused here: {made.stderr.strip()}")
+        wait_for(lambda: json.loads(cmdop_env.run("agent", "status", "--json").stdout)["state"]
+                 == "DEGRADED", 15, "the agent to report DEGRADED")
+        status = json.loads(cmdop_env.run("agent", "status", "--json").stdout)
+        assert status["audit_ok"] is False
+        subprocess.run(["chattr", "-i", str(log_file)], check=True)
+        wait_for(lambda: json.loads(cmdop_env.run("agent", "status", "--json").stdout)["state"]
+                 == "ONLINE", 15, "the agent to report ONLINE again")
+    finally:
+        subprocess.run(["chattr", "-i", str(log_file)], capture_output=True)
+        assert d.stop() == 0

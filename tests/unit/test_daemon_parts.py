@@ -252,3 +252,25 @@ def test_a_stale_socket_is_still_replaced(tmp_path) -> None:
     old.close()                      # nobody answers there now
     sock = bind_listener(path)
     sock.close()
+
+
+def test_a_socket_someone_listens_on_is_not_taken(tmp_path) -> None:
+    """Found by a black-box pass: a live listener that does not answer (a hung agent, another
+    program) lost its socket as "stale"."""
+    import socket as socketlib
+
+    from cmdop.core.errors import DaemonError
+    from cmdop.daemon.local_server import bind_listener
+
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    path = str(d / "agent.sock")
+    silent = socketlib.socket(socketlib.AF_UNIX)
+    silent.bind(path)
+    silent.listen(8)
+    try:
+        with pytest.raises(DaemonError, match="does not answer as a cmdop agent"):
+            bind_listener(path)
+        assert os.path.exists(path)
+    finally:
+        silent.close()
