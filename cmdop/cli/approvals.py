@@ -70,6 +70,23 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", only: s
     add_command(sub, "watch", "attach as an approver and answer asks as they come", _watch)
 
 
+def _digest(text: str | None) -> str | None:
+    """--digest as the agent records it (`sha256:` + 64 lower-case hex): the bare hex, or an
+    upper-case copy, is the same digest. UsageError for anything else."""
+    import re
+
+    from cmdop.core.errors import UsageError
+
+    if text is None:
+        return None
+    value = text.strip().lower()
+    value = value[len("sha256:"):] if value.startswith("sha256:") else value
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise UsageError(f"--digest {text!r} is not a SHA-256 (64 hex digits, `sha256:` optional)",
+                         hint="copy the input_digest `cmdop permissions pending` shows")
+    return "sha256:" + value
+
+
 def _client(ctx: CliContext) -> Any:
     from cmdop.daemon.client import DaemonClient
 
@@ -114,7 +131,7 @@ def _answer(args: argparse.Namespace, ctx: CliContext, verdict: str) -> int:
 
     with _client(ctx) as client:
         try:
-            result = client.answer(args.ask_id, verdict, args.scope, args.digest)
+            result = client.answer(args.ask_id, verdict, args.scope, _digest(args.digest))
         except DaemonError as exc:
             if exc.hint is None:
                 exc.hint = _ANSWER_HINTS.get(getattr(exc, "code", ""))

@@ -54,18 +54,6 @@ def _check_tool(tool: str) -> None:
                          hint="e.g. cmdop run execute_command --input '{\"command\": \"uptime\"}'")
 
 
-def _with_field(result: Any) -> Any:
-    """A tool's own bad_input result (e.g. a number out of range) names its field too."""
-    import re
-
-    if isinstance(result, dict) and result.get("error") == "bad_input" and "field" not in result:
-        m = re.search(r"field '([^']+)'", str(result.get("message", "")))
-        if m:
-            result = {"error": "bad_input", "field": m.group(1),
-                      **{k: v for k, v in result.items() if k != "error"}}
-    return result
-
-
 def _local_user() -> str:
     import pwd
 
@@ -93,7 +81,6 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
             result = client.call_tool(args.tool, tool_input, cwd)
     else:
         result = _in_process(args.tool, tool_input, cwd, ctx)
-    result = _with_field(result)
     if isinstance(result, dict) and result.get("error") == "bad_input":
         return report_bad_input(result, ctx)
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)

@@ -18,9 +18,14 @@ ChunkFn = Callable[[str, bytes], None]
 
 
 class BadInput(ToolError):
-    """The tool input is malformed (missing field, wrong type, value out of range)."""
+    """The tool input is malformed (missing field, wrong type, value out of range); `field`
+    names the input field at fault (the result carries it, as the tool-input contract says)."""
 
     kind = "bad_input"
+
+    def __init__(self, message: str, field: str = "input") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -44,12 +49,12 @@ def get_str(tool_input: Mapping[str, Any], key: str, required: bool = True, defa
     value = tool_input.get(key)
     if value is None:
         if required:
-            raise BadInput(f"missing required field {key!r}")
+            raise BadInput(f"missing required field {key!r}", key)
         return default
     if not isinstance(value, str):
-        raise BadInput(f"field {key!r} must be a string")
+        raise BadInput(f"field {key!r} must be a string", key)
     if "\x00" in value:
-        raise BadInput(f"field {key!r} contains a NUL byte")
+        raise BadInput(f"field {key!r} contains a NUL byte", key)
     return value
 
 
@@ -60,7 +65,7 @@ def get_int(tool_input: Mapping[str, Any], key: str, default: int | None,
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadInput(f"field {key!r} must be an integer")
+        raise BadInput(f"field {key!r} must be an integer", key)
     if not lo <= value <= hi:
-        raise BadInput(f"field {key!r} must be between {lo} and {hi}")
+        raise BadInput(f"field {key!r} must be between {lo} and {hi}", key)
     return value

@@ -113,7 +113,7 @@ def execute_command(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, An
     """Run one shell command as the module docstring promises and return its result."""
     command = get_str(tool_input, "command")
     if not command.strip():
-        raise BadInput("field 'command' is empty")
+        raise BadInput("field 'command' is empty", "command")
     timeout_ms = get_int(tool_input, "timeout_ms", DEFAULT_TIMEOUT_MS, 1, MAX_TIMEOUT_MS)
     assert timeout_ms is not None
     get_str(tool_input, "cwd", required=False)      # type-checks the field
@@ -121,7 +121,7 @@ def execute_command(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, An
     cwd = safe_open.canonical(command_dir(tool_input, base), base, env.home)
     safe_open.check_floor(cwd, env.home)
     if not os.path.isdir(cwd):
-        raise BadInput(f"cwd is not a directory: {cwd}")
+        raise BadInput(f"cwd is not a directory: {cwd}", "cwd")
     child_env = scrub_env(os.environ, env.api_key)
     return run_argv(shell_argv(command), child_env, cwd, timeout_ms / 1000.0, env)
 

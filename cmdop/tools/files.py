@@ -64,7 +64,7 @@ def read_file(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
     end = get_int(tool_input, "end", None, 1, MAX_LINE)
     assert start is not None
     if end is not None and end < start:
-        raise BadInput("'end' must not be smaller than 'start'")
+        raise BadInput("'end' must not be smaller than 'start'", "end")
     fd = _open_named(path, env.home, os.O_RDONLY)
     try:
         # Checked before fdopen: io.FileIO refuses a directory itself, naming the fd number
@@ -73,7 +73,7 @@ def read_file(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory (use list_dir)", path)
         if not stat.S_ISREG(st.st_mode):
-            raise BadInput(f"not a regular file: {path}")
+            raise BadInput(f"not a regular file: {path}", "path")
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -121,15 +121,15 @@ def write_file(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
         try:
             data = base64.b64decode(content, validate=True)
         except (binascii.Error, ValueError):
-            raise BadInput("'content' is not valid base64") from None
+            raise BadInput("'content' is not valid base64", "content") from None
     elif encoding == "utf-8":
         data = content.encode("utf-8")
     else:
-        raise BadInput("'encoding' must be 'utf-8' or 'base64'")
+        raise BadInput("'encoding' must be 'utf-8' or 'base64'", "encoding")
     lexical = safe_open.lexical_path(given, env.cwd, env.home)
     name = posixpath.basename(lexical)
     if not name:
-        raise BadInput(f"not a file path: {given}")
+        raise BadInput(f"not a file path: {given}", "path")
     if os.path.islink(lexical):
         raise safe_open.SymlinkRefused(f"{lexical} is a symlink; write_file does not follow a final symlink")
     parent = safe_open.canonical(posixpath.dirname(lexical), env.cwd, env.home)
@@ -154,7 +154,7 @@ def _replace_in(dfd: int, name: str, data: bytes, shown: str) -> dict[str, Any]:
     if old is not None and stat.S_ISLNK(old.st_mode):
         raise safe_open.SymlinkRefused(f"{shown} is a symlink; write_file does not follow a final symlink")
     if old is not None and not stat.S_ISREG(old.st_mode):
-        raise BadInput(f"not a regular file: {shown}")
+        raise BadInput(f"not a regular file: {shown}", "path")
     if old is not None:
         mode = stat.S_IMODE(old.st_mode)
     else:

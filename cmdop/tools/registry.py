@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from cmdop.adapters import safe_open
 from cmdop.core.calls import ToolCall
 from cmdop.core.errors import SandboxUnavailableError, ToolError
-from cmdop.tools.base import ToolEnv
+from cmdop.tools.base import BadInput, ToolEnv
 from cmdop.tools.execute_command import execute_command
 from cmdop.tools.files import list_dir, read_file, write_file
 from cmdop.tools.search import glob, grep
@@ -64,7 +64,8 @@ def run_tool(call: ToolCall, env: ToolEnv) -> Any:
     if fn is None:
         return error_result("unknown_tool", f"no such tool: {call.tool}", call.tool)
     if not isinstance(call.input, Mapping):
-        return error_result("bad_input", "the tool input must be a JSON object", call.tool)
+        return dict(error_result("bad_input", "the tool input must be a JSON object", call.tool),
+                    field="input")
     try:
         return fn(call.input, env)
     except safe_open.FloorDenied as exc:
@@ -77,7 +78,10 @@ def run_tool(call: ToolCall, env: ToolEnv) -> Any:
             out["hint"] = exc.hint
         return out
     except ToolError as exc:
-        return error_result(getattr(exc, "kind", "tool_error"), exc.message, call.tool)
+        out = error_result(getattr(exc, "kind", "tool_error"), exc.message, call.tool)
+        if isinstance(exc, BadInput):
+            out["field"] = exc.field
+        return out
     except OSError as exc:
         kind = _OS_KINDS.get(exc.errno or 0, "os_error")
         where = f"{exc.filename}: " if exc.filename else ""

@@ -59,7 +59,7 @@ def grep(tool_input: Mapping[str, Any], env: ToolEnv) -> list[dict[str, Any]]:
     try:
         re.compile(raw)
     except re.error as exc:
-        raise BadInput(f"bad regular expression: {exc}") from None
+        raise BadInput(f"bad regular expression: {exc}", "pattern") from None
     name_glob = get_str(tool_input, "glob", required=False)
     limit = get_int(tool_input, "max_results", GREP_MAX_RESULTS, 1, GREP_MAX_RESULTS)
     assert limit is not None

@@ -166,3 +166,44 @@ def test_a_user_code_hint_names_the_letters(tmp_path) -> None:
         with pytest.raises(UsageError) as err:
             store.approve_device("ABCD-EFGH", "a@example.com", "w")
     assert "BCDFGHJKMNPQRSTVWXZ" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize("tool,make_input,field", [
+    ("execute_command", lambda d: {"command": "true", "cwd": str(d / "missing")}, "cwd"),
+    ("write_file", lambda d: {"path": str(d), "content": "x"}, "path"),
+    ("grep", lambda d: {"pattern": "(", "path": str(d)}, "pattern"),
+    ("read_file", lambda d: {"path": str(d / "f"), "start": 5, "end": 2}, "end"),
+    ("read_file", lambda d: {"path": str(d / "f"), "start": -1}, "start"),
+    ("write_file", lambda d: {"path": str(d / "g"), "content": "x", "encoding": "latin-1"}, "encoding"),
+])
+def test_every_bad_input_names_its_field(tmp_path, tool, make_input, field) -> None:
+    """Found by a black-box pass: the tools' own bad_input results (a cwd that is no directory,
+    a bad regex, end < start, a directory to write) carried no `field`, as the contract promises."""
+    from cmdop.core.calls import ToolCall
+    from cmdop.tools.base import ToolEnv
+    from cmdop.tools.registry import run_tool
+
+    (tmp_path / "f").write_text("one\ntwo\n")
+    out = run_tool(ToolCall(tool, make_input(tmp_path)), ToolEnv(home=str(tmp_path), cwd=str(tmp_path)))
+    assert out["error"] == "bad_input" and out["field"] == field, out
+
+
+@pytest.mark.parametrize("given,expected", [
+    (None, None),
+    ("ab" * 32, "sha256:" + "ab" * 32),                    # found by a black-box pass: refused
+    ("SHA256:" + "AB" * 32, "sha256:" + "ab" * 32),
+    (" sha256:" + "ab" * 32 + " ", "sha256:" + "ab" * 32),
+])
+def test_an_approval_digest_in_any_spelling(given, expected) -> None:
+    from cmdop.cli.approvals import _digest
+
+    assert _digest(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", "sha256:", "ab" * 31, "zz" * 32, "sha1:" + "ab" * 20])
+def test_an_approval_digest_that_is_not_one_is_a_usage_error(given) -> None:
+    from cmdop.cli.approvals import _digest
+    from cmdop.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="is not a SHA-256"):
+        _digest(given)
