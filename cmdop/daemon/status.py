@@ -66,6 +66,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _is_cmdop(pid: int) -> bool:
+    """Whether process `pid` runs cmdop (its command line names it); True when that cannot be
+    read (another user's process: give it the benefit of the doubt)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"cmdop" in fh.read()
+    except OSError:
+        return True
+
+
 def write_pid(path: str) -> None:
     ensure_private_dir(os.path.dirname(path))
     atomic_write(path, f"{os.getpid()}\n", mode=0o644)
@@ -98,13 +108,23 @@ def classify(pid_file: str, status_file: str) -> dict[str, Any]:
     out: dict[str, Any] = {"state": "STOPPED", "pid": pid}
     if pid is None:
         last = status.get("updated_at") if status.get("state") == "stopped" else None
-        out["detail"] = f"stopped cleanly at {last}" if last else "no pid file"
+        if last:
+            out["detail"] = f"stopped cleanly at {last}"
+        elif os.path.lexists(pid_file):
+            out.update(detail=f"stale pid file ({pid_file} holds no pid)", stale=True)
+        elif not os.access(os.path.dirname(pid_file) or ".", os.R_OK | os.X_OK):
+            out["detail"] = f"cannot read the state dir {os.path.dirname(pid_file)} (run as its owner)"
+        else:
+            out["detail"] = "no pid file"
         return out
     if not pid_alive(pid):
         out["detail"] = f"stale pid file (pid {pid} is not running)"
         out["stale"] = True
         return out
     if status.get("pid") != pid:
+        if not _is_cmdop(pid):          # the pid was reused by another program since a crash
+            out.update(detail=f"stale pid file (pid {pid} is another program now)", stale=True)
+            return out
         out.update(state="STARTING", detail="daemon is starting (no status written yet)")
         return out
     written = str(status.get("state") or "starting")

@@ -173,7 +173,8 @@ def test_status_says_stopped_for_missing_or_stale_pid(tmp_path):
 @pytest.mark.parametrize("written, policy_ok, expected", [
     ("starting", True, "STARTING"), ("online", True, "ONLINE"), ("degraded", False, "DEGRADED"),
 ])
-def test_status_reports_the_live_daemons_state(tmp_path, written, policy_ok, expected):
+def test_status_reports_the_live_daemons_state(tmp_path, monkeypatch, written, policy_ok, expected):
+    monkeypatch.setattr(status, "_is_cmdop", lambda pid: True)     # this process plays the agent
     pid_file, status_file = str(tmp_path / "daemon.pid"), str(tmp_path / "daemon.status")
     (tmp_path / "daemon.pid").write_text(f"{os.getpid()}\n")
     assert status.classify(pid_file, status_file)["state"] == "STARTING"
@@ -183,6 +184,18 @@ def test_status_reports_the_live_daemons_state(tmp_path, written, policy_ok, exp
     assert out["state"] == expected
     if not policy_ok:
         assert "policy" in out["detail"]
+
+
+@pytest.mark.parametrize("pid_text,expected", [
+    ("garbage\n", "holds no pid"),                        # was "no pid file"
+    ("1\n", "pid 1 is another program now"),              # was STARTING for as long as pid 1 lives
+])
+def test_status_names_an_odd_pid_file_stale(tmp_path, pid_text, expected):
+    """Found by a black-box pass."""
+    pid_file, status_file = str(tmp_path / "daemon.pid"), str(tmp_path / "daemon.status")
+    (tmp_path / "daemon.pid").write_text(pid_text)
+    out = status.classify(pid_file, status_file)
+    assert out["state"] == "STOPPED" and out.get("stale") and expected in out["detail"], out
 
 
 def test_supervisor_restarts_a_crashing_task_and_stops_when_it_returns(caplog):
