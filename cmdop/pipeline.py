@@ -198,9 +198,14 @@ def _evaluate(call: ToolCall, caller: Caller, ctx: CallContext) -> Decision:
 
 def _audit(ctx: CallContext, decision: Decision, outcome: str, call: ToolCall, caller: Caller,
            ask_ms: int, extra: Mapping[str, Any] | None = None) -> bool:
-    """Append one audit line; False when it could not be written."""
+    """Append one audit line; False when it could not be written. A call gated as another
+    kind (`as_caller` in `extra`) says so in its reason, whoever made the reason (the gate,
+    an approver, or this pipeline's own "no approver attached")."""
     from cmdop.core.audit import build_record
 
+    note = f"[as_caller={extra['as_caller']}]" if extra and extra.get("as_caller") else ""
+    if note and note not in decision.reason:
+        decision = dataclasses.replace(decision, reason=f"{decision.reason} {note}".strip())
     try:
         tool_input = call.input if isinstance(call.input, Mapping) else {"_invalid_input": repr(call.input)}
         record = build_record(decision=decision, outcome=outcome, tool_input=tool_input,
