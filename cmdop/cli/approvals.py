@@ -177,6 +177,7 @@ def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
     threading.Thread(target=from_stdin, daemon=True, name="watch-stdin").start()
     order: list[str] = []
     asks: dict[str, dict[str, Any]] = {}
+    announced: set[str] = set()      # asks printed as JSON events, each to end with `resolved`
     shown = ""
     try:
         while True:
@@ -194,6 +195,7 @@ def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
                     if not tty:
                         ctx.emit({"event": "ask", **ask}, describe(ask))
                         ctx.stdout.flush()
+                        announced.add(ask["ask_id"])
                 if name == "resolved":
                     ask_id = ev.get("ask_id")
                     if asks.pop(ask_id, None) is not None:
@@ -202,9 +204,12 @@ def _watch(args: argparse.Namespace, ctx: CliContext) -> int:
                             ctx.note(f"\n(ask {visible(ask_id)} ended: {ev.get('outcome')}, "
                                      "answered elsewhere or expired)")
                             shown = ""
-                        elif not tty and ctx.json:
+                    if ask_id in announced:      # whoever answered it, this watcher included
+                        announced.discard(ask_id)
+                        if ctx.json:
                             ctx.emit({"event": "resolved", "ask_id": ask_id,
                                       "outcome": ev.get("outcome")})
+                            ctx.stdout.flush()
             elif kind == "line":
                 shown, answered = _handle_line(payload, tty, shown, asks, ctx)
                 if answered in asks:   # forget it now, not when its `resolved` event arrives

@@ -346,6 +346,9 @@ def test_watch_cli_without_a_tty_streams_json_and_takes_answers_from_stdin(cmdop
         watch.stdin.write(f"approve {ask['ask_id']}\n")
         watch.stdin.flush()
         assert call.join()["stdout"] == "from-watch\n"
+        # its own answer ends the ask with a `resolved` event too (found by a black-box pass)
+        assert json.loads(watch.stdout.readline()) == {"event": "resolved", "ask_id": ask["ask_id"],
+                                                       "outcome": "ask_allowed"}
         watch.stdin.close()                      # EOF: watch exits instead of hanging
         assert watch.wait(timeout=15) == 0
     finally:
