@@ -313,7 +313,7 @@ def test_replay_lists_exactly_the_transitions_a_new_policy_makes(cmdop_env: Cmdo
     log = _audit(cmdop_env)
     assert len(log) == 9 and log[0]["source"] == "bypass" and "as_caller" not in log[0]
     seq = {r["target"]: r["seq"] for r in log}
-    assert next(r for r in log if r["target"] == "uname -a")["reason"] == "no approver attached"
+    assert next(r for r in log if r["target"] == "uname -a")["reason"] == "no approver attached [as_caller=remote]"
 
     # under the policy that wrote the log, nothing changes
     r = cmdop_env.run("permissions", "replay", "--json")
