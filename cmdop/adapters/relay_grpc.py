@@ -304,6 +304,20 @@ def _untrusted(address: str, ca_file: str = "", timeout: float = 3.0) -> str | N
         return None
 
 
+def _untrusted_error(address: str, roots: str | None) -> UnreachableError | None:
+    """The error for a relay whose certificate the channel's CAs (`roots`: "" this machine's,
+    else a CA file) refuse, or None: trusted, pinned (`roots` None), or no TLS answer at all."""
+    why = _untrusted(address, roots) if roots is not None else None
+    if why is None:
+        return None
+    trusted = f"the CA in {roots}" if roots else "this machine"
+    return UnreachableError(
+        f"the relay at {address} presented a certificate {trusted} does not trust ({why})",
+        "pin the relay's certificate: --relay-fingerprint HEX (`cmdop relay serve` prints it; "
+        "`cmdop connect key set --relay-fingerprint` stores it), or give the CA that signed it "
+        "with --relay-ca FILE")
+
+
 def _error_from(exc: grpc.RpcError, address: str, roots: str | None = None) -> CmdopError:
     """A grpc failure as the project's error (exit 4 for auth, 5 for unreachable).
     `roots`: what the channel trusts — "" this machine's CAs, a path a CA file, None a pinned
@@ -311,15 +325,10 @@ def _error_from(exc: grpc.RpcError, address: str, roots: str | None = None) -> C
     a certificate they refuse, which is the usual reason."""
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else "") or str(code)
-    if roots is not None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        why = _untrusted(address, roots)
-        if why is not None:
-            trusted = f"the CA in {roots}" if roots else "this machine"
-            return UnreachableError(
-                f"the relay at {address} presented a certificate {trusted} does not trust "
-                f"({why})", "pin the relay's certificate: --relay-fingerprint HEX (`cmdop relay "
-                "serve` prints it; `cmdop connect key set --relay-fingerprint` stores it), or "
-                "give the CA that signed it with --relay-ca FILE")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        untrusted = _untrusted_error(address, roots)
+        if untrusted is not None:
+            return untrusted
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthError(f"the relay refused the credential: {details}",
                          "check the key (`cmdop auth status`); a revoked key needs a new one "
@@ -376,6 +385,7 @@ class RelayChannel:
     def __init__(self, endpoint: RelayEndpoint, secret: str, connect_timeout: float = 10.0) -> None:
         self.endpoint = endpoint
         self._roots: str | None = None if endpoint.fingerprint else endpoint.ca_file
+        self._connect_timeout = connect_timeout
         self._metadata = (("authorization", f"Bearer {secret}"),)
         options = list(_CLIENT_OPTIONS)
         if endpoint.fingerprint:
@@ -412,10 +422,14 @@ class RelayChannel:
             response_deserializer=pb.RelayFrame.FromString)
 
     def wait_ready(self, timeout: float) -> None:
-        """Block until the channel is connected (TLS done); UnreachableError after `timeout`."""
+        """Block until the channel is connected (TLS done); UnreachableError after `timeout`
+        (naming a certificate the channel's CAs refuse, when that is why)."""
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
+            untrusted = _untrusted_error(self.endpoint.address, self._roots)
+            if untrusted is not None:
+                raise untrusted from None
             raise UnreachableError(
                 f"relay {self.endpoint.address} unreachable (no TLS connection in {timeout:.0f} s)",
                 "is `cmdop relay serve` running there? If it is, its certificate may not be "
@@ -457,7 +471,11 @@ class RelayChannel:
         return reply
 
     def call(self, frames: Iterator[pb.CallerFrame], timeout: float) -> Stream[pb.CallEvent]:
-        """One tool call: `frames` yields CallStart first (then Cancel, if any)."""
+        """One tool call: `frames` yields CallStart first (then Cancel, if any). The channel
+        must connect within the connect timeout first: the call's own deadline is the
+        command's (up to ten minutes), too long to wait for a relay that is not there or a
+        certificate that is not trusted (a guest with a pinned host key went straight here)."""
+        self.wait_ready(self._connect_timeout)
         return Stream(self._call(frames, metadata=self._metadata, timeout=timeout,
                                  wait_for_ready=True), self.endpoint.address, self._roots)
 

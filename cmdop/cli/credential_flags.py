@@ -192,6 +192,12 @@ def add_share_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", default=None, metavar="TOKEN",
                         help="call as a guest with this share token ('-': read it from stdin; "
                              "better: CMDOP_SHARE_TOKEN, not visible in ps)")
+    add_tls_flags(parser)
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """`--relay-fingerprint HEX`, `--relay-ca FILE`: how to trust the relay for this command
+    (either replaces the trust stored with the key)."""
     parser.add_argument("--relay-fingerprint", default=None, metavar="HEX",
                         help="pin the relay's certificate (a guest's command carries it)")
     parser.add_argument("--relay-ca", default=None, metavar="FILE",

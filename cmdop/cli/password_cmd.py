@@ -250,7 +250,7 @@ def _unlock(args: argparse.Namespace, ctx: CliContext) -> int:
 
     host = args.host
     if not 0 < args.timeout <= 600:
-        raise UsageError("--timeout must be between 0 and 600 seconds")
+        raise UsageError("--timeout must be more than 0 and at most 600 seconds", "e.g. --timeout 30")
     password = _read(args, f"password of {host}: ", AuthError(
         f"unlocking {host} needs its password",
         "type it at a terminal, or pass --password-stdin and the password as stdin's first line"))

@@ -285,7 +285,7 @@ _shown = escaped
 
 def _deadline(timeout: float) -> float:
     if not 0 < timeout <= 600:
-        raise UsageError("--timeout must be between 0 and 600 seconds")
+        raise UsageError("--timeout must be more than 0 and at most 600 seconds", "e.g. --timeout 30")
     return timeout
 
 

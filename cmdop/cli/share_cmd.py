@@ -19,7 +19,7 @@ import shlex
 from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
-from cmdop.cli.credential_flags import add_credential_flags
+from cmdop.cli.credential_flags import add_credential_flags, add_tls_flags
 from cmdop.core.errors import CmdopError, UsageError
 
 _ACTIONS = ("list", "revoke")
@@ -30,6 +30,7 @@ def register(connect: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p = add_command(connect, "share", "share one machine with a guest: HOST, list, or revoke ID",
                     _share)
     add_credential_flags(p)
+    add_tls_flags(p)
     p.add_argument("what", metavar="HOST|list|revoke",
                    help="the machine to share, or `list`, or `revoke ID`")
     p.add_argument("id", nargs="?", default=None, metavar="ID", help="the share to revoke (sh_…)")

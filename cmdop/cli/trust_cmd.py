@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from cmdop.cli.common import CliContext, add_command
-from cmdop.cli.credential_flags import add_credential_flags
+from cmdop.cli.credential_flags import add_credential_flags, add_tls_flags
 from cmdop.core.errors import UsageError
 
 
@@ -28,6 +28,7 @@ def register(connect: Any, key: Any) -> None:
     p = add_command(connect, "trust", "accept a host's new end-to-end key (after a rotation)",
                     _trust)
     add_credential_flags(p)
+    add_tls_flags(p)
     p.add_argument("host", metavar="HOST", help="machine name (exact, or a unique prefix)")
     p.add_argument("--yes", action="store_true",
                    help="accept without asking (compare the fingerprint first)")

@@ -34,6 +34,9 @@ _FAILURES: dict[str, tuple[type[CmdopError], str]] = {
     "revoked": (AuthError, "the key was revoked: ask for a new one"),
     "deadline_exceeded": (UnreachableError, "the call took longer than its deadline"),
     "shutting_down": (UnreachableError, "the agent is restarting: try again"),
+    # The caller's own agent, which carried the call, lost its relay link mid-call.
+    "relay_lost": (UnreachableError, "see `cmdop agent status` here (its relay link: a key "
+                                     "revoked, the relay restarting); the command may have run"),
     # Several relay nodes: the node holding the host's link (or their bus) went away mid-call;
     # the call is never re-sent, the agent reconnects to another node.
     "node_lost": (UnreachableError, "try again in a few seconds (its agent reconnects)"),
@@ -55,9 +58,9 @@ def denial_error(result: dict[str, Any]) -> CmdopError:
     where = f"source {result.get('source') or '?'}"
     if result.get("rule_id"):
         where += f", rule {result.get('rule_id')}"
-    return PermissionDeniedError(f"denied: {result.get('reason', '')} [{where}]",
-                                 "ask the machine's owner for a rule (`cmdop permissions add` "
-                                 "on it)")
+    hint = ("no rule or mode allows this: the machine's floor protects it" if result.get("source") == "floor"
+            else "ask the machine's owner for a rule (`cmdop permissions add` on it)")
+    return PermissionDeniedError(f"denied: {result.get('reason', '')} [{where}]", hint)
 
 
 def failure_error(code: str, message: str, hint: str = "") -> CmdopError:

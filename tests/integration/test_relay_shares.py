@@ -190,3 +190,24 @@ def test_a_share_needs_an_explicit_expiry(net: Any) -> None:
     assert out.returncode == 2 and "--no-expiry" in out.stderr, out.stderr
     out = net.owner.run("connect", "share", net.a.machine, "--ttl", "0h")
     assert out.returncode == 2, out.stderr
+
+
+@pytest.mark.parametrize("command", [["exec"], ["call"]])
+def test_a_guest_without_the_pin_is_told_how_to_trust_the_relay(net: Any, command: list[str]) -> None:
+    """Found by a black-box pass: a guest's exec/call to a self-signed relay without
+    --relay-fingerprint hung for good once the guest had the host's key pinned (from an earlier
+    call with the pin): the call went straight to the stream, which waited up to the command's
+    deadline for a TLS connection that could never be made."""
+    info = share(net, "--ttl", "1h")
+    home = net.cluster.home(f"guest-nopin-{command[0]}")
+    assert as_guest(net, info, "echo", "pin", home=home).returncode == 0   # pins the host key
+    env, argv = guest_argv(info, "echo", "nopin")
+    i = argv.index("--relay-fingerprint")
+    del argv[i:i + 2]
+    if command == ["call"]:
+        host = argv[argv.index("--") - 1]
+        argv = ["call", *[a for a in argv[1:argv.index("--") - 1]], host, "list_dir",
+                "--input", json.dumps({"path": "/tmp"})]
+    out = home.run(*argv, timeout=60, **env)
+    assert out.returncode == 5, (out.stdout, out.stderr)
+    assert "does not trust" in out.stderr and "--relay-fingerprint" in out.stderr, out.stderr

@@ -207,3 +207,24 @@ def test_an_approval_digest_that_is_not_one_is_a_usage_error(given) -> None:
 
     with pytest.raises(UsageError, match="is not a SHA-256"):
         _digest(given)
+
+
+@pytest.mark.parametrize("source,hint", [("floor", "no rule or mode allows this"),
+                                         ("rule", "ask the machine's owner for a rule"),
+                                         ("mode", "ask the machine's owner for a rule")])
+def test_a_remote_denial_hint_fits_its_source(source, hint) -> None:
+    """Found by a black-box pass: a floor denial told the caller to ask for a rule, which
+    cannot change the floor."""
+    from cmdop.relay.caller import denial_error
+
+    err = denial_error({"error": "permission_denied", "reason": "r", "source": source})
+    assert err.exit_code == 3 and hint in (err.hint or "")
+
+
+def test_a_call_cut_by_the_local_agents_lost_link_is_unreachable() -> None:
+    """Found by a black-box pass: exit 1 with no hint (the key behind the agent's link was
+    revoked mid-call)."""
+    from cmdop.relay.caller import failure_error
+
+    err = failure_error("relay_lost", "this agent's link to the relay ended during the call")
+    assert err.exit_code == 5 and "cmdop agent status" in (err.hint or "")
