@@ -436,6 +436,7 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
     if isinstance(result, dict) and result.get("error") == "unknown_tool":
         print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
         raise UsageError(escaped(str(result.get("message") or f"unknown tool {args.tool!r}")),
-                         f"e.g. cmdop call {args.host} read_file --input '{{\"path\": \"/etc/hostname\"}}'")
-    print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
-    return 1 if isinstance(result, dict) and result.get("error") else 0
+                         f"e.g. cmdop call {args.host} list_dir --input '{{\"path\": \"/tmp\"}}'")
+    from cmdop.cli.run_cmd import report_result
+
+    return report_result(result, ctx)

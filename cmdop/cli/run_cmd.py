@@ -83,16 +83,21 @@ def handle(args: argparse.Namespace, ctx: CliContext) -> int:
         result = _in_process(args.tool, tool_input, cwd, ctx)
     if isinstance(result, dict) and result.get("error") == "bad_input":
         return report_bad_input(result, ctx)
+    return report_result(result, ctx)
+
+
+def report_result(result: Any, ctx: CliContext) -> int:
+    """Print a tool's result document (stdout) and, when the tool failed, the one error line
+    every failing cmdop command gives (stderr; a denial speaks for itself on stdout). The exit
+    status: 0 the tool ran, 3 denied, 1 the tool could not do its job (missing file, no
+    sandbox). The result may come from another machine: its text is escaped for the terminal."""
     print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
     if isinstance(result, dict) and "error" in result:
-        # The result document stays on stdout for scripts; stderr gets the one error line
-        # every failing cmdop command gives (a denial already speaks for itself on stdout).
         if result["error"] != "permission_denied":
             from cmdop.core.display import escaped
 
             print(f"cmdop: error: {escaped(result.get('tool'), 64)}: "
                   f"{escaped(str(result.get('message') or result['error']), 500)}", file=ctx.stderr)
-        # Denied -> 3; the tool could not do its job (missing file, no sandbox) -> 1.
         return 3 if result["error"] == "permission_denied" else 1
     return 0
 

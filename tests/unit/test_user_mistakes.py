@@ -228,3 +228,21 @@ def test_a_call_cut_by_the_local_agents_lost_link_is_unreachable() -> None:
 
     err = failure_error("relay_lost", "this agent's link to the relay ended during the call")
     assert err.exit_code == 5 and "cmdop agent status" in (err.hint or "")
+
+
+def test_a_failed_tool_says_so_on_stderr_too(tmp_path, monkeypatch, capsys) -> None:
+    """Found by black-box passes: `cmdop run` (and `cmdop call`) exited 1 for a tool that
+    failed with nothing on stderr; the result document stays on stdout for scripts."""
+    import json
+
+    from cmdop.cli.main import main
+
+    for var in ("CMDOP_SOCKET_PATH", "CMDOP_STATE_DIR", "CMDOP_HOME", "CMDOP_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    missing = tmp_path / "missing.txt"
+    assert main(["run", "read_file", "--input", json.dumps({"path": str(missing)})]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out)["error"] == "not_found"
+    assert out.err.startswith(f"cmdop: error: read_file: {missing}: ")
