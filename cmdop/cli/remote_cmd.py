@@ -120,11 +120,13 @@ def _share_refused_hint(channel: Any) -> Iterator[Any]:
         try:
             yield channel
         except AuthError as exc:
-            if not exc.message.startswith("the relay refused the credential"):
-                raise
-            raise AuthError("the relay refused the share token (unknown, or mistyped)",
-                            "ask the machine's owner for the command again "
-                            "(`cmdop connect share HOST` prints it)") from None
+            if exc.message.startswith("the relay refused the credential"):
+                raise AuthError("the relay refused the share token (unknown, or mistyped)",
+                                "ask the machine's owner for the command again "
+                                "(`cmdop connect share HOST` prints it)") from None
+            if exc.hint in (None, AuthError.default_hint):   # "cmdop login" means nothing to a guest
+                raise AuthError(exc.message, "ask the machine's owner for a new share") from None
+            raise
 
 
 @contextlib.contextmanager
@@ -384,7 +386,18 @@ def _exec(args: argparse.Namespace, ctx: CliContext) -> int:
     from cmdop.core.errors import CmdopError
 
     message = result.get("message") if isinstance(result, dict) else None
-    raise CmdopError(f"the call failed: {message or json.dumps(result)[:500]}", None)
+    kind = result.get("error") if isinstance(result, dict) else None
+    raise CmdopError(f"the call failed: {escaped(str(message or json.dumps(result)[:500]), 500)}",
+                     _EXEC_HINTS.get(str(kind), "see `cmdop permissions audit` on that machine"))
+
+
+# What to do when `exec` ends with a tool error instead of an exit status, by its kind.
+_EXEC_HINTS = {
+    "bad_input": "check --cwd: a directory that exists on that machine (absolute, or under its "
+                 "home)",
+    "sandbox_unavailable": "the machine cannot confine commands now: `cmdop agent status` and "
+                           "`cmdop doctor` on it say why",
+}
 
 
 def _call(args: argparse.Namespace, ctx: CliContext) -> int:

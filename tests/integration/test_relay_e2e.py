@@ -137,6 +137,10 @@ def test_exec_allowed_by_a_rule_streams_output_and_propagates_exit_status(net: A
     out = net.c.run("exec", net.b.machine, "--", "sh", "-c", "echo to-stderr >&2; exit 9")
     assert out.returncode == 9, out.stderr
     assert "to-stderr" in out.stderr
+    # a cwd the machine does not have: one error line and what to check (it had no hint)
+    out = net.c.run("exec", "--cwd", "/nonexistent-dir", net.a.machine, "--", "seq", "1", "2")
+    assert out.returncode == 1 and "cwd is not a directory" in out.stderr, out.stderr
+    assert "hint: check --cwd" in out.stderr
 
 
 def test_call_returns_the_tool_result_as_json(net: Any) -> None:

@@ -164,6 +164,12 @@ def test_an_expired_share_is_refused(net: Any) -> None:
     out = as_guest(net, info, "echo", "late")
     assert out.returncode == 4, (out.stdout, out.stderr)
     assert "has expired" in out.stderr
+    # `hosts` with it: the guest's hint, not "run `cmdop login`" (found by a black-box pass)
+    env, argv = guest_argv(info, "echo", "late")
+    relay_flags = argv[1:argv.index(net.a.machine)]
+    out = net.guest.run("hosts", *relay_flags, **env)
+    assert out.returncode == 4, (out.stdout, out.stderr)
+    assert "cmdop login" not in out.stderr and "share" in out.stderr, out.stderr
     listed = json.loads(net.owner.run("connect", "share", "list", "--json").stdout)
     assert next(r for r in listed if r["id"] == info["id"])["state"] == "expired"
 
