@@ -281,27 +281,35 @@ def _pinned_credentials(endpoint: RelayEndpoint,
     return grpc.ssl_channel_credentials(root_certificates=pem.encode()), name
 
 
+def _handshake(address: str, ca_file: str, timeout: float) -> None:
+    """A TLS handshake with the relay, trusting this machine's CAs or `ca_file`. Raises
+    ssl.SSLCertVerificationError when they refuse its certificate, OSError / ssl.SSLError
+    when nothing answers TLS there."""
+    import socket
+
+    from cmdop.core.credentials import split_host_port
+
+    host, port = split_host_port(address)
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if ca_file:
+        context.check_hostname = False      # grpc checks the name; here: the chain alone
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        with context.wrap_socket(sock, server_hostname=host):
+            return
+
+
 def _untrusted(address: str, ca_file: str = "", timeout: float = 3.0) -> str | None:
     """Why the certificate authorities a channel trusts (this machine's, or `ca_file`) refuse
     the relay's certificate (a relay's own self-signed one, typically), or None: trusted, or
     nothing answers TLS there at all. Only asked after a connection failed, to say what to do
     instead of "unreachable"."""
-    import socket
-
-    from cmdop.core.credentials import split_host_port
-
     try:
-        host, port = split_host_port(address)
-        context = ssl.create_default_context(cafile=ca_file or None)
-        if ca_file:
-            context.check_hostname = False      # grpc checks the name; here: the chain alone
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            with context.wrap_socket(sock, server_hostname=host):
-                return None
+        _handshake(address, ca_file, timeout)
     except ssl.SSLCertVerificationError as exc:
         return str(exc.verify_message or exc.reason or "certificate verify failed")
     except (OSError, ssl.SSLError, CmdopError):
         return None
+    return None
 
 
 def _untrusted_error(address: str, roots: str | None) -> UnreachableError | None:
@@ -386,6 +394,7 @@ class RelayChannel:
         self.endpoint = endpoint
         self._roots: str | None = None if endpoint.fingerprint else endpoint.ca_file
         self._connect_timeout = connect_timeout
+        self._reached = False        # a TLS handshake with the relay succeeded (_reachable)
         self._metadata = (("authorization", f"Bearer {secret}"),)
         options = list(_CLIENT_OPTIONS)
         if endpoint.fingerprint:
@@ -421,19 +430,26 @@ class RelayChannel:
             f"/{SERVICE}/AgentLink", request_serializer=pb.AgentFrame.SerializeToString,
             response_deserializer=pb.RelayFrame.FromString)
 
-    def wait_ready(self, timeout: float) -> None:
-        """Block until the channel is connected (TLS done); UnreachableError after `timeout`
-        (naming a certificate the channel's CAs refuse, when that is why)."""
+    def _reachable(self) -> None:
+        """Before the first call on a channel that trusts CAs (a pinned one fetched the
+        certificate when it was made): one TLS handshake within the connect timeout, so a relay
+        that is not there, or a certificate that is not trusted, is said at once rather than
+        after the call's own deadline (the command's, up to ten minutes), which is how long a
+        call waits for its connection."""
+        if self._roots is None or self._reached:
+            return
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
+            _handshake(self.endpoint.address, self._roots, self._connect_timeout)
+        except ssl.SSLCertVerificationError:
             untrusted = _untrusted_error(self.endpoint.address, self._roots)
             if untrusted is not None:
                 raise untrusted from None
-            raise UnreachableError(
-                f"relay {self.endpoint.address} unreachable (no TLS connection in {timeout:.0f} s)",
-                "is `cmdop relay serve` running there? If it is, its certificate may not be "
-                "trusted: pin it with --relay-fingerprint") from None
+            raise UnreachableError(f"the relay at {self.endpoint.address} refused the TLS handshake",
+                                   "pin its certificate with --relay-fingerprint") from None
+        except (OSError, ssl.SSLError, CmdopError) as exc:
+            raise UnreachableError(f"cannot reach the relay at {self.endpoint.address}: {exc}",
+                                   "is `cmdop relay serve` running there, and the port open?") from None
+        self._reached = True
 
     def list_hosts(self, timeout: float = 10.0) -> pb.ListHostsReply:
         try:
@@ -468,14 +484,14 @@ class RelayChannel:
                                                     wait_for_ready=True)
         except grpc.RpcError as exc:
             raise _error_from(exc, self.endpoint.address, self._roots) from None
+        self._reached = True
         return reply
 
     def call(self, frames: Iterator[pb.CallerFrame], timeout: float) -> Stream[pb.CallEvent]:
-        """One tool call: `frames` yields CallStart first (then Cancel, if any). The channel
-        must connect within the connect timeout first: the call's own deadline is the
-        command's (up to ten minutes), too long to wait for a relay that is not there or a
-        certificate that is not trusted (a guest with a pinned host key went straight here)."""
-        self.wait_ready(self._connect_timeout)
+        """One tool call: `frames` yields CallStart first (then Cancel, if any). On a channel
+        nothing has answered yet, `_reachable` first (a guest with a pinned host key came here
+        straight, and a relay it could not trust kept it waiting until the deadline)."""
+        self._reachable()
         return Stream(self._call(frames, metadata=self._metadata, timeout=timeout,
                                  wait_for_ready=True), self.endpoint.address, self._roots)
 
