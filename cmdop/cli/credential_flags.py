@@ -114,14 +114,11 @@ def resolve_from_args(args: argparse.Namespace, settings: Settings,
     flag_relay = getattr(args, "relay", None)
     refuse_empty((("--workspace", flag_workspace), ("--relay", flag_relay),
                   ("--api-key", getattr(args, "api_key", None))))
+    from cmdop.core.credentials import split_host_port
+
     if flag_relay:
-        from cmdop.core.credentials import split_host_port
-
         split_host_port(flag_relay)
-    if settings.relay and not flag_relay:
-        from cmdop.core.credentials import split_host_port
-        from cmdop.core.errors import UsageError
-
+    elif settings.relay:
         try:
             split_host_port(settings.relay)
         except UsageError as exc:     # not 10 s of "unreachable" for a typo in the environment
