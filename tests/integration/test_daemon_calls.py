@@ -166,14 +166,21 @@ def test_an_approval_cannot_be_replayed_for_a_different_input(cmdop_env, ask_dae
         approver.close()
 
 
+def _approve_by_cli(cmdop_env, approver, scope: str) -> dict:
+    """`cmdop permissions approve ID --scope SCOPE --json` for the ask `approver` sees next;
+    the answer it prints."""
+    approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
+                            "--scope", scope, "--json")
+    assert approve.returncode == 0, approve.stderr
+    return json.loads(approve.stdout)
+
+
 def test_session_and_always_answers_keep_exact_rules(cmdop_env, ask_daemon):
     approver = Approver(ask_daemon.socket_path)
     try:
         call = CallInThread(ask_daemon, "execute_command", {"command": "echo kept"}, as_caller="remote")
-        approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
-                                "--scope", "session", "--json")
-        assert approve.returncode == 0, approve.stderr
-        assert json.loads(approve.stdout)["rules"] and "rule_error" not in json.loads(approve.stdout)
+        answer = _approve_by_cli(cmdop_env, approver, "session")
+        assert answer["rules"] and "rule_error" not in answer
         assert call.join()["stdout"] == "kept\n"
         # same call again: allowed by the session rule, no ask
         out = ask_daemon.call("execute_command", {"command": "echo kept"}, as_caller="remote")
@@ -205,10 +212,7 @@ def test_an_always_answer_an_ask_rule_would_overrule_says_so(cmdop_env):
     approver = Approver(d.socket_path)
     try:
         call = CallInThread(d, "execute_command", {"command": "echo restart web2"}, as_caller="remote")
-        approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
-                                "--scope", "always", "--json")
-        assert approve.returncode == 0, approve.stderr
-        answer = json.loads(approve.stdout)
+        answer = _approve_by_cli(cmdop_env, approver, "always")
         assert "still 'ask'" in answer.get("rule_error", ""), answer
         assert "session" in answer["rule_error"], answer
         assert call.join()["stdout"] == "restart web2\n"          # the answer itself stands
@@ -234,10 +238,7 @@ def test_an_approved_compound_command_is_not_asked_again(cmdop_env, ask_daemon):
     try:
         cmd = {"command": "echo pipe | tr a-z A-Z"}
         call = CallInThread(ask_daemon, "execute_command", cmd, as_caller="remote")
-        approve = cmdop_env.run("permissions", "approve", approver.next_ask()["ask_id"],
-                                "--scope", "session", "--json")
-        assert approve.returncode == 0, approve.stderr
-        assert json.loads(approve.stdout)["rules"] == [
+        assert _approve_by_cli(cmdop_env, approver, "session")["rules"] == [
             "execute_command(echo pipe)", "execute_command(tr a-z A-Z)"]
         assert call.join()["stdout"] == "PIPE\n"
         out = ask_daemon.call("execute_command", cmd, as_caller="remote")
