@@ -30,7 +30,6 @@ the daemon.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -108,7 +107,7 @@ def _deny(decision: Decision, reason: str, source: str | None = None) -> Decisio
     changes: dict[str, Any] = {"decision": "deny", "reason": reason}
     if source:
         changes["source"] = source
-    return dataclasses.replace(decision, **changes)
+    return decision.replace(**changes)
 
 
 def writable_path(path: str) -> bool:
@@ -205,7 +204,7 @@ def _audit(ctx: CallContext, decision: Decision, outcome: str, call: ToolCall, c
 
     note = f"[as_caller={extra['as_caller']}]" if extra and extra.get("as_caller") else ""
     if note and note not in decision.reason:
-        decision = dataclasses.replace(decision, reason=f"{decision.reason} {note}".strip())
+        decision = decision.replace(reason=f"{decision.reason} {note}".strip())
     try:
         tool_input = call.input if isinstance(call.input, Mapping) else {"_invalid_input": repr(call.input)}
         record = build_record(decision=decision, outcome=outcome, tool_input=tool_input,
@@ -233,7 +232,7 @@ def _gate(call: ToolCall, caller: Caller, ctx: CallContext,
         answer = AskOutcome("ask_denied", 0, f"approval failed: {exc}")
     outcome = answer.outcome if answer.outcome in ("ask_allowed", "ask_denied", "ask_timeout") else "ask_denied"
     if outcome == "ask_allowed":
-        decision = dataclasses.replace(decision, decision="allow", reason=answer.reason or decision.reason)
+        decision = decision.replace(decision="allow", reason=answer.reason or decision.reason)
     else:
         default = "ask_timeout" if outcome == "ask_timeout" else "denied by approver"
         decision = _deny(decision, answer.reason or default)
@@ -253,7 +252,7 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
     if not call.cwd:
         # One base directory for the gate and the tool: relative paths and an execute_command
         # `cwd` are judged where they will be used.
-        call = dataclasses.replace(call, cwd=os.getcwd())
+        call = call.replace(cwd=os.getcwd())
     admission = admit(call, caller, admission_facts(call, caller, ctx))
     refused = admission.denial(_mode(ctx))
     if refused is not None:        # the gate is not consulted
@@ -279,6 +278,6 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
     if isinstance(result, dict) and result.get("error") == "permission_denied":
         # The tool found the floor on the path it actually opened: record the denial too.
         floor = _deny(decision, str(result.get("reason", "")), source="floor")
-        _audit(ctx, dataclasses.replace(floor, target=str(result.get("target", ""))), "deny",
+        _audit(ctx, floor.replace(target=str(result.get("target", ""))), "deny",
                call, caller, 0, audit_extra)
     return result

@@ -13,9 +13,8 @@
 
 from __future__ import annotations
 
+import _thread  # not threading: its import is a start-up cost the CLI need not pay for one lock
 import os
-
-import threading
 
 from cmdop.adapters import policy_store
 from cmdop.adapters.canonical import canonical_path
@@ -72,7 +71,7 @@ class Gatekeeper:
         self._static_floor = not unsafe_test_only_static_floor_off
         self._settings = settings
         self._protected = protected_dirs(settings)
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._session: list[Rule] = []
         self._file: Policy | None = None
         self._problem = ""

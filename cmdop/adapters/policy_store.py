@@ -28,12 +28,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
 
 # yaml is imported by the functions that read or write YAML: with no permissions.yaml (an empty
 # policy) `cmdop permissions check` never needs it, and it costs ~7 ms of a start.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Iterator
+
     import yaml
 
 from cmdop.adapters.secure_file import atomic_create, atomic_write, exclusive_lock
@@ -42,23 +43,30 @@ from cmdop.core.errors import PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
 from cmdop.core.policy.index import RuleSet
 from cmdop.core.policy.rules import ACTIONS, RuleError, parse_rule, rule_id
+from cmdop.core.value import Frozen
 
 TOP_KEYS = ("version", "mode", "ask_timeout_s", "self_bypass", "rules", "tests")
 RULE_KEYS = ("rule", "action", "reason")
 TEST_KEYS = ("call", "expect", "caller", "mode", "cwd")
 
 
-@dataclass(frozen=True)
-class PolicyDoc:
+class PolicyDoc(Frozen):
     """The validated file as plain data (what `save` writes back)."""
 
-    version: int = 1
-    mode: str = "strict"
-    ask_timeout_s: float = 60.0
-    self_bypass: bool = True
-    rules: tuple[tuple[str, str, str], ...] = ()          # (rule, action, reason)
-    tests: tuple[dict[str, Any], ...] = ()
-    mode_set: bool = False
+    FIELDS = ("version", "mode", "ask_timeout_s", "self_bypass", "rules", "tests", "mode_set")
+    version: int
+    mode: str
+    ask_timeout_s: float
+    self_bypass: bool
+    rules: tuple[tuple[str, str, str], ...]           # (rule, action, reason)
+    tests: tuple[dict[str, Any], ...]
+    mode_set: bool
+
+    def __init__(self, version: int = 1, mode: str = "strict", ask_timeout_s: float = 60.0,
+                 self_bypass: bool = True, rules: tuple[tuple[str, str, str], ...] = (),
+                 tests: tuple[dict[str, Any], ...] = (), mode_set: bool = False) -> None:
+        self._set(version=version, mode=mode, ask_timeout_s=ask_timeout_s,
+                  self_bypass=self_bypass, rules=rules, tests=tests, mode_set=mode_set)
 
 
 def _line(node: yaml.Node) -> int:

@@ -14,9 +14,12 @@ import contextlib
 import fcntl
 import os
 import stat
-from typing import Iterator
 
 from cmdop.core.errors import SecretFileError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
 
 
 def ensure_private_dir(path: str) -> None:

@@ -21,11 +21,13 @@ system agent's socket with a per-user audit log):
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Callable, Mapping
 
 from cmdop.core.settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Mapping
 
 SYSTEM_SOCKET = "/run/cmdop/agent.sock"    # %t/cmdop/agent.sock in the system unit
 SYSTEM_STATE_DIR = "/var/lib/cmdop"        # %S/cmdop
@@ -58,7 +60,7 @@ def with_system_service(settings: Settings, env: Mapping[str, str], exists: Call
         and exists(sys_state) and not exists(settings.state_dir))
     if not use_system:
         return settings
-    return dataclasses.replace(settings, socket_path=sys_socket, state_dir=sys_state)
+    return settings.replace(socket_path=sys_socket, state_dir=sys_state)
 
 
 def owned_by_me(path: str) -> bool:

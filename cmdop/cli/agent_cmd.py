@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
 from cmdop.cli.common import CliContext, add_command, add_group
 from cmdop.core.errors import CmdopError, ConfigError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 UNIT_NAME = "cmdop.service"
 SYSTEMCTL_TIMEOUT_S = 30

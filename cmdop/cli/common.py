@@ -12,24 +12,32 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, TextIO
-
 from cmdop.core.settings import Settings
+from cmdop.core.value import Frozen
 
-Handler = Callable[[argparse.Namespace, "CliContext"], int]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing itself is a start-up cost: annotations only)
+    from typing import Any, Callable, NoReturn, TextIO
+
+    Handler = Callable[[argparse.Namespace, "CliContext"], int]
 
 
-@dataclass(frozen=True)
-class CliContext:
+class CliContext(Frozen):
     """What every command handler receives besides its arguments."""
 
+    FIELDS = ("settings", "json", "log_level", "log_format", "stdout", "stderr")
     settings: Settings
     json: bool
     log_level: str
     log_format: str
-    stdout: TextIO = sys.stdout
-    stderr: TextIO = sys.stderr
+    stdout: TextIO
+    stderr: TextIO
+
+    def __init__(self, settings: Settings, json: bool, log_level: str, log_format: str,
+                 stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self._set(settings=settings, json=json, log_level=log_level, log_format=log_format,
+                  stdout=sys.stdout if stdout is None else stdout,
+                  stderr=sys.stderr if stderr is None else stderr)
 
     def emit(self, obj: Any, human: Callable[[Any], str] | str | None = None) -> None:
         """Print `obj` as one JSON document under --json, else the human rendering."""

@@ -28,10 +28,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from cmdop.cli.common import CliContext, add_command, add_group
 from cmdop.core.errors import AuthError, CmdopError, PermissionDeniedError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 STDIN_HELP = "read the password from stdin's first line (else a terminal prompts without echo)"
 UNLOCK_TIMEOUT_S = 60.0

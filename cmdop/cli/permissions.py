@@ -37,12 +37,15 @@ import argparse
 import os
 import sys
 from functools import partial
-from typing import Any, Callable, Iterator
 
 from cmdop.cli.common import CliContext, add_command
 from cmdop.cli.password_cmd import add_password_flag, require_password
 from cmdop.core.display import escaped
 from cmdop.core.errors import CmdopError, PolicyError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
 
 MODES = ("default", "strict", "bypass")
 

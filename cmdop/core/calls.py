@@ -6,9 +6,14 @@ Frozen values only. The gate (`core/policy/gate.py`) turns (ToolCall, Caller, po
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Mapping
+
+from cmdop.core.value import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Tool name -> which input field the gate matches and the floor checks.
 TOOL_TARGET_FIELD: Mapping[str, str] = {
@@ -35,8 +40,7 @@ class CallerKind(str, Enum):
     GUEST = "guest"     # a share token: always gated in full, limited to the share's tools
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(Frozen):
     """The principal behind a call. For a relay call every field is what the relay verified:
     `user` the account or key name, `hostname`/`machine_id` the caller's machine only when the
     call came through that machine's own enrolled agent link (else empty). `credential` is how
@@ -47,16 +51,25 @@ class Caller:
     after checking the token, never taken from what a caller claims; admission PasswordSession).
     `user` and `hostname` go to the audit record's fixed fields; the rest to its `caller`."""
 
+    FIELDS = ("kind", "user", "hostname", "workspace", "credential", "machine_id", "share_id",
+              "tools", "password_ok", "note")
     kind: CallerKind
-    user: str = ""
-    hostname: str = ""
-    workspace: str = ""
-    credential: str = ""
-    machine_id: str = ""
-    share_id: str = ""
-    tools: tuple[str, ...] = ()
-    password_ok: bool = False
-    note: str = ""
+    user: str
+    hostname: str
+    workspace: str
+    credential: str
+    machine_id: str
+    share_id: str
+    tools: tuple[str, ...]
+    password_ok: bool
+    note: str
+
+    def __init__(self, kind: CallerKind, user: str = "", hostname: str = "", workspace: str = "",
+                 credential: str = "", machine_id: str = "", share_id: str = "",
+                 tools: tuple[str, ...] = (), password_ok: bool = False, note: str = "") -> None:
+        self._set(kind=kind, user=user, hostname=hostname, workspace=workspace,
+                  credential=credential, machine_id=machine_id, share_id=share_id, tools=tools,
+                  password_ok=password_ok, note=note)
 
     def audit_fields(self) -> dict[str, str]:
         """The principal as the audit line's extra `caller` object: only the fields that are set
@@ -68,14 +81,23 @@ class Caller:
         return {k: v for k, v in out.items() if v}
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    """One request to run a tool. `input` is the full JSON input as received."""
+_NO_INPUT: Mapping[str, Any] = {}  # the default: each call without an input gets its own dict
 
+
+class ToolCall(Frozen):
+    """One request to run a tool. `input` is the full JSON input as received; `cwd` the
+    directory relative paths resolve against ("" means the agent's cwd)."""
+
+    FIELDS = ("tool", "input", "operation", "cwd")
     tool: str
-    input: Mapping[str, Any] = field(default_factory=dict)
-    operation: str = ""
-    cwd: str = ""      # directory relative paths resolve against; "" means the agent's cwd
+    input: Mapping[str, Any]
+    operation: str
+    cwd: str
+
+    def __init__(self, tool: str, input: Mapping[str, Any] = _NO_INPUT, operation: str = "",
+                 cwd: str = "") -> None:
+        self._set(tool=tool, input={} if input is _NO_INPUT else input, operation=operation,
+                  cwd=cwd)
 
 
 def command_dir(tool_input: Mapping[str, Any], call_cwd: str) -> str:

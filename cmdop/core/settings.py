@@ -9,35 +9,50 @@ CMDOP_* variables.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
-from typing import Mapping
 
 from cmdop.core.errors import ConfigError
+from cmdop.core.value import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 MODES = ("default", "strict", "bypass")
 
 SESSIONS_FILE_NAME = "sessions.json"   # in cmdop_home: the caller's machine-password sessions
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Frozen):
     """Every path and override cmdop uses. Built once per process and passed down."""
 
+    FIELDS = ("home", "config_dir", "cmdop_home", "state_dir", "socket_path", "relay", "api_key",
+              "workspace", "mode_override", "relay_data_dir", "share_token", "relay_store",
+              "relay_bus")
+    # An API key, a share token, and store or bus URLs that may hold a password: never shown.
+    HIDDEN = frozenset(("api_key", "share_token", "relay_store", "relay_bus"))
     home: str                # the agent user's home (what `~` means in rules and the floor)
     config_dir: str          # config.yaml, permissions.yaml
     cmdop_home: str          # ssh_workspaces.json, token.json
     state_dir: str           # audit.log, daemon.status, daemon.pid
     socket_path: str         # local socket of the daemon
-    relay: str | None = None
-    api_key: str | None = None
-    workspace: str | None = None
-    mode_override: str | None = None   # CMDOP_PERMISSIONS_MODE
-    relay_data_dir: str = ""           # `cmdop relay` default data dir ($XDG_DATA_HOME/cmdop-relay)
-    share_token: str | None = field(default=None, repr=False)  # CMDOP_SHARE_TOKEN (a guest)
-    # CMDOP_RELAY_STORE: the relay's store URL (postgresql://…); may hold a password: not shown.
-    relay_store: str | None = field(default=None, repr=False)
-    # CMDOP_RELAY_BUS: the relay nodes' bus (redis://…); may hold a password: not shown.
-    relay_bus: str | None = field(default=None, repr=False)
+    relay: str | None
+    api_key: str | None
+    workspace: str | None
+    mode_override: str | None   # CMDOP_PERMISSIONS_MODE
+    relay_data_dir: str         # `cmdop relay` default data dir ($XDG_DATA_HOME/cmdop-relay)
+    share_token: str | None     # CMDOP_SHARE_TOKEN (a guest)
+    relay_store: str | None     # CMDOP_RELAY_STORE: the relay's store URL (postgresql://…)
+    relay_bus: str | None       # CMDOP_RELAY_BUS: the relay nodes' bus (redis://…)
+
+    def __init__(self, home: str, config_dir: str, cmdop_home: str, state_dir: str,
+                 socket_path: str, relay: str | None = None, api_key: str | None = None,
+                 workspace: str | None = None, mode_override: str | None = None,
+                 relay_data_dir: str = "", share_token: str | None = None,
+                 relay_store: str | None = None, relay_bus: str | None = None) -> None:
+        self._set(home=home, config_dir=config_dir, cmdop_home=cmdop_home, state_dir=state_dir,
+                  socket_path=socket_path, relay=relay, api_key=api_key, workspace=workspace,
+                  mode_override=mode_override, relay_data_dir=relay_data_dir,
+                  share_token=share_token, relay_store=relay_store, relay_bus=relay_bus)
 
     @property
     def permissions_file(self) -> str:

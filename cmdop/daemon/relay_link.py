@@ -373,7 +373,7 @@ class Link:
             # "self" is the relay's word that the call came from one of this principal's own
             # machines; with authorized_callers the relay is not trusted for who calls, so no
             # self_bypass on its say-so.
-            caller = dataclasses.replace(caller, kind=CallerKind.REMOTE)
+            caller = caller.replace(kind=CallerKind.REMOTE)
         if start.tool == "unlock":
             # The machine password, checked here and never by the relay: verified under the
             # slow-down, audited (without the password), answered with a session token
@@ -404,7 +404,7 @@ class Link:
                 log.exception("checking a password session failed")
                 unlocked = False
             if unlocked:
-                caller = dataclasses.replace(caller, password_ok=True)
+                caller = caller.replace(password_ok=True)
         call = ToolCall(tool=start.tool, input=tool_input,
                         cwd=start.cwd or self.daemon.settings.home)
         cancel = threading.Event()

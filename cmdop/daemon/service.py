@@ -64,7 +64,7 @@ class _DowngradedGate:
 
     def evaluate(self, call: ToolCall, caller: Caller) -> Decision:
         d: Decision = self._inner.evaluate(call, caller)
-        return dataclasses.replace(d, reason=f"{d.reason} {self._note}".strip())
+        return d.replace(reason=f"{d.reason} {self._note}".strip())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

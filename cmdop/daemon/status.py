@@ -21,9 +21,12 @@ import errno
 import json
 import os
 import time
-from typing import Any
 
 from cmdop.adapters.secure_file import atomic_write, ensure_private_dir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def utc_now() -> str:
@@ -101,6 +104,17 @@ def _age_s(stamp: Any) -> float | None:
     return time.time() - then
 
 
+def _missing(path: str) -> bool:
+    """Is `path` known not to exist (not merely hidden behind a directory we may not search)?"""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def classify(pid_file: str, status_file: str) -> dict[str, Any]:
     """What `cmdop agent status` reports: `{"state": ONLINE|DEGRADED|STARTING|STOPPED, ...}`."""
     pid = read_pid(pid_file)
@@ -112,8 +126,10 @@ def classify(pid_file: str, status_file: str) -> dict[str, Any]:
             out["detail"] = f"stopped cleanly at {last}"
         elif os.path.lexists(pid_file):
             out.update(detail=f"stale pid file ({pid_file} holds no pid)", stale=True)
-        elif not os.access(os.path.dirname(pid_file) or ".", os.R_OK | os.X_OK):
-            out["detail"] = f"cannot read the state dir {os.path.dirname(pid_file)} (run as its owner)"
+        elif _missing(state_dir := os.path.dirname(pid_file) or "."):
+            out["detail"] = f"no agent has run with this state dir yet ({state_dir} does not exist)"
+        elif not os.access(state_dir, os.R_OK | os.X_OK):
+            out["detail"] = f"cannot read the state dir {state_dir} (run as its owner)"
         else:
             out["detail"] = "no pid file"
         return out

@@ -144,9 +144,13 @@ def test_help_still_lists_every_command(capsys: pytest.CaptureFixture[str]) -> N
 # What a command must not import when it does not need it (whole process, as a user runs it):
 # each of these costs milliseconds of every start (bench/startup.py). The policy file case is
 # the control: yaml comes in when a permissions.yaml has to be read.
+# typing, dataclasses (and the inspect it imports) and tree-sitter's package __init__s are left
+# out of the gate's path; their extension modules are what it loads.
 _HEAVY = ("grpc", "google.protobuf", "yaml", "shutil", "importlib.resources", "tree_sitter_bash",
+          "tree_sitter", "typing", "dataclasses", "inspect",
           "cmdop.core.kernel_floor", "cmdop.cli.audit_cmd", "cmdop.cli.approvals",
           "cmdop.adapters.password_store")
+_NATIVE = ("tree_sitter._binding", "tree_sitter_bash._binding")
 _RUN_AND_LIST = ("import sys\n"
                  "from cmdop.cli import main\n"
                  "code = main.main(sys.argv[1:])\n"
@@ -156,16 +160,16 @@ _RUN_AND_LIST = ("import sys\n"
 
 @pytest.mark.parametrize("argv, policy, expected, needs", [
     (["permissions", "check", "execute_command", "ls -la; rm -rf /"], None, "floor: recursive removal of /",
-     ("tree_sitter", "cmdop.core.policy.gate")),
+     ("tree_sitter._binding", "tree_sitter_bash._binding", "cmdop.core.policy.gate")),
     (["permissions", "check", "execute_command", "ls"],
      "version: 1\nmode: strict\nrules:\n  - rule: execute_command(ls)\n    action: allow\n",
-     "allow (source rule", ("yaml", "cmdop.core.policy.gate")),
+     "allow (source rule", ("yaml", "tree_sitter._binding", "cmdop.core.policy.gate")),
     (["agent", "status"], None, "STOPPED", ()),
     # direct to a relay that refuses the connection (exit 5): grpc, but no password store when
     # this caller never unlocked a machine (no sessions.json)
     (["exec", "--relay", "127.0.0.1:9", "--relay-fingerprint", "ab" * 32, "--api-key",
       "cmdop_0123456789ab_" + "A" * 43, "web01", "--", "true"], None, "127.0.0.1:9",
-     ("grpc", "google.protobuf")),
+     ("grpc", "google.protobuf", "typing", "inspect", "dataclasses")),  # (grpc imports the first two)
 ])
 def test_a_command_imports_only_what_it_needs(tmp_path: Path, argv: list[str], policy: str | None,
                                               expected: str, needs: tuple[str, ...]) -> None:
@@ -186,7 +190,8 @@ def test_a_command_imports_only_what_it_needs(tmp_path: Path, argv: list[str], p
     loaded = set(listed.split())
     assert set(needs) <= loaded                       # the control: the list is the real one
     unneeded = {m for m in _HEAVY if m not in needs}
-    assert not {m for m in loaded if m in unneeded or m.split(".")[0] in unneeded}, sorted(loaded & unneeded)
+    extra = {m for m in loaded if m not in _NATIVE and (m in unneeded or m.split(".")[0] in unneeded)}
+    assert not extra, sorted(extra)
 
 
 @pytest.mark.parametrize("columns", [None, "50", "200", "0", "-3", "wide", ""])

@@ -198,6 +198,24 @@ def test_status_names_an_odd_pid_file_stale(tmp_path, pid_text, expected):
     assert out["state"] == "STOPPED" and out.get("stale") and expected in out["detail"], out
 
 
+@pytest.mark.parametrize("layout, expected", [
+    ("none", "no agent has run with this state dir yet"),   # was "cannot read ... (run as its owner)"
+    ("dir", "no pid file"),
+    ("closed", "cannot read the state dir"),
+])
+def test_status_tells_a_first_run_from_a_state_dir_it_cannot_read(tmp_path, monkeypatch, layout,
+                                                                  expected):
+    """A new user's first `agent status` (no state dir yet) was told to run as its owner."""
+    state = tmp_path / "state"
+    if layout != "none":
+        state.mkdir(mode=0o700)
+    if layout == "closed":  # (root may read any directory: stand in for the refused access)
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: path != str(state) and real_access(path, mode))
+    out = status.classify(str(state / "daemon.pid"), str(state / "daemon.status"))
+    assert out["state"] == "STOPPED" and expected in out["detail"], out
+
+
 def test_supervisor_restarts_a_crashing_task_and_stops_when_it_returns(caplog):
     runs = []
     crashes: dict[str, int] = {}

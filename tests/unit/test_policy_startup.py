@@ -41,15 +41,37 @@ def test_the_grammar_parses_as_the_packages_own(source: bytes) -> None:
     assert str(ours) == str(theirs)
 
 
-def test_the_grammar_falls_back_to_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from importlib.machinery import PathFinder
+_LOAD = """
+import sys
+{patch}
+from cmdop.core.policy import shell
+before = sorted(m for m in ("typing", "importlib.resources", "tree_sitter", "tree_sitter_bash")
+                if m in sys.modules)
+import tree_sitter
+print(before, tree_sitter.Language is shell._ts.Language,
+      str(tree_sitter.Parser(shell._LANGUAGE).parse(b"ls | wc").root_node).startswith("(program"))
+"""
+_NO_QUICK_WAY = ("import importlib.util\n"
+                 "def refuse(spec):\n"
+                 "    raise ImportError('refused')\n"
+                 "importlib.util.module_from_spec = refuse\n")
 
-    def missing(*_: object, **__: object) -> None:
-        return None
 
-    monkeypatch.setattr(PathFinder, "find_spec", missing)
-    language = tree_sitter.Language(shell._bash_grammar())
-    assert str(tree_sitter.Parser(language).parse(b"ls | wc").root_node).startswith("(program")
+@pytest.mark.parametrize("patch, before", [
+    # the bindings alone: neither package's __init__ (typing, importlib.resources) runs
+    ("", "[]"),
+    # nothing found the quick way: the plain imports, which bring their packages in
+    (_NO_QUICK_WAY, "['importlib.resources', 'tree_sitter', 'tree_sitter_bash', 'typing']"),
+])
+def test_the_bindings_load_without_their_packages_and_stay_one_copy(patch: str, before: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-c", _LOAD.format(patch=patch)], capture_output=True,
+                       text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{before} True True"
 
 
 @pytest.mark.parametrize("name, family", [
@@ -61,7 +83,7 @@ def test_versioned_names_fold_to_their_family(name: str, family: str) -> None:
     assert programs.family(name) == family
 
 
-def _lazy_patterns() -> list[tuple[str, LazyPattern[str]]]:
+def _lazy_patterns() -> list[tuple[str, LazyPattern]]:
     from cmdop.core.policy import commands, floor_cmd, floor_paths, gate, paths
 
     return [(f"{m.__name__}.{k}", v) for m in (commands, floor_cmd, floor_paths, gate, paths, programs, rules, shell)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
 
 from cmdop.core.policy import programs
 from cmdop.core.policy.pattern import LazyPattern
 from cmdop.core.policy.shell import LIT, RAW, SimpleCommand, Word
+from cmdop.core.value import Frozen
 
 STANDARD_DIRS = frozenset({"/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin"})
 
@@ -66,23 +66,32 @@ def program_name(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(Frozen):
     """One invocation in a chain of wrappers (outermost first)."""
 
+    FIELDS = ("assigns", "words", "privileged")
     assigns: tuple[tuple[str, Word], ...]
     words: tuple[Word, ...]
     privileged: bool          # this layer changes privilege/root/arguments of what it runs
 
+    def __init__(self, assigns: tuple[tuple[str, Word], ...], words: tuple[Word, ...],
+                 privileged: bool) -> None:
+        self._set(assigns=assigns, words=words, privileged=privileged)
 
-@dataclass(frozen=True)
-class Unwrapped:
+
+class Unwrapped(Frozen):
     """A simple command with its wrappers peeled. `nested` is a string to parse as a command."""
 
+    FIELDS = ("layers", "nested", "dynamic_nested", "dynamic_nested_sub")
     layers: tuple[Layer, ...]
     nested: tuple[str, ...]      # static -c / eval / env -S strings
     dynamic_nested: bool          # a -c / eval string that is not static
     dynamic_nested_sub: bool      # ... and it contains $(...)/backticks (curl | sh in disguise)
+
+    def __init__(self, layers: tuple[Layer, ...], nested: tuple[str, ...], dynamic_nested: bool,
+                 dynamic_nested_sub: bool) -> None:
+        self._set(layers=layers, nested=nested, dynamic_nested=dynamic_nested,
+                  dynamic_nested_sub=dynamic_nested_sub)
 
 
 def _static(word: Word) -> str | None:

@@ -4,25 +4,33 @@ the audit record, `permissions check --json` and the `permission_denied` result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from cmdop.core.value import Frozen
 
-Action = Literal["allow", "ask", "deny"]
-Source = Literal["floor", "rule", "mode", "bypass"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    Action = Literal["allow", "ask", "deny"]
+    Source = Literal["floor", "rule", "mode", "bypass"]
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Frozen):
     """What the gate decided and why. Never carries a secret: `target` is as matched."""
 
+    FIELDS = ("decision", "source", "reason", "mode", "tool", "operation", "target", "rule_id")
     decision: Action
     source: Source
     reason: str
     mode: str
     tool: str
-    operation: str = ""
-    target: str = ""
-    rule_id: str = ""
+    operation: str
+    target: str
+    rule_id: str
+
+    def __init__(self, decision: Action, source: Source, reason: str, mode: str, tool: str,
+                 operation: str = "", target: str = "", rule_id: str = "") -> None:
+        self._set(decision=decision, source=source, reason=reason, mode=mode, tool=tool,
+                  operation=operation, target=target, rule_id=rule_id)
 
     def to_json(self) -> dict[str, Any]:
         """The `permissions check --json` object: every field, empty ones omitted."""

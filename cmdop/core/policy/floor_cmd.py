@@ -39,10 +39,8 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-import shlex
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import Any, Sequence
 
 from cmdop.core.policy.commands import is_shell, unwrap
 from cmdop.core.policy.floor_paths import (_SAMPLES, FLOOR_ABS_PREFIXES, FLOOR_HOME_PREFIXES, _glob_regex,
@@ -53,6 +51,10 @@ from cmdop.core.policy.programs import (Remote, device_role, elsewhere, family, 
                                         remote_url)
 from cmdop.core.policy.shell import (EVAL, SUB, TOO_DEEP, TOO_MANY, VAR, SimpleCommand, Word, analyse,
                                      expansions_in, interpretations)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Sequence
 
 UNKNOWN = "\x00"
 # Where the command being checked runs: "" here; else a text naming the other machine (`on web01`,
@@ -1277,6 +1279,8 @@ def where(remote: Remote, argv: list[str]) -> str:
 def _quoted(word: str) -> str:
     """`word` as one shell word, an unknown expansion in it kept unknown (`$CMDOP_UNKNOWN`)."""
     if UNKNOWN not in word:
+        import shlex  # here, not at the top: its import costs every start half a millisecond
+
         return shlex.quote(word)
     return '"' + re.sub(r'(["\\$`])', r"\\\1", word).replace(UNKNOWN, "${CMDOP_UNKNOWN}") + '"'
 

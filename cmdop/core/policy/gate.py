@@ -17,11 +17,9 @@ else here is pure.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall, command_dir
-from cmdop.core.policy.decision import Action, Decision, Source
+from cmdop.core.policy.decision import Decision
 from cmdop.core.policy.floor import check_command, check_path, check_pattern
 from cmdop.core.policy.floor_cmd import control_character
 from cmdop.core.policy.index import RuleSet
@@ -29,6 +27,11 @@ from cmdop.core.policy.paths import lexical_path
 from cmdop.core.policy.pattern import LazyPattern
 from cmdop.core.policy.rules import TOOL_KIND, Rule
 from cmdop.core.policy.targets import Part, parts_for_command
+from cmdop.core.value import Frozen, NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cmdop.core.policy.decision import Action, Source
 
 MODES = ("default", "strict", "bypass")
 MODE_ACTION: dict[str, Action] = {"default": "ask", "strict": "deny", "bypass": "allow"}
@@ -39,20 +42,31 @@ _MEMO_MAX = 1024
 _HOST = LazyPattern(r"^(?!-)(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+(?:%[a-z0-9]+)?\]|[0-9a-f:]*:[0-9a-f:.]+)$")
 
 
-@dataclass(frozen=True)
-class Policy:
-    """A loaded policy: settings plus indexed rules of both scopes. Swapped whole, never edited."""
+class Policy(Frozen):
+    """A loaded policy: settings plus indexed rules of both scopes. Swapped whole, never edited.
+    `problem` says why there is no good policy (`ok` False)."""
 
-    mode: str = "strict"
-    ask_timeout_s: float = 60.0
-    self_bypass: bool = True
-    global_rules: RuleSet = field(default_factory=lambda: RuleSet([]))
-    session_rules: RuleSet = field(default_factory=lambda: RuleSet([]))
-    ok: bool = True
-    problem: str = ""          # why there is no good policy (ok is False)
+    FIELDS = ("mode", "ask_timeout_s", "self_bypass", "global_rules", "session_rules", "ok",
+              "problem")
+    mode: str
+    ask_timeout_s: float
+    self_bypass: bool
+    global_rules: RuleSet
+    session_rules: RuleSet
+    ok: bool
+    problem: str
     # Decisions for shell commands, keyed by everything they depend on. Sound because a Policy
     # never changes (a new rule makes a new Policy, with an empty memo). Bounded by clearing.
-    memo: dict[tuple[object, ...], Decision] = field(default_factory=dict, compare=False, repr=False)
+    # Not a field: neither compared nor shown.
+    memo: dict[tuple[object, ...], Decision]
+
+    def __init__(self, mode: str = "strict", ask_timeout_s: float = 60.0, self_bypass: bool = True,
+                 global_rules: RuleSet | None = None, session_rules: RuleSet | None = None,
+                 ok: bool = True, problem: str = "") -> None:
+        self._set(mode=mode, ask_timeout_s=ask_timeout_s, self_bypass=self_bypass,
+                  global_rules=RuleSet([]) if global_rules is None else global_rules,
+                  session_rules=RuleSet([]) if session_rules is None else session_rules,
+                  ok=ok, problem=problem, memo={})
 
 
 class Target(NamedTuple):

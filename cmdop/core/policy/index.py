@@ -13,16 +13,16 @@ Candidates are matched with their precompiled regex; the result keeps file order
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from cmdop.core.policy.rules import Rule, command_key, path_key
 
 
-@dataclass
 class _ToolIndex:
-    any: list[Rule] = field(default_factory=list)
-    keyed: dict[str, list[Rule]] = field(default_factory=dict)
-    generic: list[Rule] = field(default_factory=list)
+    __slots__ = ("any", "keyed", "generic")
+
+    def __init__(self) -> None:
+        self.any: list[Rule] = []
+        self.keyed: dict[str, list[Rule]] = {}
+        self.generic: list[Rule] = []
 
 
 class RuleSet:

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import AnyStr, Callable, Generic, Iterator
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing itself is a start-up cost: annotations only)
+    from typing import Callable, Iterator
+
+    # translates the glob syntax at a position, or None: (regex, next position)
+    Special = Callable[[str, int], "tuple[str, int] | None"]
 
 GLOB_META = "*?[]\\"
 _CMD_ANY = r"[^\n]"
 
 
-class LazyPattern(Generic[AnyStr]):
+class LazyPattern:
     """A regular expression compiled at its first use instead of at import: the gate's modules
     hold ~30 such patterns, compiling them all costs ~3 ms of every `permissions check`, and one
     call uses a few (`ls`: 9). It matches exactly as `re.compile(pattern, flags)` does (it is
@@ -29,31 +35,31 @@ class LazyPattern(Generic[AnyStr]):
 
     __slots__ = ("_source", "_flags", "_compiled")
 
-    def __init__(self, source: AnyStr, flags: int = 0) -> None:
-        self._source: AnyStr = source
+    def __init__(self, source: str, flags: int = 0) -> None:
+        self._source: str = source
         self._flags = flags
-        self._compiled: re.Pattern[AnyStr] | None = None
+        self._compiled: re.Pattern[str] | None = None
 
-    def compiled(self) -> re.Pattern[AnyStr]:
+    def compiled(self) -> re.Pattern[str]:
         """The compiled pattern (compiled now if it is the first use)."""
         rx = self._compiled
         if rx is None:
             rx = self._compiled = re.compile(self._source, self._flags)
         return rx
 
-    def match(self, string: AnyStr, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[AnyStr] | None:
+    def match(self, string: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[str] | None:
         """As re.Pattern.match."""
         return self.compiled().match(string, pos, endpos)
 
-    def search(self, string: AnyStr, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[AnyStr] | None:
+    def search(self, string: str, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[str] | None:
         """As re.Pattern.search."""
         return self.compiled().search(string, pos, endpos)
 
-    def finditer(self, string: AnyStr, pos: int = 0, endpos: int = sys.maxsize) -> Iterator[re.Match[AnyStr]]:
+    def finditer(self, string: str, pos: int = 0, endpos: int = sys.maxsize) -> Iterator[re.Match[str]]:
         """As re.Pattern.finditer."""
         return self.compiled().finditer(string, pos, endpos)
 
-    def sub(self, repl: AnyStr | Callable[[re.Match[AnyStr]], AnyStr], string: AnyStr, count: int = 0) -> AnyStr:
+    def sub(self, repl: str | Callable[[re.Match[str]], str], string: str, count: int = 0) -> str:
         """As re.Pattern.sub."""
         return self.compiled().sub(repl, string, count)
 
@@ -132,9 +138,6 @@ def _class(glob: str, i: int) -> tuple[str, int]:
     if neg:
         body = body[1:]
     return ("[^" if neg else "[") + class_body(body) + "]", j + 1
-
-
-Special = Callable[[str, int], "tuple[str, int] | None"]
 
 
 def _translate(glob: str, special: Special, strict_backslash: bool = True) -> re.Pattern[str]:

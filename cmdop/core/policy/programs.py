@@ -45,18 +45,15 @@ from __future__ import annotations
 
 import posixpath
 import re
-import shlex
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
 
 from cmdop.core.policy.pattern import LazyPattern
+from cmdop.core.value import Frozen, NamedTuple
 
 # --- the data -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Code:
+class Code(Frozen):
     """One argument shape that makes a program run code.
 
     kind:
@@ -81,17 +78,27 @@ class Code:
     unless: a regex (full match, case-insensitive) on the value: such a value runs nothing.
     """
 
+    FIELDS = ("kind", "names", "short", "keys", "tokens", "glob_tokens", "runs", "after", "unless",
+              "eq_only", "what")
     kind: str
-    names: tuple[str, ...] = ()
-    short: str = ""
-    keys: str = ""
-    tokens: str = ""
-    glob_tokens: str = ""          # where a rule's glob spells a "text" token (default: `tokens`)
-    runs: str = "shell"
-    after: tuple[str, ...] = ()
-    unless: str = ""
-    eq_only: bool = False          # runs code only written as --opt=VALUE (git --exec-path)
-    what: str = "runs a command"
+    names: tuple[str, ...]
+    short: str
+    keys: str
+    tokens: str
+    glob_tokens: str  # where a rule's glob spells a "text" token (default: `tokens`)
+    runs: str
+    after: tuple[str, ...]
+    unless: str
+    eq_only: bool  # runs code only written as --opt=VALUE (git --exec-path)
+    what: str
+
+    def __init__(self, kind: str, names: tuple[str, ...] = (), short: str = "", keys: str = "",
+                 tokens: str = "", glob_tokens: str = "", runs: str = "shell",
+                 after: tuple[str, ...] = (), unless: str = "", eq_only: bool = False,
+                 what: str = "runs a command") -> None:
+        self._set(kind=kind, names=names, short=short, keys=keys, tokens=tokens,
+                  glob_tokens=glob_tokens, runs=runs, after=after, unless=unless, eq_only=eq_only,
+                  what=what)
 
 
 # The roles of a program's arguments, as the static floor (floor_cmd) reads them. A program the
@@ -129,60 +136,87 @@ ROLES = {
 }
 
 
-@dataclass(frozen=True)
-class Elsewhere:
+class Elsewhere(Frozen):
     """How a program's arguments name another machine (roles "remote-command", "remote-paths",
     "urls"): the option grammar needed to tell its operands from its options' values. A word that
     may be an option's value is never taken for an operand, so a local file an option names stays
     this machine's: the floor judges it."""
 
-    after: tuple[str, ...] = ()              # only after one of these subcommands (`docker exec`, `git clone`)
-    short: str | None = None                 # short options taking a value there (None: the spec's `short`)
-    flags: str | None = None                 # short options taking none (None: every other letter;
-                                             # else another letter is not understood)
-    long: frozenset[str] = frozenset()       # long options taking a value (`--env-file X`)
-    long_flags: frozenset[str] = frozenset()  # long options taking none (any other may take the next word)
-    hostless: frozenset[str] = frozenset()   # options after which no operand names the machine (podman exec -l)
-    dashdash: bool = False                   # the command is what follows `--` (kubectl exec POD -- CMD)
-    reparse: bool = False                    # options may follow the host too (ssh HOST -p 22 CMD)
-    line: bool = False                       # the command reaches the other side as one line its shell reads
-                                             # again (ssh joins its words); else as argv (docker exec)
-    at_home: bool = False                    # the command starts in the remote user's home (ssh)
-    what: str = "host"                       # what the other machine is: host, container, pod
+    FIELDS = ("after", "short", "flags", "long", "long_flags", "hostless", "dashdash", "reparse",
+              "line", "at_home", "what", "here_if", "here_env")
+    after: tuple[str, ...]  # only after one of these subcommands (`docker exec`, `git clone`)
+    short: str | None  # short options taking a value there (None: the spec's `short`)
+    flags: str | None  # short options taking none (None: every other letter;
+                       # else another letter is not understood)
+    long: frozenset[str]  # long options taking a value (`--env-file X`)
+    long_flags: frozenset[str]  # long options taking none (any other may take the next word)
+    hostless: frozenset[str]  # options after which no operand names the machine (podman exec -l)
+    dashdash: bool  # the command is what follows `--` (kubectl exec POD -- CMD)
+    reparse: bool  # options may follow the host too (ssh HOST -p 22 CMD)
+    line: bool  # the command reaches the other side as one line its shell reads
+                # again (ssh joins its words); else as argv (docker exec)
+    at_home: bool  # the command starts in the remote user's home (ssh)
+    what: str  # what the other machine is: host, container, pod
     # An option (as written, with its value: `-o ProxyCommand=…`, `-F cfg`, `-e 'sh -c'`; regex,
     # searched) after which the connection may lead back to this machine, or an environment
     # variable doing so (RSYNC_RSH): then nothing is elsewhere. So is a host on the loopback
     # (`ssh localhost`, `127.1`, `[::1]`): its sshd reads this machine's files.
-    here_if: str = ""
-    here_env: tuple[str, ...] = ()
+    here_if: str
+    here_env: tuple[str, ...]
+
+    def __init__(self, after: tuple[str, ...] = (), short: str | None = None,
+                 flags: str | None = None, long: frozenset[str] = frozenset(),
+                 long_flags: frozenset[str] = frozenset(), hostless: frozenset[str] = frozenset(),
+                 dashdash: bool = False, reparse: bool = False, line: bool = False,
+                 at_home: bool = False, what: str = "host", here_if: str = "",
+                 here_env: tuple[str, ...] = ()) -> None:
+        self._set(after=after, short=short, flags=flags, long=long, long_flags=long_flags,
+                  hostless=hostless, dashdash=dashdash, reparse=reparse, line=line, at_home=at_home,
+                  what=what, here_if=here_if, here_env=here_env)
 
 
-@dataclass(frozen=True)
-class ProgramSpec:
+class ProgramSpec(Frozen):
     """One program (with its aliases): its option grammar as far as the gate needs it."""
 
+    FIELDS = ("names", "short", "long", "eq_long", "flags", "glued", "any_flag", "subcommand",
+              "options_first", "code", "wrapper", "privileged", "positionals", "abbrev", "versions",
+              "device", "tree", "tree_words", "roles", "remote")
     names: tuple[str, ...]
-    short: str = ""                          # short options taking a value (`-C DIR`, `-uroot`)
-    long: frozenset[str] = frozenset()       # long options taking a value (`--git-dir=X`, `--git-dir X`)
-    eq_long: frozenset[str] = frozenset()    # long options taking a value only as `--opt=X` (bare: another meaning)
-    flags: frozenset[str] = frozenset()      # options without a value (`--no-pager`, `-P`)
-    glued: bool = True                       # a short option's value may be glued: `-uroot` (git: no)
-    any_flag: bool = False                   # any other leading `-x` is a flag (apt-get -y -q)
-    subcommand: bool = False                 # options before the first plain word are global
-    options_first: bool = False              # options end at the first plain word (an interpreter's script)
-    code: tuple[Code, ...] = ()
+    short: str  # short options taking a value (`-C DIR`, `-uroot`)
+    long: frozenset[str]  # long options taking a value (`--git-dir=X`, `--git-dir X`)
+    eq_long: frozenset[str]  # long options taking a value only as `--opt=X` (bare: another meaning)
+    flags: frozenset[str]  # options without a value (`--no-pager`, `-P`)
+    glued: bool  # a short option's value may be glued: `-uroot` (git: no)
+    any_flag: bool  # any other leading `-x` is a flag (apt-get -y -q)
+    subcommand: bool  # options before the first plain word are global
+    options_first: bool  # options end at the first plain word (an interpreter's script)
+    code: tuple[Code, ...]
     # wrappers (commands.unwrap)
-    wrapper: bool = False
-    privileged: bool = False                 # changes privilege, root or arguments of what it runs
-    positionals: int = 0                     # words before the wrapped command (timeout DURATION)
-    abbrev: bool = False                     # long options may be abbreviated (getopt_long: tar)
+    wrapper: bool
+    privileged: bool  # changes privilege, root or arguments of what it runs
+    positionals: int  # words before the wrapped command (timeout DURATION)
+    abbrev: bool  # long options may be abbreviated (getopt_long: tar)
     # --- the roles of its arguments, for the static floor (floor_cmd); see ROLES ---
-    versions: str = ""                       # regex (full match) of the family's versioned names
-    device: str = "reads"                    # what it does with a block device given as an argument
-    tree: str | None = None                  # option letters that make it work on whole trees ("": always)
-    tree_words: tuple[str, ...] = ()         # ... and only after one of these words (restic backup)
-    roles: frozenset[str] = frozenset()      # more roles, from ROLES
-    remote: Elsewhere | None = None          # for "remote-command", "remote-paths", "urls": the grammar
+    versions: str  # regex (full match) of the family's versioned names
+    device: str  # what it does with a block device given as an argument
+    tree: str | None  # option letters that make it work on whole trees ("": always)
+    tree_words: tuple[str, ...]  # ... and only after one of these words (restic backup)
+    roles: frozenset[str]  # more roles, from ROLES
+    remote: Elsewhere | None  # for "remote-command", "remote-paths", "urls": the grammar
+
+    def __init__(self, names: tuple[str, ...], short: str = "", long: frozenset[str] = frozenset(),
+                 eq_long: frozenset[str] = frozenset(), flags: frozenset[str] = frozenset(),
+                 glued: bool = True, any_flag: bool = False, subcommand: bool = False,
+                 options_first: bool = False, code: tuple[Code, ...] = (), wrapper: bool = False,
+                 privileged: bool = False, positionals: int = 0, abbrev: bool = False,
+                 versions: str = "", device: str = "reads", tree: str | None = None,
+                 tree_words: tuple[str, ...] = (), roles: frozenset[str] = frozenset(),
+                 remote: Elsewhere | None = None) -> None:
+        self._set(names=names, short=short, long=long, eq_long=eq_long, flags=flags, glued=glued,
+                  any_flag=any_flag, subcommand=subcommand, options_first=options_first, code=code,
+                  wrapper=wrapper, privileged=privileged, positionals=positionals, abbrev=abbrev,
+                  versions=versions, device=device, tree=tree, tree_words=tree_words, roles=roles,
+                  remote=remote)
 
 
 def _wrapper(names: str, short: str = "", long: str = "", privileged: bool = False,
@@ -1077,6 +1111,8 @@ def _git_alias(argv: list[str | None], i: int, vi: int, voff: int, key: str, val
         return Site(vi, voff, key, shown, "defines a git alias")
     if val is None or any(a is None for a in argv[(sub or 0) + 1:]):
         return Site(vi, voff, key, shown, what, "shell", None)
+    import shlex  # here, not at the top: its import costs every start half a millisecond
+
     args = " ".join(shlex.quote(a or "") for a in argv[(sub or 0) + 1:])
     text = val[1:] if val.startswith("!") else "git " + val
     return Site(vi, voff, key, shown, "runs a command (a git alias)", "shell", (text + " " + args).strip())

@@ -18,15 +18,18 @@ the compiled form the gate matches.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable
 
 from cmdop.core.policy import pattern, programs
 from cmdop.core.policy.commands import Layer, program_name, unwrap, wrapped_starts
 from cmdop.core.policy.pattern import LazyPattern
 from cmdop.core.policy.shell import LIT, SimpleCommand, Word
 from cmdop.core.policy.targets import Part, parts_for_command
+from cmdop.core.value import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 ACTIONS = ("allow", "ask", "deny")
 TOOL_KIND: dict[str, str] = {
@@ -128,10 +131,11 @@ def _rule_text(part: Part) -> str:
     return "".join(ch for i, ch in enumerate(text) if i not in marks).replace("\n", " ")
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Frozen):
     """One compiled rule. `order` is its position (file order, then session order)."""
 
+    FIELDS = ("rule", "action", "reason", "scope", "tool", "kind", "operation", "glob", "regex",
+              "literal", "order", "line", "rid", "summary")
     rule: str
     action: str
     reason: str
@@ -143,9 +147,16 @@ class Rule:
     regex: re.Pattern[str] | None
     literal: int               # most-specific ordering
     order: int
-    line: int | None = None
-    rid: str = ""              # rule_id, computed once at parse time
-    summary: str = ""          # the Decision reason when this rule decides, computed once
+    line: int | None
+    rid: str                   # rule_id, computed once at parse time
+    summary: str               # the Decision reason when this rule decides, computed once
+
+    def __init__(self, rule: str, action: str, reason: str, scope: str, tool: str, kind: str,
+                 operation: str, glob: str | None, regex: re.Pattern[str] | None, literal: int,
+                 order: int, line: int | None = None, rid: str = "", summary: str = "") -> None:
+        self._set(rule=rule, action=action, reason=reason, scope=scope, tool=tool, kind=kind,
+                  operation=operation, glob=glob, regex=regex, literal=literal, order=order,
+                  line=line, rid=rid, summary=summary)
 
     @property
     def id(self) -> str:

@@ -32,40 +32,47 @@ This module is pure: it parses strings and returns values. Results are cached by
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import sys
 from functools import cached_property, lru_cache
-from typing import Any
-
-import tree_sitter as _ts
+from importlib import import_module
 
 from cmdop.core.policy.pattern import LazyPattern
+from cmdop.core.value import Frozen, Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-def _bash_grammar() -> Any:
-    """tree-sitter-bash's `language()` pointer. The package's own __init__ imports
-    importlib.resources (pathlib, tempfile, shutil: ~5 ms of every `permissions check`) only to
-    read query files the gate never uses, so its extension module is loaded on its own, found
-    the way `import tree_sitter_bash._binding` finds it (same sys.path); any surprise there
-    falls back to that import. The grammar is the same either way."""
+def _native(package: str) -> Any:
+    """`package`'s extension module `package._binding`, loaded without running the package's
+    own `__init__`, found the way `import package._binding` finds it (same sys.path), and
+    registered under that name so a later `import package` uses this same copy. Those
+    `__init__`s cost every `permissions check` milliseconds for nothing the gate uses:
+    tree-sitter-bash's imports importlib.resources (pathlib, tempfile, shutil) to read query
+    files, tree-sitter's imports `typing` for one Protocol. Any surprise falls back to the
+    plain import; the module is the same either way."""
     from importlib.machinery import PathFinder
     from importlib.util import module_from_spec
 
+    name = package + "._binding"
+    if package in sys.modules or name in sys.modules:
+        return import_module(name)
     try:
-        package = PathFinder.find_spec("tree_sitter_bash")
-        spec = package and PathFinder.find_spec("tree_sitter_bash._binding",
-                                                package.submodule_search_locations)
+        found = PathFinder.find_spec(package)
+        spec = found and PathFinder.find_spec(name, found.submodule_search_locations)
         if spec is not None and spec.loader is not None:
-            binding = module_from_spec(spec)
-            spec.loader.exec_module(binding)
-            return binding.language()
+            module = module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules.setdefault(name, module)
+            return sys.modules[name]
     except (ImportError, AttributeError, OSError):
         pass
-    import tree_sitter_bash
-
-    return tree_sitter_bash.language()
+    return import_module(name)
 
 
-_LANGUAGE = _ts.Language(_bash_grammar())
+_ts = _native("tree_sitter")
+_LANGUAGE = _ts.Language(_native("tree_sitter_bash").language())
 # tree-sitter-bash's lexer crashes the whole process (SIGSEGV/SIGBUS) on some characters above
 # U+2C000 (`{` + U+2C744 is enough), so it never sees a non-ASCII byte: each one is parsed as the
 # letter `a`, offsets unchanged, and every text is read from the original bytes. Bash itself
@@ -145,7 +152,14 @@ _MAX_RESCAN_BYTES = 1 << 22         # … and at most this many bytes in all; pa
 _LITERAL_NODES = frozenset({"raw_string", "ansi_c_string", "comment", "heredoc_start", "heredoc_end"})
 _SUBSTITUTIONS = frozenset({"command_substitution", "process_substitution", "expansion",
                             "arithmetic_expansion"})
-_EXPANSION_START = LazyPattern(rb"\$[({\[]|`|[<>]\(")
+
+
+@lru_cache(maxsize=None)
+def _expansion_start() -> re.Pattern[bytes]:
+    """Where bash may start an expansion (compiled on first use)."""
+    return re.compile(rb"\$[({\[]|`|[<>]\(")
+
+
 _STATEMENT_KINDS = frozenset({"program", "list", "subshell", "compound_statement"})
 _CONSTRUCTS = frozenset({"if_statement", "elif_clause", "else_clause", "while_statement", "for_statement",
                          "c_style_for_statement", "do_group", "case_statement", "case_item",
@@ -221,11 +235,14 @@ class _TooMany(Exception):
     """More rescans than `complete` will do for one command."""
 
 
-@dataclass(frozen=True)
-class Word:
+class Word(Frozen):
     """One shell word as segments (kind, text). `static` is its value when fully known."""
 
+    FIELDS = ("segments",)
     segments: tuple[tuple[str, str], ...]
+
+    def __init__(self, segments: tuple[tuple[str, str], ...]) -> None:
+        self.__dict__["segments"] = segments  # (the walker makes many: no keyword dict)
 
     @cached_property
     def static(self) -> str | None:
@@ -285,33 +302,57 @@ class Word:
         return "".join(out)
 
 
-@dataclass
-class SimpleCommand:
+class SimpleCommand(Record):
     """One simple command: leading assignments, words, redirections, and where stdin comes from."""
 
-    assigns: list[tuple[str, Word]] = field(default_factory=list)
-    words: list[Word] = field(default_factory=list)
-    redirects: list[tuple[str, Word | None]] = field(default_factory=list)   # (operator, target)
-    stdin: str = ""          # "" | "pipe" | "herestring" | "heredoc" | "procsub" | "file"
-    substituted: bool = False  # runs inside $(...), `...` or <(...)
-    heredoc: str = ""          # the body of the first here-document feeding it
-    producer: "SimpleCommand | None" = None   # the simple command piping into it (`a | b`: a), if one
+    FIELDS = ("assigns", "words", "redirects", "stdin", "substituted", "heredoc", "producer",
+              "repeats")
+    assigns: list[tuple[str, Word]]
+    words: list[Word]
+    redirects: list[tuple[str, Word | None]]   # (operator, target)
+    stdin: str               # "" | "pipe" | "herestring" | "heredoc" | "procsub" | "file"
+    substituted: bool        # runs inside $(...), `...` or <(...)
+    heredoc: str             # the body of the first here-document feeding it
+    producer: SimpleCommand | None   # the simple command piping into it (`a | b`: a), if one
     # it may run again after commands that follow it in `Analysis.commands` (and so in a directory
     # a later `cd` chose): it is in a loop (`for`, `while`, `until`, `select`) or a function body
-    repeats: bool = False
-    # byte offsets of each word in the analysed text, parallel to `words` (empty when not known)
-    spans: list[tuple[int, int]] = field(default_factory=list, compare=False, repr=False)
+    repeats: bool
+    # byte offsets of each word in the analysed text, parallel to `words` (empty when not known);
+    # not a field: neither compared nor shown
+    spans: list[tuple[int, int]]
+
+    def __init__(self, assigns: list[tuple[str, Word]] | None = None,
+                 words: list[Word] | None = None,
+                 redirects: list[tuple[str, Word | None]] | None = None, stdin: str = "",
+                 substituted: bool = False, heredoc: str = "",
+                 producer: SimpleCommand | None = None, repeats: bool = False,
+                 spans: list[tuple[int, int]] | None = None) -> None:
+        self.assigns = [] if assigns is None else assigns
+        self.words = [] if words is None else words
+        self.redirects = [] if redirects is None else redirects
+        self.stdin = stdin
+        self.substituted = substituted
+        self.heredoc = heredoc
+        self.producer = producer
+        self.repeats = repeats
+        self.spans = [] if spans is None else spans
 
 
-@dataclass(frozen=True)
-class Analysis:
+class Analysis(Frozen):
     """What the parser made of one command string."""
 
+    FIELDS = ("commands", "opaque", "functions", "assignments", "source")
     commands: tuple[SimpleCommand, ...]
     opaque: str               # "" when fully modelled, else why allow rules cannot match it
     functions: tuple[tuple[str, tuple[SimpleCommand, ...], bool], ...]  # (name, body cmds, body backgrounds)
     assignments: tuple[tuple[str, Word], ...]   # standalone `X=...` statements, in order
     source: str               # the text that was parsed (continuations removed)
+
+    def __init__(self, commands: tuple[SimpleCommand, ...], opaque: str,
+                 functions: tuple[tuple[str, tuple[SimpleCommand, ...], bool], ...],
+                 assignments: tuple[tuple[str, Word], ...], source: str) -> None:
+        self._set(commands=commands, opaque=opaque, functions=functions,
+                  assignments=assignments, source=source)
 
     @property
     def unparseable(self) -> bool:
@@ -924,7 +965,7 @@ class _Walker:
 
     def _expansions(self, root: Any, lo: int, hi: int) -> None:
         done = lo
-        for m in _EXPANSION_START.finditer(self.src, lo, hi):
+        for m in _expansion_start().finditer(self.src, lo, hi):
             p = m.start()
             if p < done or p in self.entered or _escaped(self.src, p) or \
                     any(a <= p < b for a, b in self.covered):
@@ -1099,7 +1140,7 @@ def expansions_in(text: str) -> tuple[str, ...] | None:
     raw = text.encode("utf-8", "surrogatepass")
     out: list[str] = []
     budget, done = _Budget(), 0
-    for m in _EXPANSION_START.finditer(raw):
+    for m in _expansion_start().finditer(raw):
         p = m.start()
         if p < done or m.group() in (b"<(", b">(") or _escaped(raw, p):
             continue

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import posixpath
 from functools import lru_cache
-from typing import NamedTuple
 
 from cmdop.core.policy import programs
 from cmdop.core.policy.commands import MARK, Layer, match_text, unwrap, wrapped_starts
 from cmdop.core.policy.shell import LIT, RAW, VAR, SimpleCommand, Word, analyse, interpretations
+from cmdop.core.value import NamedTuple
 
 
 class Part(NamedTuple):
