@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Startup benchmark: whole-process wall time of cmdop.pyz commands (warm shiv cache) divided by
 the median of `python -c pass`, both run by the same absolute interpreter, interleaved, in one
-run. Commands: `--version`, `permissions check execute_command ls` with no permissions.yaml
-and again with one (three rules: the file must be read, so yaml is imported and parsed),
-`agent status` (no agent running) and `exec HOST -- true` up to the point it connects (a pinned
-relay address that refuses the connection: every import and check happens, then exit 5).
+run. Commands: `--version`, `permissions check execute_command ls` with no permissions.yaml,
+again with one (three rules), and again with one whose text changes before every run (a
+comment with the run's number: the command line's memo of the last parse never matches, so
+yaml is imported and parses it — the first check after an edit), `agent status` (no agent
+running) and `exec HOST -- true` up to the point it connects (a pinned relay address that
+refuses the connection: every import and check happens, then exit 5).
 
 For each command it prints the median, p99 and worst ratio. Target: <= 3 for `permissions
 check` and `exec`, <= 4 for `--version`. The run fails (exit 1) only when a median ratio
@@ -30,14 +32,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# (label, arguments, the exit statuses it may end with, with a permissions.yaml)
-COMMANDS: tuple[tuple[str, tuple[str, ...], tuple[int, ...], bool], ...] = (
-    ("--version", ("--version",), (0,), False),
-    ("permissions check", ("permissions", "check", "execute_command", "ls"), (0,), False),
-    ("check (policy file)", ("permissions", "check", "execute_command", "ls"), (0,), True),
-    ("agent status", ("agent", "status"), (0,), False),
+# (label, arguments, the exit statuses it may end with, its permissions.yaml: "" none,
+# "same" one file, "changed" a file whose text changes before every run)
+COMMANDS: tuple[tuple[str, tuple[str, ...], tuple[int, ...], str], ...] = (
+    ("--version", ("--version",), (0,), ""),
+    ("permissions check", ("permissions", "check", "execute_command", "ls"), (0,), ""),
+    ("check (policy file)", ("permissions", "check", "execute_command", "ls"), (0,), "same"),
+    ("check (policy edited)", ("permissions", "check", "execute_command", "ls"), (0,), "changed"),
+    ("agent status", ("agent", "status"), (0,), ""),
     ("exec (to connect)", ("exec", "--relay", "127.0.0.1:9", "--relay-fingerprint", "ab" * 32,
-                           "bench-host", "--", "true"), (5,), False),
+                           "bench-host", "--", "true"), (5,), ""),
 )
 # A small real policy: strict, three rules (a first run writes strict with none).
 POLICY = """\
@@ -79,21 +83,35 @@ def summary(times: list[float], bare: float) -> tuple[float, float, float]:
     return statistics.median(ordered) / bare, p99 / bare, ordered[-1] / bare
 
 
-def measure(python: str, builds: dict[str, Path], runs: int, env: dict[str, str],
-            policy_env: dict[str, str]) -> dict[str, list[float]]:
+def write_policy(config_dir: Path, text: str) -> None:
+    """`text` as config_dir/permissions.yaml (0600), the way an editor leaves it."""
+    path = config_dir / "permissions.yaml"
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def measure(python: str, builds: dict[str, Path], runs: int,
+            envs: dict[str, dict[str, str]]) -> dict[str, list[float]]:
     """Seconds per run of each command of each build (key "PREFIX LABEL") and of `python -c
-    pass` (key "pass"), interleaved; the commands marked so run with `policy_env` (its config
-    dir holds POLICY)."""
-    plan = [("pass", [python, "-c", "pass"], (0,), env)]
-    plan += [(f"{prefix}{label}", [python, str(pyz), *args], ok, policy_env if policy else env)
+    pass` (key "pass"), interleaved; each command runs with the environment of its policy kind
+    (`envs`), and before each run of a "changed" one its policy file gets a text not seen yet."""
+    plan = [("pass", [python, "-c", "pass"], (0,), "")]
+    plan += [(f"{prefix}{label}", [python, str(pyz), *args], ok, policy)
              for label, args, ok, policy in COMMANDS for prefix, pyz in builds.items()]
+    edits = iter(range(1 << 30))
+
+    def run(cmd: list[str], ok: tuple[int, ...], policy: str) -> float:
+        if policy == "changed":
+            write_policy(Path(envs[policy]["CMDOP_CONFIG_DIR"]), f"# edit {next(edits)}\n{POLICY}")
+        return wall(cmd, envs[policy], ok)
+
     for _ in range(3):  # warm: shiv extraction, page cache, pyc files
-        for _, cmd, ok, run_env in plan:
-            wall(cmd, run_env, ok)
+        for _, cmd, ok, policy in plan:
+            run(cmd, ok, policy)
     times: dict[str, list[float]] = {label: [] for label, _, _, _ in plan}
     for _ in range(runs):
-        for label, cmd, ok, run_env in plan:
-            times[label].append(wall(cmd, run_env, ok))
+        for label, cmd, ok, policy in plan:
+            times[label].append(run(cmd, ok, policy))
     return times
 
 
@@ -124,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
                    CMDOP_CONFIG_DIR=str(home / "cfg"), CMDOP_STATE_DIR=str(home / "state"),
                    CMDOP_HOME=str(home / ".cmdop"), CMDOP_SOCKET_PATH=str(home / "agent.sock"),
                    CMDOP_API_KEY="cmdop_k_" + "b" * 40)
-        policy_env = dict(env, CMDOP_CONFIG_DIR=str(home / "cfg-policy"))
-        os.mkdir(home / "cfg-policy", 0o700)
-        policy_file = home / "cfg-policy" / "permissions.yaml"
-        policy_file.write_text(POLICY)
-        policy_file.chmod(0o600)
+        envs = {"": env}
+        for kind in ("same", "changed"):
+            os.mkdir(home / f"cfg-{kind}", 0o700)
+            write_policy(home / f"cfg-{kind}", POLICY)
+            # (state dirs of their own: the memo remembers one text, as for one user's policy)
+            envs[kind] = dict(env, CMDOP_CONFIG_DIR=str(home / f"cfg-{kind}"),
+                              CMDOP_STATE_DIR=str(home / f"state-{kind}"))
         version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
                                  capture_output=True, text=True).stdout.strip()
         for prefix, pyz in builds.items():
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"startup: interpreter {args.python} (Python {version}), {args.runs} interleaved "
               "runs, warm cache")
         try:
-            times = measure(args.python, builds, args.runs, env, policy_env)
+            times = measure(args.python, builds, args.runs, envs)
         except RuntimeError as exc:
             print(f"startup: {exc}", file=sys.stderr)
             return 1
@@ -146,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             med, p99, top = summary(taken, bare)
             if not label.startswith("other "):
                 worst = max(worst, med)
-            print(f"startup: {label:25s} {statistics.median(taken) * 1000:6.1f} ms  "
+            print(f"startup: {label:27s} {statistics.median(taken) * 1000:6.1f} ms  "
                   f"ratio median {med:.2f}  p99 {p99:.2f}  worst {top:.2f}")
     if worst > args.budget:
         print(f"startup: median ratio {worst:.2f} exceeds budget {args.budget}", file=sys.stderr)

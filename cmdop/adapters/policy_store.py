@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
     import yaml
 
-from cmdop.adapters.secure_file import atomic_create, atomic_write, exclusive_lock
+from cmdop.adapters.secure_file import (atomic_create, atomic_write, ensure_private_dir,
+                                        exclusive_lock, read_private)
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
-from cmdop.core.errors import PolicyError
+from cmdop.core.errors import CmdopError, PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
 from cmdop.core.policy.index import RuleSet
 from cmdop.core.policy.rules import ACTIONS, RuleError, parse_rule, rule_id
@@ -100,6 +101,13 @@ def _mapping(node: yaml.Node, keys: tuple[str, ...], what: str) -> dict[str, tup
 def parse_text(text: str, home: str, run_tests_: bool = True) -> tuple[PolicyDoc, Policy]:
     """Validate the file's text into (doc, policy). Raises PolicyError naming the line.
     `run_tests_=False` skips the `tests:` (for `permissions test`, which reports each one)."""
+    return _build(_document(text), home, run_tests_)
+
+
+def _document(text: str) -> dict[str, Any]:
+    """The YAML stage: the file as plain data (settings, rules and tests with their lines), every
+    YAML-level error raised as a PolicyError naming its line. What it returns depends on `text`
+    alone, so it may be remembered (`load`'s memo)."""
     import yaml
 
     try:
@@ -130,26 +138,43 @@ def parse_text(text: str, home: str, run_tests_: bool = True) -> tuple[PolicyDoc
     self_bypass = values.get("self_bypass", True)
     if not isinstance(self_bypass, bool):
         raise PolicyError("self_bypass must be true or false", line=_line(top["self_bypass"][0]))
-    rules, entries = _rules(top.get("rules"), home)
-    tests = _tests(top.get("tests"))
-    doc = PolicyDoc(1, mode, float(timeout), self_bypass, tuple(entries), tuple(t for t, _ in tests),
-                    "mode" in top)
-    policy = Policy(mode, float(timeout), self_bypass, RuleSet(rules))
+    return {"mode": mode, "ask_timeout_s": float(timeout), "self_bypass": self_bypass,
+            "mode_set": "mode" in top, "rules": _rules(top.get("rules")),
+            "tests": _tests(top.get("tests"))}
+
+
+def _build(document: dict[str, Any], home: str, run_tests_: bool) -> tuple[PolicyDoc, Policy]:
+    """(doc, policy) from `_document`'s data: the rules compiled for `home`, the tests run."""
+    rules = []
+    for order, (text, action, reason, line, rule_line) in enumerate(document["rules"]):
+        try:
+            rules.append(parse_rule(text, action, reason, home=home, scope="global", order=order,
+                                    line=line))
+        except RuleError as exc:
+            raise PolicyError(str(exc), line=rule_line) from None
+    mode, timeout, self_bypass = document["mode"], document["ask_timeout_s"], document["self_bypass"]
+    tests = [(dict(test), line) for test, line in document["tests"]]
+    doc = PolicyDoc(1, mode, timeout, self_bypass,
+                    tuple((text, action, reason) for text, action, reason, _, _ in document["rules"]),
+                    tuple(t for t, _ in tests), document["mode_set"])
+    policy = Policy(mode, timeout, self_bypass, RuleSet(rules))
     if run_tests_:
         run_tests(policy, tests, home)
     return doc, policy
 
 
-def _rules(entry: tuple[yaml.Node, Any] | None, home: str) -> tuple[list[Any], list[tuple[str, str, str]]]:
+def _rules(entry: tuple[yaml.Node, Any] | None) -> list[tuple[str, str, str, int, int]]:
+    """The rules as (rule, action, reason, its line, the line of its `rule:`), checked as YAML;
+    the rule grammar is `_build`'s."""
     import yaml
 
     if entry is None or isinstance(entry[0], yaml.ScalarNode) and entry[0].value in ("", "null", "~"):
-        return [], []
+        return []
     node = entry[0]
     if not isinstance(node, yaml.SequenceNode):
         raise PolicyError("rules must be a list", line=_line(node))
-    rules, entries, seen = [], [], set()
-    for order, item in enumerate(node.value):
+    entries, seen = [], set()
+    for item in node.value:
         fields = _mapping(item, RULE_KEYS, "a rule")
         for need in ("rule", "action"):
             if need not in fields:
@@ -165,13 +190,8 @@ def _rules(entry: tuple[yaml.Node, Any] | None, home: str) -> tuple[list[Any], l
         if rid in seen:
             raise PolicyError(f"duplicate rule {text!r} with action {action}", line=_line(item))
         seen.add(rid)
-        try:
-            rules.append(parse_rule(text, action, reason or "", home=home, scope="global", order=order,
-                                    line=_line(item)))
-        except RuleError as exc:
-            raise PolicyError(str(exc), line=_line(fields["rule"][0])) from None
-        entries.append((text, action, reason or ""))
-    return rules, entries
+        entries.append((text, action, reason or "", _line(item), _line(fields["rule"][0])))
+    return entries
 
 
 def _tests(entry: tuple[yaml.Node, Any] | None) -> list[tuple[dict[str, Any], int]]:
@@ -235,8 +255,14 @@ def run_tests(policy: Policy, tests: list[tuple[dict[str, Any], int]], home: str
                               hint="fix the rules or the test; the file was not loaded")
 
 
-def load(path: str, home: str, run_tests: bool = True) -> tuple[PolicyDoc, Policy] | None:
-    """Load and validate `path`; None when it does not exist. Raises PolicyError."""
+def load(path: str, home: str, run_tests: bool = True,
+         memo: str | None = None) -> tuple[PolicyDoc, Policy] | None:
+    """Load and validate `path`; None when it does not exist. Raises PolicyError.
+
+    `memo`: a file (in a private directory) remembering what the YAML stage made of the last
+    text read from `path`, so the next read of the same text skips the YAML parser — and its
+    import, a fifth of a `permissions check`. Only for the command line: an agent parses each
+    change once anyway."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang us
     except FileNotFoundError:
@@ -267,9 +293,54 @@ def load(path: str, home: str, run_tests: bool = True) -> tuple[PolicyDoc, Polic
     except UnicodeDecodeError:
         raise PolicyError(f"{path} is not UTF-8 text") from None
     try:
-        return parse_text(text, home, run_tests)
+        document = _recalled(memo, text) if memo else None
+        if document is None:
+            document = _document(text)
+            if memo:
+                _remember(memo, text, document)
+        return _build(document, home, run_tests)
     except PolicyError as exc:
         raise exc.at(path) from None
+
+
+# What a memo holds is keyed by everything the YAML stage's answer depends on: the exact text
+# (compared whole, so no hash can collide) and this cmdop (another version may read YAML
+# differently). marshal: no import, and it builds only plain data.
+_MEMO_FORMAT = 1
+
+
+def _memo_key(text: str) -> tuple[int, str, str]:
+    from cmdop import __version__
+
+    return (_MEMO_FORMAT, __version__, text)
+
+
+def _recalled(memo: str, text: str) -> dict[str, Any] | None:
+    """The remembered YAML stage of `text`, or None: no memo, another text, or a memo file that
+    is not a private file of ours (read_private's checks: anyone else who could write it could
+    change what the rules say)."""
+    import marshal
+
+    try:
+        key, document = marshal.loads(read_private(memo))
+    except (OSError, CmdopError, EOFError, ValueError, TypeError):
+        return None
+    return document if key == _memo_key(text) and isinstance(document, dict) else None
+
+
+def _remember(memo: str, text: str, document: dict[str, Any]) -> None:
+    """Keep `document` for the next read of `text`; a memo that cannot be written is skipped."""
+    import marshal
+
+    try:
+        data = marshal.dumps((_memo_key(text), document))
+    except ValueError:  # a value YAML made that marshal cannot keep (a date in a test): no memo
+        return
+    try:
+        ensure_private_dir(os.path.dirname(memo))
+        atomic_write(memo, data, 0o600)
+    except (OSError, CmdopError):
+        pass
 
 
 def render(doc: PolicyDoc) -> str:

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Iterator
 
 MODES = ("default", "strict", "bypass")
+# In the state dir: what the last policy text read here parsed to (policy_store.load's memo).
+MEMO_FILE = "permissions.memo"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], only: str | None = None) -> None:
@@ -136,7 +138,8 @@ def _load(ctx: CliContext, path: str | None, run_tests: bool = True) -> tuple[An
 
     explicit = path is not None
     path = path or ctx.settings.permissions_file
-    loaded = policy_store.load(path, ctx.settings.home, run_tests=run_tests)
+    loaded = policy_store.load(path, ctx.settings.home, run_tests=run_tests,
+                               memo=os.path.join(ctx.settings.state_dir, MEMO_FILE))
     if loaded is None:
         if explicit:
             raise PolicyError(f"no policy file at {path}", hint="check the --policy path")

@@ -1,0 +1,127 @@
+"""The command line's memo of the last policy text it parsed (policy_store.load(memo=...)): a
+hit answers exactly as a fresh parse, an edit is seen at once, and a memo file anyone else could
+have written is never believed."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmdop.adapters import policy_store
+from cmdop.core.calls import Caller, CallerKind, ToolCall
+from cmdop.core.errors import PolicyError
+from cmdop.core.policy.gate import decide
+
+HOME = "/home/u"
+POLICIES = [
+    "version: 1\nmode: strict\n",
+    "version: 1\nmode: default\nask_timeout_s: 5\nself_bypass: false\nrules:\n"
+    "  - rule: execute_command(ls *)\n    action: allow\n    reason: read-only\n"
+    "  - rule: read_file(~/projects/**)\n    action: allow\n"
+    "  - rule: execute_command(rm *)\n    action: deny\n"
+    "tests:\n  - call: execute_command(ls -la)\n    expect: allow\n"
+    "  - call: execute_command(rm -rf x)\n    expect: deny\n",
+    "# only a comment and a mode\nmode: bypass\nrules: []\n",
+]
+CALLS = [ToolCall("execute_command", {"command": c}, cwd=HOME) for c in ("ls -la", "rm x", "id")] + [
+    ToolCall("read_file", {"path": p}, cwd=HOME) for p in ("~/projects/a", "/etc/passwd")]
+
+
+def _policy_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "cfg" / "permissions.yaml"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def _answers(loaded: tuple[policy_store.PolicyDoc, object]) -> list[tuple[str, str, str]]:
+    doc, policy = loaded
+    remote = Caller(CallerKind.REMOTE)
+    return [(d.decision, d.source, d.rule_id) for d in
+            (decide(c, remote, policy, HOME) for c in CALLS)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", POLICIES)
+def test_a_remembered_parse_answers_as_a_fresh_one(tmp_path: Path, text: str) -> None:
+    path = _policy_file(tmp_path, text)
+    memo = str(tmp_path / "state" / "permissions.memo")
+    fresh = policy_store.load(path, HOME)
+    first = policy_store.load(path, HOME, memo=memo)     # parses, remembers
+    assert os.path.exists(memo) and os.stat(memo).st_mode & 0o777 == 0o600
+    again = policy_store.load(path, HOME, memo=memo)     # from the memo
+    assert fresh is not None and first is not None and again is not None
+    assert fresh[0] == first[0] == again[0]
+    assert _answers(fresh) == _answers(first) == _answers(again)
+
+
+def test_an_edit_is_seen_at_once(tmp_path: Path) -> None:
+    path = _policy_file(tmp_path, "version: 1\nmode: strict\nrules:\n  - rule: execute_command(id)\n    action: allow\n")
+    memo = str(tmp_path / "state" / "permissions.memo")
+    assert _answers(policy_store.load(path, HOME, memo=memo))[2][0] == "allow"  # type: ignore[arg-type]
+    _policy_file(tmp_path, "version: 1\nmode: strict\nrules:\n  - rule: execute_command(id)\n    action: deny\n")
+    assert _answers(policy_store.load(path, HOME, memo=memo))[2][0] == "deny"  # type: ignore[arg-type]
+    _policy_file(tmp_path, "version: 1\nmode: strict\nrules:\n  - rule: execute_command(id\n    action: deny\n")
+    with pytest.raises(PolicyError):    # an error is never remembered away
+        policy_store.load(path, HOME, memo=memo)
+    with pytest.raises(PolicyError):
+        policy_store.load(path, HOME, memo=memo)
+
+
+def _forge(memo: Path, text: str) -> None:
+    """A memo that says `text` allows every command (the file says strict, no rules)."""
+    document = {"mode": "bypass", "ask_timeout_s": 60.0, "self_bypass": True, "mode_set": True,
+                "rules": [("execute_command", "allow", "", 1, 1)], "tests": []}
+    memo.parent.mkdir(mode=0o700, exist_ok=True)
+    memo.write_bytes(marshal.dumps((policy_store._memo_key(text), document)))
+
+
+@pytest.mark.parametrize("how", ["mode 0644", "mode 0620", "directory 0777", "another owner", "garbage"])
+def test_a_memo_others_could_write_is_never_believed(tmp_path: Path, how: str) -> None:
+    text = "version: 1\nmode: strict\n"
+    path = _policy_file(tmp_path, text)
+    memo = tmp_path / "state" / "permissions.memo"
+    _forge(memo, text)
+    memo.chmod(0o600)
+    assert _answers(policy_store.load(path, HOME, memo=str(memo)))[2][0] == "allow"  # type: ignore[arg-type]  # the control
+    if how.startswith("mode"):
+        memo.chmod(int(how.split()[1], 8))
+    elif how == "directory 0777":
+        memo.parent.chmod(0o777)
+    elif how == "another owner":
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        os.chown(memo, 65534, 65534)
+    else:
+        memo.write_bytes(b"\x00not marshal")
+        memo.chmod(0o600)
+    assert _answers(policy_store.load(path, HOME, memo=str(memo)))[2][0] == "deny"  # type: ignore[arg-type]
+
+
+def test_a_memo_is_kept_only_in_a_directory_it_can_make_private(tmp_path: Path) -> None:
+    text = "version: 1\nmode: strict\n"
+    path = _policy_file(tmp_path, text)
+    (tmp_path / "state").write_text("a file where the state dir should be")
+    loaded = policy_store.load(path, HOME, memo=str(tmp_path / "state" / "permissions.memo"))
+    assert loaded is not None and loaded[0].mode == "strict"     # the memo is skipped, not an error
+
+
+def test_a_repeated_check_does_not_import_yaml(tmp_path: Path) -> None:
+    """The point of the memo: the second `permissions check` of an unchanged file parses no YAML."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CMDOP_", "XDG_"))}
+    env.update(HOME=str(tmp_path), CMDOP_CONFIG_DIR=str(tmp_path / "cfg"),
+               CMDOP_STATE_DIR=str(tmp_path / "state"), CMDOP_HOME=str(tmp_path / ".cmdop"))
+    _policy_file(tmp_path, "version: 1\nmode: strict\nrules:\n  - rule: execute_command(ls)\n    action: allow\n")
+    code = ("import sys\nfrom cmdop.cli import main\n"
+            "code = main.main(['permissions', 'check', 'execute_command', 'ls'])\n"
+            "print('YAML', 'yaml' in sys.modules)\nsys.exit(code)\n")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=env, cwd=Path(__file__).resolve().parents[2]) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert "allow (source rule" in runs[0].stdout and "YAML True" in runs[0].stdout
+    assert runs[1].stdout.replace("YAML False", "YAML True") == runs[0].stdout
