@@ -8,7 +8,12 @@ yaml is imported and parses it — the first check after an edit), `agent status
 running) and `exec HOST -- true` up to the point it connects (a pinned relay address that
 refuses the connection: every import and check happens, then exit 5).
 
-For each command it prints the median, p99 and worst ratio. Target: <= 3 for `permissions
+Beside them, the floors: `python -c` importing only what a command cannot do without, from the
+same unpacked pyz (grpc and protobuf for `exec`; argparse and cmdop's bash parser, with
+tree-sitter, for `permissions check`). A command cannot start faster than `--version` (what
+running any pyz costs) plus its floor's share above `python -c pass`.
+
+For each it prints the median, p99 and worst ratio. Target: <= 3 for `permissions
 check` and `exec`, <= 4 for `--version`. The run fails (exit 1) only when a median ratio
 exceeds --budget (default 20), to catch a regression without making timing noise a test failure.
 
@@ -42,6 +47,11 @@ COMMANDS: tuple[tuple[str, tuple[str, ...], tuple[int, ...], str], ...] = (
     ("agent status", ("agent", "status"), (0,), ""),
     ("exec (to connect)", ("exec", "--relay", "127.0.0.1:9", "--relay-fingerprint", "ab" * 32,
                            "bench-host", "--", "true"), (5,), ""),
+)
+# (label, code run by `python -c` with the unpacked pyz first on sys.path)
+FLOORS: tuple[tuple[str, str], ...] = (
+    ("floor: import grpc, protobuf", "import grpc, google.protobuf.message"),
+    ("floor: argparse, bash parser", "import argparse\nfrom cmdop.core.policy import shell"),
 )
 # A small real policy: strict, three rules (a first run writes strict with none).
 POLICY = """\
@@ -107,6 +117,14 @@ def measure(python: str, builds: dict[str, Path], runs: int,
 
     for _ in range(3):  # warm: shiv extraction, page cache, pyc files
         for _, cmd, ok, policy in plan:
+            run(cmd, ok, policy)
+    first = next(iter(builds.values()))
+    unpacked = sorted(Path(envs[""]["SHIV_ROOT"]).glob(f"{first.name}_*/site-packages"),
+                      key=lambda p: p.stat().st_mtime)
+    if unpacked:  # (the newest unpack of the first build)
+        plan += [(label, [python, "-c", f"import sys\nsys.path.insert(0, {str(unpacked[-1])!r})\n{code}"],
+                  (0,), "") for label, code in FLOORS]
+        for label, cmd, ok, policy in plan[-len(FLOORS):]:
             run(cmd, ok, policy)
     times: dict[str, list[float]] = {label: [] for label, _, _, _ in plan}
     for _ in range(runs):

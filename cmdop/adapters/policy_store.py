@@ -37,8 +37,7 @@ if TYPE_CHECKING:
 
     import yaml
 
-from cmdop.adapters.secure_file import (atomic_create, atomic_write, ensure_private_dir,
-                                        exclusive_lock, read_private)
+from cmdop.adapters.secure_file import atomic_create, atomic_write, exclusive_lock, read_private
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
 from cmdop.core.errors import CmdopError, PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
@@ -138,9 +137,18 @@ def _document(text: str) -> dict[str, Any]:
     self_bypass = values.get("self_bypass", True)
     if not isinstance(self_bypass, bool):
         raise PolicyError("self_bypass must be true or false", line=_line(top["self_bypass"][0]))
+    rules: list[tuple[str, str, str, int, int]] = []
+    tests: list[tuple[dict[str, Any], int]] = []
+    error = None
+    try:
+        _rules(top.get("rules"), rules)
+        tests = _tests(top.get("tests"))
+    except PolicyError as exc:
+        # Raised by `_build` after compiling the rules before it: a file with several mistakes
+        # is reported at the first, as one pass through it would find them.
+        error = exc
     return {"mode": mode, "ask_timeout_s": float(timeout), "self_bypass": self_bypass,
-            "mode_set": "mode" in top, "rules": _rules(top.get("rules")),
-            "tests": _tests(top.get("tests"))}
+            "mode_set": "mode" in top, "rules": rules, "tests": tests, "error": error}
 
 
 def _build(document: dict[str, Any], home: str, run_tests_: bool) -> tuple[PolicyDoc, Policy]:
@@ -152,6 +160,8 @@ def _build(document: dict[str, Any], home: str, run_tests_: bool) -> tuple[Polic
                                     line=line))
         except RuleError as exc:
             raise PolicyError(str(exc), line=rule_line) from None
+    if document.get("error") is not None:
+        raise document["error"]
     mode, timeout, self_bypass = document["mode"], document["ask_timeout_s"], document["self_bypass"]
     tests = [(dict(test), line) for test, line in document["tests"]]
     doc = PolicyDoc(1, mode, timeout, self_bypass,
@@ -163,17 +173,18 @@ def _build(document: dict[str, Any], home: str, run_tests_: bool) -> tuple[Polic
     return doc, policy
 
 
-def _rules(entry: tuple[yaml.Node, Any] | None) -> list[tuple[str, str, str, int, int]]:
-    """The rules as (rule, action, reason, its line, the line of its `rule:`), checked as YAML;
-    the rule grammar is `_build`'s."""
+def _rules(entry: tuple[yaml.Node, Any] | None, entries: list[tuple[str, str, str, int, int]]) -> None:
+    """Append the rules to `entries` as (rule, action, reason, its line, the line of its
+    `rule:`), checked as YAML (the rule grammar is `_build`'s); PolicyError at the first that
+    is not, with the ones before it appended."""
     import yaml
 
     if entry is None or isinstance(entry[0], yaml.ScalarNode) and entry[0].value in ("", "null", "~"):
-        return []
+        return
     node = entry[0]
     if not isinstance(node, yaml.SequenceNode):
         raise PolicyError("rules must be a list", line=_line(node))
-    entries, seen = [], set()
+    seen = set()
     for item in node.value:
         fields = _mapping(item, RULE_KEYS, "a rule")
         for need in ("rule", "action"):
@@ -191,7 +202,6 @@ def _rules(entry: tuple[yaml.Node, Any] | None) -> list[tuple[str, str, str, int
             raise PolicyError(f"duplicate rule {text!r} with action {action}", line=_line(item))
         seen.add(rid)
         entries.append((text, action, reason or "", _line(item), _line(fields["rule"][0])))
-    return entries
 
 
 def _tests(entry: tuple[yaml.Node, Any] | None) -> list[tuple[dict[str, Any], int]]:
@@ -296,7 +306,7 @@ def load(path: str, home: str, run_tests: bool = True,
         document = _recalled(memo, text) if memo else None
         if document is None:
             document = _document(text)
-            if memo:
+            if memo and document.get("error") is None:
                 _remember(memo, text, document)
         return _build(document, home, run_tests)
     except PolicyError as exc:
@@ -304,15 +314,28 @@ def load(path: str, home: str, run_tests: bool = True,
 
 
 # What a memo holds is keyed by everything the YAML stage's answer depends on: the exact text
-# (compared whole, so no hash can collide) and this cmdop (another version may read YAML
-# differently). marshal: no import, and it builds only plain data.
+# (compared whole, so no hash can collide) and the code that read it — this module and the
+# YAML package, each as the file it was loaded from with its size and time (another pyz
+# unpacks elsewhere; an edit or an upgrade changes them). marshal: no import, and it builds only
+# plain data.
 _MEMO_FORMAT = 1
 
 
-def _memo_key(text: str) -> tuple[int, str, str]:
+def _memo_key(text: str) -> tuple[tuple[str | int | None, ...], str]:
+    from importlib.machinery import PathFinder
+
     from cmdop import __version__
 
-    return (_MEMO_FORMAT, __version__, text)
+    code: list[str | int | None] = [_MEMO_FORMAT, __version__]
+    yaml_spec = PathFinder.find_spec("yaml")
+    for source in (__file__, yaml_spec.origin if yaml_spec else None):
+        try:
+            st = os.stat(source or "")
+        except OSError:
+            code += [source, None, None]
+        else:
+            code += [source, st.st_size, st.st_mtime_ns]
+    return (tuple(code), text)
 
 
 def _recalled(memo: str, text: str) -> dict[str, Any] | None:
@@ -329,15 +352,18 @@ def _recalled(memo: str, text: str) -> dict[str, Any] | None:
 
 
 def _remember(memo: str, text: str, document: dict[str, Any]) -> None:
-    """Keep `document` for the next read of `text`; a memo that cannot be written is skipped."""
+    """Keep `document` for the next read of `text`, in the memo's directory when it exists (a
+    read-only command makes no state dir: its absence tells `agent status`, and a root shell's
+    commands, that no agent has run as this user). A memo that cannot be written is skipped."""
     import marshal
 
     try:
         data = marshal.dumps((_memo_key(text), document))
     except ValueError:  # a value YAML made that marshal cannot keep (a date in a test): no memo
         return
+    if not os.path.isdir(os.path.dirname(memo)):
+        return
     try:
-        ensure_private_dir(os.path.dirname(memo))
         atomic_write(memo, data, 0o600)
     except (OSError, CmdopError):
         pass

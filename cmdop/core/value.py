@@ -30,7 +30,9 @@ else:
         def __new__(mcls, name, bases, namespace):
             if not bases:  # NamedTuple itself
                 return super().__new__(mcls, name, bases, namespace)
-            fields = tuple(namespace.get("__annotations__", ()))
+            if "__annotations__" not in namespace:  # (3.14 keeps them lazily without the import)
+                raise TypeError(f"{name}: its module needs `from __future__ import annotations`")
+            fields = tuple(namespace["__annotations__"])
             defaults = [namespace[f] for f in fields if f in namespace]
             if any(f in namespace for f in fields[:len(fields) - len(defaults)]):
                 raise TypeError(f"{name}: a field without a default follows one with a default")

@@ -33,6 +33,8 @@ CALLS = [ToolCall("execute_command", {"command": c}, cwd=HOME) for c in ("ls -la
 
 
 def _policy_file(tmp_path: Path, text: str) -> str:
+    """`text` as the policy file, beside a state dir (an agent has run here)."""
+    (tmp_path / "state").mkdir(mode=0o700, exist_ok=True)
     path = tmp_path / "cfg" / "permissions.yaml"
     path.parent.mkdir(mode=0o700, exist_ok=True)
     path.write_text(text)
@@ -103,12 +105,43 @@ def test_a_memo_others_could_write_is_never_believed(tmp_path: Path, how: str) -
     assert _answers(policy_store.load(path, HOME, memo=str(memo)))[2][0] == "deny"  # type: ignore[arg-type]
 
 
-def test_a_memo_is_kept_only_in_a_directory_it_can_make_private(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state", ["missing", "a file"])
+def test_a_memo_is_kept_only_in_a_state_dir_that_exists(tmp_path: Path, state: str) -> None:
+    """A read-only command makes no state dir: its absence is how `agent status` and a root
+    shell's commands tell that no agent has run as this user."""
     text = "version: 1\nmode: strict\n"
     path = _policy_file(tmp_path, text)
-    (tmp_path / "state").write_text("a file where the state dir should be")
-    loaded = policy_store.load(path, HOME, memo=str(tmp_path / "state" / "permissions.memo"))
-    assert loaded is not None and loaded[0].mode == "strict"     # the memo is skipped, not an error
+    (tmp_path / "state").rmdir()
+    if state == "a file":
+        (tmp_path / "state").write_text("a file where the state dir should be")
+    for _ in range(2):
+        loaded = policy_store.load(path, HOME, memo=str(tmp_path / "state" / "permissions.memo"))
+        assert loaded is not None and loaded[0].mode == "strict"   # the memo is skipped, not an error
+    assert (tmp_path / "state").exists() == (state == "a file")
+
+
+# Several mistakes in one file: the first one is reported, as a read from the top would find it
+# (the YAML is read before the rules' grammar is compiled, and the tests after the rules).
+FIRST_MISTAKE = [
+    ("rules:\n  - rule: nosuchtool(x)\n    action: allow\n  - rule: execute_command(ls)\n", 2),
+    ("rules:\n  - rule: execute_command(ls\n    action: allow\n"
+     "tests:\n  - call: execute_command(ls)\n", 2),
+    ("rules:\n  - rule: read_file(../x)\n    action: allow\n  - rule: x\n    action: allow\n"
+     "    extra: 1\n", 2),
+    ("rules:\n  - rule: execute_command(ls)\n    action: allow\n  - rule: execute_command(ls\n"
+     "    action: allow\n  - rule: execute_command(id)\n    action: maybe\n", 4),
+    ("rules:\n  - rule: execute_command(ls)\n    action: allow\n"
+     "tests:\n  - call: execute_command(ls)\n    expect: deny\n", 5),
+]
+
+
+@pytest.mark.parametrize("body, line", FIRST_MISTAKE)
+def test_the_first_of_several_mistakes_is_reported(tmp_path: Path, body: str, line: int) -> None:
+    path = _policy_file(tmp_path, "version: 1\nmode: strict\n" + body)
+    for memo in (None, str(tmp_path / "state" / "permissions.memo"), str(tmp_path / "state" / "permissions.memo")):
+        with pytest.raises(PolicyError) as err:
+            policy_store.load(path, HOME, memo=memo)
+        assert err.value.line == line + 2, err.value.message   # every time, memo or not
 
 
 def test_a_repeated_check_does_not_import_yaml(tmp_path: Path) -> None:

@@ -63,9 +63,13 @@ def _native(package: str) -> Any:
         spec = found and PathFinder.find_spec(name, found.submodule_search_locations)
         if spec is not None and spec.loader is not None:
             module = module_from_spec(spec)
-            spec.loader.exec_module(module)
-            sys.modules.setdefault(name, module)
-            return sys.modules[name]
+            sys.modules[name] = module  # first, as the import system does: one copy only
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
     except (ImportError, AttributeError, OSError):
         pass
     return import_module(name)
