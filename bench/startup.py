@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("same", "changed"):
             os.mkdir(home / f"cfg-{kind}", 0o700)
             write_policy(home / f"cfg-{kind}", POLICY)
-            # (state dirs of their own: the memo remembers one text, as for one user's policy)
+            # State dirs of their own, made as an agent's first run makes one (the memo of the
+            # last text parsed is kept only there, and remembers one text, as for one policy).
+            os.mkdir(home / f"state-{kind}", 0o700)
             envs[kind] = dict(env, CMDOP_CONFIG_DIR=str(home / f"cfg-{kind}"),
                               CMDOP_STATE_DIR=str(home / f"state-{kind}"))
         version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],

@@ -174,7 +174,7 @@ class Daemon:
         policy_ok = bool(getattr(gk, "policy_ok", False)) and not self.policy_error
         audit_ok = self._audit_writable()
         state = self.state
-        login_ok = self.token_state.status != "DEGRADED"
+        login_ok = self.token_state.status != "DEGRADED" and not self.relay_state.refused
         if state == "online" and not (policy_ok and audit_ok and not self.config_error
                                       and login_ok):
             state = "degraded"

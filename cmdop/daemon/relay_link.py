@@ -75,6 +75,9 @@ class LinkState:
     calls: int = 0
     e2e_key: str = ""               # the fingerprint of this agent's end-to-end key
     e2e_required: bool = True       # relay calls must be sealed end to end (config e2e_required)
+    # The relay refused the credential (a revoked or unknown key, an expired login): no remote
+    # call can reach this agent until someone acts, so `agent status` says DEGRADED.
+    refused: bool = False
 
     def set(self, state: str, error: str | None = None) -> None:
         if state != self.state:
@@ -82,6 +85,8 @@ class LinkState:
         self.state = state
         if error is not None:
             self.last_error = error
+        if state in ("online", "off"):
+            self.refused = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -769,7 +774,8 @@ async def run_relay_link(daemon: "Daemon") -> None:
             await _link_once(daemon, config, state, seen)
         except CmdopError as exc:
             error = exc.message
-            if isinstance(exc, AuthError):
+            state.refused = isinstance(exc, AuthError)
+            if state.refused:
                 delay = BACKOFF_MAX_S / 2    # a refused key: no point hurrying back
         if time.monotonic() - started >= STABLE_S:
             delay = 0.0

@@ -10,9 +10,11 @@ What a reader reports (`classify`):
 - STOPPED when no pid file, or its pid is not alive (a stale pid file is reported as stale);
 - STARTING when the live daemon has not declared itself ready yet;
 - ONLINE when serving with a good policy and a writable audit log;
-- DEGRADED while stopping (no new calls taken), or when serving but the policy is bad or the
-  audit log is unwritable, or when the status has not been refreshed for 3 refresh intervals
-  (a wedged event loop). A relay that is not connected is normal until the relay link exists.
+- DEGRADED while stopping (no new calls taken), or when serving but the policy is bad, the
+  audit log is unwritable, a login cannot be refreshed or the relay refused this agent's
+  credential (a revoked key), or when the status has not been refreshed for 3 refresh
+  intervals (a wedged event loop). A relay that is merely unreachable leaves it ONLINE (local
+  calls are served; the `relay:` line says why remote ones are not).
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ def classify(pid_file: str, status_file: str) -> dict[str, Any]:
         reasons.append(f"policy: {status.get('policy_error') or 'no good policy'}")
     if status.get("audit_ok") is False:
         reasons.append("audit log not writable")
+    relay = status.get("relay")
+    if isinstance(relay, dict) and relay.get("refused"):
+        reasons.append(f"relay refused this agent's credential: {relay.get('last_error') or '?'}")
     if status.get("config_error"):
         reasons.append(f"config: {status['config_error']} (defaults in use)")
     if reasons:

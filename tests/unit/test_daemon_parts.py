@@ -186,6 +186,18 @@ def test_status_reports_the_live_daemons_state(tmp_path, monkeypatch, written, p
         assert "policy" in out["detail"]
 
 
+def test_status_names_a_credential_the_relay_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(status, "_is_cmdop", lambda pid: True)
+    pid_file, status_file = str(tmp_path / "daemon.pid"), str(tmp_path / "daemon.status")
+    (tmp_path / "daemon.pid").write_text(f"{os.getpid()}\n")
+    (tmp_path / "daemon.status").write_text(json.dumps(
+        {"pid": os.getpid(), "state": "degraded", "policy_ok": True, "audit_ok": True,
+         "relay": {"state": "backoff", "refused": True, "last_error": "API key revoked"}}))
+    out = status.classify(pid_file, status_file)
+    assert out["state"] == "DEGRADED"
+    assert out["detail"] == "relay refused this agent's credential: API key revoked"
+
+
 @pytest.mark.parametrize("pid_text,expected", [
     ("garbage\n", "holds no pid"),                        # was "no pid file"
     ("1\n", "pid 1 is another program now"),              # was STARTING for as long as pid 1 lives
