@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
     import yaml
 
-from cmdop.adapters.secure_file import atomic_create, atomic_write, exclusive_lock, read_private
+from cmdop.adapters.secure_file import (atomic_create, atomic_write, exclusive_lock, read_private_in,
+                                        write_private_in)
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
-from cmdop.core.errors import CmdopError, PolicyError
+from cmdop.core.errors import PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
 from cmdop.core.policy.index import RuleSet
 from cmdop.core.policy.rules import ACTIONS, RuleError, parse_rule, rule_id
@@ -78,7 +79,19 @@ def _scalar(node: yaml.Node, what: str) -> Any:
 
     if not isinstance(node, yaml.ScalarNode):
         raise PolicyError(f"{what} must be a single value", line=_line(node))
-    return yaml.safe_load(yaml.serialize(node))
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as exc:  # a tag safe YAML does not know (`!!python/name:…`)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(f"{what}: {problem}", line=_line(node)) from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _mapping(node: yaml.Node, keys: tuple[str, ...], what: str) -> dict[str, tuple[yaml.Node, Any]]:
@@ -125,7 +138,7 @@ def _document(text: str) -> dict[str, Any]:
         if key in top:
             values[key] = _scalar(top[key][0], key)
     version = values.get("version", 1)
-    if version != 1:
+    if type(version) is not int or version != 1:  # (true and 1.0 are == 1 in Python)
         raise PolicyError(f"version must be 1, not {version!r}", line=_line(top["version"][0]))
     mode = values.get("mode", "strict")
     if mode not in MODES:
@@ -195,6 +208,9 @@ def _rules(entry: tuple[yaml.Node, Any] | None, entries: list[tuple[str, str, st
         reason = _scalar(fields["reason"][0], "reason") if "reason" in fields else ""
         if not isinstance(text, str) or not isinstance(reason, (str, type(None))):
             raise PolicyError("rule and reason must be strings", line=_line(item))
+        if not (text + (reason or "")).isascii() and not _encodable(text + (reason or "")):
+            raise PolicyError("rule and reason must be Unicode text (a `\\ud800` escape is half "
+                              "of a character)", line=_line(item))
         if action not in ACTIONS:
             raise PolicyError(f"action {action!r} is not one of allow, ask, deny", line=_line(fields["action"][0]))
         rid = rule_id(text, action)
@@ -339,34 +355,48 @@ def _memo_key(text: str) -> tuple[tuple[str | int | None, ...], str]:
 
 
 def _recalled(memo: str, text: str) -> dict[str, Any] | None:
-    """The remembered YAML stage of `text`, or None: no memo, another text, or a memo file that
-    is not a private file of ours (read_private's checks: anyone else who could write it could
+    """The remembered YAML stage of `text`, or None: no memo, another text, a memo of another
+    shape, or one that is not a private file of ours in a directory only we (or root) can
+    write, checked on the opened directory and file (anyone else who could write it could
     change what the rules say)."""
     import marshal
 
+    # (the memo holds the text: a larger file is not one this code wrote for it)
+    data = read_private_in(os.path.dirname(memo), os.path.basename(memo),
+                           limit=8 * len(text) + 65536)
     try:
-        key, document = marshal.loads(read_private(memo))
-    except (OSError, CmdopError, EOFError, ValueError, TypeError):
+        key, document = marshal.loads(data) if data is not None else (None, None)
+    except (EOFError, ValueError, TypeError):
         return None
-    return document if key == _memo_key(text) and isinstance(document, dict) else None
+    return document if key == _memo_key(text) and _well_formed(document) else None
+
+
+def _well_formed(document: object) -> bool:
+    """Is `document` of the shape `_document` returns for a file without mistakes?"""
+    if not isinstance(document, dict) or document.get("error") is not None:
+        return False
+    rules, tests = document.get("rules"), document.get("tests")
+    return (document.get("mode") in MODES and type(document.get("ask_timeout_s")) is float
+            and type(document.get("self_bypass")) is bool and type(document.get("mode_set")) is bool
+            and isinstance(rules, list) and isinstance(tests, list)
+            and all(isinstance(r, tuple) and len(r) == 5 and [type(v) for v in r] == [str, str, str, int, int]
+                    for r in rules)
+            and all(isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], dict)
+                    and type(t[1]) is int for t in tests))
 
 
 def _remember(memo: str, text: str, document: dict[str, Any]) -> None:
-    """Keep `document` for the next read of `text`, in the memo's directory when it exists (a
-    read-only command makes no state dir: its absence tells `agent status`, and a root shell's
-    commands, that no agent has run as this user). A memo that cannot be written is skipped."""
+    """Keep `document` for the next read of `text`, in the memo's directory when it exists and
+    only we (or root) can write it (a read-only command makes no state dir: its absence tells
+    `agent status`, and a root shell's commands, that no agent has run as this user). A memo
+    that cannot be written is skipped."""
     import marshal
 
     try:
         data = marshal.dumps((_memo_key(text), document))
     except ValueError:  # a value YAML made that marshal cannot keep (a date in a test): no memo
         return
-    if not os.path.isdir(os.path.dirname(memo)):
-        return
-    try:
-        atomic_write(memo, data, 0o600)
-    except (OSError, CmdopError):
-        pass
+    write_private_in(os.path.dirname(memo), os.path.basename(memo), data)
 
 
 def render(doc: PolicyDoc) -> str:

@@ -431,11 +431,11 @@ class RelayChannel:
             response_deserializer=pb.RelayFrame.FromString)
 
     def _reachable(self) -> None:
-        """Before the first call on a channel that trusts CAs (a pinned one fetched the
+        """Before the first RPC on a channel that trusts CAs (a pinned one fetched the
         certificate when it was made): one TLS handshake within the connect timeout, so a relay
         that is not there, or a certificate that is not trusted, is said at once rather than
-        after the call's own deadline (the command's, up to ten minutes), which is how long a
-        call waits for its connection."""
+        after the RPC's own deadline (10 s for a host list, the command's for a call: up to ten
+        minutes), which is how long an RPC waits for its connection."""
         if self._roots is None or self._reached:
             return
         try:
@@ -452,6 +452,7 @@ class RelayChannel:
         self._reached = True
 
     def list_hosts(self, timeout: float = 10.0) -> pb.ListHostsReply:
+        self._reachable()
         try:
             reply: pb.ListHostsReply = self._list(pb.ListHostsRequest(), metadata=self._metadata,
                                                   timeout=timeout, wait_for_ready=True)
@@ -463,6 +464,7 @@ class RelayChannel:
         """One of the share RPCs (CreateShare, ListShares, RevokeShare) with its request; the
         reply. Errors as the other RPCs'; a refused request (bad value, unknown host or share)
         is a UsageError / NotFoundError with the relay's reason."""
+        self._reachable()
         try:
             return self._shares[name](request, metadata=self._metadata, timeout=timeout,
                                       wait_for_ready=True)
@@ -478,6 +480,7 @@ class RelayChannel:
 
     def host_key(self, host: str, timeout: float = 10.0) -> pb.HostKeyReply:
         """The end-to-end key the relay has for `host` (resolved as a call's host)."""
+        self._reachable()
         try:
             reply: pb.HostKeyReply = self._host_key(pb.HostKeyRequest(host=host),
                                                     metadata=self._metadata, timeout=timeout,

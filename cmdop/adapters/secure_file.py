@@ -177,6 +177,83 @@ def _checked_stat(path: str) -> os.stat_result | None:
     return st
 
 
+def _trusted_dir(directory: str) -> int | None:
+    """`directory` opened (a descriptor the caller closes) when it is owned by us or root and
+    no one else can write it, else None. Every check and every later `*_at` call is on this one
+    opened directory: swapping the path under us (a parent another user can write) changes
+    nothing we read or write."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if st.st_uid not in (os.geteuid(), 0) or stat.S_IMODE(st.st_mode) & 0o022:
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_private_in(directory: str, name: str, limit: int) -> bytes | None:
+    """The bytes of `name` in `directory` when the directory passes `_trusted_dir` and the file
+    in that very directory is a regular file (not a link) owned by us, open to no one else and
+    at most `limit` bytes; None in every other case, a missing file included."""
+    dir_fd = _trusted_dir(directory)
+    if dir_fd is None:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
+                or stat.S_IMODE(st.st_mode) & 0o077 or st.st_size > limit):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            data = f.read(limit + 1)
+        return data if len(data) <= limit else None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def write_private_in(directory: str, name: str, data: bytes) -> bool:
+    """Replace `name` in `directory` with `data` (0600) by a rename in that same opened
+    directory, when it passes `_trusted_dir`; False when it does not or the write fails, with
+    nothing left behind but what a kill in the middle leaves — and the next write removes that.
+    Not fsynced: for files whose loss costs nothing (a memo)."""
+    dir_fd = _trusted_dir(directory)
+    if dir_fd is None:
+        return False
+    prefix = f".{name}.tmp-"
+    tmp = prefix + os.urandom(8).hex()
+    try:
+        for old in os.listdir(dir_fd):   # what a killed writer left
+            if old.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(old, dir_fd=dir_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        return False
+    finally:
+        os.close(dir_fd)
+
+
 def read_private(path: str) -> bytes:
     """Read a secret file after checking its ownership and mode. Raises FileNotFoundError if absent."""
     check_private(path)

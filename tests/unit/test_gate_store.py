@@ -72,6 +72,11 @@ def test_contract_example_loads_and_allows_git(tmp_path: Path) -> None:
     (("rules:\n  - {rule: 'execute_command(ls *)', action: allow}\ntests:\n  - call: 'execute_command(ls -l)'\n"
       "    expect: deny\n"), 4, "test failed"),
     ("tests:\n  - call: 'execute_command(ls)'\n    expect: maybe\n", 2, "expect 'maybe'"),
+    # found by a black-box pass: internal errors, or taken for version 1
+    ("rules:\n  - rule: \"execute_command(\\ud800)\"\n    action: allow\n", 2, "Unicode text"),
+    ("version: 1\nmode: !!python/name:os.system\n", 2, "mode: could not determine a constructor"),
+    ("version: true\n", 1, "version must be 1, not True"),
+    ("version: 1.0\n", 1, "version must be 1, not 1.0"),
 ])
 def test_invalid_files_name_the_line(text: str, line: int, words: str) -> None:
     with pytest.raises(PolicyError) as err:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,72 @@ def test_a_memo_others_could_write_is_never_believed(tmp_path: Path, how: str) -
         memo.write_bytes(b"\x00not marshal")
         memo.chmod(0o600)
     assert _answers(policy_store.load(path, HOME, memo=str(memo)))[2][0] == "deny"  # type: ignore[arg-type]
+
+
+def test_a_state_dir_swapped_after_its_check_is_not_read_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a red team: with a directory on the way that another user can write, they could
+    swap the state dir for their own between the checks and the read (root believed their
+    memo 10 times in 160). The swap is made here at the last moment, as the memo file is
+    opened: what is read must still come from the directory that was checked."""
+    text = "version: 1\nmode: strict\n"
+    path = _policy_file(tmp_path, text)
+    state, evil = tmp_path / "state", tmp_path / "evil"
+    policy_store.load(path, HOME, memo=str(state / "permissions.memo"))   # the real memo: strict
+    evil.mkdir(mode=0o700)
+    _forge(evil / "permissions.memo", text)          # the planted one would allow everything
+    (evil / "permissions.memo").chmod(0o600)
+
+    def swap_first(opener: Any) -> Any:
+        def opening(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(file).endswith("permissions.memo") and evil.exists():
+                state.rename(tmp_path / "was-state")
+                evil.rename(state)
+            return opener(file, *args, **kwargs)
+        return opening
+
+    monkeypatch.setattr(os, "open", swap_first(os.open))
+    monkeypatch.setattr("builtins.open", swap_first(open))
+    answers = _answers(policy_store.load(path, HOME, memo=str(state / "permissions.memo")))  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert not evil.exists()                          # (the swap happened)
+    assert answers[2][0] == "deny"
+
+
+@pytest.mark.parametrize("body", [{}, {"rules": None}, "not a dict",
+                                  {"mode": "strict", "ask_timeout_s": 60.0, "self_bypass": True,
+                                   "mode_set": True, "rules": [("execute_command", "allow")], "tests": []}])
+def test_a_memo_of_another_shape_is_parsed_again_not_an_error(tmp_path: Path, body: object) -> None:
+    """Found by a red team: every read-only command failed with an internal KeyError."""
+    text = "version: 1\nmode: strict\n"
+    path = _policy_file(tmp_path, text)
+    memo = tmp_path / "state" / "permissions.memo"
+    memo.write_bytes(marshal.dumps((policy_store._memo_key(text), body)))
+    memo.chmod(0o600)
+    loaded = policy_store.load(path, HOME, memo=str(memo))
+    assert loaded is not None and loaded[0].mode == "strict" and not loaded[0].rules
+
+
+def test_a_killed_writers_leftover_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    path = _policy_file(tmp_path, "version: 1\nmode: strict\n")
+    leftover = tmp_path / "state" / ".permissions.memo.tmp-0123456789abcdef"
+    leftover.write_bytes(b"x" * 100)
+    policy_store.load(path, HOME, memo=str(tmp_path / "state" / "permissions.memo"))
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["permissions.memo"]
+
+
+@pytest.mark.parametrize("how", ["0777", "1777", "another owner"])
+def test_nothing_is_written_into_a_state_dir_others_can_write(tmp_path: Path, how: str) -> None:
+    """Found by a red team: root wrote its memo (the policy's text) where it would not read one."""
+    path = _policy_file(tmp_path, "version: 1\nmode: strict\n")
+    state = tmp_path / "state"
+    if how == "another owner":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another user needs root")
+        os.chown(state, 65534, 65534)
+    else:
+        state.chmod(int(how, 8))
+    policy_store.load(path, HOME, memo=str(state / "permissions.memo"))
+    assert list(state.iterdir()) == []
 
 
 @pytest.mark.parametrize("state", ["missing", "a file"])

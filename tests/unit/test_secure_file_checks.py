@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cmdop.adapters import secure_file
 from cmdop.adapters.secure_file import check_not_writable, check_private
 from cmdop.core.errors import SecretFileError
 
@@ -55,3 +56,33 @@ def test_public_may_be_read_not_written(tmp_path: Path) -> None:
     with pytest.raises(SecretFileError, match="writable by other users"):
         check_not_writable(str(f))
     check_private(str(tmp_path / "missing"))          # missing: the caller decides
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: ((d / "f").write_bytes(b"ok"), (d / "f").chmod(0o600)), b"ok"),
+    (lambda d: ((d / "f").write_bytes(b"ok"), (d / "f").chmod(0o400)), b"ok"),   # private too
+    (lambda d: ((d / "f").write_bytes(b"ok"), (d / "f").chmod(0o640)), None),
+    (lambda d: ((d / "f").write_bytes(b"x" * 11), (d / "f").chmod(0o600)), None),  # over the limit
+    (lambda d: ((d / "g").write_bytes(b"ok"), (d / "g").chmod(0o600), (d / "f").symlink_to(d / "g")), None),
+    (lambda d: os.mkfifo(d / "f", 0o600), None),                                   # no hang either
+    (lambda d: (d / "f").mkdir(mode=0o700), None),
+    (lambda d: ((d / "f").write_bytes(b"ok"), (d / "f").chmod(0o600), d.chmod(0o777)), None),
+    (lambda d: None, None),                                                        # missing
+])
+def test_read_private_in_reads_only_a_private_regular_file_of_ours(tmp_path, make, expected) -> None:
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    make(d)
+    assert secure_file.read_private_in(str(d), "f", limit=10) == expected
+
+
+def test_write_private_in_writes_0600_and_only_into_a_directory_of_ours(tmp_path) -> None:
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    assert secure_file.write_private_in(str(d), "f", b"one")
+    assert (d / "f").read_bytes() == b"one" and (d / "f").stat().st_mode & 0o777 == 0o600
+    assert secure_file.write_private_in(str(d), "f", b"two") and (d / "f").read_bytes() == b"two"
+    d.chmod(0o775)
+    assert not secure_file.write_private_in(str(d), "f", b"three")
+    assert (d / "f").read_bytes() == b"two" and sorted(os.listdir(d)) == ["f"]
+    assert not secure_file.write_private_in(str(tmp_path / "missing"), "f", b"x")

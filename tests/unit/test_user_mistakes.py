@@ -246,3 +246,28 @@ def test_a_failed_tool_says_so_on_stderr_too(tmp_path, monkeypatch, capsys) -> N
     out = capsys.readouterr()
     assert json.loads(out.out)["error"] == "not_found"
     assert out.err.startswith(f"cmdop: error: read_file: {missing}: ")
+
+
+@pytest.mark.parametrize("rpc", ["list_hosts", "host_key", "share_rpc"])
+def test_a_relay_nobody_listens_at_is_said_at_once_by_every_rpc(rpc: str) -> None:
+    """`cmdop hosts`, `exec` to an unpinned host and the share commands waited out their 10 s
+    deadline before saying "unreachable: Deadline Exceeded" (found by a black-box pass)."""
+    import socket
+
+    from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
+    from cmdop.core.errors import UnreachableError
+    from cmdop.relay.proto import relay_pb2 as pb
+
+    with socket.socket() as s:   # a port that was free a moment ago, and is closed now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    channel = RelayChannel(RelayEndpoint(f"127.0.0.1:{port}"), "cmdop_0123456789ab_" + "A" * 43)
+    calls = {"list_hosts": lambda: channel.list_hosts(timeout=60),
+             "host_key": lambda: channel.host_key("web01", timeout=60),
+             "share_rpc": lambda: channel.share_rpc("ListShares", pb.ListSharesRequest(), timeout=60)}
+    try:
+        with pytest.raises(UnreachableError, match="cannot reach the relay at 127.0.0.1") as err:
+            calls[rpc]()
+        assert "Connection refused" in err.value.message and err.value.hint
+    finally:
+        channel.close()
