@@ -16,7 +16,7 @@ from __future__ import annotations
 import _thread  # not threading: its import is a start-up cost the CLI need not pay for one lock
 import os
 
-from cmdop.adapters import policy_store
+from cmdop.adapters import policy_store, secure_file
 from cmdop.adapters.canonical import canonical_path
 from cmdop.adapters.own_code import own_code
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, ToolCall, command_dir
@@ -191,7 +191,7 @@ def add_rule_to_file(settings: Settings, rule: str, action: str, reason: str = "
         parse_rule(rule, action, reason, home=settings.home)
     except RuleError as exc:
         raise PolicyError(str(exc), hint="rule syntax: tool, tool(GLOB) or tool(OP:GLOB)") from None
-    with policy_store.locked(path):
+    with secure_file.writer_lock(path):
         loaded = policy_store.load(path, settings.home)
         doc = loaded[0] if loaded else policy_store.PolicyDoc()
         if any(rule_id(r, a) == rid for r, a, _ in doc.rules):

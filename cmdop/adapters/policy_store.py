@@ -25,7 +25,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
@@ -33,12 +32,11 @@ import stat
 # policy) `cmdop permissions check` never needs it, and it costs ~7 ms of a start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterator
+    from typing import Any
 
     import yaml
 
-from cmdop.adapters.secure_file import (atomic_create, atomic_write, exclusive_lock, read_private_in,
-                                        write_private_in)
+from cmdop.adapters.secure_file import atomic_create, atomic_write, read_private_in, write_private_in
 from cmdop.core.calls import TOOL_TARGET_FIELD, Caller, CallerKind, ToolCall
 from cmdop.core.errors import PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
@@ -452,15 +450,6 @@ def write_starter(path: str) -> bool:
     """First run: write STARTER to `path` (atomic, 0600) unless something is there already.
     Returns True when it wrote the file."""
     return atomic_create(path, STARTER, 0o600)   # never over a file made meanwhile
-
-
-@contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
-    """Hold the policy file's writer lock for a read-modify-write (`permissions add|rm|mode`,
-    an "always" answer): two at once would each write back what they read, and one change
-    would be lost while both said it was made."""
-    with exclusive_lock(path + ".lock"):
-        yield
 
 
 def save(path: str, doc: PolicyDoc, home: str) -> Policy:

@@ -44,6 +44,13 @@ def exclusive_lock(lock_path: str) -> Iterator[None]:
         os.close(fd)
 
 
+def writer_lock(path: str) -> contextlib.AbstractContextManager[None]:
+    """The lock of a file's writers (`PATH.lock`), held for a read-modify-write: two at once
+    would each write back what they read, and one change would be lost while both said it was
+    made (`permissions add|rm|mode`, an "always" answer, `connect key set|rm|use`)."""
+    return exclusive_lock(path + ".lock")
+
+
 def atomic_write(path: str, data: bytes | str, mode: int = 0o600) -> None:
     """Replace `path` with `data` atomically; the file ends with permission bits `mode`.
 

@@ -14,12 +14,11 @@ A missing file reads as no workspaces.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from typing import Any, Iterator
+from typing import Any
 
-from cmdop.adapters.secure_file import atomic_write, check_private, exclusive_lock, read_private
+from cmdop.adapters.secure_file import atomic_write, check_private, read_private
 from cmdop.core.credentials import WorkspaceEntry, WorkspacesData, normalize_fingerprint
 from cmdop.core.errors import ConfigError, UsageError
 
@@ -117,13 +116,6 @@ def load(path: str) -> WorkspacesData:
         raise _corrupt(path, "not UTF-8 text") from None
     return parse(text, path)
 
-
-@contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
-    """Hold the workspaces file's writer lock for a read-modify-write (`connect key set|rm`,
-    `connect use`): two at once would each write back what they read, losing a key."""
-    with exclusive_lock(path + ".lock"):
-        yield
 
 
 def save(path: str, data: WorkspacesData) -> None:

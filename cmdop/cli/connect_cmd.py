@@ -103,15 +103,15 @@ Handler = Callable[[argparse.Namespace, CliContext], int]
 def _one_writer(handler: Handler) -> Handler:
     """Run a handler that reads, changes and writes the workspaces file under its lock."""
     def run(args: argparse.Namespace, ctx: CliContext) -> int:
-        from cmdop.adapters import workspaces_file
+        from cmdop.adapters import secure_file, workspaces_file
 
-        with workspaces_file.locked(ctx.settings.workspaces_file):
+        with secure_file.writer_lock(ctx.settings.workspaces_file):
             return handler(args, ctx)
     return run
 
 
 def _key_set(args: argparse.Namespace, ctx: CliContext) -> int:
-    from cmdop.adapters import workspaces_file
+    from cmdop.adapters import secure_file, workspaces_file
     from cmdop.core.credentials import (WorkspaceEntry, WorkspacesData, masked, normalize_fingerprint,
                                         split_host_port, valid_name)
 
@@ -142,7 +142,7 @@ def _key_set(args: argparse.Namespace, ctx: CliContext) -> int:
     api_key = _read_key()
     # Read, merge and write under the lock (not while a prompt waits): a parallel `key set`
     # of another workspace is kept, not written over.
-    with workspaces_file.locked(path):
+    with secure_file.writer_lock(path):
         data = workspaces_file.load(path)
         name, old, server = target(data)
         same_server = old is not None and old.server == server

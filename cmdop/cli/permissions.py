@@ -469,7 +469,7 @@ def _add(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
-    from cmdop.adapters import policy_store
+    from cmdop.adapters import policy_store, secure_file
     from cmdop.core.policy.rules import rule_id
 
     def without(doc: "policy_store.PolicyDoc") -> tuple["policy_store.PolicyDoc", tuple[str, str, str]]:
@@ -483,7 +483,7 @@ def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
 
     without(_load(ctx, None)[0])            # an unknown id is told before the password is asked
     require_password(args, ctx, "permissions rm")
-    with policy_store.locked(ctx.settings.permissions_file):
+    with secure_file.writer_lock(ctx.settings.permissions_file):
         new, gone = without(_load(ctx, None)[0])     # again, under the lock
         policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
     _tell_agent(ctx)
@@ -493,7 +493,7 @@ def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
-    from cmdop.adapters import policy_store
+    from cmdop.adapters import policy_store, secure_file
 
     doc, _ = _load(ctx, None)
     if args.mode is None:
@@ -504,7 +504,7 @@ def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.emit({"mode": mode, "source": source}, text)
         return 0
     require_password(args, ctx, "permissions mode")
-    with policy_store.locked(ctx.settings.permissions_file):
+    with secure_file.writer_lock(ctx.settings.permissions_file):
         doc, _ = _load(ctx, None)         # again, under the lock: what others wrote meanwhile
         new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass,
                                      doc.rules, doc.tests, True)
