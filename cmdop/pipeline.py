@@ -195,16 +195,23 @@ def _evaluate(call: ToolCall, caller: Caller, ctx: CallContext) -> Decision:
     return decision
 
 
+def _noted(decision: Decision, extra: Mapping[str, Any] | None) -> Decision:
+    """`decision`, its reason ending in "[as_caller=KIND]" when a local client asked to be gated
+    as another kind (`as_caller` in the call's audit extra), whoever made the reason: the
+    gate, an approver, admission, or this pipeline ("no approver attached")."""
+    kind = extra.get("as_caller") if extra else None
+    note = f"[as_caller={kind}]" if kind else ""
+    if not note or decision.reason.endswith(note):
+        return decision
+    return decision.replace(reason=f"{decision.reason} {note}".strip())
+
+
 def _audit(ctx: CallContext, decision: Decision, outcome: str, call: ToolCall, caller: Caller,
            ask_ms: int, extra: Mapping[str, Any] | None = None) -> bool:
-    """Append one audit line; False when it could not be written. A call gated as another
-    kind (`as_caller` in `extra`) says so in its reason, whoever made the reason (the gate,
-    an approver, or this pipeline's own "no approver attached")."""
+    """Append one audit line; False when it could not be written."""
     from cmdop.core.audit import build_record
 
-    note = f"[as_caller={extra['as_caller']}]" if extra and extra.get("as_caller") else ""
-    if note and note not in decision.reason:
-        decision = decision.replace(reason=f"{decision.reason} {note}".strip())
+    decision = _noted(decision, extra)
     try:
         tool_input = call.input if isinstance(call.input, Mapping) else {"_invalid_input": repr(call.input)}
         record = build_record(decision=decision, outcome=outcome, tool_input=tool_input,
@@ -217,10 +224,11 @@ def _audit(ctx: CallContext, decision: Decision, outcome: str, call: ToolCall, c
         return False
 
 
-def _gate(call: ToolCall, caller: Caller, ctx: CallContext,
-          ask: AskFn | None) -> tuple[Decision, str, int]:
-    """(decision, audit outcome, ask_ms): the gate's answer, an "ask" settled by `ask`."""
-    decision = _evaluate(call, caller, ctx)
+def _gate(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | None,
+          extra: Mapping[str, Any] | None) -> tuple[Decision, str, int]:
+    """(decision, audit outcome, ask_ms): the gate's answer, an "ask" settled by `ask` (who
+    sees the as_caller note too)."""
+    decision = _noted(_evaluate(call, caller, ctx), extra)
     if decision.decision != "ask":
         return decision, decision.decision, 0  # "allow" | "deny"
     if ask is None:
@@ -258,7 +266,8 @@ def handle_call(call: ToolCall, caller: Caller, ctx: CallContext, ask: AskFn | N
     if refused is not None:        # the gate is not consulted
         decision, outcome, ask_ms = refused, "deny", 0
     else:
-        decision, outcome, ask_ms = _gate(call, caller, ctx, ask)
+        decision, outcome, ask_ms = _gate(call, caller, ctx, ask, audit_extra)
+    decision = _noted(decision, audit_extra)    # (the client's denial says so too)
 
     written = _audit(ctx, decision, outcome, call, caller, ask_ms, audit_extra)
     if not written and caller.kind != CallerKind.LOCAL:

@@ -3,8 +3,8 @@
 Rules:
 - The caller identity comes from the kernel (SO_PEERCRED uid → user name) and this host's name,
   never from the request. `as_caller` may only downgrade a local caller to `remote`/`self`; every
-  audit line of such a call carries the extra field `"as_caller": KIND` (and the gate's and
-  approver's reasons a "[as_caller=KIND]" note, which a pipeline-made reason may lack).
+  audit line of such a call carries the extra field `"as_caller": KIND`, and its reasons (the
+  client's too) a "[as_caller=KIND]" note, added by the pipeline.
 - Tool calls run `pipeline.handle_call` in a worker thread (it blocks: gate, sandboxed spawn,
   audit line). An `ask` decision blocks that worker while the trio ask broker waits for an
   approver; every such wait is bounded by ask_timeout_s.
@@ -14,7 +14,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -53,21 +52,6 @@ def input_digest(tool_input: Any) -> str:
     except ImportError:
         canon = json.dumps(tool_input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return "sha256:" + hashlib.sha256(canon.encode("utf-8")).hexdigest()
-
-
-class _DowngradedGate:
-    """The gatekeeper as seen by a call whose local client asked to be gated as another kind:
-    every decision's reason says so (the audit line records the downgrade)."""
-
-    def __init__(self, inner: Any, kind: str) -> None:
-        self._inner, self._note = inner, f"[as_caller={kind}]"
-
-    def evaluate(self, call: ToolCall, caller: Caller) -> Decision:
-        d: Decision = self._inner.evaluate(call, caller)
-        return d.replace(reason=f"{d.reason} {self._note}".strip())
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class AgentService:
@@ -274,19 +258,16 @@ class AgentService:
             raise RequestError("bad_request", "call needs a tool name and an input object")
         if not isinstance(cwd, str) or not isinstance(operation, str):
             raise RequestError("bad_request", "cwd and operation must be strings")
-        ctx = self.call_context
-        kind, note = CallerKind.LOCAL, ""
+        kind, extra = CallerKind.LOCAL, None
         if as_caller not in (None, "", "local"):
             if as_caller not in protocol.CALLER_DOWNGRADES:
                 raise RequestError("bad_request", "as_caller may only be remote or self")
-            kind, note = CallerKind(as_caller), f"[as_caller={as_caller}]"
-            ctx = dataclasses.replace(ctx, gatekeeper=_DowngradedGate(ctx.gatekeeper, as_caller))
+            kind, extra = CallerKind(as_caller), {"as_caller": str(as_caller)}
             log.info("local client pid %d (%s) is gated as a %s caller", peer.pid, peer.user,
                      as_caller)
         caller = Caller(kind=kind, user=peer.user, hostname=self.hostname)
         call = ToolCall(tool=tool, input=tool_input, operation=operation, cwd=cwd)
-        extra = {"as_caller": str(as_caller)} if note else None
-        return await self.run_call(call, caller, _ctx=ctx, _note=note, _audit_extra=extra)
+        return await self.run_call(call, caller, _audit_extra=extra)
 
     def cancel_all(self) -> None:
         """Shutdown: every running call's cancel event is set (their process groups are killed
@@ -299,7 +280,6 @@ class AgentService:
 
     async def run_call(self, call: ToolCall, caller: Caller, *,
                        cancel: threading.Event | None = None, on_chunk: Any = None,
-                       _ctx: Any = None, _note: str = "",
                        _audit_extra: dict[str, str] | None = None) -> Any:
         """Gate, audit and run one call in a worker thread; the result object.
 
@@ -324,8 +304,8 @@ class AgentService:
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
-            return await self._run_in_worker(call, caller, _ctx or self.call_context, _note,
-                                             _audit_extra, event, on_chunk)
+            return await self._run_in_worker(call, caller, self.call_context, _audit_extra, event,
+                                             on_chunk)
         finally:
             if cancel is not None:
                 with self._lock:
@@ -339,7 +319,7 @@ class AgentService:
         while self._active:
             await self._idle.wait()
 
-    async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any, note: str,
+    async def _run_in_worker(self, call: ToolCall, caller: Caller, ctx: Any,
                              audit_extra: dict[str, str] | None, cancel: threading.Event,
                              on_chunk: Any) -> Any:
         assert self.handle_call is not None
@@ -347,9 +327,7 @@ class AgentService:
         token = trio.lowlevel.current_trio_token()
 
         def ask(decision: Decision, call: ToolCall, caller: Caller) -> Any:
-            outcome = self._ask_from_thread(token, decision, call, caller)
-            # The approver's reason replaces the gate's in the audit line: keep the note.
-            return dataclasses.replace(outcome, reason=f"{outcome.reason} {note}".strip())
+            return self._ask_from_thread(token, decision, call, caller)
 
         # With no approver attached the pipeline itself denies an ask at once ("deny", reason
         # "no approver attached"), exactly as an in-process `cmdop run` records it. An approver
