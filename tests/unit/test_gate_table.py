@@ -260,3 +260,19 @@ def test_commands_too_big_or_deep_to_inspect_are_floor_denied(command: str) -> N
                                      "echo " + "a " * 20_000])
 def test_large_inputs_are_decided_without_blowing_up(command: str) -> None:
     assert check(policy(mode="default"), "execute_command", command)[0] in ("ask", "deny")
+
+
+@pytest.mark.parametrize("command, named", [
+    # The part a reason names is the part that failed, with the redirection that made it fail
+    # (it said 'echo hi' for `echo hi > f`; found by a black-box pass).
+    ("sh -c 'echo hi > f'", "'echo hi >f'"),
+    ("echo a && echo b >> log.txt", "'echo b >>log.txt'"),
+    ("sh -c 'echo hi 2>&1 > out'", "'echo hi >out'"),      # what no rule needs to spell is left out
+    ("echo a && rm x", "'rm x'"),
+    ("ls && cat <in", "'cat <in'"),
+])
+def test_a_denied_part_is_named_as_the_rule_must_match_it(command: str, named: str) -> None:
+    p = policy(("execute_command(echo *)", "allow"), ("execute_command(sh -c *)", "allow"),
+               ("execute_command(ls)", "allow"))
+    d = decide(ToolCall("execute_command", {"command": command}, "", CWD), Caller(CallerKind.REMOTE), p, HOME)
+    assert d.decision == "deny" and d.reason.startswith(f"no rule matched {named}"), d.reason

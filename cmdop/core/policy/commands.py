@@ -56,6 +56,11 @@ def is_shell(name: str) -> bool:
 _HARMLESS_REDIRECT = LazyPattern(r"^(?:[12]?>&[12-]|[12]?>&?/dev/null|&>>?/dev/null|[12]?>>/dev/null)$")
 
 
+def harmless_redirect(op: str, target: str) -> bool:
+    """Is `op target` a redirection no rule needs to spell (`2>&1`, `>/dev/null`)?"""
+    return _HARMLESS_REDIRECT.match(op + target) is not None
+
+
 def program_name(value: str) -> str:
     """The name a rule matches: the basename only for programs in the standard system dirs."""
     if value.startswith("/"):
@@ -303,7 +308,7 @@ def match_text(layer: Layer, redirects: list[tuple[str, Word | None]],
         t = target.static
         if t is None:
             return None
-        if _HARMLESS_REDIRECT.match(op + t):
+        if harmless_redirect(op, t):
             continue
         out.append("\n" + op + t)
     text = " ".join(out).replace(" \n", "\n")

@@ -26,7 +26,7 @@ import posixpath
 from functools import lru_cache
 
 from cmdop.core.policy import programs
-from cmdop.core.policy.commands import MARK, Layer, match_text, unwrap, wrapped_starts
+from cmdop.core.policy.commands import MARK, Layer, harmless_redirect, match_text, unwrap, wrapped_starts
 from cmdop.core.policy.shell import LIT, RAW, VAR, SimpleCommand, Word, analyse, interpretations
 from cmdop.core.value import NamedTuple
 
@@ -88,8 +88,13 @@ def _argv(layer: Layer) -> list[str | None]:
     return out
 
 
-def _display(layer: Layer) -> str:
-    return " ".join([f"{k}={_loose(v)}" for k, v in layer.assigns] + [_loose(w) for w in layer.words])
+def _display(layer: Layer, redirects: list[tuple[str, Word | None]] | None = None) -> str:
+    """The command as a reason names it, with its redirections when they are part of what a
+    rule must match (`echo hi > f` is not `echo hi`)."""
+    redirected = [op + (_loose(target) if target is not None else "") for op, target in redirects or ()
+                  if target is None or not harmless_redirect(op, target.static or "?")]
+    return " ".join([f"{k}={_loose(v)}" for k, v in layer.assigns] + [_loose(w) for w in layer.words]
+                    + redirected)
 
 
 def _command_parts(cmd: SimpleCommand, depth: int) -> list[Part]:
@@ -127,7 +132,8 @@ def _command_parts(cmd: SimpleCommand, depth: int) -> list[Part]:
             # `git\ status` is ONE word: bash looks for a program named "git status", which
             # the text "git status" would let `git *` allow. No rule names such a program.
             text, why, code_at = None, f"the program name {program!r} contains a space", ()
-    parts.append(Part(text, tuple(dict.fromkeys(deny_texts)), _display(allow_layer), why, code=code_at))
+    parts.append(Part(text, tuple(dict.fromkeys(deny_texts)), _display(allow_layer, redirects), why,
+                      code=code_at))
     parts.extend(Part(None, p.deny_texts, p.display, deny_only=True) for p in nested_parts)
     for p in inner:
         # A command the program runs must be allowed on its own — except behind a privileged
