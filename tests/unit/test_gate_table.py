@@ -276,3 +276,18 @@ def test_a_denied_part_is_named_as_the_rule_must_match_it(command: str, named: s
                ("execute_command(ls)", "allow"))
     d = decide(ToolCall("execute_command", {"command": command}, "", CWD), Caller(CallerKind.REMOTE), p, HOME)
     assert d.decision == "deny" and d.reason.startswith(f"no rule matched {named}"), d.reason
+
+
+@pytest.mark.parametrize("cwd, command, suffix", [
+    ("/etc", "cat shadow", "(named in the command: it runs in /etc)"),  # every word is in /etc
+    ("/etc", "ls", "(named in the command: it runs in /etc)"),
+    ("/tmp", "cat /etc/shadow", "(named in the command)"),
+    ("/tmp", "cat ../etc/shadow", "(named in the command)"),
+])
+def test_a_floor_denial_says_when_the_directory_is_what_it_protects(cwd: str, command: str,
+                                                                    suffix: str) -> None:
+    """It said "(named in the command)" for `cat shadow` in /etc, where the command names no
+    protected path: the directory it runs in is one (found by a black-box pass)."""
+    d = decide(ToolCall("execute_command", {"command": command}, "", cwd), Caller(CallerKind.REMOTE),
+               policy(), HOME)
+    assert d.source == "floor" and d.reason.endswith(suffix), d.reason

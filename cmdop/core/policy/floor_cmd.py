@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from typing import Any, Sequence
 
 UNKNOWN = "\x00"
+_NAMED = "(named in the command"   # a path argument hit the floor (the reason's suffix)
 # Where the command being checked runs: "" here; else a text naming the other machine (`on web01`,
 # `in container c`) while the floor reads a command ssh, docker exec, kubectl exec… run there.
 # Its paths are that machine's: the checks of targets (floor paths, devices, trees holding
@@ -666,7 +667,7 @@ def _embedded_commands(argv: list[str], home: str, cwd: str | None, depth: int,
             reason = _check(text, home, cwd, depth + 1, extra)
             if not reason or reason.startswith("floor: commands nested too deeply"):
                 continue
-            if reason.endswith("(named in the command)") and not marked:
+            if _NAMED in reason and not marked:
                 continue
             return f"{reason} (inside an argument)"
     return None
@@ -948,8 +949,18 @@ def _named_paths(args: list[str], home: str, cwd: str | None, extra: tuple[str, 
             for path in paths:
                 reason = check_pattern(path, home, prefixes=not unknown_cwd, extra=extra, listing=listing)
                 if reason:
-                    return f"{reason} (named in the command)"
+                    return f"{reason} {_NAMED}{_relative_to(c, cwd, unknown_cwd, home, extra)})"
     return None
+
+
+def _relative_to(word: str, cwd: str | None, unknown_cwd: bool, home: str, extra: Any) -> str:
+    """What a reason adds when the floor hit the relative `word` because the directory the
+    command runs in is itself protected (every word then names something in it: `cat` in
+    /etc). Nothing otherwise: a reason must not name a directory where the floor judges a
+    command once for many (see "one simple command in many directories")."""
+    if word.startswith(("/", "~")) or unknown_cwd or cwd is None:
+        return ""
+    return f": it runs in {cwd}" if check_pattern(normalise(cwd), home, extra=extra) else ""
 
 
 def _fork_bomb(analysis: Any, here_only: bool = False) -> str | None:
