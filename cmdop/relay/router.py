@@ -292,7 +292,8 @@ class Router:
         except CmdopError as exc:     # e.g. the machine id is another key's (MachineClaimed)
             self._count("links_refused")
             log.warning("refused a link from %s (key %s): %s", stream.peer, key.id, exc.message)
-            raise RelayRefusal("permission_denied", exc.message) from None
+            # (the hint travels in the message: a refused link has only its status to say it)
+            raise RelayRefusal("permission_denied", exc.message + (f"; {exc.hint}" if exc.hint else "")) from None
         if self._revoked(key):        # revoked while the store was being read: never linked
             raise RelayRefusal("unauthenticated", "unknown, expired or revoked credential")
         link = Link(key=key, machine=machine, touched=self.clock(),

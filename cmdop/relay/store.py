@@ -645,8 +645,10 @@ class RelayStore(ShareStore):
                         or mine[0] != holder[2]):
                     raise MachineClaimedError(
                         f"machine id {machine_id[:12]}… is enrolled with another key",
-                        "a machine moves to a new key only when its key is rotated: revoke it "
-                        "and create the new one with the same name")
+                        "a machine moves to a new key only when its key is rotated (revoke it "
+                        "and create the new one with the same name); to enrol it afresh under "
+                        "this key instead, stop its agent and remove machine_id, e2e_key and "
+                        "e2e_seen from its state dir")
             if row is not None and row[1].lower() == hostname.lower():
                 row_id, name = row[0], row[2]
                 cur.execute("UPDATE machines SET hostname = ?, key_id = ?, agent_version = ?, last_seen = ? "

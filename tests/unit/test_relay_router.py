@@ -145,3 +145,28 @@ def test_a_second_link_from_the_same_machine_replaces_the_first():
         await asyncio.wait_for(first_task, 5)
         assert len(router.links) == 1
     asyncio.run(main())
+
+
+def test_a_machine_enrolled_with_another_key_is_told_how_to_move_or_re_enrol(monkeypatch):
+    """The refusal carries the store's hint (it was dropped: the agent retried every ~57 s
+    saying only "enrolled with another key"; found by a black-box pass)."""
+    from cmdop.relay.store import MachineClaimedError
+
+    async def main() -> None:
+        store = fake_store()
+
+        def claimed(*_: Any) -> Any:
+            raise MachineClaimedError("machine id m1… is enrolled with another key",
+                                      "revoke it, or remove machine_id from its state dir")
+
+        monkeypatch.setattr(store, "enroll_machine", claimed)
+        router = Router(store)
+        s = FakeStream("K2")
+        await s.incoming.put(pb.AgentFrame(hello=pb.Hello(protocol_version=1, hostname="web01",
+                                                          machine_id="m1", agent_version="t")))
+        with pytest.raises(RelayRefusal) as exc:
+            await asyncio.wait_for(router.agent_link(s), 5)
+        assert exc.value.code == "permission_denied"
+        assert exc.value.message == ("machine id m1… is enrolled with another key; revoke it, or "
+                                     "remove machine_id from its state dir")
+    asyncio.run(main())
