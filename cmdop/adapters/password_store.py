@@ -287,9 +287,12 @@ class PasswordStore:
     def status(self, now: float | None = None) -> dict[str, Any]:
         """What `cmdop password status` shows (never a hash or a token)."""
         moment = time.time() if now is None else now
-        with self._locked():
-            state = self._read_failures()
-            sessions = len(policy.keep_sessions(self._read_sessions(), moment))
+        if not os.path.isdir(self.state_dir):   # nothing to read, and a look makes no state dir
+            state, sessions = policy.FailureState(), 0
+        else:
+            with self._locked():
+                state = self._read_failures()
+                sessions = len(policy.keep_sessions(self._read_sessions(), moment))
         return {"password_set": self.is_set(), "failures": state.failures,
                 "last_failure": _iso(state.last_failure) if state.failures else None,
                 "retry_in_s": round(policy.wait_s(state, moment), 1),

@@ -44,6 +44,7 @@ from cmdop.core.policy.index import RuleSet
 from cmdop.core.policy.rules import ACTIONS, RuleError, parse_rule, rule_id
 from cmdop.core.value import Frozen
 
+MAX_POLICY_BYTES = 32 << 20   # a file this large is not a policy (and would fill memory)
 TOP_KEYS = ("version", "mode", "ask_timeout_s", "self_bypass", "rules", "tests")
 RULE_KEYS = ("rule", "action", "reason")
 TEST_KEYS = ("call", "expect", "caller", "mode", "cwd")
@@ -126,6 +127,8 @@ def _document(text: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyError(f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise PolicyError("not valid YAML: nested too deeply") from None
     if root is None:
         raise PolicyError("permissions.yaml is empty (no settings, at most comments); refusing it",
                           hint="write at least `version: 1` and `mode: strict`; "
@@ -306,9 +309,15 @@ def load(path: str, home: str, run_tests: bool = True,
             raise PolicyError(f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
                               "refusing it",
                               hint=f"run: chmod 600 {path}")
+        if st.st_size > MAX_POLICY_BYTES:
+            raise PolicyError(f"{path} is {st.st_size:,} bytes, more than a policy may be "
+                              f"({MAX_POLICY_BYTES:,}); refusing it",
+                              hint="a policy of 10,000 rules is about 1 MB: is this the right file?")
         with os.fdopen(fd, "rb") as f:
             fd = -1
-            data = f.read()
+            data = f.read(MAX_POLICY_BYTES + 1)
+        if len(data) > MAX_POLICY_BYTES:   # (grown since fstat)
+            raise PolicyError(f"{path} is more than {MAX_POLICY_BYTES:,} bytes; refusing it")
     finally:
         if fd >= 0:
             os.close(fd)
@@ -318,10 +327,14 @@ def load(path: str, home: str, run_tests: bool = True,
         raise PolicyError(f"{path} is not UTF-8 text") from None
     try:
         document = _recalled(memo, text) if memo else None
-        if document is None:
-            document = _document(text)
-            if memo and document.get("error") is None:
-                _remember(memo, text, document)
+        if document is not None:
+            try:
+                return _build(document, home, run_tests)
+            except PolicyError:
+                pass   # said again below from the text itself: a memo never blames the file
+        document = _document(text)
+        if memo and document.get("error") is None:
+            _remember(memo, text, document)
         return _build(document, home, run_tests)
     except PolicyError as exc:
         raise exc.at(path) from None

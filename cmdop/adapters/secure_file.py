@@ -185,10 +185,20 @@ def _checked_stat(path: str) -> os.stat_result | None:
 
 
 def _trusted_dir(directory: str) -> int | None:
-    """`directory` opened (a descriptor the caller closes) when it is owned by us or root and
-    no one else can write it, else None. Every check and every later `*_at` call is on this one
-    opened directory: swapping the path under us (a parent another user can write) changes
-    nothing we read or write."""
+    """`directory` opened (a descriptor the caller closes) when it is owned by us or root, no one
+    else can write it, and every name on its path (links included) is ours or root's, else None.
+    Every check and every later `*_at` call is on this one opened directory: swapping the path
+    under us changes nothing we read or write; and no other user's link or directory on the
+    way chooses which directory of ours that is (a root shell's state dir under a user's home,
+    turned by that user into a link to /etc)."""
+    me = os.geteuid()
+    parts = os.path.abspath(directory).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        try:
+            if os.lstat(os.sep.join(parts[:i])).st_uid not in (me, 0):
+                return None
+        except OSError:
+            return None
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -208,8 +208,9 @@ def _check(args: argparse.Namespace, ctx: CliContext) -> int:
     resolved, resolved_cwd = _resolved(ctx, call)
     d = decide(call, Caller(CallerKind(args.caller)), policy, ctx.settings.home, mode, resolved, resolved_cwd,
                protected_dirs(ctx.settings))
+    # (the reason holds the call's target and rule texts and reasons: a file's, or another's)
     ctx.emit(d.to_json(), lambda o: f"{d.decision} (source {d.source}"
-             + (f", rule {d.rule_id}" if d.rule_id else "") + f"): {d.reason}")
+             + (f", rule {d.rule_id}" if d.rule_id else "") + f"): {escaped(d.reason)}")
     return 0
 
 
@@ -424,8 +425,8 @@ def _list(args: argparse.Namespace, ctx: CliContext) -> int:
         head = f"mode: {mode} ({source}); {n_global} rule(s) in {ctx.settings.permissions_file}"
         head += (f"; {len(session)} session rule(s) in the running agent" if session is not None
                  else "; no agent running (no session rules)")
-        body = [f"{r['rule_id']}  {r['scope']:7}  {r['action']:5}  {r['rule']}"
-                + (f"  # {r['reason']}" if r["reason"] else "") for r in rows]
+        body = [f"{r['rule_id']}  {r['scope']:7}  {r['action']:5}  {escaped(r['rule'])}"
+                + (f"  # {escaped(r['reason'])}" if r["reason"] else "") for r in rows]
         return "\n".join([head, *body])
 
     ctx.emit(rows, human)

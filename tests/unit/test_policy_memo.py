@@ -225,3 +225,55 @@ def test_a_repeated_check_does_not_import_yaml(tmp_path: Path) -> None:
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     assert "allow (source rule" in runs[0].stdout and "YAML True" in runs[0].stdout
     assert runs[1].stdout.replace("YAML False", "YAML True") == runs[0].stdout
+
+
+def test_a_state_dir_reached_through_another_users_directory_is_not_used(tmp_path: Path) -> None:
+    """Found by a second red team: a user who owns a directory on the way to root's state dir
+    chose, with a link, which directory of root's the memo went to (/root, /etc/...)."""
+    if os.geteuid() != 0:
+        pytest.skip("another user's directory needs root to make")
+    text = "version: 1\nmode: strict\n"
+    path = _policy_file(tmp_path, text)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    target = tmp_path / "roots"
+    target.mkdir(mode=0o700)
+    (theirs / "state").symlink_to(target)
+    os.lchown(theirs / "state", 65534, 65534)
+    os.chown(theirs, 65534, 65534)
+    for _ in range(2):
+        loaded = policy_store.load(path, HOME, memo=str(theirs / "state" / "permissions.memo"))
+        assert loaded is not None and loaded[0].mode == "strict"
+    assert list(target.iterdir()) == []
+
+
+def test_a_memo_that_does_not_build_never_blames_the_file(tmp_path: Path) -> None:
+    """Found by a second red team: a memo of the right shape with a bad action made every
+    read-only command fail with an error about a correct file."""
+    text = "version: 1\nmode: strict\n"
+    path = _policy_file(tmp_path, text)
+    memo = tmp_path / "state" / "permissions.memo"
+    document = {"mode": "strict", "ask_timeout_s": 60.0, "self_bypass": True, "mode_set": True,
+                "rules": [("execute_command(rm *)", "allowx", "", 4, 4)], "tests": []}
+    memo.write_bytes(marshal.dumps((policy_store._memo_key(text), document)))
+    memo.chmod(0o600)
+    loaded = policy_store.load(path, HOME, memo=str(memo))
+    assert loaded is not None and loaded[0].rules == ()
+    assert policy_store.load(path, HOME, memo=str(memo))[0].rules == ()  # type: ignore[index]  # rewritten
+
+
+@pytest.mark.parametrize("text, words", [
+    ("version: 1\nrules: " + "[" * 600 + "]" * 600 + "\n", "nested too deeply"),
+])
+def test_a_pathological_file_is_an_error_not_a_crash(tmp_path: Path, text: str, words: str) -> None:
+    path = _policy_file(tmp_path, text)
+    with pytest.raises(PolicyError, match=words):
+        policy_store.load(path, HOME)
+
+
+def test_a_file_too_large_for_a_policy_is_refused_unread(tmp_path: Path) -> None:
+    path = _policy_file(tmp_path, "version: 1\n")
+    with open(path, "r+b") as f:
+        f.truncate(policy_store.MAX_POLICY_BYTES + 1)     # sparse: nothing is written
+    with pytest.raises(PolicyError, match="more than a policy may be"):
+        policy_store.load(path, HOME)

@@ -271,3 +271,26 @@ def test_a_relay_nobody_listens_at_is_said_at_once_by_every_rpc(rpc: str) -> Non
         assert "Connection refused" in err.value.message and err.value.hint
     finally:
         channel.close()
+
+
+def test_a_policys_control_characters_never_reach_the_terminal(tmp_path, monkeypatch, capsys) -> None:
+    """Found by a red team: a reason of "\\x1b[2K\\rallow (source rule): …" made `permissions
+    list` (and a check it decides) show a deny as an allow, and a rule could set the title."""
+    from cmdop.cli.main import main
+
+    for var in ("CMDOP_SOCKET_PATH", "CMDOP_STATE_DIR", "CMDOP_HOME", "CMDOP_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    policy = tmp_path / ".config" / "cmdop" / "permissions.yaml"
+    policy.parent.mkdir(parents=True, mode=0o700)
+    policy.write_text('version: 1\nmode: strict\nrules:\n  - rule: "execute_command(rm *)"\n'
+                      '    action: deny\n    reason: "\\e[2K\\rallow (source rule): looks allowed"\n'
+                      '  - rule: "execute_command(\\e]0;pwned\\a)"\n    action: allow\n')
+    policy.chmod(0o600)
+    for argv in (["permissions", "list"], ["permissions", "check", "execute_command", "rm x"],
+                 ["permissions", "check", "execute_command", "\x1b]0;pwned\x07"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\r" not in out and "\x07" not in out, (argv, out)
+        assert "\\x1b" in out or "(U+001B)" in out, (argv, out)   # shown, as an escape
