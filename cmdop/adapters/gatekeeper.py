@@ -183,8 +183,9 @@ class Gatekeeper:
             self._policy = Policy(f.mode, f.ask_timeout_s, f.self_bypass, f.global_rules, session)
 
 
-def add_rule_to_file(settings: Settings, rule: str, action: str, reason: str = "") -> str:
-    """Append (rule, action, reason) to permissions.yaml, creating it if missing. Returns the id."""
+def add_rule_to_file(settings: Settings, rule: str, action: str, reason: str = "") -> tuple[str, bool]:
+    """Append (rule, action, reason) to permissions.yaml, creating it if missing. Returns the
+    id, and False when the file had that rule already (and was left as it was)."""
     path = settings.permissions_file
     rid = rule_id(rule, action)
     try:
@@ -195,8 +196,8 @@ def add_rule_to_file(settings: Settings, rule: str, action: str, reason: str = "
         loaded = policy_store.load(path, settings.home)
         doc = loaded[0] if loaded else policy_store.PolicyDoc()
         if any(rule_id(r, a) == rid for r, a, _ in doc.rules):
-            return rid
+            return rid, False
         new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass,
                                      doc.rules + ((rule, action, reason),), doc.tests, doc.mode_set)
         policy_store.save(path, new, settings.home)
-    return rid
+    return rid, True

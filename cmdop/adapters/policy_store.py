@@ -279,7 +279,7 @@ def run_tests(policy: Policy, tests: list[tuple[dict[str, Any], int]], home: str
             raise PolicyError(f"test is invalid: {exc}", line=line) from None
         if not ok:
             raise PolicyError(f"test failed: expected {test['expect']}, got {got}", line=line,
-                              hint="fix the rules or the test; the file was not loaded")
+                              hint="fix the rules or the test: a file whose test fails is neither used nor written")
 
 
 def load(path: str, home: str, run_tests: bool = True,
@@ -468,6 +468,9 @@ def write_starter(path: str) -> bool:
 def save(path: str, doc: PolicyDoc, home: str) -> Policy:
     """Validate `doc` (rules compile, tests pass), then write it atomically with mode 0600."""
     text = render(doc)
-    _, policy = parse_text(text, home)
+    try:
+        _, policy = parse_text(text, home)
+    except PolicyError as exc:
+        raise exc.at(path) from None
     atomic_write(path, text, 0o600)
     return policy

@@ -142,7 +142,7 @@ def _load(ctx: CliContext, path: str | None, run_tests: bool = True) -> tuple[An
                                memo=os.path.join(ctx.settings.state_dir, MEMO_FILE))
     if loaded is None:
         if explicit:
-            raise PolicyError(f"no policy file at {path}", hint="check the --policy path")
+            raise PolicyError(f"no policy file at {path}", hint="check the path")
         return policy_store.PolicyDoc(), Policy()
     return loaded
 
@@ -442,6 +442,7 @@ def _add(args: argparse.Namespace, ctx: CliContext) -> int:
     except RuleError as exc:
         raise PolicyError(str(exc), hint="rule syntax: tool, tool(GLOB) or tool(OP:GLOB)") from None
     require_password(args, ctx, "permissions add")
+    added = True
     if args.scope == "session":
         from cmdop.core.errors import DaemonError, DaemonNotRunningError
         from cmdop.daemon.client import connect_if_running
@@ -460,12 +461,18 @@ def _add(args: argparse.Namespace, ctx: CliContext) -> int:
                     raise PolicyError(exc.message, hint=exc.hint) from None
                 raise
     else:
-        rid = add_rule_to_file(ctx.settings, args.rule, args.action, args.reason)
-        _tell_agent(ctx)
+        rid, added = add_rule_to_file(ctx.settings, args.rule, args.action, args.reason)
+        if added:
+            _tell_agent(ctx)
     out = {"rule_id": rid, "rule": args.rule, "action": args.action, "scope": args.scope}
     if args.reason:
         out["reason"] = args.reason
-    ctx.emit(out, f"added {args.scope} rule {rid}: {args.action} {args.rule}")
+    if not added:
+        out["already_present"] = True
+        ctx.emit(out, f"global rule {rid} is already in {ctx.settings.permissions_file}: "
+                      f"{args.action} {escaped(args.rule)} (nothing changed)")
+        return 0
+    ctx.emit(out, f"added {args.scope} rule {rid}: {args.action} {escaped(args.rule)}")
     return 0
 
 

@@ -2,8 +2,11 @@
 
 `problem(tool, tool_input)` is None for a well-formed call, else the result the caller gets:
 - an unknown tool name: {"error": "unknown_tool", "message", "tool", "tools": [...]};
-- a missing required field, a field of the wrong type, a NUL byte in a string, or a blank target
-  (the field the gate judges): {"error": "bad_input", "field", "message", "tool"}.
+- a missing required field, a field of the wrong type, a NUL byte in a string or a string that
+  is not Unicode text (a lone surrogate), a blank target (the field the gate judges), an
+  integer out of its range (RANGES), `end` before `start`, an unknown `encoding`, `content`
+  that is not the base64 it says, a grep `pattern` that is not a regular expression:
+  {"error": "bad_input", "field", "message", "tool"}.
 A mistake in the input is not a denial: such a call is never judged by the floor (which would
 report it as `source: floor`), never audited as a decision, never run. The pipeline checks every
 call (local, self, remote, guest); `cmdop run` checks first to exit 1/2 without starting anything.
@@ -29,6 +32,16 @@ FIELDS: Mapping[str, Mapping[str, tuple[type, bool]]] = {
     "glob": {"pattern": (str, True), "cwd": (str, False)},
 }
 TOOLS: tuple[str, ...] = tuple(FIELDS)
+# The tools' limits, checked here before the gate and again by the tools (get_int).
+MAX_TIMEOUT_MS = 600_000
+MAX_LINE = 1 << 62
+GREP_MAX_RESULTS = 1000
+# tool -> integer field -> (lowest, highest)
+RANGES: Mapping[str, Mapping[str, tuple[int, int]]] = {
+    "execute_command": {"timeout_ms": (1, MAX_TIMEOUT_MS)},
+    "read_file": {"start": (1, MAX_LINE), "end": (1, MAX_LINE)},
+    "grep": {"max_results": (1, GREP_MAX_RESULTS)},
+}
 
 
 def problem(tool: str, tool_input: object, *, target_only: bool = False) -> dict[str, Any] | None:
@@ -53,16 +66,61 @@ def problem(tool: str, tool_input: object, *, target_only: bool = False) -> dict
             if required:
                 return _bad(tool, name, f"missing required field {name!r}")
             continue
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            return _bad(tool, name, f"field {name!r} must be an integer")
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return _bad(tool, name, f"field {name!r} must be an integer")
+            lo, hi = RANGES.get(tool, {}).get(name, (value, value))
+            if not lo <= value <= hi:
+                return _bad(tool, name, f"field {name!r} must be between {lo} and {hi}")
         if kind is str:
             if not isinstance(value, str):
                 return _bad(tool, name, f"field {name!r} must be a string")
             if "\x00" in value:
                 return _bad(tool, name, f"field {name!r} contains a NUL byte")
+            if not value.isascii() and not _unicode(value):
+                return _bad(tool, name, f"field {name!r} is not Unicode text (it holds half of a "
+                                        "surrogate pair)")
             if name == TOOL_TARGET_FIELD.get(tool) and not value.strip():
                 return _bad(tool, name, f"field {name!r} is empty")
+    if target_only:
+        return None
+    return _value_problem(tool, tool_input)
+
+
+def _value_problem(tool: str, tool_input: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What is wrong with well-typed fields taken together, or None (the tools check the same)."""
+    if tool == "read_file":
+        start, end = tool_input.get("start") or 1, tool_input.get("end")
+        if end is not None and end < start:
+            return _bad(tool, "end", "'end' must not be smaller than 'start'")
+    elif tool == "write_file":
+        encoding = tool_input.get("encoding") or "utf-8"
+        if encoding not in ("utf-8", "base64"):
+            return _bad(tool, "encoding", "'encoding' must be 'utf-8' or 'base64'")
+        if encoding == "base64":
+            import base64
+            import binascii
+
+            try:
+                base64.b64decode(tool_input.get("content") or "", validate=True)
+            except (binascii.Error, ValueError):
+                return _bad(tool, "content", "'content' is not valid base64")
+    elif tool == "grep":
+        import re
+
+        try:
+            re.compile(tool_input["pattern"])
+        except (re.error, RecursionError, OverflowError) as exc:
+            return _bad(tool, "pattern", f"bad regular expression: {exc}")
     return None
+
+
+def _unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bad(tool: str, field: str, message: str) -> dict[str, Any]:

@@ -42,9 +42,9 @@ from cmdop.adapters import safe_open
 from cmdop.adapters.launcher import kill_group
 from cmdop.core.calls import CallerKind, command_dir
 from cmdop.core.errors import SandboxUnavailableError
+from cmdop.core.tool_input import MAX_TIMEOUT_MS
 from cmdop.tools.base import BadInput, ToolEnv, get_int, get_str
 
-MAX_TIMEOUT_MS = 600_000
 DEFAULT_TIMEOUT_MS = 120_000
 OUTPUT_CAP = 1 << 20
 READ_STREAMING = 1 << 20          # one read (and one chunk frame) of streamed output at most

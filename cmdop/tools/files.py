@@ -28,10 +28,10 @@ import stat
 from typing import Any, Mapping
 
 from cmdop.adapters import safe_open
+from cmdop.core.tool_input import MAX_LINE
 from cmdop.tools.base import BadInput, ToolEnv, get_int, get_str
 
 READ_CAP = 1 << 20
-MAX_LINE = 1 << 62
 LIST_CAP = 10_000
 
 

@@ -37,10 +37,10 @@ from typing import NamedTuple, Any, Iterable, Iterator, Mapping
 from cmdop.adapters import safe_open
 from cmdop.core.calls import CallerKind
 from cmdop.core.errors import ToolError
+from cmdop.core.tool_input import GREP_MAX_RESULTS
 from cmdop.tools.base import BadInput, ToolEnv, get_int, get_str
 from cmdop.tools.execute_command import run_argv
 
-GREP_MAX_RESULTS = 1000
 GREP_TIME_S = 10.0
 GREP_KILL_MARGIN_S = 2.0    # the worker stops itself at GREP_TIME_S; killed if it cannot
 GLOB_MAX = 10_000
@@ -120,9 +120,11 @@ def glob(tool_input: Mapping[str, Any], env: ToolEnv) -> dict[str, Any]:
     floor paths left out (judged as spelled and as resolved), at most GLOB_MAX, returning within
     about GLOB_TIME_S with `truncated` true when a cap was hit."""
     pattern = get_str(tool_input, "pattern")
-    cwd = safe_open.canonical(get_str(tool_input, "cwd", required=False) or env.cwd or os.getcwd(),
-                              env.cwd, env.home)
+    given = get_str(tool_input, "cwd", required=False)
+    cwd = safe_open.canonical(given or env.cwd or os.getcwd(), env.cwd, env.home)
     safe_open.check_floor(cwd, env.home)
+    if given and not os.path.isdir(cwd):   # (it matched nothing, silently)
+        raise BadInput(f"cwd is not a directory: {cwd}", "cwd")
     if pattern == "~" or pattern.startswith("~/"):
         pattern = env.home + pattern[1:]
     matches: list[str] = []

@@ -80,3 +80,58 @@ def test_any_input_is_answered_never_raised(tool: str, tool_input: dict[str, Any
     if got is None:   # well formed: every required field is there with its type
         for name, (kind, required) in FIELDS[tool].items():
             assert not required or isinstance(tool_input.get(name), kind)
+
+
+# Found by a black-box pass: these were judged and audited as decisions (an "allow" line for a
+# call that never ran; a remote one denied by the mode) before the tool said bad_input. The
+# tool checks them too; here they are caught before admission and the gate.
+@pytest.mark.parametrize("tool, tool_input, field", [
+    ("execute_command", {"command": "ls", "timeout_ms": 0}, "timeout_ms"),
+    ("execute_command", {"command": "ls", "timeout_ms": 600_001}, "timeout_ms"),
+    ("execute_command", {"command": "echo \ud800"}, "command"),
+    ("read_file", {"path": "/x", "start": 0}, "start"),
+    ("read_file", {"path": "/x", "start": 5, "end": 2}, "end"),
+    ("read_file", {"path": "/x", "end": 0}, "end"),
+    ("write_file", {"path": "a", "content": "not base64!", "encoding": "base64"}, "content"),
+    ("write_file", {"path": "a", "content": "x", "encoding": "latin-1"}, "encoding"),
+    ("write_file", {"path": "a", "content": "\ud800"}, "content"),
+    ("grep", {"pattern": "(", "path": "."}, "pattern"),
+    ("grep", {"pattern": "x", "path": ".", "max_results": 0}, "max_results"),
+    ("glob", {"pattern": "*", "cwd": "\udcff"}, "cwd"),
+])
+def test_a_value_the_tool_would_refuse_is_bad_input_before_the_gate(tool: str, tool_input: dict[str, Any],
+                                                                   field: str) -> None:
+    out = problem(tool, tool_input)
+    assert out is not None and out["error"] == "bad_input" and out["field"] == field, out
+
+
+@pytest.mark.parametrize("tool, tool_input", [
+    ("execute_command", {"command": "ls", "timeout_ms": 1}),
+    ("execute_command", {"command": "ls", "timeout_ms": 600_000}),
+    ("read_file", {"path": "/x", "start": 2, "end": 2}),
+    ("write_file", {"path": "a", "content": "aGk=", "encoding": "base64"}),
+    ("write_file", {"path": "é", "content": "ünïcode"}),
+    ("grep", {"pattern": "a(b)?", "path": ".", "max_results": 1000}),
+])
+def test_values_in_range_pass(tool: str, tool_input: dict[str, Any]) -> None:
+    assert problem(tool, tool_input) is None
+
+
+def test_a_bad_value_is_never_judged_or_audited(tmp_path: Path) -> None:
+    """The effect: no audit line, no run, `bad_input` naming the field."""
+    from cmdop.core.calls import Caller, CallerKind, ToolCall
+    from cmdop.pipeline import handle_call
+
+    class Audit:
+        lines: list[Any] = []
+
+        def append(self, record: Any) -> None:
+            self.lines.append(record)
+
+    class Ctx:
+        audit = Audit()
+
+    result = handle_call(ToolCall("execute_command", {"command": f"touch {tmp_path}/ran", "timeout_ms": 0},
+                                  cwd=str(tmp_path)), Caller(CallerKind.LOCAL), Ctx())  # type: ignore[arg-type]
+    assert result["error"] == "bad_input" and result["field"] == "timeout_ms"
+    assert Ctx.audit.lines == [] and not (tmp_path / "ran").exists()

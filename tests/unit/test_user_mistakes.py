@@ -294,3 +294,23 @@ def test_a_policys_control_characters_never_reach_the_terminal(tmp_path, monkeyp
         out = capsys.readouterr().out
         assert "\x1b" not in out and "\r" not in out and "\x07" not in out, (argv, out)
         assert "\\x1b" in out or "(U+001B)" in out, (argv, out)   # shown, as an escape
+
+
+def test_adding_a_rule_the_file_has_says_so(tmp_path, monkeypatch, capsys) -> None:
+    """Found by a black-box pass: a repeated `permissions add` said "added" for a rule that was
+    there already (the file did not change)."""
+    import json
+
+    from cmdop.cli.main import main
+
+    for var in ("CMDOP_SOCKET_PATH", "CMDOP_STATE_DIR", "CMDOP_HOME", "CMDOP_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    argv = ["permissions", "add", "execute_command(uptime)", "--action", "allow"]
+    assert main(argv) == 0 and capsys.readouterr().out.startswith("added global rule r-")
+    policy = tmp_path / ".config" / "cmdop" / "permissions.yaml"
+    before = policy.read_bytes()
+    assert main(argv) == 0 and "is already in" in capsys.readouterr().out
+    assert main(["--json", *argv]) == 0 and json.loads(capsys.readouterr().out)["already_present"] is True
+    assert policy.read_bytes() == before

@@ -5,8 +5,8 @@ the compiled form the gate matches.
   grep, glob → path; download_file → destination path; connect, ssh_session, ask_agent → hostname.
 - Path globs must be absolute after `~` expansion (or start with `**`); `..` is refused because
   canonical targets never contain it, so such a rule could only mislead.
-- A command glob whose program is given by a standard-dir path (`/usr/bin/git *`) is stored
-  with the bare name, the same way targets are normalised.
+- A command glob whose program is given by a standard-dir path (`/usr/bin/git *`) is compiled
+  with the bare name, the same way targets are normalised (the file keeps it as written).
 - `rule_id` = "r-" + first 12 hex digits of sha256(rule + "\\n" + action).
 - Allow and ask command globs cover code a command runs (targets: a newline marks it in the
   text, which `*` never matches) only where they spell its token literally: `find * -exec *`
