@@ -54,11 +54,10 @@ def test_a_local_call_runs_through_the_socket_and_is_audited(cmdop_env, ask_daem
         assert c.status()["counters"]["calls"] == 2
 
 
-@pytest.mark.parametrize("command", ["{\U0002c744", "echo {\U000a2854$", "echo \ud800 && rm -rf /",
-                                     "$(" * 3000 + "x" + ")" * 3000])
+@pytest.mark.parametrize("command", ["{\U0002c744", "echo {\U000a2854$", "$(" * 3000 + "x" + ")" * 3000])
 def test_hostile_command_text_is_denied_and_the_agent_lives_on(cmdop_env, ask_daemon, command):
-    """Text that once crashed the bash grammar, lone surrogates, NUL bytes and absurd nesting:
-    a remote caller gets a denial with a reason, and the agent keeps serving."""
+    """Text that once crashed the bash grammar and absurd nesting: a remote caller gets a
+    denial with a reason, and the agent keeps serving."""
     out = ask_daemon.call("execute_command", {"command": command}, as_caller="remote")
     assert out["error"] == "permission_denied" and out["reason"], out
     assert ask_daemon.proc.poll() is None
@@ -79,11 +78,17 @@ def test_a_nul_byte_is_bad_input_and_the_agent_lives_on(cmdop_env, ask_daemon):
     assert ask_daemon.call("execute_command", {"command": "echo alive"})["stdout"] == "alive\n"
 
 
-def test_a_local_command_with_a_lone_surrogate_is_audited_and_answered(cmdop_env, ask_daemon):
-    out = ask_daemon.call("execute_command", {"command": "echo \ud800"})
-    assert ask_daemon.proc.poll() is None
-    assert "exit_code" in out or "error" in out, out
-    assert audit_lines(cmdop_env)[-1]["target"].startswith("echo ")
+@pytest.mark.parametrize("as_caller", [None, "remote"])
+def test_a_lone_surrogate_is_bad_input_and_the_agent_lives_on(cmdop_env, ask_daemon, as_caller):
+    """Half a surrogate pair (JSON allows "\\ud800") is no text a command, path or file can
+    hold: malformed input, never judged (it was denied by the floor, or audited and run into an
+    encoding error) — `bad_input` naming the field, no audit line (CONTRACT: input mistakes are
+    not denials)."""
+    before = len(audit_lines(cmdop_env))
+    out = ask_daemon.call("execute_command", {"command": "echo \ud800 && rm -rf /"}, as_caller=as_caller)
+    assert out["error"] == "bad_input" and out["field"] == "command", out
+    assert ask_daemon.proc.poll() is None and len(audit_lines(cmdop_env)) == before
+    assert ask_daemon.call("execute_command", {"command": "echo alive"})["stdout"] == "alive\n"
 
 
 def test_no_approver_attached_denies_at_once(cmdop_env, ask_daemon):
