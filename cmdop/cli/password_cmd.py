@@ -42,7 +42,7 @@ UNLOCK_TIMEOUT_S = 60.0
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the `password` command group to `sub`."""
-    from cmdop.cli.credential_flags import add_credential_flags
+    from cmdop.cli.credential_flags import add_credential_flags, add_tls_flags
 
     group = add_group(sub, "password", "the machine password: set, clear, status, unlock a host")
     p = add_command(group, "set", "set or change this machine's password", _set)
@@ -53,6 +53,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     add_command(group, "status", "is a password set, the slow-down, active sessions", _status)
     p = add_command(group, "unlock", "give a machine its password: later calls to it pass", _unlock)
     add_credential_flags(p)
+    add_tls_flags(p)      # (the unreachable-relay hint tells a caller without a stored key to pin)
     add_password_flag(p)
     p.add_argument("--timeout", type=float, default=UNLOCK_TIMEOUT_S, metavar="S",
                    help=f"how long to wait for the machine's answer ({UNLOCK_TIMEOUT_S:.0f} s)")

@@ -51,7 +51,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("tool", metavar="TOOL",
                    help="execute_command, read_file, write_file, list_dir, grep or glob")
     p.add_argument("--input", default="{}", metavar="JSON", help="the tool input, a JSON object")
-    p.add_argument("--timeout", type=float, default=600.0, metavar="S")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="seconds: an execute_command without its own timeout_ms is killed then; "
+                        "the call waits at most 30 s more for its result")
 
 
 def _channel(args: argparse.Namespace, ctx: CliContext) -> Any:
@@ -307,7 +309,7 @@ def _session(args: argparse.Namespace, ctx: CliContext) -> str:
 def _locked(args: argparse.Namespace, ctx: CliContext, result: Any, session: str) -> None:
     """The host wants its password first (admission:password_required): drop a session it no
     longer takes, and raise PermissionDeniedError (exit 3) saying how to unlock it."""
-    from cmdop.core.password_policy import needs_unlock, unlock_hint
+    from cmdop.core.password_policy import needs_unlock
 
     if not needs_unlock(result):
         return
@@ -320,7 +322,19 @@ def _locked(args: argparse.Namespace, ctx: CliContext, result: Any, session: str
     why = "your password session has expired or was ended" if session else \
         "this machine requires its password from remote callers"
     raise PermissionDeniedError(f"denied: {args.host}: {why} [source floor, rule "
-                                f"{result.get('rule_id')}]", unlock_hint(args.host))
+                                f"{result.get('rule_id')}]", _unlock_hint(args, ctx))
+
+
+def _unlock_hint(args: argparse.Namespace, ctx: CliContext) -> str:
+    """How to get past a machine's password gate: unlock it — unless this is a guest, who
+    cannot (a share never carries the machine password)."""
+    from cmdop.core.password_policy import unlock_hint
+
+    if ctx.settings.share_token is not None or getattr(args, "share", None) is not None:
+        return ("a guest cannot unlock a machine password: this machine refuses every guest "
+                "while it requires its password from remote callers (remote_requires_password); "
+                "ask its owner")
+    return unlock_hint(args.host)
 
 
 def _denied(result: Any, ctx: CliContext) -> None:
@@ -416,6 +430,10 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
         raise UsageError("`cmdop call HOST unlock` would put the password on the command line",
                          f"run `cmdop password unlock {args.host}` (it prompts, or reads stdin)")
     timeout = _deadline(args.timeout)
+    if args.tool == "execute_command" and "timeout_ms" not in tool_input:
+        # The command's own limit, as `exec --timeout` sets it (it was only the wait for the
+        # result: `call --timeout 3 … sleep 20` waited 20 s).
+        tool_input = {**tool_input, "timeout_ms": int(timeout * 1000)}
     try:
         result = _NOT_THROUGH_AGENT
         session = _session(args, ctx)
@@ -433,14 +451,14 @@ def _call(args: argparse.Namespace, ctx: CliContext) -> int:
         return 130
     if isinstance(result, dict) and result.get("error") == "permission_denied":
         print(json.dumps(result, ensure_ascii=False), file=ctx.stdout)
-        from cmdop.core.password_policy import needs_unlock, unlock_hint
+        from cmdop.core.password_policy import needs_unlock
 
         if needs_unlock(result):
             if session:
                 from cmdop.adapters.password_store import forget_session
 
                 forget_session(ctx.settings, args.host, getattr(args, "workspace", None))
-            ctx.note(f"hint: {unlock_hint(args.host)}")
+            ctx.note(f"hint: {_unlock_hint(args, ctx)}")
         return 3
     if isinstance(result, dict) and result.get("error") == "bad_input":
         from cmdop.cli.run_cmd import report_bad_input

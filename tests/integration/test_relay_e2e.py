@@ -687,3 +687,12 @@ def test_agent_killed_mid_call_fails_the_call_with_exit_5(solo: Any) -> None:
     verify = a.home.run("permissions", "audit", "--verify")
     assert verify.returncode == 0, (verify.stdout, verify.stderr)
 
+
+
+def test_call_timeout_is_the_commands_limit_when_its_input_sets_none(net: Any) -> None:
+    """Found by a black-box pass: `cmdop call --timeout 3 … sleep 20` waited the 20 s."""
+    out = net.c.run("call", "--timeout", "2", net.a.machine, "execute_command",
+                    "--input", '{"command": "sleep 30; echo late"}')
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["timed_out"] is True and "late" not in result["stdout"], result

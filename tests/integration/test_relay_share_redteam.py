@@ -79,7 +79,7 @@ def guest_argv(info: dict[str, Any], *command: str) -> tuple[dict[str, str], lis
 
 
 # A guest's own client sending `unlock` (the CLI offers guests no way to: `cmdop call HOST
-# unlock` is refused, `password unlock` has no certificate pin flag): cmdop's caller, scripted.
+# unlock` is refused, `password unlock` takes no share token): cmdop's caller, scripted.
 UNLOCK = """
 import json, os, sys
 from cmdop.adapters.relay_grpc import RelayChannel, RelayEndpoint
@@ -107,6 +107,12 @@ def test_a_guest_cannot_try_the_machine_password_nor_slow_the_owner_down(net: An
     assert all(r["caller"]["share_id"] == info["id"] for r in records)
     status = net.a.home.run("password", "status", "--json")
     assert json.loads(status.stdout)["failures"] == 0, status.stdout     # the owner not slowed
+    # A guest's refused call is not told to run `cmdop password unlock`, which it cannot
+    # (found by a black-box pass).
+    env, argv = guest_argv(share(net, net.a.machine, "--ttl", "1h"), "true")
+    out = net.guest.run(*argv, **env)
+    assert out.returncode == 3 and "a guest cannot unlock" in out.stderr, (out.stdout, out.stderr)
+    assert "cmdop password unlock" not in out.stderr
 
 
 def test_revoking_the_key_that_minted_a_share_cuts_the_guest_and_refuses_the_next(net: Any) -> None:
