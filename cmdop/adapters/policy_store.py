@@ -42,6 +42,7 @@ from cmdop.core.errors import PolicyError
 from cmdop.core.policy.gate import MODE_ACTION, MODES, Policy, decide
 from cmdop.core.policy.index import RuleSet
 from cmdop.core.policy.rules import ACTIONS, RuleError, parse_rule, rule_id
+from cmdop.core.tool_input import is_text
 from cmdop.core.value import Frozen
 
 MAX_POLICY_BYTES = 32 << 20   # a file this large is not a policy (and would fill memory)
@@ -83,14 +84,6 @@ def _scalar(node: yaml.Node, what: str) -> Any:
     except yaml.YAMLError as exc:  # a tag safe YAML does not know (`!!python/name:…`)
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyError(f"{what}: {problem}", line=_line(node)) from None
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _mapping(node: yaml.Node, keys: tuple[str, ...], what: str) -> dict[str, tuple[yaml.Node, Any]]:
@@ -209,7 +202,7 @@ def _rules(entry: tuple[yaml.Node, Any] | None, entries: list[tuple[str, str, st
         reason = _scalar(fields["reason"][0], "reason") if "reason" in fields else ""
         if not isinstance(text, str) or not isinstance(reason, (str, type(None))):
             raise PolicyError("rule and reason must be strings", line=_line(item))
-        if not (text + (reason or "")).isascii() and not _encodable(text + (reason or "")):
+        if not is_text(text + (reason or "")):
             raise PolicyError("rule and reason must be Unicode text (a `\\ud800` escape is half "
                               "of a character)", line=_line(item))
         if action not in ACTIONS:

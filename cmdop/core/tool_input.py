@@ -17,9 +17,13 @@ checks the two agree.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 from cmdop.core.calls import TOOL_TARGET_FIELD
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing itself is a start-up cost: the check path imports this module)
+    from typing import Any
 
 # tool -> field -> (type, required)
 FIELDS: Mapping[str, Mapping[str, tuple[type, bool]]] = {
@@ -77,7 +81,7 @@ def problem(tool: str, tool_input: object, *, target_only: bool = False) -> dict
                 return _bad(tool, name, f"field {name!r} must be a string")
             if "\x00" in value:
                 return _bad(tool, name, f"field {name!r} contains a NUL byte")
-            if not value.isascii() and not _unicode(value):
+            if not is_text(value):
                 return _bad(tool, name, f"field {name!r} is not Unicode text (it holds half of a "
                                         "surrogate pair)")
             if name == TOOL_TARGET_FIELD.get(tool) and not value.strip():
@@ -115,7 +119,11 @@ def _value_problem(tool: str, tool_input: Mapping[str, Any]) -> dict[str, Any] |
     return None
 
 
-def _unicode(value: str) -> bool:
+def is_text(value: str) -> bool:
+    """Is `value` Unicode text, which any file, argument or UTF-8 byte string can hold? (JSON
+    and YAML escapes can make half of a surrogate pair, which none can.)"""
+    if value.isascii():
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
