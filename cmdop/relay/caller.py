@@ -34,6 +34,7 @@ _FAILURES: dict[str, tuple[type[CmdopError], str]] = {
     "revoked": (AuthError, "the key was revoked: ask for a new one"),
     "deadline_exceeded": (UnreachableError, "the call took longer than its deadline"),
     "shutting_down": (UnreachableError, "the agent is restarting: try again"),
+    "relay_stopping": (UnreachableError, "the relay is stopping or restarting: try again shortly"),
     # The caller's own agent, which carried the call, lost its relay link mid-call.
     "relay_lost": (UnreachableError, "see `cmdop agent status` here (its relay link: a key "
                                      "revoked, the relay restarting); the command may have run"),

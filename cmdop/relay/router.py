@@ -159,6 +159,9 @@ class Router:
                  max_calls_per_key: int = MAX_CALLS_PER_KEY, verifier: Any = None,
                  new_machines_per_hour: int = NEW_MACHINES_PER_HOUR) -> None:
         self.store = store
+        # Set when `relay serve` begins its graceful stop: calls in flight finish, no new call
+        # starts (one through an agent's open link would otherwise still be taken).
+        self.stopping = False
         self.new_machines_per_hour = new_machines_per_hour
         # Who a bearer credential is (cmdop.relay.auth.BearerVerifier: API keys, the relay's
         # own access tokens, external OIDC tokens); API keys only when none is given.
@@ -486,6 +489,8 @@ class Router:
         return await host_keys.lookup(self, key, request.host)
 
     async def call(self, stream: ServerStream[pb.CallerFrame, pb.CallEvent]) -> None:
+        if self.stopping:
+            raise RelayRefusal("unavailable", "the relay is stopping; try again shortly")
         key = await self._authenticate(stream)
         try:
             first = await asyncio.wait_for(stream.read(), HELLO_TIMEOUT_S)
@@ -539,6 +544,10 @@ class Router:
 
     def _start_outgoing(self, link: Link, start: pb.CallStart) -> None:
         """A call from the linked machine's own CLI: the caller's machine is verified."""
+        if self.stopping:
+            link.send(pb.RelayFrame(event=_failure(start.call_id, "relay_stopping",
+                                                   "the relay is stopping")))
+            return
         if self._revoked(link.key):
             link.close("revoked", "this machine's credential was revoked")
             return

@@ -276,6 +276,7 @@ async def _main(store: "RelayStoreApi", cert: "CertInfo", signing_key: "SigningK
         await stop.wait()
     finally:
         log.info("relay stopping (grace %.0f s)", STOP_GRACE_S)
+        router.stopping = True
         for task in tasks:
             task.cancel()
         if cabinet_run is not None:

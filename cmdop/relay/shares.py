@@ -154,14 +154,16 @@ REVOKED, EXPIRED, WRONG_HOST, USED_UP = "share_revoked", "share_expired", "share
 
 
 def state(share: Share, now: float) -> str:
-    """active · revoked · expired · used_up (the first that applies, in that order of blame)."""
-    if share.revoked_at is not None or share.creator_revoked:
+    """active · revoked · expired · used_up (the first that applies, in that order of blame:
+    revoked by its owner, expired, used up, then revoked with the credential that made it — so
+    a share that had run out keeps saying so after that credential is revoked)."""
+    if share.revoked_at is not None:
         return "revoked"
     if share.expires_at is not None and now >= share.expires_at:
         return "expired"
     if share.max_uses and share.uses >= share.max_uses:
         return "used_up"
-    return "active"
+    return "revoked" if share.creator_revoked else "active"
 
 
 def check_call(share: Share, now: float, target_machine: str | None) -> Refusal | None:

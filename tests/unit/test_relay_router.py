@@ -170,3 +170,20 @@ def test_a_machine_enrolled_with_another_key_is_told_how_to_move_or_re_enrol(mon
         assert exc.value.message == ("machine id m1… is enrolled with another key; revoke it, or "
                                      "remove machine_id from its state dir")
     asyncio.run(main())
+
+
+def test_a_stopping_relay_starts_no_new_call_direct_or_through_a_link():
+    """Found by a black-box pass: in its SIGTERM grace period the relay still took a new call
+    through an agent's open link and ran it."""
+    async def main() -> None:
+        router = Router(fake_store())
+        laptop, _ = await _agent(router, "K1", "laptop", "m1")
+        await _agent(router, "K1", "web01", "m2")
+        router.stopping = True
+        with pytest.raises(RelayRefusal) as exc:
+            await router.call(FakeStream("K1"))
+        assert exc.value.code == "unavailable" and "stopping" in exc.value.message
+        await laptop.incoming.put(pb.AgentFrame(call=_start("c-1", "web01")))
+        event = await _next(laptop, "event")
+        assert event.WhichOneof("kind") == "failure" and event.failure.code == "relay_stopping"
+    asyncio.run(main())

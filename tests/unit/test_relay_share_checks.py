@@ -126,11 +126,25 @@ def test_a_guest_call_is_checked_for_revocation_expiry_machine_and_uses(changes,
         assert "web01" in refusal.message                          # "share … is for web01"
 
 
-@given(revoked=st.booleans(), expires=st.one_of(st.none(), st.floats(-1e6, 1e6)),
+@pytest.mark.parametrize("changes, expected", [
+    ({"creator_revoked": True}, "revoked"),
+    ({"creator_revoked": True, "expires_at": NOW - 1}, "expired"),       # it had run out: says so
+    ({"creator_revoked": True, "max_uses": 2, "uses": 2}, "used_up"),
+    ({"creator_revoked": True, "revoked_at": NOW - 5, "expires_at": NOW - 1}, "revoked"),
+    ({"revoked_at": NOW - 5, "expires_at": NOW - 1}, "revoked"),
+])
+def test_a_share_that_ran_out_keeps_saying_so_after_its_creators_key_is_revoked(changes, expected):
+    """Found by a black-box pass: `connect share list` called every share of a revoked key
+    `revoked`, the expired and used-up ones too."""
+    assert state(replace(SHARE, **changes), NOW) == expected
+
+
+@given(revoked=st.booleans(), creator_revoked=st.booleans(),
+       expires=st.one_of(st.none(), st.floats(-1e6, 1e6)),
        max_uses=st.integers(0, 5), uses=st.integers(0, 6), same_machine=st.booleans())
 def test_a_call_is_allowed_exactly_when_the_share_is_active_and_for_this_machine(
-        revoked, expires, max_uses, uses, same_machine):
-    s = replace(SHARE, revoked_at=NOW if revoked else None,
+        revoked, creator_revoked, expires, max_uses, uses, same_machine):
+    s = replace(SHARE, revoked_at=NOW if revoked else None, creator_revoked=creator_revoked,
                 expires_at=None if expires is None else NOW + expires, max_uses=max_uses,
                 uses=uses)
     allowed = check_call(s, NOW, "row-a" if same_machine else "row-x") is None
