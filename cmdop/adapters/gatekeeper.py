@@ -197,7 +197,6 @@ def add_rule_to_file(settings: Settings, rule: str, action: str, reason: str = "
         doc = loaded[0] if loaded else policy_store.PolicyDoc()
         if any(rule_id(r, a) == rid for r, a, _ in doc.rules):
             return rid, False
-        new = policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass,
-                                     doc.rules + ((rule, action, reason),), doc.tests, doc.mode_set)
+        new = doc.replace(rules=doc.rules + ((rule, action, reason),))
         policy_store.save(path, new, settings.home)
     return rid, True

@@ -316,8 +316,12 @@ def _untrusted_error(address: str, roots: str | None) -> UnreachableError | None
     """The error for a relay whose certificate the channel's CAs (`roots`: "" this machine's,
     else a CA file) refuse, or None: trusted, pinned (`roots` None), or no TLS answer at all."""
     why = _untrusted(address, roots) if roots is not None else None
-    if why is None:
-        return None
+    return None if why is None or roots is None else _refused_certificate(address, roots, why)
+
+
+def _refused_certificate(address: str, roots: str, why: str) -> UnreachableError:
+    """The relay's certificate is not trusted by `roots` ("" this machine's CAs, else a CA
+    file), for the reason `why`."""
     trusted = f"the CA in {roots}" if roots else "this machine"
     return UnreachableError(
         f"the relay at {address} presented a certificate {trusted} does not trust ({why})",
@@ -440,12 +444,9 @@ class RelayChannel:
             return
         try:
             _handshake(self.endpoint.address, self._roots, self._connect_timeout)
-        except ssl.SSLCertVerificationError:
-            untrusted = _untrusted_error(self.endpoint.address, self._roots)
-            if untrusted is not None:
-                raise untrusted from None
-            raise UnreachableError(f"the relay at {self.endpoint.address} refused the TLS handshake",
-                                   "pin its certificate with --relay-fingerprint") from None
+        except ssl.SSLCertVerificationError as exc:   # (its reason: no second handshake to ask)
+            raise _refused_certificate(self.endpoint.address, self._roots, str(
+                exc.verify_message or exc.reason or "certificate verify failed")) from None
         except (OSError, ssl.SSLError, CmdopError) as exc:
             raise UnreachableError(f"cannot reach the relay at {self.endpoint.address}: {exc}",
                                    "is `cmdop relay serve` running there, and the port open?") from None

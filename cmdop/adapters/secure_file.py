@@ -81,6 +81,12 @@ def _create_temp(directory: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _publish(path: str, data: bytes | str, mode: int, *, replace: bool) -> bool:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`
     (`replace`) or hard-link it to `path` when free; fsync the directory. False when `path`
@@ -92,10 +98,7 @@ def _publish(path: str, data: bytes | str, mode: int, *, replace: bool) -> bool:
     fd, tmp = _create_temp(directory)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, data)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -175,13 +178,18 @@ def _checked_stat(path: str) -> os.stat_result | None:
                               hint=f"move {path} away (cmdop keeps a file there)")
     directory = os.path.dirname(os.path.abspath(path))
     dst = os.stat(directory)
-    if dst.st_uid not in (os.geteuid(), 0) or stat.S_IMODE(dst.st_mode) & 0o022:
+    if _others_may_write(dst):
         raise SecretFileError(
             f"{directory} (holding {os.path.basename(path)}) can be written by other users "
             f"(owner uid {dst.st_uid}, mode {stat.S_IMODE(dst.st_mode):04o}); refusing to use it",
             hint=f"run: chmod 700 {directory}" + (f" && chown {os.geteuid()} {directory}"
                                                    if dst.st_uid not in (os.geteuid(), 0) else ""))
     return st
+
+
+def _others_may_write(st: os.stat_result) -> bool:
+    """Can someone but us (and root) change what this directory holds?"""
+    return st.st_uid not in (os.geteuid(), 0) or bool(stat.S_IMODE(st.st_mode) & 0o022)
 
 
 def _trusted_dir(directory: str) -> int | None:
@@ -203,8 +211,7 @@ def _trusted_dir(directory: str) -> int | None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
-    st = os.fstat(fd)
-    if st.st_uid not in (os.geteuid(), 0) or stat.S_IMODE(st.st_mode) & 0o022:
+    if _others_may_write(os.fstat(fd)):
         os.close(fd)
         return None
     return fd
@@ -256,9 +263,7 @@ def write_private_in(directory: str, name: str, data: bytes) -> bool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

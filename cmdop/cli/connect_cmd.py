@@ -103,7 +103,7 @@ Handler = Callable[[argparse.Namespace, CliContext], int]
 def _one_writer(handler: Handler) -> Handler:
     """Run a handler that reads, changes and writes the workspaces file under its lock."""
     def run(args: argparse.Namespace, ctx: CliContext) -> int:
-        from cmdop.adapters import secure_file, workspaces_file
+        from cmdop.adapters import secure_file
 
         with secure_file.writer_lock(ctx.settings.workspaces_file):
             return handler(args, ctx)

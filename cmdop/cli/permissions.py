@@ -486,8 +486,7 @@ def _rm(args: argparse.Namespace, ctx: CliContext) -> int:
             raise CmdopError(f"no rule with id {args.rule_id} in {ctx.settings.permissions_file}",
                              hint="see the ids with `cmdop permissions list`")
         gone = next(r for r in doc.rules if rule_id(r[0], r[1]) == args.rule_id)
-        return policy_store.PolicyDoc(doc.version, doc.mode, doc.ask_timeout_s, doc.self_bypass, keep,
-                                      doc.tests, doc.mode_set), gone
+        return doc.replace(rules=keep), gone
 
     without(_load(ctx, None)[0])            # an unknown id is told before the password is asked
     require_password(args, ctx, "permissions rm")
@@ -514,8 +513,7 @@ def _mode(args: argparse.Namespace, ctx: CliContext) -> int:
     require_password(args, ctx, "permissions mode")
     with secure_file.writer_lock(ctx.settings.permissions_file):
         doc, _ = _load(ctx, None)         # again, under the lock: what others wrote meanwhile
-        new = policy_store.PolicyDoc(doc.version, args.mode, doc.ask_timeout_s, doc.self_bypass,
-                                     doc.rules, doc.tests, True)
+        new = doc.replace(mode=args.mode, mode_set=True)
         policy_store.save(ctx.settings.permissions_file, new, ctx.settings.home)
     _tell_agent(ctx)
     if args.mode == "bypass":
